@@ -1,0 +1,40 @@
+"""mcpz: version, resolve, publish, deploy and sell AI agents (MCP servers).
+
+The names in `__all__` are the public Python API; they are imported on first use so that
+`import mcpz` (and `mcpz --version`) stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+from mcpz._version import __version__
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+_LAZY = {
+    "McpzError": "mcpz.errors",
+    "UsageError": "mcpz.errors",
+    "ManifestError": "mcpz.errors",
+    "Manifest": "mcpz.manifest",
+    "RunSpec": "mcpz.manifest",
+    "parse_manifest": "mcpz.manifest",
+    "load_manifest": "mcpz.manifest",
+    "AgentName": "mcpz.names",
+    "Settings": "mcpz.config",
+    "AgentRepo": "mcpz.repo",
+    "init_agent": "mcpz.templates",
+    "list_tools": "mcpz.local",
+    "call_tool": "mcpz.local",
+}
+
+__all__ = ["__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mcpz' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,3 @@
+from mcpz.cli import main
+
+main()

@@ -1,0 +1,53 @@
+"""Agent names: `namespace/name`, each part lower-case `[a-z0-9-]`, at most 64 characters."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mcpz.errors import UsageError
+
+MAX_PART = 64
+_PART = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` is not a valid agent name, or None when it is."""
+    if not isinstance(name, str) or name.count("/") != 1:
+        return 'must be "namespace/name"'
+    for part in name.split("/"):
+        if not part:
+            return "has an empty part"
+        if len(part) > MAX_PART:
+            return f'part "{part[:20]}..." is longer than {MAX_PART} characters'
+        if not _PART.match(part):
+            return (
+                f'part "{part}" may hold only lower-case letters, digits and "-", '
+                "and may not start or end with -"
+            )
+    return None
+
+
+def part_problem(part: str) -> str | None:
+    """Why a single namespace or name part is invalid, or None."""
+    problem = name_problem(f"{part}/x")
+    return problem
+
+
+@dataclass(frozen=True, order=True)
+class AgentName:
+    namespace: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> AgentName:
+        problem = name_problem(text)
+        if problem:
+            raise UsageError(
+                f'agent name "{text}" {problem}', hint='use a name like "acme/weather"'
+            )
+        namespace, name = text.split("/")
+        return cls(namespace, name)
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
