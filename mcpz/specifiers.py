@@ -36,6 +36,7 @@ def _caret(text: str) -> str:
 
 def _tilde(text: str) -> str:
     release = _release(text)
+    upper: tuple[int, ...]
     if len(release) == 1:
         upper = (release[0] + 1,)
     else:

@@ -22,7 +22,9 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     monkeypatch.setenv("COLUMNS", "80")
     # The real git client in tests must not read the developer's own config.
     gitconfig = home / ".gitconfig"
-    gitconfig.write_text("[user]\n\tname = Test User\n\temail = test@example.com\n[init]\n\tdefaultBranch = main\n")
+    gitconfig.write_text(
+        "[user]\n\tname = Test User\n\temail = test@example.com\n[init]\n\tdefaultBranch = main\n"
+    )
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(gitconfig))
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     for var in ("MCPZ_TOKEN", "MCPZ_REGISTRY", "MCPZ_AUTHOR", "MCPZ_DATABASE_URL"):
@@ -55,3 +57,115 @@ def cli() -> object:
         return CliResult(result.exit_code, result.stdout, result.stderr)
 
     return run
+
+
+# --- registries -----------------------------------------------------------------------------
+
+POSTGRES_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _postgres_base() -> str | None:
+    url = os.environ.get("MCPZ_TEST_POSTGRES_URL")
+    if url:
+        return url
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        if s.connect_ex(("127.0.0.1", 5432)) != 0:
+            return None
+    return POSTGRES_DEFAULT
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    import secrets
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    base = _postgres_base()
+    if base is None:
+        pytest.skip("PostgreSQL is not available: set MCPZ_TEST_POSTGRES_URL or run one on 127.0.0.1:5432")
+    name = f"mcpz_test_{secrets.token_hex(6)}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as e:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL at {make_url(base).render_as_string(hide_password=True)} is not usable: {e}")
+    yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@dataclass
+class LiveRegistry:
+    """A real registry served on a random loopback port from a thread of the test process."""
+
+    url: str
+    data_dir: Path
+    database_url: str
+    _handle: object
+
+    def account(self, name: str, scopes: str = "read,publish,deploy,call,admin") -> str:
+        """Create an account (and its namespace) and return a token for it."""
+        from registry_server import accounts, tokens
+        from registry_server.db import Database
+
+        db = Database(self.database_url)
+        try:
+            with db.session() as session:
+                try:
+                    account = accounts.create_account(session, name)
+                except Exception:
+                    account = accounts.account_by_name(session, name)
+            with db.session() as session:
+                account = accounts.account_by_name(session, name)
+                _row, secret = accounts.create_token(
+                    session, account, tokens.parse_scopes(scopes), expires_in=None
+                )
+        finally:
+            db.dispose()
+        return secret
+
+    def git_url(self, name: str, token: str | None = None) -> str:
+        base = self.url if token is None else self.url.replace("http://", f"http://mcpz:{token}@")
+        return f"{base}/git/{name}.git"
+
+    def stop(self) -> None:
+        self._handle.stop()  # type: ignore[attr-defined]
+
+
+def start_registry(data_dir: Path, database_url: str | None = None, **settings: object) -> LiveRegistry:
+    from registry_server.serve import free_port, start_in_thread
+    from registry_server.settings import RegistrySettings
+
+    env = dict(os.environ)
+    if database_url:
+        env["MCPZ_DATABASE_URL"] = database_url
+    else:
+        env.pop("MCPZ_DATABASE_URL", None)
+    config = RegistrySettings.load(data_dir=data_dir, env=env, port=free_port(), **settings)
+    handle = start_in_thread(config)
+    return LiveRegistry(handle.url, config.data_dir, config.database_url, handle)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveRegistry]:
+    """A live registry, once on SQLite and once on PostgreSQL."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    live = start_registry(tmp_path / "registry", url)
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def sqlite_registry(tmp_path: Path) -> Iterator[LiveRegistry]:
+    """A live registry on SQLite only, for tests whose subject is not the database."""
+    live = start_registry(tmp_path / "registry")
+    yield live
+    live.stop()

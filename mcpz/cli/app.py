@@ -26,7 +26,7 @@ def _split_global_flags(args: Sequence[str]) -> tuple[Output, list[str]]:
     rest: list[str] = []
     passthrough = False
     for arg in args:
-        if passthrough or arg not in _GLOBAL_FLAGS and not _is_vv(arg):
+        if passthrough or (arg not in _GLOBAL_FLAGS and not _is_vv(arg)):
             if arg == "--":
                 passthrough = True
             rest.append(arg)
@@ -118,4 +118,4 @@ def _root(
 
 
 # Command modules register themselves on `app` when imported.
-from mcpz.cli import cmd_demo, cmd_local, cmd_repo  # noqa: E402, F401
+from mcpz.cli import cmd_auth, cmd_demo, cmd_local, cmd_publish, cmd_registry, cmd_repo  # noqa: E402, F401

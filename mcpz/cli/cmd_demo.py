@@ -1,5 +1,26 @@
-"""Commands: see module docstring once filled."""
+"""`mcpz demo`: the main job, the whole loop run for real."""
 
 from __future__ import annotations
 
-from mcpz.cli.app import app  # noqa: F401
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mcpz.cli.app import app
+from mcpz.cli.output import out
+
+
+@app.command("demo")
+def demo(
+    keep: Annotated[
+        Path | None,
+        typer.Option("--keep", help="Run in this folder and keep it, instead of a temporary one."),
+    ] = None,
+) -> None:
+    """Run the whole loop for real: init, commit, log, tools, call, registry, push, info."""
+    from mcpz.demo import run_demo
+
+    output = out()
+    result = run_demo(say=output.step, show=output.info, keep=keep)
+    output.data({"ok": True, **result}, lambda c: c.print("demo: all steps passed"))

@@ -24,7 +24,9 @@ class Output:
     def stdout(self) -> Console:
         if self._stdout is None:
             self._stdout = Console(
-                file=sys.stdout, no_color=self.json or "NO_COLOR" in os.environ, highlight=False,
+                file=sys.stdout,
+                no_color=self.json or "NO_COLOR" in os.environ,
+                highlight=False,
                 soft_wrap=True,
             )
         return self._stdout

@@ -1,0 +1,151 @@
+"""`mcpz login | logout | whoami | keys ...`: credentials for a registry."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mcpz.cli.app import app
+from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
+from mcpz.cli.output import out
+from mcpz.errors import AuthError, UsageError
+
+keys_app = typer.Typer(help="API keys of your account.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _read_secret() -> str:
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass("token: ").strip()
+    return sys.stdin.readline().strip()
+
+
+@app.command("login")
+def login(
+    token: Annotated[
+        bool, typer.Option("--token", help="Read a token from the prompt or standard input.")
+    ] = False,
+    registry: RegistryOpt = None,
+) -> None:
+    """Store a token for a registry (OS keyring; a 0600 file where there is none)."""
+    from mcpz.credentials import store_token
+    from mcpz.registry_client import connect
+
+    if not token:
+        raise UsageError("say how to log in", hint="use `mcpz login --token` (reads the token from stdin)")
+    url = settings(registry).registry
+    secret = _read_secret()
+    if not secret:
+        raise UsageError("no token given", hint="pipe it in: `echo $TOKEN | mcpz login --token`")
+
+    async def check() -> dict[str, Any]:
+        async with connect(url, secret) as client:
+            return await client.whoami()
+
+    who = run(check)
+    where = store_token(url, secret, warn=out().warn)
+    out().data(
+        {
+            "registry": url,
+            "account": who["account"],
+            "stored_in": "keyring" if where == "keyring" else "file",
+        },
+        lambda c: c.print(f"logged in to {url} as {who['account']}", markup=False),
+    )
+
+
+@app.command("logout")
+def logout(registry: RegistryOpt = None) -> None:
+    """Forget the stored token for a registry."""
+    from mcpz.credentials import delete_token
+
+    url = settings(registry).registry
+    removed = delete_token(url)
+    out().data(
+        {"registry": url, "removed": removed},
+        lambda c: c.print(f"logged out of {url}" if removed else f"no stored token for {url}", markup=False),
+    )
+
+
+def _client_call(registry: str | None, token: str | None, method: str, *args: Any) -> Any:
+    from mcpz.registry_client import connect
+
+    url = settings(registry).registry
+    secret = token_for(url, token)
+    if secret is None:
+        raise AuthError(f"no token for {url}", hint="run `mcpz login --token` or set MCPZ_TOKEN")
+
+    async def call() -> Any:
+        async with connect(url, secret) as client:
+            return await getattr(client, method)(*args)
+
+    return run(call)
+
+
+@app.command("whoami")
+def whoami(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
+    """The account, its namespaces, and this token's scopes and expiry."""
+    data = _client_call(registry, token, "whoami")
+
+    def render(console: Console) -> None:
+        console.print(f"account:    {data['account']}", markup=False)
+        console.print(f"namespaces: {', '.join(data['namespaces']) or '-'}", markup=False)
+        console.print(f"scopes:     {', '.join(data['scopes'])}", markup=False)
+        console.print(f"expires:    {data['expires_at'] or 'never'}", markup=False)
+
+    out().data(data, render)
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: Annotated[str, typer.Option("--scope", help="Comma-separated scopes, at most your own.")],
+    name: Annotated[str, typer.Option("--name", help="A label to tell keys apart.")] = "",
+    expires_days: Annotated[
+        int | None, typer.Option("--expires-days", min=1, help="Lifetime in days.")
+    ] = None,
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Create an API key; its secret is printed once."""
+    scopes = [s.strip() for s in scope.split(",") if s.strip()]
+    data = _client_call(registry, token, "create_key", scopes, name, expires_days)
+    out().data(data, lambda c: c.print(data["token"], markup=False))
+
+
+@keys_app.command("list")
+def keys_list(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
+    """Your keys (never their secrets)."""
+    data = _client_call(registry, token, "list_keys")
+
+    def render(console: Console) -> None:
+        table = Table("id", "name", "prefix", "scopes", "expires", "last used", "state", box=None)
+        for k in data:
+            table.add_row(
+                str(k["id"]),
+                k["name"],
+                k["prefix"] + "...",
+                ",".join(k["scopes"]),
+                (k["expires_at"] or "never")[:19],
+                (k["last_used_at"] or "-")[:19],
+                "revoked" if k["revoked"] else "active",
+            )
+        console.print(table)
+
+    out().data(data, render)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[int, typer.Argument(help="Key id from `mcpz keys list`.")],
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Revoke a key: it stops working at once."""
+    data = _client_call(registry, token, "revoke_key", key_id)
+    out().data(data, lambda c: c.print(f"revoked key {key_id}"))

@@ -1,0 +1,222 @@
+"""`mcpz push | clone | pull | info | versions | yank | unyank`: agents in a registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mcpz.cli.app import app
+from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
+from mcpz.cli.output import out
+from mcpz.errors import NotFoundError, UsageError
+from mcpz.names import AgentName
+
+
+def _name_and_version(spec: str) -> tuple[str, str | None]:
+    name, _, version = spec.partition("@")
+    AgentName.parse(name)
+    return name, version or None
+
+
+@app.command("push")
+def push(
+    path: Annotated[Path, typer.Argument(help="Agent folder.")] = Path("."),
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the registry's branch.")] = False,
+) -> None:
+    """Push the current branch; publish the manifest's version if it is new."""
+    from mcpz import publish
+    from mcpz.registry_client import connect
+
+    url = settings(registry).registry
+    secret = token_for(url, token)
+
+    async def published_commit(name: str) -> Any:
+        async with connect(url, secret) as client:
+            try:
+                return await client.agent(name)
+            except NotFoundError:
+                return None
+
+    def lookup(name: str, version: str) -> str | None:
+        info = run(published_commit, name)
+        for release in (info or {}).get("versions", []):
+            if release["version"] == version:
+                return str(release["commit"])
+        return None
+
+    output = out()
+    if output.interactive:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        with Progress(
+            TextColumn("pushing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("objects"),
+            console=output.stderr,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("push", total=None)
+
+            def progress(_phase: str, done: int, total: int | None) -> None:
+                bar.update(task, completed=done, total=total)
+
+            result = publish.push(path, url, secret, force=force, progress=progress, published_commit=lookup)
+    else:
+        result = publish.push(path, url, secret, force=force, published_commit=lookup)
+
+    def render(console: Console) -> None:
+        if result.published:
+            console.print(f"published {result.name} {result.version} ({result.commit[:12]})", markup=False)
+        elif result.already_published:
+            console.print(
+                f"{result.name} {result.version} is already published; pushed {result.branch} "
+                f"(bump the version to publish)",
+                markup=False,
+            )
+        else:
+            console.print(f"pushed {result.branch} ({result.commit[:12]})", markup=False)
+
+    output.data(result.to_dict(), render)
+
+
+@app.command("clone")
+def clone(
+    spec: Annotated[str, typer.Argument(metavar="NAME[@VERSION]", help="Agent, optionally at a release.")],
+    directory: Annotated[
+        Path | None, typer.Argument(help="Target folder (default: the agent's name).")
+    ] = None,
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Clone an agent from the registry."""
+    from mcpz import publish
+
+    name, version = _name_and_version(spec)
+    url = settings(registry).registry
+    target = directory or Path(name.split("/")[1])
+    commit = publish.clone(url, name, version, target, token_for(url, token))
+    out().data(
+        {"name": name, "version": version, "commit": commit, "path": str(target)},
+        lambda c: c.print(f"cloned {spec} into {target} ({commit[:12]})", markup=False),
+    )
+
+
+@app.command("pull")
+def pull(
+    path: Annotated[Path, typer.Argument(help="Agent folder.")] = Path("."),
+    token: TokenOpt = None,
+) -> None:
+    """Fast-forward the current branch from the registry it was cloned from."""
+    from mcpz import publish
+
+    old, new = publish.pull(path, token)
+    message = "already up to date" if old == new else f"updated {old[:12]}..{new[:12]}"
+    out().data({"old": old, "new": new}, lambda c: c.print(message))
+
+
+async def _agent(url: str, token: str | None, name: str) -> dict[str, Any]:
+    from mcpz.registry_client import connect
+
+    async with connect(url, token) as client:
+        return await client.agent(name)
+
+
+@app.command("info")
+def info(
+    name: Annotated[str, typer.Argument(help="Agent name, ns/name.")],
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Description, versions, yanked, dependencies, latest."""
+    AgentName.parse(name)
+    url = settings(registry).registry
+    data = run(_agent, url, token_for(url, token), name)
+
+    def render(console: Console) -> None:
+        console.print(f"[bold]{data['name']}[/bold]  latest: {data['latest'] or '-'}")
+        if data["description"]:
+            console.print(data["description"], markup=False)
+        latest = next((v for v in data["versions"] if v["version"] == data["latest"]), None)
+        deps = (latest or (data["versions"][-1] if data["versions"] else {})).get("dependencies", {})
+        if deps:
+            console.print("dependencies: " + ", ".join(f"{k} {v}" for k, v in deps.items()), markup=False)
+        console.print(
+            "versions: "
+            + ", ".join(v["version"] + (" (yanked)" if v["yanked"] else "") for v in data["versions"])
+            or "versions: none"
+        )
+
+    out().data(data, render)
+
+
+@app.command("versions")
+def versions(
+    name: Annotated[str, typer.Argument(help="Agent name, ns/name.")],
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Every published version, oldest first."""
+    AgentName.parse(name)
+    url = settings(registry).registry
+    data = run(_agent, url, token_for(url, token), name)
+
+    def render(console: Console) -> None:
+        table = Table("version", "commit", "published", "yanked", box=None)
+        for v in data["versions"]:
+            table.add_row(
+                v["version"],
+                v["commit"][:12],
+                v["published_at"][:19],
+                v["yank_reason"] or ("yes" if v["yanked"] else ""),
+            )
+        console.print(table)
+
+    out().data(data["versions"], render)
+
+
+def _set_yank(spec: str, registry: str | None, token: str | None, yanked: bool, reason: str) -> None:
+    from mcpz.registry_client import connect
+
+    name, version = _name_and_version(spec)
+    if version is None:
+        raise UsageError(f'give the version: "{name}@VERSION"')
+    url = settings(registry).registry
+    secret = token_for(url, token)
+
+    async def call() -> dict[str, Any]:
+        async with connect(url, secret) as client:
+            if yanked:
+                return await client.yank(name, version, reason)
+            return await client.unyank(name, version)
+
+    data = run(call)
+    word = "yanked" if yanked else "unyanked"
+    out().data(data, lambda c: c.print(f"{word} {name} {version}", markup=False))
+
+
+@app.command("yank")
+def yank(
+    spec: Annotated[str, typer.Argument(metavar="NAME@VERSION")],
+    reason: Annotated[str, typer.Option("--reason", help="Shown to people who look.")] = "",
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Skip a version in new resolutions (exact locks still install it)."""
+    _set_yank(spec, registry, token, True, reason)
+
+
+@app.command("unyank")
+def unyank(
+    spec: Annotated[str, typer.Argument(metavar="NAME@VERSION")],
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Undo a yank."""
+    _set_yank(spec, registry, token, False, "")

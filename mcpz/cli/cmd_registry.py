@@ -1,0 +1,137 @@
+"""`mcpz registry ...`: serve a registry, and the operator's commands on its host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from mcpz.cli.app import app
+from mcpz.cli.output import out
+from mcpz.errors import UsageError
+
+if TYPE_CHECKING:
+    from registry_server.settings import RegistrySettings
+
+registry_app = typer.Typer(help="Run a registry, and bootstrap it on its own host.", no_args_is_help=True)
+account_app = typer.Typer(
+    help="Accounts (operator commands, run on the registry host).", no_args_is_help=True
+)
+token_app = typer.Typer(help="Tokens (operator commands, run on the registry host).", no_args_is_help=True)
+registry_app.add_typer(account_app, name="account")
+registry_app.add_typer(token_app, name="token")
+app.add_typer(registry_app, name="registry")
+
+DataOpt = Annotated[
+    Path | None, typer.Option("--data", help="Data folder (default: the user data folder's registry/).")
+]
+
+
+def _settings(data: Path | None, **flags: Any) -> RegistrySettings:
+    from registry_server.settings import RegistrySettings
+
+    return RegistrySettings.load(data_dir=data, **flags)
+
+
+@registry_app.command("serve")
+def serve(
+    data: DataOpt = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+) -> None:
+    """Serve the registry (HTTP API, git smart HTTP) until interrupted."""
+    from registry_server.serve import serve as run_server
+    from registry_server.state import RegistryState
+
+    settings = _settings(data, host=host, port=port)
+    RegistryState.open(settings).close()  # migrate and fail loudly before binding the port
+    out().info(f"registry on http://{settings.host}:{settings.port} (data: {settings.data_dir})")
+    run_server(settings)
+
+
+@registry_app.command("migrate")
+def migrate(data: DataOpt = None) -> None:
+    """Apply database migrations (serve also does this at start)."""
+    from registry_server.state import RegistryState
+
+    settings = _settings(data)
+    RegistryState.open(settings).close()
+    out().data(
+        {"migrated": True, "database": _redact(settings.database_url)},
+        lambda c: c.print("database is up to date"),
+    )
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@account_app.command("create")
+def account_create(
+    name: Annotated[str, typer.Argument(help="Account name; also its first namespace.")], data: DataOpt = None
+) -> None:
+    """Create an account and the namespace of the same name."""
+    from registry_server import accounts
+    from registry_server.state import RegistryState
+
+    state = RegistryState.open(_settings(data))
+    try:
+        with state.db.session() as session:
+            account = accounts.create_account(session, name)
+            payload = {"account": account.name, "namespaces": [account.name]}
+    finally:
+        state.close()
+    out().data(payload, lambda c: c.print(f"created account {name} (namespace {name})"))
+
+
+@token_app.command("create")
+def token_create(
+    account: Annotated[str, typer.Option("--account", help="Account the token acts for.")],
+    scope: Annotated[
+        str, typer.Option("--scope", help="Comma-separated: read,publish,deploy,call,node,admin.")
+    ],
+    expires: Annotated[
+        str | None, typer.Option("--expires", help='Lifetime, e.g. "30d", "12h"; "never".')
+    ] = None,
+    name: Annotated[str, typer.Option("--name", help="A label to tell keys apart.")] = "",
+    data: DataOpt = None,
+) -> None:
+    """Create a token and print it (shown once; only its hash is stored)."""
+    from datetime import timedelta
+
+    from registry_server import accounts, tokens
+    from registry_server.state import RegistryState
+
+    settings = _settings(data)
+    try:
+        scopes = tokens.parse_scopes(scope)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    lifetime: timedelta | None
+    if expires == "never":
+        lifetime = None
+    elif expires:
+        lifetime = accounts.parse_duration(expires)
+    else:
+        lifetime = timedelta(days=settings.default_token_days) if settings.default_token_days else None
+    state = RegistryState.open(settings)
+    try:
+        with state.db.session() as session:
+            row = accounts.create_token(
+                session, accounts.account_by_name(session, account), scopes, expires_in=lifetime, name=name
+            )
+            token, secret = row
+            payload = {
+                "token": secret,
+                "id": token.id,
+                "account": account,
+                "scopes": list(scopes),
+                "expires_at": token.expires_at.isoformat() if token.expires_at else None,
+            }
+    finally:
+        state.close()
+    # The secret is data the operator asked for: it goes to stdout, and nowhere else.
+    out().data(payload, lambda c: c.print(secret, markup=False))

@@ -1,0 +1,41 @@
+"""Pieces several commands share: the --registry/--token options and the event loop."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from mcpz.config import Settings
+
+T = TypeVar("T")
+
+RegistryOpt = Annotated[
+    str | None, typer.Option("--registry", help="Registry URL (else MCPZ_REGISTRY, else the user config).")
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token", help="API token (else MCPZ_TOKEN, else what `mcpz login` stored).", show_default=False
+    ),
+]
+
+
+def settings(registry: str | None = None) -> Settings:
+    return Settings.load({"registry": registry})
+
+
+def token_for(registry: str, token: str | None) -> str | None:
+    if token:
+        return token
+    from mcpz.credentials import get_token
+
+    return get_token(registry)
+
+
+def run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Enter the event loop once for a command."""
+    import anyio
+
+    return anyio.run(fn, *args)

@@ -1,0 +1,178 @@
+"""`mcpz demo`: the whole loop, run for real in a temporary folder, one function per step.
+
+Each step runs the real `mcpz` command in a subprocess (exactly what a user would type) against
+an embedded registry served from this process, and checks what came back. Folders, config and
+credentials all live in the temporary folder, so the user's own setup is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mcpz.errors import McpzError
+
+AGENT = "demo/weather"
+
+
+class DemoFailed(McpzError):
+    pass
+
+
+@dataclass
+class DemoContext:
+    root: Path
+    say: Callable[[str], None]
+    show: Callable[[str], None]
+    env: dict[str, str] = field(default_factory=dict)
+    agent_dir: Path | None = None
+    registry_url: str | None = None
+    registry_handle: Any = None
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def mcpz(
+        self, *args: str, cwd: Path | None = None, input: str | None = None, json_out: bool = False
+    ) -> Any:
+        """Run `mcpz ARGS` as the user would; show it; fail the demo on a non-zero exit."""
+        argv = [*args, "--json"] if json_out else list(args)
+        shown = " ".join(shlex.quote(a) for a in ["mcpz", *argv])
+        self.say(f"$ {shown}")
+        done = subprocess.run(
+            [sys.executable, "-m", "mcpz", *argv],
+            cwd=cwd or self.root,
+            env=self.env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            detail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise DemoFailed(f"`{shown}` exited {done.returncode}: {detail}")
+        if json_out:
+            return json.loads(done.stdout)
+        text = done.stdout.rstrip()
+        if text:
+            self.show(text)
+        return text
+
+
+def step_init(ctx: DemoContext) -> None:
+    ctx.mcpz("init", "weather", "--name", AGENT, "--template", "python")
+    ctx.agent_dir = ctx.root / "weather"
+
+
+def step_commit(ctx: DemoContext) -> None:
+    assert ctx.agent_dir is not None
+    readme = ctx.agent_dir / "README.md"
+    readme.write_text(
+        readme.read_text(encoding="utf-8") + "\nTried out with `mcpz demo`.\n", encoding="utf-8"
+    )
+    result = ctx.mcpz("commit", "-m", "Describe how the demo uses it", cwd=ctx.agent_dir, json_out=True)
+    ctx.results["commit"] = result
+    ctx.show(f"committed {str(result.get('commit', ''))[:12]}")
+
+
+def step_log(ctx: DemoContext) -> None:
+    ctx.mcpz("log", "-n", "5", cwd=ctx.agent_dir)
+
+
+def step_tools(ctx: DemoContext) -> None:
+    tools = ctx.mcpz("tools", "--local", cwd=ctx.agent_dir, json_out=True)["tools"]
+    if not tools:
+        raise DemoFailed("the demo agent lists no tools")
+    ctx.results["tools"] = [t["name"] for t in tools]
+    ctx.show("tools: " + ", ".join(ctx.results["tools"]))
+
+
+def step_call(ctx: DemoContext) -> None:
+    ctx.mcpz("call", "--local", ".", "forecast", "city=Oslo", cwd=ctx.agent_dir)
+
+
+def step_registry(ctx: DemoContext) -> None:
+    from registry_server.serve import free_port, start_in_thread
+    from registry_server.settings import RegistrySettings
+
+    data = ctx.root / "registry"
+    ctx.say("starting an embedded registry (SQLite, in this process)")
+    settings = RegistrySettings.load(data_dir=data, env=ctx.env, port=free_port())
+    ctx.registry_handle = start_in_thread(settings)
+    ctx.registry_url = ctx.registry_handle.url
+    ctx.env["MCPZ_REGISTRY"] = ctx.registry_url
+    ctx.show(f"registry at {ctx.registry_url}")
+    ctx.mcpz("registry", "account", "create", "demo", "--data", str(data))
+    token = ctx.mcpz(
+        "registry",
+        "token",
+        "create",
+        "--account",
+        "demo",
+        "--scope",
+        "read,publish,deploy,call,admin",
+        "--data",
+        str(data),
+        json_out=True,
+    )["token"]
+    # The token goes where a CI job would put it, and is not printed.
+    ctx.env["MCPZ_TOKEN"] = token
+    ctx.show("bootstrapped account demo and a token (kept in MCPZ_TOKEN)")
+
+
+def step_push(ctx: DemoContext) -> None:
+    ctx.mcpz("push", cwd=ctx.agent_dir)
+
+
+def step_info(ctx: DemoContext) -> None:
+    ctx.mcpz("info", AGENT)
+
+
+STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
+    ("init", step_init),
+    ("commit", step_commit),
+    ("log", step_log),
+    ("tools", step_tools),
+    ("call", step_call),
+    ("registry", step_registry),
+    ("push", step_push),
+    ("info", step_info),
+]
+
+
+def run_demo(
+    say: Callable[[str], None], show: Callable[[str], None], keep: Path | None = None
+) -> dict[str, Any]:
+    """Run every step; return what the steps found. Raises DemoFailed naming the failing step."""
+    with tempfile.TemporaryDirectory(prefix="mcpz-demo-") as tmp:
+        root = keep or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MCPZ_")}
+        env.update(
+            MCPZ_CONFIG_DIR=str(root / ".config"),
+            MCPZ_DATA_DIR=str(root / ".data"),
+            MCPZ_CACHE_DIR=str(root / ".cache"),
+            MCPZ_AUTHOR="mcpz demo <demo@example.invalid>",
+            NO_COLOR="1",
+            PYTHONUNBUFFERED="1",
+        )
+        ctx = DemoContext(root=root, say=say, show=show, env=env)
+        done: list[str] = []
+        try:
+            for name, step in STEPS:
+                say(f"[{len(done) + 1}/{len(STEPS)}] {name}")
+                try:
+                    step(ctx)
+                except DemoFailed as e:
+                    raise DemoFailed(f"demo step {name!r} failed: {e.message}") from e
+                done.append(name)
+        finally:
+            if ctx.registry_handle is not None:
+                ctx.registry_handle.stop()
+        return {"steps": done, **ctx.results}

@@ -1,0 +1,287 @@
+"""Moving agents between a local repository and a registry: push (which publishes), clone, pull.
+
+`push` sends the current branch and, when the manifest's version has no release yet, the tag
+`v{version}` on the branch's head: one command publishes. The local tag is only made once the
+registry has accepted it, so a refused push leaves nothing behind to trip over next time.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mcpz.errors import AuthError, NetworkError, NotFoundError, RefusedError, RepositoryError, UsageError
+from mcpz.manifest import MANIFEST_FILE, Manifest, parse_manifest
+from mcpz.names import AgentName
+
+ProgressFn = Callable[[str, int, int | None], None]  # (phase, done, total)
+
+
+@dataclass(frozen=True)
+class PushResult:
+    name: str
+    version: str
+    commit: str
+    branch: str
+    published: bool
+    already_published: bool
+    refs: dict[str, str] = field(default_factory=dict)
+    objects_sent: int = 0
+    bytes_sent: int = 0
+    remote_messages: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "commit": self.commit,
+            "branch": self.branch,
+            "published": self.published,
+            "already_published": self.already_published,
+            "objects_sent": self.objects_sent,
+            "bytes_sent": self.bytes_sent,
+        }
+
+
+def repo_url(registry: str, name: str) -> str:
+    return f"{registry.rstrip('/')}/git/{name}.git"
+
+
+def _client(registry: str, name: str, token: str | None) -> tuple[Any, str]:
+    from dulwich.client import HttpGitClient
+
+    url = repo_url(registry, name)
+    client = HttpGitClient(url, username="mcpz" if token else None, password=token)
+    return client, ""
+
+
+def _translate_transport(e: Exception, registry: str) -> Exception:
+    from dulwich.client import HTTPUnauthorized
+    from dulwich.errors import GitProtocolError, HangupException
+
+    if isinstance(e, HTTPUnauthorized):
+        return AuthError(
+            "the registry wants a token for this", hint="run `mcpz login --token` or set MCPZ_TOKEN"
+        )
+    text = str(e)
+    if "403" in text or "Forbidden" in text:
+        return AuthError(
+            f"the registry refused: {text}", hint="check that your token has the scope and namespace"
+        )
+    if "404" in text or "Not Found" in text:
+        return NotFoundError(f"not found in the registry at {registry}: {text}")
+    if isinstance(e, (HangupException, GitProtocolError)):
+        return RepositoryError(f"git protocol error talking to {registry}: {text}")
+    return NetworkError(
+        f"cannot reach the registry at {registry}: {text}", hint="check --registry / MCPZ_REGISTRY"
+    )
+
+
+def open_repo(path: Path) -> Any:
+    from dulwich.errors import NotGitRepository
+    from dulwich.repo import Repo
+
+    try:
+        return Repo.discover(str(path))
+    except NotGitRepository:
+        raise RepositoryError(
+            f"{path} is not inside an agent repository", hint="run `mcpz init` or cd into an agent"
+        ) from None
+
+
+def head_manifest(repo: Any) -> tuple[bytes, str, Manifest]:
+    """(branch ref, head commit id, manifest at head) of a repository."""
+    try:
+        head = repo.refs.read_ref(b"HEAD")
+    except KeyError:
+        head = None
+    if not head or not head.startswith(b"ref: "):
+        raise RepositoryError("HEAD is detached", hint="check out a branch before pushing")
+    branch = head[5:].strip()
+    try:
+        commit_id = repo.refs[branch]
+    except KeyError:
+        raise RepositoryError("nothing committed yet", hint='run `mcpz commit -m "..."` first') from None
+    commit = repo[commit_id]
+    tree = repo[commit.tree]
+    try:
+        _mode, blob_id = tree[MANIFEST_FILE.encode()]
+    except KeyError:
+        raise RepositoryError(f"the last commit has no {MANIFEST_FILE}", hint="commit one first") from None
+    manifest = parse_manifest(repo[blob_id].as_raw_string().decode("utf-8"), f"{MANIFEST_FILE} at HEAD")
+    return branch, commit_id.decode(), manifest
+
+
+def push(
+    path: Path,
+    registry: str,
+    token: str | None,
+    *,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+    published_commit: Callable[[str, str], str | None] | None = None,
+) -> PushResult:
+    """Push the current branch and publish the manifest's version if it is new.
+
+    `published_commit(name, version)` tells the commit the registry has for a version (None if
+    unpublished); it lets push say "already published" instead of asking the registry to refuse.
+    """
+    from dulwich.errors import GitProtocolError, HangupException
+    from dulwich.objects import ZERO_SHA
+
+    repo = open_repo(path)
+    try:
+        branch, commit_id, manifest = head_manifest(repo)
+        AgentName.parse(manifest.name)
+        tag_ref = f"refs/tags/v{manifest.version}".encode()
+        local_tag = repo.refs.as_dict().get(tag_ref)
+        remote_commit = published_commit(manifest.name, manifest.version) if published_commit else None
+        already = remote_commit is not None
+        if already and remote_commit != commit_id and local_tag is None:
+            # The version is taken by other code: push the branch only, and say so.
+            tag_target = None
+        else:
+            tag_target = local_tag or commit_id.encode()
+        counters = {"objects": 0, "bytes": 0}
+        messages: list[str] = []
+        client, _ = _client(registry, manifest.name, token)
+
+        def update_refs(remote: dict[bytes, bytes]) -> dict[bytes, bytes]:
+            wanted = dict(remote)
+            old = remote.get(branch)
+            if old is not None and old != ZERO_SHA and old != commit_id.encode() and not force:
+                if old not in repo.object_store or not _is_ancestor(repo, old, commit_id.encode()):
+                    raise UsageError(
+                        f"the registry's {branch.decode()} has commits you do not have",
+                        hint="run `mcpz pull` first, or push with --force",
+                    )
+            wanted[branch] = commit_id.encode()
+            if tag_target is not None and tag_ref not in remote:
+                wanted[tag_ref] = tag_target
+            return wanted
+
+        def generate(have: Any, want: Any, *, ofs_delta: bool = False, progress: Any = None) -> Any:
+            count, records = repo.generate_pack_data(set(have), set(want), ofs_delta=ofs_delta)
+
+            def counted() -> Iterator[Any]:
+                for record in records:
+                    counters["objects"] += 1
+                    counters["bytes"] += sum(len(c) for c in (record.comp_chunks or [])) or (
+                        record.decomp_len or 0
+                    )
+                    if progress_cb is not None:
+                        progress_cb("objects", counters["objects"], count)
+                    yield record
+
+            return count, counted()
+
+        progress_cb = progress
+
+        def remote_progress(data: bytes) -> None:
+            for line in data.decode("utf-8", "replace").replace("\r", "\n").splitlines():
+                if line.strip():
+                    messages.append(line.strip())
+
+        try:
+            result = client.send_pack(
+                f"/git/{manifest.name}.git".encode(),
+                update_refs,
+                generate_pack_data=generate,
+                progress=remote_progress,
+            )
+        except UsageError:
+            raise
+        except (GitProtocolError, HangupException, OSError, Exception) as e:
+            if isinstance(e, (UsageError, RefusedError)):
+                raise
+            raise _translate_transport(e, registry) from e
+        errors = {ref.decode(): err for ref, err in (result.ref_status or {}).items() if err}
+        if errors:
+            reasons = "; ".join(f"{ref}: {err}" for ref, err in errors.items())
+            raise RefusedError(
+                f"the registry refused the push: {reasons}", hint="fix what it names and push again"
+            )
+        published = tag_target is not None and not already
+        if tag_target is not None and local_tag is None:
+            repo.refs.add_if_new(tag_ref, commit_id.encode())
+        return PushResult(
+            name=manifest.name,
+            version=manifest.version,
+            commit=commit_id,
+            branch=branch.decode().removeprefix("refs/heads/"),
+            published=published,
+            already_published=already,
+            objects_sent=counters["objects"],
+            bytes_sent=counters["bytes"],
+            remote_messages=messages,
+        )
+    finally:
+        repo.close()
+
+
+def _is_ancestor(repo: Any, ancestor: bytes, descendant: bytes) -> bool:
+    from dulwich.graph import can_fast_forward
+
+    return bool(can_fast_forward(repo, ancestor, descendant))
+
+
+def clone(registry: str, name: str, version: str | None, target: Path, token: str | None = None) -> str:
+    """Clone `name` (at release `version`, else its default branch) into `target`; return the commit."""
+    from dulwich import porcelain
+
+    AgentName.parse(name)
+    if target.exists() and any(target.iterdir()):
+        raise UsageError(f"{target} exists and is not empty", hint="choose another folder")
+    url = repo_url(registry, name)
+    err = io.BytesIO()
+    try:
+        repo = porcelain.clone(
+            url,
+            str(target),
+            checkout=True,
+            errstream=err,
+            outstream=io.BytesIO(),
+            branch=f"v{version}".encode() if version else None,
+            username="mcpz" if token else None,
+            password=token,
+        )
+    except Exception as e:
+        text = str(e)
+        if (version and ("v" + version) in text) or ("not found" in text.lower() and version):
+            raise NotFoundError(f"{name} has no release {version}", hint=f"see `mcpz versions {name}`") from e
+        raise _translate_transport(e, registry) from e
+    try:
+        return repo.head().decode()  # type: ignore[no-any-return]
+    finally:
+        repo.close()
+
+
+def pull(path: Path, token: str | None = None) -> tuple[str, str]:
+    """Fast-forward the current branch from its registry; return (old, new) commit ids."""
+    from dulwich import porcelain
+    from dulwich.errors import DivergedBranches
+
+    repo = open_repo(path)
+    try:
+        old = repo.head().decode()
+        try:
+            porcelain.pull(
+                repo,
+                errstream=io.BytesIO(),
+                outstream=io.BytesIO(),
+                ff_only=True,
+                username="mcpz" if token else None,
+                password=token,
+            )
+        except DivergedBranches:
+            raise RepositoryError(
+                "your branch and the registry's have diverged", hint="merge with git, then push"
+            ) from None
+        except porcelain.Error as e:
+            raise RepositoryError(f"pull failed: {e}") from e
+        return old, repo.head().decode()
+    finally:
+        repo.close()

@@ -1,0 +1,326 @@
+"""The JSON API: the version index (with a batch endpoint for resolvers), yanking, keys, whoami."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+from packaging.version import Version
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from mcpz._version import __version__
+from mcpz.errors import NotFoundError, UsageError
+from mcpz.names import name_problem
+from registry_server import accounts, tokens
+from registry_server.accounts import Principal
+from registry_server.auth import Forbidden, principal_from_headers, require
+from registry_server.models import Account, Agent, Release
+from registry_server.releases import set_yanked
+from registry_server.state import RegistryState
+
+router = APIRouter()
+MAX_BATCH = 1000
+
+
+class ReleaseOut(BaseModel):
+    name: str
+    version: str
+    commit: str
+    yanked: bool
+    yank_reason: str = ""
+    dependencies: dict[str, str]
+    published_at: datetime
+    publisher: str
+
+
+class AgentOut(BaseModel):
+    name: str
+    description: str
+    latest: str | None = Field(description="Newest version that is not yanked nor a pre-release")
+    versions: list[ReleaseOut]
+
+
+class IndexVersion(BaseModel):
+    version: str
+    commit: str
+    yanked: bool
+    dependencies: dict[str, str]
+
+
+class IndexOut(BaseModel):
+    agents: dict[str, list[IndexVersion]]
+    missing: list[str]
+
+
+class YankIn(BaseModel):
+    reason: str = Field(default="", max_length=500)
+
+
+class KeyIn(BaseModel):
+    name: str = Field(default="", max_length=128)
+    scopes: list[str]
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class KeyOut(BaseModel):
+    id: int
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked: bool
+
+
+class NewKeyOut(KeyOut):
+    token: str = Field(description="The secret; shown once, never stored by the registry")
+
+
+class WhoAmI(BaseModel):
+    account: str
+    namespaces: list[str]
+    scopes: list[str]
+    expires_at: datetime | None
+
+
+def state_of(request: Request) -> RegistryState:
+    return request.app.state.registry  # type: ignore[no-any-return]
+
+
+State = Annotated[RegistryState, Depends(state_of)]
+
+
+def caller(request: Request) -> Principal | None:
+    return principal_from_headers(state_of(request).db, request.headers)
+
+
+Caller = Annotated[Principal | None, Depends(caller)]
+
+
+def _agent_name(namespace: str, name: str) -> str:
+    full = f"{namespace}/{name}"
+    problem = name_problem(full)
+    if problem:
+        raise UsageError(f'agent name "{full}" {problem}')
+    return full
+
+
+def _latest(releases: list[Release]) -> str | None:
+    candidates = [
+        Version(r.version) for r in releases if not r.yanked and not Version(r.version).is_prerelease
+    ]
+    return str(max(candidates)) if candidates else None
+
+
+def _release_out(agent: str, release: Release, publishers: dict[int, str]) -> ReleaseOut:
+    return ReleaseOut(
+        name=agent,
+        version=release.version,
+        commit=release.commit,
+        yanked=release.yanked,
+        yank_reason=release.yank_reason,
+        dependencies=json.loads(release.dependencies),
+        published_at=release.published_at,
+        publisher=publishers.get(release.publisher_id, ""),
+    )
+
+
+def _load_agent(state: RegistryState, full: str) -> tuple[Agent, list[Release], dict[int, str]]:
+    with state.db.session() as session:
+        agent = session.scalar(select(Agent).where(Agent.name == full))
+        if agent is None:
+            raise NotFoundError(f"no agent {full} in this registry")
+        releases = list(session.scalars(select(Release).where(Release.agent_id == agent.id)))
+        ids = {r.publisher_id for r in releases}
+        publishers = {
+            k: v for k, v in session.execute(select(Account.id, Account.name).where(Account.id.in_(ids)))
+        }
+    releases.sort(key=lambda r: Version(r.version))
+    return agent, releases, publishers
+
+
+@router.get("/healthz", tags=["meta"])
+async def healthz() -> dict[str, str]:
+    return {"status": "ok", "version": __version__}
+
+
+@router.get("/v1/agents/{namespace}/{name}", response_model=AgentOut, tags=["index"])
+def get_agent(namespace: str, name: str, state: State) -> AgentOut:
+    full = _agent_name(namespace, name)
+    agent, releases, publishers = _load_agent(state, full)
+    return AgentOut(
+        name=full,
+        description=agent.description,
+        latest=_latest(releases),
+        versions=[_release_out(full, r, publishers) for r in releases],
+    )
+
+
+@router.get("/v1/agents/{namespace}/{name}/{version}", response_model=ReleaseOut, tags=["index"])
+def get_release(namespace: str, name: str, version: str, state: State) -> ReleaseOut:
+    full = _agent_name(namespace, name)
+    _agent, releases, publishers = _load_agent(state, full)
+    for release in releases:
+        if release.version == version:
+            return _release_out(full, release, publishers)
+    raise NotFoundError(f"{full} {version} is not published", hint=f"see `mcpz versions {full}`")
+
+
+class _IndexCache:
+    """Serialised index entries by (agent, serial): an unchanged agent is never re-encoded."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[int, list[dict[str, Any]]]] = {}
+
+
+@router.get("/v1/index", response_model=IndexOut, tags=["index"])
+def batch_index(
+    request: Request,
+    state: State,
+    name: Annotated[list[str], Query(description="Agent names; repeat the parameter")],
+) -> Response:
+    """Every version of each named agent with its dependencies, yanked flag and commit id.
+
+    Sends an ETag; a request with a matching If-None-Match costs a 304 and no body.
+    """
+    names = sorted(set(name))
+    if len(names) > MAX_BATCH:
+        raise UsageError(f"at most {MAX_BATCH} names per request")
+    for full in names:
+        if name_problem(full):
+            raise UsageError(f'agent name "{full}" {name_problem(full)}')
+    cache: _IndexCache = request.app.state.index_cache
+    with state.db.session() as session:
+        serials = {
+            k: v for k, v in session.execute(select(Agent.name, Agent.serial).where(Agent.name.in_(names)))
+        }
+        digest = hashlib.sha256("\n".join(f"{n}:{serials.get(n, -1)}" for n in names).encode()).hexdigest()[
+            :32
+        ]
+        etag = f'"{digest}"'
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers={"ETag": etag})
+        stale = [n for n in serials if cache.entries.get(n, (-1, []))[0] != serials[n]]
+        if stale:
+            rows = session.execute(
+                select(Agent.name, Release.version, Release.commit, Release.yanked, Release.dependencies)
+                .join(Release, Release.agent_id == Agent.id)
+                .where(Agent.name.in_(stale))
+            ).tuples()
+            fresh: dict[str, list[dict[str, Any]]] = {n: [] for n in stale}
+            for agent_name, version, commit, yanked, deps in rows:
+                fresh[agent_name].append(
+                    {"version": version, "commit": commit, "yanked": yanked, "dependencies": json.loads(deps)}
+                )
+            for agent_name, versions in fresh.items():
+                versions.sort(key=lambda v: Version(v["version"]))
+                cache.entries[agent_name] = (serials[agent_name], versions)
+    body = {
+        "agents": {n: cache.entries[n][1] for n in names if n in serials},
+        "missing": [n for n in names if n not in serials],
+    }
+    return JSONResponse(body, headers={"ETag": etag, "Cache-Control": "no-cache"})
+
+
+def _yank(
+    state: RegistryState,
+    principal: Principal | None,
+    namespace: str,
+    name: str,
+    version: str,
+    yanked: bool,
+    reason: str,
+) -> ReleaseOut:
+    full = _agent_name(namespace, name)
+    require(principal, "publish", namespace, db=state.db)
+    with state.db.session() as session:
+        set_yanked(session, full, version, yanked, reason)
+    return get_release(namespace, name, version, state)
+
+
+@router.post("/v1/agents/{namespace}/{name}/{version}/yank", response_model=ReleaseOut, tags=["index"])
+def yank(
+    namespace: str,
+    name: str,
+    version: str,
+    state: State,
+    principal: Caller,
+    body: Annotated[YankIn | None, Body()] = None,
+) -> ReleaseOut:
+    """Skip this version in new resolutions; exact locks still install it."""
+    return _yank(state, principal, namespace, name, version, True, body.reason if body else "")
+
+
+@router.delete("/v1/agents/{namespace}/{name}/{version}/yank", response_model=ReleaseOut, tags=["index"])
+def unyank(namespace: str, name: str, version: str, state: State, principal: Caller) -> ReleaseOut:
+    return _yank(state, principal, namespace, name, version, False, "")
+
+
+@router.get("/v1/whoami", response_model=WhoAmI, tags=["accounts"])
+def whoami(state: State, principal: Caller) -> WhoAmI:
+    if principal is None:
+        require(principal, "read", db=state.db)
+    assert principal is not None
+    with state.db.session() as session:
+        namespaces = accounts.namespaces_of(session, principal.account_id)
+    return WhoAmI(
+        account=principal.account_name,
+        namespaces=namespaces,
+        scopes=[s for s in tokens.SCOPES if s in principal.scopes],
+        expires_at=principal.expires_at,
+    )
+
+
+def _key_out(token: Any) -> dict[str, Any]:
+    return {
+        "id": token.id,
+        "name": token.name,
+        "prefix": token.prefix,
+        "scopes": token.scopes.split(","),
+        "created_at": token.created_at,
+        "expires_at": token.expires_at,
+        "last_used_at": token.last_used_at,
+        "revoked": token.revoked_at is not None,
+    }
+
+
+@router.post("/v1/keys", response_model=NewKeyOut, status_code=201, tags=["accounts"])
+def create_key(body: KeyIn, state: State, principal: Caller) -> NewKeyOut:
+    """A new API key for the calling account, with at most the caller's own scopes."""
+    principal = require(principal, "admin", db=state.db)
+    try:
+        scopes = tokens.parse_scopes(body.scopes)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    beyond = set(scopes) - principal.scopes
+    if beyond:
+        raise Forbidden(f"a key cannot have scopes its creator lacks: {', '.join(sorted(beyond))}")
+    days = body.expires_in_days or state.settings.default_token_days or None
+    with state.db.session() as session:
+        account = session.get(Account, principal.account_id)
+        assert account is not None
+        token, secret = accounts.create_token(
+            session, account, scopes, expires_in=timedelta(days=days) if days else None, name=body.name
+        )
+        out = _key_out(token)
+    return NewKeyOut(token=secret, **out)
+
+
+@router.get("/v1/keys", response_model=list[KeyOut], tags=["accounts"])
+def list_keys(state: State, principal: Caller) -> list[KeyOut]:
+    principal = require(principal, "admin", db=state.db)
+    with state.db.session() as session:
+        return [KeyOut(**_key_out(t)) for t in accounts.list_tokens(session, principal.account_id)]
+
+
+@router.delete("/v1/keys/{key_id}", response_model=KeyOut, tags=["accounts"])
+def revoke_key(key_id: int, state: State, principal: Caller) -> KeyOut:
+    principal = require(principal, "admin", db=state.db)
+    with state.db.session() as session:
+        return KeyOut(**_key_out(accounts.revoke_token(session, principal.account_id, key_id)))

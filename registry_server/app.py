@@ -1,0 +1,115 @@
+"""The registry's ASGI application."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mcpz._version import __version__
+from mcpz.errors import AuthError, McpzError, NotFoundError, RefusedError, UsageError
+from registry_server import api, git_http
+from registry_server.auth import Forbidden
+from registry_server.logs import request_id
+from registry_server.settings import RegistrySettings
+from registry_server.state import RegistryState
+
+log = logging.getLogger("registry_server.http")
+
+
+def _status_for(error: McpzError) -> int:
+    if isinstance(error, Forbidden):
+        return 403
+    if isinstance(error, AuthError):
+        return 401
+    if isinstance(error, NotFoundError):
+        return 404
+    if isinstance(error, RefusedError):
+        return 409
+    if isinstance(error, UsageError):
+        return 400
+    return 500
+
+
+def _error_body(message: str, hint: str | None = None) -> dict[str, object]:
+    return {"error": {"message": message, "hint": hint, "request_id": request_id.get()}}
+
+
+class RequestLogMiddleware:
+    """Gives each request an id (X-Request-Id) and logs it as one JSON line when it ends.
+
+    Plain ASGI rather than BaseHTTPMiddleware, which would re-buffer every streamed clone.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or secrets.token_hex(8)
+        token = request_id.set(rid)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "ms": round((time.perf_counter() - started) * 1000, 2),
+                },
+            )
+            request_id.reset(token)
+
+
+def create_app(settings: RegistrySettings, state: RegistryState | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own = state is None
+        app.state.registry = RegistryState.open(settings) if own else state
+        app.state.index_cache = api._IndexCache()
+        try:
+            yield
+        finally:
+            if own:
+                app.state.registry.close()
+
+    app = FastAPI(title="mcpz registry", version=__version__, lifespan=lifespan)
+    app.include_router(api.router)
+    app.include_router(git_http.router)
+
+    @app.exception_handler(McpzError)
+    async def _mcpz_error(request: Request, exc: McpzError) -> Response:
+        status = _status_for(exc)
+        headers = {"WWW-Authenticate": 'Bearer realm="mcpz"'} if status == 401 else None
+        return JSONResponse(_error_body(exc.message, exc.hint), status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse(_error_body(f"invalid request: {where}: {first.get('msg', 'invalid')}"), 422)
+
+    app.add_middleware(RequestLogMiddleware)
+    return app

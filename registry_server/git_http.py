@@ -1,0 +1,235 @@
+"""Git's smart HTTP protocol at /git/{namespace}/{name}.git, served by dulwich in worker threads.
+
+The ASGI side streams the request body in and the response out; dulwich's handlers run in a
+thread and exchange bytes with it through bounded memory streams. Responses are buffered into
+~64 KB chunks: one ASGI message per pkt-line made large clones several times slower.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import zlib
+from collections.abc import Callable
+from io import BytesIO
+from typing import IO, Any
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+from dulwich.protocol import ReceivableProtocol, pkt_line
+from dulwich.server import Backend, UploadPackHandler
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from mcpz.names import name_problem
+from registry_server.auth import Forbidden, Unauthenticated, principal_from_headers, require
+from registry_server.git_receive import PushContext, RegistryReceivePack
+from registry_server.state import RegistryState
+
+log = logging.getLogger(__name__)
+CHUNK = 64 * 1024
+SERVICES = ("git-upload-pack", "git-receive-pack")
+
+router = APIRouter(tags=["git"])
+
+
+class _Backend(Backend):  # type: ignore[misc]
+    def __init__(self, repo: Any) -> None:
+        self.repo = repo
+
+    def open_repository(self, path: str) -> Any:
+        return self.repo
+
+
+class _ChunkWriter:
+    """Collects handler output into chunks and hands each to the event loop."""
+
+    def __init__(self, send_chunk: Callable[[bytes], None]) -> None:
+        self._buf = bytearray()
+        self._send = send_chunk
+
+    def write(self, data: bytes) -> int:
+        self._buf += data
+        if len(self._buf) >= CHUNK:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        if self._buf:
+            self._send(bytes(self._buf))
+            self._buf.clear()
+
+
+class GitResponse(Response):
+    """Runs a dulwich handler in a thread and streams what it writes."""
+
+    def __init__(
+        self, media_type: str, run: Callable[[Callable[[bytes], int]], None], prefix: bytes = b""
+    ) -> None:
+        super().__init__(
+            media_type=media_type, headers={"Cache-Control": "no-cache, max-age=0, must-revalidate"}
+        )
+        self._run = run
+        self._prefix = prefix
+        # Streamed: the length is not known up front.
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        sender, receiver = anyio.create_memory_object_stream[bytes](8)
+
+        def work() -> None:
+            writer = _ChunkWriter(lambda chunk: anyio.from_thread.run(sender.send, chunk))
+            try:
+                if self._prefix:
+                    writer.write(self._prefix)
+                self._run(writer.write)
+                writer.flush()
+            finally:
+                anyio.from_thread.run(sender.aclose)
+
+        async with anyio.create_task_group() as tg:
+
+            async def worker() -> None:
+                await anyio.to_thread.run_sync(work)
+
+            tg.start_soon(worker)
+            async with receiver:
+                async for chunk in receiver:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _agent_name(namespace: str, name: str) -> str | None:
+    if not name.endswith(".git"):
+        return None
+    full = f"{namespace}/{name[:-4]}"
+    return None if name_problem(full) else full
+
+
+def _auth_error(e: Unauthenticated | Forbidden) -> Response:
+    if isinstance(e, Unauthenticated):
+        return PlainTextResponse(
+            f"{e.message}\n", status_code=401, headers={"WWW-Authenticate": 'Basic realm="mcpz"'}
+        )
+    return PlainTextResponse(f"{e.message}\n", status_code=403)
+
+
+async def _spool_body(request: Request, limit: int) -> tuple[IO[bytes], bool]:
+    """The request body, un-gzipped, in a temp file; True when it went past `limit`."""
+    spool = tempfile.SpooledTemporaryFile(max_size=4 * 1024 * 1024)
+    encoding = request.headers.get("content-encoding", "").lower()
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding == "gzip" else None
+    size = 0
+    over = False
+    async for chunk in request.stream():
+        data = inflate.decompress(chunk) if inflate else chunk
+        size += len(data)
+        if size > limit:
+            # Keep draining so the client gets our status report instead of a broken pipe.
+            over = True
+            continue
+        spool.write(data)
+    if inflate and not over:
+        spool.write(inflate.flush())
+    spool.seek(0)
+    return spool, over
+
+
+@router.get("/git/{namespace}/{name}/info/refs", summary="Git smart HTTP ref advertisement")
+async def info_refs(namespace: str, name: str, request: Request, service: str = "") -> Response:
+    state: RegistryState = request.app.state.registry
+    agent = _agent_name(namespace, name)
+    if agent is None:
+        return PlainTextResponse("not a repository\n", status_code=404)
+    if service not in SERVICES:
+        return PlainTextResponse("only git's smart HTTP protocol is served\n", status_code=403)
+    try:
+        principal = principal_from_headers(state.db, request.headers)
+        if service == "git-receive-pack":
+            require(principal, "publish", agent.split("/")[0], db=state.db)
+    except (Unauthenticated, Forbidden) as e:
+        return _auth_error(e)
+    repo = state.repos.open(agent)
+    if repo is None:
+        if service == "git-upload-pack":
+            return PlainTextResponse(f"no agent {agent}\n", status_code=404)
+        repo = state.repos.create(agent)
+    prefix = pkt_line(f"# service={service}\n".encode()) + pkt_line(None)
+
+    def run(write: Callable[[bytes], int]) -> None:
+        proto = ReceivableProtocol(BytesIO().read, write)
+        handler_cls = UploadPackHandler if service == "git-upload-pack" else RegistryReceivePack
+        kwargs: dict[str, Any] = {}
+        if handler_cls is RegistryReceivePack:
+            kwargs["ctx"] = None
+        handler = handler_cls(
+            _Backend(repo), [agent], proto, stateless_rpc=True, advertise_refs=True, **kwargs
+        )
+        handler.handle()
+        repo.close()
+
+    return GitResponse(f"application/x-{service}-advertisement", run, prefix)
+
+
+@router.post("/git/{namespace}/{name}/git-upload-pack", summary="Git smart HTTP fetch")
+async def upload_pack(namespace: str, name: str, request: Request) -> Response:
+    state: RegistryState = request.app.state.registry
+    agent = _agent_name(namespace, name)
+    repo = state.repos.open(agent) if agent else None
+    if repo is None or agent is None:
+        return PlainTextResponse("not a repository\n", status_code=404)
+    if request.headers.get("content-type") != "application/x-git-upload-pack-request":
+        return PlainTextResponse("invalid content type\n", status_code=415)
+    body, over = await _spool_body(request, state.settings.max_request_bytes)
+    if over:
+        return PlainTextResponse("negotiation too large\n", status_code=413)
+
+    def run(write: Callable[[bytes], int]) -> None:
+        try:
+            proto = ReceivableProtocol(body.read, write)
+            UploadPackHandler(_Backend(repo), [agent], proto, stateless_rpc=True).handle()
+        finally:
+            repo.close()
+            body.close()
+
+    return GitResponse("application/x-git-upload-pack-result", run)
+
+
+@router.post("/git/{namespace}/{name}/git-receive-pack", summary="Git smart HTTP push (publishes v* tags)")
+async def receive_pack(namespace: str, name: str, request: Request) -> Response:
+    state: RegistryState = request.app.state.registry
+    agent = _agent_name(namespace, name)
+    if agent is None:
+        return PlainTextResponse("not a repository\n", status_code=404)
+    try:
+        principal = require(
+            principal_from_headers(state.db, request.headers), "publish", agent.split("/")[0], db=state.db
+        )
+    except (Unauthenticated, Forbidden) as e:
+        return _auth_error(e)
+    if request.headers.get("content-type") != "application/x-git-receive-pack-request":
+        return PlainTextResponse("invalid content type\n", status_code=415)
+    repo = state.repos.open(agent) or state.repos.create(agent)
+    # Ref commands plus the pack; the pack's own limit is enforced while it is indexed.
+    body, _over = await _spool_body(request, state.settings.max_push_bytes + 1024 * 1024)
+    ctx = PushContext(
+        name=agent,
+        principal=principal,
+        db=state.db,
+        repos=state.repos,
+        max_push_bytes=state.settings.max_push_bytes,
+        on_published=state.on_published,
+    )
+
+    def run(write: Callable[[bytes], int]) -> None:
+        try:
+            proto = ReceivableProtocol(body.read, write)
+            RegistryReceivePack(_Backend(repo), [agent], proto, ctx=ctx, stateless_rpc=True).handle()
+        finally:
+            repo.close()
+            body.close()
+
+    return GitResponse("application/x-git-receive-pack-result", run)

@@ -1,0 +1,201 @@
+"""Receiving pushes: objects land in a quarantine, are checked, and only then join the repository.
+
+Dulwich writes an incoming pack straight into the repository and has no quarantine, so this
+handler replaces its pack application: the pack is indexed into `objects/incoming-*` (an
+object store whose alternate is the repository, so thin packs resolve), every object is checked
+(registry_server.pack_checks) and every ref update is decided (registry_server.releases). Only
+when all of that passes are the pack files moved in, the releases recorded and the refs moved;
+otherwise the quarantine is deleted and nothing of the push can be read. A push is all or
+nothing (git's `--atomic`), which is what makes "nothing readable" hold.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dulwich.object_store import DiskObjectStore, PackInputTooLarge
+from dulwich.objects import ShaFile
+from dulwich.protocol import SIDE_BAND_CHANNEL_PROGRESS
+from dulwich.server import ReceivePackHandler
+from sqlalchemy import select
+
+from mcpz.errors import RefusedError
+from registry_server.accounts import Principal, now
+from registry_server.db import Database
+from registry_server.git_storage import RepoStore
+from registry_server.models import Agent
+from registry_server.pack_checks import check_objects
+from registry_server.releases import ZERO, RefUpdate, plan_updates, published_versions, record_releases
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PushContext:
+    name: str
+    principal: Principal
+    db: Database
+    repos: RepoStore
+    max_push_bytes: int
+    on_published: Callable[[str, list[str]], None] | None = None
+
+
+class RegistryReceivePack(ReceivePackHandler):  # type: ignore[misc]
+    """A receive-pack whose pushes pass quarantine, object checks and release rules."""
+
+    def __init__(self, backend: Any, args: Sequence[str], proto: Any, *, ctx: PushContext, **kw: Any) -> None:
+        super().__init__(backend, args, proto, **kw)
+        self.ctx = ctx
+        self.published: list[str] = []
+
+    def capabilities(self) -> list[bytes]:
+        # Deleting refs is allowed by the protocol; releases refuse it in plan_updates.
+        return list(super().capabilities())
+
+    def _say(self, text: str) -> None:
+        if self._client_capabilities is not None and self.has_capability(b"side-band-64k"):
+            self.proto.write_sideband(SIDE_BAND_CHANNEL_PROGRESS, text.encode("utf-8", "replace") + b"\n")
+
+    def _apply_pack(self, refs: list[tuple[bytes, bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:  # type: ignore[override]
+        updates = [RefUpdate(old, new, ref) for old, new, ref in refs]
+        main_store: DiskObjectStore = self.repo.object_store
+        quarantine = Path(main_store.path) / f"incoming-{secrets.token_hex(8)}"
+        try:
+            yield from self._apply_in_quarantine(updates, main_store, quarantine)
+        finally:
+            shutil.rmtree(quarantine, ignore_errors=True)
+
+    def _refuse_all(
+        self, updates: list[RefUpdate], reasons: list[str | None] | str
+    ) -> Iterator[tuple[bytes, bytes]]:
+        for i, update in enumerate(updates):
+            reason = reasons if isinstance(reasons, str) else (reasons[i] or "atomic push failed")
+            yield update.ref, reason.replace("\n", " ").encode("utf-8", "replace")
+
+    def _apply_in_quarantine(
+        self, updates: list[RefUpdate], main_store: DiskObjectStore, quarantine: Path
+    ) -> Iterator[tuple[bytes, bytes]]:
+        store = DiskObjectStore.init(str(quarantine))
+        store.add_alternate_path(main_store.path)
+        new_objects: list[ShaFile] = []
+        if any(u.new != ZERO for u in updates):
+            try:
+                pack = store.add_thin_pack(
+                    self.proto.read, getattr(self.proto, "recv", None), max_input_size=self.ctx.max_push_bytes
+                )
+            except PackInputTooLarge:
+                limit = f"{self.ctx.max_push_bytes / 1_000_000:.0f} MB"
+                reason = f"push exceeds the registry's limit of {limit}"
+                yield b"unpack", reason.encode()
+                yield from self._refuse_all(updates, reason)
+                return
+            except (OSError, ValueError, AssertionError) as e:
+                yield b"unpack", str(e).replace("\n", " ").encode("utf-8", "replace")
+                yield from self._refuse_all(updates, "unpack failed")
+                return
+            new_objects = list(pack.iterobjects())
+        yield b"unpack", b"ok"
+
+        def lookup(sha: bytes) -> ShaFile | None:
+            try:
+                return store[sha]
+            except KeyError:
+                return None
+
+        problems = check_objects(new_objects, lookup)
+        if problems:
+            for problem in problems[:20]:
+                self._say(f"error: {problem.message}")
+            if len(problems) > 20:
+                self._say(f"error: ... and {len(problems) - 20} more problems")
+            first = problems[0].message
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            yield from self._refuse_all(updates, f"rejected: {first}{more}")
+            return
+
+        ctx = self.ctx
+        with ctx.repos.lock(ctx.name):
+            existing = self.repo.refs.as_dict()
+            stale = [
+                None if existing.get(u.ref, ZERO) == u.old else "stale info: fetch first" for u in updates
+            ]
+            if any(stale):
+                yield from self._refuse_all(updates, stale)
+                return
+            try:
+                with ctx.db.session() as session:
+                    plan = plan_updates(ctx.name, updates, lookup, published_versions(session, ctx.name))
+                    if plan.refused:
+                        for update, error in zip(updates, plan.errors, strict=True):
+                            if error:
+                                self._say(f"error: {update.ref.decode(errors='replace')}: {error}")
+                        yield from self._refuse_all(updates, plan.errors)
+                        return
+                    agent = session.scalar(select(Agent).where(Agent.name == ctx.name))
+                    if agent is None:
+                        agent = Agent(
+                            name=ctx.name,
+                            namespace=ctx.name.split("/")[0],
+                            description="",
+                            created_at=now(),
+                            serial=0,
+                        )
+                        session.add(agent)
+                        session.flush()
+                    record_releases(session, agent, ctx.principal.account_id, plan.releases)
+                    self._move_packs(quarantine, Path(main_store.path))
+                    self._move_refs(updates)
+                    self.published = [r.version for r in plan.releases]
+            except RefusedError as e:
+                yield from self._refuse_all(updates, e.message)
+                return
+        for version in self.published:
+            self._say(f"published {ctx.name} {version}")
+        if ctx.on_published and self.published:
+            ctx.on_published(ctx.name, self.published)
+        for update in updates:
+            yield update.ref, b"ok"
+
+    @staticmethod
+    def _move_packs(quarantine: Path, objects: Path) -> None:
+        # The .pack goes first and the .idx last: a reader only sees a pack once its index exists.
+        pack_dir = quarantine / "pack"
+        for suffix in (".pack", ".rev", ".idx"):
+            for path in sorted(pack_dir.glob(f"pack-*{suffix}")):
+                os.replace(path, objects / "pack" / path.name)
+
+    def _move_refs(self, updates: list[RefUpdate]) -> None:
+        done: list[RefUpdate] = []
+        try:
+            for update in updates:
+                if update.new == ZERO:
+                    ok = self.repo.refs.remove_if_equals(update.ref, update.old)
+                elif update.old == ZERO:
+                    ok = self.repo.refs.add_if_new(update.ref, update.new)
+                else:
+                    ok = self.repo.refs.set_if_equals(update.ref, update.old, update.new)
+                if not ok:
+                    raise RefusedError(
+                        f"{update.ref.decode(errors='replace')} changed during the push; retry"
+                    )
+                done.append(update)
+        except BaseException:
+            for update in reversed(done):
+                if update.old == ZERO:
+                    self.repo.refs.remove_if_equals(update.ref, update.new)
+                else:
+                    self.repo.refs.set_if_equals(update.ref, update.new, update.old)
+            raise
+        head = self.repo.refs.read_ref(b"HEAD")
+        target = head[len(b"ref: ") :] if head and head.startswith(b"ref: ") else None
+        if target is not None and target not in self.repo.refs.as_dict():
+            branches = [u.ref for u in updates if u.ref.startswith(b"refs/heads/") and u.new != ZERO]
+            if branches:
+                self.repo.refs.set_symbolic_ref(b"HEAD", branches[0])

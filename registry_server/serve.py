@@ -1,0 +1,70 @@
+"""Running the registry under uvicorn, in the foreground or in a background thread."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from dataclasses import dataclass
+
+import uvicorn
+
+from registry_server.app import create_app
+from registry_server.logs import configure
+from registry_server.settings import RegistrySettings
+
+
+def serve(settings: RegistrySettings, *, log_level: str = "info") -> None:
+    configure()
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level=log_level,
+        timeout_keep_alive=30,
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class BackgroundRegistry:
+    """A registry served from a thread of this process (the demo, tests, benchmarks)."""
+
+    settings: RegistrySettings
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def start_in_thread(settings: RegistrySettings, *, timeout: float = 20.0) -> BackgroundRegistry:
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level="warning",
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="mcpz-registry", daemon=True)
+    thread.start()
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the embedded registry did not start")
+        time.sleep(0.01)
+    return BackgroundRegistry(settings, server, thread)

@@ -1,0 +1,64 @@
+"""Registry settings: flag > MCPZ_* variable > bundled configs/registry.toml."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mcpz.bundled import bundled_path
+from mcpz.errors import UsageError
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    data_dir: Path
+    database_url: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_push_bytes: int = 100 * 1024 * 1024
+    max_request_bytes: int = 10 * 1024 * 1024
+    default_token_days: int = 90
+
+    @property
+    def repos_dir(self) -> Path:
+        return self.data_dir / "repos"
+
+    @classmethod
+    def load(
+        cls,
+        data_dir: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        **flags: Any,
+    ) -> RegistrySettings:
+        env = os.environ if env is None else env
+        with (bundled_path("configs") / "registry.toml").open("rb") as f:
+            values: dict[str, Any] = tomllib.load(f)
+        for key in ("host", "port", "max_push_bytes", "max_request_bytes", "default_token_days"):
+            var = f"MCPZ_REGISTRY_{key.upper()}"
+            if env.get(var):
+                values[key] = env[var]
+        values.update({k: v for k, v in flags.items() if v is not None})
+        if data_dir is None:
+            data_dir = Path(env["MCPZ_REGISTRY_DATA"]) if env.get("MCPZ_REGISTRY_DATA") else None
+        if data_dir is None:
+            from mcpz.config import data_dir as user_data_dir
+
+            data_dir = user_data_dir(env) / "registry"
+        data_dir = data_dir.expanduser().resolve()
+        database_url = env.get("MCPZ_DATABASE_URL") or f"sqlite:///{data_dir / 'registry.db'}"
+        try:
+            return cls(
+                data_dir=data_dir,
+                database_url=database_url,
+                host=str(values["host"]),
+                port=int(values["port"]),
+                max_push_bytes=int(values["max_push_bytes"]),
+                max_request_bytes=int(values["max_request_bytes"]),
+                default_token_days=int(values["default_token_days"]),
+            )
+        except (KeyError, ValueError) as e:
+            raise UsageError(f"invalid registry setting: {e}", hint="check MCPZ_REGISTRY_* variables") from e
