@@ -62,9 +62,7 @@ class Settings:
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def load(
-        cls, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
-    ) -> Settings:
+    def load(cls, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}

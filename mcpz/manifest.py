@@ -176,9 +176,7 @@ def manifest_from_dict(data: Mapping[str, Any], source: str = MANIFEST_FILE) -> 
             raise _err('[run].env must be a table of strings, e.g. { LOG_LEVEL = "info" }', source)
         run = RunSpec(command=command, env=dict(env))
     elif kind == "agent":
-        raise _err(
-            'missing table [run] for kind = "agent" (e.g. command = ["python", "server.py"])', source
-        )
+        raise _err('missing table [run] for kind = "agent" (e.g. command = ["python", "server.py"])', source)
 
     deps_table = data.get("dependencies", {})
     if not isinstance(deps_table, dict):

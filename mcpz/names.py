@@ -43,9 +43,7 @@ class AgentName:
     def parse(cls, text: str) -> AgentName:
         problem = name_problem(text)
         if problem:
-            raise UsageError(
-                f'agent name "{text}" {problem}', hint='use a name like "acme/weather"'
-            )
+            raise UsageError(f'agent name "{text}" {problem}', hint='use a name like "acme/weather"')
         namespace, name = text.split("/")
         return cls(namespace, name)
 
