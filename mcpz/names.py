@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from mcpz.errors import UsageError
 
 MAX_PART = 64
-_PART = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
+_PART = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 
 
 def name_problem(name: str) -> str | None:
@@ -20,7 +20,7 @@ def name_problem(name: str) -> str | None:
             return "has an empty part"
         if len(part) > MAX_PART:
             return f'part "{part[:20]}..." is longer than {MAX_PART} characters'
-        if not _PART.match(part):
+        if not _PART.fullmatch(part):
             return (
                 f'part "{part}" may hold only lower-case letters, digits and "-", '
                 "and may not start or end with -"

@@ -111,3 +111,10 @@ def test_arbitrary_versions_either_parse_or_are_refused_cleanly(version: str) ->
         assert "[agent].version" in e.message
     else:
         assert manifest.version == version
+
+
+@pytest.mark.parametrize("name", ["acme/weather\n", "acme\n/weather", "acme/wea ther", "acme/weäther"])
+def test_names_with_hidden_characters_are_refused(name: str) -> None:
+    from mcpz.names import name_problem
+
+    assert name_problem(name) is not None
