@@ -1,5 +1,241 @@
-"""Commands: see module docstring once filled."""
+"""Repository commands: init, commit, status, log, diff, show, release.
+
+Each parses its options, calls `mcpz.repo.AgentRepo` (imported when the command runs, so that
+`mcpz --help` and other commands do not pay for dulwich), and renders the result: data on
+stdout (the `--json` payload with --json), talk on stderr.
+"""
 
 from __future__ import annotations
 
-from mcpz.cli.app import app  # noqa: F401
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from mcpz.cli.app import app
+from mcpz.cli.output import out
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from mcpz.repo import AgentRepo
+    from mcpz.repo_model import CommitInfo, Diff, FileAtRev, ShowCommit
+
+_AUTHOR = typer.Option("--author", help='Commit as "Name <email>" (else MCPZ_AUTHOR, config, git config).')
+
+
+def _author(flag: str | None) -> str | None:
+    from mcpz.config import Settings
+
+    return Settings.load(flags={"author": flag}).author or None
+
+
+def _open() -> AgentRepo:
+    from mcpz.repo import AgentRepo
+
+    return AgentRepo.open(Path.cwd())
+
+
+def _write_bytes(data: bytes) -> None:
+    sys.stdout.flush()
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is not None:
+        buffer.write(data)
+        buffer.flush()
+    else:
+        sys.stdout.write(data.decode("utf-8", "replace"))
+
+
+def _print_patch(console: Console, patch: str) -> None:
+    if not console.is_terminal or console.no_color:
+        sys.stdout.write(patch)
+        sys.stdout.flush()
+        return
+    styles = {"+": "green", "-": "red", "@": "cyan"}
+    for line in patch.splitlines():
+        style = "bold" if line.startswith(("diff --git", "--- ", "+++ ")) else styles.get(line[:1])
+        console.print(line, style=style, markup=False, highlight=False)
+
+
+@app.command()
+def init(
+    path: Annotated[
+        Path | None, typer.Argument(help="Folder to create the agent in (default: here).")
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help='The agent\'s name, "namespace/name".')] = None,
+    template: Annotated[str, typer.Option("--template", "-t", help="Template: python or plugin.")] = "python",
+    force: Annotated[bool, typer.Option("--force", help="Write into a folder that is not empty.")] = False,
+    author: Annotated[str | None, _AUTHOR] = None,
+) -> None:
+    """Create an agent from a template, as a git repository with its first commit."""
+    from mcpz.errors import UsageError
+    from mcpz.names import name_problem
+    from mcpz.repo import init_agent
+
+    if name is None:
+        # `mcpz init acme/weather` reads like a name; say how to write it rather than guess.
+        given = str(path) if path is not None else ""
+        short = given.split("/")[-1] or "my-agent"
+        example = given if path is not None and name_problem(given) is None else f"acme/{short}"
+        raise UsageError("--name is required", hint=f"e.g. mcpz init {short} --name {example}")
+    result = init_agent(path or Path.cwd(), name, template=template, force=force, author=_author(author))
+    commit = result.commit.commit
+    out().info(
+        f"Created {result.name} in {result.path} from the {result.template} template"
+        + (f" (commit {commit.short_id} on {result.branch})" if commit else "")
+    )
+    out().data(result.to_dict(), lambda c: c.print(result.path, markup=False, highlight=False))
+
+
+@app.command()
+def commit(
+    message: Annotated[str | None, typer.Option("-m", "--message", help="The commit message.")] = None,
+    amend: Annotated[bool, typer.Option("--amend", help="Replace the last commit.")] = False,
+    author: Annotated[str | None, _AUTHOR] = None,
+) -> None:
+    """Snapshot every change (new, edited, deleted files; .gitignore honoured) as a commit."""
+    with _open() as repo:
+        result = repo.commit(message, amend=amend, author=_author(author))
+    info = result.commit
+    if info is None:
+        out().info("nothing to commit, working tree clean")
+        out().data(result.to_dict())
+        return
+    where = result.branch or "detached HEAD"
+    count = len(result.changes)
+    out().info(f"[{where} {info.short_id}] {info.summary} ({count} file{'' if count == 1 else 's'} changed)")
+    out().data(result.to_dict(), lambda c: c.print(info.id, markup=False, highlight=False))
+
+
+@app.command()
+def status() -> None:
+    """Show the branch and what changed since the last commit (git status --short style)."""
+    with _open() as repo:
+        result = repo.status()
+
+    def render(console: Console) -> None:
+        head = result.branch or f"HEAD (detached at {(result.head or '')[:7]})"
+        console.print(
+            f"## {head}" + ("" if result.head else " (no commits yet)"), markup=False, highlight=False
+        )
+        for line in result.porcelain():
+            console.print(line, markup=False, highlight=False)
+
+    out().data(result.to_dict(), render)
+    if result.clean:
+        out().info("nothing to commit, working tree clean")
+
+
+def _decorated(refs: tuple[str, ...]) -> str:
+    return f" ({', '.join(refs)})" if refs else ""
+
+
+@app.command("log")
+def log_(
+    rev: Annotated[str, typer.Argument(help="Where to start (default HEAD).")] = "HEAD",
+    max_count: Annotated[
+        int | None, typer.Option("-n", "--max-count", help="Show at most N commits.")
+    ] = None,
+) -> None:
+    """List commits, newest first."""
+    with _open() as repo:
+        entries = repo.log(rev, limit=max_count)
+
+    def render(console: Console) -> None:
+        for entry in entries:
+            c = entry.commit
+            date = entry.to_dict()["commit_date"][:10]
+            console.print(
+                f"{c.short_id} {date}{_decorated(entry.refs)} {c.summary}", markup=False, highlight=False
+            )
+
+    out().data([e.to_dict() for e in entries], render)
+    if not entries:
+        out().info("no commits yet")
+
+
+@app.command()
+def diff(
+    revs: Annotated[
+        list[str] | None, typer.Argument(help="[FROM [TO]]: default HEAD to the work tree.")
+    ] = None,
+) -> None:
+    """Show changes as a unified diff: work tree vs HEAD, vs FROM, or FROM vs TO."""
+    revs = revs or []
+    if len(revs) > 2:
+        from mcpz.errors import UsageError
+
+        raise UsageError("diff takes at most two revisions", hint="e.g. mcpz diff v0.1.0 HEAD")
+    with _open() as repo:
+        result: Diff = repo.diff(*revs)
+    out().data(result.to_dict(), lambda c: _print_patch(c, result.patch))
+    if not result.files:
+        out().info("no changes")
+
+
+def _render_commit(console: Console, shown: ShowCommit) -> None:
+    info: CommitInfo = shown.commit
+    data = info.to_dict()
+    lines = [f"commit {info.id}{_decorated(shown.refs)}"]
+    if len(info.parents) > 1:
+        lines.append("Merge: " + " ".join(p[:7] for p in info.parents))
+    lines += [f"Author: {info.author}", f"Date:   {data['author_date']}", ""]
+    lines += [f"    {line}".rstrip() for line in info.message.rstrip("\n").split("\n")]
+    lines.append("")
+    console.print("\n".join(lines), markup=False, highlight=False)
+    if shown.diff.files:
+        _print_patch(console, shown.diff.patch)
+
+
+def _render_file(console: Console, shown: FileAtRev) -> None:
+    if shown.entries is None:
+        _write_bytes(shown.content)
+        return
+    for entry in shown.entries:
+        suffix = "/" if entry.kind == "tree" else ""
+        console.print(f"{entry.name}{suffix}", markup=False, highlight=False)
+
+
+@app.command()
+def show(
+    spec: Annotated[str, typer.Argument(help="REV (a commit and its diff) or REV:PATH (a file).")] = "HEAD",
+) -> None:
+    """Show a commit with its diff, or a file's content at a revision (REV:PATH)."""
+    from mcpz.repo_model import ShowCommit
+
+    with _open() as repo:
+        shown = repo.show(spec)
+    if isinstance(shown, ShowCommit):
+        commit_shown = shown
+        out().data(shown.to_dict(), lambda c: _render_commit(c, commit_shown))
+    else:
+        file_shown = shown
+        out().data(shown.to_dict(), lambda c: _render_file(c, file_shown))
+
+
+@app.command()
+def release(
+    version: Annotated[str | None, typer.Argument(help="The new version, e.g. 1.0.0.")] = None,
+    bump: Annotated[
+        str | None, typer.Option("--bump", help="Compute the version: major, minor or patch.")
+    ] = None,
+    message: Annotated[str | None, typer.Option("-m", "--message", help="Commit message.")] = None,
+    author: Annotated[str | None, _AUTHOR] = None,
+) -> None:
+    """Set the manifest version, commit, and tag the commit v{version}."""
+    from mcpz.errors import UsageError
+    from mcpz.repo_model import BUMP_PARTS
+
+    part = next((p for p in BUMP_PARTS if p == bump), None)
+    if bump is not None and part is None:
+        raise UsageError(f'--bump "{bump}" is not one of major, minor, patch')
+    with _open() as repo:
+        result = repo.release(version, bump=part, author=_author(author), message=message)
+    out().info(
+        f"Released {result.name} {result.version} as {result.tag} (commit {result.commit.short_id}"
+        + ("" if result.committed else ", already committed")
+        + ")"
+    )
+    payload: dict[str, Any] = result.to_dict()
+    out().data(payload, lambda c: c.print(result.tag, markup=False, highlight=False))
