@@ -25,9 +25,20 @@ _LAZY = {
     "AgentName": "mcpz.names",
     "Settings": "mcpz.config",
     "AgentRepo": "mcpz.repo",
-    "init_agent": "mcpz.templates",
+    "init_agent": "mcpz.repo",
+    "render_template": "mcpz.templates",
     "list_tools": "mcpz.local",
     "call_tool": "mcpz.local",
+    "open_agent": "mcpz.local",
+    "AgentSession": "mcpz.local",
+    "ToolInfo": "mcpz.local",
+    "ToolResult": "mcpz.local",
+    "run_agent": "mcpz.local_process",
+    "RegistryClient": "mcpz.registry_client",
+    "push": "mcpz.publish",
+    "clone": "mcpz.publish",
+    "pull": "mcpz.publish",
+    "SiweMessage": "mcpz.siwe",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

@@ -3,6 +3,7 @@
 Text files may hold `{{name}}` (`ns/name`), `{{namespace}}`, `{{short_name}}`, `{{module}}` (the
 short name as a Python identifier) and `{{version}}`. A file called `_gitignore` becomes
 `.gitignore` (a real `.gitignore` inside our own tree would steer our own repository).
+Placeholders are filled in folder and file names too (`{{module}}/__init__.py`).
 """
 
 from __future__ import annotations
@@ -44,16 +45,20 @@ def render_template(template: str, dest: Path, name: str) -> list[Path]:
         rel = path.relative_to(source)
         if any(part in _SKIP for part in rel.parts) or path.is_dir():
             continue
-        target = dest.joinpath(*(_RENAMES.get(part, part) for part in rel.parts))
+        target = dest.joinpath(*(_fill(_RENAMES.get(part, part), values) for part in rel.parts))
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             shutil.copyfile(path, target)
         else:
-            for key, value in values.items():
-                text = text.replace(key, value)
-            target.write_text(text, encoding="utf-8")
+            target.write_text(_fill(text, values), encoding="utf-8")
         shutil.copymode(path, target)
         written.append(target)
     return written
+
+
+def _fill(text: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        text = text.replace(key, value)
+    return text

@@ -50,6 +50,13 @@ def _configure_logging(output: Output) -> None:
     for handler in list(logger.handlers):
         if getattr(handler, "_mcpz_cli", False):
             logger.removeHandler(handler)
+    # The MCP SDK logs tracebacks for bad agent output; our one-line errors already say it.
+    sdk = logging.getLogger("mcp")
+    if not output.verbose and not any(isinstance(h, logging.NullHandler) for h in sdk.handlers):
+        sdk.addHandler(logging.NullHandler())
+        sdk.propagate = False
+    elif output.verbose:
+        sdk.propagate = True
     if output.verbose:
         handler = logging.StreamHandler(sys.stderr)
         handler._mcpz_cli = True  # type: ignore[attr-defined]

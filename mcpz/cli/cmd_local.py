@@ -1,5 +1,188 @@
-"""Commands: see module docstring once filled."""
+"""`mcpz run | tools | call`: an agent started from its folder on this machine.
+
+With `--local` the target is a folder (default "."); without it, the target is a published
+agent's NAME, reached through the registry's gateway (not available yet).
+"""
 
 from __future__ import annotations
 
-from mcpz.cli.app import app  # noqa: F401
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from mcpz.cli.app import app
+from mcpz.cli.output import out
+from mcpz.errors import UsageError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from mcpz.local import ToolInfo, ToolResult
+
+LocalOpt = Annotated[
+    bool,
+    typer.Option("--local", help="Start the agent from its folder: the target is a PATH (default .)."),
+]
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        metavar="SECONDS",
+        help="Wait this long for the agent to start and for each answer (default: call_timeout).",
+        show_default=False,
+    ),
+]
+
+
+@contextmanager
+def _quiet_sdk() -> Iterator[None]:
+    """Without -v, keep the `mcp` SDK's own log lines (tracebacks for an agent's bad output)
+    off the terminal: the one error line says what went wrong."""
+    if out().verbose:
+        yield
+        return
+    sdk, handler = logging.getLogger("mcp"), logging.NullHandler()
+    sdk.addHandler(handler)
+    try:
+        yield
+    finally:
+        sdk.removeHandler(handler)
+
+
+def _gateway_not_available(verb: str) -> UsageError:
+    return UsageError(
+        f"{verb} deployed agents through the gateway is not available yet",
+        hint="use --local PATH to start an agent from its folder",
+    )
+
+
+@app.command("run")
+def run_command(
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="The agent's folder.")] = Path("."),
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="ARGS", help="Extra arguments for the agent's command, after --.", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Run an agent in the foreground: MCP on stdin/stdout, its exit code passed through."""
+    from mcpz.local_process import run_agent
+
+    raise typer.Exit(run_agent(path, args or ()))
+
+
+@app.command("tools")
+def tools_command(
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="PATH|NAME", help="With --local, the agent's folder (default .).", show_default=False
+        ),
+    ] = None,
+    local: LocalOpt = False,
+    timeout: TimeoutOpt = None,
+) -> None:
+    """List an agent's tools: name, arguments and description (input schemas with --json)."""
+    if not local:
+        raise _gateway_not_available("listing the tools of")
+    import anyio
+
+    from mcpz.local import list_tools
+
+    with _quiet_sdk():
+        tools = anyio.run(partial(list_tools, target or ".", timeout=timeout))
+    out().data({"tools": [tool.to_dict() for tool in tools]}, partial(_render_tools, tools))
+
+
+def _render_tools(tools: list[ToolInfo], console: Console) -> None:
+    from rich.table import Table
+
+    from mcpz.local_args import signature
+
+    if not tools:
+        out().info("this agent offers no tools")
+        return
+    table = Table("tool", "arguments", "description", box=None)
+    for tool in tools:
+        summary = tool.description.strip().split("\n\n")[0]
+        table.add_row(tool.name, signature(tool.input_schema) or "-", " ".join(summary.split()))
+    console.print(table)
+
+
+@app.command("call")
+def call_command(
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="PATH|NAME", help="With --local, the agent's folder (default .).", show_default=False
+        ),
+    ] = None,
+    tool: Annotated[
+        str | None, typer.Argument(metavar="TOOL", help="The tool to call.", show_default=False)
+    ] = None,
+    words: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="KEY=VALUE", help="The tool's arguments.", show_default=False),
+    ] = None,
+    local: LocalOpt = False,
+    args_json: Annotated[
+        str | None,
+        typer.Option("--args-json", metavar="JSON", help="Arguments as a JSON object; KEY=VALUE words win."),
+    ] = None,
+    timeout: TimeoutOpt = None,
+) -> None:
+    """Call one tool and print its result (text; the whole result with --json).
+
+    Values are JSON when they parse (a=2, ok=true, tags='["x"]'), else text.
+
+    The tool's input schema decides between the two: a "string" argument keeps "42" as text.
+    """
+    if not local:
+        raise _gateway_not_available("calling")
+    import anyio
+
+    from mcpz.local import call_tool
+    from mcpz.local_args import parse_args_json
+
+    # Click fills the positionals in order; which word is the PATH is decided here.
+    given = [word for word in (target, tool) if word is not None] + (words or [])
+    path, name, key_values = _split_local_call(given)
+    arguments = parse_args_json(args_json) if args_json is not None else None
+    with _quiet_sdk():
+        result = anyio.run(partial(call_tool, path, name, arguments, key_values=key_values, timeout=timeout))
+    out().data(result.to_dict(), partial(_render_result, result))
+
+
+def _split_local_call(words: list[str]) -> tuple[str, str, list[str]]:
+    """`[PATH] TOOL [KEY=VALUE]...`: the first word is the PATH when the second is a TOOL."""
+    usage = "mcpz call --local [PATH] TOOL [KEY=VALUE]..."
+    if len(words) >= 2 and "=" not in words[1]:
+        path, tool, rest = words[0], words[1], words[2:]
+    elif words:
+        path, tool, rest = ".", words[0], words[1:]
+    else:
+        raise UsageError("missing the TOOL to call", hint=usage)
+    if "=" in tool or tool in (".", "..") or os.sep in tool or "/" in tool:
+        raise UsageError(f'missing the TOOL to call ("{tool}" is not a tool name)', hint=usage)
+    return path, tool, rest
+
+
+def _render_result(result: ToolResult, console: Console) -> None:
+    printed = False
+    for block in result.content:
+        if block.get("type") == "text":
+            console.print(block["text"], markup=False, highlight=False, emoji=False)
+        else:
+            what = block.get("mimeType") or block.get("uri") or ""
+            console.print(f"[{block.get('type')} {what}]".replace(" ]", "]"), markup=False, highlight=False)
+        printed = True
+    if not printed and result.structured_content is not None:
+        console.print(json.dumps(result.structured_content, indent=2), markup=False, highlight=False)
