@@ -228,6 +228,23 @@ def _is_ancestor(repo: Any, ancestor: bytes, descendant: bytes) -> bool:
     return bool(can_fast_forward(repo, ancestor, descendant))
 
 
+def _check_release(registry: str, name: str, version: str | None, token: str | None) -> None:
+    """Say "no such agent/release" plainly, before git would say it obscurely."""
+    import httpx2
+
+    from mcpz.registry_client import _error_from
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx2.get(f"{registry.rstrip('/')}/v1/agents/{name}", headers=headers, timeout=30)
+    except httpx2.TransportError as e:
+        raise NetworkError(f"cannot reach the registry at {registry}: {e}", hint="check --registry") from e
+    if response.status_code >= 400:
+        raise _error_from(response)
+    if version is not None and version not in {v["version"] for v in response.json()["versions"]}:
+        raise NotFoundError(f"{name} has no release {version}", hint=f"see `mcpz versions {name}`")
+
+
 def clone(registry: str, name: str, version: str | None, target: Path, token: str | None = None) -> str:
     """Clone `name` (at release `version`, else its default branch) into `target`; return the commit."""
     from dulwich import porcelain
@@ -235,23 +252,18 @@ def clone(registry: str, name: str, version: str | None, target: Path, token: st
     AgentName.parse(name)
     if target.exists() and any(target.iterdir()):
         raise UsageError(f"{target} exists and is not empty", hint="choose another folder")
-    url = repo_url(registry, name)
-    err = io.BytesIO()
+    _check_release(registry, name, version, token)
     try:
         repo = porcelain.clone(
-            url,
+            repo_url(registry, name),
             str(target),
             checkout=True,
-            errstream=err,
-            outstream=io.BytesIO(),
+            errstream=io.BytesIO(),
             branch=f"v{version}".encode() if version else None,
             username="mcpz" if token else None,
             password=token,
         )
-    except Exception as e:
-        text = str(e)
-        if (version and ("v" + version) in text) or ("not found" in text.lower() and version):
-            raise NotFoundError(f"{name} has no release {version}", hint=f"see `mcpz versions {name}`") from e
+    except Exception as e:  # dulwich raises many kinds; all are translated here
         raise _translate_transport(e, registry) from e
     try:
         return repo.head().decode()  # type: ignore[no-any-return]
@@ -262,7 +274,6 @@ def clone(registry: str, name: str, version: str | None, target: Path, token: st
 def pull(path: Path, token: str | None = None) -> tuple[str, str]:
     """Fast-forward the current branch from its registry; return (old, new) commit ids."""
     from dulwich import porcelain
-    from dulwich.errors import DivergedBranches
 
     repo = open_repo(path)
     try:
@@ -271,12 +282,11 @@ def pull(path: Path, token: str | None = None) -> tuple[str, str]:
             porcelain.pull(
                 repo,
                 errstream=io.BytesIO(),
-                outstream=io.BytesIO(),
                 ff_only=True,
                 username="mcpz" if token else None,
                 password=token,
             )
-        except DivergedBranches:
+        except porcelain.DivergedBranches:
             raise RepositoryError(
                 "your branch and the registry's have diverged", hint="merge with git, then push"
             ) from None

@@ -212,7 +212,7 @@ def batch_index(
                 select(Agent.name, Release.version, Release.commit, Release.yanked, Release.dependencies)
                 .join(Release, Release.agent_id == Agent.id)
                 .where(Agent.name.in_(stale))
-            ).tuples()
+            )
             fresh: dict[str, list[dict[str, Any]]] = {n: [] for n in stale}
             for agent_name, version, commit, yanked, deps in rows:
                 fresh[agent_name].append(

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dulwich.errors import ObjectFormatException
 from dulwich.object_store import DiskObjectStore, PackInputTooLarge
 from dulwich.objects import ShaFile
 from dulwich.protocol import SIDE_BAND_CHANNEL_PROGRESS
@@ -31,7 +32,7 @@ from registry_server.accounts import Principal, now
 from registry_server.db import Database
 from registry_server.git_storage import RepoStore
 from registry_server.models import Agent
-from registry_server.pack_checks import check_objects
+from registry_server.pack_checks import RawObject, check_objects, human_size, pack_objects, store_lookup
 from registry_server.releases import ZERO, RefUpdate, plan_updates, published_versions, record_releases
 
 log = logging.getLogger(__name__)
@@ -84,35 +85,38 @@ class RegistryReceivePack(ReceivePackHandler):  # type: ignore[misc]
     ) -> Iterator[tuple[bytes, bytes]]:
         store = DiskObjectStore.init(str(quarantine))
         store.add_alternate_path(main_store.path)
-        new_objects: list[ShaFile] = []
+        new_objects: list[RawObject] = []
         if any(u.new != ZERO for u in updates):
             try:
                 pack = store.add_thin_pack(
                     self.proto.read, getattr(self.proto, "recv", None), max_input_size=self.ctx.max_push_bytes
                 )
             except PackInputTooLarge:
-                limit = f"{self.ctx.max_push_bytes / 1_000_000:.0f} MB"
-                reason = f"push exceeds the registry's limit of {limit}"
+                reason = f"push exceeds the registry's limit of {human_size(self.ctx.max_push_bytes)}"
                 yield b"unpack", reason.encode()
                 yield from self._refuse_all(updates, reason)
                 return
-            except (OSError, ValueError, AssertionError) as e:
+            except Exception as e:  # hostile input may break the pack reader in any way
+                log.info("unpack failed", extra={"agent": self.ctx.name, "error": repr(e)})
                 yield b"unpack", str(e).replace("\n", " ").encode("utf-8", "replace")
                 yield from self._refuse_all(updates, "unpack failed")
                 return
-            new_objects = list(pack.iterobjects())
+            new_objects = list(pack_objects(pack))
         yield b"unpack", b"ok"
 
         def lookup(sha: bytes) -> ShaFile | None:
+            # Only used once every new object passed the checks below.
             try:
                 return store[sha]
-            except KeyError:
+            except (KeyError, ObjectFormatException, ValueError):
                 return None
 
-        problems = check_objects(new_objects, lookup)
+        problems = check_objects(
+            new_objects, store_lookup(store), tips=[u.new for u in updates if u.new != ZERO]
+        )
         if problems:
             for problem in problems[:20]:
-                self._say(f"error: {problem.message}")
+                self._say(f"error: {problem}")
             if len(problems) > 20:
                 self._say(f"error: ... and {len(problems) - 20} more problems")
             first = problems[0].message
@@ -150,8 +154,14 @@ class RegistryReceivePack(ReceivePackHandler):  # type: ignore[misc]
                         session.add(agent)
                         session.flush()
                     record_releases(session, agent, ctx.principal.account_id, plan.releases)
-                    self._move_packs(quarantine, Path(main_store.path))
-                    self._move_refs(updates)
+                    moved = self._move_packs(quarantine, Path(main_store.path))
+                    try:
+                        self._move_refs(updates)
+                    except BaseException:
+                        # Nothing points at them: take them out again so nothing is readable.
+                        for path in reversed(moved):
+                            path.unlink(missing_ok=True)
+                        raise
                     self.published = [r.version for r in plan.releases]
             except RefusedError as e:
                 yield from self._refuse_all(updates, e.message)
@@ -164,12 +174,16 @@ class RegistryReceivePack(ReceivePackHandler):  # type: ignore[misc]
             yield update.ref, b"ok"
 
     @staticmethod
-    def _move_packs(quarantine: Path, objects: Path) -> None:
+    def _move_packs(quarantine: Path, objects: Path) -> list[Path]:
         # The .pack goes first and the .idx last: a reader only sees a pack once its index exists.
         pack_dir = quarantine / "pack"
+        moved: list[Path] = []
         for suffix in (".pack", ".rev", ".idx"):
             for path in sorted(pack_dir.glob(f"pack-*{suffix}")):
-                os.replace(path, objects / "pack" / path.name)
+                target = objects / "pack" / path.name
+                os.replace(path, target)
+                moved.append(target)
+        return moved
 
     def _move_refs(self, updates: list[RefUpdate]) -> None:
         done: list[RefUpdate] = []

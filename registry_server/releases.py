@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from dulwich.objects import Commit, ShaFile, Tag, Tree
+from dulwich.refs import check_ref_format
 from packaging.version import InvalidVersion, Version
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -128,7 +129,9 @@ def plan_updates(name: str, updates: list[RefUpdate], lookup: Lookup, published:
     for update in updates:
         ref = update.ref.decode("utf-8", "replace")
         error: str | None = None
-        if ref.startswith("refs/heads/"):
+        if not check_ref_format(update.ref) or not update.ref.isascii():
+            error = f"{ref!r} is not a valid ref name"
+        elif ref.startswith("refs/heads/"):
             if update.new != ZERO and _peel(update.new, lookup) is None:
                 error = "branches must point to commits"
         elif ref.startswith("refs/tags/v"):

@@ -29,7 +29,7 @@ def test_broken_user_config_is_a_usage_error(isolated_env: Path) -> None:
     config = isolated_env / "config" / "config.toml"
     config.parent.mkdir(parents=True)
     config.write_text("registry = \n")
-    with pytest.raises(UsageError, match="config.toml: not valid TOML"):
+    with pytest.raises(UsageError, match=r"config\.toml: not valid TOML"):
         Settings.load()
 
 
