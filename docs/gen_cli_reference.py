@@ -36,7 +36,8 @@ def _walk(command: _click.Command, path: list[str], out: list[str]) -> None:
                 continue
             if getattr(param, "param_type_name", "") == "argument":
                 text = getattr(param, "help", None)
-                rows.append(f"- `{(param.metavar or param.name or '').upper()}`" + (f": {text}" if text else ""))
+                label = (param.metavar or param.name or "").upper()
+                rows.append(f"- `{label}`" + (f": {text}" if text else ""))
                 continue
             record = param.get_help_record(ctx)
             if record:

@@ -59,6 +59,9 @@ class DemoContext:
             raise DemoFailed(f"`{shown}` exited {done.returncode}: {detail}")
         if json_out:
             return json.loads(done.stdout)
+        talk = done.stderr.rstrip()
+        if talk:
+            self.show(talk)
         text = done.stdout.rstrip()
         if text:
             self.show(text)
@@ -94,7 +97,7 @@ def step_tools(ctx: DemoContext) -> None:
 
 
 def step_call(ctx: DemoContext) -> None:
-    ctx.mcpz("call", "--local", ".", "forecast", "city=Oslo", cwd=ctx.agent_dir)
+    ctx.mcpz("call", "--local", ".", "add", "a=2", "b=40", cwd=ctx.agent_dir)
 
 
 def step_registry(ctx: DemoContext) -> None:

@@ -1,0 +1,59 @@
+"""The project's own rules, checked like behaviour: README and CI agree, docs are current, lint is clean."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```bash\n(.*?)```", text, re.S)
+    assert block, "the README starts with a bash block of set-up commands"
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_readme_starts_with_exactly_two_setup_commands_and_ci_runs_the_second() -> None:
+    commands = _readme_commands()
+    assert len(commands) == 2
+    assert "mcpz demo" in commands[0]
+    assert "pytest" in commands[1]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert commands[1] in ci.splitlines(), ".ci/run must run the README's second command as written"
+
+
+def test_cli_reference_is_generated_from_the_current_app() -> None:
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        import gen_cli_reference
+    finally:
+        sys.path.pop(0)
+    current = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert current == gen_cli_reference.render(), "run: python docs/gen_cli_reference.py"
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed (pip install -e '.[test]')")
+    return found
+
+
+def test_ruff_is_clean() -> None:
+    ruff = _tool("ruff")
+    for args in (["check", "."], ["format", "--check", "."]):
+        done = subprocess.run([ruff, *args], cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
+
+
+def test_mypy_strict_is_clean() -> None:
+    mypy = _tool("mypy")
+    done = subprocess.run([mypy], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:]
