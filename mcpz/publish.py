@@ -67,6 +67,8 @@ def _translate_transport(e: Exception, registry: str) -> Exception:
             "the registry wants a token for this", hint="run `mcpz login --token` or set MCPZ_TOKEN"
         )
     text = str(e)
+    if _unreachable(e):
+        return NetworkError(f"cannot reach the registry at {registry}", hint="check --registry / MCPZ_REGISTRY")
     if "403" in text or "Forbidden" in text:
         return AuthError(
             f"the registry refused: {text}", hint="check that your token has the scope and namespace"
@@ -78,6 +80,23 @@ def _translate_transport(e: Exception, registry: str) -> Exception:
     return NetworkError(
         f"cannot reach the registry at {registry}: {text}", hint="check --registry / MCPZ_REGISTRY"
     )
+
+
+def _unreachable(e: BaseException) -> bool:
+    """Whether a transport error means "nobody answered" (refused, no route, DNS, timeout)."""
+    seen: BaseException | None = e
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, (ConnectionError, TimeoutError)):
+            return True
+        name = type(seen).__name__
+        if name in ("NewConnectionError", "MaxRetryError", "ConnectTimeoutError", "NameResolutionError"):
+            return True
+        if "Failed to establish a new connection" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def open_repo(path: Path) -> Any:
@@ -122,12 +141,11 @@ def push(
     *,
     force: bool = False,
     progress: ProgressFn | None = None,
-    published_commit: Callable[[str, str], str | None] | None = None,
 ) -> PushResult:
     """Push the current branch and publish the manifest's version if it is new.
 
-    `published_commit(name, version)` tells the commit the registry has for a version (None if
-    unpublished); it lets push say "already published" instead of asking the registry to refuse.
+    Whether the version is already published is read from the refs the registry advertises at
+    the start of the push, so publishing costs no request beyond git's own.
     """
     from dulwich.errors import GitProtocolError, HangupException
     from dulwich.objects import ZERO_SHA
@@ -138,13 +156,8 @@ def push(
         AgentName.parse(manifest.name)
         tag_ref = f"refs/tags/v{manifest.version}".encode()
         local_tag = repo.refs.as_dict().get(tag_ref)
-        remote_commit = published_commit(manifest.name, manifest.version) if published_commit else None
-        already = remote_commit is not None
-        if already and remote_commit != commit_id and local_tag is None:
-            # The version is taken by other code: push the branch only, and say so.
-            tag_target = None
-        else:
-            tag_target = local_tag or commit_id.encode()
+        # Decided in update_refs, once the registry's refs are known.
+        decision = {"already": False, "send_tag": False}
         counters = {"objects": 0, "bytes": 0}
         messages: list[str] = []
         client, _ = _client(registry, manifest.name, token)
@@ -159,8 +172,12 @@ def push(
                         hint="run `mcpz pull` first, or push with --force",
                     )
             wanted[branch] = commit_id.encode()
-            if tag_target is not None and tag_ref not in remote:
-                wanted[tag_ref] = tag_target
+            if tag_ref in remote:
+                # Published already: by this very tag (a no-op) or by other code (bump to publish).
+                decision["already"] = True
+            else:
+                wanted[tag_ref] = local_tag or commit_id.encode()
+                decision["send_tag"] = True
             return wanted
 
         def generate(have: Any, want: Any, *, ofs_delta: bool = False, progress: Any = None) -> Any:
@@ -204,8 +221,9 @@ def push(
             raise RefusedError(
                 f"the registry refused the push: {reasons}", hint="fix what it names and push again"
             )
-        published = tag_target is not None and not already
-        if tag_target is not None and local_tag is None:
+        published = decision["send_tag"]
+        already = decision["already"]
+        if published and local_tag is None:
             repo.refs.add_if_new(tag_ref, commit_id.encode())
         return PushResult(
             name=manifest.name,

@@ -12,7 +12,7 @@ from rich.table import Table
 from mcpz.cli.app import app
 from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
 from mcpz.cli.output import out
-from mcpz.errors import NotFoundError, UsageError
+from mcpz.errors import UsageError
 from mcpz.names import AgentName
 
 
@@ -31,25 +31,9 @@ def push(
 ) -> None:
     """Push the current branch; publish the manifest's version if it is new."""
     from mcpz import publish
-    from mcpz.registry_client import connect
 
     url = settings(registry).registry
     secret = token_for(url, token)
-
-    async def published_commit(name: str) -> Any:
-        async with connect(url, secret) as client:
-            try:
-                return await client.agent(name)
-            except NotFoundError:
-                return None
-
-    def lookup(name: str, version: str) -> str | None:
-        info = run(published_commit, name)
-        for release in (info or {}).get("versions", []):
-            if release["version"] == version:
-                return str(release["commit"])
-        return None
-
     output = out()
     if output.interactive:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -67,9 +51,9 @@ def push(
             def progress(_phase: str, done: int, total: int | None) -> None:
                 bar.update(task, completed=done, total=total)
 
-            result = publish.push(path, url, secret, force=force, progress=progress, published_commit=lookup)
+            result = publish.push(path, url, secret, force=force, progress=progress)
     else:
-        result = publish.push(path, url, secret, force=force, published_commit=lookup)
+        result = publish.push(path, url, secret, force=force)
 
     def render(console: Console) -> None:
         if result.published:
