@@ -20,11 +20,19 @@ from registry_server import accounts, tokens
 from registry_server.accounts import Principal
 from registry_server.auth import Forbidden, principal_from_headers, require
 from registry_server.models import Account, Agent, Release
+from registry_server.models_auth import ReleaseSignature
+from registry_server.namespaces import owner_address, signatures_by_release
 from registry_server.releases import set_yanked
 from registry_server.state import RegistryState
 
 router = APIRouter()
 MAX_BATCH = 1000
+
+
+class SignatureOut(BaseModel):
+    signer: str
+    signature: str
+    signed_at: datetime
 
 
 class ReleaseOut(BaseModel):
@@ -36,6 +44,12 @@ class ReleaseOut(BaseModel):
     dependencies: dict[str, str]
     published_at: datetime
     publisher: str
+    manifest_sha256: str = Field(default="", description="sha256 of mcpz.toml at the commit (signed over)")
+    signature: str | None = Field(
+        default=None, description="The namespace owner's signature if there is one, else the first kept"
+    )
+    signer: str | None = None
+    signatures: list[SignatureOut] = Field(default_factory=list)
 
 
 class AgentOut(BaseModel):
@@ -118,7 +132,20 @@ def _latest(releases: list[Release]) -> str | None:
     return str(max(candidates)) if candidates else None
 
 
-def _release_out(agent: str, release: Release, publishers: dict[int, str]) -> ReleaseOut:
+def _release_out(
+    agent: str,
+    release: Release,
+    publishers: dict[int, str],
+    signed: tuple[dict[int, list[ReleaseSignature]], str | None] = ({}, None),
+) -> ReleaseOut:
+    rows, owner_address = signed
+    signatures = [
+        SignatureOut(signer=r.signer, signature=r.signature, signed_at=r.created_at)
+        for r in rows.get(release.id, [])
+    ]
+    preferred = next(
+        (s for s in signatures if s.signer == owner_address), signatures[0] if signatures else None
+    )
     return ReleaseOut(
         name=agent,
         version=release.version,
@@ -128,10 +155,16 @@ def _release_out(agent: str, release: Release, publishers: dict[int, str]) -> Re
         dependencies=json.loads(release.dependencies),
         published_at=release.published_at,
         publisher=publishers.get(release.publisher_id, ""),
+        manifest_sha256=hashlib.sha256(release.manifest.encode("utf-8")).hexdigest(),
+        signature=preferred.signature if preferred else None,
+        signer=preferred.signer if preferred else None,
+        signatures=signatures,
     )
 
 
-def _load_agent(state: RegistryState, full: str) -> tuple[Agent, list[Release], dict[int, str]]:
+def _load_agent(
+    state: RegistryState, full: str
+) -> tuple[Agent, list[Release], dict[int, str], tuple[dict[int, list[ReleaseSignature]], str | None]]:
     with state.db.session() as session:
         agent = session.scalar(select(Agent).where(Agent.name == full))
         if agent is None:
@@ -141,8 +174,12 @@ def _load_agent(state: RegistryState, full: str) -> tuple[Agent, list[Release], 
         publishers = {
             k: v for k, v in session.execute(select(Account.id, Account.name).where(Account.id.in_(ids)))
         }
+        signed = (
+            signatures_by_release(session, [r.id for r in releases]),
+            owner_address(session, agent.namespace),
+        )
     releases.sort(key=lambda r: Version(r.version))
-    return agent, releases, publishers
+    return agent, releases, publishers, signed
 
 
 @router.get("/healthz", tags=["meta"])
@@ -153,22 +190,22 @@ async def healthz() -> dict[str, str]:
 @router.get("/v1/agents/{namespace}/{name}", response_model=AgentOut, tags=["index"])
 def get_agent(namespace: str, name: str, state: State) -> AgentOut:
     full = _agent_name(namespace, name)
-    agent, releases, publishers = _load_agent(state, full)
+    agent, releases, publishers, signed = _load_agent(state, full)
     return AgentOut(
         name=full,
         description=agent.description,
         latest=_latest(releases),
-        versions=[_release_out(full, r, publishers) for r in releases],
+        versions=[_release_out(full, r, publishers, signed) for r in releases],
     )
 
 
 @router.get("/v1/agents/{namespace}/{name}/{version}", response_model=ReleaseOut, tags=["index"])
 def get_release(namespace: str, name: str, version: str, state: State) -> ReleaseOut:
     full = _agent_name(namespace, name)
-    _agent, releases, publishers = _load_agent(state, full)
+    _agent, releases, publishers, signed = _load_agent(state, full)
     for release in releases:
         if release.version == version:
-            return _release_out(full, release, publishers)
+            return _release_out(full, release, publishers, signed)
     raise NotFoundError(f"{full} {version} is not published", hint=f"see `mcpz versions {full}`")
 
 
@@ -212,7 +249,7 @@ def batch_index(
                 select(Agent.name, Release.version, Release.commit, Release.yanked, Release.dependencies)
                 .join(Release, Release.agent_id == Agent.id)
                 .where(Agent.name.in_(stale))
-            )
+            ).all()
             fresh: dict[str, list[dict[str, Any]]] = {n: [] for n in stale}
             for agent_name, version, commit, yanked, deps in rows:
                 fresh[agent_name].append(

@@ -26,6 +26,8 @@ from dulwich.objects import ShaFile
 from dulwich.protocol import SIDE_BAND_CHANNEL_PROGRESS
 from dulwich.server import ReceivePackHandler
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from mcpz.errors import RefusedError
 from registry_server.accounts import Principal, now
@@ -48,6 +50,21 @@ class PushContext:
     on_published: Callable[[str, list[str]], None] | None = None
 
 
+def _agent_row(session: Session, name: str) -> Agent:
+    """The agent's row, made on its first push; another registry may be making it right now."""
+    agent = session.scalar(select(Agent).where(Agent.name == name))
+    if agent is not None:
+        return agent
+    try:
+        with session.begin_nested():
+            agent = Agent(name=name, namespace=name.split("/")[0], description="", created_at=now(), serial=0)
+            session.add(agent)
+    except IntegrityError:
+        agent = session.scalar(select(Agent).where(Agent.name == name))
+        assert agent is not None
+    return agent
+
+
 class RegistryReceivePack(ReceivePackHandler):  # type: ignore[misc]
     """A receive-pack whose pushes pass quarantine, object checks and release rules."""
 
@@ -68,9 +85,12 @@ class RegistryReceivePack(ReceivePackHandler):  # type: ignore[misc]
         updates = [RefUpdate(old, new, ref) for old, new, ref in refs]
         main_store: DiskObjectStore = self.repo.object_store
         quarantine = Path(main_store.path) / f"incoming-{secrets.token_hex(8)}"
+        stores: list[DiskObjectStore] = []
         try:
-            yield from self._apply_in_quarantine(updates, main_store, quarantine)
+            yield from self._apply_in_quarantine(updates, main_store, quarantine, stores)
         finally:
+            for store in stores:
+                store.close()
             shutil.rmtree(quarantine, ignore_errors=True)
 
     def _refuse_all(
@@ -81,9 +101,14 @@ class RegistryReceivePack(ReceivePackHandler):  # type: ignore[misc]
             yield update.ref, reason.replace("\n", " ").encode("utf-8", "replace")
 
     def _apply_in_quarantine(
-        self, updates: list[RefUpdate], main_store: DiskObjectStore, quarantine: Path
+        self,
+        updates: list[RefUpdate],
+        main_store: DiskObjectStore,
+        quarantine: Path,
+        stores: list[DiskObjectStore],
     ) -> Iterator[tuple[bytes, bytes]]:
         store = DiskObjectStore.init(str(quarantine))
+        stores.append(store)
         store.add_alternate_path(main_store.path)
         new_objects: list[RawObject] = []
         if any(u.new != ZERO for u in updates):
@@ -142,17 +167,7 @@ class RegistryReceivePack(ReceivePackHandler):  # type: ignore[misc]
                                 self._say(f"error: {update.ref.decode(errors='replace')}: {error}")
                         yield from self._refuse_all(updates, plan.errors)
                         return
-                    agent = session.scalar(select(Agent).where(Agent.name == ctx.name))
-                    if agent is None:
-                        agent = Agent(
-                            name=ctx.name,
-                            namespace=ctx.name.split("/")[0],
-                            description="",
-                            created_at=now(),
-                            serial=0,
-                        )
-                        session.add(agent)
-                        session.flush()
+                    agent = _agent_row(session, ctx.name)
                     record_releases(session, agent, ctx.principal.account_id, plan.releases)
                     moved = self._move_packs(quarantine, Path(main_store.path))
                     try:
