@@ -28,13 +28,18 @@ def push(
     registry: RegistryOpt = None,
     token: TokenOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite the registry's branch.")] = False,
+    no_sign: Annotated[
+        bool, typer.Option("--no-sign", help="Publish without signing, even when a wallet exists.")
+    ] = False,
 ) -> None:
-    """Push the current branch; publish the manifest's version if it is new."""
+    """Push the current branch; publish the manifest's version if it is new, signed by your wallet."""
     from mcpz import publish
 
     url = settings(registry).registry
     secret = token_for(url, token)
     output = out()
+    # Unlocked before pushing, so a missing passphrase stops the push instead of leaving it unsigned.
+    account = None if no_sign else _wallet_account()
     if output.interactive:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -54,10 +59,17 @@ def push(
             result = publish.push(path, url, secret, force=force, progress=progress)
     else:
         result = publish.push(path, url, secret, force=force)
+    if result.published and account is not None:
+        result = _sign(path, url, secret, result, account)
+    elif result.published:
+        why = "--no-sign" if no_sign else "no wallet (create one with `mcpz wallet create`)"
+        output.warn(f"{result.name} {result.version} is not signed: {why}; nodes refuse unsigned releases")
 
     def render(console: Console) -> None:
         if result.published:
             console.print(f"published {result.name} {result.version} ({result.commit[:12]})", markup=False)
+            if result.signer:
+                output.info(f"signed by {result.signer}")
         elif result.already_published:
             console.print(
                 f"{result.name} {result.version} is already published; pushed {result.branch} "
@@ -68,6 +80,41 @@ def push(
             console.print(f"pushed {result.branch} ({result.commit[:12]})", markup=False)
 
     output.data(result.to_dict(), render)
+
+
+def _wallet_account() -> Any:
+    from mcpz.wallet import Wallet
+
+    if not Wallet.exists():
+        return None
+    from mcpz.cli.cmd_wallet import unlock_wallet
+
+    return unlock_wallet()
+
+
+def _sign(path: Path, url: str, token: str | None, result: Any, account: Any) -> Any:
+    """Sign the release just published; on failure say how to sign it later."""
+    import dataclasses
+
+    from mcpz import publish
+    from mcpz.errors import McpzError
+    from mcpz.registry_client import connect
+
+    statement = publish.release_statement(
+        url, result.name, result.version, result.commit, publish.manifest_bytes_at(path, result.commit)
+    )
+
+    async def call() -> dict[str, Any]:
+        async with connect(url, token) as client:
+            return await publish.sign_release(client, statement, account)
+
+    try:
+        run(call)
+    except McpzError as e:
+        e.message = f"published {result.name} {result.version}, but signing it failed: {e.message}"
+        e.hint = e.hint or f"sign it with `mcpz sign {result.name}@{result.version}`"
+        raise
+    return dataclasses.replace(result, signer=str(account.address))
 
 
 @app.command("clone")
@@ -105,11 +152,17 @@ def pull(
     out().data({"old": old, "new": new}, lambda c: c.print(message))
 
 
-async def _agent(url: str, token: str | None, name: str) -> dict[str, Any]:
+def _fetch_agent(name: str, registry: str | None, token: str | None) -> dict[str, Any]:
     from mcpz.registry_client import connect
 
-    async with connect(url, token) as client:
-        return await client.agent(name)
+    AgentName.parse(name)
+    url = settings(registry).registry
+
+    async def fetch() -> dict[str, Any]:
+        async with connect(url, token_for(url, token)) as client:
+            return await client.agent(name)
+
+    return run(fetch)
 
 
 @app.command("info")
@@ -119,9 +172,7 @@ def info(
     token: TokenOpt = None,
 ) -> None:
     """Description, versions, yanked, dependencies, latest."""
-    AgentName.parse(name)
-    url = settings(registry).registry
-    data = run(_agent, url, token_for(url, token), name)
+    data = _fetch_agent(name, registry, token)
 
     def render(console: Console) -> None:
         console.print(f"[bold]{data['name']}[/bold]  latest: {data['latest'] or '-'}")
@@ -131,11 +182,8 @@ def info(
         deps = (latest or (data["versions"][-1] if data["versions"] else {})).get("dependencies", {})
         if deps:
             console.print("dependencies: " + ", ".join(f"{k} {v}" for k, v in deps.items()), markup=False)
-        console.print(
-            "versions: "
-            + ", ".join(v["version"] + (" (yanked)" if v["yanked"] else "") for v in data["versions"])
-            or "versions: none"
-        )
+        listed = ", ".join(v["version"] + (" (yanked)" if v["yanked"] else "") for v in data["versions"])
+        console.print(f"versions: {listed or 'none'}", markup=False)
 
     out().data(data, render)
 
@@ -147,9 +195,7 @@ def versions(
     token: TokenOpt = None,
 ) -> None:
     """Every published version, oldest first."""
-    AgentName.parse(name)
-    url = settings(registry).registry
-    data = run(_agent, url, token_for(url, token), name)
+    data = _fetch_agent(name, registry, token)
 
     def render(console: Console) -> None:
         table = Table("version", "commit", "published", "yanked", box=None)
