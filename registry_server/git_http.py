@@ -18,7 +18,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 from dulwich.protocol import ReceivableProtocol, pkt_line
-from dulwich.server import Backend, UploadPackHandler
+from dulwich.server import Backend
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 from mcpz.names import name_problem
 from registry_server.auth import Forbidden, Unauthenticated, principal_from_headers, require
 from registry_server.git_receive import PushContext, RegistryReceivePack
+from registry_server.pack_reuse import ReusingUploadPackHandler
 from registry_server.state import RegistryState
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ async def info_refs(namespace: str, name: str, request: Request, service: str = 
 
     def run(write: Callable[[bytes], int]) -> None:
         proto = ReceivableProtocol(BytesIO().read, write)
-        handler_cls = UploadPackHandler if service == "git-upload-pack" else RegistryReceivePack
+        handler_cls = ReusingUploadPackHandler if service == "git-upload-pack" else RegistryReceivePack
         kwargs: dict[str, Any] = {}
         if handler_cls is RegistryReceivePack:
             kwargs["ctx"] = None
@@ -190,7 +191,7 @@ async def upload_pack(namespace: str, name: str, request: Request) -> Response:
     def run(write: Callable[[bytes], int]) -> None:
         try:
             proto = ReceivableProtocol(body.read, write)
-            UploadPackHandler(_Backend(repo), [agent], proto, stateless_rpc=True).handle()
+            ReusingUploadPackHandler(_Backend(repo), [agent], proto, stateless_rpc=True).handle()
         finally:
             repo.close()
             body.close()
