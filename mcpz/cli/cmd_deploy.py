@@ -1,0 +1,390 @@
+"""`mcpz deploy NAME@VERSION`, `mcpz deploy status|scale|rollback|rm`, `mcpz deployments`,
+`mcpz nodes`, `mcpz logs`: deployments on the registry's mesh.
+
+`deploy` is a group whose first word is either a subcommand or the NAME@VERSION to deploy: the
+group sends anything that is not a subcommand to `deploy apply`.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+from typer import _click
+from typer.core import TyperGroup
+
+from mcpz.cli.app import app
+from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
+from mcpz.cli.output import out
+from mcpz.errors import AgentError, UsageError
+from mcpz.names import AgentName
+
+STATUSES = ("pending", "pulling", "starting", "running", "failed", "stopped")
+
+
+class DeployGroup(TyperGroup):
+    """`mcpz deploy NAME@VERSION ...` runs `deploy apply`; `mcpz deploy status ...` its subcommand."""
+
+    def parse_args(self, ctx: _click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["apply", *args]
+        return super().parse_args(ctx, args)
+
+
+deploy_app = typer.Typer(
+    cls=DeployGroup,
+    help="Deploy NAME@VERSION to the mesh, or manage a deployment.\n\n"
+    "mcpz deploy NAME@VERSION [--replicas N] [--selector k=v] [--wait] is `mcpz deploy apply`.",
+    no_args_is_help=True,
+)
+app.add_typer(deploy_app, name="deploy")
+
+WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait until every replica runs (or one fails).")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds --wait waits at most.")]
+
+
+def _name(text: str) -> str:
+    return str(AgentName.parse(text))
+
+
+def _selector(items: Sequence[str]) -> dict[str, str]:
+    selector: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f'selector "{item}" is not k=v', hint="e.g. --selector region=eu")
+        selector[key] = value
+    return selector
+
+
+_SIZE = re.compile(r"(\d+)\s*([kmgt]?)i?b?", re.IGNORECASE)
+
+
+def _bytes(text: str) -> int:
+    match = _SIZE.fullmatch(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise UsageError(f'"{text}" is not a size', hint='use e.g. "512M" or "2G"')
+    power: int = " kmgt".index(match.group(2).lower() or " ")
+    unit: int = 1024**power
+    return int(match.group(1)) * unit
+
+
+def _client_call(registry: str | None, token: str | None, method: str, *args: Any, **kw: Any) -> Any:
+    from mcpz.registry_client import connect
+
+    url = settings(registry).registry
+    secret = token_for(url, token)
+
+    async def call() -> Any:
+        async with connect(url, secret) as client:
+            return await getattr(client, method)(*args, **kw)
+
+    return run(call)
+
+
+def _wait(name: str, registry: str | None, token: str | None, timeout: float) -> dict[str, Any]:
+    """Poll until ready or failed, with a live display of replicas by status on a terminal."""
+    from mcpz.registry_client import connect
+
+    url = settings(registry).registry
+    secret = token_for(url, token)
+    output = out()
+
+    async def wait() -> dict[str, Any]:
+        async with connect(url, secret) as client:
+            if not output.interactive:
+                return await client.wait_deployment(name, timeout=timeout)
+            from rich.live import Live
+
+            with Live(console=output.stderr, transient=True, refresh_per_second=8) as live:
+                return await client.wait_deployment(
+                    name, timeout=timeout, on_update=lambda view: live.update(_progress(view))
+                )
+
+    view: dict[str, Any] = run(wait)
+    return view
+
+
+def _progress(view: dict[str, Any]) -> Group:
+    counts = view["by_status"]
+    head = Text(
+        f"{view['name']} {view['version']} (revision {view['revision']}): "
+        f"{view['ready']}/{view['replicas']} ready, {view['state']}"
+    )
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column("status")
+    table.add_column("n", justify="right")
+    table.add_column("bar")
+    table.add_column("replicas")
+    total = max(1, view["replicas"], sum(counts.values()))
+    rows = [(s, counts.get(s, 0)) for s in STATUSES] + [("stopping", view["stopping"])]
+    for status, n in rows:
+        ids = [
+            r["id"]
+            for r in view.get("instances", [])
+            if (r["stopping"] if status == "stopping" else r["status"] == status and not r["stopping"])
+        ]
+        shown = ", ".join(ids[:3]) + (f" +{len(ids) - 3}" if len(ids) > 3 else "")
+        table.add_row(status, str(n), "█" * round(20 * n / total), shown)
+    return Group(head, table)
+
+
+def _finish(view: dict[str, Any], waited: bool) -> None:
+    """Print the deployment; after --wait, a failed replica makes the exit code 7."""
+    out().data(view, lambda console: _render_status(console, view))
+    if waited and view["state"] == "failed":
+        bad = [r for r in view.get("instances", []) if r["status"] == "failed" and r["current"]]
+        detail = f": {bad[0]['detail']}" if bad and bad[0]["detail"] else ""
+        error = AgentError(
+            f"{view['name']} {view['version']}: {len(bad)} replica(s) failed{detail}",
+            hint=f"see `mcpz logs {view['name']}`, or go back with `mcpz deploy rollback {view['name']}`",
+        )
+        sys.stderr.write(f"error: {error.message} ({error.hint})\n")
+        raise typer.Exit(error.exit_code)
+
+
+@deploy_app.command("apply")
+def apply(
+    spec: Annotated[str, typer.Argument(metavar="NAME[@VERSION]", help="Agent and release to run.")],
+    replicas: Annotated[
+        int | None, typer.Option("--replicas", "-r", min=0, help="Replicas (default: unchanged, or 1).")
+    ] = None,
+    selector: Annotated[
+        list[str] | None,
+        typer.Option("--selector", "-s", help="k=v: run only on nodes with this label (repeatable)."),
+    ] = None,
+    memory: Annotated[
+        str | None, typer.Option("--memory", help="Memory limit per replica, e.g. 512M.")
+    ] = None,
+    open_files: Annotated[int | None, typer.Option("--open-files", min=1, help="Open files limit.")] = None,
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 300.0,
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Deploy NAME@VERSION (also `mcpz deploy NAME@VERSION`): desired state, rolled out by the mesh.
+
+    Without @VERSION an existing deployment keeps its version and a new one takes the newest
+    release. A new version replaces replicas one at a time, each new one running before an old stops.
+    """
+    name, _, version = spec.partition("@")
+    name = _name(name)
+    limits = None
+    if memory is not None or open_files is not None:
+        limits = {"memory_bytes": _bytes(memory) if memory else None, "open_files": open_files}
+    view = _client_call(
+        registry,
+        token,
+        "deploy",
+        name,
+        version or None,
+        replicas=replicas,
+        selector=_selector(selector) if selector is not None else None,
+        limits=limits,
+    )
+    out().info(
+        f"deploying {name} {view['version']} (revision {view['revision']}), {view['replicas']} replica(s)"
+    )
+    if wait:
+        view = _wait(name, registry, token, timeout)
+    _finish(view, wait)
+
+
+@deploy_app.command("status")
+def status(
+    name: Annotated[str, typer.Argument(help="Deployment (agent name).")],
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """A deployment: replicas by status, their nodes, and its revisions."""
+    view = _client_call(registry, token, "deployment", _name(name))
+    out().data(view, lambda console: _render_status(console, view))
+
+
+@deploy_app.command("scale")
+def scale(
+    name: Annotated[str, typer.Argument(help="Deployment (agent name).")],
+    replicas: Annotated[int, typer.Argument(min=0, help="Replicas wanted.")],
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 300.0,
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Change how many replicas run."""
+    name = _name(name)
+    view = _client_call(registry, token, "scale", name, replicas)
+    if wait:
+        view = _wait(name, registry, token, timeout)
+    _finish(view, wait)
+
+
+@deploy_app.command("rollback")
+def rollback(
+    name: Annotated[str, typer.Argument(help="Deployment (agent name).")],
+    to: Annotated[
+        int | None, typer.Option("--to", min=1, help="Revision to return to (default: the previous one).")
+    ] = None,
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 300.0,
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Return to the previous revision (a new revision with its release, rolled out as any other)."""
+    name = _name(name)
+    view = _client_call(registry, token, "rollback", name, to)
+    out().info(f"rolling {name} back to {view['version']} (revision {view['revision']})")
+    if wait:
+        view = _wait(name, registry, token, timeout)
+    _finish(view, wait)
+
+
+@deploy_app.command("rm")
+def remove(
+    name: Annotated[str, typer.Argument(help="Deployment (agent name).")],
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Stop every replica and remove the deployment."""
+    name = _name(name)
+    view = _client_call(registry, token, "remove_deployment", name)
+    message = f"removed {name}" if view["state"] == "deleted" else f"removing {name}: stopping its replicas"
+    out().data(view, lambda console: console.print(message, markup=False))
+
+
+@app.command("deployments")
+def deployments(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
+    """Deployments you can see, with replicas ready and their state."""
+    views = _client_call(registry, token, "deployments")
+
+    def render(console: Console) -> None:
+        if not views:
+            console.print("no deployments")
+            return
+        table = Table("name", "version", "revision", "ready", "state", box=None)
+        for v in views:
+            table.add_row(
+                v["name"], v["version"], str(v["revision"]), f"{v['ready']}/{v['replicas']}", v["state"]
+            )
+        console.print(table)
+
+    out().data(views, render)
+
+
+@app.command("nodes")
+def nodes(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
+    """Nodes of the mesh: state, labels, replicas and capacity, load."""
+    views = _client_call(registry, token, "nodes")
+
+    def render(console: Console) -> None:
+        if not views:
+            console.print("no nodes (start one with `mcpz node run`)")
+            return
+        table = Table("id", "name", "state", "replicas", "labels", "cpu", "memory", box=None)
+        for n in views:
+            state = n["state"] if n["connected"] or n["state"] == "lost" else f"{n['state']} (disconnected)"
+            labels = ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items()))
+            memory = (
+                f"{n['memory_used'] / 2**30:.1f}/{n['memory_total'] / 2**30:.1f}G"
+                if n["memory_total"]
+                else ""
+            )
+            table.add_row(
+                n["id"],
+                n["name"],
+                state,
+                f"{n['replicas']}/{n['capacity']}",
+                labels,
+                f"{n['cpu_percent']:.0f}%",
+                memory,
+            )
+        console.print(table)
+
+    out().data(views, render)
+
+
+@app.command("logs")
+def logs(
+    name: Annotated[str, typer.Argument(help="Deployment (agent name).")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    tail: Annotated[int, typer.Option("--tail", "-n", min=0, help="Recent lines to show first.")] = 100,
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Log lines of a deployment's replicas (the registry keeps the last 1,000 per deployment).
+
+    With --json: one JSON array, or with -f one JSON object per line.
+    """
+    import json
+
+    from mcpz.registry_client import connect
+
+    name = _name(name)
+    output = out()
+
+    def show(item: dict[str, Any]) -> None:
+        if output.json:
+            sys.stdout.write(json.dumps(item) + "\n")
+            sys.stdout.flush()
+        else:
+            output.line(f"{item['replica']} {item['line']}")
+
+    if not follow:
+        lines = _client_call(registry, token, "logs", name, tail)
+        if output.json:
+            output.data(lines)
+        else:
+            for item in lines:
+                show(item)
+        return
+    url = settings(registry).registry
+    secret = token_for(url, token)
+
+    async def stream() -> None:
+        async with connect(url, secret) as client:
+            async for item in client.follow_logs(name, tail):
+                show(item)
+
+    try:
+        run(stream)
+    except KeyboardInterrupt:
+        pass
+
+
+def _render_status(console: Console, view: dict[str, Any]) -> None:
+    if "instances" not in view:
+        console.print(f"{view['name']}: {view['state']}", markup=False)
+        return
+    console.print(
+        f"[bold]{view['name']}[/bold] {view['version']} (revision {view['revision']}, "
+        f"{view['commit'][:12]}): {view['ready']}/{view['replicas']} ready, {view['state']}",
+        highlight=False,
+    )
+    if view["selector"]:
+        console.print("selector: " + ",".join(f"{k}={v}" for k, v in view["selector"].items()), markup=False)
+    counts = ", ".join(f"{n} {s}" for s, n in view["by_status"].items() if n)
+    if view["stopping"]:
+        counts += (", " if counts else "") + f"{view['stopping']} stopping"
+    console.print(f"replicas: {counts or 'none'}", markup=False)
+    if view["instances"]:
+        table = Table("replica", "version", "node", "status", "epoch", "detail", box=None)
+        for r in view["instances"]:
+            status = r["status"] + (" (stopping)" if r["stopping"] else "")
+            table.add_row(
+                r["id"],
+                r["version"] or "",
+                r["node_name"] or "-",
+                status,
+                str(r["epoch"] or "-"),
+                Text(r["detail"] or ""),
+            )
+        console.print(table)
+    history = ", ".join(
+        f"{r['revision']}: {r['version']}" + (" (current)" if r["current"] else "") for r in view["revisions"]
+    )
+    console.print(f"revisions: {history}", markup=False)

@@ -1,0 +1,413 @@
+"""The deployment API: deployments (create or update, scale, rollback, remove), their replicas and
+logs, and the mesh's nodes. Frames to nodes: docs/mesh-protocol.md.
+
+Mutations need a token with scope `deploy` in the agent's namespace; reads need `read` or
+`deploy` there (`/v1/nodes`: any of `read`, `deploy`, `node`, `admin`). A mutation returns once
+the reconciler has planned it: the replicas it created are in the answer, with their nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from mcpz.errors import NotFoundError, UsageError
+from mcpz.mesh import Deploy, ProtocolError, ReplicaStatus, ResourceLimits, encode
+from mcpz.names import name_problem
+from registry_server.accounts import Principal
+from registry_server.api import Caller, State
+from registry_server.auth import Forbidden, require
+from registry_server.deployments import (
+    MAX_REPLICAS,
+    DeploymentService,
+    DeploymentState,
+    Limits,
+    LogBook,
+    NodeState,
+    Template,
+    release_template,
+)
+from registry_server.state import RegistryState
+
+router = APIRouter(tags=["deployments"])
+
+FOLLOW_WINDOW = 10.0
+"""Seconds one follow response lasts; the client goes on with `after=<last seq>`. Bounded, so an
+open `mcpz logs -f` never holds up a registry that is shutting down."""
+KEEPALIVE = 2.0
+
+_LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,252}")
+
+
+class LimitsIn(BaseModel):
+    memory_bytes: int | None = Field(default=None, ge=1, description="Memory limit of each replica")
+    open_files: int | None = Field(default=None, ge=1, le=2**31 - 1, description="Open files limit")
+
+
+class DeployIn(BaseModel):
+    agent: str = Field(description="namespace/name of a published agent; also the deployment's name")
+    version: str | None = Field(
+        default=None,
+        description="Release to run; default: the current one, or the newest release for a new deployment",
+    )
+    replicas: int | None = Field(default=None, ge=0, le=MAX_REPLICAS, description="Default: unchanged, or 1")
+    selector: dict[str, str] | None = Field(
+        default=None, description="Node labels required; default: unchanged"
+    )
+    limits: LimitsIn | None = Field(default=None, description="Default: unchanged, or none")
+
+
+class ScaleIn(BaseModel):
+    replicas: int = Field(ge=0, le=MAX_REPLICAS)
+
+
+class RollbackIn(BaseModel):
+    revision: int | None = Field(
+        default=None, ge=1, description="Revision to return to; default: the one before the current"
+    )
+
+
+def service_of(request: Request) -> DeploymentService:
+    return request.app.state.mesh.service  # type: ignore[no-any-return]
+
+
+def _deployment_name(namespace: str, name: str) -> str:
+    full = f"{namespace}/{name}"
+    problem = name_problem(full)
+    if problem:
+        raise UsageError(f'deployment name "{full}" {problem}')
+    return full
+
+
+async def _allow(state: RegistryState, principal: Principal | None, namespace: str, *, write: bool) -> None:
+    scope = "deploy" if write or (principal is not None and principal.has("deploy")) else "read"
+    await anyio.to_thread.run_sync(lambda: require(principal, scope, namespace, db=state.db))
+
+
+def _found(service: DeploymentService, name: str) -> DeploymentState:
+    deployment = service.deployments.get(name)
+    if deployment is None:
+        raise NotFoundError(f"no deployment {name}", hint=f"create it with `mcpz deploy {name}@VERSION`")
+    return deployment
+
+
+# --- routes -----------------------------------------------------------------------------------
+
+
+@router.post("/v1/deployments", status_code=201)
+async def deploy(body: DeployIn, request: Request, state: State, principal: Caller) -> Any:
+    """Create a deployment of a release, or update it (a new revision rolls out one replica at a time)."""
+    problem = name_problem(body.agent)
+    if problem:
+        raise UsageError(f'agent name "{body.agent}" {problem}')
+    namespace = body.agent.split("/")[0]
+    await _allow(state, principal, namespace, write=True)
+    service = service_of(request)
+    existing = service.deployments.get(body.agent)
+    current = existing if existing is not None and not existing.deleted else None
+    selector = (
+        body.selector if body.selector is not None else dict(current.template.selector) if current else {}
+    )
+    for key, value in selector.items():
+        if not _LABEL_KEY.fullmatch(key) or len(value) > 253:
+            raise UsageError(f"invalid selector {key}={value}", hint="labels are k=v, keys [A-Za-z0-9._/-]")
+    if body.limits is not None:
+        limits = Limits(body.limits.memory_bytes, body.limits.open_files)
+    else:
+        limits = current.template.limits if current is not None else Limits()
+    version = body.version or (current.template.version if current is not None else None)
+    template = await anyio.to_thread.run_sync(
+        lambda: release_template(state.db, state.repos, body.agent, version, limits=limits, selector=selector)
+    )
+    _check_deployable(template)
+    created = await service.apply(body.agent, namespace, template, body.replicas)
+    return JSONResponse(deployment_view(service, _found(service, body.agent)), 201 if created else 200)
+
+
+@router.get("/v1/deployments")
+async def list_deployments(request: Request, state: State, principal: Caller) -> Any:
+    """Deployments in the namespaces the caller may read."""
+    service = service_of(request)
+    allowed: dict[str, bool] = {}
+    out = []
+    for deployment in sorted(service.deployments.values(), key=lambda d: d.name):
+        if deployment.namespace not in allowed:
+            try:
+                await _allow(state, principal, deployment.namespace, write=False)
+                allowed[deployment.namespace] = True
+            except Forbidden:
+                allowed[deployment.namespace] = False
+        if allowed[deployment.namespace]:
+            out.append(deployment_view(service, deployment, instances=False))
+    if not allowed:  # nothing deployed: still refuse callers without credentials
+        await anyio.to_thread.run_sync(lambda: _require_any(principal, ("read", "deploy"), state))
+    return JSONResponse(out)
+
+
+@router.get("/v1/deployments/{namespace}/{name}")
+async def get_deployment(namespace: str, name: str, request: Request, state: State, principal: Caller) -> Any:
+    full = _deployment_name(namespace, name)
+    await _allow(state, principal, namespace, write=False)
+    service = service_of(request)
+    return JSONResponse(deployment_view(service, _found(service, full)))
+
+
+@router.post("/v1/deployments/{namespace}/{name}/scale")
+async def scale(
+    namespace: str, name: str, body: ScaleIn, request: Request, state: State, principal: Caller
+) -> Any:
+    full = _deployment_name(namespace, name)
+    await _allow(state, principal, namespace, write=True)
+    service = service_of(request)
+    await service.scale(full, body.replicas)
+    return JSONResponse(deployment_view(service, _found(service, full)))
+
+
+@router.post("/v1/deployments/{namespace}/{name}/rollback")
+async def rollback(
+    namespace: str,
+    name: str,
+    request: Request,
+    state: State,
+    principal: Caller,
+    body: RollbackIn | None = None,
+) -> Any:
+    """A new revision with the template of an earlier one (default: the one before the current)."""
+    full = _deployment_name(namespace, name)
+    await _allow(state, principal, namespace, write=True)
+    service = service_of(request)
+    await service.rollback(full, body.revision if body else None)
+    return JSONResponse(deployment_view(service, _found(service, full)))
+
+
+@router.delete("/v1/deployments/{namespace}/{name}")
+async def remove(namespace: str, name: str, request: Request, state: State, principal: Caller) -> Any:
+    """Stop every replica; the deployment goes once its nodes confirm (state "deleting" until then)."""
+    full = _deployment_name(namespace, name)
+    await _allow(state, principal, namespace, write=True)
+    service = service_of(request)
+    await service.remove(full)
+    deployment = service.deployments.get(full)
+    if deployment is None:
+        return {"name": full, "state": "deleted"}
+    return JSONResponse(deployment_view(service, deployment))
+
+
+@router.get("/v1/deployments/{namespace}/{name}/logs")
+async def logs(
+    namespace: str,
+    name: str,
+    request: Request,
+    state: State,
+    principal: Caller,
+    tail: Annotated[int, Query(ge=0, le=10_000, description="Lines kept before following")] = 100,
+    after: Annotated[int, Query(ge=0, description="Only lines with a higher seq (to resume)")] = 0,
+    follow: Annotated[bool, Query(description="Stream new lines as NDJSON")] = False,
+) -> Any:
+    """Recent log lines of the deployment's replicas; with `follow`, an NDJSON stream of new ones
+    (a blank line every few seconds keeps it alive; it ends after a while: resume with `after`)."""
+    full = _deployment_name(namespace, name)
+    await _allow(state, principal, namespace, write=False)
+    service = service_of(request)
+    _found(service, full)
+    if not follow:
+        return {"lines": [line.to_dict() for line in service.logs.tail(full, tail, after)]}
+    return StreamingResponse(
+        _follow(service, full, tail, after),
+        media_type="application/x-ndjson",
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
+@router.get("/v1/nodes")
+async def list_nodes(request: Request, state: State, principal: Caller) -> Any:
+    """Every node the mesh knows, lost ones too."""
+    await anyio.to_thread.run_sync(
+        lambda: _require_any(principal, ("read", "deploy", "node", "admin"), state)
+    )
+    service = service_of(request)
+    return [
+        node_view(service, node) for node in sorted(service.nodes.values(), key=lambda n: (n.name, n.node_id))
+    ]
+
+
+def _require_any(principal: Principal | None, scopes: tuple[str, ...], state: RegistryState) -> None:
+    held = next((s for s in scopes if principal is not None and principal.has(s)), scopes[0])
+    require(principal, held, db=state.db)
+
+
+async def _follow(service: DeploymentService, name: str, tail: int, after: int) -> AsyncIterator[bytes]:
+    book: LogBook = service.logs
+    queue = book.subscribe(name)
+    loop = asyncio.get_running_loop()
+    try:
+        last = after
+        for line in book.tail(name, tail, after):
+            last = line.seq
+            yield _ndjson(line.to_dict())
+        deadline = loop.time() + FOLLOW_WINDOW
+        while name in service.deployments:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(min(remaining, KEEPALIVE)):
+                    entry = await queue.get()
+            except TimeoutError:
+                yield b"\n"
+                continue
+            if entry.seq > last:
+                last = entry.seq
+                yield _ndjson(entry.to_dict())
+    finally:
+        book.unsubscribe(name, queue)
+
+
+def _ndjson(item: dict[str, Any]) -> bytes:
+    return json.dumps(item, separators=(",", ":")).encode() + b"\n"
+
+
+def _check_deployable(template: Template) -> None:
+    """Refuse a release whose deploy frame would break the protocol (e.g. an env key with "=")."""
+    try:
+        encode(
+            Deploy(
+                id=1,
+                deployment=template.agent,
+                replica_id="check",
+                epoch=1,
+                agent=template.agent,
+                version=template.version,
+                commit=template.commit,
+                registry_url="http://registry.invalid/git/x/y.git",
+                command=template.command,
+                env=template.env,
+                limits=ResourceLimits(
+                    memory_bytes=template.limits.memory_bytes, open_files=template.limits.open_files
+                ),
+                dependencies=template.dependencies,
+            )
+        )
+    except ProtocolError as e:
+        raise UsageError(f"{template.agent} {template.version} cannot be deployed: {e.message}") from None
+
+
+# --- views ------------------------------------------------------------------------------------
+
+
+def deployment_view(
+    service: DeploymentService, deployment: DeploymentState, *, instances: bool = True
+) -> Any:
+    """What the API shows of a deployment: desired state, replicas by status, revisions."""
+    desired = deployment.desired()
+    template = deployment.template
+    by_status = {s.value: 0 for s in ReplicaStatus}
+    ready = updated = old = stopping = 0
+    failed = False
+    rows = []
+    for replica in sorted(service.replicas_of(deployment.name), key=lambda r: r.replica_id):
+        node = service.nodes.get(replica.node_id) if replica.node_id else None
+        current = desired.is_current(replica.revision)
+        revision = deployment.revisions.get(replica.revision)
+        detail = replica.detail
+        if replica.node_id is None:
+            detail = detail or "waiting for an eligible node"
+        elif node is not None and not node.live:
+            detail = detail or f"its node {node.name} is lost; waiting for an eligible node"
+        rows.append(
+            {
+                "id": replica.replica_id,
+                "revision": replica.revision,
+                "version": revision.template.version if revision else None,
+                "current": current,
+                "node": replica.node_id,
+                "node_name": node.name if node else None,
+                "epoch": replica.epoch or None,
+                "status": replica.status.value,
+                "stopping": replica.stopping,
+                "detail": detail,
+                "exit_code": replica.exit_code,
+            }
+        )
+        if replica.stopping:
+            stopping += 1
+            continue
+        by_status[replica.status.value] += 1
+        if not current:
+            old += 1
+            continue
+        updated += 1
+        if replica.status is ReplicaStatus.RUNNING and node is not None and node.live:
+            ready += 1
+        failed = failed or replica.status is ReplicaStatus.FAILED
+    if deployment.deleted:
+        phase = "deleting"
+    elif failed:
+        phase = "failed"
+    elif ready >= deployment.replicas and updated == deployment.replicas and old == 0:
+        phase = "ready"
+    else:
+        phase = "progressing"
+    view: dict[str, Any] = {
+        "name": deployment.name,
+        "namespace": deployment.namespace,
+        "agent": template.agent,
+        "version": template.version,
+        "commit": template.commit,
+        "revision": deployment.revision,
+        "replicas": deployment.replicas,
+        "selector": dict(template.selector),
+        "limits": template.limits.to_dict(),
+        "state": phase,
+        "ready": ready,
+        "updated": updated,
+        "old": old,
+        "stopping": stopping,
+        "by_status": by_status,
+        "created_at": deployment.created_at.isoformat(),
+        "updated_at": deployment.updated_at.isoformat(),
+    }
+    if instances:
+        view["instances"] = rows
+        view["revisions"] = [
+            {
+                "revision": r.number,
+                "version": r.template.version,
+                "commit": r.template.commit,
+                "created_at": r.created_at.isoformat(),
+                "current": r.number == deployment.revision,
+            }
+            for r in sorted(deployment.revisions.values(), key=lambda r: -r.number)
+        ]
+    return view
+
+
+def node_view(service: DeploymentService, node: NodeState) -> dict[str, Any]:
+    assigned = len(service.assigned_to(node.node_id))
+    return {
+        "id": node.node_id,
+        "name": node.name,
+        "state": node.state,
+        "connected": service.transport.is_connected(node.node_id),
+        "labels": dict(node.labels),
+        "capacity": node.capacity,
+        "replicas": assigned,
+        "free": max(0, node.capacity - assigned),
+        "software_version": node.software_version,
+        "cpu_percent": node.cpu_percent,
+        "memory_used": node.memory_used,
+        "memory_total": node.memory_total,
+        "load": node.load,
+        "stale_frames": node.stale_frames,
+        "created_at": node.created_at.isoformat(),
+        "last_seen_at": node.last_seen_at.isoformat() if node.last_seen_at else None,
+        "lost_at": node.lost_at.isoformat() if node.lost_at else None,
+    }
