@@ -1,0 +1,134 @@
+"""`mcpz node run`: run a mesh node, the agents a registry deploys to this machine."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mcpz.cli.app import app
+from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
+from mcpz.cli.output import Output, out
+from mcpz.errors import AuthError, UsageError
+
+node_app = typer.Typer(
+    help="Run a mesh node: the agents a registry deploys to this machine.", no_args_is_help=True
+)
+app.add_typer(node_app, name="node")
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(
+                f'--label "{pair}" is not key=value', hint="e.g. --label region=eu --label gpu=a100"
+            )
+        labels[key] = value
+    return labels
+
+
+class _LineHandler(logging.Handler):
+    """The node's progress on stderr: one line per event, or one JSON object per line with --json."""
+
+    def __init__(self, as_json: bool) -> None:
+        super().__init__(logging.INFO)
+        self.as_json = as_json
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if self.as_json:
+                line = json.dumps(
+                    {"time": round(record.created, 3), "level": record.levelname.lower(), "message": message}
+                )
+            else:
+                line = f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {message}"
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        except Exception:  # a logging handler must never raise into the code that logs
+            self.handleError(record)
+
+
+def _attach_log(output: Output) -> logging.Handler | None:
+    if output.quiet or output.verbose:  # -v already sends every mcpz log to stderr
+        return None
+    handler = _LineHandler(output.json)
+    logger = logging.getLogger("mcpz.node")
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    return handler
+
+
+@node_app.command("run")
+def run_node(
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="The node's name (default: the host name).")
+    ] = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="A label k=v deployments select nodes by; repeatable.")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Data folder (default: the user data folder's node/).")
+    ] = None,
+    capacity: Annotated[
+        int, typer.Option("--capacity", min=0, help="How many replicas it runs at most.")
+    ] = 10,
+    ca_file: Annotated[
+        Path | None, typer.Option("--ca-file", help="PEM file of CAs to trust for wss:// and https://.")
+    ] = None,
+    stop_grace: Annotated[
+        float,
+        typer.Option("--stop-grace", min=0, help="Seconds from SIGTERM to SIGKILL when stopping agents."),
+    ] = 10.0,
+) -> None:
+    """Connect to a registry and run the replicas it deploys here, until interrupted.
+
+    The token needs scope `node` (create one with `mcpz keys create --scope node`). Ctrl-C or
+    SIGTERM stops every replica (SIGTERM, then SIGKILL after --stop-grace) and disconnects.
+    """
+    import socket
+
+    from mcpz.config import data_dir
+    from mcpz.node import Node, NodeConfig
+
+    url = settings(registry).registry
+    secret = token_for(url, token)
+    if not secret:
+        raise AuthError(
+            "a node needs a token with scope node",
+            hint="pass --token or set MCPZ_TOKEN; create one with: mcpz keys create --scope node",
+        )
+    config = NodeConfig(
+        registry=url,
+        token=secret,
+        data_dir=data if data is not None else data_dir() / "node",
+        name=name or socket.gethostname(),
+        labels=_labels(label or []),
+        capacity=capacity,
+        ca_file=ca_file,
+        stop_grace=stop_grace,
+    )
+    node = Node(config)
+    output = out()
+    handler = _attach_log(output)
+
+    async def main() -> None:
+        await node.run(handle_signals=True)
+
+    try:
+        output.info(f"node {config.name} -> {node.url} (data: {config.data_dir})")
+        run(main)
+    finally:
+        if handler is not None:
+            logging.getLogger("mcpz.node").removeHandler(handler)
+    output.data({"node_id": node.state.node_id, "name": config.name, "registry": url, "stopped": True})

@@ -1,0 +1,186 @@
+"""From an assignment to a folder and a process: fetch, verify, check out, resolve the command.
+
+`pull_release` fetches the release's commit and each locked dependency's into the node's object
+cache (only what is missing), verifies them, and checks them out in one atomic step: the release
+at the folder's root, each dependency at `.mcpz/deps/{namespace}/{name}/` with the marker file
+`mcpz install` writes there (`mcpz.deps_install`), so an agent finds its dependencies the same
+way on a node as on a laptop. `process_spec` turns
+the assignment's `[run]` command and env into the exact process to start there.
+
+The node's token goes only to the registry the node was started with: a deploy whose
+`registry_url` names another host is fetched without it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mcpz.deps_install import DEPS_DIR as DEPS_PATH
+from mcpz.deps_install import MARKER
+from mcpz.local_process import agent_process
+from mcpz.manifest import Manifest, RunSpec
+from mcpz.node.checkout import CheckoutStats, Nested
+from mcpz.node.errors import StartError
+from mcpz.node.fetch import FetchResult, ObjectCache
+from mcpz.node.process import Limits, ProcessSpec
+from mcpz.node.state import Assignment
+
+logger = logging.getLogger(__name__)
+
+DEPS_DIR = DEPS_PATH.parts  # (".mcpz", "deps"): where `mcpz install` puts them too
+
+PASSED_ENV = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+)
+"""What a replica inherits of the node's own environment: enough to run, never a credential
+(`MCPZ_TOKEN` and every other `MCPZ_*` stay with the node)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryAccess:
+    """How the node reaches its registry's git repositories."""
+
+    base_url: str  # http(s)://host[:port][/prefix], no trailing slash
+    token: str | None = None
+    ca_file: str | None = None
+
+    def token_for(self, url: str) -> str | None:
+        """The node's token, if `url` is on the node's own registry (same scheme, host, port)."""
+        if self.token is None:
+            return None
+        mine = urllib.parse.urlsplit(self.base_url)
+        theirs = urllib.parse.urlsplit(url)
+        if (mine.scheme, mine.netloc.lower()) == (theirs.scheme, theirs.netloc.lower()):
+            return self.token
+        logger.warning("fetching from %s without the node's token: it is not %s", theirs.netloc, mine.netloc)
+        return None
+
+    def dependency_url(self, release_url: str, agent: str, dependency: str) -> str:
+        """The repository of `dependency`, beside the release's own when its URL ends in `/{agent}.git`."""
+        suffix = f"/{agent}.git"
+        if release_url.endswith(suffix):
+            return f"{release_url[: -len(suffix)]}/{dependency}.git"
+        return f"{self.base_url}/git/{dependency}.git"
+
+
+@dataclass(frozen=True, slots=True)
+class Pulled:
+    folder: Path
+    fetches: tuple[FetchResult, ...]
+    checkout: CheckoutStats
+
+    @property
+    def objects(self) -> int:
+        return sum(f.objects for f in self.fetches)
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.bytes for f in self.fetches)
+
+
+def pull_release(cache: ObjectCache, assignment: Assignment, folder: Path, access: RegistryAccess) -> Pulled:
+    """Fetch and verify the release and its dependencies, and check them out into `folder`.
+
+    Blocking: run it in a worker thread. Raises FetchError or ReleaseError (CheckoutRefused).
+    """
+    url = assignment.registry_url
+    fetches = [
+        cache.fetch(
+            url,
+            assignment.commit,
+            agent=assignment.agent,
+            version=assignment.version,
+            token=access.token_for(url),
+            ca_file=access.ca_file,
+        )
+    ]
+    nested: list[Nested] = []
+    for dep in assignment.dependencies:
+        dep_url = access.dependency_url(url, assignment.agent, dep.name)
+        fetches.append(
+            cache.fetch(
+                dep_url,
+                dep.commit,
+                agent=dep.name,
+                version=dep.version,
+                token=access.token_for(dep_url),
+                ca_file=access.ca_file,
+            )
+        )
+        namespace, name = dep.name.split("/")
+        # The same marker `mcpz install` leaves, so a dependency folder reads the same either way.
+        record = {"name": dep.name, "version": dep.version, "commit": dep.commit, "registry": access.base_url}
+        marker = (MARKER, (json.dumps(record, indent=2) + "\n").encode())
+        nested.append(Nested((*DEPS_DIR, namespace, name), dep.commit, files=(marker,)))
+    stats = cache.checkout(assignment.commit, folder, nested=nested)
+    return Pulled(folder, tuple(fetches), stats)
+
+
+def base_environment(
+    environ: Mapping[str, str] | None = None, passed: Sequence[str] = PASSED_ENV
+) -> dict[str, str]:
+    """The part of the node's environment its replicas start from."""
+    environ = os.environ if environ is None else environ
+    return {key: environ[key] for key in passed if key in environ}
+
+
+def process_spec(assignment: Assignment, folder: Path, base_env: Mapping[str, str]) -> ProcessSpec:
+    """The process that serves `assignment` from `folder`: `python` is the node's interpreter,
+    the manifest's env goes over `base_env`, and the replica learns who it is from `MCPZ_*`.
+
+    Dependencies are on `PYTHONPATH` (each one's folder) and listed in `MCPZ_DEPS_DIR`.
+    """
+    env = dict(base_env)
+    env.update(
+        {
+            "MCPZ_DEPLOYMENT": assignment.deployment,
+            "MCPZ_REPLICA_ID": assignment.replica_id,
+            "MCPZ_AGENT": assignment.agent,
+            "MCPZ_VERSION": assignment.version,
+            "MCPZ_COMMIT": assignment.commit,
+        }
+    )
+    if assignment.dependencies:
+        deps = folder.joinpath(*DEPS_DIR)
+        env["MCPZ_DEPS_DIR"] = str(deps)
+        paths = [str(deps / d.name) for d in assignment.dependencies]
+        if env.get("PYTHONPATH"):
+            paths.append(env["PYTHONPATH"])
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+    manifest = Manifest(
+        name=assignment.agent,
+        version=assignment.version,
+        run=RunSpec(command=assignment.command, env=dict(assignment.env)),
+    )
+    from mcpz.errors import McpzError
+
+    try:
+        resolved = agent_process(folder, env=env, manifest=manifest)
+    except McpzError as e:
+        raise StartError(e.message, hint=e.hint) from e
+    limits = Limits(memory_bytes=assignment.memory_bytes, open_files=assignment.open_files)
+    return ProcessSpec(argv=resolved.argv, cwd=resolved.cwd, env=resolved.env, limits=limits)
