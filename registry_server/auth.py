@@ -60,9 +60,15 @@ def require(
     if not principal.has(scope):
         raise Forbidden(f'this token lacks the "{scope}" scope', hint=f"create a key with --scope {scope}")
     if namespace is not None:
+        from registry_server.namespaces import may_publish
+
         with db.session() as session:
-            if not owns_namespace(session, principal.account_id, namespace):
+            # The owner, and members with a role (owner, publisher), act in the namespace.
+            if not owns_namespace(session, principal.account_id, namespace) and not may_publish(
+                session, principal.account_id, namespace
+            ):
                 raise Forbidden(
-                    f'account "{principal.account_name}" does not own the namespace "{namespace}"'
+                    f'account "{principal.account_name}" is neither owner nor member of the namespace '
+                    f'"{namespace}"'
                 )
     return principal

@@ -31,15 +31,24 @@ def login(
     token: Annotated[
         bool, typer.Option("--token", help="Read a token from the prompt or standard input.")
     ] = False,
+    wallet: Annotated[
+        bool, typer.Option("--wallet", help="Sign in with your wallet (Sign-In with Ethereum).")
+    ] = False,
     registry: RegistryOpt = None,
 ) -> None:
-    """Store a token for a registry (OS keyring; a 0600 file where there is none)."""
+    """Log in to a registry and keep the token (OS keyring; a 0600 file where there is none)."""
     from mcpz.credentials import store_token
     from mcpz.registry_client import connect
 
-    if not token:
-        raise UsageError("say how to log in", hint="use `mcpz login --token` (reads the token from stdin)")
+    if token == wallet:
+        raise UsageError(
+            "say how to log in: --wallet or --token",
+            hint="`mcpz login --wallet` signs in with your wallet; `--token` reads a token from stdin",
+        )
     url = settings(registry).registry
+    if wallet:
+        _login_with_wallet(url)
+        return
     secret = _read_secret()
     if not secret:
         raise UsageError("no token given", hint="pipe it in: `echo $TOKEN | mcpz login --token`")
@@ -57,6 +66,28 @@ def login(
             "stored_in": "keyring" if where == "keyring" else "file",
         },
         lambda c: c.print(f"logged in to {url} as {who['account']}", markup=False),
+    )
+
+
+def _login_with_wallet(url: str) -> None:
+    from mcpz.cli.cmd_wallet import unlock_wallet
+    from mcpz.credentials import store_token
+    from mcpz.registry_client import connect
+    from mcpz.signin import sign_in
+
+    account = unlock_wallet()
+
+    async def call() -> dict[str, Any]:
+        async with connect(url) as client:
+            return await sign_in(client, account)
+
+    answer = run(call)
+    where = store_token(url, answer["token"], warn=out().warn)
+    shown = {k: v for k, v in answer.items() if k != "token"}
+    shown.update(registry=url, stored_in="keyring" if where == "keyring" else "file")
+    out().data(
+        shown,
+        lambda c: c.print(f"logged in to {url} as {answer['account']} ({answer['address']})", markup=False),
     )
 
 

@@ -1,0 +1,161 @@
+"""`mcpz namespace create | show | add-member | remove-member | transfer | rotate-key`."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from mcpz.cli.app import app
+from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
+from mcpz.cli.output import out
+from mcpz.errors import AuthError, NetworkError, RemoteError, UsageError
+from mcpz.registry_client import RegistryClient
+
+namespace_app = typer.Typer(help="Namespaces: claim them, share them, hand them over.", no_args_is_help=True)
+app.add_typer(namespace_app, name="namespace")
+
+ROLES = ("owner", "publisher")
+
+
+def _with_client(
+    registry: str | None, token: str | None, fn: Callable[[RegistryClient], Awaitable[Any]]
+) -> Any:
+    from mcpz.registry_client import connect
+
+    url = settings(registry).registry
+    secret = token_for(url, token)
+    if secret is None:
+        raise AuthError(f"no token for {url}", hint="run `mcpz login --wallet` first")
+
+    async def call() -> Any:
+        async with connect(url, secret) as client:
+            return await fn(client)
+
+    return run(call)
+
+
+def _render_namespace(data: dict[str, Any]) -> Callable[[Console], None]:
+    def render(console: Console) -> None:
+        console.print(f"namespace: {data['name']}", markup=False)
+        console.print(f"owner:     {data['owner']} ({data['owner_address'] or 'no wallet'})", markup=False)
+        for member in data["members"][1:]:
+            console.print(f"  {member['role']:<10} {member['account']}", markup=False)
+        console.print(f"key rotations: {data['key_sequence']}", markup=False)
+
+    return render
+
+
+@namespace_app.command("create")
+def create(name: str, registry: RegistryOpt = None, token: TokenOpt = None) -> None:
+    """Claim a namespace for your account."""
+    data = _with_client(registry, token, lambda c: c.create_namespace(name))
+    out().data(data, lambda c: c.print(f"created namespace {name}", markup=False))
+
+
+@namespace_app.command("show")
+def show(name: str, registry: RegistryOpt = None, token: TokenOpt = None) -> None:
+    """Owner, members and key history of a namespace."""
+    from mcpz.registry_client import connect
+
+    url = settings(registry).registry
+
+    async def call() -> dict[str, Any]:
+        async with connect(url, token_for(url, token)) as client:
+            return await client.namespace(name)
+
+    data = run(call)
+    out().data(data, _render_namespace(data))
+
+
+@namespace_app.command("add-member")
+def add_member(
+    namespace: str,
+    account: Annotated[str, typer.Argument(help="Account name or wallet address.")],
+    role: Annotated[str, typer.Option("--role", help="owner or publisher.")] = "publisher",
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Add a member (or change its role): publishers publish; owners also manage members."""
+    if role not in ROLES:
+        raise UsageError(f'unknown role "{role}"', hint="use --role owner or --role publisher")
+    data = _with_client(registry, token, lambda c: c.set_member(namespace, account, role))
+    out().data(data, lambda c: c.print(f"{account} is now {role} of {namespace}", markup=False))
+
+
+@namespace_app.command("remove-member")
+def remove_member(
+    namespace: str,
+    account: Annotated[str, typer.Argument(help="Account name or wallet address.")],
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Remove a member."""
+    data = _with_client(registry, token, lambda c: c.remove_member(namespace, account))
+    out().data(data, lambda c: c.print(f"removed {account} from {namespace}", markup=False))
+
+
+@namespace_app.command("transfer")
+def transfer(
+    namespace: str,
+    account: Annotated[str, typer.Argument(help="The new owner's wallet address.")],
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Hand the namespace to another account; your wallet signs the key rotation nodes will check."""
+    from mcpz import namespaces
+    from mcpz.cli.cmd_wallet import unlock_wallet
+    from mcpz.wallet import Wallet
+
+    signer = unlock_wallet() if Wallet.exists() else None
+    data = _with_client(registry, token, lambda c: namespaces.transfer(c, namespace, account, signer))
+    out().data(data, lambda c: c.print(f"{namespace} now belongs to {data['owner']}", markup=False))
+
+
+@namespace_app.command("rotate-key")
+def rotate_key(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
+    """Move your account to a new wallet key; the old key signs the move of every namespace you own.
+
+    The new key is kept under the same passphrase; the old keystore is kept as
+    `retired-<address>.json` beside it. Nodes follow the signed rotation; the old key is listed
+    as revoked.
+    """
+    from eth_account import Account
+
+    from mcpz import namespaces, wallet
+    from mcpz.cli.cmd_wallet import _prompt_for
+
+    current = wallet.Wallet.load()
+    passphrase = wallet.get_passphrase(current.address, prompt=_prompt_for(current.address))
+    old = current.unlock(passphrase)
+    new = Account.create()
+    staged = current.stage_successor(new, passphrase)
+
+    async def rotate(client: RegistryClient) -> dict[str, Any]:
+        owned = (await client.whoami())["namespaces"]
+        plan = await namespaces.plan_rotation(client, owned, old, new)
+        return await client.rotate_key(plan.new_address, plan.signatures)
+
+    try:
+        data = _with_client(registry, token, rotate)
+    except (NetworkError, RemoteError):
+        # The registry may have applied it: the new key must survive.
+        out().warn(f"the new key is kept at {staged.path} in case the registry applied the rotation")
+        raise
+    except BaseException:
+        staged.path.unlink(missing_ok=True)
+        raise
+    _now, retired = current.replace_with(staged)
+    if wallet.forget_passphrase(current.address):
+        wallet.remember_passphrase(staged.address, passphrase)
+    data = {**data, "retired_keystore": str(retired)}
+    out().data(
+        data,
+        lambda c: c.print(
+            f"rotated {current.address} -> {staged.address} for {len(data['rotations'])} namespace(s); "
+            f"old keystore kept at {retired}",
+            markup=False,
+        ),
+    )

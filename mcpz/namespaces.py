@@ -1,0 +1,138 @@
+"""Namespaces and keys from the client side: transfers and key rotations (signed by the wallet),
+signing published releases, and checking a release's signature as a node would.
+
+These are what `mcpz namespace ...`, `mcpz sign` and `mcpz verify` call; each takes an open
+`RegistryClient` and the unlocked wallet key where one is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from eth_utils.address import is_address, to_checksum_address
+
+from mcpz import signing, trust
+from mcpz.config import data_dir
+from mcpz.errors import UsageError
+from mcpz.registry_client import RegistryClient
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from eth_account.signers.local import LocalAccount
+
+
+def trust_store(env: Mapping[str, str] | None = None) -> trust.TrustStore:
+    """The user's own trust store (pins and revisions), in the user data folder."""
+    return trust.TrustStore(data_dir(env) / "trust.json")
+
+
+def _checksum(address: str) -> str:
+    return str(to_checksum_address(address))
+
+
+def _require_owner_key(info: Mapping[str, Any], account: LocalAccount, what: str) -> str:
+    owner = info.get("owner_address")
+    if owner and _checksum(owner) != account.address:
+        raise UsageError(
+            f'{what}: "{info["name"]}" is owned by {owner}, but this wallet is {account.address}',
+            hint="only the namespace owner's wallet can sign this",
+        )
+    return str(owner) if owner else ""
+
+
+async def transfer(
+    client: RegistryClient, namespace: str, to: str, account: LocalAccount | None
+) -> dict[str, Any]:
+    """Hand `namespace` to `to`. When it has an owner key, that key signs the rotation to `to`'s key."""
+    info = await client.namespace(namespace)
+    signature = None
+    if info.get("owner_address"):
+        if account is None:
+            raise UsageError("transferring a namespace with a key needs the owner's wallet")
+        old = _require_owner_key(info, account, "transfer")
+        if not is_address(to):
+            raise UsageError(
+                f'name the new owner of "{namespace}" by its wallet address, not "{to}"',
+                hint="the old key signs over the new key: see the new owner's `mcpz wallet address`",
+            )
+        statement = signing.KeyRotationStatement(
+            registry=signing.canonical_registry_url(client.url),
+            namespace=namespace,
+            old_address=_checksum(old),
+            new_address=_checksum(to),
+            sequence=int(info["key_sequence"]) + 1,
+        )
+        signature = signing.sign_statement(statement, account)
+    return await client.transfer_namespace(namespace, to, signature)
+
+
+@dataclass(frozen=True)
+class PlannedRotation:
+    """Signatures of one rotation per namespace, by the old key and by the new."""
+
+    new_address: str
+    signatures: dict[str, tuple[str, str]]
+
+
+async def plan_rotation(
+    client: RegistryClient, owned: list[str], old: LocalAccount, new: LocalAccount
+) -> PlannedRotation:
+    """Sign, with both keys, the rotation statement of every namespace in `owned`."""
+    registry = signing.canonical_registry_url(client.url)
+    signatures: dict[str, tuple[str, str]] = {}
+    for namespace in owned:
+        info = await client.namespace(namespace)
+        _require_owner_key(info, old, "rotate-key")
+        statement = signing.KeyRotationStatement(
+            registry=registry,
+            namespace=namespace,
+            old_address=old.address,
+            new_address=new.address,
+            sequence=int(info["key_sequence"]) + 1,
+        )
+        signatures[namespace] = (
+            signing.sign_statement(statement, old),
+            signing.sign_statement(statement, new),
+        )
+    return PlannedRotation(str(new.address), signatures)
+
+
+async def sign_published(
+    client: RegistryClient, name: str, version: str, repo: Path, account: LocalAccount
+) -> dict[str, Any]:
+    """Sign a published release, reading its manifest from the commit in the local repository `repo`.
+
+    The signature attests the commit and manifest as this machine sees them, not as the registry
+    describes them; the registry keeps it if the wallet is the namespace owner's or a member's.
+    """
+    from mcpz import publish
+
+    release = await client.release(name, version)
+    commit = str(release["commit"])
+    manifest = publish.manifest_bytes_at(repo, commit)
+    statement = publish.release_statement(client.url, name, version, commit, manifest)
+    return await publish.sign_release(client, statement, account)
+
+
+async def verify_published(
+    client: RegistryClient, verifier: trust.Verifier, name: str, version: str
+) -> trust.VerifiedRelease:
+    """Check a published release's signature against its namespace's pinned key, as a node does.
+
+    The manifest digest is the registry's (nodes hash the manifest bytes they fetched); the commit
+    and that digest are both covered by the signature, so neither can be changed unnoticed.
+    """
+    release = await client.release(name, version)
+    keys = trust.NamespaceKeys.from_json(await client.namespace_keys(name.split("/")[0]))
+    statement = signing.ReleaseStatement(
+        registry=verifier.registry,
+        name=name,
+        version=version,
+        commit=str(release["commit"]),
+        manifest_sha256=str(release["manifest_sha256"]),
+    )
+    signatures = [s.get("signature") for s in release.get("signatures") or []]
+    return verifier.verify_release_statement(statement, signatures, keys=keys)

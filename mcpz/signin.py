@@ -1,0 +1,50 @@
+"""`mcpz login --wallet`: Sign-In with Ethereum (EIP-4361) against a registry, client side.
+
+The registry issues a nonce (POST /v1/auth/nonce); the client builds the message for the
+registry URL *it* was told to use (so a registry cannot have a wallet sign in to another site),
+signs it with EIP-191 `personal_sign`, and trades it for a session token (POST /v1/auth/login).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from eth_account.signers.local import LocalAccount
+
+from mcpz import siwe
+from mcpz.errors import UsageError
+from mcpz.registry_client import RegistryClient
+
+STATEMENT = "Sign in to the mcpz registry"
+MESSAGE_LIFETIME = timedelta(minutes=5)
+
+
+def login_message(
+    registry_url: str, address: str, challenge: Mapping[str, Any], now: datetime
+) -> siwe.SiweMessage:
+    """The EIP-4361 message for `challenge` (the nonce response), bound to `registry_url`. Pure."""
+    parts = urlsplit(registry_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(f"registry URL {registry_url!r} is not an http(s) URL")
+    return siwe.SiweMessage.create(
+        scheme=parts.scheme,
+        domain=parts.netloc.rpartition("@")[2],
+        address=address,
+        statement=STATEMENT,
+        uri=str(challenge["uri"]),
+        chain_id=int(challenge["chain_id"]),
+        nonce=str(challenge["nonce"]),
+        issued_at=now,
+        expiration_time=now + MESSAGE_LIFETIME,
+    )
+
+
+async def sign_in(client: RegistryClient, account: LocalAccount) -> dict[str, Any]:
+    """Sign in with `account`; returns the registry's answer, whose `token` is the session token."""
+    challenge = await client.auth_nonce(str(account.address))
+    message = login_message(client.url, str(account.address), challenge, datetime.now(UTC))
+    signature = siwe.sign(message, account)
+    return await client.auth_login(message.to_text(), signature)
