@@ -2,7 +2,8 @@
 
     McpzError                    exit 1: a handled error, printed as one line
     ├── UsageError               exit 2: the user's own mistake (arguments, names, versions)
-    │   └── ManifestError        exit 2: mcpz.toml is missing or invalid
+    │   ├── ManifestError        exit 2: mcpz.toml is missing or invalid
+    │   └── StaleLockError       exit 9: mcpz.lock missing or stale (mcpz.deps)
     ├── RepositoryError          exit 1: the agent repository cannot do what was asked
     ├── NotFoundError            exit 5: an agent, version, revision or file does not exist
     ├── AuthError                exit 4: no credentials, or the registry refused them
@@ -10,7 +11,8 @@
     ├── RemoteError              exit 1: the registry answered with an error (keeps status, request id)
     │   └── RefusedError         exit 8: the registry refused a push or publish
     ├── ResolutionImpossible     exit 3: no set of versions satisfies the dependencies
-    └── AgentError               exit 7: the agent crashed, timed out, or a tool reported an error
+    ├── AgentError               exit 7: the agent crashed, timed out, or a tool reported an error
+    └── ProtocolError            exit 1: a mesh frame broke the protocol (mcpz.mesh)
 
 Third-party exceptions are translated where they enter (`raise ... from e`), so the CLI's
 single handler only ever needs to know this tree.

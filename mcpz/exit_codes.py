@@ -11,6 +11,7 @@
 | 6    | registry or network unreachable                                 |
 | 7    | the agent failed: crashed, timed out, or a tool returned an error |
 | 8    | refused by the registry: a push or publish it would not accept  |
+| 9    | mcpz.lock is missing or out of date (`lock --check`, `install`, `push`) |
 | 130  | interrupted (Ctrl-C)                                            |
 """
 
@@ -25,4 +26,5 @@ NOT_FOUND = 5
 NETWORK = 6
 AGENT_FAILED = 7
 REFUSED = 8
+LOCK_STALE = 9
 INTERRUPTED = 130

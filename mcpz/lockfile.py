@@ -27,7 +27,7 @@ LOCK_FILE = "mcpz.lock"
 FORMAT_VERSION = 1
 HEADER = "# mcpz.lock: written by `mcpz lock`, read by `mcpz install`. Do not edit by hand.\n"
 _COMMIT = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")
-_TOP_KEYS = ("version", "registry", "manifest-hash", "dependencies", "agent")
+_TOP_KEYS = ("version", "registry", "project", "manifest-hash", "dependencies", "agent")
 _AGENT_KEYS = ("name", "version", "commit", "dependencies", "yanked")
 
 
@@ -52,6 +52,8 @@ class Lock:
     """The manifest's [dependencies] table as it was when locked."""
     agents: tuple[LockedAgent, ...]
     version: int = FORMAT_VERSION
+    project: str | None = None
+    """The agent this lock belongs to: a dependency may depend back on it (a legal cycle)."""
 
     def get(self, name: str) -> LockedAgent | None:
         return next((agent for agent in self.agents if agent.name == name), None)
@@ -116,7 +118,13 @@ def stale_changes(lock: Lock, manifest_dependencies: Mapping[str, str]) -> list[
     return changes
 
 
-def build_lock(resolution: Resolution, *, registry: str, manifest_dependencies: Mapping[str, str]) -> Lock:
+def build_lock(
+    resolution: Resolution,
+    *,
+    registry: str,
+    manifest_dependencies: Mapping[str, str],
+    project: str | None = None,
+) -> Lock:
     """The lock for a resolution of `manifest_dependencies` against `registry`."""
     agents: list[LockedAgent] = []
     for name in sorted(resolution.packages):
@@ -140,6 +148,7 @@ def build_lock(resolution: Resolution, *, registry: str, manifest_dependencies: 
         manifest_hash=manifest_hash(manifest_dependencies),
         dependencies=dict(sorted(manifest_dependencies.items())),
         agents=tuple(agents),
+        project=project,
     )
 
 
@@ -159,6 +168,7 @@ def dump_lock(lock: Lock) -> str:
         HEADER.rstrip("\n"),
         f"version = {lock.version}",
         f"registry = {_s(lock.registry)}",
+        *([f"project = {_s(lock.project)}"] if lock.project else []),
         f"manifest-hash = {_s(lock.manifest_hash)}",
         "",
         "[dependencies]",
@@ -227,6 +237,7 @@ def parse_lock(text: str, source: str = LOCK_FILE) -> Lock:
         if key not in data:
             raise _err(f'missing "{key}"', source)
     registry = _str(data["registry"], "registry", source)
+    project = _str(data["project"], "project", source) if "project" in data else None
     digest = _str(data["manifest-hash"], "manifest-hash", source)
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
         raise _err('manifest-hash must be "sha256:" and 64 hex digits', source)
@@ -280,6 +291,7 @@ def parse_lock(text: str, source: str = LOCK_FILE) -> Lock:
         dependencies=dependencies,
         agents=tuple(sorted(agents, key=lambda a: a.name)),
         version=version,
+        project=project,
     )
     _check_closed(lock, source)
     return lock
@@ -291,6 +303,8 @@ def _check_closed(lock: Lock, source: str) -> None:
     edges = [("[dependencies]", name, spec) for name, spec in lock.dependencies.items()]
     edges += [(f'agent "{a.name}"', dep, spec) for a in lock.agents for dep, spec in a.dependencies.items()]
     for where, name, spec in edges:
+        if name == lock.project:
+            continue  # a cycle back to the agent being locked
         if name not in versions:
             raise _err(f"{where} depends on {name}, which is not locked", source)
         if not parse_spec(spec).contains(versions[name]):

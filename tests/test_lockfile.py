@@ -170,3 +170,17 @@ def test_any_lock_round_trips(agents: dict[str, tuple[str, bool]], registry: str
     text = dump_lock(lock)
     assert parse_lock(text) == lock
     assert dump_lock(parse_lock(text)) == text
+
+
+def test_a_dependency_that_depends_back_on_the_project_round_trips() -> None:
+    from mcpz.lockfile import Lock, LockedAgent, dump_lock, manifest_hash, parse_lock
+
+    deps = {"acme/b": ">=1"}
+    lock = Lock(
+        registry="http://r.example",
+        manifest_hash=manifest_hash(deps),
+        dependencies=deps,
+        agents=(LockedAgent("acme/b", "1.0.0", "a" * 40, {"acme/app": ">=0.1"}),),
+        project="acme/app",
+    )
+    assert parse_lock(dump_lock(lock)) == lock
