@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shlex
 import subprocess
 import sys
@@ -111,26 +112,35 @@ def step_registry(ctx: DemoContext) -> None:
     ctx.registry_url = ctx.registry_handle.url
     ctx.env["MCPZ_REGISTRY"] = ctx.registry_url
     ctx.show(f"registry at {ctx.registry_url}")
-    ctx.mcpz("registry", "account", "create", "demo", "--data", str(data))
-    token = ctx.mcpz(
-        "registry",
-        "token",
-        "create",
-        "--account",
-        "demo",
-        "--scope",
-        "read,publish,deploy,call,admin",
-        "--data",
-        str(data),
-        json_out=True,
-    )["token"]
-    # The token goes where a CI job would put it, and is not printed.
-    ctx.env["MCPZ_TOKEN"] = token
-    ctx.show("bootstrapped account demo and a token (kept in MCPZ_TOKEN)")
+
+
+def step_wallet(ctx: DemoContext) -> None:
+    # A throwaway wallet: its passphrase goes where a CI job would put it, and is never printed.
+    ctx.env["MCPZ_WALLET_PASSPHRASE"] = secrets.token_urlsafe(24)
+    ctx.env["MCPZ_WALLET_SCRYPT_N"] = str(2**14)  # a cheap key derivation: this key dies with the demo
+    ctx.results["address"] = ctx.mcpz("wallet", "create", json_out=True)["address"]
+    ctx.show(f"created a throwaway wallet {ctx.results['address']}")
+
+
+def step_login(ctx: DemoContext) -> None:
+    ctx.mcpz("login", "--wallet")
+    ctx.mcpz("whoami")
+
+
+def step_namespace(ctx: DemoContext) -> None:
+    ctx.mcpz("namespace", "create", AGENT.split("/")[0])
 
 
 def step_push(ctx: DemoContext) -> None:
-    ctx.mcpz("push", cwd=ctx.agent_dir)
+    result = ctx.mcpz("push", cwd=ctx.agent_dir, json_out=True)
+    if not result["published"] or result["signer"] != ctx.results["address"]:
+        raise DemoFailed(f"push did not publish a signed release: {result}")
+    ctx.show(f"published {AGENT} {result['version']} ({result['commit'][:12]}), signed by {result['signer']}")
+    ctx.results["version"] = result["version"]
+
+
+def step_verify(ctx: DemoContext) -> None:
+    ctx.mcpz("verify", f"{AGENT}@{ctx.results['version']}")
 
 
 def step_info(ctx: DemoContext) -> None:
@@ -144,7 +154,11 @@ STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("tools", step_tools),
     ("call", step_call),
     ("registry", step_registry),
+    ("wallet", step_wallet),
+    ("login", step_login),
+    ("namespace", step_namespace),
     ("push", step_push),
+    ("verify", step_verify),
     ("info", step_info),
 ]
 
@@ -164,6 +178,8 @@ def run_demo(
             MCPZ_AUTHOR="mcpz demo <demo@example.invalid>",
             NO_COLOR="1",
             PYTHONUNBUFFERED="1",
+            # The session token goes to a 0600 file in the demo's folder, never the user's OS keyring.
+            PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring",
         )
         ctx = DemoContext(root=root, say=say, show=show, env=env)
         done: list[str] = []

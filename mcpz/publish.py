@@ -11,11 +11,17 @@ import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcpz.errors import AuthError, NetworkError, NotFoundError, RefusedError, RepositoryError, UsageError
 from mcpz.manifest import MANIFEST_FILE, Manifest, parse_manifest
 from mcpz.names import AgentName
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
+    from mcpz import signing
+    from mcpz.registry_client import RegistryClient
 
 ProgressFn = Callable[[str, int, int | None], None]  # (phase, done, total)
 
@@ -32,6 +38,7 @@ class PushResult:
     objects_sent: int = 0
     bytes_sent: int = 0
     remote_messages: list[str] = field(default_factory=list)
+    signer: str | None = None  # the wallet that signed the release, once it is signed
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -43,6 +50,8 @@ class PushResult:
             "already_published": self.already_published,
             "objects_sent": self.objects_sent,
             "bytes_sent": self.bytes_sent,
+            "signed": self.signer is not None,
+            "signer": self.signer,
         }
 
 
@@ -68,7 +77,9 @@ def _translate_transport(e: Exception, registry: str) -> Exception:
         )
     text = str(e)
     if _unreachable(e):
-        return NetworkError(f"cannot reach the registry at {registry}", hint="check --registry / MCPZ_REGISTRY")
+        return NetworkError(
+            f"cannot reach the registry at {registry}", hint="check --registry / MCPZ_REGISTRY"
+        )
     if "403" in text or "Forbidden" in text:
         return AuthError(
             f"the registry refused: {text}", hint="check that your token has the scope and namespace"
@@ -134,6 +145,24 @@ def head_manifest(repo: Any) -> tuple[bytes, str, Manifest]:
     return branch, commit_id.decode(), manifest
 
 
+def _check_committed_lock(repo: Any, commit_id: str, manifest: Manifest) -> None:
+    """Refuse to publish what a lock at HEAD does not match: a release must be reproducible."""
+    from mcpz.deps import lock_problem
+    from mcpz.lockfile import LOCK_FILE
+
+    tree = repo[repo[commit_id.encode()].tree]
+    try:
+        _mode, blob_id = tree[LOCK_FILE.encode()]
+        text: str | None = repo[blob_id].as_raw_string().decode("utf-8")
+    except KeyError:
+        text = None
+    problem = lock_problem(manifest.dependencies, text)
+    if problem is not None:
+        problem.message = f"cannot push: {problem.message} (in the last commit)"
+        problem.hint = "run `mcpz lock`, commit mcpz.lock, then push"
+        raise problem
+
+
 def push(
     path: Path,
     registry: str,
@@ -154,6 +183,7 @@ def push(
     try:
         branch, commit_id, manifest = head_manifest(repo)
         AgentName.parse(manifest.name)
+        _check_committed_lock(repo, commit_id, manifest)
         tag_ref = f"refs/tags/v{manifest.version}".encode()
         local_tag = repo.refs.as_dict().get(tag_ref)
         # Decided in update_refs, once the registry's refs are known.
@@ -313,3 +343,51 @@ def pull(path: Path, token: str | None = None) -> tuple[str, str]:
         return old, repo.head().decode()
     finally:
         repo.close()
+
+
+# --- signing releases --------------------------------------------------------------------------
+
+
+def manifest_bytes_at(path: Path, commit: str) -> bytes:
+    """The exact bytes of mcpz.toml at `commit` in the repository at `path`."""
+    repo = open_repo(path)
+    try:
+        try:
+            tree = repo[repo[commit.encode()].tree]
+            _mode, blob_id = tree[MANIFEST_FILE.encode()]
+        except (KeyError, ValueError):
+            raise RepositoryError(
+                f"commit {commit[:12]} or its {MANIFEST_FILE} is not in {path}",
+                hint="fetch it first: `mcpz pull` (or `mcpz clone NAME@VERSION`)",
+            ) from None
+        return bytes(repo[blob_id].as_raw_string())
+    finally:
+        repo.close()
+
+
+def release_statement(
+    registry: str, name: str, version: str, commit: str, manifest: bytes
+) -> signing.ReleaseStatement:
+    """What a release signature is over: see `mcpz.signing.ReleaseStatement` and docs/signing.md."""
+    from mcpz import signing
+
+    return signing.ReleaseStatement(
+        registry=signing.canonical_registry_url(registry),
+        name=name,
+        version=version,
+        commit=commit,
+        manifest_sha256=signing.sha256_hex(manifest),
+    )
+
+
+async def sign_release(
+    client: RegistryClient, statement: signing.ReleaseStatement, account: LocalAccount
+) -> dict[str, Any]:
+    """Sign `statement` with the wallet and hand the signature to the registry, which checks and keeps it.
+
+    Returns the release as the registry now serves it (with `signature` and `signer`).
+    """
+    from mcpz import signing
+
+    signature = signing.sign_statement(statement, account)
+    return await client.sign_release(statement.name, statement.version, signature)

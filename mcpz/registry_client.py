@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,6 +22,8 @@ def _error_from(response: httpx2.Response) -> McpzError:
         error = body.get("error", {}) if isinstance(body, dict) else {}
         message = error.get("message") or message
         hint = error.get("hint")
+        if error.get("code"):
+            message = f"{message} [{error['code']}]"
     except ValueError:
         text = response.text.strip()
         if text:
@@ -98,6 +101,149 @@ class RegistryClient:
 
     async def revoke_key(self, key_id: int) -> dict[str, Any]:
         return await self.json("DELETE", f"/v1/keys/{key_id}")  # type: ignore[no-any-return]
+
+    # --- wallet sign-in, namespaces, signatures (registry_server/api_auth.py) ---------------------
+
+    async def auth_nonce(self, address: str | None = None) -> dict[str, Any]:
+        body = {"address": address} if address else None
+        return await self.json("POST", "/v1/auth/nonce", json=body)  # type: ignore[no-any-return]
+
+    async def auth_login(self, message: str, signature: str) -> dict[str, Any]:
+        body = {"message": message, "signature": signature}
+        return await self.json("POST", "/v1/auth/login", json=body)  # type: ignore[no-any-return]
+
+    async def namespace(self, name: str) -> dict[str, Any]:
+        return await self.json("GET", f"/v1/namespaces/{name}")  # type: ignore[no-any-return]
+
+    async def create_namespace(self, name: str) -> dict[str, Any]:
+        return await self.json("POST", "/v1/namespaces", json={"name": name})  # type: ignore[no-any-return]
+
+    async def set_member(self, namespace: str, account: str, role: str) -> dict[str, Any]:
+        path = f"/v1/namespaces/{namespace}/members/{account}"
+        return await self.json("PUT", path, json={"role": role})  # type: ignore[no-any-return]
+
+    async def remove_member(self, namespace: str, account: str) -> dict[str, Any]:
+        return await self.json("DELETE", f"/v1/namespaces/{namespace}/members/{account}")  # type: ignore[no-any-return]
+
+    async def transfer_namespace(self, namespace: str, account: str, signature: str | None) -> dict[str, Any]:
+        body = {"account": account, "signature": signature}
+        return await self.json("POST", f"/v1/namespaces/{namespace}/transfer", json=body)  # type: ignore[no-any-return]
+
+    async def namespace_keys(self, namespace: str) -> dict[str, Any]:
+        return await self.json("GET", f"/v1/namespaces/{namespace}/keys")  # type: ignore[no-any-return]
+
+    async def rotate_key(self, new_address: str, rotations: dict[str, tuple[str, str]]) -> dict[str, Any]:
+        body = {"new_address": new_address, "rotations": {k: list(v) for k, v in rotations.items()}}
+        return await self.json("POST", "/v1/account/rotate-key", json=body)  # type: ignore[no-any-return]
+
+    async def revoked_keys(self) -> dict[str, Any]:
+        return await self.json("GET", "/v1/revoked-keys")  # type: ignore[no-any-return]
+
+    async def sign_release(self, name: str, version: str, signature: str) -> dict[str, Any]:
+        path = f"/v1/agents/{name}/{version}/signature"
+        return await self.json("POST", path, json={"signature": signature})  # type: ignore[no-any-return]
+
+    # --- deployments and the mesh (registry_server/api_deploy.py) ---------------------------------
+
+    async def deploy(
+        self,
+        agent: str,
+        version: str | None = None,
+        *,
+        replicas: int | None = None,
+        selector: Mapping[str, str] | None = None,
+        limits: Mapping[str, int | None] | None = None,
+    ) -> dict[str, Any]:
+        """Create or update the deployment of `agent` (a new version rolls out one replica at a
+        time); None leaves a setting as it is (a new deployment: the newest release, 1 replica)."""
+        body: dict[str, Any] = {"agent": agent, "version": version, "replicas": replicas}
+        if selector is not None:
+            body["selector"] = dict(selector)
+        if limits is not None:
+            body["limits"] = dict(limits)
+        return await self.json("POST", "/v1/deployments", json=body)  # type: ignore[no-any-return]
+
+    async def deployments(self) -> list[dict[str, Any]]:
+        return await self.json("GET", "/v1/deployments")  # type: ignore[no-any-return]
+
+    async def deployment(self, name: str) -> dict[str, Any]:
+        return await self.json("GET", f"/v1/deployments/{name}")  # type: ignore[no-any-return]
+
+    async def scale(self, name: str, replicas: int) -> dict[str, Any]:
+        return await self.json("POST", f"/v1/deployments/{name}/scale", json={"replicas": replicas})  # type: ignore[no-any-return]
+
+    async def rollback(self, name: str, revision: int | None = None) -> dict[str, Any]:
+        return await self.json("POST", f"/v1/deployments/{name}/rollback", json={"revision": revision})  # type: ignore[no-any-return]
+
+    async def remove_deployment(self, name: str) -> dict[str, Any]:
+        return await self.json("DELETE", f"/v1/deployments/{name}")  # type: ignore[no-any-return]
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        return await self.json("GET", "/v1/nodes")  # type: ignore[no-any-return]
+
+    async def logs(self, name: str, tail: int = 100) -> list[dict[str, Any]]:
+        body = await self.json("GET", f"/v1/deployments/{name}/logs", params={"tail": tail})
+        return body["lines"]  # type: ignore[no-any-return]
+
+    async def follow_logs(self, name: str, tail: int = 100) -> AsyncIterator[dict[str, Any]]:
+        """The last `tail` lines, then new ones as they come, until the deployment is removed.
+
+        The registry ends each follow response after a few seconds; this goes on from the last
+        line seen, so no line is shown twice.
+        """
+        after, first = 0, True
+        while True:
+            params: dict[str, str | int] = {
+                "follow": "true",
+                "tail": tail if first else 10_000,
+                "after": after,
+            }
+            try:
+                async with self._http.stream(
+                    "GET", f"/v1/deployments/{name}/logs", params=params
+                ) as response:
+                    if response.status_code == 404 and not first:
+                        return
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise _error_from(response)
+                    async for line in response.aiter_lines():
+                        if line.strip():
+                            item = json.loads(line)
+                            after = max(after, int(item["seq"]))
+                            yield item
+            except httpx2.TransportError as e:
+                raise NetworkError(f"lost the log stream from {self.url}: {e}") from e
+            first = False
+
+    async def wait_deployment(
+        self,
+        name: str,
+        *,
+        timeout: float = 300.0,
+        interval: float = 0.25,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the deployment is `ready` or `failed`; return its last view.
+
+        Raises McpzError when `timeout` seconds pass first.
+        """
+        import anyio
+
+        view: dict[str, Any] = {}
+        with anyio.move_on_after(timeout):
+            while True:
+                view = await self.deployment(name)
+                if on_update is not None:
+                    on_update(view)
+                if view.get("state") in ("ready", "failed"):
+                    return view
+                await anyio.sleep(interval)
+        ready, wanted = view.get("ready", 0), view.get("replicas", "?")
+        raise McpzError(
+            f"{name} is not ready after {timeout:g} s ({ready}/{wanted} replicas running)",
+            hint=f"see `mcpz deploy status {name}` and `mcpz nodes`",
+        )
 
 
 @asynccontextmanager

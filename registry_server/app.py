@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcpz._version import __version__
 from mcpz.errors import AuthError, McpzError, NotFoundError, RefusedError, UsageError
-from registry_server import api, git_http
+from registry_server import api, api_auth, api_deploy, git_http, mesh_hub
 from registry_server.auth import Forbidden
 from registry_server.logs import request_id
 from registry_server.settings import RegistrySettings
@@ -89,15 +89,20 @@ def create_app(settings: RegistrySettings, state: RegistryState | None = None) -
         own = state is None
         app.state.registry = RegistryState.open(settings) if own else state
         app.state.index_cache = api._IndexCache()
+        app.state.mesh = await mesh_hub.start_mesh(app.state.registry)
         try:
             yield
         finally:
+            await app.state.mesh.stop()
             if own:
                 app.state.registry.close()
 
     app = FastAPI(title="mcpz registry", version=__version__, lifespan=lifespan)
     app.include_router(api.router)
+    app.include_router(api_auth.router)
     app.include_router(git_http.router)
+    app.include_router(api_deploy.router)
+    app.include_router(mesh_hub.router)
 
     @app.exception_handler(McpzError)
     async def _mcpz_error(request: Request, exc: McpzError) -> Response:

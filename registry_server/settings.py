@@ -22,6 +22,16 @@ class RegistrySettings:
     max_push_bytes: int = 100 * 1024 * 1024
     max_request_bytes: int = 10 * 1024 * 1024
     default_token_days: int = 90
+    # The URL clients use to reach this registry: what wallets sign in to and releases are signed for.
+    public_url: str = ""
+    chain_id: int = 1
+    # JSON-RPC endpoint of that chain, for EIP-1271 contract-wallet signatures ("" = not configured).
+    chain_rpc: str = ""
+    # The deployment mesh: how often nodes beat, when a silent node is lost, how often to resync.
+    heartbeat_interval: float = 5.0
+    heartbeat_grace: float = 15.0
+    resync_interval: float = 30.0
+    hello_timeout: float = 10.0
 
     @property
     def repos_dir(self) -> Path:
@@ -37,7 +47,9 @@ class RegistrySettings:
         env = os.environ if env is None else env
         with (bundled_path("configs") / "registry.toml").open("rb") as f:
             values: dict[str, Any] = tomllib.load(f)
-        for key in ("host", "port", "max_push_bytes", "max_request_bytes", "default_token_days"):
+        keys = ("host", "port", "max_push_bytes", "max_request_bytes", "default_token_days")
+        mesh = ("heartbeat_interval", "heartbeat_grace", "resync_interval", "hello_timeout")
+        for key in (*keys, "public_url", "chain_id", "chain_rpc", *mesh):
             var = f"MCPZ_REGISTRY_{key.upper()}"
             if env.get(var):
                 values[key] = env[var]
@@ -59,6 +71,13 @@ class RegistrySettings:
                 max_push_bytes=int(values["max_push_bytes"]),
                 max_request_bytes=int(values["max_request_bytes"]),
                 default_token_days=int(values["default_token_days"]),
+                public_url=str(values.get("public_url") or f"http://{values['host']}:{values['port']}"),
+                chain_id=int(values.get("chain_id", 1)),
+                chain_rpc=str(values.get("chain_rpc", "")),
+                heartbeat_interval=float(values.get("heartbeat_interval", 5.0)),
+                heartbeat_grace=float(values.get("heartbeat_grace", 15.0)),
+                resync_interval=float(values.get("resync_interval", 30.0)),
+                hello_timeout=float(values.get("hello_timeout", 10.0)),
             )
         except (KeyError, ValueError) as e:
             raise UsageError(f"invalid registry setting: {e}", hint="check MCPZ_REGISTRY_* variables") from e

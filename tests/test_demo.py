@@ -14,7 +14,12 @@ def test_demo_runs_every_step_and_reports_them() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["ok"] is True
-    assert result["steps"] == ["init", "commit", "log", "tools", "call", "registry", "push", "info"]
+    assert result["steps"] == [
+        "init", "commit", "log", "tools", "call", "registry",
+        "wallet", "login", "namespace", "push", "verify", "info",
+    ]  # fmt: skip
     assert {"echo", "add"} <= set(result["tools"])
     assert "published demo/weather 0.1.0" in done.stderr
+    assert f"signed by {result['address']}" in done.stderr
+    assert "verified demo/weather 0.1.0" in done.stderr
     assert "mcpz_" not in done.stderr + done.stdout, "the demo must never print a token"

@@ -248,6 +248,10 @@ SCOPES: dict[tuple[str, str], tuple[str, bool]] = {
     ("POST", "/v1/namespaces/{namespace}/transfer"): ("admin", True),
     ("POST", "/v1/account/rotate-key"): ("admin", False),
     ("POST", "/v1/agents/{namespace}/{name}/{version}/signature"): ("publish", True),
+    ("POST", "/v1/deployments"): ("deploy", True),
+    ("POST", "/v1/deployments/{namespace}/{name}/scale"): ("deploy", True),
+    ("POST", "/v1/deployments/{namespace}/{name}/rollback"): ("deploy", True),
+    ("DELETE", "/v1/deployments/{namespace}/{name}"): ("deploy", True),
 }
 # Routes whose success needs a wallet's signature or changes who owns what: refusals are checked
 # here, success in tests/test_login.py and tests/test_signed_releases.py.
@@ -258,6 +262,10 @@ SUCCESS_ELSEWHERE = {
     ("POST", "/v1/namespaces/{namespace}/transfer"),
     ("POST", "/v1/account/rotate-key"),
     ("POST", "/v1/agents/{namespace}/{name}/{version}/signature"),
+    # These need a deployment to exist: tests/test_mesh_hub.py drives them end to end.
+    ("POST", "/v1/deployments/{namespace}/{name}/scale"),
+    ("POST", "/v1/deployments/{namespace}/{name}/rollback"),
+    ("DELETE", "/v1/deployments/{namespace}/{name}"),
 }
 # POST routes that only read: a fetch negotiates with a POST.
 READ_ONLY_POSTS = {("POST", "/git/{namespace}/{name}/git-upload-pack")}
@@ -277,6 +285,9 @@ def _request(world: World, method: str, path: str, token: str | None, key_id: in
         "/v1/namespaces/{namespace}/transfer": {"account": "other"},
         "/v1/account/rotate-key": {"new_address": "0x" + "11" * 20, "rotations": {}},
         "/v1/agents/{namespace}/{name}/{version}/signature": {"signature": "0x00"},
+        # The version is explicit: the matrix yanks 0.1.0 earlier in the same test.
+        "/v1/deployments": {"agent": "acme/matrix", "version": "0.1.0", "replicas": 0},
+        "/v1/deployments/{namespace}/{name}/scale": {"replicas": 0},
     }
     if path in bodies and method != "DELETE":
         kw["json"] = bodies[path]

@@ -125,4 +125,17 @@ def _root(
 
 
 # Command modules register themselves on `app` when imported.
-from mcpz.cli import cmd_auth, cmd_demo, cmd_local, cmd_publish, cmd_registry, cmd_repo  # noqa: E402, F401
+from mcpz.cli import (  # noqa: E402, F401
+    cmd_auth,
+    cmd_demo,
+    cmd_deploy,
+    cmd_deps,
+    cmd_local,
+    cmd_namespace,
+    cmd_node,
+    cmd_publish,
+    cmd_registry,
+    cmd_repo,
+    cmd_verify,
+    cmd_wallet,
+)

@@ -18,7 +18,7 @@ def demo(
         typer.Option("--keep", help="Run in this folder and keep it, instead of a temporary one."),
     ] = None,
 ) -> None:
-    """Run the whole loop for real: init, commit, log, tools, call, registry, push, info."""
+    """Run the whole loop for real: init ... call, registry, wallet, login, namespace, push, verify, info."""
     from mcpz.demo import run_demo
 
     output = out()
