@@ -15,6 +15,7 @@ from pathlib import Path
 
 import tomli_w
 
+from mcpz.atomic import write_atomic
 from mcpz.config import config_dir
 
 SERVICE = "mcpz"
@@ -47,13 +48,7 @@ def _read_file(env: Mapping[str, str]) -> dict[str, str]:
 
 def _write_file(env: Mapping[str, str], tokens: dict[str, str]) -> Path:
     path = _file(env)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(tomli_w.dumps({"tokens": dict(sorted(tokens.items()))}))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    write_atomic(path, tomli_w.dumps({"tokens": dict(sorted(tokens.items()))}), mode=0o600)
     return path
 
 

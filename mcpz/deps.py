@@ -24,6 +24,7 @@ from typing import Any
 from packaging.version import InvalidVersion, Version
 
 from mcpz import exit_codes
+from mcpz.atomic import write_atomic
 from mcpz.deps_install import InstallResult, IntegrityError, install_lock
 from mcpz.errors import NotFoundError, UsageError
 from mcpz.index_client import FetchStats, IndexClient, Snapshot, VersionEntry
@@ -40,7 +41,7 @@ from mcpz.lockfile import (
     stale_changes,
 )
 from mcpz.manifest import MANIFEST_FILE, Manifest, load_manifest
-from mcpz.manifest_edit import edit_dependency, write_atomic
+from mcpz.manifest_edit import edit_dependency
 from mcpz.names import AgentName
 from mcpz.resolve import Requirer, Resolution, ResolvedPackage, resolve
 from mcpz.specifiers import specifier_problem

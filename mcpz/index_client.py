@@ -41,7 +41,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -53,6 +52,7 @@ from typing import Any
 import anyio
 from packaging.version import InvalidVersion, Version
 
+from mcpz.atomic import write_atomic
 from mcpz.errors import AuthError, McpzError, NetworkError, UsageError
 from mcpz.names import name_problem
 from mcpz.registry_client import RegistryClient
@@ -174,16 +174,7 @@ def reach(roots: Iterable[str], entries: Mapping[str, Sequence[VersionEntry]]) -
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, data)
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,7 @@ and a rename, so a reader sees the old file or the new one, never half of one.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
-from pathlib import Path
 
 from mcpz.errors import UsageError
 from mcpz.manifest import Manifest, parse_manifest
@@ -111,25 +108,3 @@ def edit_dependency(text: str, manifest: Manifest, name: str, specifier: str | N
     except UsageError:
         pass
     return wanted.to_toml(), False
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename, keeping the file's mode."""
-    try:
-        mode: int | None = path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        mode = None
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode if mode is not None else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mcpz import signing
+from mcpz.atomic import write_atomic
 from mcpz.errors import AuthError, UsageError
 
 __all__ = [
@@ -309,14 +309,7 @@ class TrustStore:
         return data
 
     def _save(self, data: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(data, indent=1, sort_keys=True), mode=0o600)
 
     def _section(self, data: dict[str, Any], registry: str, kind: str) -> dict[str, Any]:
         registries: dict[str, Any] = data.setdefault("registries", {})

@@ -10,9 +10,9 @@ from rich.console import Console
 from rich.table import Table
 
 from mcpz.cli.app import app
-from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
+from mcpz.cli.common import RegistryOpt, TokenOpt, call_registry, run, settings
 from mcpz.cli.output import out
-from mcpz.errors import AuthError, UsageError
+from mcpz.errors import UsageError
 
 keys_app = typer.Typer(help="API keys of your account.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -105,18 +105,7 @@ def logout(registry: RegistryOpt = None) -> None:
 
 
 def _client_call(registry: str | None, token: str | None, method: str, *args: Any) -> Any:
-    from mcpz.registry_client import connect
-
-    url = settings(registry).registry
-    secret = token_for(url, token)
-    if secret is None:
-        raise AuthError(f"no token for {url}", hint="run `mcpz login --token` or set MCPZ_TOKEN")
-
-    async def call() -> Any:
-        async with connect(url, secret) as client:
-            return await getattr(client, method)(*args)
-
-    return run(call)
+    return call_registry(registry, token, method, *args, need_token=True)
 
 
 @app.command("whoami")

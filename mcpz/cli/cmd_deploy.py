@@ -20,7 +20,7 @@ from typer import _click
 from typer.core import TyperGroup
 
 from mcpz.cli.app import app
-from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
+from mcpz.cli.common import RegistryOpt, TokenOpt, call_registry, run, settings, token_for
 from mcpz.cli.output import out
 from mcpz.errors import AgentError, UsageError
 from mcpz.names import AgentName
@@ -76,16 +76,7 @@ def _bytes(text: str) -> int:
 
 
 def _client_call(registry: str | None, token: str | None, method: str, *args: Any, **kw: Any) -> Any:
-    from mcpz.registry_client import connect
-
-    url = settings(registry).registry
-    secret = token_for(url, token)
-
-    async def call() -> Any:
-        async with connect(url, secret) as client:
-            return await getattr(client, method)(*args, **kw)
-
-    return run(call)
+    return call_registry(registry, token, method, *args, **kw)
 
 
 def _wait(name: str, registry: str | None, token: str | None, timeout: float) -> dict[str, Any]:

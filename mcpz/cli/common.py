@@ -39,3 +39,22 @@ def run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     import anyio
 
     return anyio.run(fn, *args)
+
+
+def call_registry(
+    registry: str | None, token: str | None, method: str, *args: Any, need_token: bool = False, **kw: Any
+) -> Any:
+    """Call one `RegistryClient` method with the resolved URL and token, in one event loop."""
+    from mcpz.errors import AuthError
+    from mcpz.registry_client import connect
+
+    url = settings(registry).registry
+    secret = token_for(url, token)
+    if need_token and secret is None:
+        raise AuthError(f"no token for {url}", hint="run `mcpz login` or set MCPZ_TOKEN")
+
+    async def call() -> Any:
+        async with connect(url, secret) as client:
+            return await getattr(client, method)(*args, **kw)
+
+    return run(call)
