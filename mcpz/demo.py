@@ -38,6 +38,8 @@ class DemoContext:
     registry_url: str | None = None
     registry_handle: Any = None
     results: dict[str, Any] = field(default_factory=dict)
+    node_token: str | None = None  # never shown
+    nodes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def mcpz(
         self, *args: str, cwd: Path | None = None, input: str | None = None, json_out: bool = False
@@ -147,6 +149,105 @@ def step_info(ctx: DemoContext) -> None:
     ctx.mcpz("info", AGENT)
 
 
+NODES = ("demo-node-1", "demo-node-2")
+
+
+def step_node_key(ctx: DemoContext) -> None:
+    # A token the nodes connect with: scope `node` only, made by the operator command on the
+    # registry's host (a wallet's session has no node scope to hand on). Kept, never printed.
+    account = ctx.mcpz("whoami", json_out=True)["account"]
+    data = str(ctx.root / "registry")
+    made = ctx.mcpz("registry", "token", "create", "--account", account, "--scope", "node",
+                    "--name", "demo nodes", "--expires", "1d", "--data", data, json_out=True)  # fmt: skip
+    ctx.node_token = made["token"]
+    ctx.show(f"created a token with scope node for {account}'s nodes")
+
+
+def _connected_nodes(ctx: DemoContext) -> list[str]:
+    import httpx2
+
+    assert ctx.registry_url is not None and ctx.node_token is not None
+    response = httpx2.get(
+        f"{ctx.registry_url}/v1/nodes", headers={"Authorization": f"Bearer {ctx.node_token}"}, timeout=10
+    )
+    response.raise_for_status()
+    return [n["name"] for n in response.json() if n["connected"]]
+
+
+def _node_log(ctx: DemoContext, name: str) -> str:
+    path = ctx.root / "nodes" / f"{name}.log"
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.exists() else []
+    return lines[-1] if lines else "(no output)"
+
+
+def step_nodes(ctx: DemoContext) -> None:
+    import time
+
+    assert ctx.registry_url is not None and ctx.node_token is not None
+    folder = ctx.root / "nodes"
+    folder.mkdir(exist_ok=True)
+    # The token goes in the environment, so it is in no process listing and no shown command.
+    env = {**ctx.env, "MCPZ_TOKEN": ctx.node_token}
+    for name in NODES:
+        argv = ["node", "run", "--registry", ctx.registry_url, "--name", name,
+                "--data", str(folder / name), "--capacity", "2", "--stop-grace", "5"]  # fmt: skip
+        ctx.say("$ " + " ".join(shlex.quote(a) for a in ["mcpz", *argv]) + " &")
+        with (folder / f"{name}.log").open("wb") as log:
+            ctx.nodes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "mcpz", *argv], cwd=ctx.root, env=env, stdout=log, stderr=log
+                )
+            )
+    deadline = time.monotonic() + 60
+    while sorted(_connected_nodes(ctx)) != sorted(NODES):
+        for name, proc in zip(NODES, ctx.nodes, strict=True):
+            if proc.poll() is not None:
+                raise DemoFailed(f"node {name} exited {proc.returncode}: {_node_log(ctx, name)}")
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"the nodes did not connect within 60 s: {_node_log(ctx, NODES[0])}")
+        time.sleep(0.1)
+    ctx.mcpz("nodes")
+
+
+def step_deploy(ctx: DemoContext) -> None:
+    ctx.mcpz("deploy", f"{AGENT}@{ctx.results['version']}", "--replicas", "2", "--wait")
+
+
+def step_status(ctx: DemoContext) -> None:
+    view = ctx.mcpz("deploy", "status", AGENT, json_out=True)
+    running = [i for i in view.get("instances", []) if i["status"] == "running" and not i["stopping"]]
+    if view["state"] != "ready" or len(running) != 2:
+        raise DemoFailed(f"{AGENT} is {view['state']} with {len(running)} replica(s) running, not 2")
+    ctx.results["replicas"] = {i["id"]: i["node_name"] for i in running}
+    ctx.mcpz("deploy", "status", AGENT)
+
+
+def _stop_nodes(ctx: DemoContext, timeout: float = 30) -> list[int | None]:
+    import signal
+
+    for proc in ctx.nodes:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    codes: list[int | None] = []
+    for proc in ctx.nodes:
+        try:
+            codes.append(proc.wait(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            codes.append(None)
+    return codes
+
+
+def step_stop_nodes(ctx: DemoContext) -> None:
+    ctx.say("stopping the nodes (Ctrl-C): each stops its replicas, then disconnects")
+    codes = _stop_nodes(ctx)
+    ctx.nodes.clear()
+    if codes != [0] * len(codes):
+        raise DemoFailed(f"the nodes did not stop cleanly: exit codes {codes}")
+    ctx.show(f"stopped {len(codes)} nodes")
+
+
 STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("init", step_init),
     ("commit", step_commit),
@@ -160,6 +261,11 @@ STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("push", step_push),
     ("verify", step_verify),
     ("info", step_info),
+    ("node-key", step_node_key),
+    ("nodes", step_nodes),
+    ("deploy", step_deploy),
+    ("status", step_status),
+    ("stop-nodes", step_stop_nodes),
 ]
 
 
@@ -192,6 +298,7 @@ def run_demo(
                     raise DemoFailed(f"demo step {name!r} failed: {e.message}") from e
                 done.append(name)
         finally:
+            _stop_nodes(ctx, timeout=15)  # a failed step may leave them running
             if ctx.registry_handle is not None:
                 ctx.registry_handle.stop()
         return {"steps": done, **ctx.results}

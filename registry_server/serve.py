@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from dataclasses import dataclass
@@ -38,17 +39,26 @@ class BackgroundRegistry:
     settings: RegistrySettings
     server: uvicorn.Server
     thread: threading.Thread
+    tls: bool = False
 
     @property
     def url(self) -> str:
-        return f"http://{self.settings.host}:{self.settings.port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.settings.host}:{self.settings.port}"
 
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
 
 
-def start_in_thread(settings: RegistrySettings, *, timeout: float = 20.0) -> BackgroundRegistry:
+def start_in_thread(
+    settings: RegistrySettings,
+    *,
+    timeout: float = 20.0,
+    ssl_certfile: str | os.PathLike[str] | None = None,
+    ssl_keyfile: str | os.PathLike[str] | None = None,
+) -> BackgroundRegistry:
+    """Serve in a thread; with `ssl_certfile` (and `ssl_keyfile`) over TLS (https://, wss://)."""
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
@@ -56,6 +66,8 @@ def start_in_thread(settings: RegistrySettings, *, timeout: float = 20.0) -> Bac
         log_config=None,
         log_level="warning",
         lifespan="on",
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="mcpz-registry", daemon=True)
@@ -67,4 +79,4 @@ def start_in_thread(settings: RegistrySettings, *, timeout: float = 20.0) -> Bac
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the embedded registry did not start")
         time.sleep(0.01)
-    return BackgroundRegistry(settings, server, thread)
+    return BackgroundRegistry(settings, server, thread, tls=ssl_certfile is not None)

@@ -1,0 +1,554 @@
+"""The deployment mesh end to end: real `mcpz node run` processes against a real registry on loopback.
+
+Every node is its own process with its own data folder; every replica is a real agent process
+(found through /proc by the checkout folder it runs in). The registry runs in a thread of the test
+process with fast heartbeats. Waits are bounded conditions, never fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx2
+import pytest
+from conftest import LiveRegistry, start_registry
+from gitutil import git
+
+from mcpz.templates import render_template
+
+T = TypeVar("T")
+AGENT = "acme/tiny"
+FAST: dict[str, Any] = {"heartbeat_interval": 0.3, "heartbeat_grace": 2.0, "resync_interval": 1.0}
+
+LOOPBACK = "127.0.0.1"
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="needs /proc and PR_SET_PDEATHSIG")
+
+
+# --- waiting ---------------------------------------------------------------------------------------
+
+
+def until(predicate: Callable[[], T | None], timeout: float = 30.0, what: str = "condition") -> T:
+    """Poll `predicate` until it returns something truthy (returned), at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last  # type: ignore[no-any-return]
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
+
+
+# --- agent processes, found by their checkout folder ------------------------------------------------
+
+
+def agent_pids(data: Path) -> dict[int, str]:
+    """pid -> replica id of every live process whose working folder is a checkout under `data`."""
+    replicas = str((data / "replicas").resolve()) + os.sep
+    found: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state == b"Z" or not cwd.startswith(replicas):
+            continue
+        found[int(entry)] = cwd[len(replicas) :].split(os.sep)[0]
+    return found
+
+
+# --- nodes -----------------------------------------------------------------------------------------
+
+
+class NodeProc:
+    def __init__(self, reg_url: str, token: str, name: str, data: Path, *extra: str) -> None:
+        self.name = name
+        self.data = data
+        self.log = data.parent / f"{name}.log"
+        data.mkdir(parents=True, exist_ok=True)
+        argv = [
+            sys.executable, "-m", "mcpz", "node", "run", "--registry", reg_url, "--token", token,
+            "--name", name, "--data", str(data), "--capacity", "4", "--stop-grace", "2", *extra,
+        ]  # fmt: skip
+        self._out = self.log.open("wb")
+        self.proc = subprocess.Popen(argv, stdout=self._out, stderr=subprocess.STDOUT)
+
+    def agents(self) -> dict[int, str]:
+        return agent_pids(self.data)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGCONT)
+                self.proc.send_signal(signal.SIGINT)
+                self.proc.wait(timeout=15)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+        for pid in self.agents():  # nothing of ours may outlive the test
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+
+class Mesh:
+    def __init__(self, tmp: Path, reg: LiveRegistry) -> None:
+        self.tmp = tmp
+        self.reg = reg
+        self.token = reg.account("acme", "read,publish,deploy,node,admin")
+        self.node_token = reg.account("acme", "node")
+        self.nodes: list[NodeProc] = []
+        self.commits: dict[str, str] = {}
+
+    @property
+    def http(self) -> httpx2.Client:
+        return httpx2.Client(
+            base_url=self.reg.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30
+        )
+
+    def publish(self, *versions: str) -> None:
+        work = self.tmp / "tiny"
+        for version in versions:
+            if not work.exists():
+                work.mkdir()
+                render_template("python", work, AGENT)
+                git("init", "-q", "-b", "main", cwd=work)
+            manifest = work / "mcpz.toml"
+            text = manifest.read_text()
+            import re
+
+            manifest.write_text(re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', text, count=1))
+            git("add", "-A", cwd=work)
+            git("commit", "-qm", f"v{version}", cwd=work)
+            git("tag", f"v{version}", cwd=work)
+            scheme, rest = self.reg.url.split("://", 1)
+            url = f"{scheme}://mcpz:{self.token}@{rest}/git/{AGENT}.git"
+            git("push", "-q", url, "main", f"v{version}", cwd=work)
+            self.commits[version] = git("rev-parse", "HEAD", cwd=work).stdout.strip()
+
+    def node(self, name: str, *extra: str, url: str | None = None) -> NodeProc:
+        node = NodeProc(url or self.reg.url, self.node_token, name, self.tmp / name, *extra)
+        self.nodes.append(node)
+        return node
+
+    def connected(self, count: int) -> list[dict[str, Any]]:
+        with self.http as http:
+            return until(
+                lambda: (
+                    ns
+                    if len(ns := [n for n in http.get("/v1/nodes").json() if n["connected"]]) >= count
+                    else None
+                ),
+                what=f"{count} connected nodes; logs: {[n.tail() for n in self.nodes]}",
+            )
+
+    def view(self) -> dict[str, Any]:
+        with self.http as http:
+            response = http.get(f"/v1/deployments/{AGENT}")
+            assert response.status_code == 200, response.text
+            return response.json()  # type: ignore[no-any-return]
+
+    def deploy(self, version: str, replicas: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"agent": AGENT, "version": version}
+        if replicas is not None:
+            body["replicas"] = replicas
+        with self.http as http:
+            response = http.post("/v1/deployments", json=body)
+        assert response.status_code in (200, 201), response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self.http as http:
+            response = http.post(f"/v1/deployments/{AGENT}{path}", json=body)
+        assert response.status_code == 200, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    def running_processes(self) -> Counter[str]:
+        """Live agent processes per replica id, over every node."""
+        return Counter(rid for n in self.nodes for rid in n.agents().values())
+
+    def settled(self, replicas: int, version: str, timeout: float = 45.0) -> dict[str, Any]:
+        """The deployment ready at `version` with `replicas` replicas, one agent process each."""
+
+        def check() -> dict[str, Any] | None:
+            view = self.view()
+            if view["state"] != "ready" or view["version"] != version:
+                return None
+            live = [i for i in view["instances"] if not i["stopping"]]
+            if len(view["instances"]) != replicas or len(live) != replicas:
+                return None
+            if {i["status"] for i in live} != {"running"}:
+                return None
+            if self.running_processes() != Counter({i["id"]: 1 for i in live}):
+                return None
+            return view
+
+        return until(check, timeout, f"{replicas} running at {version}: {self.view_brief()}")
+
+    def view_brief(self) -> Any:
+        try:
+            view = self.view()
+        except Exception as e:  # pragma: no cover - diagnostics only
+            return repr(e)
+        return (
+            view["state"],
+            view["version"],
+            [(i["id"], i["node_name"], i["epoch"], i["status"], i["stopping"]) for i in view["instances"]],
+            dict(self.running_processes()),
+        )
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[Mesh]:
+    reg = start_registry(tmp_path / "registry", **FAST)
+    mesh = Mesh(tmp_path, reg)
+    try:
+        yield mesh
+    finally:
+        mesh.close()
+        mesh.reg.stop()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+# --- the tests -------------------------------------------------------------------------------------
+
+
+def test_deploy_scale_rolling_update_and_rollback(mesh: Mesh) -> None:
+    mesh.publish("1.0.0", "2.0.0")
+    a, b = mesh.node("node-a"), mesh.node("node-b")
+    mesh.connected(2)
+
+    mesh.deploy("1.0.0", replicas=2)
+    view = mesh.settled(2, "1.0.0")
+    assert {i["node_name"] for i in view["instances"]} == {"node-a", "node-b"}  # spread
+    for pid in [*a.agents(), *b.agents()]:
+        assert pid_alive(pid)
+
+    mesh.post("/scale", {"replicas": 3})
+    mesh.settled(3, "1.0.0")
+    mesh.post("/scale", {"replicas": 1})
+    mesh.settled(1, "1.0.0")
+    mesh.post("/scale", {"replicas": 2})
+    before = mesh.settled(2, "1.0.0")
+
+    # A rolling update: never fewer running than asked while it rolls, then every replica at v2.
+    mesh.deploy("2.0.0")
+    fewest = 2
+
+    def rolled() -> dict[str, Any] | None:
+        nonlocal fewest
+        view = mesh.view()
+        running = [i for i in view["instances"] if i["status"] == "running" and not i["stopping"]]
+        fewest = min(fewest, len(running))
+        return view if view["state"] == "ready" and view["version"] == "2.0.0" else None
+
+    until(rolled, 45, "the rolling update")
+    after = mesh.settled(2, "2.0.0")
+    assert fewest >= 1
+    assert {i["version"] for i in after["instances"]} == {"2.0.0"}
+    assert after["revision"] == before["revision"] + 1
+
+    mesh.post("/rollback", {})
+    back = mesh.settled(2, "1.0.0")
+    assert back["commit"] == mesh.commits["1.0.0"]
+    assert {i["version"] for i in back["instances"]} == {"1.0.0"}
+
+
+def test_a_node_killed_by_sigkill_loses_its_agents_and_its_replicas_move(mesh: Mesh) -> None:
+    mesh.publish("1.0.0")
+    a, b = mesh.node("node-a"), mesh.node("node-b")
+    mesh.connected(2)
+    mesh.deploy("1.0.0", replicas=2)
+    mesh.settled(2, "1.0.0")
+    victims = a.agents()
+    assert len(victims) == 1
+
+    killed = time.monotonic()
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait(timeout=10)
+    until(lambda: not any(pid_alive(p) for p in victims), 10, "the agents to die with their node")
+    view = mesh.settled(2, "1.0.0", timeout=30)
+    moved = time.monotonic() - killed
+    print(f"\nkill -9: replicas running elsewhere after {moved:.2f}s")
+    assert {i["node_name"] for i in view["instances"]} == {"node-b"}
+    assert len(b.agents()) == 2
+    assert moved < 2.0 + 20  # grace + rescheduling and a start
+
+
+def test_a_node_cut_off_past_its_grace_comes_back_and_its_stale_replicas_stop(mesh: Mesh) -> None:
+    mesh.publish("1.0.0")
+    a, b = mesh.node("node-a"), mesh.node("node-b")
+    mesh.connected(2)
+    mesh.deploy("1.0.0", replicas=2)
+    first = mesh.settled(2, "1.0.0")
+    [old] = [i for i in first["instances"] if i["node_name"] == "node-a"]
+    [a_id] = [n["id"] for n in mesh.connected(2) if n["name"] == "node-a"]
+
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        # Lost past its grace; its replica is placed on node-b at a higher epoch and runs there.
+        def replaced() -> dict[str, Any] | None:
+            view = mesh.view()
+            mine = [i for i in view["instances"] if i["id"] == old["id"]]
+            ok = mine and mine[0]["node_name"] == "node-b" and mine[0]["status"] == "running"
+            return view if ok and view["state"] == "ready" else None
+
+        during = until(replaced, 30, "the replica to be replaced on node-b")
+        [new] = [i for i in during["instances"] if i["id"] == old["id"]]
+        assert new["epoch"] > old["epoch"]
+        # While the node is frozen its agent still runs: the registry cannot reach it.
+        assert list(a.agents().values()) == [old["id"]]
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+
+    # Back: its stale copy is stopped, never adopted beside the replacement.
+    def back() -> bool:
+        nodes = {n["id"]: n for n in mesh.http.get("/v1/nodes").json()}
+        return bool(nodes[a_id]["connected"]) and not a.agents()
+
+    until(back, 30, f"node-a to reconnect and stop its stale replica: {a.tail()}")
+    end = time.monotonic() + 2.0  # it stays settled: watch it for a while
+    while time.monotonic() < end:
+        assert max(mesh.running_processes().values(), default=0) <= 1, mesh.view_brief()
+        view = mesh.view()
+        [now] = [i for i in view["instances"] if i["id"] == old["id"]]
+        assert (now["node_name"], now["epoch"]) == ("node-b", new["epoch"])  # no stale frame moved it
+        time.sleep(0.05)
+    mesh.settled(2, "1.0.0")
+    assert len(b.agents()) == 2
+
+
+def test_a_registry_restart_loses_nothing_and_doubles_nothing(mesh: Mesh) -> None:
+    from registry_server.serve import start_in_thread
+    from registry_server.settings import RegistrySettings
+
+    mesh.publish("1.0.0")
+    mesh.node("node-a")
+    mesh.node("node-b")
+    mesh.connected(2)
+    mesh.deploy("1.0.0", replicas=3)
+    before = mesh.settled(3, "1.0.0")
+    pids_before = {pid for n in mesh.nodes for pid in n.agents()}
+
+    port = int(mesh.reg.url.rsplit(":", 1)[1])
+    mesh.reg.stop()
+    settings = RegistrySettings.load(data_dir=mesh.reg.data_dir, env=dict(os.environ), port=port, **FAST)
+    handle = start_in_thread(settings)
+    mesh.reg = LiveRegistry(handle.url, settings.data_dir, settings.database_url, handle)
+
+    mesh.connected(2)
+    after = mesh.settled(3, "1.0.0")
+    key = lambda v: sorted((i["id"], i["node"], i["epoch"]) for i in v["instances"])  # noqa: E731
+    assert key(after) == key(before)  # adopted as they were: same nodes, same epochs
+    assert {pid for n in mesh.nodes for pid in n.agents()} == pids_before  # never restarted
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+def test_wss_with_a_self_signed_certificate(tmp_path: Path) -> None:
+    from registry_server.serve import free_port, start_in_thread
+    from registry_server.settings import RegistrySettings
+
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    settings = RegistrySettings.load(  # served over TLS: its public URL says https
+        data_dir=tmp_path / "registry",
+        env=dict(os.environ),
+        port=port,
+        public_url=f"https://127.0.0.1:{port}",
+        **FAST,
+    )
+    handle = start_in_thread(settings, ssl_certfile=cert, ssl_keyfile=key)
+    assert handle.url.startswith("https://127.0.0.1:")
+    reg = LiveRegistry(handle.url, settings.data_dir, settings.database_url, handle)
+    mesh = Mesh(tmp_path, reg)
+    try:
+        # Publish over plain git with the CA trusted; then the node: wss:// for the hub, https:// for git.
+        os.environ["GIT_SSL_CAINFO"] = str(cert)
+        try:
+            mesh.publish("1.0.0")
+        finally:
+            del os.environ["GIT_SSL_CAINFO"]
+        wss = handle.url.replace("https://", "wss://")
+        node = mesh.node("node-tls", "--ca-file", str(cert), url=wss)
+        with httpx2.Client(
+            base_url=reg.url,
+            headers={"Authorization": f"Bearer {mesh.token}"},
+            verify=ssl.create_default_context(cafile=str(cert)),
+        ) as http:
+            until(
+                lambda: [n for n in http.get("/v1/nodes").json() if n["connected"]],
+                what=f"the node over wss: {node.tail()}",
+            )
+            created = http.post("/v1/deployments", json={"agent": AGENT, "version": "1.0.0", "replicas": 1})
+            assert created.status_code == 201, created.text
+
+            def ready() -> dict[str, Any] | None:
+                view = http.get(f"/v1/deployments/{AGENT}").json()
+                return view if view["state"] == "ready" else None
+
+            until(ready, 45, f"a replica fetched over https: {node.tail()}")
+            assert len(node.agents()) == 1
+    finally:
+        mesh.close()
+        reg.stop()
+
+
+def _hostile_release(reg: LiveRegistry, commits: dict[str, str], tmp: Path) -> str:
+    """Version 6.6.6 of AGENT: a tree with `../escaped.txt` and a symlink out, written straight into
+    the registry's bare repository (a push would be refused) and recorded as a release."""
+    from dulwich.objects import Blob, Commit, Tag, Tree, serialize_tree
+    from dulwich.repo import Repo
+    from sqlalchemy import select
+
+    from registry_server.db import Database
+    from registry_server.models import Agent, Release
+
+    namespace, short = AGENT.split("/")
+    repo = Repo(str(Path(reg.data_dir) / "repos" / namespace / f"{short}.git"), bare=True)
+    store = repo.object_store
+    base = store[store[commits["1.0.0"].encode()].tree]
+    manifest_text = (
+        store[base[b"mcpz.toml"][1]].data.decode().replace('version = "1.0.0"', 'version = "6.6.6"')
+    )
+    items: list[tuple[bytes, int, bytes]] = []
+    for name, mode, sha in base.iteritems():
+        if name == b"mcpz.toml":
+            blob = Blob.from_string(manifest_text.encode())
+            store.add_object(blob)
+            sha = blob.id
+        items.append((name, mode, sha))
+    evil = Blob.from_string(b"escaped\n")
+    link = Blob.from_string(str(tmp / "outside").encode())
+    store.add_object(evil)
+    store.add_object(link)
+    items.append((b"../escaped.txt", 0o100644, evil.id))
+    items.append((b"zlink", 0o120000, link.id))
+    raw = b"".join(serialize_tree(sorted(items, key=lambda i: i[0])))
+    tree = Tree.from_raw_string(Tree.type_num, raw)
+    store.add_object(tree)
+    commit = Commit()
+    commit.tree = tree.id
+    commit.parents = [commits["1.0.0"].encode()]
+    commit.author = commit.committer = b"Mallory <m@example.invalid>"
+    commit.author_time = commit.commit_time = int(time.time())
+    commit.author_timezone = commit.commit_timezone = 0
+    commit.message = b"escape\n"
+    store.add_object(commit)
+    tag = Tag()
+    tag.name = b"v6.6.6"
+    tag.object = (Commit, commit.id)
+    tag.tagger = commit.author
+    tag.tag_time = commit.commit_time
+    tag.tag_timezone = 0
+    tag.message = b"v6.6.6\n"
+    store.add_object(tag)
+    repo.refs[b"refs/tags/v6.6.6"] = tag.id
+    repo.close()
+
+    db = Database(reg.database_url)
+    try:
+        with db.session() as session:
+            agent = session.scalar(select(Agent).where(Agent.name == AGENT))
+            assert agent is not None
+            first = session.scalar(select(Release).where(Release.agent_id == agent.id))
+            assert first is not None
+            session.add(
+                Release(
+                    agent_id=agent.id,
+                    version="6.6.6",
+                    commit=commit.id.decode(),
+                    manifest=manifest_text,
+                    dependencies="{}",
+                    publisher_id=first.publisher_id,
+                    published_at=dt.datetime.now(dt.UTC),
+                )
+            )
+    finally:
+        db.dispose()
+    return str(commit.id.decode())
+
+
+def test_a_release_whose_tree_escapes_the_checkout_is_refused_by_the_node(mesh: Mesh) -> None:
+    mesh.publish("1.0.0")
+    node = mesh.node("node-a")
+    mesh.connected(1)
+    _hostile_release(mesh.reg, mesh.commits, mesh.tmp)
+    before = sorted(p.name for p in mesh.tmp.iterdir())
+
+    mesh.deploy("6.6.6", replicas=1)
+
+    def failed() -> dict[str, Any] | None:
+        view = mesh.view()
+        bad = [i for i in view["instances"] if i["status"] == "failed"]
+        return bad[0] if bad else None
+
+    bad = until(failed, 30, f"the replica to fail: {node.tail()}")
+    assert "escape" in bad["detail"] or ".." in bad["detail"], bad["detail"]
+    assert not node.agents()
+    assert sorted(p.name for p in mesh.tmp.iterdir()) == before  # nothing landed beside the node
+    assert not (node.data / "escaped.txt").exists()
+    assert not list(node.data.rglob("escaped.txt"))
