@@ -8,6 +8,7 @@ credentials all live in the temporary folder, so the user's own setup is never t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shlex
@@ -109,6 +110,11 @@ def step_registry(ctx: DemoContext) -> None:
 
     data = ctx.root / "registry"
     ctx.say("starting an embedded registry (SQLite, in this process)")
+    # Its log lines would interleave with the steps' output; `mcpz -v demo` keeps them.
+    server_log = logging.getLogger("registry_server")
+    if not logging.getLogger("mcpz").isEnabledFor(logging.INFO):
+        server_log.addHandler(logging.NullHandler())
+        server_log.propagate = False
     settings = RegistrySettings.load(data_dir=data, env=ctx.env, port=free_port())
     ctx.registry_handle = start_in_thread(settings)
     ctx.registry_url = ctx.registry_handle.url
