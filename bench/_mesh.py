@@ -67,7 +67,7 @@ def start_node(work: rb.Workdir, reg: rb.Registry, tok: str, name: str) -> subpr
     log = (work.path / "nodes" / f"{name}.log").open("ab")
     proc = subprocess.Popen(
         rb.mcpz_cmd("node", "run", "--registry", reg.url, "--token", tok, "--name", name,
-                    "--data", str(data), "--capacity", "10", "--stop-grace", "3"),
+                    "--data", str(data), "--capacity", "10", "--stop-grace", "3", "--allow-unsigned"),
         env=work.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     work.children.append(proc)

@@ -58,6 +58,7 @@ from mcpz.mesh import (
     Hello,
     Log,
     ProtocolError,
+    ReleaseSignature,
     ResourceLimits,
     Role,
     Status,
@@ -156,7 +157,25 @@ class MeshHub:
         conn = self.connections.get(node_id)
         return conn is not None and conn.welcomed and not conn.closing
 
+    def release_trust(self, agent: str, version: str) -> tuple[tuple[ReleaseSignature, ...], str]:
+        """The release's signatures and its namespace's keys document (as GET
+        /v1/namespaces/{ns}/keys serves it), for a deploy frame; nothing if they cannot be read."""
+        from registry_server import namespaces
+        from registry_server.api_auth import namespace_keys
+
+        try:
+            with self.state.db.session() as session:
+                release = namespaces.find_release(session, agent, version)
+                rows = namespaces.signatures_by_release(session, [release.id]).get(release.id, [])
+                signatures = tuple(ReleaseSignature(signer=r.signer, signature=r.signature) for r in rows)
+            keys = namespace_keys(agent.split("/")[0], self.state).model_dump_json()  # type: ignore[arg-type]
+        except (McpzError, SQLAlchemyError) as e:
+            log.warning("cannot read the signatures of %s %s: %s", agent, version, e)
+            return (), ""
+        return signatures, keys
+
     def deliver(self, intents: Sequence[Intent]) -> None:
+        trust: dict[tuple[str, str], tuple[tuple[ReleaseSignature, ...], str]] = {}  # once per round
         for intent in intents:
             conn = self.connections.get(intent.node_id)
             if conn is None or not conn.welcomed or conn.closing:
@@ -165,6 +184,9 @@ class MeshHub:
             frame: Frame
             if isinstance(intent, DeployIntent):
                 t = intent.template
+                if (t.agent, t.version) not in trust:
+                    trust[t.agent, t.version] = self.release_trust(t.agent, t.version)
+                signatures, keys = trust[t.agent, t.version]
                 frame = Deploy(
                     id=frame_id,
                     deployment=intent.deployment,
@@ -178,6 +200,8 @@ class MeshHub:
                     env=t.env,
                     limits=ResourceLimits(memory_bytes=t.limits.memory_bytes, open_files=t.limits.open_files),
                     dependencies=t.dependencies,
+                    signatures=signatures,
+                    namespace_keys=keys,
                 )
                 if conn.send(frame):
                     conn.outstanding[frame_id] = ("deploy", intent.replica_id, intent.epoch)

@@ -82,7 +82,8 @@ class NodeProc:
         data.mkdir(parents=True, exist_ok=True)
         argv = [
             sys.executable, "-m", "mcpz", "node", "run", "--registry", reg_url, "--token", token,
-            "--name", name, "--data", str(data), "--capacity", "4", "--stop-grace", "2", *extra,
+            "--name", name, "--data", str(data), "--capacity", "4", "--stop-grace", "2",
+            "--allow-unsigned", *extra,
         ]  # fmt: skip
         self._out = self.log.open("wb")
         self.proc = subprocess.Popen(argv, stdout=self._out, stderr=subprocess.STDOUT)

@@ -492,6 +492,7 @@ def node_config(hub_url: str, data: Path, **overrides: object) -> object:
         backoff_base=0.01,
         backoff_cap=0.05,
         environ=env(),
+        allow_unsigned=True,  # these releases are unsigned: tests/test_node_signatures.py checks signing
     )
     settings.update(overrides)
     return NodeConfig(**settings)  # type: ignore[arg-type]

@@ -90,6 +90,14 @@ def run_node(
         float,
         typer.Option("--stop-grace", min=0, help="Seconds from SIGTERM to SIGKILL when stopping agents."),
     ] = 10.0,
+    allow_unsigned: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unsigned",
+            help="Also run releases that carry no signature (development only; a wrong signature "
+            "is still refused). By default every release must be signed by its namespace's key.",
+        ),
+    ] = False,
 ) -> None:
     """Connect to a registry and run the replicas it deploys here, until interrupted.
 
@@ -117,9 +125,15 @@ def run_node(
         capacity=capacity,
         ca_file=ca_file,
         stop_grace=stop_grace,
+        allow_unsigned=allow_unsigned,
     )
     node = Node(config)
     output = out()
+    if allow_unsigned:
+        sys.stderr.write(
+            "WARNING: --allow-unsigned: this node runs releases nobody signed; use it for development only\n"
+        )
+        sys.stderr.flush()
     handler = _attach_log(output)
 
     async def main() -> None:

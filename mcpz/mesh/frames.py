@@ -47,6 +47,9 @@ MAX_ARG = 32 * 1024
 MAX_ENV = 256
 MAX_ENV_VALUE = 32 * 1024
 MAX_DEPENDENCIES = 1000
+MAX_SIGNATURES = 64
+MAX_SIGNATURE = 1024
+MAX_NAMESPACE_KEYS = 1024 * 1024
 MAX_LOG_LINES = 1000
 MAX_LOG_LINE = 64 * 1024
 
@@ -182,6 +185,14 @@ class LockedDependency:
     commit: CommitId
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReleaseSignature:
+    """A signature the registry keeps for the release: who it recovers to, and the signature."""
+
+    signer: Annotated[str, Text(42, r"0x[0-9a-fA-F]{40}")]
+    signature: Annotated[str, Text(MAX_SIGNATURE, _VISIBLE)]
+
+
 # ---------------------------------------------------------------------------------------------
 # Frames
 
@@ -269,6 +280,8 @@ class Deploy(Frame):
     ] = field(default_factory=dict)
     limits: ResourceLimits = ResourceLimits()
     dependencies: Annotated[tuple[LockedDependency, ...], Items(MAX_DEPENDENCIES)] = ()
+    signatures: Annotated[tuple[ReleaseSignature, ...], Items(MAX_SIGNATURES)] = ()
+    namespace_keys: Annotated[str, Text(MAX_NAMESPACE_KEYS)] = ""  # GET /v1/namespaces/{ns}/keys's JSON
 
 
 @_frame

@@ -73,6 +73,7 @@ from mcpz.node.replicas import ReplicaManager
 from mcpz.node.state import Assignment, NodeState, lock_data_dir
 from mcpz.node.supervisor import SupervisorSettings
 from mcpz.node.sysinfo import SystemSampler
+from mcpz.trust import TrustStore, Verifier
 
 if TYPE_CHECKING:
     from websockets.exceptions import ConnectionClosed
@@ -80,6 +81,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MESH_PATH = "/v1/mesh"
+TRUST_FILE = "trust.json"  # in the data folder: the pinned namespace keys (mcpz.trust.TrustStore)
 WELCOME_TIMEOUT = 10.0
 
 
@@ -101,6 +103,7 @@ class NodeConfig:
     welcome_timeout: float = WELCOME_TIMEOUT
     open_timeout: float = 10.0
     environ: Mapping[str, str] | None = field(default=None, repr=False)  # replicas' base (os.environ)
+    allow_unsigned: bool = False  # run releases without signatures (a wrong signature is still refused)
 
 
 def mesh_url(registry: str) -> str:
@@ -216,6 +219,11 @@ class Node:
             http_base(config.registry), config.token, str(config.ca_file) if config.ca_file else None
         )
         self.state = NodeState.load(config.data_dir)
+        self.verifier = Verifier(
+            http_base(config.registry),
+            TrustStore(config.data_dir / TRUST_FILE),
+            allow_unsigned=config.allow_unsigned,
+        )
         self.outbox = Outbox()
         self.sampler = SystemSampler()
         self.cache: ObjectCache | None = None
@@ -274,7 +282,12 @@ class Node:
             replace_grace=self.config.stop_grace,
             on_status=self._on_status,
             on_log=self._on_log,
+            verifier=self.verifier,
         )
+        if self.config.allow_unsigned:
+            logger.warning(
+                "WARNING: this node runs UNSIGNED releases (--allow-unsigned): for development only"
+            )
         failure: McpzError | None = None
         async with anyio.create_task_group() as tg:
             if handle_signals:

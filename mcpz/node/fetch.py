@@ -228,6 +228,16 @@ class ObjectCache:
             self._check_manifest(commit, agent, version)
         return Verified(commit, count, total)
 
+    def manifest_bytes(self, commit: str) -> bytes:
+        """The exact bytes of `commit`'s mcpz.toml (ReleaseError if it has none)."""
+        store = self.store
+        try:
+            tree = store[store[commit.encode()].tree]
+            _mode, blob = tree[MANIFEST_FILE.encode()]
+            return store[blob].as_raw_string()  # type: ignore[no-any-return]
+        except KeyError:
+            raise ReleaseError(f"commit {commit} has no {MANIFEST_FILE}: it is not an mcpz release") from None
+
     def _check_manifest(self, commit: str, agent: str, version: str | None) -> None:
         from mcpz.errors import ManifestError
 

@@ -26,10 +26,11 @@ from mcpz.deps_install import MARKER
 from mcpz.local_process import agent_process
 from mcpz.manifest import Manifest, RunSpec
 from mcpz.node.checkout import CheckoutStats, Nested
-from mcpz.node.errors import StartError
+from mcpz.node.errors import ReleaseError, StartError
 from mcpz.node.fetch import FetchResult, ObjectCache
 from mcpz.node.process import Limits, ProcessSpec
 from mcpz.node.state import Assignment
+from mcpz.trust import NamespaceKeys, VerifiedRelease, Verifier
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +103,57 @@ class Pulled:
         return sum(f.bytes for f in self.fetches)
 
 
-def pull_release(cache: ObjectCache, assignment: Assignment, folder: Path, access: RegistryAccess) -> Pulled:
+def verify_signature(cache: ObjectCache, assignment: Assignment, verifier: Verifier) -> VerifiedRelease:
+    """Check that the namespace's pinned key signed the release at the commit just fetched, with
+    the manifest bytes read from that commit. ReleaseError (verify-failed) when it does not."""
+    from mcpz.errors import McpzError
+
+    signatures = [signature for _signer, signature in assignment.signatures]
+    if not signatures and verifier.allow_unsigned:
+        logger.warning(
+            "running unsigned release %s %s (--allow-unsigned)", assignment.agent, assignment.version
+        )
+        return VerifiedRelease(assignment.agent, assignment.version, assignment.commit, None)
+    namespace = assignment.agent.split("/")[0]
+    if not assignment.namespace_keys:
+        if not signatures:
+            message = f"{assignment.agent} {assignment.version} is not signed"
+        else:
+            message = (
+                f'the registry sent no keys of "{namespace}", so the release\'s signature cannot be checked'
+            )
+        raise ReleaseError(
+            message, hint="publish signed releases (`mcpz push` with a wallet, or `mcpz sign`)"
+        )
+    try:
+        keys = NamespaceKeys.from_json(json.loads(assignment.namespace_keys))
+    except (ValueError, KeyError, TypeError, AttributeError, McpzError) as e:
+        raise ReleaseError(f'the registry sent unreadable keys of "{namespace}": {e}') from e
+    try:
+        return verifier.verify_release(
+            name=assignment.agent,
+            version=assignment.version,
+            commit=assignment.commit,
+            manifest=cache.manifest_bytes(assignment.commit),
+            signatures=signatures,
+            keys=keys,
+        )
+    except ReleaseError:
+        raise
+    except McpzError as e:  # a TrustError, or keys of another namespace
+        raise ReleaseError(e.message, hint=e.hint) from e
+
+
+def pull_release(
+    cache: ObjectCache,
+    assignment: Assignment,
+    folder: Path,
+    access: RegistryAccess,
+    verifier: Verifier | None = None,
+) -> Pulled:
     """Fetch and verify the release and its dependencies, and check them out into `folder`.
 
+    With a `verifier`, the release's signature is checked after the fetch and before the checkout.
     Blocking: run it in a worker thread. Raises FetchError or ReleaseError (CheckoutRefused).
     """
     url = assignment.registry_url
@@ -136,6 +185,10 @@ def pull_release(cache: ObjectCache, assignment: Assignment, folder: Path, acces
         record = {"name": dep.name, "version": dep.version, "commit": dep.commit, "registry": access.base_url}
         marker = (MARKER, (json.dumps(record, indent=2) + "\n").encode())
         nested.append(Nested((*DEPS_DIR, namespace, name), dep.commit, files=(marker,)))
+    if verifier is not None:
+        verified = verify_signature(cache, assignment, verifier)
+        if verified.signer is not None:
+            logger.info("%s %s is signed by %s", assignment.agent, assignment.version, verified.signer)
     stats = cache.checkout(assignment.commit, folder, nested=nested)
     return Pulled(folder, tuple(fetches), stats)
 

@@ -33,6 +33,7 @@ from mcpz.node.pull import RegistryAccess, process_spec, pull_release
 from mcpz.node.rules import DeployAction, DeployDecision, StopAction, decide_deploy, decide_stop
 from mcpz.node.state import Assignment, NodeState, replica_folder
 from mcpz.node.supervisor import Supervisor, SupervisorSettings
+from mcpz.trust import Verifier
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class ReplicaManager:
         replace_grace: float = 10.0,
         on_status: StatusSink | None = None,
         on_log: LogSink | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.state = state
@@ -84,6 +86,7 @@ class ReplicaManager:
         self.replace_grace = replace_grace
         self.on_status = on_status
         self.on_log = on_log
+        self.verifier = verifier  # None: releases are not checked for signatures (tests only)
         self.live: dict[str, Replica] = {}
         self._tg: TaskGroup | None = None
         self._ready = anyio.Event()
@@ -223,7 +226,13 @@ class ReplicaManager:
             self._set(replica, ReplicaStatus.PULLING, "", None)
             try:
                 pulled = await anyio.to_thread.run_sync(
-                    pull_release, self.cache, assignment, folder, self.access, abandon_on_cancel=True
+                    pull_release,
+                    self.cache,
+                    assignment,
+                    folder,
+                    self.access,
+                    self.verifier,
+                    abandon_on_cancel=True,
                 )
             except (FetchError, ReleaseError) as e:
                 self._set(replica, ReplicaStatus.FAILED, f"{e.code.value}: {e.message}", None)

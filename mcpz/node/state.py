@@ -57,6 +57,8 @@ class Assignment:
     memory_bytes: int | None = None
     open_files: int | None = None
     dependencies: tuple[Dependency, ...] = ()
+    signatures: tuple[tuple[str, str], ...] = ()  # (signer, signature) as the registry keeps them
+    namespace_keys: str = ""  # the JSON of GET /v1/namespaces/{ns}/keys, "" when the hub sent none
     status: ReplicaStatus = ReplicaStatus.PENDING
     detail: str = ""
 
@@ -75,6 +77,8 @@ class Assignment:
             memory_bytes=frame.limits.memory_bytes,
             open_files=frame.limits.open_files,
             dependencies=tuple(Dependency(d.name, d.version, d.commit) for d in frame.dependencies),
+            signatures=tuple((s.signer, s.signature) for s in frame.signatures),
+            namespace_keys=frame.namespace_keys,
         )
 
     def with_status(self, status: ReplicaStatus, detail: str) -> Assignment:
@@ -113,6 +117,8 @@ class Assignment:
                 Dependency(str(d["name"]), str(d["version"]), str(d["commit"]))
                 for d in data.get("dependencies") or ()
             ),
+            signatures=tuple((str(s[0]), str(s[1])) for s in data.get("signatures") or ()),
+            namespace_keys=str(data.get("namespace_keys") or ""),
             status=ReplicaStatus(data.get("status", "pending")),
             detail=str(data.get("detail", "")),
         )
