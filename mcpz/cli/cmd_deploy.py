@@ -126,6 +126,15 @@ def _progress(view: dict[str, Any]) -> Group:
     return Group(head, table)
 
 
+def _settle(
+    name: str, view: dict[str, Any], wait: bool, timeout: float, registry: str | None, token: str | None
+) -> None:
+    """With --wait, follow the deployment until it settles; then print it."""
+    if wait:
+        view = _wait(name, registry, token, timeout)
+    _finish(view, wait)
+
+
 def _finish(view: dict[str, Any], waited: bool) -> None:
     """Print the deployment; after --wait, a failed replica makes the exit code 7."""
     out().data(view, lambda console: _render_status(console, view))
@@ -182,9 +191,7 @@ def apply(
     out().info(
         f"deploying {name} {view['version']} (revision {view['revision']}), {view['replicas']} replica(s)"
     )
-    if wait:
-        view = _wait(name, registry, token, timeout)
-    _finish(view, wait)
+    _settle(name, view, wait, timeout, registry, token)
 
 
 @deploy_app.command("status")
@@ -210,9 +217,7 @@ def scale(
     """Change how many replicas run."""
     name = _name(name)
     view = _client_call(registry, token, "scale", name, replicas)
-    if wait:
-        view = _wait(name, registry, token, timeout)
-    _finish(view, wait)
+    _settle(name, view, wait, timeout, registry, token)
 
 
 @deploy_app.command("rollback")
@@ -230,9 +235,7 @@ def rollback(
     name = _name(name)
     view = _client_call(registry, token, "rollback", name, to)
     out().info(f"rolling {name} back to {view['version']} (revision {view['revision']})")
-    if wait:
-        view = _wait(name, registry, token, timeout)
-    _finish(view, wait)
+    _settle(name, view, wait, timeout, registry, token)
 
 
 @deploy_app.command("rm")
