@@ -123,8 +123,10 @@ async def verify_published(
     """Check a published release's signature against its namespace's pinned key, as a node does.
 
     The manifest digest is the registry's (nodes hash the manifest bytes they fetched); the commit
-    and that digest are both covered by the signature, so neither can be changed unnoticed.
+    and that digest are both covered by the signature, so neither can be changed unnoticed. The
+    registry's revoked-keys list is read first and remembered, as nodes do.
     """
+    verifier.learn_revocations(await client.revoked_keys())
     release = await client.release(name, version)
     keys = trust.NamespaceKeys.from_json(await client.namespace_keys(name.split("/")[0]))
     statement = signing.ReleaseStatement(

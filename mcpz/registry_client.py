@@ -153,10 +153,14 @@ class RegistryClient:
         replicas: int | None = None,
         selector: Mapping[str, str] | None = None,
         limits: Mapping[str, int | None] | None = None,
+        **signing: Any,
     ) -> dict[str, Any]:
         """Create or update the deployment of `agent` (a new version rolls out one replica at a
-        time); None leaves a setting as it is (a new deployment: the newest release, 1 replica)."""
-        body: dict[str, Any] = {"agent": agent, "version": version, "replicas": replicas}
+        time); None leaves a setting as it is (a new deployment: the newest release, 1 replica).
+
+        `signing`: `prepare=True` (answer the statement to sign, change nothing), or `statement`
+        and `signature` (see `mcpz.deploy`, which signs)."""
+        body: dict[str, Any] = {"agent": agent, "version": version, "replicas": replicas, **signing}
         if selector is not None:
             body["selector"] = dict(selector)
         if limits is not None:
@@ -169,11 +173,13 @@ class RegistryClient:
     async def deployment(self, name: str) -> dict[str, Any]:
         return await self.json("GET", f"/v1/deployments/{name}")  # type: ignore[no-any-return]
 
-    async def scale(self, name: str, replicas: int) -> dict[str, Any]:
-        return await self.json("POST", f"/v1/deployments/{name}/scale", json={"replicas": replicas})  # type: ignore[no-any-return]
+    async def scale(self, name: str, replicas: int, **signing: Any) -> dict[str, Any]:
+        body = {"replicas": replicas, **signing}
+        return await self.json("POST", f"/v1/deployments/{name}/scale", json=body)  # type: ignore[no-any-return]
 
-    async def rollback(self, name: str, revision: int | None = None) -> dict[str, Any]:
-        return await self.json("POST", f"/v1/deployments/{name}/rollback", json={"revision": revision})  # type: ignore[no-any-return]
+    async def rollback(self, name: str, revision: int | None = None, **signing: Any) -> dict[str, Any]:
+        body = {"revision": revision, **signing}
+        return await self.json("POST", f"/v1/deployments/{name}/rollback", json=body)  # type: ignore[no-any-return]
 
     async def remove_deployment(self, name: str) -> dict[str, Any]:
         return await self.json("DELETE", f"/v1/deployments/{name}")  # type: ignore[no-any-return]

@@ -12,10 +12,15 @@ deployment, or say a namespace now belongs to another key. So a node
    with the manifest bytes it read from that commit itself;
 3. accepts a deployment only when the pinned key signed it, and never one whose revision is
    lower than the highest it has accepted for that deployment (nor a different statement under
-   the same revision).
+   the same revision);
+4. remembers every rotation it has seen signed by the key it revokes (from the namespace's keys
+   and from the registry's revoked-keys list), and from then on refuses that key for that
+   namespace: as the registry's owner, as a pin, and as the signer of anything — so a registry
+   that later hides the rotation and names the old key again is not believed.
 
-The decisions are pure functions (`advance_pin`, `check_release`, `check_revision`); `Verifier`
-combines them with a small file-backed `TrustStore` that remembers pins and revisions.
+The decisions are pure functions (`advance_pin`, `check_release`, `check_revision`,
+`revoked_keys`); `Verifier` combines them with a small file-backed `TrustStore` that remembers
+pins, revisions and rotations.
 
     from mcpz import trust
 
@@ -34,6 +39,7 @@ Errors (all `AuthError`, exit code 4), each with a stable `code`:
     TrustError                 untrusted
     ├── UnsignedRelease        unsigned            no signature at all
     ├── UntrustedSigner        untrusted_signer    no signature by the namespace's pinned key
+    │   └── RevokedKey         revoked_key         signed by (or naming) a key revoked for the namespace
     ├── NoNamespaceKey         no_namespace_key    the namespace's owner has no wallet key
     ├── KeyChangeRefused       key_changed         the owner key changed without a signed rotation
     ├── StaleRevision          stale_revision      a deployment revision lower than one seen
@@ -42,10 +48,14 @@ Errors (all `AuthError`, exit code 4), each with a stable `code`:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,6 +71,7 @@ __all__ = [
     "NoNamespaceKey",
     "Pin",
     "RevisionConflict",
+    "RevokedKey",
     "SignedRotation",
     "StaleRevision",
     "TrustError",
@@ -73,6 +84,7 @@ __all__ = [
     "advance_pin",
     "check_release",
     "check_revision",
+    "revoked_keys",
 ]
 
 log = logging.getLogger(__name__)
@@ -91,6 +103,10 @@ class UnsignedRelease(TrustError):
 
 class UntrustedSigner(TrustError):
     code = "untrusted_signer"
+
+
+class RevokedKey(UntrustedSigner):
+    code = "revoked_key"
 
 
 class NoNamespaceKey(TrustError):
@@ -235,10 +251,41 @@ def _signature_list(signatures: str | Iterable[str | None] | None) -> list[str]:
     return [s for s in signatures if s]
 
 
+def revoked_keys(rotations: Iterable[SignedRotation]) -> dict[str, signing.KeyRotationStatement]:
+    """The keys that `rotations` (of one namespace, signatures checked) revoked, by lower-case address.
+
+    A key is revoked by a rotation away from it, unless a later rotation moved the namespace back
+    to it; the value is the rotation that revoked it. Only the revoked key can sign its own
+    revocation, so a registry can withhold revocations but never forge one.
+    """
+    away: dict[str, signing.KeyRotationStatement] = {}
+    back: dict[str, int] = {}
+    for rotation in rotations:
+        statement = rotation.statement
+        old, new = statement.old_address.lower(), statement.new_address.lower()
+        if old not in away or statement.sequence > away[old].sequence:
+            away[old] = statement
+        back[new] = max(back.get(new, 0), statement.sequence)
+    return {key: statement for key, statement in away.items() if back.get(key, 0) < statement.sequence}
+
+
+def _revoked_error(key: str, statement: signing.KeyRotationStatement, what: str) -> RevokedKey:
+    return RevokedKey(
+        f'{what} {key}, a key revoked for "{statement.namespace}" by its own signed rotation '
+        f"#{statement.sequence} to {statement.new_address}",
+        hint="the registry serves something the namespace's old key signed, or a key history that "
+        "was rolled back: only the current key's signatures count",
+    )
+
+
 def check_release(
-    statement: signing.ReleaseStatement, signatures: str | Iterable[str | None] | None, trusted: str
+    statement: signing.ReleaseStatement,
+    signatures: str | Iterable[str | None] | None,
+    trusted: str,
+    revoked: Mapping[str, signing.KeyRotationStatement] | None = None,
 ) -> str:
-    """The signer, if one of `signatures` is by the key `trusted` over `statement`; else a TrustError."""
+    """The signer, if one of `signatures` is by the key `trusted` over `statement`; else a TrustError
+    (RevokedKey when a signature is by one of the `revoked` keys, from `revoked_keys`)."""
     found = _signature_list(signatures)
     what = f"{statement.name} {statement.version}"
     if not found:
@@ -254,6 +301,9 @@ def check_release(
             signers.append(e.signer)
         except signing.SignatureError:
             signers.append("(not a signature)")
+    for signer in signers:
+        if revoked and signer.lower() in revoked:
+            raise _revoked_error(signer, revoked[signer.lower()], f"{what} is signed by")
     raise UntrustedSigner(
         f"{what} at commit {statement.commit[:12]} is not signed by the namespace key {trusted} "
         f"(signatures recover to: {', '.join(signers)})",
@@ -283,16 +333,44 @@ def check_revision(highest: tuple[int, str] | None, statement: signing.Deploymen
 
 
 class TrustStore:
-    """Pins and highest revisions, per registry, in one JSON file (mode 0600, atomic writes).
+    """Pins, highest revisions and known rotations, per registry, in one JSON file (mode 0600,
+    atomic writes).
 
-    Safe for the threads of one process; one node process owns its store.
+    Safe for the threads of one process and for several processes: every read-modify-write holds
+    an exclusive lock (`flock`) on the file `<name>.lock` beside it, so two `mcpz verify` runs or
+    two threads of a node never lose each other's update. `locked()` holds that lock across
+    several calls, for a check and its update.
     """
 
     VERSION = 1
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._lock_fd = -1
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store (this thread, this process) until the block ends; re-entrant."""
+        with self._lock:
+            if self._depth == 0:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._lock_fd = fd
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    fd, self._lock_fd = self._lock_fd, -1
+                    os.close(fd)  # closing drops the flock
 
     def _load(self) -> dict[str, Any]:
         try:
@@ -317,12 +395,12 @@ class TrustStore:
         return section
 
     def pin(self, registry: str, namespace: str) -> Pin | None:
-        with self._lock:
+        with self.locked():
             entry = self._section(self._load(), registry, "namespaces").get(namespace)
         return None if entry is None else Pin(str(entry["address"]), int(entry["sequence"]))
 
     def set_pin(self, registry: str, namespace: str, pin: Pin) -> None:
-        with self._lock:
+        with self.locked():
             data = self._load()
             self._section(data, registry, "namespaces")[namespace] = {
                 "address": pin.address,
@@ -332,7 +410,7 @@ class TrustStore:
             self._save(data)
 
     def forget_pin(self, registry: str, namespace: str) -> bool:
-        with self._lock:
+        with self.locked():
             data = self._load()
             removed = self._section(data, registry, "namespaces").pop(namespace, None) is not None
             if removed:
@@ -340,16 +418,53 @@ class TrustStore:
         return removed
 
     def revision(self, registry: str, deployment: str) -> tuple[int, str] | None:
-        with self._lock:
+        with self.locked():
             entry = self._section(self._load(), registry, "deployments").get(deployment)
         return None if entry is None else (int(entry["revision"]), str(entry["digest"]))
 
     def set_revision(self, registry: str, deployment: str, revision: int, digest: str) -> None:
-        with self._lock:
+        with self.locked():
             data = self._load()
             entry = {"revision": revision, "digest": digest}
             self._section(data, registry, "deployments")[deployment] = entry
             self._save(data)
+
+    def advance_revision(self, registry: str, statement: signing.DeploymentStatement) -> None:
+        """`check_revision` against the highest revision kept, and keep this one if it is higher:
+        one step under the lock, so two deploys checked at once never lower what is kept."""
+        with self.locked():
+            highest = self.revision(registry, statement.deployment)
+            check_revision(highest, statement)
+            if highest is None or statement.revision > highest[0]:
+                digest = signing.sha256_hex(statement.to_bytes())
+                self.set_revision(registry, statement.deployment, statement.revision, digest)
+
+    def rotations(self, registry: str, namespace: str) -> list[SignedRotation]:
+        """The rotations of `namespace` kept (each checked against its old key before it was kept)."""
+        with self.locked():
+            entries = self._section(self._load(), registry, "rotations").get(namespace) or []
+        return [
+            SignedRotation(signing.KeyRotationStatement.parse(e["statement"]), e["signature"])
+            for e in entries
+        ]
+
+    def add_rotations(self, registry: str, rotations: Iterable[SignedRotation]) -> int:
+        """Keep rotations not kept yet (check their signatures first); how many were new."""
+        added = 0
+        with self.locked():
+            data = self._load()
+            section = self._section(data, registry, "rotations")
+            for rotation in rotations:
+                entries: list[dict[str, str]] = section.setdefault(rotation.statement.namespace, [])
+                text = rotation.statement.to_text()
+                if any(e["statement"] == text for e in entries):
+                    continue
+                entries.append({"statement": text, "signature": rotation.signature})
+                entries.sort(key=lambda e: signing.KeyRotationStatement.parse(e["statement"]).sequence)
+                added += 1
+            if added:
+                self._save(data)
+        return added
 
 
 # ------------------------------------------------------------------------------ the verifier
@@ -368,18 +483,96 @@ class Verifier:
         self.registry = signing.canonical_registry_url(registry)
         self.store = store
         self.allow_unsigned = allow_unsigned
+        self._revocations_lock = threading.Lock()
+        self._revocations_at: float | None = None
+
+    # -- rotations and revoked keys
+
+    def learn_rotations(self, rotations: Iterable[SignedRotation]) -> int:
+        """Remember the rotations for this registry that their old key really signed (any namespace);
+        the others are skipped with a warning. Returns how many were new."""
+        good = []
+        for rotation in rotations:
+            statement = rotation.statement
+            if statement.registry != self.registry:
+                continue
+            try:
+                signing.verify_rotation(statement, rotation.signature)
+            except signing.SignatureError as e:
+                log.warning(
+                    '"%s": key rotation #%d is not signed by %s (%s); ignored',
+                    statement.namespace, statement.sequence, statement.old_address, e,
+                )  # fmt: skip
+                continue
+            good.append(rotation)
+        return self.store.add_rotations(self.registry, good) if good else 0
+
+    def learn_revocations(self, body: Mapping[str, Any]) -> int:
+        """Remember the revocations in the body of GET /v1/revoked-keys (each one the rotation statement
+        signed by the key it revokes); malformed or forged entries are skipped. Returns how many were new."""
+        rotations = []
+        for entry in body.get("keys") or ():
+            try:
+                rotations.append(SignedRotation.from_json(entry))
+            except (KeyChangeRefused, TypeError, AttributeError) as e:
+                log.warning("the registry's revoked-keys list has a malformed entry: %s", e)
+        return self.learn_rotations(rotations)
+
+    def revocations_due(self, max_age: float) -> bool:
+        """Whether the registry's revoked-keys list should be fetched again (last fetched more than
+        `max_age` seconds ago, or never); True claims the fetch, so concurrent callers fetch once."""
+        with self._revocations_lock:
+            now = time.monotonic()
+            if self._revocations_at is not None and now - self._revocations_at < max_age:
+                return False
+            self._revocations_at = now
+            return True
+
+    def _trusted(self, keys: NamespaceKeys) -> tuple[str, dict[str, signing.KeyRotationStatement]]:
+        """The namespace's key (pinned on first use, moved only by rotations) and its revoked keys."""
+        namespace = keys.namespace
+        with self.store.locked():
+            self.learn_rotations(r for r in keys.rotations if r.statement.namespace == namespace)
+            known = self.store.rotations(self.registry, namespace)
+            by_sequence: dict[int, signing.KeyRotationStatement] = {}
+            for rotation in known:
+                other = by_sequence.setdefault(rotation.statement.sequence, rotation.statement)
+                if other != rotation.statement:
+                    raise KeyChangeRefused(
+                        f'"{namespace}" has two different rotations #{other.sequence}, both signed by '
+                        f"{other.old_address}: to {other.new_address} "
+                        f"and to {rotation.statement.new_address}",
+                        hint="the old key was used by two parties: check the namespace's key out of band",
+                    )
+            revoked = revoked_keys(known)
+            seen = {r.statement.to_text() for r in keys.rotations}
+            merged = NamespaceKeys(
+                namespace,
+                keys.owner_address,
+                (*keys.rotations, *(r for r in known if r.statement.to_text() not in seen)),
+            )
+            pinned = self.store.pin(self.registry, namespace)
+            current = advance_pin(self.registry, pinned, merged)
+            if current.address.lower() in revoked:  # e.g. on first use, the registry names an old key
+                raise _revoked_error(
+                    current.address,
+                    revoked[current.address.lower()],
+                    f'the registry says "{namespace}" belongs to',
+                )
+            if current != pinned:
+                if pinned is None:
+                    log.info("pinned %s to %s", namespace, current.address)
+                else:
+                    log.info("%s rotated from %s to %s", namespace, pinned.address, current.address)
+                self.store.set_pin(self.registry, namespace, current)
+        return current.address, revoked
 
     def namespace_key(self, keys: NamespaceKeys) -> str:
-        """The namespace's key to check signatures against: pinned on first use, moved only by rotations."""
-        pinned = self.store.pin(self.registry, keys.namespace)
-        current = advance_pin(self.registry, pinned, keys)
-        if current != pinned:
-            if pinned is None:
-                log.info("pinned %s to %s", keys.namespace, current.address)
-            else:
-                log.info("%s rotated from %s to %s", keys.namespace, pinned.address, current.address)
-            self.store.set_pin(self.registry, keys.namespace, current)
-        return current.address
+        """The namespace's key to check signatures against: pinned on first use, moved only by
+        rotations, never a key revoked for the namespace."""
+        return self._trusted(keys)[0]
+
+    # -- releases
 
     def verify_release(
         self,
@@ -424,15 +617,23 @@ class Verifier:
                 "accepting unsigned release %s %s (unsigned allowed)", statement.name, statement.version
             )
             return VerifiedRelease(statement.name, statement.version, statement.commit, None)
-        signer = check_release(statement, signatures, self.namespace_key(keys))
+        trusted, revoked = self._trusted(keys)
+        signer = check_release(statement, signatures, trusted, revoked)
         return VerifiedRelease(statement.name, statement.version, statement.commit, signer)
 
-    def verify_deployment(
-        self, statement: signing.DeploymentStatement, signature: str | None, *, keys: NamespaceKeys
-    ) -> VerifiedDeployment:
-        """Check the deployment's signature by its namespace's key and that its revision only grows.
+    # -- deployments
 
-        A deployment accepted here raises the highest revision remembered for it. Verify the
+    def verify_deployment(
+        self,
+        statement: signing.DeploymentStatement,
+        signatures: str | Sequence[str | None] | None,
+        *,
+        keys: NamespaceKeys,
+    ) -> VerifiedDeployment:
+        """Check that the namespace's key signed the deployment, and that its revision only grows.
+
+        One of `signatures` must be by the pinned key. A deployment accepted here raises the
+        highest revision remembered for it (in one locked step with the check). Verify the
         release it names with `verify_release` as well.
         """
         if statement.registry != self.registry:
@@ -440,27 +641,42 @@ class Verifier:
         namespace = statement.deployment.split("/")[0]
         if keys.namespace != namespace:
             raise UsageError(f"the keys given are for {keys.namespace!r}, not for {statement.deployment}")
-        highest = self.store.revision(self.registry, statement.deployment)
-        if self.allow_unsigned and not signature:
-            check_revision(highest, statement)
+        found = _signature_list(signatures)
+        what = f"deployment {statement.deployment} revision {statement.revision}"
+        if self.allow_unsigned and not found:
+            check_revision(self.store.revision(self.registry, statement.deployment), statement)
             log.warning("accepting unsigned deployment %s (unsigned allowed)", statement.deployment)
             return VerifiedDeployment(statement.deployment, statement.revision, None)
-        trusted = self.namespace_key(keys)
-        try:
-            signer = signing.verify_statement(statement, signature, signers=trusted)
-        except signing.MissingSignature as e:
-            raise UnsignedRelease(f"deployment {statement.deployment} is not signed") from e
-        except signing.SignatureError as e:
+        if not found:
+            raise UnsignedRelease(
+                f"{what} is not signed",
+                hint="`mcpz deploy` signs with your wallet when one exists (`mcpz wallet create`)",
+            )
+        trusted, revoked = self._trusted(keys)
+        signer = None
+        others = []
+        for signature in found:
+            try:
+                signer = signing.verify_statement(statement, signature, signers=trusted)
+                break
+            except signing.UnexpectedSigner as e:
+                others.append(e.signer)
+            except signing.SignatureError:
+                others.append("(not a signature)")
+        if signer is None:
+            for other in others:
+                if other.lower() in revoked:
+                    raise _revoked_error(other, revoked[other.lower()], f"{what} is signed by")
             raise UntrustedSigner(
-                f"deployment {statement.deployment} revision {statement.revision} is not signed by the "
-                f"namespace key {trusted}"
-            ) from e
-        check_revision(highest, statement)
-        if highest is None or statement.revision > highest[0]:
-            digest = signing.sha256_hex(statement.to_bytes())
-            self.store.set_revision(self.registry, statement.deployment, statement.revision, digest)
+                f"{what} is not signed by the namespace key {trusted} "
+                f"(signatures recover to: {', '.join(others)})",
+                hint="a deployment counts only when the namespace owner's wallet signed it "
+                "(a member's signature is kept by the registry, but nodes check the owner's key)",
+            )
+        self.store.advance_revision(self.registry, statement)
         return VerifiedDeployment(statement.deployment, statement.revision, signer)
 
     def forget(self, namespace: str) -> bool:
-        """Drop a namespace's pin (after checking a key change out of band); the next use pins again."""
+        """Drop a namespace's pin (after checking a key change out of band); the next use pins again.
+        Rotations seen stay remembered: a key revoked for the namespace stays refused."""
         return self.store.forget_pin(self.registry, namespace)

@@ -4,6 +4,15 @@ logs, and the mesh's nodes. Frames to nodes: docs/mesh-protocol.md.
 Mutations need a token with scope `deploy` in the agent's namespace; reads need `read` or
 `deploy` there (`/v1/nodes`: any of `read`, `deploy`, `node`, `admin`). A mutation returns once
 the reconciler has planned it: the replicas it created are in the answer, with their nodes.
+
+Deploy, scale and rollback are signed by the deployer's wallet (docs/signing.md): the body with
+`"prepare": true` changes nothing and answers the canonical deployment statement the change would
+make (`mcpz.signing.DeploymentStatement`: registry, deployment, release, commit, replicas, and a
+revision number that only grows); the same body with that `statement` and its `signature` makes
+the change. The signature must recover to the namespace's owner or a member (403
+`unexpected_signer`), and the statement must still be the one the change makes (409
+`statement_changed`: the deployment moved meanwhile; prepare again). Without a signature the
+change is made unsigned, and nodes that require signatures refuse to run it.
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -19,19 +28,25 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+from mcpz import signing
 from mcpz.errors import NotFoundError, UsageError
 from mcpz.mesh import Deploy, ProtocolError, ReplicaStatus, ResourceLimits, encode
 from mcpz.names import name_problem
+from registry_server import namespaces
 from registry_server.accounts import Principal
 from registry_server.api import Caller, State
+from registry_server.api_auth import _refusal, _signature_refusal, public_url
 from registry_server.auth import Forbidden, require
 from registry_server.deployments import (
     MAX_REPLICAS,
+    Change,
     DeploymentService,
     DeploymentState,
     Limits,
     LogBook,
     NodeState,
+    Signed,
+    StatementChanged,
     Template,
     release_template,
 )
@@ -52,7 +67,20 @@ class LimitsIn(BaseModel):
     open_files: int | None = Field(default=None, ge=1, le=2**31 - 1, description="Open files limit")
 
 
-class DeployIn(BaseModel):
+class SigningIn(BaseModel):
+    prepare: bool = Field(
+        default=False,
+        description="Change nothing: answer the deployment statement this change would make, to sign",
+    )
+    statement: str | None = Field(
+        default=None, max_length=4096, description="The statement `prepare` answered, as signed"
+    )
+    signature: str | None = Field(
+        default=None, max_length=4096, description="EIP-191 signature of `statement` by the deployer's wallet"
+    )
+
+
+class DeployIn(SigningIn):
     agent: str = Field(description="namespace/name of a published agent; also the deployment's name")
     version: str | None = Field(
         default=None,
@@ -65,11 +93,11 @@ class DeployIn(BaseModel):
     limits: LimitsIn | None = Field(default=None, description="Default: unchanged, or none")
 
 
-class ScaleIn(BaseModel):
+class ScaleIn(SigningIn):
     replicas: int = Field(ge=0, le=MAX_REPLICAS)
 
 
-class RollbackIn(BaseModel):
+class RollbackIn(SigningIn):
     revision: int | None = Field(
         default=None, ge=1, description="Revision to return to; default: the one before the current"
     )
@@ -90,6 +118,72 @@ def _deployment_name(namespace: str, name: str) -> str:
 async def _allow(state: RegistryState, principal: Principal | None, namespace: str, *, write: bool) -> None:
     scope = "deploy" if write or (principal is not None and principal.has("deploy")) else "read"
     await anyio.to_thread.run_sync(lambda: require(principal, scope, namespace, db=state.db))
+
+
+def _check_signature(state: RegistryState, namespace: str, name: str, body: SigningIn) -> Signed | None:
+    """The deployer's signature, checked against the namespace's owner and members (None: unsigned)."""
+    if body.statement is None and body.signature is None:
+        return None
+    if body.prepare:
+        raise UsageError("a prepared change carries no statement or signature: it only answers one")
+    if not body.statement or not body.signature:
+        raise UsageError("`statement` and `signature` go together", hint="sign what `prepare` answered")
+    try:
+        statement = signing.DeploymentStatement.parse(body.statement)
+    except signing.StatementError as e:
+        raise UsageError(f"the deployment statement is malformed: {e.message}") from e
+    if statement.deployment != name:
+        raise UsageError(f"the statement signed is for deployment {statement.deployment}, not {name}")
+    with state.db.session() as session:
+        signers = namespaces.allowed_signers(session, namespace)
+    if not signers:
+        raise UsageError(
+            f'no one in "{namespace}" has a wallet, so no signature can be checked',
+            hint="the namespace owner signs in with `mcpz login --wallet`",
+        )
+    try:
+        signer = signing.verify_statement(statement, body.signature, signers=signers)
+    except signing.UnexpectedSigner as e:
+        raise signing.UnexpectedSigner(
+            f"{e.message}: it is neither the owner nor a member of {namespace}",
+            signer=e.signer,
+            hint=e.hint,
+        ) from e
+    return Signed(body.statement, body.signature, signer)
+
+
+async def _change(
+    request: Request,
+    state: RegistryState,
+    namespace: str,
+    name: str,
+    body: SigningIn,
+    make: Callable[[str, Signed | None, bool], Awaitable[Change]],
+    *,
+    status: int = 200,
+) -> Any:
+    """Check the signature, make (or prepare) the change with `make(registry, signed, prepare)`,
+    and answer the deployment (or, prepared, the statement to sign)."""
+    service = service_of(request)
+    try:
+        signed = await anyio.to_thread.run_sync(lambda: _check_signature(state, namespace, name, body))
+        change: Change = await make(public_url(state.settings), signed, body.prepare)
+    except signing.SignatureError as e:
+        return _signature_refusal(e)
+    except StatementChanged as e:
+        return _refusal(409, "statement_changed", e.message, e.hint)
+    if body.prepare:
+        return JSONResponse(
+            {
+                "deployment": name,
+                "created": change.created,
+                "revision": change.revision,
+                "new_revision": change.new_revision,
+                "statement": change.statement,
+                "signers": list(change.signers),
+            }
+        )
+    return JSONResponse(deployment_view(service, _found(service, name)), 201 if change.created else status)
 
 
 def _found(service: DeploymentService, name: str) -> DeploymentState:
@@ -128,8 +222,13 @@ async def deploy(body: DeployIn, request: Request, state: State, principal: Call
         lambda: release_template(state.db, state.repos, body.agent, version, limits=limits, selector=selector)
     )
     _check_deployable(template)
-    created = await service.apply(body.agent, namespace, template, body.replicas)
-    return JSONResponse(deployment_view(service, _found(service, body.agent)), 201 if created else 200)
+
+    async def make(registry: str, signed: Signed | None, prepare: bool) -> Change:
+        return await service.apply(
+            body.agent, namespace, template, body.replicas, registry=registry, signed=signed, prepare=prepare
+        )
+
+    return await _change(request, state, namespace, body.agent, body, make)
 
 
 @router.get("/v1/deployments")
@@ -167,8 +266,11 @@ async def scale(
     full = _deployment_name(namespace, name)
     await _allow(state, principal, namespace, write=True)
     service = service_of(request)
-    await service.scale(full, body.replicas)
-    return JSONResponse(deployment_view(service, _found(service, full)))
+
+    async def make(registry: str, signed: Signed | None, prepare: bool) -> Change:
+        return await service.scale(full, body.replicas, registry=registry, signed=signed, prepare=prepare)
+
+    return await _change(request, state, namespace, full, body, make)
 
 
 @router.post("/v1/deployments/{namespace}/{name}/rollback")
@@ -184,8 +286,12 @@ async def rollback(
     full = _deployment_name(namespace, name)
     await _allow(state, principal, namespace, write=True)
     service = service_of(request)
-    await service.rollback(full, body.revision if body else None)
-    return JSONResponse(deployment_view(service, _found(service, full)))
+    body = body or RollbackIn()
+
+    async def make(registry: str, signed: Signed | None, prepare: bool) -> Change:
+        return await service.rollback(full, body.revision, registry=registry, signed=signed, prepare=prepare)
+
+    return await _change(request, state, namespace, full, body, make)
 
 
 @router.delete("/v1/deployments/{namespace}/{name}")
@@ -356,6 +462,7 @@ def deployment_view(
         phase = "ready"
     else:
         phase = "progressing"
+    current_revision = deployment.revisions[deployment.revision]
     view: dict[str, Any] = {
         "name": deployment.name,
         "namespace": deployment.namespace,
@@ -364,6 +471,8 @@ def deployment_view(
         "commit": template.commit,
         "revision": deployment.revision,
         "replicas": deployment.replicas,
+        "statement": current_revision.statement,
+        "signers": [signer for signer, _ in current_revision.signatures],
         "selector": dict(template.selector),
         "limits": template.limits.to_dict(),
         "state": phase,
@@ -384,6 +493,7 @@ def deployment_view(
                 "commit": r.template.commit,
                 "created_at": r.created_at.isoformat(),
                 "current": r.number == deployment.revision,
+                "signers": [signer for signer, _ in r.signatures],
             }
             for r in sorted(deployment.revisions.values(), key=lambda r: -r.number)
         ]

@@ -11,6 +11,12 @@ everything queued, plans with `scheduler.plan`, writes the result in one transac
 work runs in a worker thread), then updates the mirror and hands the frames to send to the
 transport (the mesh hub). Bursts are batched for free: what arrives during a round waits for the
 next. A periodic resync plans every deployment again, so nothing waits for an event that was lost.
+
+Every change of desired state that changes what runs or how many (deploy, scale, rollback) makes
+a new revision, whose number only grows — also across a removal and a new deployment of the same
+name — and whose canonical `mcpz.signing.DeploymentStatement` is kept with the deployers'
+signatures over it (`Change`, `Signed`). Deploy frames carry that statement, so nodes can check
+that the namespace's key asked for what they run, and refuse a revision older than one they saw.
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from mcpz import signing
 from mcpz.errors import McpzError, NotFoundError, RefusedError, UsageError
 from mcpz.mesh import Heartbeat, Hello, LockedDependency, Log, ReplicaStatus, Status
 from registry_server import scheduler
@@ -40,6 +47,8 @@ from registry_server.models_mesh import (
     EPOCH_COUNTER,
     Deployment,
     DeploymentRevision,
+    DeploymentSignature,
+    DeploymentStatementRow,
     MeshCounter,
     MeshNode,
     MeshReplica,
@@ -95,6 +104,8 @@ class Revision:
     number: int
     template: Template
     created_at: datetime
+    statement: str = ""  # canonical DeploymentStatement text; "" for revisions made before 0005
+    signatures: tuple[tuple[str, str], ...] = ()  # (signer, signature), checked when kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +162,8 @@ class DeployIntent:
     replica_id: str
     epoch: int
     template: Template
+    statement: str = ""  # the signed deployment statement the node checks (see `_statement_for`)
+    signatures: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +316,32 @@ class ConflictError(McpzError):
     """Another process changed the mesh's tables under this one."""
 
 
+class StatementChanged(RefusedError):
+    """The statement signed is not the one the change makes now: the deployment moved meanwhile
+    (or the signer saw another registry URL). Prepare and sign again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """A deployer's signature over the statement of the change asked for; `signer` is the address
+    it recovers to, already checked to be the namespace's owner or a member."""
+
+    statement: str
+    signature: str
+    signer: str
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a change of desired state made (or, prepared, would make)."""
+
+    created: bool  # a new deployment
+    revision: int  # the revision the deployment is at afterwards
+    new_revision: bool  # False: nothing changed, the current revision stands
+    statement: str  # that revision's canonical statement ("" when no registry URL was given)
+    signers: tuple[str, ...]  # who signed that statement, this change included
+
+
 # --- the service ---------------------------------------------------------------------------------
 
 
@@ -338,6 +377,9 @@ class DeploymentService:
         self._figures_due: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.rounds = 0
+        # Per deployment name, the highest revision ever made (kept in deployment_statements):
+        # a name deployed again after removal numbers on from there.
+        self._floors: dict[str, int] = {}
 
     # -- life cycle
 
@@ -365,10 +407,44 @@ class DeploymentService:
     def _load(self) -> None:
         with self.db.session() as session:
             revisions: dict[str, dict[int, Revision]] = defaultdict(dict)
-            for row in session.scalars(select(DeploymentRevision)):
-                revisions[row.deployment][row.revision] = Revision(
-                    row.revision, _template_of(row), row.created_at
+            same_revision = and_(
+                DeploymentStatementRow.deployment == DeploymentRevision.deployment,
+                DeploymentStatementRow.revision == DeploymentRevision.revision,
+            )
+            statements = {
+                (row.deployment, row.revision): row.statement
+                for row in session.scalars(
+                    select(DeploymentStatementRow).join(DeploymentRevision, same_revision)
                 )
+            }
+            signed: dict[tuple[str, int], list[tuple[str, str]]] = defaultdict(list)
+            signature_of_revision = and_(
+                DeploymentSignature.deployment == DeploymentRevision.deployment,
+                DeploymentSignature.revision == DeploymentRevision.revision,
+            )
+            for sig in session.scalars(
+                select(DeploymentSignature)
+                .join(DeploymentRevision, signature_of_revision)
+                .order_by(DeploymentSignature.id)
+            ):
+                signed[sig.deployment, sig.revision].append((sig.signer, sig.signature))
+            for row in session.scalars(select(DeploymentRevision)):
+                key = (row.deployment, row.revision)
+                revisions[row.deployment][row.revision] = Revision(
+                    row.revision,
+                    _template_of(row),
+                    row.created_at,
+                    statements.get(key, ""),
+                    tuple(signed[key]),
+                )
+            self._floors = {
+                name: int(top)
+                for name, top in session.execute(
+                    select(
+                        DeploymentStatementRow.deployment, func.max(DeploymentStatementRow.revision)
+                    ).group_by(DeploymentStatementRow.deployment)
+                )
+            }
             self.deployments = {
                 row.name: DeploymentState(
                     row.name,
@@ -446,6 +522,18 @@ class DeploymentService:
         deployment = self.deployments.get(replica.deployment)
         revision = deployment.revisions.get(replica.revision) if deployment else None
         return revision.template if revision else None
+
+    def _deploy_intent(
+        self, node_id: str, replica: Replica, epoch: int, deployments: Mapping[str, DeploymentState]
+    ) -> DeployIntent | None:
+        deployment = deployments.get(replica.deployment)
+        revision = deployment.revisions.get(replica.revision) if deployment else None
+        if deployment is None or revision is None:
+            return None
+        statement, signatures = _statement_for(deployment, revision.template)
+        return DeployIntent(
+            node_id, replica.deployment, replica.replica_id, epoch, revision.template, statement, signatures
+        )
 
     # -- events from the hub (called in the event loop; none of them waits)
 
@@ -539,38 +627,80 @@ class DeploymentService:
 
     # -- changes of desired state (from the API)
 
-    async def apply(self, name: str, namespace: str, template: Template, replicas: int | None) -> bool:
-        """Create or update a deployment; True when it was created. Returns once reconciled."""
+    async def apply(
+        self,
+        name: str,
+        namespace: str,
+        template: Template,
+        replicas: int | None,
+        *,
+        registry: str | None = None,
+        signed: Signed | None = None,
+        prepare: bool = False,
+    ) -> Change:
+        """Create or update a deployment. Returns once reconciled.
+
+        A new template or replica count makes a new revision. `registry` (the registry's public
+        URL, canonical) is what the revision's statement names; `signed` is the deployer's
+        signature over that statement (StatementChanged if it is over another); with `prepare`
+        nothing changes and the Change says what would.
+        """
         if replicas is not None and not 0 <= replicas <= MAX_REPLICAS:
             raise UsageError(f"replicas must be between 0 and {MAX_REPLICAS}")
         async with self._lock:
             now = utcnow()
             current = self.deployments.get(name)
             if current is None:
+                number = self._floors.get(name, 0) + 1
                 state = DeploymentState(
-                    name, namespace, 1, 1 if replicas is None else replicas, False, now, now,
-                    {1: Revision(1, template, now)},
+                    name, namespace, number, 1 if replicas is None else replicas, False, now, now,
+                    {number: Revision(number, template, now)},
                 )  # fmt: skip
             else:
-                state = self._with_template(current, template, now)
-                state = replace(
-                    state, replicas=current.replicas if replicas is None else replicas, deleted=False
-                )
-            await self._save_deployment(current, state)
-        await self.reconcile([name])
-        return current is None
+                wanted = current.replicas if replicas is None else replicas
+                state = self._with_template(current, template, now, force=wanted != current.replicas)
+                state = replace(state, replicas=wanted, deleted=False)
+            change = await self._commit(current, state, registry, signed, prepare)
+        if not prepare:
+            await self.reconcile([name])
+        return change
 
-    async def scale(self, name: str, replicas: int) -> None:
+    async def scale(
+        self,
+        name: str,
+        replicas: int,
+        *,
+        registry: str | None = None,
+        signed: Signed | None = None,
+        prepare: bool = False,
+    ) -> Change:
+        """Change the replica count: a new revision with the same template (no replica is replaced)."""
         if not 0 <= replicas <= MAX_REPLICAS:
             raise UsageError(f"replicas must be between 0 and {MAX_REPLICAS}")
         async with self._lock:
             current = self._existing(name)
-            await self._save_deployment(current, replace(current, replicas=replicas, updated_at=utcnow()))
-        await self.reconcile([name])
+            now = utcnow()
+            if replicas == current.replicas:
+                state = replace(current, updated_at=now)
+            else:
+                state = self._with_template(current, current.template, now, force=True)
+                state = replace(state, replicas=replicas)
+            change = await self._commit(current, state, registry, signed, prepare)
+        if not prepare:
+            await self.reconcile([name])
+        return change
 
-    async def rollback(self, name: str, to_revision: int | None = None) -> int:
+    async def rollback(
+        self,
+        name: str,
+        to_revision: int | None = None,
+        *,
+        registry: str | None = None,
+        signed: Signed | None = None,
+        prepare: bool = False,
+    ) -> Change:
         """Make a new revision with the template of `to_revision` (default: the newest earlier
-        revision that differs from the current one); returns the new revision's number."""
+        revision that differs from the current one)."""
         async with self._lock:
             current = self._existing(name)
             if to_revision is None:
@@ -590,9 +720,10 @@ class DeploymentService:
                 kept = ", ".join(str(n) for n in sorted(current.revisions))
                 raise NotFoundError(f"{name} has no revision {to_revision} (kept: {kept})")
             state = self._with_template(current, target.template, utcnow())
-            await self._save_deployment(current, state)
-        await self.reconcile([name])
-        return state.revision
+            change = await self._commit(current, state, registry, signed, prepare)
+        if not prepare:
+            await self.reconcile([name])
+        return change
 
     async def remove(self, name: str) -> None:
         async with self._lock:
@@ -606,25 +737,96 @@ class DeploymentService:
             raise NotFoundError(f"no deployment {name}", hint="see `mcpz deployments`")
         return current
 
-    def _with_template(self, current: DeploymentState, template: Template, now: datetime) -> DeploymentState:
-        if current.template == template and not current.deleted:
+    def _with_template(
+        self, current: DeploymentState, template: Template, now: datetime, *, force: bool = False
+    ) -> DeploymentState:
+        """`current` running `template`: a new revision unless it runs it already (and `force` is off)."""
+        if current.template == template and not current.deleted and not force:
             return replace(current, updated_at=now)
-        number = max(current.revisions) + 1
+        number = max(max(current.revisions), self._floors.get(current.name, 0)) + 1
         revisions = dict(current.revisions)
         revisions[number] = Revision(number, template, now)
         in_use = {r.revision for r in self.replicas_of(current.name)}
-        for old in sorted(revisions):
-            if len(revisions) <= self.max_revisions:
+        while len(revisions) > self.max_revisions:
+            # Forget the oldest revision nothing runs, those whose template a newer one repeats
+            # (e.g. made by a scale) first: the history keeps what a rollback can return to.
+            spare = [n for n in sorted(revisions) if n not in in_use and n not in (current.revision, number)]
+            if not spare:
                 break
-            if old not in in_use and old != current.revision:
-                del revisions[old]
+            repeated = [
+                n
+                for n in spare
+                if any(m > n and revisions[m].template == revisions[n].template for m in revisions)
+            ]
+            del revisions[(repeated or spare)[0]]
         return replace(current, revision=number, revisions=revisions, updated_at=now)
 
-    async def _save_deployment(self, before: DeploymentState | None, after: DeploymentState) -> None:
-        await anyio.to_thread.run_sync(self._write_deployment, before, after)
+    async def _commit(
+        self,
+        before: DeploymentState | None,
+        after: DeploymentState,
+        registry: str | None,
+        signed: Signed | None,
+        prepare: bool,
+    ) -> Change:
+        """Attach the statement (and the signature) to the revision `after` is at, and save."""
+        number = after.revision
+        revision = after.revisions[number]
+        statement = revision.statement
+        if not statement and registry is not None:
+            t = revision.template
+            statement = signing.DeploymentStatement(
+                registry=registry, deployment=after.name, name=t.agent, version=t.version,
+                commit=t.commit, replicas=after.replicas, revision=number,
+            ).to_text()  # fmt: skip
+        signatures = revision.signatures
+        if signed is not None:
+            if signed.statement != statement:
+                raise StatementChanged(
+                    f"the statement signed is not the one this change makes now (revision {number} of "
+                    f"{after.name})",
+                    status=409,
+                    hint="the deployment changed meanwhile: run the command again to sign the new statement",
+                )
+            if all(signer != signed.signer for signer, _ in signatures):
+                signatures = (*signatures, (signed.signer, signed.signature))
+        change = Change(
+            created=before is None,
+            revision=number,
+            new_revision=before is None or number not in before.revisions,
+            statement=statement,
+            signers=tuple(signer for signer, _ in signatures),
+        )
+        if prepare:
+            return change
+        new_statement = statement if statement != revision.statement else ""
+        new_signatures = signatures[len(revision.signatures) :]
+        if new_statement or new_signatures:
+            revisions = dict(after.revisions)
+            revisions[number] = replace(revision, statement=statement, signatures=signatures)
+            after = replace(after, revisions=revisions)
+        await self._save_deployment(before, after, new_statement, new_signatures)
+        if new_statement:
+            self._floors[after.name] = max(self._floors.get(after.name, 0), number)
+        return change
+
+    async def _save_deployment(
+        self,
+        before: DeploymentState | None,
+        after: DeploymentState,
+        statement: str = "",
+        signatures: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        await anyio.to_thread.run_sync(self._write_deployment, before, after, statement, signatures)
         self.deployments[after.name] = after
 
-    def _write_deployment(self, before: DeploymentState | None, after: DeploymentState) -> None:
+    def _write_deployment(
+        self,
+        before: DeploymentState | None,
+        after: DeploymentState,
+        statement: str = "",
+        signatures: Sequence[tuple[str, str]] = (),
+    ) -> None:
         with self.db.session() as session:
             row = session.get(Deployment, after.name)
             if row is None:
@@ -645,6 +847,23 @@ class DeploymentService:
                 )
             for number in sorted(set(after.revisions) - old):
                 session.add(_revision_row(after.name, after.revisions[number]))
+            now = utcnow()
+            if statement:
+                session.add(
+                    DeploymentStatementRow(
+                        deployment=after.name, revision=after.revision, statement=statement, created_at=now
+                    )
+                )
+            for signer, signature in signatures:
+                session.add(
+                    DeploymentSignature(
+                        deployment=after.name,
+                        revision=after.revision,
+                        signer=signer,
+                        signature=signature,
+                        created_at=now,
+                    )
+                )
 
     # -- reconciliation
 
@@ -773,11 +992,9 @@ class DeploymentService:
                 )
             for replica_id in outcome.redeploy:
                 replica = replicas[replica_id]
-                kept = self.template_of(replica)
-                if kept is not None:
-                    intents.append(
-                        DeployIntent(node.node_id, replica.deployment, replica_id, replica.epoch, kept)
-                    )
+                intent = self._deploy_intent(node.node_id, replica, replica.epoch, self.deployments)
+                if intent is not None:
+                    intents.append(intent)
             for replica_id, status in outcome.adopt:
                 statuses[replica_id] = _StatusUpdate(node.node_id, replicas[replica_id].epoch, status)
                 dirty.add(replicas[replica_id].deployment)
@@ -940,13 +1157,10 @@ class DeploymentService:
             if isinstance(action, scheduler.Create):
                 replica = action.replica
                 changes.creates.append(_replica_row(replica, now))
-                template = deployments[replica.deployment].revisions[replica.revision].template
                 if replica.node_id is not None:
-                    intents.append(
-                        DeployIntent(
-                            replica.node_id, replica.deployment, replica.replica_id, replica.epoch, template
-                        )
-                    )
+                    intent = self._deploy_intent(replica.node_id, replica, replica.epoch, deployments)
+                    if intent is not None:
+                        intents.append(intent)
             elif isinstance(action, scheduler.Assign):
                 replica = replicas[action.replica_id]
                 changes.assigns.append(
@@ -960,13 +1174,9 @@ class DeploymentService:
                         "updated_at": now,
                     }
                 )
-                moved = self.template_of(replica)
+                moved = self._deploy_intent(action.node_id, replica, action.epoch, self.deployments)
                 if moved is not None:
-                    intents.append(
-                        DeployIntent(
-                            action.node_id, replica.deployment, replica.replica_id, action.epoch, moved
-                        )
-                    )
+                    intents.append(moved)
                 log.info(
                     "replica assigned",
                     extra={"replica": action.replica_id, "node": action.node_id, "reason": action.reason},
@@ -1098,6 +1308,22 @@ def _locked_dependencies(repos: Any, agent: str, commit: str) -> tuple[LockedDep
         repo.close()
     lock = parse_lock(text)
     return tuple(LockedDependency(name=a.name, version=a.version, commit=a.commit) for a in lock.agents)
+
+
+# --- statements ------------------------------------------------------------------------------------
+
+
+def _statement_for(
+    deployment: DeploymentState, template: Template
+) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The statement a deploy of `template` carries, with its signatures: that of the newest
+    revision with this template, preferring a signed one. A node that saw a newer revision
+    refuses it: what the deployer signed last is what runs."""
+    same = [r for r in deployment.revisions.values() if r.template == template and r.statement]
+    if not same:
+        return "", ()
+    best = max([r for r in same if r.signatures] or same, key=lambda r: r.number)
+    return best.statement, best.signatures
 
 
 # --- rows and ids ----------------------------------------------------------------------------------

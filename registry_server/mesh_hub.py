@@ -202,6 +202,11 @@ class MeshHub:
                     dependencies=t.dependencies,
                     signatures=signatures,
                     namespace_keys=keys,
+                    deployment_statement=intent.statement,
+                    deployment_signatures=tuple(
+                        ReleaseSignature(signer=signer, signature=signature)
+                        for signer, signature in intent.signatures
+                    ),
                 )
                 if conn.send(frame):
                     conn.outstanding[frame_id] = ("deploy", intent.replica_id, intent.epoch)

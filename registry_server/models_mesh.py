@@ -1,7 +1,8 @@
-"""Tables of the deployment mesh: nodes, deployments, their revisions, replicas, the epoch counter.
+"""Tables of the deployment mesh: nodes, deployments, their revisions, replicas, the epoch counter,
+and the deployers' signed statements of each revision.
 
-Schema changes go through Alembic (migration 0002). The tables share `models.Base`, so foreign keys
-to accounts and namespaces resolve. JSON columns are text (the same on SQLite and PostgreSQL).
+Schema changes go through Alembic (migrations 0002 and 0005). The tables share `models.Base`, so
+foreign keys to accounts and namespaces resolve. JSON columns are text (the same on SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -98,3 +99,37 @@ class MeshCounter(Base):
 
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger)
+
+
+class DeploymentStatementRow(Base):
+    """The canonical `mcpz.signing.DeploymentStatement` of each revision, as it was made.
+
+    Kept when the deployment is removed (no foreign key): the highest revision ever made for a
+    name is where its numbering goes on if it is deployed again, since nodes refuse a revision
+    lower than one they have seen.
+    """
+
+    __tablename__ = "deployment_statements"
+    __table_args__ = (UniqueConstraint("deployment", "revision", name="uq_deployment_statement"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment: Mapped[str] = mapped_column(String(129), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    statement: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class DeploymentSignature(Base):
+    """An EIP-191 signature over a revision's statement, by the namespace's owner or a member;
+    checked when stored."""
+
+    __tablename__ = "deployment_signatures"
+    __table_args__ = (UniqueConstraint("deployment", "revision", "signer", name="uq_deployment_signature"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment: Mapped[str] = mapped_column(String(129), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    # EIP-55 checksummed address that the signature recovers to.
+    signer: Mapped[str] = mapped_column(String(42))
+    signature: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -41,14 +41,29 @@ def checksum(address: str) -> str:
 
 
 def account_for_address(session: Session, address: str) -> Account:
-    """The account of a wallet address; the first sign-in creates it, owning the namespace `0x...`."""
+    """The account of a wallet address; the first sign-in creates it, owning the namespace `0x...`.
+
+    Two first sign-ins of one wallet at once both get the account: the one that loses the race to
+    create it (a unique violation, in a savepoint) reads the winner's.
+    """
     address = checksum(address)
     account = session.scalar(select(Account).where(Account.address == address))
     if account is not None:
         return account
-    account = create_account(session, address.lower())
-    account.address = address
-    session.flush()
+    try:
+        with session.begin_nested():
+            account = create_account(session, address.lower())
+            account.address = address
+            session.flush()
+    except (IntegrityError, UsageError) as e:
+        # UsageError: create_account saw the other's committed row ("already exists").
+        account = session.scalar(select(Account).where(Account.address == address))
+        if account is None:
+            raise RefusedError(
+                f"the account of {address} could not be created: its name or namespace is taken",
+                status=409,
+                hint="sign in again",
+            ) from e
     return account
 
 

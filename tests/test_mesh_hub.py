@@ -612,7 +612,7 @@ async def test_deploy_scale_rolling_update_and_rollback(
         # Rolling update: one at a time, a new replica running before an old one stops.
         cluster.most, cluster.watch_from, cluster.least_after = cluster.copies(), True, None
         updated = await client.post("/v1/deployments", json={"agent": AGENT, "version": "2.0.0"})
-        assert updated.status_code == 200 and updated.json()["revision"] == 2
+        assert updated.status_code == 200 and updated.json()["revision"] == 3  # the scale made 2
         view = await until_api(client, path, lambda v: v["state"] == "ready" and v["version"] == "2.0.0")
         assert [r["version"] for r in view["instances"]] == ["2.0.0"] * 3
         await until(lambda: cluster.copies() == 3)
@@ -625,10 +625,10 @@ async def test_deploy_scale_rolling_update_and_rollback(
         cluster.least_after = None
         back = await client.post(f"{path}/rollback", json={})
         assert back.status_code == 200
-        assert (back.json()["revision"], back.json()["version"]) == (3, "1.0.0")
+        assert (back.json()["revision"], back.json()["version"]) == (4, "1.0.0")
         view = await until_api(client, path, lambda v: v["state"] == "ready" and v["updated"] == 3)
         assert {r["version"] for r in view["instances"]} == {"1.0.0"}
-        assert [r["revision"] for r in view["revisions"]] == [3, 2, 1]
+        assert [r["revision"] for r in view["revisions"]] == [4, 3, 2, 1]
         assert cluster.least_after is not None and cluster.least_after >= 3
         assert (await client.post(f"{path}/rollback", json={"revision": 99})).status_code == 404
 
@@ -924,11 +924,12 @@ def test_the_cli_deploys_scales_updates_rolls_back_and_removes(cli, mesh: Mesh, 
         updated = cli("deploy", AGENT + "@2.0.0", "--wait", "--json")
         assert updated.exit_code == 0, updated.stderr
         state = json.loads(updated.stdout)
-        assert (state["version"], state["revision"], state["ready"], state["old"]) == ("2.0.0", 2, 3, 0)
+        # Revision 2 is the scale's: every change of what runs, or how many, is a revision.
+        assert (state["version"], state["revision"], state["ready"], state["old"]) == ("2.0.0", 3, 3, 0)
 
         back = cli("--json", "deploy", "rollback", AGENT, "--wait")
         assert back.exit_code == 0, back.stderr
-        assert (json.loads(back.stdout)["version"], json.loads(back.stdout)["revision"]) == ("1.0.0", 3)
+        assert (json.loads(back.stdout)["version"], json.loads(back.stdout)["revision"]) == ("1.0.0", 4)
 
         listed = cli("deployments")
         assert listed.exit_code == 0 and "acme/echo" in listed.stdout and "3/3" in listed.stdout

@@ -76,12 +76,26 @@ def publish(w: World, version: str) -> None:
     git("push", "-q", w.reg.git_url(AGENT, w.owner), "main", f"v{version}", cwd=w.work)
 
 
-async def deploy(
-    w: World, tmp_path: Path, version: str, *, data: str = "node", who: str = OWNER.address, **config: Any
-) -> dict[str, Any]:
-    """Deploy `version` to one in-process node; the replica's status once it ran or failed."""
-    from mcpz.node import Node
+WHO = "the deployer's own wallet"
 
+
+async def deploy(
+    w: World,
+    tmp_path: Path,
+    version: str,
+    *,
+    data: str = "node",
+    who: str = OWNER.address,
+    sign: Any = WHO,
+    **config: Any,
+) -> dict[str, Any]:
+    """Deploy `version` to one in-process node, the deployment signed by `who`'s wallet (or by the
+    account `sign`, or unsigned with `sign=None`); the replica's status once it ran or failed."""
+    from mcpz import deploy as deploying
+    from mcpz.node import Node
+    from mcpz.registry_client import connect
+
+    signer = {a.address: a for a in (OWNER, MEMBER, STRANGER)}[who] if sign is WHO else sign
     deployer = token_for(w.reg, who, "read,publish,deploy,admin")
     node_token = token_for(w.reg, who, "node")
     config.setdefault("allow_unsigned", False)
@@ -90,12 +104,13 @@ async def deploy(
     async with (
         anyio.create_task_group() as tg,
         httpx2.AsyncClient(base_url=w.reg.url, headers=headers) as http,
+        connect(w.reg.url, deployer) as client,
     ):
         tg.start_soon(node.run)
         with anyio.fail_after(30):
             await node.connected.wait()
-        created = await http.post("/v1/deployments", json={"agent": AGENT, "version": version, "replicas": 1})
-        assert created.status_code == 201, created.text
+        created = await deploying.deploy(client, AGENT, version, replicas=1, account=signer)
+        assert created["version"] == version, created
         assert node.manager is not None
         with anyio.fail_after(60):
             await node.manager.wait_until(

@@ -2,7 +2,8 @@
 `mcpz nodes`, `mcpz logs`: deployments on the registry's mesh.
 
 `deploy` is a group whose first word is either a subcommand or the NAME@VERSION to deploy: the
-group sends anything that is not a subcommand to `deploy apply`.
+group sends anything that is not a subcommand to `deploy apply`. Deploy, scale and rollback are
+signed by the user's wallet when one exists (`mcpz.deploy`); `--no-sign` makes them unsigned.
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ app.add_typer(deploy_app, name="deploy")
 
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait until every replica runs (or one fails).")]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds --wait waits at most.")]
+NoSignOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-sign",
+        help="Do not sign the change with your wallet (nodes that require signatures refuse to run it).",
+    ),
+]
 
 
 def _name(text: str) -> str:
@@ -77,6 +85,42 @@ def _bytes(text: str) -> int:
 
 def _client_call(registry: str | None, token: str | None, method: str, *args: Any, **kw: Any) -> Any:
     return call_registry(registry, token, method, *args, **kw)
+
+
+def _signed_call(
+    registry: str | None, token: str | None, no_sign: bool, method: str, *args: Any, **kw: Any
+) -> dict[str, Any]:
+    """Call `mcpz.deploy.<method>`, signed by the wallet unless --no-sign (or there is none)."""
+    from mcpz import deploy
+    from mcpz.registry_client import connect
+
+    account = None
+    if not no_sign:
+        from mcpz.wallet import Wallet
+
+        if Wallet.exists():
+            from mcpz.cli.cmd_wallet import unlock_wallet
+
+            account = unlock_wallet()  # before anything changes: a missing passphrase stops here
+    url = settings(registry).registry
+    secret = token_for(url, token)
+
+    async def call() -> dict[str, Any]:
+        async with connect(url, secret) as client:
+            result: dict[str, Any] = await getattr(deploy, method)(client, *args, account=account, **kw)
+            return result
+
+    view: dict[str, Any] = run(call)
+    output = out()
+    if account is not None:
+        output.info(f"revision {view['revision']} signed by {account.address}")
+    else:
+        why = "--no-sign" if no_sign else "no wallet (create one with `mcpz wallet create`)"
+        output.warn(
+            f"{view['name']} revision {view['revision']} is not signed: {why}; "
+            "nodes that require signatures (the default) refuse it"
+        )
+    return view
 
 
 def _wait(name: str, registry: str | None, token: str | None, timeout: float) -> dict[str, Any]:
@@ -165,6 +209,7 @@ def apply(
     open_files: Annotated[int | None, typer.Option("--open-files", min=1, help="Open files limit.")] = None,
     wait: WaitOpt = False,
     timeout: TimeoutOpt = 300.0,
+    no_sign: NoSignOpt = False,
     registry: RegistryOpt = None,
     token: TokenOpt = None,
 ) -> None:
@@ -178,9 +223,10 @@ def apply(
     limits = None
     if memory is not None or open_files is not None:
         limits = {"memory_bytes": _bytes(memory) if memory else None, "open_files": open_files}
-    view = _client_call(
+    view = _signed_call(
         registry,
         token,
+        no_sign,
         "deploy",
         name,
         version or None,
@@ -211,12 +257,13 @@ def scale(
     replicas: Annotated[int, typer.Argument(min=0, help="Replicas wanted.")],
     wait: WaitOpt = False,
     timeout: TimeoutOpt = 300.0,
+    no_sign: NoSignOpt = False,
     registry: RegistryOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Change how many replicas run."""
+    """Change how many replicas run (a new revision; no replica is replaced)."""
     name = _name(name)
-    view = _client_call(registry, token, "scale", name, replicas)
+    view = _signed_call(registry, token, no_sign, "scale", name, replicas)
     _settle(name, view, wait, timeout, registry, token)
 
 
@@ -228,12 +275,13 @@ def rollback(
     ] = None,
     wait: WaitOpt = False,
     timeout: TimeoutOpt = 300.0,
+    no_sign: NoSignOpt = False,
     registry: RegistryOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Return to the previous revision (a new revision with its release, rolled out as any other)."""
     name = _name(name)
-    view = _client_call(registry, token, "rollback", name, to)
+    view = _signed_call(registry, token, no_sign, "rollback", name, to)
     out().info(f"rolling {name} back to {view['version']} (revision {view['revision']})")
     _settle(name, view, wait, timeout, registry, token)
 
@@ -365,6 +413,10 @@ def _render_status(console: Console, view: dict[str, Any]) -> None:
     if view["stopping"]:
         counts += (", " if counts else "") + f"{view['stopping']} stopping"
     console.print(f"replicas: {counts or 'none'}", markup=False)
+    signers = view.get("signers") or []
+    console.print(
+        f"signed by: {', '.join(signers)}" if signers else "signed by: nobody (unsigned)", markup=False
+    )
     if view["instances"]:
         table = Table("replica", "version", "node", "status", "epoch", "detail", box=None)
         for r in view["instances"]:

@@ -94,8 +94,9 @@ def run_node(
         bool,
         typer.Option(
             "--allow-unsigned",
-            help="Also run releases that carry no signature (development only; a wrong signature "
-            "is still refused). By default every release must be signed by its namespace's key.",
+            help="Also run releases and deployments that carry no signature (development only; a "
+            "wrong signature is still refused). By default every release and every deployment must "
+            "be signed by its namespace's key.",
         ),
     ] = False,
 ) -> None:
@@ -131,7 +132,8 @@ def run_node(
     output = out()
     if allow_unsigned:
         sys.stderr.write(
-            "WARNING: --allow-unsigned: this node runs releases nobody signed; use it for development only\n"
+            "WARNING: --allow-unsigned: this node runs releases and deployments nobody signed; "
+            "use it for development only\n"
         )
         sys.stderr.flush()
     handler = _attach_log(output)

@@ -286,7 +286,8 @@ class Node:
         )
         if self.config.allow_unsigned:
             logger.warning(
-                "WARNING: this node runs UNSIGNED releases (--allow-unsigned): for development only"
+                "WARNING: this node runs UNSIGNED releases and deployments (--allow-unsigned): "
+                "for development only"
             )
         failure: McpzError | None = None
         async with anyio.create_task_group() as tg:

@@ -7,6 +7,12 @@ at the folder's root, each dependency at `.mcpz/deps/{namespace}/{name}/` with t
 way on a node as on a laptop. `process_spec` turns
 the assignment's `[run]` command and env into the exact process to start there.
 
+Before anything is fetched, the deploy's signed deployment statement is checked (`verify_deployment`:
+the namespace's key signed it, it names what the deploy runs, and its revision is not lower than
+one the node has seen); after the fetch, the release's signature (`verify_signature`). Both fail
+the replica with `verify-failed`. The node also fetches the registry's revoked-keys list now and
+then (`refresh_revocations`) and remembers what it says: a key revoked for a namespace stays refused.
+
 The node's token goes only to the registry the node was started with: a deploy whose
 `registry_url` names another host is fetched without it.
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import ssl
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +37,7 @@ from mcpz.node.errors import ReleaseError, StartError
 from mcpz.node.fetch import FetchResult, ObjectCache
 from mcpz.node.process import Limits, ProcessSpec
 from mcpz.node.state import Assignment
-from mcpz.trust import NamespaceKeys, VerifiedRelease, Verifier
+from mcpz.trust import NamespaceKeys, VerifiedDeployment, VerifiedRelease, Verifier
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +66,10 @@ PASSED_ENV = (
 )
 """What a replica inherits of the node's own environment: enough to run, never a credential
 (`MCPZ_TOKEN` and every other `MCPZ_*` stay with the node)."""
+
+REVOCATIONS_MAX_AGE = 60.0
+"""Seconds the node goes on with the revoked-keys list it fetched last before it fetches it again
+(at most once per this, and only when it checks a deploy)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +114,100 @@ class Pulled:
         return sum(f.bytes for f in self.fetches)
 
 
+def _namespace_keys(assignment: Assignment) -> NamespaceKeys | None:
+    """The keys of the agent's namespace the deploy carried; None when it carried none."""
+    from mcpz.errors import McpzError
+
+    if not assignment.namespace_keys:
+        return None
+    try:
+        return NamespaceKeys.from_json(json.loads(assignment.namespace_keys))
+    except (ValueError, KeyError, TypeError, AttributeError, McpzError) as e:
+        namespace = assignment.agent.split("/")[0]
+        raise ReleaseError(f'the registry sent unreadable keys of "{namespace}": {e}') from e
+
+
+def refresh_revocations(
+    access: RegistryAccess, verifier: Verifier, max_age: float = REVOCATIONS_MAX_AGE
+) -> int:
+    """Fetch the registry's revoked-keys list (GET /v1/revoked-keys) if it is due, and remember the
+    revocations whose signatures check out. Best effort: a registry that cannot answer leaves the
+    node with what it remembers (a warning is logged). Returns how many revocations were new."""
+    import httpx2
+
+    if not verifier.revocations_due(max_age):
+        return 0
+    url = f"{access.base_url}/v1/revoked-keys"
+    token = access.token_for(url)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    verify: ssl.SSLContext | bool = (
+        ssl.create_default_context(cafile=access.ca_file) if access.ca_file else True
+    )
+    try:
+        response = httpx2.get(url, headers=headers, timeout=5.0, verify=verify)
+        response.raise_for_status()
+        body = response.json()
+    except (httpx2.HTTPError, ValueError) as e:
+        logger.warning("cannot fetch the registry's revoked keys (%s): going on with those known", e)
+        return 0
+    if not isinstance(body, dict):
+        logger.warning("the registry's revoked-keys list is not a JSON object: ignored")
+        return 0
+    learned = verifier.learn_revocations(body)
+    if learned:
+        logger.info("learned %d key revocation(s) from the registry", learned)
+    return learned
+
+
+def verify_deployment(assignment: Assignment, verifier: Verifier) -> VerifiedDeployment | None:
+    """Check the deployer's signed statement the deploy carried: signed by the namespace's pinned
+    key, naming this deployment, agent, version and commit, at a revision not lower than the
+    highest the node has seen (which it then remembers). ReleaseError (verify-failed) otherwise.
+    None: an unsigned deploy, let through by --allow-unsigned."""
+    from mcpz import signing
+    from mcpz.errors import McpzError
+
+    deployment = assignment.deployment
+    signatures = [signature for _signer, signature in assignment.deployment_signatures]
+    if not assignment.deployment_statement:
+        if verifier.allow_unsigned:
+            logger.warning("running a replica of unsigned deployment %s (--allow-unsigned)", deployment)
+            return None
+        raise ReleaseError(
+            f"deployment {deployment} is not signed",
+            hint="deploy with a wallet: `mcpz deploy` signs when one exists (`mcpz wallet create`)",
+        )
+    try:
+        statement = signing.DeploymentStatement.parse(assignment.deployment_statement)
+    except signing.StatementError as e:
+        raise ReleaseError(f"the deployment statement of {deployment} is malformed: {e.message}") from e
+    asked = (assignment.deployment, assignment.agent, assignment.version, assignment.commit)
+    signed = (statement.deployment, statement.name, statement.version, statement.commit)
+    if asked != signed:
+        raise ReleaseError(
+            f"the deploy asks for {asked[0]}: {asked[1]} {asked[2]} at {asked[3][:12]}, but the deployment "
+            f"statement signed says {signed[0]}: {signed[1]} {signed[2]} at {signed[3][:12]}",
+            hint="the registry changed the deployment after it was signed",
+        )
+    keys = _namespace_keys(assignment)
+    if keys is None:
+        if signatures:
+            raise ReleaseError(
+                f'the registry sent no keys of "{deployment.split("/")[0]}", so the deployment\'s '
+                "signature cannot be checked"
+            )
+        keys = NamespaceKeys(deployment.split("/")[0], None)
+    try:
+        verified = verifier.verify_deployment(statement, signatures, keys=keys)
+    except McpzError as e:  # a TrustError, or keys of another namespace
+        raise ReleaseError(e.message, hint=e.hint) from e
+    if verified.signer is not None:
+        logger.info(
+            "deployment %s revision %d is signed by %s", deployment, verified.revision, verified.signer
+        )
+    return verified
+
+
 def verify_signature(cache: ObjectCache, assignment: Assignment, verifier: Verifier) -> VerifiedRelease:
     """Check that the namespace's pinned key signed the release at the commit just fetched, with
     the manifest bytes read from that commit. ReleaseError (verify-failed) when it does not."""
@@ -115,7 +220,8 @@ def verify_signature(cache: ObjectCache, assignment: Assignment, verifier: Verif
         )
         return VerifiedRelease(assignment.agent, assignment.version, assignment.commit, None)
     namespace = assignment.agent.split("/")[0]
-    if not assignment.namespace_keys:
+    keys = _namespace_keys(assignment)
+    if keys is None:
         if not signatures:
             message = f"{assignment.agent} {assignment.version} is not signed"
         else:
@@ -125,10 +231,6 @@ def verify_signature(cache: ObjectCache, assignment: Assignment, verifier: Verif
         raise ReleaseError(
             message, hint="publish signed releases (`mcpz push` with a wallet, or `mcpz sign`)"
         )
-    try:
-        keys = NamespaceKeys.from_json(json.loads(assignment.namespace_keys))
-    except (ValueError, KeyError, TypeError, AttributeError, McpzError) as e:
-        raise ReleaseError(f'the registry sent unreadable keys of "{namespace}": {e}') from e
     try:
         return verifier.verify_release(
             name=assignment.agent,
@@ -153,9 +255,13 @@ def pull_release(
 ) -> Pulled:
     """Fetch and verify the release and its dependencies, and check them out into `folder`.
 
-    With a `verifier`, the release's signature is checked after the fetch and before the checkout.
-    Blocking: run it in a worker thread. Raises FetchError or ReleaseError (CheckoutRefused).
+    With a `verifier`, the deployment's statement is checked before the fetch and the release's
+    signature after it, before the checkout. Blocking: run it in a worker thread. Raises FetchError
+    or ReleaseError (CheckoutRefused).
     """
+    if verifier is not None:
+        refresh_revocations(access, verifier)
+        verify_deployment(assignment, verifier)
     url = assignment.registry_url
     fetches = [
         cache.fetch(

@@ -12,6 +12,7 @@ The data folder's layout:
     node.lock              held (flock) by the running node: one node process per data folder
     objects.git/           the object cache shared by all replicas (mcpz.node.fetch)
     replicas/{id}/e{epoch} the checkout a replica runs in, dependencies in .mcpz/deps/
+    trust.json             pinned keys, highest deployment revisions, revocations (mcpz.trust)
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class Assignment:
     dependencies: tuple[Dependency, ...] = ()
     signatures: tuple[tuple[str, str], ...] = ()  # (signer, signature) as the registry keeps them
     namespace_keys: str = ""  # the JSON of GET /v1/namespaces/{ns}/keys, "" when the hub sent none
+    deployment_statement: str = ""  # the deployer's signed DeploymentStatement, "" when unsigned
+    deployment_signatures: tuple[tuple[str, str], ...] = ()  # (signer, signature) over it
     status: ReplicaStatus = ReplicaStatus.PENDING
     detail: str = ""
 
@@ -79,6 +82,8 @@ class Assignment:
             dependencies=tuple(Dependency(d.name, d.version, d.commit) for d in frame.dependencies),
             signatures=tuple((s.signer, s.signature) for s in frame.signatures),
             namespace_keys=frame.namespace_keys,
+            deployment_statement=frame.deployment_statement,
+            deployment_signatures=tuple((s.signer, s.signature) for s in frame.deployment_signatures),
         )
 
     def with_status(self, status: ReplicaStatus, detail: str) -> Assignment:
@@ -119,6 +124,10 @@ class Assignment:
             ),
             signatures=tuple((str(s[0]), str(s[1])) for s in data.get("signatures") or ()),
             namespace_keys=str(data.get("namespace_keys") or ""),
+            deployment_statement=str(data.get("deployment_statement") or ""),
+            deployment_signatures=tuple(
+                (str(s[0]), str(s[1])) for s in data.get("deployment_signatures") or ()
+            ),
             status=ReplicaStatus(data.get("status", "pending")),
             detail=str(data.get("detail", "")),
         )

@@ -1,0 +1,137 @@
+"""Changing deployments from the client side, each change signed by the deployer's wallet.
+
+Nodes run a deployment only when the namespace owner's key signed its statement
+(`mcpz.signing.DeploymentStatement`: registry, deployment, release, commit, replicas, revision)
+and never one whose revision is lower than one they have seen (docs/signing.md). The registry
+assigns the revision, so a change goes in two steps:
+
+1. the request with `prepare` answers the statement the change would make, changing nothing;
+2. this side checks that the statement says what was asked (this registry, this deployment, the
+   version and replica count asked for), signs it, and sends the request again with the
+   statement and its signature. If the deployment moved in between (409 `statement_changed`),
+   both steps run again.
+
+    async with connect(url, token) as client:
+        view = await deploy(client, "acme/weather", "1.2.0", replicas=3, account=wallet_key)
+
+Without an `account` the change is made unsigned (nodes that require signatures refuse it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from mcpz import signing
+from mcpz.errors import RefusedError, UsageError
+from mcpz.registry_client import RegistryClient
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
+__all__ = ["deploy", "rollback", "scale"]
+
+ATTEMPTS = 3
+"""How many times a change is prepared and signed again when the deployment moved in between."""
+
+Send = Callable[..., Awaitable[dict[str, Any]]]
+Check = Callable[[signing.DeploymentStatement], None]
+
+
+async def deploy(
+    client: RegistryClient,
+    name: str,
+    version: str | None = None,
+    *,
+    replicas: int | None = None,
+    selector: Mapping[str, str] | None = None,
+    limits: Mapping[str, int | None] | None = None,
+    account: LocalAccount | None = None,
+) -> dict[str, Any]:
+    """Create or update the deployment of `name` (see `RegistryClient.deploy`), signed by `account`."""
+
+    async def send(**signed: Any) -> dict[str, Any]:
+        return await client.deploy(
+            name, version, replicas=replicas, selector=selector, limits=limits, **signed
+        )
+
+    def check(statement: signing.DeploymentStatement) -> None:
+        if version is not None and statement.version != version:
+            raise _mismatch(statement, f"release {statement.release}, not {name}@{version}")
+        if statement.name != name:
+            raise _mismatch(statement, f"release {statement.release}, not one of {name}")
+        if replicas is not None and statement.replicas != replicas:
+            raise _mismatch(statement, f"{statement.replicas} replica(s), not {replicas}")
+
+    return await _change(client, name, send, check, account)
+
+
+async def scale(
+    client: RegistryClient, name: str, replicas: int, *, account: LocalAccount | None = None
+) -> dict[str, Any]:
+    """Set how many replicas of `name` run, signed by `account`."""
+
+    async def send(**signed: Any) -> dict[str, Any]:
+        return await client.scale(name, replicas, **signed)
+
+    def check(statement: signing.DeploymentStatement) -> None:
+        if statement.replicas != replicas:
+            raise _mismatch(statement, f"{statement.replicas} replica(s), not {replicas}")
+
+    return await _change(client, name, send, check, account)
+
+
+async def rollback(
+    client: RegistryClient, name: str, revision: int | None = None, *, account: LocalAccount | None = None
+) -> dict[str, Any]:
+    """A new revision of `name` with the release of `revision` (default: the previous one), signed by
+    `account`."""
+
+    async def send(**signed: Any) -> dict[str, Any]:
+        return await client.rollback(name, revision, **signed)
+
+    def check(statement: signing.DeploymentStatement) -> None:
+        pass  # the registry picks the release to return to; the statement shows which
+
+    return await _change(client, name, send, check, account)
+
+
+def _mismatch(statement: signing.DeploymentStatement, what: str) -> UsageError:
+    return UsageError(
+        f"the registry proposed to sign revision {statement.revision} of {statement.deployment} with {what}",
+        hint="nothing was signed or changed; the registry does not do what was asked",
+    )
+
+
+async def _change(
+    client: RegistryClient, name: str, send: Send, check: Check, account: LocalAccount | None
+) -> dict[str, Any]:
+    if account is None:
+        return await send()
+    registry = signing.canonical_registry_url(client.url)
+    for attempt in range(1, ATTEMPTS + 1):
+        proposal = await send(prepare=True)
+        try:
+            statement = signing.DeploymentStatement.parse(str(proposal.get("statement") or ""))
+        except signing.StatementError as e:
+            raise UsageError(
+                f"the registry answered no valid deployment statement for {name}: {e.message}",
+                hint="is it an older registry, that does not sign deployments? deploy with --no-sign",
+            ) from e
+        if statement.registry != registry:
+            raise UsageError(
+                f"the registry signs deployments as {statement.registry}, but it was reached as {registry}",
+                hint="use the registry's public URL (--registry / MCPZ_REGISTRY), which nodes check",
+            )
+        if statement.deployment != name:
+            raise _mismatch(statement, f"the deployment {statement.deployment}")
+        check(statement)
+        if not proposal.get("new_revision") and account.address in (proposal.get("signers") or ()):
+            return await send()  # nothing changes, and this wallet signed the revision already
+        signature = signing.sign_statement(statement, account)
+        try:
+            return await send(statement=statement.to_text(), signature=signature)
+        except RefusedError as e:
+            if "[statement_changed]" not in e.message or attempt == ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
