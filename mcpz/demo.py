@@ -228,6 +228,23 @@ def step_status(ctx: DemoContext) -> None:
     ctx.mcpz("deploy", "status", AGENT)
 
 
+def step_gateway(ctx: DemoContext) -> None:
+    ctx.say(f"calling the deployed agent through the gateway: {ctx.registry_url}/mcp/{AGENT}")
+    ctx.mcpz("tools", AGENT)
+    answer = ctx.mcpz("call", AGENT, "add", "a=2", "b=40")
+    if answer.strip() != "42":
+        raise DemoFailed(f"add 2 40 through the gateway answered {answer!r}, not 42")
+
+
+def step_usage(ctx: DemoContext) -> None:
+    usage = ctx.mcpz("usage", "--agent", AGENT, "--events", "5", json_out=True)
+    calls = {row["tool"]: row["calls"] for row in usage["summary"] if row["agent"] == AGENT}
+    if calls.get("add") != 1:
+        raise DemoFailed(f"expected one metered call of add, found {calls}")
+    ctx.results["usage"] = calls
+    ctx.mcpz("usage", "--agent", AGENT)
+
+
 def _stop_nodes(ctx: DemoContext, timeout: float = 30) -> list[int | None]:
     import signal
 
@@ -271,6 +288,8 @@ STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("nodes", step_nodes),
     ("deploy", step_deploy),
     ("status", step_status),
+    ("gateway", step_gateway),
+    ("usage", step_usage),
     ("stop-nodes", step_stop_nodes),
 ]
 

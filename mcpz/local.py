@@ -111,27 +111,41 @@ class ToolResult:
         }
 
 
-class AgentSession:
-    """A running agent and the MCP client connected to it; made by `open_agent`."""
+def find_tool(tools: Mapping[str, ToolInfo], name: str, agent: str, list_command: str) -> ToolInfo:
+    """The tool called `name`; UsageError, naming the closest match, when there is none."""
+    if name in tools:
+        return tools[name]
+    close = difflib.get_close_matches(name, list(tools), n=1)
+    message = f'{agent} has no tool "{name}"'
+    if close:
+        message += f'; did you mean "{close[0]}"?'
+    raise UsageError(message, hint=f"list its tools with: {list_command}")
 
-    def __init__(
-        self, folder: str, process: AgentProcess, client: Client, output: _AgentOutput, timeout: float
-    ) -> None:
-        self.folder = folder
-        self.process = process
+
+def tool_failed(agent: str, tool: str, result: ToolResult) -> AgentError:
+    """The error for a call whose tool reported a failure (`mcpz call` exits non-zero on it)."""
+    detail = " ".join(result.text.split()) or "no message"
+    # The Python SDK words every tool error this way; the prefix says nothing new here.
+    detail = detail.removeprefix(f"Error executing tool {tool}: ")
+    return AgentError(f'{agent}: tool "{tool}" failed: {detail}')
+
+
+class ToolSession:
+    """Tools over a connected `mcp.Client`: listed, found by name, called. Subclasses say where
+    the agent runs (`list_command`) and how its failures read (`_request`)."""
+
+    name: str
+    list_command: str
+
+    def __init__(self, client: Client, timeout: float) -> None:
         self.timeout = timeout
         self._client = client
-        self._output = output
         self._tools: dict[str, ToolInfo] | None = None
 
-    @property
-    def name(self) -> str:
-        """The agent's name, from its manifest."""
-        return self.process.name
-
-    def stderr(self) -> str:
-        """What the agent has written on stderr so far (its last 64 KiB)."""
-        return self._output.tail()
+    async def _request(
+        self, what: str, send: Callable[[], Awaitable[_T]], *, timeout: float | None = None
+    ) -> _T:
+        raise NotImplementedError
 
     async def list_tools(self) -> list[ToolInfo]:
         """All the agent's tools, following `tools/list` pagination."""
@@ -149,13 +163,7 @@ class AgentSession:
     async def tool(self, name: str) -> ToolInfo:
         """The tool called `name`; UsageError, naming the closest match, when there is none."""
         tools = self._tools if self._tools is not None else {t.name: t for t in await self.list_tools()}
-        if name in tools:
-            return tools[name]
-        close = difflib.get_close_matches(name, list(tools), n=1)
-        message = f'{self.name} has no tool "{name}"'
-        if close:
-            message += f'; did you mean "{close[0]}"?'
-        raise UsageError(message, hint=f"list its tools with: mcpz tools --local {self.folder}")
+        return find_tool(tools, name, self.name, self.list_command)
 
     async def call(
         self, tool: str, arguments: Mapping[str, Any] | None = None, *, timeout: float | None = None
@@ -164,6 +172,28 @@ class AgentSession:
         send = partial(self._client.call_tool, tool, dict(arguments or {}))
         result = await self._request(f'tools/call "{tool}"', send, timeout=timeout)
         return ToolResult.from_mcp(tool, result)
+
+
+class AgentSession(ToolSession):
+    """A running agent and the MCP client connected to it; made by `open_agent`."""
+
+    def __init__(
+        self, folder: str, process: AgentProcess, client: Client, output: _AgentOutput, timeout: float
+    ) -> None:
+        super().__init__(client, timeout)
+        self.folder = folder
+        self.process = process
+        self.list_command = f"mcpz tools --local {folder}"
+        self._output = output
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        """The agent's name, from its manifest."""
+        return self.process.name
+
+    def stderr(self) -> str:
+        """What the agent has written on stderr so far (its last 64 KiB)."""
+        return self._output.tail()
 
     async def _request(
         self, what: str, send: Callable[[], Awaitable[_T]], *, timeout: float | None = None
@@ -234,7 +264,7 @@ async def open_agent(
         except BaseExceptionGroup as group:
             # The client's task groups wrap whatever ends the session, even our own errors
             # raised in the block: hand back the one error that matters.
-            leaf = _single_leaf(group)
+            leaf = single_leaf(group)
             if isinstance(leaf, MCPError):
                 raise output.failed(leaf, "a request" if started else "the MCP handshake") from leaf
             if leaf is None:
@@ -279,10 +309,7 @@ async def call_tool(
         info = await agent.tool(tool)
         result = await agent.call(tool, build_arguments(arguments, key_values, info.input_schema))
     if check and result.is_error:
-        detail = " ".join(result.text.split()) or "no message"
-        # The Python SDK words every tool error this way; the prefix says nothing new here.
-        detail = detail.removeprefix(f"Error executing tool {tool}: ")
-        raise AgentError(f'{agent.name}: tool "{tool}" failed: {detail}')
+        raise tool_failed(agent.name, tool, result)
     return result
 
 
@@ -296,7 +323,7 @@ def _timeout(timeout: float | None) -> float:
     return timeout
 
 
-def _single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+def single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
     """The one exception in a (nested) group, or the first mcpz error among several."""
     leaves: list[BaseException] = []
     pending: list[BaseException] = [group]

@@ -7,6 +7,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,11 +16,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcpz._version import __version__
 from mcpz.errors import AuthError, McpzError, NotFoundError, RefusedError, UsageError
-from registry_server import api, api_auth, api_deploy, git_http, mesh_hub
+from registry_server import api, api_auth, api_deploy, api_usage, connector_hub, git_http, mesh_hub
 from registry_server.auth import Forbidden
+from registry_server.gateway import GATEWAY_PREFIX, Gateway
 from registry_server.logs import request_id
 from registry_server.settings import RegistrySettings
 from registry_server.state import RegistryState
+from registry_server.usage import UsageRecorder
 
 log = logging.getLogger("registry_server.http")
 
@@ -83,17 +86,51 @@ class RequestLogMiddleware:
             request_id.reset(token)
 
 
-def create_app(settings: RegistrySettings, state: RegistryState | None = None) -> FastAPI:
+class RegistryApp:
+    """The ASGI application uvicorn runs: gateway calls (`/mcp/...`) go straight to the gateway,
+    everything else to the FastAPI app (its routes, middleware, lifespan).
+
+    The gateway is the hot path: each MCP request skips FastAPI's routing and middleware stack
+    and the per-request log line (usage events record every call; the gateway logs its refusals).
+    """
+
+    def __init__(self, api: FastAPI) -> None:
+        self.api = api
+
+    @property
+    def state(self) -> Any:
+        return self.api.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(GATEWAY_PREFIX):
+            await self.api.state.gateway(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)
+
+
+def create_app(settings: RegistrySettings, state: RegistryState | None = None) -> RegistryApp:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = state is None
         app.state.registry = RegistryState.open(settings) if own else state
         app.state.index_cache = api._IndexCache()
-        app.state.mesh = await mesh_hub.start_mesh(app.state.registry)
+        # Usage recording starts before the mesh and stops after it, so calls in flight at
+        # shutdown still record their events.
+        app.state.usage = UsageRecorder(app.state.registry)
         try:
-            yield
+            await app.state.usage.start()
+            try:
+                app.state.mesh = await mesh_hub.start_mesh(app.state.registry)
+                app.state.gateway = Gateway(app.state.registry, app.state.mesh, app.state.usage)
+                await app.state.gateway.start()
+                try:
+                    yield
+                finally:
+                    await app.state.gateway.stop()
+                    await app.state.mesh.stop()
+            finally:
+                await app.state.usage.stop()
         finally:
-            await app.state.mesh.stop()
             if own:
                 app.state.registry.close()
 
@@ -102,7 +139,9 @@ def create_app(settings: RegistrySettings, state: RegistryState | None = None) -
     app.include_router(api_auth.router)
     app.include_router(git_http.router)
     app.include_router(api_deploy.router)
+    app.include_router(api_usage.router)
     app.include_router(mesh_hub.router)
+    app.include_router(connector_hub.router)
 
     @app.exception_handler(McpzError)
     async def _mcpz_error(request: Request, exc: McpzError) -> Response:
@@ -117,4 +156,4 @@ def create_app(settings: RegistrySettings, state: RegistryState | None = None) -
         return JSONResponse(_error_body(f"invalid request: {where}: {first.get('msg', 'invalid')}"), 422)
 
     app.add_middleware(RequestLogMiddleware)
-    return app
+    return RegistryApp(app)

@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -57,9 +57,11 @@ from mcpz.mesh import (
     Heartbeat,
     Hello,
     Log,
+    Notify,
     ProtocolError,
     ReleaseSignature,
     ResourceLimits,
+    Result,
     Role,
     Status,
     Stop,
@@ -70,6 +72,7 @@ from mcpz.mesh import (
 )
 from registry_server.auth import Forbidden, Unauthenticated, principal_from_headers, require
 from registry_server.deployments import DeployIntent, DeploymentService, Intent, NodeState
+from registry_server.gateway_calls import CallRouter
 from registry_server.logs import request_id
 from registry_server.state import RegistryState
 
@@ -78,6 +81,7 @@ log = logging.getLogger("registry_server.mesh")
 router = APIRouter()
 
 GOODBYES = (CLOSE_NORMAL, CLOSE_GOING_AWAY)
+CLOSE_SERVICE_RESTART = 1012
 """Close codes with which a node says it is stopping (`mcpz node run` ending)."""
 SEND_QUEUE_BYTES = 2 * MAX_FRAME_SIZE
 """Bytes of frames that may wait for one node (about 28,000 deploy frames) before its connection
@@ -129,6 +133,7 @@ class MeshHub:
         self.stats = HubStats()
         self._public_url = _public_url(state)
         self._sweeper: asyncio.Task[None] | None = None
+        self.calls = CallRouter(self, service)  # the gateway's calls, relayed over the connections
         service.transport = self
 
     # -- life cycle
@@ -230,12 +235,22 @@ class MeshHub:
 
     # -- connections
 
-    async def serve(self, websocket: WebSocket) -> None:
+    async def serve(
+        self,
+        websocket: WebSocket,
+        connection: Callable[[MeshHub, WebSocket, int, str], NodeConnection] | None = None,
+        *,
+        scope: str = "node",
+        namespace: str | None = None,
+    ) -> None:
+        """Authenticate the upgrade (`scope`, in `namespace`), then run the connection until it ends."""
         try:
             principal = await anyio.to_thread.run_sync(
                 principal_from_headers, self.state.db, websocket.headers
             )
-            principal = require(principal, "node", db=self.state.db)
+            principal = await anyio.to_thread.run_sync(
+                lambda: require(principal, scope, namespace, db=self.state.db)
+            )
         except (Unauthenticated, Forbidden) as e:
             await _refuse(websocket, 403 if isinstance(e, Forbidden) else 401, e)
             return
@@ -244,12 +259,16 @@ class MeshHub:
             await _refuse(websocket, 503, McpzError("the registry cannot check tokens right now"))
             return
         await websocket.accept()
-        conn = NodeConnection(self, websocket, principal.account_id, self._public_url or _url_of(websocket))
+        conn = (connection or NodeConnection)(
+            self, websocket, principal.account_id, self._public_url or _url_of(websocket)
+        )
         self.everyone.add(conn)
         try:
             await conn.run()
         finally:
             self.everyone.discard(conn)
+            self.calls.on_closed(conn)
+            conn.detach()
             if conn.node_id is not None and self.connections.get(conn.node_id) is conn:
                 del self.connections[conn.node_id]
 
@@ -301,6 +320,10 @@ class MeshHub:
                 conn.acked_stops.add((what[1], what[2]))
             elif what is not None:
                 self.stats.deploys_acked += 1
+        elif isinstance(frame, Result):
+            self.calls.on_result(conn, frame)
+        elif isinstance(frame, Notify):
+            self.calls.on_notify(conn, frame)
         elif isinstance(frame, Error):
             what = conn.outstanding.pop(frame.ref, None) if frame.ref is not None else None
             if what is not None and what[0] == "deploy":
@@ -309,8 +332,6 @@ class MeshHub:
                 conn.acked_stops.add((what[1], what[2]))
             else:
                 log.info("node error", extra={"node": node_id, "code": frame.code, "error": frame.message})
-        # result and notify belong to the gateway (next issue): no call is ever outstanding yet, so
-        # there is nothing they could answer; they are dropped.
 
     async def _sweep(self) -> None:
         period = max(0.02, min(1.0, self.grace / 10))
@@ -342,6 +363,7 @@ class NodeConnection:
         self.close_code = 0
         self.close_reason = ""
         self.outstanding: dict[int, tuple[str, str, int]] = {}  # frame id -> (kind, replica, epoch)
+        self.server_stopping = False
         self.sent_stops: set[tuple[str, int]] = set()
         self.acked_stops: set[tuple[str, int]] = set()
         self._ids = 0
@@ -353,6 +375,21 @@ class NodeConnection:
     def next_id(self) -> int:
         self._ids += 1
         return self._ids
+
+    async def on_hello(self, hello: Hello) -> None:
+        """Register the node with the deployment service, which reconciles it and welcomes it."""
+        await self.hub.service.register(hello, self.account_id, lambda node: self.hub.welcome(self, node))
+
+    def on_frame(self, frame: Frame) -> None:
+        self.hub.dispatch(self, frame)
+
+    def detach(self) -> None:
+        """The connection ended (after its calls failed): a node's state is the service's to keep."""
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of frames waiting to be written to this node."""
+        return self._queued
 
     def send(self, frame: Frame) -> bool:
         """Queue `frame`; False when the connection is closing or was closed for falling behind."""
@@ -427,12 +464,12 @@ class NodeConnection:
                 return
             if not isinstance(hello, Hello):
                 raise ProtocolError(f"the first frame must be hello, not {hello.TYPE}")
-            await self.hub.service.register(hello, self.account_id, lambda node: self.hub.welcome(self, node))
+            await self.on_hello(hello)
             while not self.closing:
                 frame = await self._next()
                 if frame is None or self.closing:
                     return
-                self.hub.dispatch(self, frame)
+                self.on_frame(frame)
         except ProtocolError as e:
             self.hub.stats.protocol_errors += 1
             log.warning(
@@ -458,6 +495,8 @@ class NodeConnection:
         if message["type"] == "websocket.disconnect":
             if message.get("code") in GOODBYES and not self.closing:
                 self.hub.left(self)
+            # uvicorn closes every WebSocket with 1012 when the registry itself is stopping.
+            self.server_stopping = message.get("code") == CLOSE_SERVICE_RESTART
             self._peer_closed()
             return None
         data: Any = message.get("bytes")

@@ -32,6 +32,12 @@ class RegistrySettings:
     heartbeat_grace: float = 15.0
     resync_interval: float = 30.0
     hello_timeout: float = 10.0
+    # The gateway (/mcp/...): how long one call may take, how many may be in flight (then 503),
+    # which browser origins may call it, and how often usage events are written to the database.
+    call_timeout: float = 120.0
+    max_calls_in_flight: int = 1000
+    allowed_origins: tuple[str, ...] = ()
+    usage_flush_interval: float = 1.0
 
     @property
     def repos_dir(self) -> Path:
@@ -49,7 +55,8 @@ class RegistrySettings:
             values: dict[str, Any] = tomllib.load(f)
         keys = ("host", "port", "max_push_bytes", "max_request_bytes", "default_token_days")
         mesh = ("heartbeat_interval", "heartbeat_grace", "resync_interval", "hello_timeout")
-        for key in (*keys, "public_url", "chain_id", "chain_rpc", *mesh):
+        gateway = ("call_timeout", "max_calls_in_flight", "allowed_origins", "usage_flush_interval")
+        for key in (*keys, "public_url", "chain_id", "chain_rpc", *mesh, *gateway):
             var = f"MCPZ_REGISTRY_{key.upper()}"
             if env.get(var):
                 values[key] = env[var]
@@ -78,6 +85,16 @@ class RegistrySettings:
                 heartbeat_grace=float(values.get("heartbeat_grace", 15.0)),
                 resync_interval=float(values.get("resync_interval", 30.0)),
                 hello_timeout=float(values.get("hello_timeout", 10.0)),
+                call_timeout=float(values.get("call_timeout", 120.0)),
+                max_calls_in_flight=int(values.get("max_calls_in_flight", 1000)),
+                allowed_origins=_origins(values.get("allowed_origins", ())),
+                usage_flush_interval=float(values.get("usage_flush_interval", 1.0)),
             )
         except (KeyError, ValueError) as e:
             raise UsageError(f"invalid registry setting: {e}", hint="check MCPZ_REGISTRY_* variables") from e
+
+
+def _origins(value: object) -> tuple[str, ...]:
+    """Origins as a list (TOML) or a comma-separated string (environment)."""
+    items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+    return tuple(str(item).strip().rstrip("/") for item in items if str(item).strip())

@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -169,3 +170,17 @@ def sqlite_registry(tmp_path: Path) -> Iterator[LiveRegistry]:
     live = start_registry(tmp_path / "registry")
     yield live
     live.stop()
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[Any]:
+    """A registry with fast heartbeats, and `meshutil.Mesh` to start nodes and deploy on it."""
+    from meshutil import FAST, Mesh
+
+    reg = start_registry(tmp_path / "registry", **FAST)
+    mesh = Mesh(tmp_path, reg)
+    try:
+        yield mesh
+    finally:
+        mesh.close()
+        mesh.reg.stop()

@@ -379,13 +379,18 @@ def test_bad_words_are_usage_errors_before_the_agent_starts(cli: Any, tmp_path: 
         assert problem in one_line(result.stderr)
 
 
-def test_without_local_the_gateway_is_not_available_yet(cli: Any) -> None:
-    for args in (("tools", "acme/weather"), ("call", "acme/weather", "forecast", "city=Oslo")):
-        result = cli(*args)
-        assert result.exit_code == 2
-        line = one_line(result.stderr)
-        assert "through the gateway is not available yet" in line
-        assert "use --local PATH" in line
+def test_without_local_the_target_is_a_deployed_agent_reached_through_the_gateway(cli: Any) -> None:
+    nowhere = ("--registry", "http://127.0.0.1:9")
+    unreachable = cli("tools", "acme/weather", *nowhere, "--token", "mcpz_x")
+    assert unreachable.exit_code == 6
+    assert "cannot reach the gateway at http://127.0.0.1:9/mcp/acme/weather" in one_line(unreachable.stderr)
+
+    no_token = cli("call", "acme/weather", "forecast", "city=Oslo", *nowhere)
+    assert no_token.exit_code == 4
+    assert "no token for http://127.0.0.1:9" in one_line(no_token.stderr)
+
+    not_a_name = cli("tools", "weather", *nowhere, "--token", "mcpz_x")
+    assert not_a_name.exit_code == 2
 
 
 def test_a_plugin_is_not_an_agent_to_run(cli: Any, tmp_path: Path) -> None:

@@ -294,14 +294,7 @@ async def test_a_program_that_cannot_start_fails(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_a_running_agent_that_stops_answering_is_restarted(tmp_path: Path, agent_dir: Path) -> None:
-    frozen = agent_dir / "freezes.py"
-    frozen.write_text(
-        "import os, signal, threading, runpy\n"
-        # After the health check, stop the world: the process lives but answers nothing.
-        "threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGSTOP)).start()\n"
-        "runpy.run_path('server.py', run_name='__main__')\n"
-    )
-    spec = ProcessSpec(argv=(sys.executable, str(frozen)), cwd=agent_dir, env=env())
+    spec = ProcessSpec(argv=(sys.executable, "server.py"), cwd=agent_dir, env=env())
     settings = SupervisorSettings(
         max_restarts=1,
         restart_base=0.05,
@@ -314,6 +307,9 @@ async def test_a_running_agent_that_stops_answering_is_restarted(tmp_path: Path,
     async with anyio.create_task_group() as tg:
         tg.start_soon(supervisor.run)
         await recorder.until(lambda: ReplicaStatus.RUNNING in recorder.statuses)
+        # Healthy; now stop the world: the process lives but answers nothing.
+        assert supervisor.pid is not None
+        os.kill(supervisor.pid, signal.SIGSTOP)
         await recorder.until(lambda: recorder.count(ReplicaStatus.STARTING) == 2)
         assert recorder.events[-1][1].startswith("liveness check failed: no answer to ping within 0.3s")
         assert recorder.events[-1][2] == -signal.SIGKILL  # stopped processes ignore SIGTERM until killed

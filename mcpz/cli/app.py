@@ -127,6 +127,7 @@ def _root(
 # Command modules register themselves on `app` when imported.
 from mcpz.cli import (  # noqa: E402, F401
     cmd_auth,
+    cmd_connect,
     cmd_demo,
     cmd_deploy,
     cmd_deps,
@@ -136,6 +137,7 @@ from mcpz.cli import (  # noqa: E402, F401
     cmd_publish,
     cmd_registry,
     cmd_repo,
+    cmd_usage,
     cmd_verify,
     cmd_wallet,
 )

@@ -1,7 +1,7 @@
 """`mcpz run | tools | call`: an agent started from its folder on this machine.
 
-With `--local` the target is a folder (default "."); without it, the target is a published
-agent's NAME, reached through the registry's gateway (not available yet).
+With `--local` the target is a folder (default "."); without it, the target is a deployed
+agent's NAME (`namespace/name[@version]`), reached through the registry's gateway.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from mcpz.cli.app import app
+from mcpz.cli.common import RegistryOpt, TokenOpt, settings, token_for
 from mcpz.cli.output import out
 from mcpz.errors import UsageError
 
@@ -56,11 +57,13 @@ def _quiet_sdk() -> Iterator[None]:
         sdk.removeHandler(handler)
 
 
-def _gateway_not_available(verb: str) -> UsageError:
-    return UsageError(
-        f"{verb} deployed agents through the gateway is not available yet",
-        hint="use --local PATH to start an agent from its folder",
-    )
+def _remote(registry: str | None, token: str | None, timeout: float | None) -> dict[str, Any]:
+    """The registry, token and timeout for a call through the gateway."""
+    config = settings(registry)
+    limit = config.call_timeout if timeout is None else timeout
+    if not limit > 0:
+        raise UsageError(f"timeout must be a positive number of seconds, not {limit:g}")
+    return {"registry": config.registry, "token": token_for(config.registry, token), "timeout": limit}
 
 
 @app.command("run")
@@ -84,21 +87,30 @@ def tools_command(
     target: Annotated[
         str | None,
         typer.Argument(
-            metavar="PATH|NAME", help="With --local, the agent's folder (default .).", show_default=False
+            metavar="NAME|PATH",
+            help="A deployed agent (namespace/name[@version]); with --local, a folder (default .).",
+            show_default=False,
         ),
     ] = None,
     local: LocalOpt = False,
     timeout: TimeoutOpt = None,
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """List an agent's tools: name, arguments and description (input schemas with --json)."""
-    if not local:
-        raise _gateway_not_available("listing the tools of")
     import anyio
 
-    from mcpz.local import list_tools
-
     with _quiet_sdk():
-        tools = anyio.run(partial(list_tools, target or ".", timeout=timeout))
+        if local:
+            from mcpz.local import list_tools
+
+            tools = anyio.run(partial(list_tools, target or ".", timeout=timeout))
+        else:
+            from mcpz.remote import list_remote_tools
+
+            if target is None:
+                raise UsageError("missing the NAME of a deployed agent", hint="mcpz tools NAMESPACE/NAME")
+            tools = anyio.run(partial(list_remote_tools, target, **_remote(registry, token, timeout)))
     out().data({"tools": [tool.to_dict() for tool in tools]}, partial(_render_tools, tools))
 
 
@@ -122,7 +134,9 @@ def call_command(
     target: Annotated[
         str | None,
         typer.Argument(
-            metavar="PATH|NAME", help="With --local, the agent's folder (default .).", show_default=False
+            metavar="NAME|PATH",
+            help="A deployed agent (namespace/name[@version]); with --local, a folder (default .).",
+            show_default=False,
         ),
     ] = None,
     tool: Annotated[
@@ -138,6 +152,8 @@ def call_command(
         typer.Option("--args-json", metavar="JSON", help="Arguments as a JSON object; KEY=VALUE words win."),
     ] = None,
     timeout: TimeoutOpt = None,
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Call one tool and print its result (text; the whole result with --json).
 
@@ -145,19 +161,33 @@ def call_command(
 
     The tool's input schema decides between the two: a "string" argument keeps "42" as text.
     """
-    if not local:
-        raise _gateway_not_available("calling")
     import anyio
 
-    from mcpz.local import call_tool
     from mcpz.local_args import parse_args_json
 
-    # Click fills the positionals in order; which word is the PATH is decided here.
-    given = [word for word in (target, tool) if word is not None] + (words or [])
-    path, name, key_values = _split_local_call(given)
     arguments = parse_args_json(args_json) if args_json is not None else None
     with _quiet_sdk():
-        result = anyio.run(partial(call_tool, path, name, arguments, key_values=key_values, timeout=timeout))
+        if local:
+            from mcpz.local import call_tool
+
+            # Click fills the positionals in order; which word is the PATH is decided here.
+            given = [word for word in (target, tool) if word is not None] + (words or [])
+            path, name, key_values = _split_local_call(given)
+            result = anyio.run(
+                partial(call_tool, path, name, arguments, key_values=key_values, timeout=timeout)
+            )
+        else:
+            from mcpz.remote import call_remote_tool
+
+            usage = "mcpz call NAMESPACE/NAME TOOL [KEY=VALUE]..."
+            if target is None or tool is None:
+                raise UsageError("missing the agent NAME or the TOOL to call", hint=usage)
+            if "=" in tool:
+                raise UsageError(f'missing the TOOL to call ("{tool}" is an argument)', hint=usage)
+            remote = _remote(registry, token, timeout)
+            result = anyio.run(
+                partial(call_remote_tool, target, tool, arguments, key_values=words or [], **remote)
+            )
     out().data(result.to_dict(), partial(_render_result, result))
 
 

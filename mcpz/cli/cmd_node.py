@@ -56,11 +56,12 @@ class _LineHandler(logging.Handler):
             self.handleError(record)
 
 
-def _attach_log(output: Output) -> logging.Handler | None:
+def attach_log(output: Output, name: str = "mcpz.node") -> logging.Handler | None:
+    """Progress lines of logger `name` on stderr (a long-running command's own log)."""
     if output.quiet or output.verbose:  # -v already sends every mcpz log to stderr
         return None
     handler = _LineHandler(output.json)
-    logger = logging.getLogger("mcpz.node")
+    logger = logging.getLogger(name)
     logger.addHandler(handler)
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
@@ -136,14 +137,14 @@ def run_node(
             "use it for development only\n"
         )
         sys.stderr.flush()
-    handler = _attach_log(output)
+    handler = attach_log(output)
 
     async def main() -> None:
         await node.run(handle_signals=True)
 
     try:
         output.info(f"node {config.name} -> {node.url} (data: {config.data_dir})")
-        run(main)
+        run(main, fast_loop=True)
     finally:
         if handler is not None:
             logging.getLogger("mcpz.node").removeHandler(handler)

@@ -34,11 +34,20 @@ def token_for(registry: str, token: str | None) -> str | None:
     return get_token(registry)
 
 
-def run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """Enter the event loop once for a command."""
+def run(fn: Callable[..., Awaitable[T]], *args: Any, fast_loop: bool = False) -> T:
+    """Enter the event loop once for a command; with `fast_loop`, uvloop's where installed (the
+    long-running commands that relay calls: a node, a connector)."""
     import anyio
 
-    return anyio.run(fn, *args)
+    options: dict[str, Any] = {}
+    if fast_loop:
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            options["use_uvloop"] = True
+    return anyio.run(fn, *args, backend_options=options)
 
 
 def call_registry(

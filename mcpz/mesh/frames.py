@@ -384,10 +384,13 @@ class Cancel(Frame):
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Notify(Frame):
     """either way: a JSON-RPC message of a session that is no call's answer (notifications, and
-    server-to-client requests with their responses)."""
+    server-to-client requests with their responses). From a node, `call_id` names the call a
+    message belongs to (progress of that call); without it, the message concerns every session
+    of the replica (a list changed)."""
 
     TYPE: ClassVar[str] = "notify"
     session_id: SessionId | None = None
     replica_id: Ident
     epoch: Epoch
     payload: Payload
+    call_id: CallId | None = None

@@ -65,10 +65,12 @@ from mcpz.mesh import (
     decode,
     encode,
 )
+from mcpz.node.channel import StdioChannel
 from mcpz.node.errors import NodeReplaced
 from mcpz.node.fetch import ObjectCache
-from mcpz.node.outbox import AckItem, ErrorItem, Outbox, ResultItem, StatusItem
+from mcpz.node.outbox import AckItem, ErrorItem, Outbox, StatusItem
 from mcpz.node.pull import RegistryAccess, base_environment
+from mcpz.node.relay import CallRelay
 from mcpz.node.replicas import ReplicaManager
 from mcpz.node.state import Assignment, NodeState, lock_data_dir
 from mcpz.node.supervisor import SupervisorSettings
@@ -174,7 +176,7 @@ class _Outcome:
     detail: str = ""
 
 
-class _Connection:
+class MeshSocket:
     """One WebSocket: its phase, its frame ids, and one lock so frames go out whole and in order."""
 
     def __init__(self, ws: object) -> None:
@@ -225,13 +227,14 @@ class Node:
             allow_unsigned=config.allow_unsigned,
         )
         self.outbox = Outbox()
+        self.relay = CallRelay(self._channel_for)
         self.sampler = SystemSampler()
         self.cache: ObjectCache | None = None
         self.manager: ReplicaManager | None = None
         self.welcome: Welcome | None = None
         self.connections = 0  # how many times the node was welcomed
         self.connected = anyio.Event()  # set while welcomed; a fresh one after each drop
-        self._conn: _Connection | None = None
+        self._conn: MeshSocket | None = None
         self._reporting = False  # whether status changes are queued for the hub
         self._stopping = False
         self._shutdown = anyio.Event()
@@ -375,7 +378,7 @@ class Node:
                 open_timeout=self.config.open_timeout,
                 ssl=self._ssl_context(),
             ) as ws:
-                conn = _Connection(ws)
+                conn = MeshSocket(ws)
                 self._conn = conn
                 try:
                     return await self._session(conn)
@@ -388,7 +391,7 @@ class Node:
                         self.connected = anyio.Event()
         except InvalidStatus as e:
             status = e.response.status_code
-            message = _body_message(e.response.body) or e.response.reason_phrase
+            message = body_message(e.response.body) or e.response.reason_phrase
             if status in (401, 403):
                 raise AuthError(
                     f"the registry refused the node's token (HTTP {status}): {message}",
@@ -404,7 +407,7 @@ class Node:
             return _Outcome(False, detail=str(e) or type(e).__name__)
         return _Outcome(False, detail="the connection ended")  # only if the socket swallowed an error
 
-    def _closed(self, conn: _Connection, closed: ConnectionClosed) -> _Outcome:
+    def _closed(self, conn: MeshSocket, closed: ConnectionClosed) -> _Outcome:
         code = closed.rcvd.code if closed.rcvd is not None else None
         reason = closed.rcvd.reason if closed.rcvd is not None else str(closed)
         welcomed = self.welcome is not None
@@ -414,7 +417,7 @@ class Node:
         logger.info("the registry closed the connection: %s %s", code, reason)
         return _Outcome(welcomed, action, f"{code} {reason}".strip())
 
-    async def _session(self, conn: _Connection) -> _Outcome:
+    async def _session(self, conn: MeshSocket) -> _Outcome:
         from websockets.exceptions import ConnectionClosed
 
         assert self.manager is not None
@@ -452,6 +455,7 @@ class Node:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._heartbeats, conn, first.heartbeat_interval)
             tg.start_soon(self._sender, conn)
+            tg.start_soon(self.relay.serve, conn.send, conn.next_id)
             try:
                 while True:
                     try:
@@ -469,7 +473,7 @@ class Node:
 
     # -- frames ----------------------------------------------------------------------------------
 
-    def _dispatch(self, conn: _Connection, frame: Frame) -> None:
+    def _dispatch(self, conn: MeshSocket, frame: Frame) -> None:
         """Handle one frame from the hub. Synchronous: replies are queued in order, work runs elsewhere."""
         assert self.manager is not None
         if isinstance(frame, Deploy):
@@ -491,15 +495,19 @@ class Node:
             except (McpzError, OSError):
                 logger.exception("stop %s@%d failed", frame.replica_id, frame.epoch)
         elif isinstance(frame, Call):
-            self.outbox.put(ResultItem(frame.call_id, _not_relayed(frame.payload)))
+            self.relay.call(frame)
+        elif isinstance(frame, Cancel):
+            self.relay.cancel(frame)
+        elif isinstance(frame, Notify):
+            self.relay.notify(frame)
         elif isinstance(frame, Error):
             logger.warning(
                 "the registry reports an error about frame %s: %s: %s", frame.ref, frame.code, frame.message
             )
-        elif isinstance(frame, (Ack, Cancel, Notify)):
+        elif isinstance(frame, Ack):
             logger.debug("ignoring %s frame %d", frame.TYPE, frame.id)
 
-    async def _sender(self, conn: _Connection) -> None:
+    async def _sender(self, conn: MeshSocket) -> None:
         from websockets.exceptions import ConnectionClosed
 
         try:
@@ -515,7 +523,7 @@ class Node:
         except ConnectionClosed:
             return  # the receiving side sees the close too, and decides what comes next
 
-    async def _flush(self, conn: _Connection) -> None:
+    async def _flush(self, conn: MeshSocket) -> None:
         """Send every queued reply and status (the caller holds `conn.lock`)."""
         for item in self.outbox.take_control():
             try:
@@ -523,7 +531,7 @@ class Node:
             except ProtocolError as e:  # a bug of ours; the frame is dropped, the connection kept
                 logger.error("cannot send %s: %s", type(item).__name__, e.message)
 
-    async def _heartbeats(self, conn: _Connection, interval: float) -> None:
+    async def _heartbeats(self, conn: MeshSocket, interval: float) -> None:
         from websockets.exceptions import ConnectionClosed
 
         assert self.manager is not None
@@ -547,6 +555,9 @@ class Node:
 
     # -- from the replicas -----------------------------------------------------------------------
 
+    def _channel_for(self, replica_id: str, epoch: int) -> StdioChannel | None:
+        return self.manager.channel(replica_id, epoch) if self.manager is not None else None
+
     def _on_status(self, assignment: Assignment, exit_code: int | None) -> None:
         if self._reporting:
             self.outbox.put(
@@ -559,17 +570,7 @@ class Node:
         self.outbox.log(replica_id, epoch, stream, line)
 
 
-def _not_relayed(payload: bytes) -> bytes:
-    """The JSON-RPC error answering a call this node version cannot relay."""
-    try:
-        request_id = json.loads(payload).get("id")
-    except (ValueError, AttributeError):
-        request_id = None
-    error = {"code": -32000, "message": "this node does not relay calls yet"}
-    return json.dumps({"jsonrpc": "2.0", "id": request_id, "error": error}).encode()
-
-
-def _body_message(body: bytes | bytearray) -> str:
+def body_message(body: bytes | bytearray) -> str:
     text = bytes(body[:2000]).decode("utf-8", "replace").strip()
     try:
         data = json.loads(text)

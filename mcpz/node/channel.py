@@ -56,8 +56,20 @@ METHOD_NOT_FOUND = -32601
 _SESSION_BUFFER = 256
 
 
-def error_response(request_id: object, code: int, message: str) -> JSON:
-    return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+AGENT_GONE_REASON = "agent-exited"
+"""`error.data.reason` of the error answering a request the agent can no longer answer, so the
+gateway can tell "the replica died" from an error the agent itself returned with code -32000."""
+
+
+def error_response(request_id: object, code: int, message: str, reason: str | None = None) -> JSON:
+    error: JSON = {"code": code, "message": message}
+    if reason is not None:
+        error["data"] = {"reason": reason}
+    return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+def agent_gone(request_id: object, message: str) -> JSON:
+    return error_response(request_id, AGENT_GONE, message, AGENT_GONE_REASON)
 
 
 class _Waiter:
@@ -124,6 +136,7 @@ class StdioChannel:
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._sessions: list[_Session] = []
+        self._progress: dict[str, tuple[Callable[[JSON], None], object]] = {}  # ours -> (to, theirs)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -183,6 +196,14 @@ class StdioChannel:
             )
 
     def _broadcast(self, message: JSON) -> None:
+        if message.get("method") == "notifications/progress" and self._progress:
+            params = message.get("params")
+            token = params.get("progressToken") if isinstance(params, dict) else None
+            route = self._progress.get(token) if isinstance(token, str) else None
+            if route is not None:
+                assert isinstance(params, dict)
+                route[0]({**message, "params": {**params, "progressToken": route[1]}})
+                return
         for session in self._sessions:
             session.deliver(message)
         if self.on_message is not None:
@@ -195,7 +216,7 @@ class StdioChannel:
         pending, self._pending = self._pending, {}
         for item in pending.values():
             if isinstance(item.owner, _Waiter):
-                item.owner.deliver(error_response(item.original_id, AGENT_GONE, "the agent process exited"))
+                item.owner.deliver(agent_gone(item.original_id, "the agent process exited"))
         for session in self._sessions:
             session.send.close()
 
@@ -212,35 +233,60 @@ class StdioChannel:
             message["params"] = dict(params)
         await self._write(message)
 
-    async def request(self, message: Mapping[str, Any], *, timeout: float | None = None) -> JSON:
+    async def request(
+        self,
+        message: Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+        on_progress: Callable[[JSON], None] | None = None,
+    ) -> JSON:
         """Send one JSON-RPC request and return its response, with the request's own id.
 
         Never raises for the agent's sake: an agent that exits, or is gone already, yields a
-        JSON-RPC error response (-32000). TimeoutError after `timeout` seconds; then, as on any
-        cancellation, the agent is sent `notifications/cancelled` for the request.
+        JSON-RPC error response (-32000, `data.reason` "agent-exited"). TimeoutError after
+        `timeout` seconds; then, as on any cancellation, the agent is sent
+        `notifications/cancelled` for the request.
+
+        With `on_progress`, a `progressToken` in the request's `_meta` is replaced by one unique
+        on this channel (two clients may both use token 1), and the agent's
+        `notifications/progress` for it go to `on_progress`, with the caller's token restored.
         """
         original = message.get("id")
         if self.closed.is_set():
-            return error_response(original, AGENT_GONE, "the agent process is not running")
+            return agent_gone(original, "the agent process is not running")
         channel_id = next(self._ids)
         waiter = _Waiter()
         self._pending[channel_id] = _Pending(waiter, original, str(message.get("method", "")))
+        outgoing: JSON = {**message, "id": channel_id}
+        token = f"mcpz-{channel_id}"
+        if on_progress is not None:
+            outgoing = self._track_progress(outgoing, token, on_progress)
         answered = False
         try:
             try:
-                await self._write({**message, "id": channel_id})
+                await self._write(outgoing)
             except OSError:
                 answered = True  # nothing reached the agent: nothing to cancel
-                return error_response(original, AGENT_GONE, "the agent process exited")
+                return agent_gone(original, "the agent process exited")
             with anyio.fail_after(math.inf if timeout is None else timeout):
                 await waiter.done.wait()
             answered = True
         finally:
+            self._progress.pop(token, None)
             if self._pending.pop(channel_id, None) is not None and not answered:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                     await self._cancel(channel_id, "the caller gave up")
         assert waiter.response is not None
         return waiter.response
+
+    def _track_progress(self, message: JSON, token: str, on_progress: Callable[[JSON], None]) -> JSON:
+        params = message.get("params")
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        if not isinstance(meta, dict) or meta.get("progressToken") is None:
+            return message
+        assert isinstance(params, dict)
+        self._progress[token] = (on_progress, meta["progressToken"])
+        return {**message, "params": {**params, "_meta": {**meta, "progressToken": token}}}
 
     async def _cancel(self, channel_id: int, reason: str) -> None:
         try:

@@ -1,7 +1,7 @@
 """What a node has to tell the hub, waiting for the connection: replies and statuses in order,
 log lines bounded in rate and in memory.
 
-- **Control items** (`ack`, `error`, `status`, `result`) keep their order: an ack always goes
+- **Control items** (`ack`, `error`, `status`) keep their order: an ack always goes
   before the statuses of the deploy it acknowledges. They belong to one connection: `reset()`
   drops them when a new connection starts (acks answer frames of the old one, and the new
   `hello` carries every replica's status anyway).
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from mcpz.mesh import Ack, Error, Log, LogStream, ReplicaStatus, Result, Status
+from mcpz.mesh import Ack, Error, Log, LogStream, ReplicaStatus, Status
 from mcpz.mesh.frames import MAX_TEXT
 
 logger = logging.getLogger(__name__)
@@ -68,16 +68,7 @@ class ErrorItem:
         return Error(id=frame_id, code=self.code, message=_cut(self.message), ref=self.ref)
 
 
-@dataclass(frozen=True, slots=True)
-class ResultItem:
-    call_id: int
-    payload: bytes
-
-    def frame(self, frame_id: int) -> Result:
-        return Result(id=frame_id, call_id=self.call_id, payload=self.payload)
-
-
-ControlItem = StatusItem | AckItem | ErrorItem | ResultItem
+ControlItem = StatusItem | AckItem | ErrorItem
 
 
 @dataclass(frozen=True, slots=True)
