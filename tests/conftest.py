@@ -15,6 +15,13 @@ from typer.testing import CliRunner
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("home")
+    isolate(monkeypatch, home)
+    yield home
+
+
+def isolate(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    """Config, data, cache and git settings of their own under `home`: never the developer's.
+    (Module-scoped setups call it with a `pytest.MonkeyPatch.context()` of their own.)"""
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("MCPZ_CONFIG_DIR", str(home / "config"))
     monkeypatch.setenv("MCPZ_DATA_DIR", str(home / "data"))
@@ -30,7 +37,8 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     for var in ("MCPZ_TOKEN", "MCPZ_REGISTRY", "MCPZ_AUTHOR", "MCPZ_DATABASE_URL"):
         monkeypatch.delenv(var, raising=False)
-    yield home
+    for var in [v for v in os.environ if v.startswith("MCPZ_REGISTRY_")]:
+        monkeypatch.delenv(var)
 
 
 @dataclass

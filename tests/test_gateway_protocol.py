@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-from conftest import start_registry
+from conftest import isolate, start_registry
 from gitutil import git
 from meshutil import AGENT, FAST, Mesh, until
 
@@ -119,23 +119,6 @@ class Site:
         return self.mesh.reg.account(f"caller-{secrets.token_hex(4)}", "read,call")
 
 
-def _isolated(mp: pytest.MonkeyPatch, home: Path) -> None:
-    """What conftest's `isolated_env` does per test, for the module's setup (git, node processes)."""
-    gitconfig = home / ".gitconfig"
-    gitconfig.write_text("[user]\n\tname = Test User\n\temail = test@example.com\n")
-    for var, value in {
-        "HOME": home,
-        "MCPZ_CONFIG_DIR": home / "config",
-        "MCPZ_DATA_DIR": home / "data",
-        "MCPZ_CACHE_DIR": home / "cache",
-        "GIT_CONFIG_GLOBAL": gitconfig,
-    }.items():
-        mp.setenv(var, str(value))
-    mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    for var in ("MCPZ_TOKEN", "MCPZ_REGISTRY", "MCPZ_DATABASE_URL"):
-        mp.delenv(var, raising=False)
-
-
 def _site(tmp: Path, **settings: Any) -> Mesh:
     """A registry, AGENT (with this module's server.py) published, a node started, 1 replica asked."""
     mesh = Mesh(tmp, start_registry(tmp / "registry", **FAST, **settings))
@@ -154,7 +137,7 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Site]]
     """Both registries, set up side by side (their nodes start and pull at the same time)."""
     meshes: list[Mesh] = []
     with pytest.MonkeyPatch.context() as mp:
-        _isolated(mp, tmp_path_factory.mktemp("home"))
+        isolate(mp, tmp_path_factory.mktemp("home"))
         try:
             for name, settings in (("main", {"max_calls_in_flight": 2}), ("short", {"call_timeout": 2.0})):
                 meshes.append(_site(tmp_path_factory.mktemp(name), **settings))

@@ -28,7 +28,7 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-from conftest import LiveRegistry
+from conftest import LiveRegistry, isolate
 from gitutil import git
 from meshutil import AGENT, Mesh, until
 
@@ -189,32 +189,13 @@ class Stack:
         return found
 
 
-def _isolated(mp: pytest.MonkeyPatch, home: Path) -> None:
-    """What conftest's `isolated_env` does per test, for the module's setup (git, processes)."""
-    gitconfig = home / ".gitconfig"
-    gitconfig.write_text("[user]\n\tname = Test User\n\temail = test@example.com\n")
-    for var, value in {
-        "HOME": home,
-        "MCPZ_CONFIG_DIR": home / "config",
-        "MCPZ_DATA_DIR": home / "data",
-        "MCPZ_CACHE_DIR": home / "cache",
-        "GIT_CONFIG_GLOBAL": gitconfig,
-    }.items():
-        mp.setenv(var, str(value))
-    mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    for var in ("MCPZ_TOKEN", "MCPZ_REGISTRY", "MCPZ_DATABASE_URL"):
-        mp.delenv(var, raising=False)
-    for var in [v for v in os.environ if v.startswith("MCPZ_REGISTRY_")]:
-        mp.delenv(var)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     from registry_server.serve import free_port
 
     tmp = tmp_path_factory.mktemp("restart")
     with pytest.MonkeyPatch.context() as mp:
-        _isolated(mp, tmp_path_factory.mktemp("home"))
+        isolate(mp, tmp_path_factory.mktemp("home"))
         data = tmp / "registry"
         data.mkdir()
         registry = RegistryProcess(data.resolve(), free_port(), tmp / "registry.log")
