@@ -192,9 +192,9 @@ class Gateway:
         self.closing = True
         if self._sweeper is not None:
             self._sweeper.cancel()
+        self.router.fail_all(_shutdown())  # first: the calls in flight end as "shutdown"
         for session in list(self.sessions.values()):
             self._end_session(session)
-        self.router.fail_all(_shutdown())
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 while self.in_flight:
