@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ from mcpz.mesh import (
     CLOSE_NORMAL,
     DEFAULT_BACKOFF_BASE,
     DEFAULT_BACKOFF_CAP,
-    MAX_FRAME_SIZE,
     Call,
     Cancel,
     Heartbeat,
@@ -48,7 +46,7 @@ from mcpz.mesh import (
     backoff,
 )
 from mcpz.names import name_problem
-from mcpz.node.agent import MeshSocket, body_message, http_base, mesh_url
+from mcpz.node.agent import MeshSocket, body_message, http_base, mesh_url, open_mesh_socket
 from mcpz.node.channel import StdioChannel
 from mcpz.node.process import ProcessSpec
 from mcpz.node.relay import CallRelay
@@ -177,22 +175,12 @@ class Connector:
                 await self._shutdown.wait()
 
     async def _connect_once(self) -> tuple[bool, str]:
-        from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-        context = None
-        if self.endpoint.startswith("wss://"):
-            ca = str(self.config.ca_file) if self.config.ca_file else None
-            context = ssl.create_default_context(cafile=ca)
+        config = self.config
         try:
-            async with connect(
-                self.endpoint,
-                additional_headers={"Authorization": f"Bearer {self.config.token}"},
-                user_agent_header=f"mcpz-connect/{__version__}",
-                max_size=MAX_FRAME_SIZE,
-                compression=None,
-                open_timeout=self.config.open_timeout,
-                ssl=context,
+            async with open_mesh_socket(
+                self.endpoint, config.token, "mcpz-connect", config.ca_file, config.open_timeout
             ) as ws:
                 sock = MeshSocket(ws)
                 self._socket = sock

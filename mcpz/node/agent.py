@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -174,6 +174,25 @@ class _Outcome:
     welcomed: bool
     action: CloseAction = CloseAction.RECONNECT
     detail: str = ""
+
+
+def open_mesh_socket(url: str, token: str, client: str, ca_file: Path | None, open_timeout: float) -> Any:
+    """The WebSocket to a registry's hub as nodes and connectors open it (an async context manager):
+    bearer token, the protocol's frame limit, no compression, TLS trusting `ca_file` for wss://."""
+    from websockets.asyncio.client import connect
+
+    context = None
+    if url.startswith("wss://"):
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    return connect(
+        url,
+        additional_headers={"Authorization": f"Bearer {token}"},
+        user_agent_header=f"{client}/{__version__}",
+        max_size=MAX_FRAME_SIZE,
+        compression=None,
+        open_timeout=open_timeout,
+        ssl=context,
+    )
 
 
 class MeshSocket:
@@ -358,25 +377,13 @@ class Node:
             with anyio.move_on_after(delay):
                 await self._shutdown.wait()
 
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        if not self.url.startswith("wss://"):
-            return None
-        ca = str(self.config.ca_file) if self.config.ca_file else None
-        return ssl.create_default_context(cafile=ca)
-
     async def _connect_once(self) -> _Outcome:
-        from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+        config = self.config
         try:
-            async with connect(
-                self.url,
-                additional_headers={"Authorization": f"Bearer {self.config.token}"},
-                user_agent_header=f"mcpz-node/{__version__}",
-                max_size=MAX_FRAME_SIZE,
-                compression=None,
-                open_timeout=self.config.open_timeout,
-                ssl=self._ssl_context(),
+            async with open_mesh_socket(
+                self.url, config.token, "mcpz-node", config.ca_file, config.open_timeout
             ) as ws:
                 conn = MeshSocket(ws)
                 self._conn = conn
