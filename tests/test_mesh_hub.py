@@ -618,7 +618,16 @@ async def test_deploy_scale_rolling_update_and_rollback(
         cluster.most, cluster.watch_from, cluster.least_after = cluster.copies(), True, None
         updated = await client.post("/v1/deployments", json={"agent": AGENT, "version": "2.0.0"})
         assert updated.status_code == 200 and updated.json()["revision"] == 3  # the scale made 2
-        view = await until_api(client, path, lambda v: v["state"] == "ready" and v["version"] == "2.0.0")
+        # Ready once 3 run at 2.0.0; the last old replica may still be listed until its stop is acked.
+        view = await until_api(
+            client,
+            path,
+            lambda v: (
+                v["state"] == "ready"
+                and v["version"] == "2.0.0"
+                and not any(r["stopping"] for r in v["instances"])
+            ),
+        )
         assert [r["version"] for r in view["instances"]] == ["2.0.0"] * 3
         await until(lambda: cluster.copies() == 3)
         assert cluster.most <= 4  # never more than replicas + 1
@@ -631,7 +640,13 @@ async def test_deploy_scale_rolling_update_and_rollback(
         back = await client.post(f"{path}/rollback", json={})
         assert back.status_code == 200
         assert (back.json()["revision"], back.json()["version"]) == (4, "1.0.0")
-        view = await until_api(client, path, lambda v: v["state"] == "ready" and v["updated"] == 3)
+        view = await until_api(
+            client,
+            path,
+            lambda v: (
+                v["state"] == "ready" and v["updated"] == 3 and not any(r["stopping"] for r in v["instances"])
+            ),
+        )
         assert {r["version"] for r in view["instances"]} == {"1.0.0"}
         assert [r["revision"] for r in view["revisions"]] == [4, 3, 2, 1]
         assert cluster.least_after is not None and cluster.least_after >= 3
