@@ -101,7 +101,9 @@ def step_tools(ctx: DemoContext) -> None:
 
 
 def step_call(ctx: DemoContext) -> None:
-    ctx.mcpz("call", "--local", ".", "add", "a=2", "b=40", cwd=ctx.agent_dir)
+    answer = ctx.mcpz("call", "--local", ".", "add", "a=2", "b=40", cwd=ctx.agent_dir)
+    if answer.strip() != "42":
+        raise DemoFailed(f"add 2 40 on the local agent answered {answer!r}, not 42")
 
 
 def step_registry(ctx: DemoContext) -> None:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 
 def test_demo_runs_every_step_and_reports_them() -> None:
@@ -28,3 +32,19 @@ def test_demo_runs_every_step_and_reports_them() -> None:
     assert "stopped 2 nodes" in done.stderr
     assert result["usage"] == {"add": 1}  # the one call through the gateway, metered once
     assert "mcpz_" not in done.stderr + done.stdout, "the demo must never print a token"
+
+
+def test_the_local_call_step_fails_on_a_wrong_answer(tmp_path: Path) -> None:
+    from mcpz.demo import DemoContext, DemoFailed, step_call, step_init
+
+    said: list[str] = []
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCPZ_")}
+    env.update(MCPZ_CONFIG_DIR=str(tmp_path / ".config"), MCPZ_DATA_DIR=str(tmp_path / ".data"), NO_COLOR="1")
+    ctx = DemoContext(root=tmp_path, say=said.append, show=said.append, env=env)
+    step_init(ctx)
+    assert ctx.agent_dir is not None
+    step_call(ctx)  # the template's add answers 42
+    server = ctx.agent_dir / "server.py"
+    server.write_text(server.read_text(encoding="utf-8").replace("return a + b", "return a + b + 1"))
+    with pytest.raises(DemoFailed, match="answered '43', not 42"):
+        step_call(ctx)

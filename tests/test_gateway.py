@@ -12,12 +12,15 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx2
 import pytest
 from meshutil import AGENT, Mesh, until
+
+if TYPE_CHECKING:
+    from registry_server.gateway import Gateway
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="needs /proc and PR_SET_PDEATHSIG")
 
@@ -207,7 +210,10 @@ def test_a_replica_killed_mid_call_gives_an_error_and_the_next_call_lands_on_the
                 victim = next(pid for pid, rid in pids.items() if rid == bound)
                 os.kill(victim, signal.SIGSTOP)
                 tg.start_soon(slow)
-                await anyio.sleep(0.5)
+                # Kill only once the call is in flight at the gateway, so it is this call that fails.
+                with anyio.fail_after(10):
+                    while _gateway(mesh).in_flight < 1:
+                        await anyio.sleep(0.01)
                 os.kill(victim, signal.SIGKILL)
             after = await client.call_tool("echo", {"text": "again"})
             return result["r"], after, len(view["instances"])
@@ -218,13 +224,17 @@ def test_a_replica_killed_mid_call_gives_an_error_and_the_next_call_lands_on_the
     assert after.content[0].text == "again"
 
 
-async def _bound_replica(mesh: Mesh, token: str) -> str:
-    """The replica the gateway routes this test's sessions to (the only one with calls)."""
-    from registry_server.gateway import Gateway
-
-    del token
+def _gateway(mesh: Mesh) -> Gateway:
+    """The in-process registry's gateway (the registry serves from a thread of this process)."""
     app = mesh.reg._handle.server.config.app  # type: ignore[attr-defined]
     gateway: Gateway = app.state.gateway
+    return gateway
+
+
+async def _bound_replica(mesh: Mesh, token: str) -> str:
+    """The replica the gateway routes this test's sessions to (the only one with calls)."""
+    del token
+    gateway = _gateway(mesh)
     targets = {s.target.replica_id for s in gateway.sessions.values() if s.target is not None}
     assert len(targets) == 1
     return targets.pop()
