@@ -65,7 +65,11 @@ def test_the_format() -> None:
     assert text.startswith("# mcpz.lock")
     assert data["version"] == 1
     assert data["registry"] == REGISTRY
-    assert data["manifest-hash"] == manifest_hash(MANIFEST)
+    # Pinned bytes: sha256 of {"acme/geo":"^1.2","acme/maps":"~=0.3"} (names sorted, no spaces).
+    # A change here breaks every mcpz.lock already on disk, so it must be deliberate.
+    assert data["manifest-hash"] == (
+        "sha256:9006103ad7550540a671163ab2125809dbcc2c98e019c780fad93c485b79ccb7"
+    )
     assert data["dependencies"] == {"acme/geo": "^1.2", "acme/maps": "~=0.3"}
     assert [a["name"] for a in data["agent"]] == ["acme/geo", "acme/maps", "acme/units"]
     geo = data["agent"][0]
@@ -99,6 +103,14 @@ def test_yanked_locked_agent_is_marked() -> None:
     text = dump_lock(lock)
     assert "yanked = true" in text
     assert parse_lock(text).agents[0].yanked
+
+
+def test_the_manifest_hash_is_pinned_on_disk_format() -> None:
+    # The hash of {"acme/geo":">=1,<2"}: spacing inside a specifier and key order do not count.
+    pinned = "sha256:914cf395e668c6ea0dcabf7b6cb60bcfe703efbbdeff369171ff55f56c068f28"
+    assert manifest_hash({"acme/geo": " >=1 , <2 "}) == pinned
+    # The empty table: sha256 of the two bytes {}.
+    assert manifest_hash({}) == "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
 
 
 def test_staleness() -> None:
