@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -42,7 +43,11 @@ def test_cli_reference_is_generated_from_the_current_app() -> None:
 def _tool(name: str) -> str:
     found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
     if found is None:
-        pytest.skip(f"{name} is not installed (pip install -e '.[test]')")
+        why = f"{name} is not installed (pip install -e '.[test]')"
+        # In CI a missing checker must not pass as a skip: the check would silently stop running.
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(why)
+        pytest.skip(why)
     return found
 
 
@@ -57,3 +62,12 @@ def test_mypy_strict_is_clean() -> None:
     mypy = _tool("mypy")
     done = subprocess.run([mypy], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_a_missing_checker_skips_locally_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="mcpz-no-such-checker is not installed"):
+        _tool("mcpz-no-such-checker")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        _tool("mcpz-no-such-checker")
