@@ -9,14 +9,15 @@ each copy gets an empty repository (not timed). Then, per round:
 Both sides run as commands, interpreter start-up included, since that is what a user waits
 for. Goals (issue 2): first commit within 3x of C git; a one-file commit under 0.5 s.
 
-    /work/venv/bin/python bench/bench_commit.py [--files 2000] [--mb 20] [--rounds 3]
+    python bench/bench_commit.py [--files 2000] [--mb 20] [--rounds 3] [--edits 5] [--smoke]
+
+(run it with the interpreter of the environment mcpz is installed in, e.g. `.venv/bin/python`)
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
 import random
 import resource
@@ -27,6 +28,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _goals as g
+import _registry as rb
+
+GOAL_FIRST_RATIO = 3.0
+GOAL_ONE_FILE_S = 0.5
 
 MANIFEST = '[agent]\nname = "bench/tree"\nversion = "0.1.0"\nkind = "plugin"\n'
 
@@ -67,7 +76,12 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--edits", type=int, default=5)
+    g.add_smoke(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.files, args.mb, args.rounds, args.edits = 60, 0.5, 1, 1
+    info = rb.print_machine("commit: mcpz commit beside git add -A && git commit, the same tree")
+    load_before = g.load()
 
     env = dict(os.environ)
     work = Path(tempfile.mkdtemp(prefix="mcpz-bench-commit-"))
@@ -132,13 +146,25 @@ def main() -> None:
             f"{label:<17}{ours:>9.3f}s{theirs:>9.3f}s{ours / theirs:>6.1f}x"
             f"{ours_cpu:>9.3f}s{theirs_cpu:>8.3f}s{ours_cpu / max(theirs_cpu, 1e-3):>6.1f}x   {goal}"
         )
-    payload = {
+    first_ratio = med("mcpz", "first", 0) / med("git", "first", 0)
+    one_file = med("mcpz", "one_file", 0)
+    goals = [
+        g.at_most(
+            "first commit within 3x of git (wall)",
+            first_ratio,
+            GOAL_FIRST_RATIO,
+            f"{first_ratio:.2f}x: {med('mcpz', 'first', 0):.3f}s vs {med('git', 'first', 0):.3f}s",
+        ),
+        g.below("one-file commit < 0.5 s (wall)", one_file, GOAL_ONE_FILE_S, f"{one_file:.3f}s"),
+    ]
+    payload: dict[str, object] = {
         "files": args.files,
         "bytes": size,
         "median_wall_seconds": {side: {k: med(side, k, 0) for k in results[side]} for side in results},
         "median_cpu_seconds": {side: {k: med(side, k, 1) for k in results[side]} for side in results},
     }
-    print("\n" + json.dumps(payload))
+    print()
+    g.finish("commit", info, load_before, goals, payload, smoke=args.smoke)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,12 @@
 The registry runs with its DEFAULT heartbeat settings (5 s interval, 15 s grace), as the issue
 asks: the figure is dominated by the grace, by design. 3 replicas, one per node; the node that
 holds the first replica is killed with SIGKILL, and the clock stops when the deployment is ready
-again with every replica running on a live node.
+again with every replica running on a live node. Goal: healed in under 30 s.
 
-    .venv/bin/python bench/bench_healing.py [--keep]
+    python bench/bench_healing.py [--keep] [--smoke]
+
+(run it with the interpreter of the environment mcpz is installed in, e.g. `.venv/bin/python`;
+`--smoke` uses 0.5 s / 2 s heartbeats, so its figure says nothing about the defaults)
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _goals as g
 import _mesh as mesh
 import _registry as rb
 
@@ -29,10 +33,14 @@ GOAL_S = 30.0
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true")
+    g.add_smoke(parser)
     args = parser.parse_args()
-    info = rb.print_machine("healing: kill -9 one of 3 nodes, default heartbeats (5 s / 15 s)")
+    beats = {"MCPZ_REGISTRY_HEARTBEAT_INTERVAL": "0.5", "MCPZ_REGISTRY_HEARTBEAT_GRACE": "2"}
+    title = "fast heartbeats (0.5 s / 2 s), smoke" if args.smoke else "default heartbeats (5 s / 15 s)"
+    info = rb.print_machine(f"healing: kill -9 one of 3 nodes, {title}")
+    load_before = g.load()
     with rb.Workdir("healing", keep=args.keep) as work:
-        reg = mesh.start_registry(work)
+        reg = mesh.start_registry(work, **(beats if args.smoke else {}))
         tok = mesh.token(reg, "bench", "read,publish,deploy,node")
         folder = work.path / "heal"
         mesh.agent(folder, NAME, "1.0.0", work.env)
@@ -64,14 +72,11 @@ def main() -> None:
         finally:
             mesh.stop_nodes(list(nodes.values()))
             reg.stop()
-    met = "yes" if took < GOAL_S else "NO"
-    rows = [
-        (f"kill -9 one of 3 nodes ({len(moved)} replica(s) moved)", f"{took:.1f} s", f"< {GOAL_S:g} s", met)
-    ]
-    print(rb.table(("healing", "mcpz", "goal", "met"), rows))
-    rb.emit_json(
-        {"bench": "healing", "seconds": round(took, 2), "replicas_moved": len(moved), "machine": info}
-    )
+    rows = [(f"kill -9 one of 3 nodes ({len(moved)} replica(s) moved)", f"{took:.1f} s", f"< {GOAL_S:g} s")]
+    print(rb.table(("healing", "mcpz", "goal"), rows))
+    goals = [g.below(f"healed in < {GOAL_S:g} s", took, GOAL_S, f"{took:.1f} s")]
+    figures = {"seconds": round(took, 2), "replicas_moved": len(moved)}
+    g.finish("healing", info, load_before, goals, figures, smoke=args.smoke)
 
 
 if __name__ == "__main__":
