@@ -1,17 +1,29 @@
-"""Time the pure resolver on seeded synthetic ecosystems, beside uv and pip on the same graphs.
+"""Time the resolver core on seeded synthetic ecosystems; uv and pip on the same graphs beside it.
 
     python bench/bench_resolve.py                  # the issue's five graphs, every column
     python bench/bench_resolve.py --seeds 5        # five seeds of each graph (worst and median)
     python bench/bench_resolve.py --no-peers       # only the in-process resolvers
     python bench/bench_resolve.py --timeout 30     # per run; a slower run is reported as ">30s"
+    python bench/bench_resolve.py --smoke          # smallest graph, peers only if installed
+
+(run it with the interpreter of the environment mcpz is installed in, e.g. `.venv/bin/python`;
+uv, the peer, is installed into that environment with pip when it is missing)
 
 Columns, all on the same graph (bench/ecosystem.py), every answer checked against every constraint:
-- mcpz: `mcpz.resolve.resolve` as `mcpz lock` calls it (resolvelib, then the complete search);
+- mcpz core: `mcpz.resolve.resolve` as `mcpz lock` calls it (resolvelib, then the complete
+  search), timed inside a process that already holds the graph in memory: the resolver core
+  alone, no start-up, no index, no network;
 - resolvelib only / propagating only: one backend alone;
 - resolvelib pip's order / fewest candidates: plain resolvelib providers, the issue's baselines;
 - uv / pip: `uv pip compile` and `pip install --dry-run --report` against the same graph as a PEP 503
   simple index of tiny wheels with PEP 658 metadata, served on loopback by a threaded keep-alive
   server with TCP_NODELAY; cold (no cache) and, for uv, warm (its cache filled by the cold run).
+  These are whole runs: start-up, index requests and metadata parsing included.
+
+The two kinds are not measured the same way, so this script gives NO verdict of mcpz against uv or
+pip: `bench_lock.py` compares them end to end (`mcpz lock` as a subprocess against a registry) and
+judges the issue's goals there. The goal judged here: every answer satisfies every constraint (a
+wrong answer fails it, whatever its time).
 
 Each resolver run happens in a child process with a timeout, so one that runs for minutes is
 reported as ">Ns" and not waited on.
@@ -39,6 +51,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+import _goals as g  # noqa: E402
+import _registry as rb  # noqa: E402
 from ecosystem import Ecosystem, agent_of, dist_name, generate, violations, write_simple_index  # noqa: E402
 
 GRAPHS: list[tuple[int, int, float, int]] = [
@@ -49,8 +63,9 @@ GRAPHS: list[tuple[int, int, float, int]] = [
     (1000, 10, 0.1, 30),
 ]
 ENGINES = ["mcpz", "resolvelib-only", "propagating-only", "pip-order", "fewest"]
+SMOKE_GRAPHS = GRAPHS[:1]
 HEADINGS = {
-    "mcpz": "mcpz",
+    "mcpz": "mcpz core (in process)",
     "resolvelib-only": "resolvelib only",
     "propagating-only": "propagating only",
     "pip-order": "resolvelib, pip's order",
@@ -136,17 +151,17 @@ def run_engine(graph: tuple[int, int, float, int], seed: int, engine: str) -> di
     return {"seconds": seconds, "ok": not problems, "agents": len(chosen), "rounds": rounds}
 
 
-def timed_child(graph: tuple[int, int, float, int], seed: int, engine: str, timeout: float) -> str:
+def timed_child(graph: tuple[int, int, float, int], seed: int, engine: str, timeout: float) -> g.Run:
     argv = [sys.executable, __file__, "--child", json.dumps([list(graph), seed, engine])]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return f">{timeout:g}s"
+        return g.Run(None, note=f">{timeout:g}s")
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["?"])[-1]
-        return f"error: {last[:60]}"
+        return g.Run(None, ok=False, note=f"error: {last[:60]}")
     result = json.loads(done.stdout)
-    return f"{result['seconds']:.2f}s" + ("" if result["ok"] else " WRONG")
+    return g.Run(result["seconds"], ok=result["ok"])
 
 
 # -- uv and pip against a simple index on loopback --------------------------------------------
@@ -193,29 +208,49 @@ class SimpleIndex:
         self.server.server_close()
 
 
-def _peer(argv: Sequence[str], timeout: float, env: Mapping[str, str]) -> tuple[str, float | None, str]:
+def _peer(argv: Sequence[str], timeout: float, env: Mapping[str, str]) -> tuple[g.Run, str]:
+    """One whole peer run: (its time, or why there is none; its stdout). Right until checked."""
     start = time.perf_counter()
     try:
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=timeout, env={**os.environ, **env}
         )
     except subprocess.TimeoutExpired:
-        return f">{timeout:g}s", None, ""
+        return g.Run(None, note=f">{timeout:g}s"), ""
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["?"])[-1]
-        return f"failed: {last[:50]}", seconds, ""
-    return f"{seconds:.2f}s", seconds, done.stdout
+        return g.Run(None, ok=False, note=f"failed: {last[:50]}"), ""
+    return g.Run(seconds), done.stdout
 
 
-def run_peers(eco: Ecosystem, timeout: float, work: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
+def _checked(run: g.Run, eco: Ecosystem, chosen: Mapping[str, str]) -> g.Run:
+    return g.Run(run.seconds, ok=not violations(eco.index, eco.roots, chosen), note=run.note)
+
+
+def find_peers(args: argparse.Namespace, bench: str) -> tuple[str | None, bool]:
+    """(uv's path or None, whether pip runs): uv installed into this environment when missing,
+    unless peers are off or optional (a smoke run)."""
+    if args.no_peers:
+        return None, False
+    uv = g.peer("uv", "uv", optional=args.smoke, bench=bench)
+    pip = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode == 0
+    if not pip and not args.smoke:
+        raise g.PeerMissing(
+            f"{bench}: pip, a peer, is not in this environment: `python -m ensurepip`, or pass --no-peers"
+        )
+    return uv, pip
+
+
+def run_peers(
+    eco: Ecosystem, timeout: float, work: Path, uv: str | None, pip: bool = True
+) -> dict[str, g.Run]:
+    out: dict[str, g.Run] = {}
     write_simple_index(eco, work / "index")
     requirements = work / "requirements.in"
     requirements.write_text("".join(f"{dist_name(name)}\n" for name in sorted(eco.roots)))
-    uv = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
     with SimpleIndex(work / "index") as index:
-        if Path(uv).exists():
+        if uv is not None:
             cache = work / "uv-cache"
             argv = [
                 uv,
@@ -231,19 +266,22 @@ def run_peers(eco: Ecosystem, timeout: float, work: Path) -> dict[str, str]:
             for label in ("uv-cold", "uv-warm"):
                 if label == "uv-cold":
                     shutil.rmtree(cache, ignore_errors=True)
-                text, _, stdout = _peer(argv, timeout, {"UV_NO_CONFIG": "1"})
-                out[label] = text + _check(eco, _parse_pins(stdout)) if stdout else text
+                run, stdout = _peer(argv, timeout, {"UV_NO_CONFIG": "1"})
+                out[label] = _checked(run, eco, _parse_pins(stdout)) if run.seconds is not None else run
         else:
-            out["uv-cold"] = out["uv-warm"] = "not installed"
+            out["uv-cold"] = out["uv-warm"] = g.Run(None, note="not installed")
+        if not pip:
+            out["pip-cold"] = g.Run(None, note="not installed")
+            return out
         report = work / "pip-report.json"
         argv = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet"]
         argv += ["--report", str(report), "--index-url", index.url, "--no-cache-dir", "-r", str(requirements)]
-        text, seconds, _ = _peer(argv, timeout, {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"})
-        if seconds is not None and report.exists() and not text.startswith("failed"):
+        run, _ = _peer(argv, timeout, {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"})
+        if run.seconds is not None and report.exists():
             data = json.loads(report.read_text())
             chosen = {agent_of(i["metadata"]["name"]): i["metadata"]["version"] for i in data["install"]}
-            text += _check(eco, chosen)
-        out["pip-cold"] = text
+            run = _checked(run, eco, chosen)
+        out["pip-cold"] = run
     return out
 
 
@@ -257,21 +295,17 @@ def _parse_pins(text: str) -> dict[str, str]:
     return pins
 
 
-def _check(eco: Ecosystem, chosen: Mapping[str, str]) -> str:
-    return "" if not violations(eco.index, eco.roots, chosen) else " WRONG"
-
-
 # -- the table ------------------------------------------------------------------------------------
 
 
-def _summary(cells: list[str]) -> str:
-    if len(cells) == 1:
-        return cells[0]
-    numbers = [float(c[:-1]) for c in cells if c.endswith("s") and not c.startswith(">")]
-    slow = [c for c in cells if not (c.endswith("s") and not c.startswith(">"))]
-    if slow or len(numbers) < len(cells):
-        return f"{len(cells) - len(numbers)}/{len(cells)} {slow[0] if slow else ''}".strip()
-    return f"{statistics.median(numbers):.2f}s (max {max(numbers):.2f}s)"
+def _summary(runs: list[g.Run]) -> str:
+    if len(runs) == 1:
+        return runs[0].cell()
+    times = [r.good for r in runs if r.good is not None]
+    if len(times) < len(runs):
+        bad = next(r for r in runs if r.good is None)
+        return f"{len(runs) - len(times)}/{len(runs)} {bad.cell()}"
+    return f"{statistics.median(times):.2f}s (max {max(times):.2f}s)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -283,17 +317,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    g.add_smoke(parser)
     args = parser.parse_args(argv)
     if args.child:
         graph, seed, engine = json.loads(args.child)
         print(json.dumps(run_engine(tuple(graph), seed, engine)))
         return 0
+    graphs = SMOKE_GRAPHS if args.smoke else GRAPHS
+    if args.smoke:
+        args.seeds = 1
+    info = rb.print_machine("resolve: the resolver core in process, uv and pip whole runs beside it")
+    load_before = g.load()
+    uv, pip = find_peers(args, "bench_resolve")
     engines = [e for e in args.engines.split(",") if e]
     columns = engines + ([] if args.no_peers else ["uv-cold", "uv-warm", "pip-cold"])
+    print(
+        "in-process columns: the resolver core alone (graph in memory, no start-up, no index); "
+        "uv / pip: whole runs against a simple index: not comparable, so no verdict between them "
+        "(bench_lock.py compares end to end)\n"
+    )
     print("| graph | " + " | ".join(HEADINGS[c] for c in columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
-    for graph in GRAPHS:
-        cells: dict[str, list[str]] = {c: [] for c in columns}
+    rows: dict[str, dict[str, list[dict[str, object]]]] = {}
+    wrong: list[str] = []
+    for graph in graphs:
+        cells: dict[str, list[g.Run]] = {c: [] for c in columns}
         label = ""
         for seed in range(args.seeds):
             eco = generate(graph[0], graph[1], graph[2], roots=graph[3], seed=seed)
@@ -302,9 +350,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cells[engine].append(timed_child(graph, seed, engine, args.timeout))
             if not args.no_peers:
                 with tempfile.TemporaryDirectory(prefix="mcpz-bench-") as tmp:
-                    for column, text in run_peers(eco, args.timeout, Path(tmp)).items():
-                        cells[column].append(text)
+                    for column, run in run_peers(eco, args.timeout, Path(tmp), uv, pip).items():
+                        cells[column].append(run)
         print(f"| {label} | " + " | ".join(_summary(cells[c]) for c in columns) + " |", flush=True)
+        rows[label] = {c: [r.as_json() for r in runs] for c, runs in cells.items()}
+        wrong += [
+            f"{HEADINGS[c]} on {label}: {r.cell()}" for c, runs in cells.items() for r in runs if not r.ok
+        ]
+    print()
+    text = "every answer satisfies every constraint"
+    goals = [g.failed(text, "; ".join(wrong)) if wrong else g.holds(text, True, f"{len(graphs)} graph(s)")]
+    g.finish("resolve", info, load_before, goals, {"seeds": args.seeds, "rows": rows}, smoke=args.smoke)
     return 0
 
 
