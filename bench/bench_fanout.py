@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import itertools
 import json
 import random
@@ -99,7 +100,7 @@ class _SimNode(asyncio.Protocol):
         self.flush()
 
     def data_received(self, data: bytes) -> None:
-        from websockets.frames import Opcode
+        from websockets.frames import Frame, Opcode
         from websockets.http11 import Response
 
         from mcpz.mesh import Deploy, Hello, Stop, Welcome, decode
@@ -113,6 +114,8 @@ class _SimNode(asyncio.Protocol):
                 self.send(
                     Hello(id=next(self.ids), node_name=f"sim-{self.index}", capacity=1, software_version="0")
                 )
+            elif not isinstance(event, Frame):
+                continue  # a client is sent a response and frames, never a request
             elif event.opcode is Opcode.BINARY:
                 frame = decode(event.data)
                 if isinstance(frame, Deploy):
@@ -209,12 +212,13 @@ async def _connect(sim: _Sim, index: int, sem: asyncio.Semaphore) -> None:
 
     loop = asyncio.get_running_loop()
     parts = urlsplit(sim.url)
+    assert parts.hostname is not None and parts.port is not None, sim.url
     async with sem:
         for attempt in range(20):
             welcomed: asyncio.Future[None] = loop.create_future()
             try:
                 await loop.create_connection(
-                    lambda welcomed=welcomed: _SimNode(sim, index, welcomed), parts.hostname, parts.port
+                    functools.partial(_SimNode, sim, index, welcomed), parts.hostname, parts.port
                 )
                 await asyncio.wait_for(welcomed, 60)
                 return
@@ -353,6 +357,7 @@ class Child:
 
     def __init__(self, work: rb.Workdir, args: list[str], log: Path) -> None:
         self.log = log.open("ab")
+        self.argv = args
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), *args],
             stdin=subprocess.PIPE,
@@ -373,7 +378,7 @@ class Child:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"child {self.proc.args[2:4]} ended; see {self.log.name}")
+            raise RuntimeError(f"child {self.argv[:2]} ended; see {self.log.name}")
         item: dict[str, Any] = json.loads(line)
         return item
 

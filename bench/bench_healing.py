@@ -75,7 +75,7 @@ def main() -> None:
     rows = [(f"kill -9 one of 3 nodes ({len(moved)} replica(s) moved)", f"{took:.1f} s", f"< {GOAL_S:g} s")]
     print(rb.table(("healing", "mcpz", "goal"), rows))
     goals = [g.below(f"healed in < {GOAL_S:g} s", took, GOAL_S, f"{took:.1f} s")]
-    figures = {"seconds": round(took, 2), "replicas_moved": len(moved)}
+    figures: dict[str, object] = {"seconds": round(took, 2), "replicas_moved": len(moved)}
     g.finish("healing", info, load_before, goals, figures, smoke=args.smoke)
 
 

@@ -73,7 +73,8 @@ def github_jobs(
     workflow: dict[str, Any], ref: str, context: Mapping[str, str]
 ) -> list[tuple[dict[str, str], list[Step]]]:
     """(env, steps) of each job that runs for `ref`, in the order `needs:` gives."""
-    triggers = workflow.get("on", workflow.get(True))
+    # YAML 1.1 reads the key `on:` as True.
+    triggers = workflow.get("on", workflow.get(True))  # type: ignore[call-overload]
     assert triggers and "push" in triggers, "the workflow runs on push"
     jobs: dict[str, Any] = workflow["jobs"]
     order: list[str] = []

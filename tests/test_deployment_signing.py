@@ -355,12 +355,12 @@ def test_a_revision_lower_than_one_the_node_has_seen_is_refused(tmp_path: Path) 
         publish(w, "1.1.0")
         for version in ("1.0.0", "1.1.0"):
             assert post_signature(w, version, OWNER).status_code == 200
-        node = NodeProcess(reg, token_for(reg, OWNER.address, "node"), tmp_path / "node")
+        node = live = NodeProcess(reg, token_for(reg, OWNER.address, "node"), tmp_path / "node")
         until(lambda: any(n["connected"] for n in api(reg, "/v1/nodes", w.owner).json()), what="the node")
         assert signed_deploy(w, "1.0.0", OWNER, replicas=1)["revision"] == 1
-        until(lambda: running(w, "1.0.0", node), what="revision 1 running")
+        until(lambda: running(w, "1.0.0", live), what="revision 1 running")
         assert signed_deploy(w, "1.1.0", OWNER)["revision"] == 2
-        until(lambda: running(w, "1.1.0", node), what="revision 2 running")
+        until(lambda: running(w, "1.1.0", live), what="revision 2 running")
         node.stop()
         store = trust.TrustStore(tmp_path / "node" / "trust.json")
         assert store.revision(signing.canonical_registry_url(reg.url), AGENT)[0] == 2  # type: ignore[index]

@@ -92,7 +92,7 @@ def test_many_concurrent_sessions_on_one_replica_each_get_their_own_answers(one:
     mesh = one
     token = caller(mesh)
 
-    async def one(i: int, answers: dict[int, list[str]]) -> None:
+    async def session(i: int, answers: dict[int, list[str]]) -> None:
         async with mcp_client(endpoint(mesh), token) as client:
             got = []
             for j in range(5):
@@ -104,7 +104,7 @@ def test_many_concurrent_sessions_on_one_replica_each_get_their_own_answers(one:
         answers: dict[int, list[str]] = {}
         async with anyio.create_task_group() as tg:
             for i in range(12):
-                tg.start_soon(one, i, answers)
+                tg.start_soon(session, i, answers)
         return answers
 
     answers = anyio.run(main)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import tomllib
+from typing import Literal
 
 import pytest
 from hypothesis import given, settings
@@ -18,13 +19,13 @@ versions = st.builds(
     st.integers(0, 50),
     st.sampled_from(["", "a1", "b2", "rc1", ".post1", ".dev3"]),
 )
-text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30)
+text = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=30)
 specs = st.sampled_from([">=1.2,<2", "~=1.4", "^1.2", "~1.2.3", "==1.0.3", "*", ">=0.1"])
 
 
 @st.composite
 def manifests(draw: st.DrawFn) -> Manifest:
-    kind = draw(st.sampled_from(["agent", "plugin"]))
+    kind: Literal["agent", "plugin"] = draw(st.sampled_from(["agent", "plugin"]))
     name = draw(names)
     deps = draw(st.dictionaries(names.filter(lambda n: n != name), specs, max_size=4))
     run = None

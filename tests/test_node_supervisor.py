@@ -10,6 +10,7 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -127,6 +128,7 @@ async def test_a_real_agent_starts_passes_its_health_check_and_stops(agent_dir: 
         await supervisor.stop(grace=5)
     assert recorder.statuses == [ReplicaStatus.STARTING, ReplicaStatus.RUNNING, ReplicaStatus.STOPPED]
     assert recorder.events[-1][2] == -signal.SIGTERM  # the template exits on SIGTERM
+    assert pid is not None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
 
@@ -430,7 +432,7 @@ class ScriptedHub:
         await self._send.send(conn)
         await ws.wait_closed()  # type: ignore[attr-defined]
 
-    def _process_request(self, connection: object, request: object) -> object:
+    def _process_request(self, connection: Any, request: Any) -> Any:
         self.authorization.append(request.headers.get("Authorization"))  # type: ignore[attr-defined]
         if self.refuse is not None:
             return connection.respond(self.refuse, '{"error": {"message": "token revoked"}}\n')  # type: ignore[attr-defined]
@@ -854,7 +856,7 @@ async def test_a_deployment_through_the_live_hub_runs_scales_and_is_removed(tmp_
             assert created.status_code == 201, created.text
             ready = await until(lambda d: d["state"] == "ready")
             print(f"\nlive hub: deploy to 2 replicas running: {anyio.current_time() - started:.2f}s")
-            instances = ready["instances"]
+            instances: Any = ready["instances"]
             assert {i["status"] for i in instances} == {"running"}  # type: ignore[union-attr]
             assert {i["id"] for i in instances} == set(node.manager.live)  # type: ignore[union-attr]
             nodes = (await http.get("/v1/nodes")).json()
@@ -1064,7 +1066,7 @@ def test_mcpz_node_run_without_a_token_or_with_a_refused_one(cli: object, tmp_pa
     assert result.exit_code == 4
     assert result.stderr.startswith("error: a node needs a token with scope node")
 
-    def refuse(connection: object, request: object) -> object:
+    def refuse(connection: Any, request: Any) -> Any:
         return connection.respond(403, '{"error": {"message": "this token lacks the \\"node\\" scope"}}')  # type: ignore[attr-defined]
 
     with serve(lambda ws: None, "127.0.0.1", 0, process_request=refuse) as server:

@@ -64,6 +64,13 @@ def test_mypy_strict_is_clean() -> None:
     assert done.returncode == 0, done.stdout[-3000:]
 
 
+def test_mypy_relaxed_is_clean_on_tests_and_benchmarks() -> None:
+    # The second profile (mypy-tests.ini): every body checked, annotations optional.
+    mypy = _tool("mypy")
+    done = subprocess.run([mypy, "--config-file", "mypy-tests.ini"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:]
+
+
 def test_a_missing_checker_skips_locally_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="mcpz-no-such-checker is not installed"):

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import LiveRegistry, start_registry
@@ -25,7 +26,7 @@ class World:
     commits: dict[str, str]  # "name@version" -> commit id
 
 
-def _publish(reg: LiveRegistry, token: str, work: Path, name: str, version: str, **kw: object) -> str:
+def _publish(reg: LiveRegistry, token: str, work: Path, name: str, version: str, **kw: Any) -> str:
     if (work / ".git").exists():
         head = set_version(work, version, name, **kw)
     else:

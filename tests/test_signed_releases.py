@@ -41,7 +41,7 @@ def sql(reg: LiveRegistry, statement: str, **params: Any) -> list[Any]:
     try:
         with db.session() as session:
             result = session.execute(text(statement), params)
-            return list(result.fetchall()) if result.returns_rows else []
+            return list(result.fetchall()) if result.returns_rows else []  # type: ignore[attr-defined]
     finally:
         db.dispose()
 

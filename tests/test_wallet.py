@@ -128,7 +128,7 @@ def test_import_a_key_or_a_keystore(tmp_path: Path) -> None:
         wallet.Wallet.import_key("0x1234", PASSPHRASE, path=tmp_path / "b.json")
     assert "1234" not in str(bad.value)
 
-    other = Account.encrypt(KEY, "keystore pass", iterations=1024)
+    other = Account.encrypt(bytes.fromhex(KEY[2:]), "keystore pass", iterations=1024)
     kept = wallet.Wallet.import_keystore(json.dumps(other), "keystore pass", path=tmp_path / "c.json")
     assert kept.address == imported.address and json.loads((tmp_path / "c.json").read_text()) == other
     with pytest.raises(wallet.WrongPassphrase):
@@ -268,7 +268,7 @@ def test_import_from_stdin_and_keystore(cli: Any, monkeypatch: pytest.MonkeyPatc
     assert cli("wallet", "import", input=KEY + "\n").exit_code == 2
 
     other = tmp_path / "keystore.json"
-    other.write_text(json.dumps(Account.encrypt("0x" + "77" * 32, PASSPHRASE, iterations=1024)))
+    other.write_text(json.dumps(Account.encrypt(bytes.fromhex("77" * 32), PASSPHRASE, iterations=1024)))
     monkeypatch.setenv("MCPZ_DATA_DIR", str(tmp_path / "elsewhere"))
     from_file = cli("--json", "wallet", "import", "--keystore", str(other))
     assert from_file.exit_code == 0, from_file.stderr
