@@ -78,3 +78,32 @@ def test_a_missing_checker_skips_locally_and_fails_in_ci(monkeypatch: pytest.Mon
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception):
         _tool("mcpz-no-such-checker")
+
+
+def _ci_setup_script(tmp_path: Path) -> Path:
+    """.ci/run without its `cd` and its last line (the venv and the suite), so only the Debian set-up
+    runs; apt-get on PATH is a stand-in that fails, as with no network or no root."""
+    lines = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    body = [line for line in lines[:-1] if not line.startswith("cd ")]
+    script = tmp_path / "setup.sh"
+    script.write_text("\n".join(body) + "\n")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "apt-get").write_text("#!/bin/sh\nexit 100\n")
+    (fake / "apt-get").chmod(0o755)
+    return fake
+
+
+def test_ci_fails_when_gnome_keyring_cannot_be_installed_and_elsewhere_warns(tmp_path: Path) -> None:
+    bash = shutil.which("bash")
+    assert bash is not None
+    fake = _ci_setup_script(tmp_path)
+    script = str(tmp_path / "setup.sh")
+    in_ci = subprocess.run(
+        [bash, script], env={"PATH": str(fake), "CI": "true"}, capture_output=True, text=True
+    )
+    assert in_ci.returncode == 1, in_ci.stderr
+    assert "error: could not install gnome-keyring/dbus" in in_ci.stderr
+    local = subprocess.run([bash, script], env={"PATH": str(fake)}, capture_output=True, text=True)
+    assert local.returncode == 0, local.stderr
+    assert "warning: could not install gnome-keyring/dbus" in local.stderr
