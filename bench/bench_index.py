@@ -176,9 +176,14 @@ def main() -> int:
                 not_modified.append(time.perf_counter() - t)
                 if r.status_code != 304:
                     raise RuntimeError(f"expected 304, got HTTP {r.status_code}")
-            time.sleep(0.2)  # let the last log lines reach the file
-            srv_full = server_ms(reg.log, log_mark, 200)
-            srv_304 = server_ms(reg.log, log_mark, 304)
+            # The server logs after it answers: wait (bounded) until every request is in the log.
+            deadline = time.monotonic() + 10
+            while True:
+                srv_full = server_ms(reg.log, log_mark, 200)
+                srv_304 = server_ms(reg.log, log_mark, 304)
+                if len(srv_full) + len(srv_304) >= 2 * args.requests or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
         reg.stop()
 
     s_full, s_304 = summary(full), summary(not_modified)
