@@ -210,3 +210,37 @@ def test_the_operators_shared_pool_serves_every_account(tmp_path: Path) -> None:
     finally:
         two.close()
         reg.stop()
+
+
+def test_a_lost_node_is_pruned_after_the_retention_and_its_replicas_wait(tmp_path: Path) -> None:
+    from sqlalchemy import select
+
+    from registry_server.models_mesh import MeshNode
+
+    reg = start_registry(tmp_path / "registry", lost_node_retention=0.5, **FAST)
+    two = Two(tmp_path, reg)
+    db = Database(reg.database_url)
+    try:
+        two.publish_bob()
+        node = two.node(two.bob, "bob-node")
+        two.connected(two.bob, "bob-node")
+        two.deploy_bob(1)
+        until(lambda: _running_on(two.bob_view()), 45, f"bob's replica running: {two.bob_view()}")
+        node.proc.kill()  # no goodbye: lost after the heartbeat grace, then pruned
+        node.proc.wait()
+
+        until(lambda: two.get(two.bob, "/v1/nodes") == [], 30, "the lost node pruned")
+        with db.session() as session:
+            assert list(session.scalars(select(MeshNode))) == []
+        (instance,) = two.bob_view()["instances"]
+        assert (instance["node"], instance["status"]) == (None, "pending")
+        assert instance["detail"] == "waiting for a node: none is connected"
+
+        # A new node takes the replica that waited.
+        two.node(two.bob, "bob-node-2")
+        ran = until(lambda: _running_on(two.bob_view()), 45, f"bob's replica running: {two.bob_view()}")
+        assert set(ran.values()) == {"bob-node-2"}
+    finally:
+        db.dispose()
+        two.close()
+        reg.stop()
