@@ -244,3 +244,32 @@ def test_a_lost_node_is_pruned_after_the_retention_and_its_replicas_wait(tmp_pat
         db.dispose()
         two.close()
         reg.stop()
+
+
+def test_the_node_settings_from_the_environment(tmp_path: Path) -> None:
+    from mcpz.errors import UsageError
+    from registry_server.settings import RegistrySettings
+
+    default = RegistrySettings.load(data_dir=tmp_path, env={})
+    assert (default.shared_nodes, default.shared_node_owners, default.node_admins) == (False, (), ())
+    assert default.lost_node_retention == 86400.0
+    env = {
+        "MCPZ_REGISTRY_SHARED_NODES": "true",
+        "MCPZ_REGISTRY_SHARED_NODE_OWNERS": "ops, infra",
+        "MCPZ_REGISTRY_NODE_ADMINS": "root",
+        "MCPZ_REGISTRY_LOST_NODE_RETENTION": "3600",
+    }
+    loaded = RegistrySettings.load(data_dir=tmp_path, env=env)
+    assert (loaded.shared_nodes, loaded.shared_node_owners, loaded.node_admins) == (
+        True,
+        ("ops", "infra"),
+        ("root",),
+    )
+    assert loaded.lost_node_retention == 3600.0
+    for key, value in [
+        ("SHARED_NODES", "sometimes"),
+        ("LOST_NODE_RETENTION", "-1"),
+        ("LOST_NODE_RETENTION", "inf"),
+    ]:
+        with pytest.raises(UsageError, match="invalid registry setting"):
+            RegistrySettings.load(data_dir=tmp_path, env={f"MCPZ_REGISTRY_{key}": value})
