@@ -2,7 +2,8 @@
 logs, and the mesh's nodes. Frames to nodes: docs/mesh-protocol.md.
 
 Mutations need a token with scope `deploy` in the agent's namespace; reads need `read` or
-`deploy` there (`/v1/nodes`: any of `read`, `deploy`, `node`, `admin`). A mutation returns once
+`deploy` there (`/v1/nodes`: any of `read`, `deploy`, `node`, `admin`, and it lists only the
+nodes the caller may use: see `list_nodes`). A mutation returns once
 the reconciler has planned it: the replicas it created are in the answer, with their nodes.
 
 Deploy, scale and rollback are signed by the deployer's wallet (docs/signing.md): the body with

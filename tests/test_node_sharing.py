@@ -89,9 +89,11 @@ class Two:
             node.stop()
 
 
-@pytest.fixture
-def two(tmp_path: Path) -> Iterator[Two]:
-    reg = start_registry(tmp_path / "registry", **FAST)
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def two(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Two]:
+    """Alice and Bob on a registry with fast heartbeats, once on SQLite and once on PostgreSQL."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    reg = start_registry(tmp_path / "registry", url, **FAST)
     world = Two(tmp_path, reg)
     try:
         yield world
