@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -105,6 +106,15 @@ def authenticate(session: Session, secret: str) -> Principal:
         scopes=frozenset(token.scopes.split(",")),
         expires_at=token.expires_at,
     )
+
+
+def names_of(session: Session, account_ids: Iterable[int]) -> dict[int, str]:
+    """Account id -> name, for those of `account_ids` that exist."""
+    ids = sorted(set(account_ids))
+    if not ids:
+        return {}
+    rows = session.execute(select(Account.id, Account.name).where(Account.id.in_(ids)))
+    return {account_id: name for account_id, name in rows}
 
 
 def namespaces_of(session: Session, account_id: int) -> list[str]:

@@ -2,7 +2,8 @@
 logs, and the mesh's nodes. Frames to nodes: docs/mesh-protocol.md.
 
 Mutations need a token with scope `deploy` in the agent's namespace; reads need `read` or
-`deploy` there (`/v1/nodes`: any of `read`, `deploy`, `node`, `admin`). A mutation returns once
+`deploy` there (`/v1/nodes`: any of `read`, `deploy`, `node`, `admin`, and it lists only the
+nodes the caller may use: see `list_nodes`). A mutation returns once
 the reconciler has planned it: the replicas it created are in the answer, with their nodes.
 
 Deploy, scale and rollback are signed by the deployer's wallet (docs/signing.md): the body with
@@ -32,7 +33,7 @@ from mcpz import signing
 from mcpz.errors import NotFoundError, UsageError
 from mcpz.mesh import Deploy, ProtocolError, ReplicaStatus, ResourceLimits, encode
 from mcpz.names import name_problem
-from registry_server import namespaces
+from registry_server import accounts, namespaces
 from registry_server.accounts import Principal
 from registry_server.api import Caller, State
 from registry_server.api_auth import _refusal, _signature_refusal, public_url
@@ -335,19 +336,38 @@ async def logs(
 
 @router.get("/v1/nodes")
 async def list_nodes(request: Request, state: State, principal: Caller) -> Any:
-    """Every node the mesh knows, lost ones too."""
-    await anyio.to_thread.run_sync(
-        lambda: _require_any(principal, ("read", "deploy", "node", "admin"), state)
-    )
+    """The nodes the caller may use, lost ones too: its own, those of the accounts it shares a
+    namespace with, and shared ones. Accounts in the `node_admins` setting, with an `admin` token,
+    see every node."""
     service = service_of(request)
+    owners = {node.account_id for node in service.nodes.values()}
+    visible, names = await anyio.to_thread.run_sync(lambda: _node_audience(state, principal, owners))
+    shown = [
+        node
+        for node in service.nodes.values()
+        if visible is None or node.account_id in visible or service.is_shared(node)
+    ]
     return [
-        node_view(service, node) for node in sorted(service.nodes.values(), key=lambda n: (n.name, n.node_id))
+        node_view(service, node, names.get(node.account_id, ""))
+        for node in sorted(shown, key=lambda n: (n.name, n.node_id))
     ]
 
 
-def _require_any(principal: Principal | None, scopes: tuple[str, ...], state: RegistryState) -> None:
+def _node_audience(
+    state: RegistryState, principal: Principal | None, owners: set[int]
+) -> tuple[set[int] | None, dict[int, str]]:
+    """Whose nodes the caller sees (None: everyone's), and the names of the accounts in `owners`."""
+    principal = _require_any(principal, ("read", "deploy", "node", "admin"), state)
+    admin = principal.has("admin") and principal.account_name in state.settings.node_admins
+    with state.db.session() as session:
+        visible = None if admin else namespaces.colleagues(session, principal.account_id)
+        names = accounts.names_of(session, owners)
+    return visible, names
+
+
+def _require_any(principal: Principal | None, scopes: tuple[str, ...], state: RegistryState) -> Principal:
     held = next((s for s in scopes if principal is not None and principal.has(s)), scopes[0])
-    require(principal, held, db=state.db)
+    return require(principal, held, db=state.db)
 
 
 async def _follow(service: DeploymentService, name: str, tail: int, after: int) -> AsyncIterator[bytes]:
@@ -418,6 +438,7 @@ def deployment_view(
     by_status = {s.value: 0 for s in ReplicaStatus}
     ready = updated = old = stopping = 0
     failed = False
+    waiting = ""  # why unplaced replicas wait, worked out once
     rows = []
     for replica in sorted(service.replicas_of(deployment.name), key=lambda r: r.replica_id):
         node = service.nodes.get(replica.node_id) if replica.node_id else None
@@ -425,7 +446,8 @@ def deployment_view(
         revision = deployment.revisions.get(replica.revision)
         detail = replica.detail
         if replica.node_id is None:
-            detail = detail or "waiting for an eligible node"
+            if not detail:
+                detail = waiting = waiting or service.unplaced_reason(deployment)
         elif node is not None and not node.live:
             detail = detail or f"its node {node.name} is lost; waiting for an eligible node"
         rows.append(
@@ -500,11 +522,13 @@ def deployment_view(
     return view
 
 
-def node_view(service: DeploymentService, node: NodeState) -> dict[str, Any]:
+def node_view(service: DeploymentService, node: NodeState, owner: str) -> dict[str, Any]:
     assigned = len(service.assigned_to(node.node_id))
     return {
         "id": node.node_id,
         "name": node.name,
+        "owner": owner,
+        "shared": service.is_shared(node),
         "state": node.state,
         "connected": service.transport.is_connected(node.node_id),
         "labels": dict(node.labels),

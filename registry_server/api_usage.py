@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-import re
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -20,6 +18,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import ColumnElement, case, func, select
 
 from mcpz.errors import NotFoundError, UsageError
+from mcpz.instants import parse_instant
 from mcpz.names import name_problem
 from registry_server.accounts import Principal
 from registry_server.api import Caller, State
@@ -36,9 +35,6 @@ router = APIRouter(tags=["usage"])
 MAX_EVENTS = 1000
 FLUSH_WAIT = 2.0
 """Seconds a query waits for events still on their way to the database, at most."""
-
-_AGE = re.compile(r"(\d+)\s*([smhdw])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 class UsageSum(BaseModel):
@@ -77,25 +73,6 @@ class UsageOut(BaseModel):
     until: datetime | None
     summary: list[UsageSum]
     events: list[UsageEventOut] = Field(description="The newest `events` raw events, newest first")
-
-
-def parse_instant(text: str, now: datetime) -> datetime:
-    """ISO 8601 (`2025-01-31`, `2025-01-31T12:00Z`), Unix seconds, or an age before `now` (`1h`, `7d`)."""
-    value = text.strip()
-    age = _AGE.fullmatch(value.lower())
-    if age:
-        return datetime.fromtimestamp(now.timestamp() - int(age.group(1)) * _UNITS[age.group(2)], UTC)
-    with contextlib.suppress(ValueError, OverflowError, OSError):
-        seconds = float(value)
-        if math.isfinite(seconds):
-            return datetime.fromtimestamp(seconds, UTC)
-    with contextlib.suppress(ValueError):
-        moment = datetime.fromisoformat(value)
-        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    raise UsageError(
-        f'"{text}" is not a time',
-        hint="use ISO 8601 (2025-01-31T12:00Z), Unix seconds, or an age such as 30m, 1h, 7d",
-    )
 
 
 def _micros(moment: datetime) -> int:

@@ -29,7 +29,7 @@ import re
 import secrets
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -43,6 +43,8 @@ from mcpz.errors import McpzError, NotFoundError, RefusedError, UsageError
 from mcpz.mesh import Heartbeat, Hello, LockedDependency, Log, ReplicaStatus, Status
 from registry_server import scheduler
 from registry_server.db import Database
+from registry_server.models import Account, Namespace
+from registry_server.models_auth import NamespaceMember
 from registry_server.models_mesh import (
     EPOCH_COUNTER,
     Deployment,
@@ -123,10 +125,13 @@ class DeploymentState:
     def template(self) -> Template:
         return self.revisions[self.revision].template
 
-    def desired(self) -> Desired:
+    def desired(self, accounts: frozenset[int] | None = None) -> Desired:
+        """Desired state; `accounts`: those whose nodes may run it (None: any node's)."""
         target = self.template
         same = frozenset(n for n, r in self.revisions.items() if r.template == target)
-        return Desired(self.name, self.revision, self.replicas, self.template.selector, same, self.deleted)
+        return Desired(
+            self.name, self.revision, self.replicas, self.template.selector, same, self.deleted, accounts
+        )
 
 
 @dataclass
@@ -139,6 +144,7 @@ class NodeState:
     software_version: str
     state: str  # "ready" or "lost"
     created_at: datetime
+    shared: bool = False  # it said `--shared` in its hello: it runs every account's deployments
     last_seen_at: datetime | None = None
     lost_at: datetime | None = None
     cpu_percent: float = 0.0
@@ -288,6 +294,7 @@ class _Changes:
 
     node_inserts: list[dict[str, Any]] = field(default_factory=list)
     node_updates: list[dict[str, Any]] = field(default_factory=list)
+    node_deletes: list[str] = field(default_factory=list)
     statuses: list[dict[str, Any]] = field(default_factory=list)
     creates: list[dict[str, Any]] = field(default_factory=list)
     assigns: list[dict[str, Any]] = field(default_factory=list)
@@ -301,6 +308,7 @@ class _Changes:
             (
                 self.node_inserts,
                 self.node_updates,
+                self.node_deletes,
                 self.statuses,
                 self.creates,
                 self.assigns,
@@ -355,11 +363,20 @@ class DeploymentService:
         resync_interval: float = 30.0,
         stop_grace: float = STOP_GRACE,
         max_revisions: int = MAX_REVISIONS,
+        shared_nodes: bool = False,
+        shared_node_owners: Sequence[str] = (),
     ) -> None:
         self.db = db
         self.resync_interval = resync_interval
         self.stop_grace = stop_grace
         self.max_revisions = max_revisions
+        # Who a node serves (see `scheduler`): the operator may make every node, or the nodes of
+        # some accounts, a pool shared by all; each node may opt in with `--shared`.
+        self.shared_nodes = shared_nodes
+        self.shared_node_owners = tuple(shared_node_owners)
+        self.pool: frozenset[int] = frozenset()  # ids of the accounts named in shared_node_owners
+        # Per namespace, the accounts whose nodes may run its deployments: read before each plan.
+        self.access: dict[str, frozenset[int]] = {}
         self.transport: Transport = _Nowhere()
         self.logs = LogBook()
         self.deployments: dict[str, DeploymentState] = {}
@@ -373,6 +390,7 @@ class DeploymentService:
         self._registrations: list[_Registration] = []
         self._statuses: dict[str, _StatusUpdate] = {}
         self._lost: set[str] = set()
+        self._prune: set[str] = set()
         self._dirty: set[str] = set()
         self._figures_due: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -482,6 +500,7 @@ class DeploymentService:
                     row.software_version,
                     row.state,
                     row.created_at,
+                    row.shared,
                     row.last_seen_at,
                     row.lost_at,
                     row.cpu_percent,
@@ -518,6 +537,31 @@ class DeploymentService:
     def replicas_of(self, deployment: str) -> list[Replica]:
         return [r for r in self.replicas.values() if r.deployment == deployment]
 
+    def is_shared(self, node: NodeState) -> bool:
+        """Whether `node` runs every account's deployments: it opted in, or the operator said so."""
+        return node.shared or self.shared_nodes or node.account_id in self.pool
+
+    def node_view(self, node: NodeState, *, connected: bool | None = None) -> NodeView:
+        """What the scheduler knows of `node`."""
+        if connected is None:
+            connected = self.transport.is_connected(node.node_id)
+        return NodeView(
+            node.node_id,
+            node.labels,
+            node.capacity,
+            node.live,
+            connected,
+            node.account_id,
+            self.is_shared(node),
+        )
+
+    def unplaced_reason(self, deployment: DeploymentState) -> str:
+        """Why a replica of `deployment` waits for a node, in one line (as of the last round)."""
+        usage = {node_id: len(held) for node_id, held in self._by_node.items()}
+        views = [self.node_view(n) for n in self.nodes.values()]
+        desired = deployment.desired(self.access.get(deployment.namespace, frozenset()))
+        return scheduler.unplaced_reason(desired, views, usage)
+
     def template_of(self, replica: Replica) -> Template | None:
         deployment = self.deployments.get(replica.deployment)
         revision = deployment.revisions.get(replica.revision) if deployment else None
@@ -546,6 +590,13 @@ class DeploymentService:
         self._registrations.append(_Registration(hello, account_id, on_ready, future))
         self._wake.set()
         return await future
+
+    def prune(self, node_id: str) -> None:
+        """Forget a lost node (its retention ran out): its row goes, its replicas wait unplaced."""
+        node = self.nodes.get(node_id)
+        if node is not None and not node.live:
+            self._prune.add(node_id)
+            self._wake.set()
 
     def mark_lost(self, node_id: str) -> None:
         node = self.nodes.get(node_id)
@@ -927,9 +978,10 @@ class DeploymentService:
             registrations, self._registrations = self._registrations, []
             statuses, self._statuses = self._statuses, {}
             lost, self._lost = self._lost, set()
+            prune, self._prune = self._prune, set()
             dirty, self._dirty = self._dirty, set()
             try:
-                await self._round_locked(registrations, statuses, lost, dirty, plan_all)
+                await self._round_locked(registrations, statuses, lost, dirty, plan_all, prune)
             except BaseException as e:
                 for registration in registrations:
                     if not registration.future.done():
@@ -945,6 +997,7 @@ class DeploymentService:
         lost: set[str],
         dirty: set[str],
         plan_all: bool,
+        prune: Iterable[str] = (),
     ) -> None:
         """One round. Its writes go in two transactions: first the nodes and the epoch counter, then
         (after the frames left) the replicas. An epoch is thus durable before any node sees it, so
@@ -972,6 +1025,29 @@ class DeploymentService:
                 nodes[node_id] = silent = replace(silent, state="lost", lost_at=now)
                 before.node_updates.append(_node_row(silent))
                 log.warning("node lost", extra={"node": node_id, "node_name": silent.name})
+        for node_id in sorted(set(prune) - welcomed):
+            silent = nodes.get(node_id)
+            if silent is not None and not silent.live:
+                del nodes[node_id]
+                before.node_deletes.append(node_id)
+                log.info("lost node pruned", extra={"node": node_id, "node_name": silent.name})
+                for replica_id in self._by_node.get(node_id, ()):
+                    replica = replicas.get(replica_id)
+                    if replica is None:
+                        continue
+                    # Unassigned, its epoch kept: a copy still running somewhere stays fenced off.
+                    replicas[replica_id] = replace(
+                        replica, node_id=None, status=ReplicaStatus.PENDING, detail="", exit_code=None
+                    )
+                    after.assigns.append(
+                        {
+                            "id": replica_id, "node_id": None, "epoch": replica.epoch,
+                            "status": ReplicaStatus.PENDING.value, "detail": "", "exit_code": None,
+                            "updated_at": now,
+                        }
+                    )  # fmt: skip
+                    touched.add(replica_id)
+                    dirty.add(replica.deployment)
 
         # 2. What the welcomed nodes hold, by the epoch rules.
         for registration, node in ready:
@@ -1034,14 +1110,11 @@ class DeploymentService:
         result = scheduler.Plan((), self.next_epoch)
         everything = plan_all and bool(registrations or lost - welcomed)
         if everything or dirty:
+            planned_namespaces = {d.namespace for d in deployments.values() if everything or d.name in dirty}
+            access, self.pool = await anyio.to_thread.run_sync(self._read_access, planned_namespaces)
+            self.access.update(access)
             views = [
-                NodeView(
-                    n.node_id,
-                    n.labels,
-                    n.capacity,
-                    n.live,
-                    n.node_id in welcomed or self.transport.is_connected(n.node_id),
-                )
+                self.node_view(n, connected=n.node_id in welcomed or self.transport.is_connected(n.node_id))
                 for n in nodes.values()
             ]
             taken: set[str] = set(replicas)
@@ -1052,7 +1125,7 @@ class DeploymentService:
                 return replica_id
 
             result = scheduler.plan(
-                [d.desired() for d in deployments.values()],
+                [d.desired(self.access.get(d.namespace, frozenset())) for d in deployments.values()],
                 replicas.values(),
                 views,
                 next_epoch=self.next_epoch,
@@ -1132,6 +1205,7 @@ class DeploymentService:
             software_version=hello.software_version,
             state="ready",
             created_at=known.created_at if known else now,
+            shared=hello.shared,
             last_seen_at=now,
             lost_at=None,
         )
@@ -1199,12 +1273,36 @@ class DeploymentService:
                 deployments.pop(action.deployment, None)
                 self.logs.forget(action.deployment)
 
+    def _read_access(self, names: Collection[str]) -> tuple[dict[str, frozenset[int]], frozenset[int]]:
+        """Per namespace in `names`, its owner's and members' account ids; and the shared pool's."""
+        found: dict[str, set[int]] = {name: set() for name in names}
+        with self.db.session() as session:
+            for chunk in _chunks(sorted(names), 500):
+                rows = session.execute(
+                    select(Namespace.name, Namespace.owner_id).where(Namespace.name.in_(chunk))
+                )
+                members = session.execute(
+                    select(NamespaceMember.namespace, NamespaceMember.account_id).where(
+                        NamespaceMember.namespace.in_(chunk)
+                    )
+                )
+                for name, account_id in [*rows, *members]:
+                    found[name].add(account_id)
+            pool: frozenset[int] = frozenset()
+            if self.shared_node_owners:
+                pool = frozenset(
+                    session.scalars(select(Account.id).where(Account.name.in_(self.shared_node_owners)))
+                )
+        return {name: frozenset(ids) for name, ids in found.items()}, pool
+
     def _write(self, changes: _Changes) -> None:
         with self.db.session() as session:
             if changes.node_inserts:
                 session.execute(insert(MeshNode), changes.node_inserts)
             if changes.node_updates:
                 session.execute(update(MeshNode), changes.node_updates)
+            for chunk in _chunks(changes.node_deletes, 500):
+                session.execute(delete(MeshNode).where(MeshNode.id.in_(chunk)))
             if changes.statuses:
                 session.execute(update(MeshReplica), changes.statuses)
             if changes.creates:
@@ -1371,6 +1469,7 @@ def _node_row(node: NodeState) -> dict[str, Any]:
         "capacity": node.capacity,
         "software_version": node.software_version,
         "state": node.state,
+        "shared": node.shared,
         "created_at": node.created_at,
         "last_seen_at": node.last_seen_at,
         "lost_at": node.lost_at,

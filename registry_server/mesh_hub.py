@@ -9,7 +9,8 @@ The hub authenticates the upgrade (a token with scope `node` in `Authorization`;
 the upgrade otherwise), hands the hello to the deployment service, which registers the node and
 reconciles what it reports, and sends `welcome`. Liveness: a sweeper declares a node lost when no
 heartbeat came for `grace` seconds (counted from the hub's own start for nodes it has not heard
-from since), closes its connection with 4001 and tells the service, which moves its replicas.
+from since), closes its connection with 4001 and tells the service, which moves its replicas. The
+same sweeper has the service forget a node lost for longer than `lost_node_retention`.
 
 Backpressure: frames for a node wait in its send queue while the socket cannot take more (the
 writer awaits the transport). A node that lets `send_queue_bytes` pile up is too slow or stuck:
@@ -30,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -71,7 +73,7 @@ from mcpz.mesh import (
     truncate_reason,
 )
 from registry_server.auth import Forbidden, Unauthenticated, principal_from_headers, require
-from registry_server.deployments import DeployIntent, DeploymentService, Intent, NodeState
+from registry_server.deployments import DeployIntent, DeploymentService, Intent, NodeState, utcnow
 from registry_server.gateway_calls import CallRouter
 from registry_server.logs import request_id
 from registry_server.state import RegistryState
@@ -118,12 +120,14 @@ class MeshHub:
         hello_timeout: float = 10.0,
         send_queue_bytes: int = SEND_QUEUE_BYTES,
         max_frame: int = MAX_FRAME_SIZE,
+        lost_node_retention: float = 86400.0,
     ) -> None:
         self.state = state
         self.service = service
         self.heartbeat_interval = heartbeat_interval
         self.grace = max(grace, heartbeat_interval)
         self.hello_timeout = hello_timeout
+        self.lost_node_retention = lost_node_retention
         self.send_queue_bytes = send_queue_bytes
         self.max_frame = max_frame
         self.connections: dict[str, NodeConnection] = {}  # welcomed, by node id
@@ -338,8 +342,14 @@ class MeshHub:
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
+            # Lost nodes are kept for a while, as they may come back; a lost_at in the database
+            # survives restarts, so retention counts in wall-clock time.
+            forget_before = utcnow() - timedelta(seconds=self.lost_node_retention)
             for node_id, node in list(self.service.nodes.items()):
                 if not node.live:
+                    if (node.lost_at or node.last_seen_at or node.created_at) < forget_before:
+                        self.last_beat.pop(node_id, None)
+                        self.service.prune(node_id)
                     continue
                 if now - self.last_beat.get(node_id, self.started) > self.grace:
                     conn = self.connections.get(node_id)
@@ -535,13 +545,19 @@ def _url_of(websocket: WebSocket) -> str:
 async def start_mesh(state: RegistryState) -> MeshHub:
     """The hub and its deployment service, started (for the app's lifespan)."""
     settings = state.settings
-    service = DeploymentService(state.db, resync_interval=settings.resync_interval)
+    service = DeploymentService(
+        state.db,
+        resync_interval=settings.resync_interval,
+        shared_nodes=settings.shared_nodes,
+        shared_node_owners=settings.shared_node_owners,
+    )
     hub = MeshHub(
         state,
         service,
         heartbeat_interval=settings.heartbeat_interval,
         grace=settings.heartbeat_grace,
         hello_timeout=settings.hello_timeout,
+        lost_node_retention=settings.lost_node_retention,
     )
     await hub.start()
     _tune_gc()

@@ -1,7 +1,7 @@
 """Tables of the deployment mesh: nodes, deployments, their revisions, replicas, the epoch counter,
 and the deployers' signed statements of each revision.
 
-Schema changes go through Alembic (migrations 0002 and 0005). The tables share `models.Base`, so
+Schema changes go through Alembic (migrations 0002, 0005 and 0006). The tables share `models.Base`, so
 foreign keys to accounts and namespaces resolve. JSON columns are text (the same on SQLite and PostgreSQL).
 """
 
@@ -11,6 +11,7 @@ from datetime import datetime
 
 from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.expression import false
 
 from registry_server.models import Base, UTCDateTime
 
@@ -19,7 +20,8 @@ EPOCH_COUNTER = "epoch"
 
 
 class MeshNode(Base):
-    """A node that said hello at least once. Rows are kept when a node is lost: it may come back."""
+    """A node that said hello at least once. Rows are kept when a node is lost, as it may come back,
+    until the registry's `lost_node_retention` runs out."""
 
     __tablename__ = "mesh_nodes"
 
@@ -31,6 +33,8 @@ class MeshNode(Base):
     capacity: Mapped[int] = mapped_column(Integer)
     software_version: Mapped[str] = mapped_column(String(128), default="")
     state: Mapped[str] = mapped_column(String(16))  # "ready" or "lost"
+    # It said `--shared` in its hello: it runs the deployments of every account, not only its owner's.
+    shared: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     lost_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -111,6 +111,24 @@ def may_publish(session: Session, account_id: int, namespace: str) -> bool:
     return role_of(session, account_id, namespace) in ROLES
 
 
+def colleagues(session: Session, account_id: int) -> set[int]:
+    """The account itself and every account that owns or is a member of a namespace it owns or
+    is a member of: those whose nodes may run its deployments, or it theirs."""
+    mine = (
+        select(Namespace.name)
+        .where(Namespace.owner_id == account_id)
+        .union(select(NamespaceMember.namespace).where(NamespaceMember.account_id == account_id))
+    )
+    names = list(session.scalars(mine))
+    found = {account_id}
+    if names:
+        found.update(session.scalars(select(Namespace.owner_id).where(Namespace.name.in_(names))))
+        found.update(
+            session.scalars(select(NamespaceMember.account_id).where(NamespaceMember.namespace.in_(names)))
+        )
+    return found
+
+
 def _require_manager(session: Session, account: Account, namespace: str) -> Namespace:
     ns = get_namespace(session, namespace)
     if role_of(session, account.id, namespace) != "owner":

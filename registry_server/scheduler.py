@@ -3,9 +3,13 @@
 `plan` takes desired state (one `Desired` per deployment), the replicas that exist and the nodes
 the hub knows, and returns the actions that move actual state one step towards desired state:
 
-- **Placement** spreads a deployment's replicas over *eligible* nodes (live, connected, carrying every
-  label of the selector, with free capacity): fewest replicas of that deployment first, then most
-  free capacity, then node id, so equal inputs give equal plans.
+- **Placement** spreads a deployment's replicas over *eligible* nodes (live, connected, allowed to run
+  it, carrying every label of the selector, with free capacity): fewest replicas of that deployment
+  first, then most free capacity, then node id, so equal inputs give equal plans.
+- **Who a node serves**: a node may run a deployment when its owner (the account whose token
+  connected it) is one of the deployment's `accounts` (its namespace's owner and members), or when
+  the node is `shared`. Replicas on a node that may no longer run them (a member removed, a node no
+  longer shared) are stopped and placed again, so a caller's arguments never cross an outsider's node.
 - **Epochs** are fencing tokens: every assignment of a replica to a node takes the next value of one
   counter (`next_epoch` in, the new high-water mark out), so they only grow; the caller keeps the
   counter in the database.
@@ -50,6 +54,7 @@ __all__ = [
     "apply",
     "plan",
     "reconcile_reports",
+    "unplaced_reason",
 ]
 
 _REMOVAL_RANK = {
@@ -71,9 +76,15 @@ class NodeView:
     capacity: int = 1
     live: bool = True  # not declared lost
     connected: bool = True  # holds a welcomed connection now, so a deploy frame can reach it
+    owner: int | None = None  # the account whose token connected it
+    shared: bool = False  # serves every account's deployments (opted in, or the operator's pool)
 
     def matches(self, selector: Mapping[str, str]) -> bool:
         return all(self.labels.get(key) == value for key, value in selector.items())
+
+    def serves(self, desired: Desired) -> bool:
+        """Whether this node may run `desired`'s replicas at all (whatever its state)."""
+        return self.shared or desired.accounts is None or self.owner in desired.accounts
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +113,8 @@ class Desired:
     # Other revisions whose template equals the target's: their replicas are current too.
     same_as_target: frozenset[int] = frozenset()
     deleted: bool = False
+    # The accounts whose nodes may run it (its namespace's owner and members); None: any node.
+    accounts: frozenset[int] | None = None
 
     def is_current(self, revision: int) -> bool:
         return revision == self.revision or revision in self.same_as_target
@@ -237,6 +250,11 @@ class _Planner:
         node = self.nodes.get(replica.node_id) if replica.node_id is not None else None
         return node is not None and node.live
 
+    def trespassing(self, replica: Replica, desired: Desired) -> bool:
+        """On a known node that may not run `desired` (any more)."""
+        node = self.nodes.get(replica.node_id) if replica.node_id is not None else None
+        return node is not None and not node.serves(desired)
+
     def epoch(self) -> int:
         value = self.next_epoch
         self.next_epoch += 1
@@ -253,7 +271,11 @@ class _Planner:
             self.eligible = {
                 n.node_id
                 for n in self.nodes.values()
-                if n.live and n.connected and n.capacity > 0 and n.matches(desired.selector)
+                if n.live
+                and n.connected
+                and n.capacity > 0
+                and n.serves(desired)
+                and n.matches(desired.selector)
             }
             self.heap = [self.key(n) for n in self.eligible if self.usage[n] < self.nodes[n].capacity]
             heapq.heapify(self.heap)
@@ -318,6 +340,12 @@ class _Planner:
                 self.actions.append(Drop(name))
             return
 
+        # Before anything else: a replica on a node that may not run it goes, serving or not.
+        for replica in sorted(active, key=_by_id):
+            if self.trespassing(replica, desired):
+                self.stop(replica, f"its node {replica.node_id} may not run {name}")
+        active = [r for r in active if not self.trespassing(r, desired)]
+
         current = [r for r in active if desired.is_current(r.revision)]
         old: list[Replica] = []
         for replica in sorted(active, key=_by_id):
@@ -379,6 +407,30 @@ class _Planner:
 
 def _by_id(replica: Replica) -> str:
     return replica.replica_id
+
+
+def unplaced_reason(desired: Desired, nodes: Iterable[NodeView], usage: Mapping[str, int]) -> str:
+    """Why a replica of `desired` has no node, in one line: the first filter that leaves no node.
+
+    `usage` is the number of replicas (any deployment) on each node.
+    """
+    up = [n for n in nodes if n.live and n.connected and n.capacity > 0]
+    if not up:
+        return "waiting for a node: none is connected"
+    namespace = desired.name.split("/")[0]
+    allowed = [n for n in up if n.serves(desired)]
+    if not allowed:
+        return (
+            f"waiting for a node that may run it: none of the connected nodes belongs to the owner or "
+            f'a member of "{namespace}", and none is shared'
+        )
+    matching = [n for n in allowed if n.matches(desired.selector)]
+    if not matching:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(desired.selector.items()))
+        return f"waiting for a node with the labels {labels}: none of the nodes that may run it has them"
+    if all(usage.get(n.node_id, 0) >= n.capacity for n in matching):
+        return "waiting for capacity: every node that may run it is full"
+    return "waiting for an eligible node"
 
 
 # --- what nodes report -------------------------------------------------------------------------

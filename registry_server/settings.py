@@ -32,6 +32,14 @@ class RegistrySettings:
     heartbeat_grace: float = 15.0
     resync_interval: float = 30.0
     hello_timeout: float = 10.0
+    # Who nodes serve: by default a node runs only deployments of namespaces its owner owns or is a
+    # member of. `shared_nodes` makes every node serve every account; `shared_node_owners` makes
+    # the nodes of those accounts a shared pool. `node_admins` (with an `admin` token) see every
+    # node in /v1/nodes. A lost node is forgotten `lost_node_retention` seconds after it was lost.
+    shared_nodes: bool = False
+    shared_node_owners: tuple[str, ...] = ()
+    node_admins: tuple[str, ...] = ()
+    lost_node_retention: float = 86400.0
     # The gateway (/mcp/...): how long one call may take, how many may be in flight (then 503),
     # which browser origins may call it, and how often usage events are written to the database.
     call_timeout: float = 120.0
@@ -54,7 +62,10 @@ class RegistrySettings:
         with (bundled_path("configs") / "registry.toml").open("rb") as f:
             values: dict[str, Any] = tomllib.load(f)
         keys = ("host", "port", "max_push_bytes", "max_request_bytes", "default_token_days")
-        mesh = ("heartbeat_interval", "heartbeat_grace", "resync_interval", "hello_timeout")
+        mesh = (
+            "heartbeat_interval", "heartbeat_grace", "resync_interval", "hello_timeout",
+            "shared_nodes", "shared_node_owners", "node_admins", "lost_node_retention",
+        )  # fmt: skip
         gateway = ("call_timeout", "max_calls_in_flight", "allowed_origins", "usage_flush_interval")
         for key in (*keys, "public_url", "chain_id", "chain_rpc", *mesh, *gateway):
             var = f"MCPZ_REGISTRY_{key.upper()}"
@@ -85,6 +96,12 @@ class RegistrySettings:
                 heartbeat_grace=float(values.get("heartbeat_grace", 15.0)),
                 resync_interval=float(values.get("resync_interval", 30.0)),
                 hello_timeout=float(values.get("hello_timeout", 10.0)),
+                shared_nodes=_flag("shared_nodes", values.get("shared_nodes", False)),
+                shared_node_owners=_names(values.get("shared_node_owners", ())),
+                node_admins=_names(values.get("node_admins", ())),
+                lost_node_retention=_positive(
+                    "lost_node_retention", values.get("lost_node_retention", 86400.0)
+                ),
                 call_timeout=float(values.get("call_timeout", 120.0)),
                 max_calls_in_flight=int(values.get("max_calls_in_flight", 1000)),
                 allowed_origins=_origins(values.get("allowed_origins", ())),
@@ -92,6 +109,31 @@ class RegistrySettings:
             )
         except (KeyError, ValueError) as e:
             raise UsageError(f"invalid registry setting: {e}", hint="check MCPZ_REGISTRY_* variables") from e
+
+
+def _flag(key: str, value: object) -> bool:
+    """A boolean from TOML, or "true"/"false" (also 1/0, yes/no) from the environment."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", ""):
+        return False
+    raise ValueError(f"{key} must be true or false, not {value!r}")
+
+
+def _positive(key: str, value: object) -> float:
+    number = float(value)  # type: ignore[arg-type]
+    if not number > 0 or number == float("inf"):
+        raise ValueError(f"{key} must be a positive number of seconds, not {value!r}")
+    return number
+
+
+def _names(value: object) -> tuple[str, ...]:
+    """Account names as a list (TOML) or a comma-separated string (environment)."""
+    items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+    return tuple(str(item).strip() for item in items if str(item).strip())
 
 
 def _origins(value: object) -> tuple[str, ...]:

@@ -675,7 +675,10 @@ async def test_selector_and_capacity_decide_placement(
         placed = [r for r in view["instances"] if r["node"]]
         assert [r["node_name"] for r in placed] == ["eu", "eu"]
         [waiting] = [r for r in view["instances"] if not r["node"]]
-        assert waiting["status"] == "pending" and "eligible" in waiting["detail"]
+        assert (
+            waiting["status"] == "pending"
+            and waiting["detail"] == "waiting for capacity: every node that may run it is full"
+        )
         assert not us.received(Deploy)
         nodes_view = (await client.get("/v1/nodes")).json()
         assert {n["name"]: n["free"] for n in nodes_view} == {"eu": 0, "us": 8}

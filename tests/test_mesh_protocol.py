@@ -113,6 +113,7 @@ STRATEGIES: dict[str, st.SearchStrategy[Frame]] = {
         replicas=st.lists(replica_reports, max_size=5).map(tuple),
         software_version=visible,
         features=features,
+        shared=st.booleans(),
     ),
     "welcome": st.builds(
         Welcome,
@@ -265,6 +266,8 @@ def test_unknown_fields_are_ignored_and_absent_optional_fields_take_defaults() -
     assert frame == Hello(id=1, node_name="n", capacity=1, software_version="1.0")
     assert isinstance(frame, Hello)
     assert frame.labels == {} and frame.replicas == () and frame.node_id is None
+    assert frame.shared is False  # a node from before --shared serves only its owner
+    assert decode(encode(dataclasses.replace(frame, shared=True))) == dataclasses.replace(frame, shared=True)
 
 
 def test_bytearray_and_memoryview_are_accepted() -> None:
@@ -526,6 +529,8 @@ def test_invalid_deploy_fields_are_refused(path: tuple[str, ...], value: Any) ->
         (Call(id=1, call_id=1, replica_id="r", epoch=1, payload=b"{}"), "payload", {"jsonrpc": "2.0"}),
         (Hello(id=1, node_name="n", capacity=1, software_version="1"), "labels", {"k": "v" * 254}),
         (Hello(id=1, node_name="n", capacity=1, software_version="1"), "node_name", "a\nb"),
+        (Hello(id=1, node_name="n", capacity=1, software_version="1"), "shared", 1),
+        (Hello(id=1, node_name="n", capacity=1, software_version="1"), "shared", "true"),
         (Error(id=1, code="stale-epoch", message="m"), "code", "Stale Epoch"),
     ],
 )

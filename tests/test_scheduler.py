@@ -32,6 +32,7 @@ from registry_server.scheduler import (
     accepts,
     plan,
     reconcile_reports,
+    unplaced_reason,
 )
 
 RUNNING = ReplicaStatus.RUNNING
@@ -176,6 +177,55 @@ def test_removed_deployment_is_dropped_once_its_replicas_are_gone() -> None:
     assert plan([gone], [], nodes, next_epoch=2, new_id=ids()).actions == (Drop("x"),)  # type: ignore[arg-type]
 
 
+# --- who a node serves ------------------------------------------------------------------------------
+
+ALICE, BOB, CAROL = 1, 2, 3
+
+
+def test_a_node_runs_only_deployments_of_its_owners_namespaces_unless_shared() -> None:
+    alice = NodeView("alice-node", capacity=10, owner=ALICE)
+    bob_only = [Desired("bob/agent", 1, 3, accounts=frozenset({BOB}))]
+    result = plan(bob_only, [], [alice], next_epoch=1, new_id=ids())  # type: ignore[arg-type]
+    created = [a.replica for a in result.actions if isinstance(a, Create)]
+    assert len(created) == 3 and all(r.node_id is None for r in created)
+    assert unplaced_reason(bob_only[0], [alice], {}) == (
+        "waiting for a node that may run it: none of the connected nodes belongs to the owner or a "
+        'member of "bob", and none is shared'
+    )
+
+    # A member's node, and a shared node, may run it; Alice's still may not.
+    carol = NodeView("carol-node", capacity=1, owner=CAROL)
+    shared = NodeView("pool-node", capacity=10, owner=ALICE, shared=True)
+    with_carol = [Desired("bob/agent", 1, 3, accounts=frozenset({BOB, CAROL}))]
+    result = plan(with_carol, [], [alice, carol, shared], next_epoch=1, new_id=ids())  # type: ignore[arg-type]
+    placed = Counter(a.replica.node_id for a in result.actions if isinstance(a, Create))
+    assert placed == Counter({"carol-node": 1, "pool-node": 2})
+
+
+def test_a_replica_on_a_node_that_may_no_longer_run_it_is_stopped_and_placed_again() -> None:
+    # Carol was a member of bob's namespace and ran its replica; she no longer is.
+    replicas = {"r1": Replica("r1", "bob/agent", 1, "carol-node", 4, RUNNING)}
+    nodes = [NodeView("carol-node", owner=CAROL), NodeView("bob-node", owner=BOB)]
+    desired = [Desired("bob/agent", 1, 1, accounts=frozenset({BOB}))]
+    first = plan(desired, replicas.values(), nodes, next_epoch=9, new_id=ids())  # type: ignore[arg-type]
+    assert first.actions == (StopReplica("r1", "carol-node", 4, "its node carol-node may not run bob/agent"),)
+    replicas = scheduler.apply(replicas, first.actions)
+    del replicas["r1"]  # carol's node confirmed the stop
+    second = plan(desired, replicas.values(), nodes, next_epoch=9, new_id=ids())  # type: ignore[arg-type]
+    (create,) = second.actions
+    assert isinstance(create, Create) and create.replica.node_id == "bob-node"
+
+
+def test_why_a_replica_waits_names_the_first_missing_condition() -> None:
+    desired = Desired("bob/agent", 1, 1, {"gpu": "a100"}, accounts=frozenset({BOB}))
+    assert unplaced_reason(desired, [], {}) == "waiting for a node: none is connected"
+    assert "none is connected" in unplaced_reason(desired, [NodeView("b", owner=BOB, live=False)], {})
+    bob = NodeView("b", owner=BOB, capacity=1)
+    assert "labels gpu=a100" in unplaced_reason(desired, [bob], {})
+    gpu = replace(bob, labels={"gpu": "a100"})
+    assert "full" in unplaced_reason(desired, [gpu], {"b": 1})
+
+
 def test_next_epoch_must_be_positive() -> None:
     with pytest.raises(ValueError, match="next_epoch"):
         plan([], [], [], next_epoch=0, new_id=ids())  # type: ignore[arg-type]
@@ -203,6 +253,7 @@ class Mesh(RuleBasedStateMachine):
         self.nodes: dict[str, NodeView] = {}
         self.replicas: dict[str, Replica] = {}
         self.desired: dict[str, Desired] = {}
+        self.access = {"x": frozenset({ALICE}), "y": frozenset({BOB})}  # whose nodes may run each
         self.templates: dict[str, dict[int, tuple[str, str | None]]] = {}
         self.world: dict[str, dict[str, Copy]] = {}  # node -> replica -> what it runs
         self.next_epoch = 1
@@ -216,15 +267,35 @@ class Mesh(RuleBasedStateMachine):
     @initialize(n=st.integers(1, 3))
     def start(self, n: int) -> None:
         for _ in range(n):
-            self.add_node(3, "a")
+            self.add_node(3, "a", ALICE, False)
 
     # -- nodes
 
-    @rule(capacity=st.integers(0, 4), zone=st.sampled_from(["a", "b"]))
-    def add_node(self, capacity: int, zone: str) -> None:
+    @rule(
+        capacity=st.integers(0, 4),
+        zone=st.sampled_from(["a", "b"]),
+        owner=st.sampled_from([ALICE, BOB]),
+        shared=st.booleans(),
+    )
+    def add_node(self, capacity: int, zone: str, owner: int, shared: bool) -> None:
         node_id = f"n{len(self.nodes)}"
-        self.nodes[node_id] = NodeView(node_id, {"zone": zone}, capacity)
+        self.nodes[node_id] = NodeView(node_id, {"zone": zone}, capacity, owner=owner, shared=shared)
         self.world[node_id] = {}
+
+    @rule(data=st.data())
+    def unshare(self, data: st.DataObject) -> None:
+        shared = sorted(n for n, v in self.nodes.items() if v.shared)
+        if shared:
+            node_id = data.draw(st.sampled_from(shared))
+            self.nodes[node_id] = replace(self.nodes[node_id], shared=False)
+
+    @rule(name=st.sampled_from(["x", "y"]), accounts=st.sampled_from([{ALICE}, {BOB}, {ALICE, BOB}]))
+    def change_members(self, name: str, accounts: set[int]) -> None:
+        """The namespace of `name` gains or loses a member."""
+        self.access[name] = frozenset(accounts)
+        current = self.desired.get(name)
+        if current is not None:
+            self.desired[name] = replace(current, accounts=self.access[name])
 
     @rule(data=st.data())
     def lose_node(self, data: st.DataObject) -> None:
@@ -366,7 +437,7 @@ class Mesh(RuleBasedStateMachine):
         key = revisions[number]
         same = frozenset(n for n, k in revisions.items() if k == key)
         selector = {"zone": key[1]} if key[1] else {}
-        self.desired[name] = Desired(name, number, replicas, selector, same)
+        self.desired[name] = Desired(name, number, replicas, selector, same, accounts=self.access[name])
 
     # -- the reconciler
 
@@ -441,6 +512,13 @@ class Mesh(RuleBasedStateMachine):
             node = self.nodes[node_id]
             assert node.live and node.connected
             assert node.matches(self.desired[deployment.deployment].selector)
+            assert node.serves(self.desired[deployment.deployment])
+        # After a plan, no replica that is not stopping is left on a node that may not run it.
+        for replica in after.values():
+            desired = self.desired.get(replica.deployment)
+            if replica.stopping or replica.node_id is None or desired is None or desired.deleted:
+                continue
+            assert self.nodes[replica.node_id].serves(desired), replica
         for name, desired in self.desired.items():
             if desired.deleted:
                 continue

@@ -226,6 +226,36 @@ def test_since_and_until_select_by_start_time(world: World) -> None:
     assert "7d" in bad.json()["error"]["hint"]
 
 
+OUT_OF_RANGE = [
+    "99999999999999w",  # an age before year 1
+    "0001-01-01T00:00:00+05:00",  # year 0 in UTC
+    "9999-12-31T23:59:59-05:00",  # year 10000 in UTC
+    "1e300",  # Unix seconds
+    "-1e300",
+    "inf",
+]
+
+
+@pytest.mark.parametrize("which", ["since", "until"])
+def test_out_of_range_times_are_a_400_with_one_line(world: World, which: str) -> None:
+    call(world, "acme")
+    for text in OUT_OF_RANGE:
+        answer = world.get(world.acme, **{which: text})
+        assert answer.status_code == 400, (text, answer.text)
+        error = answer.json()["error"]
+        assert (
+            error["message"]
+            == f'"{text}" is out of range: a time must fall between the years 1 and 9999 in UTC'
+        )
+        assert "\n" not in error["message"]
+    long = world.get(world.acme, **{which: "9" * 5000 + "w"})
+    assert long.status_code == 400 and "too long" in long.json()["error"]["message"]
+    # The edges themselves are times, and the registry kept serving.
+    edges = world.get(world.acme, since="0001-01-01T00:00:00Z", until="9999-12-31T23:59:59Z")
+    assert edges.status_code == 200, edges.text
+    assert edges.json()["summary"][0]["calls"] == 1
+
+
 def test_events_lists_the_newest_raw_events(world: World) -> None:
     now_us = time.time_ns() // 1000
     made = [call(world, "acme", started_us=now_us - n * 1_000_000) for n in range(5)]
@@ -282,6 +312,12 @@ def test_cli_usage_json_and_table(world: World, cli: Any) -> None:
     result = cli("usage", "--since", "last week", *registry)
     assert result.exit_code == 2
     assert 'error: "last week" is not a time' in result.stderr
+    for option in ("--since", "--until"):
+        for text in ("99999999999999w", "0001-01-01T00:00:00+05:00"):
+            result = cli("usage", option, text, *registry)
+            assert result.exit_code == 2, (option, text, result.stderr)
+            assert result.stderr.startswith(f'error: "{text}" is out of range'), result.stderr
+            assert "Traceback" not in result.stderr
 
     result = cli("usage", "--agent", "acme/echo", "--registry", world.reg.url, "--token", world.other)
     assert result.exit_code == 4

@@ -320,14 +320,15 @@ def deployments(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
 
 @app.command("nodes")
 def nodes(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
-    """Nodes of the mesh: state, labels, replicas and capacity, load."""
+    """Nodes that may run your deployments (yours, your namespaces' members', shared ones): owner,
+    state, labels, replicas and capacity, load."""
     views = _client_call(registry, token, "nodes")
 
     def render(console: Console) -> None:
         if not views:
             console.print("no nodes (start one with `mcpz node run`)")
             return
-        table = Table("id", "name", "state", "replicas", "labels", "cpu", "memory", box=None)
+        table = Table("id", "name", "owner", "state", "replicas", "labels", "cpu", "memory", box=None)
         for n in views:
             state = n["state"] if n["connected"] or n["state"] == "lost" else f"{n['state']} (disconnected)"
             labels = ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items()))
@@ -339,6 +340,7 @@ def nodes(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
             table.add_row(
                 n["id"],
                 n["name"],
+                n.get("owner", "") + (" (shared)" if n.get("shared") else ""),
                 state,
                 f"{n['replicas']}/{n['capacity']}",
                 labels,

@@ -100,11 +100,22 @@ def run_node(
             "be signed by its namespace's key.",
         ),
     ] = False,
+    shared: Annotated[
+        bool,
+        typer.Option(
+            "--shared",
+            help="Run the deployments of every account on the registry, not only those of namespaces "
+            "the token's account owns or is a member of. Their callers' arguments and results pass "
+            "through this machine.",
+        ),
+    ] = False,
 ) -> None:
     """Connect to a registry and run the replicas it deploys here, until interrupted.
 
-    The token needs scope `node` (create one with `mcpz keys create --scope node`). Ctrl-C or
-    SIGTERM stops every replica (SIGTERM, then SIGKILL after --stop-grace) and disconnects.
+    The token needs scope `node` (create one with `mcpz keys create --scope node`). The node runs
+    only deployments of namespaces the token's account owns or is a member of, unless --shared (or
+    the registry's shared pool) says otherwise. Ctrl-C or SIGTERM stops every replica (SIGTERM, then
+    SIGKILL after --stop-grace) and disconnects.
     """
     import socket
 
@@ -128,6 +139,7 @@ def run_node(
         ca_file=ca_file,
         stop_grace=stop_grace,
         allow_unsigned=allow_unsigned,
+        shared=shared,
     )
     node = Node(config)
     output = out()

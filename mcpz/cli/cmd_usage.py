@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -13,31 +12,18 @@ from rich.table import Table
 from mcpz.cli.app import app
 from mcpz.cli.common import RegistryOpt, TokenOpt, call_registry
 from mcpz.cli.output import out
-from mcpz.errors import UsageError
+from mcpz.instants import parse_instant
 from mcpz.names import AgentName
-
-_AGE = re.compile(r"(\d+)\s*([smhdw])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_since(text: str, now: datetime | None = None) -> str:
-    """`30m`, `1h`, `7d` (before now) or an ISO 8601 date/time -> an ISO 8601 instant in UTC.
+    """`30m`, `1h`, `7d` (before now), Unix seconds, or an ISO 8601 date/time -> an ISO 8601 instant
+    in UTC; UsageError (exit 2) for anything else, out-of-range times included.
 
-    Ages are turned into instants here, so "the last hour" is the user's hour, not the server's.
+    Ages are turned into instants here, so "the last hour" is the user's hour, not the server's; a
+    date or time without a zone is the user's local time.
     """
-    now = now or datetime.now(UTC)
-    value = text.strip()
-    age = _AGE.fullmatch(value.lower())
-    if age:
-        return (now - timedelta(seconds=int(age.group(1)) * _UNITS[age.group(2)])).isoformat()
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise UsageError(
-            f'"{text}" is not a time', hint="use an age such as 30m, 1h, 7d, or an ISO date: 2025-01-31T12:00"
-        ) from None
-    # A date or time without a zone is the user's local time.
-    return (moment.astimezone() if moment.tzinfo is None else moment).astimezone(UTC).isoformat()
+    return parse_instant(text, now or datetime.now(UTC), naive=None).isoformat()
 
 
 @app.command("usage")

@@ -232,6 +232,8 @@ class Hello(Frame):
     replicas: Annotated[tuple[ReplicaReport, ...], Items(MAX_REPLICAS)] = ()
     software_version: VersionText
     features: Features = ()
+    # Opted in to run any account's deployments, not only those of its owner's namespaces.
+    shared: bool = False
 
 
 @_frame

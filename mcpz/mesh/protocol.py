@@ -267,6 +267,18 @@ class _Float(_Conv):
             raise _Invalid(f"{value} is outside {self.low:g}..{self.high:g}") from None
 
 
+class _Bool(_Conv):
+    """A msgpack boolean; 0 and 1 are integers, not booleans."""
+
+    def decode(self, value: object) -> bool:
+        if type(value) is not bool:
+            raise _Invalid(f"expected a boolean, got {_kind(value)}")
+        return value
+
+    def encode(self, value: object) -> object:
+        return self.decode(value)
+
+
 class _Bin(_Conv):
     def decode(self, value: object) -> bytes:
         if type(value) is not bytes:
@@ -489,6 +501,8 @@ def _converter(hint: Any) -> _Conv:
         if not isinstance(key, _Str):
             raise TypeError(f"map keys must be strings: {hint!r}")
         return _Map(key, _converter(args[1]), need(Items))
+    if hint is bool:
+        return _Bool()
     if hint is str:
         return _Str(need(Text))
     if hint is int:

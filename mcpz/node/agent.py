@@ -106,6 +106,7 @@ class NodeConfig:
     open_timeout: float = 10.0
     environ: Mapping[str, str] | None = field(default=None, repr=False)  # replicas' base (os.environ)
     allow_unsigned: bool = False  # run releases without signatures (a wrong signature is still refused)
+    shared: bool = False  # offer this node to every account's deployments, not only its owner's
 
 
 def mesh_url(registry: str) -> str:
@@ -153,6 +154,7 @@ def hello_frame(config: NodeConfig, state: NodeState, frame_id: int = 1) -> Hell
         capacity=config.capacity,
         replicas=state.reports(),
         software_version=__version__,
+        shared=config.shared,
     )
 
 
