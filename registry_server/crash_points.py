@@ -16,6 +16,7 @@ STEPS = (
     "after-unpack",
     "after-checks",
     "after-db-flush",
+    "mid-packs-moved",
     "after-packs-moved",
     "after-refs-moved",
     "after-db-commit",

@@ -233,6 +233,7 @@ class RegistryReceivePack(ReceivePackHandler):  # type: ignore[misc]
                 target = objects / "pack" / path.name
                 os.replace(path, target)
                 moved.append(target)
+                crash_point("mid-packs-moved")
         return moved
 
     def _move_refs(self, updates: list[RefUpdate], done: list[RefUpdate]) -> None:

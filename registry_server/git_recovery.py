@@ -6,8 +6,9 @@ before serving, every repository is brought back to a state a push could have le
 
 - a `v*` tag with no release row is an interrupted push: the tag is removed (the version is
   absent and can be pushed again; its objects stay unreferenced, so nothing can fetch them);
-- quarantines (`objects/incoming-*`) and ref lock files (`*.lock`) are removed: no push of this
-  process is running yet, and each repository is held under its writer lock while it is cleaned;
+- quarantines (`objects/incoming-*`) no running push holds, git lock files (`*.lock`) and packs
+  whose move was cut short (no `.idx`) are removed: each repository is cleaned under its writer
+  lock, which every push holds while it moves packs and refs;
 - a repository with no refs (made by a push that was refused, abandoned or killed) is removed.
 
 A release row whose tag is missing is left alone: the push that wrote it had moved its tag
@@ -43,11 +44,13 @@ class Recovery:
     orphan_tags: list[str] = field(default_factory=list)
     quarantines: list[str] = field(default_factory=list)
     lock_files: list[str] = field(default_factory=list)
+    partial_packs: list[str] = field(default_factory=list)
     empty_repositories: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
-        return bool(self.orphan_tags or self.quarantines or self.lock_files or self.empty_repositories)
+        removed = (self.orphan_tags, self.quarantines, self.lock_files, self.partial_packs)
+        return any(removed) or bool(self.empty_repositories)
 
 
 def quarantine_in_use(path: Path) -> bool:
@@ -82,6 +85,18 @@ def _stale_locks(repo_path: Path) -> list[Path]:
     if refs.is_dir():
         found += [p for p in refs.rglob("*.lock") if p.is_file()]
     return sorted(found)
+
+
+def _remove_partial_packs(repo_path: Path) -> list[Path]:
+    # A push moves a pack's .idx last; without it git and dulwich ignore the pack, so a pack
+    # whose move was cut short is only dead weight.
+    pack_dir = repo_path / "objects" / "pack"
+    removed = []
+    for path in sorted(pack_dir.glob("pack-*")):
+        if path.suffix in (".pack", ".rev") and not path.with_suffix(".idx").exists():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def _release_versions(db: Database) -> dict[str, set[str]]:
@@ -156,6 +171,7 @@ def recover(repos: RepoStore, db: Database) -> Recovery:
             for lock in _stale_locks(path):
                 lock.unlink(missing_ok=True)
                 report.lock_files.append(str(lock))
+            report.partial_packs += [str(p) for p in _remove_partial_packs(path)]
             repo = repos.open(name)
             if repo is None:
                 continue
@@ -179,6 +195,7 @@ def recover(repos: RepoStore, db: Database) -> Recovery:
                 "removed_release_tags": report.orphan_tags,
                 "removed_quarantines": len(report.quarantines),
                 "removed_lock_files": report.lock_files,
+                "removed_partial_packs": len(report.partial_packs),
                 "removed_empty_repositories": report.empty_repositories,
             },
         )

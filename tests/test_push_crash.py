@@ -15,13 +15,13 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import isolate
-from gitutil import api, bare_path, git, init_agent, ls_remote, quarantines, release_rows
+from gitutil import api, bare_path, git, init_agent, ls_remote, quarantines, release_rows, set_version
 from meshutil import until
 
 from registry_server.crash_points import STEPS
@@ -38,6 +38,7 @@ class RegistryProcess:
 
     data_dir: Path
     log: Path
+    database: str | None = None  # SQLite in the data folder unless a PostgreSQL URL is given
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
 
@@ -47,7 +48,7 @@ class RegistryProcess:
 
     @property
     def database_url(self) -> str:
-        return f"sqlite:///{self.data_dir / 'registry.db'}"
+        return self.database or f"sqlite:///{self.data_dir / 'registry.db'}"
 
     def git_url(self, name: str, token: str | None = None) -> str:
         base = self.url if token is None else self.url.replace("http://", f"http://mcpz:{token}@")
@@ -58,6 +59,8 @@ class RegistryProcess:
 
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if k != "MCPZ_TEST_CRASH_AT"}
+        if self.database:
+            env["MCPZ_DATABASE_URL"] = self.database
         if crash_at:
             env["MCPZ_TEST_CRASH_AT"] = crash_at
         argv = [sys.executable, "-m", "mcpz", "registry", "serve", "--data", str(self.data_dir)]
@@ -100,29 +103,43 @@ class Setup:
     tmp: Path
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    """One data folder and account for every step; each step pushes its own agent."""
+def _work(tmp: Path, name: str) -> Path:
+    return tmp / name.replace("/", "-") / "work"
+
+
+def _prepare(registry: RegistryProcess, tmp: Path, known: Sequence[str] = ()) -> Setup:
+    """Start once to create and migrate the database, make the account, push the `known`
+    agents' main branch (no release yet), stop."""
     from registry_server import accounts, tokens
     from registry_server.db import Database
 
+    registry.start()
+    db = Database(registry.database_url)
+    try:
+        with db.session() as session:
+            account = accounts.create_account(session, "acme")
+            _row, token = accounts.create_token(
+                session, account, tokens.parse_scopes("read,publish"), expires_in=None
+            )
+    finally:
+        db.dispose()
+    for name in known:
+        work = _work(tmp, name)
+        init_agent(work, name, "0.0.1")
+        git("push", registry.git_url(name, token), "main", cwd=work)
+    registry.stop()
+    return Setup(registry, token, tmp)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    """One data folder and account for every step; each step pushes its own agent."""
     tmp = tmp_path_factory.mktemp("crash")
     with pytest.MonkeyPatch.context() as mp:
         isolate(mp, tmp_path_factory.mktemp("home"))
         registry = RegistryProcess(tmp / "registry", tmp / "registry.log")
-        registry.start()  # creates and migrates the database
-        db = Database(registry.database_url)
         try:
-            with db.session() as session:
-                account = accounts.create_account(session, "acme")
-                _row, token = accounts.create_token(
-                    session, account, tokens.parse_scopes("read,publish"), expires_in=None
-                )
-        finally:
-            db.dispose()
-        registry.stop()
-        try:
-            yield Setup(registry, token, tmp)
+            yield _prepare(registry, tmp, known=[f"acme/known-{step}" for step in STEPS])
         finally:
             registry.stop()
 
@@ -139,11 +156,34 @@ def _published(registry: RegistryProcess, name: str, commit: str, where: Path) -
 
 
 @pytest.mark.parametrize("step", STEPS)
-def test_a_push_killed_at_any_step_leaves_the_version_published_or_absent(setup: Setup, step: str) -> None:
+def test_a_release_push_killed_at_any_step_leaves_it_published_or_absent(setup: Setup, step: str) -> None:
+    # The agent's repository exists (its branch was pushed); the push adds a commit and v0.1.0.
+    _crash_and_check(setup, f"acme/known-{step}", step)
+
+
+@pytest.mark.parametrize("step", ["mid-packs-moved", "after-refs-moved", "after-db-commit"])
+def test_the_first_push_of_a_new_agent_killed_leaves_it_published_or_absent(setup: Setup, step: str) -> None:
+    _crash_and_check(setup, f"acme/new-{step}", step)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("step", ["after-refs-moved", "after-db-commit"])
+def test_the_same_on_postgresql_around_the_commit(postgres_url: str, tmp_path: Path, step: str) -> None:
+    registry = RegistryProcess(tmp_path / "registry", tmp_path / "registry.log", database=postgres_url)
+    try:
+        name = "acme/known"
+        _crash_and_check(_prepare(registry, tmp_path, known=[name]), name, step)
+    finally:
+        registry.stop()
+
+
+def _crash_and_check(setup: Setup, name: str, step: str) -> None:
     registry, token = setup.registry, setup.token
-    name = f"acme/crash-{step}"
-    work = setup.tmp / step / "work"
-    head = init_agent(work, name, "0.1.0")
+    work = _work(setup.tmp, name)
+    if work.exists():
+        head = set_version(work, "0.1.0", name)
+    else:
+        head = init_agent(work, name, "0.1.0")
     git("tag", "v0.1.0", cwd=work)
 
     registry.start(crash_at=step)
@@ -157,8 +197,15 @@ def test_a_push_killed_at_any_step_leaves_the_version_published_or_absent(setup:
 
     registry.start()
     try:
+        # Nothing half done is left: no quarantine, lock file or pack without its index.
+        repo = bare_path(registry, name)
+        assert quarantines(registry, name) == []
+        assert sorted(repo.rglob("*.lock")) == []
+        packs = repo / "objects" / "pack"
+        assert [p for p in packs.glob("pack-*.pack") if not p.with_suffix(".idx").exists()] == []
         refs = ls_remote(registry.git_url(name))
-        if _published(registry, name, head, setup.tmp / step / "clone"):
+        clone = work.parent / "clone"
+        if _published(registry, name, head, clone):
             outcome = "published"
             assert refs.get("refs/tags/v0.1.0") == head
             again = git("push", registry.git_url(name, token), "main", "v0.1.0", cwd=work, check=False)
@@ -169,12 +216,10 @@ def test_a_push_killed_at_any_step_leaves_the_version_published_or_absent(setup:
             assert release_rows(registry, name) == []
             again = git("push", registry.git_url(name, token), "main", "v0.1.0", cwd=work, check=False)
             assert again.returncode == 0, again.stderr
-            assert "published acme/crash" in again.stderr, again.stderr
-            assert _published(registry, name, head, setup.tmp / step / "clone")
+            assert f"published {name} 0.1.0" in again.stderr, again.stderr
+            assert _published(registry, name, head, clone)
         assert outcome == EXPECTED[step]
         assert release_rows(registry, name) == [("0.1.0", head)]
         assert quarantines(registry, name) == []
-        leftovers = [p for p in bare_path(registry, name).rglob("*.lock")]
-        assert leftovers == []
     finally:
         registry.stop()
