@@ -33,7 +33,7 @@ from dulwich.objects import ShaFile
 from dulwich.protocol import SIDE_BAND_CHANNEL_PROGRESS
 from dulwich.server import ReceivePackHandler
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from mcpz.errors import RefusedError
@@ -215,7 +215,15 @@ class RegistryReceivePack(ReceivePackHandler):  # type: ignore[misc]
                 locked = os.path.relpath(os.fsdecode(e.filename), self.repo.path)
                 raise RefusedError(f"{locked} is locked on the registry; retry later") from e
             crash_point("after-refs-moved")
-            session.commit()
+            try:
+                session.commit()
+            except SQLAlchemyError as e:
+                # Taken as not done: the refs go back, so the version stays absent (an error
+                # after the database did commit would leave a release whose tag a re-push restores).
+                # The driver's own error: SQLAlchemy's text would add the statement's parameters.
+                error = repr(getattr(e, "orig", None) or e)
+                log.warning("could not record a push", extra={"agent": self.ctx.name, "error": error})
+                raise RefusedError("the registry could not record this push; nothing changed, retry") from e
         except BaseException:
             self._undo_refs(done)
             # Nothing points at them any more: take them out again so nothing is readable.

@@ -225,3 +225,56 @@ def test_releases_whose_repository_is_gone_survive_a_restart(reg: Restartable, t
     # The original code can be pushed again, and its tag is back.
     git("push", live.git_url(NAME, token), "main", "v0.1.0", cwd=tmp_path / "work")
     assert ls_remote(live.git_url(NAME))["refs/tags/v0.1.0"] == first
+
+
+@pytest.mark.postgres
+def test_a_push_whose_database_commit_fails_is_refused_and_changes_nothing(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    from sqlalchemy import create_engine, text
+
+    live = start_registry(tmp_path / "registry", postgres_url)
+    engine = create_engine(postgres_url)
+    try:
+        token = live.account("acme")
+        work = tmp_path / "work"
+        first = _publish(live, work, token)
+        # A real failure at COMMIT (as a full disk or a lost connection would give): a deferred
+        # constraint trigger that refuses every new release row only when the transaction commits.
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "CREATE FUNCTION refuse_release() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN RAISE EXCEPTION 'no space left (test)'; END $$"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE CONSTRAINT TRIGGER refuse_release AFTER INSERT ON releases "
+                    "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_release()"
+                )
+            )
+        head = set_version(work, "0.2.0", NAME)
+        git("tag", "v0.2.0", cwd=work)
+        done = git("push", live.git_url(NAME, token), "main", "v0.2.0", cwd=work, check=False)
+        assert done.returncode != 0
+        assert "[remote rejected]" in done.stderr, done.stderr
+        assert "could not record this push" in done.stderr
+        assert "no space left" not in done.stderr  # database errors stay in the server's log
+        assert ls_remote(live.git_url(NAME)) == {
+            "HEAD": first,
+            "refs/heads/main": first,
+            "refs/tags/v0.1.0": first,
+        }
+        assert release_rows(live, NAME) == [("0.1.0", first)]
+        assert readable(live, NAME, objects_of(work, head, exclude=[first])) == []
+        assert api(live, "/healthz").status_code == 200
+
+        with engine.begin() as conn:
+            conn.execute(text("DROP TRIGGER refuse_release ON releases"))
+        again = git("push", live.git_url(NAME, token), "main", "v0.2.0", cwd=work, check=False)
+        assert again.returncode == 0, again.stderr
+        assert release_rows(live, NAME) == [("0.1.0", first), ("0.2.0", head)]
+    finally:
+        engine.dispose()
+        live.stop()
