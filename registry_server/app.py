@@ -113,6 +113,8 @@ def create_app(settings: RegistrySettings, state: RegistryState | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = state is None
         app.state.registry = RegistryState.open(settings) if own else state
+        # Before serving: undo what a killed registry left half done (docs/registry.md).
+        app.state.registry.recover()
         app.state.index_cache = api._IndexCache()
         # Usage recording starts before the mesh and stops after it, so calls in flight at
         # shutdown still record their events.

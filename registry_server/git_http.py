@@ -18,14 +18,17 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 from dulwich.protocol import ReceivableProtocol, pkt_line
+from dulwich.repo import MemoryRepo
 from dulwich.server import Backend
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from mcpz.names import name_problem
 from registry_server.auth import Forbidden, Unauthenticated, principal_from_headers, require
 from registry_server.git_receive import PushContext, RegistryReceivePack
+from registry_server.git_recovery import remove_if_empty
 from registry_server.pack_reuse import ReusingUploadPackHandler
 from registry_server.state import RegistryState
 
@@ -153,11 +156,12 @@ async def info_refs(namespace: str, name: str, request: Request, service: str = 
             require(principal, "publish", agent.split("/")[0], db=state.db)
     except (Unauthenticated, Forbidden) as e:
         return _auth_error(e)
-    repo = state.repos.open(agent)
+    repo: Any = state.repos.open(agent)
     if repo is None:
         if service == "git-upload-pack":
             return PlainTextResponse(f"no agent {agent}\n", status_code=404)
-        repo = state.repos.create(agent)
+        # A push to a new name: advertise no refs; the repository is made once the push comes.
+        repo = MemoryRepo()
     prefix = pkt_line(f"# service={service}\n".encode()) + pkt_line(None)
 
     def run(write: Callable[[bytes], int]) -> None:
@@ -213,9 +217,12 @@ async def receive_pack(namespace: str, name: str, request: Request) -> Response:
         return _auth_error(e)
     if request.headers.get("content-type") != "application/x-git-receive-pack-request":
         return PlainTextResponse("invalid content type\n", status_code=415)
-    repo = state.repos.open(agent) or state.repos.create(agent)
     # Ref commands plus the pack; the pack's own limit is enforced while it is indexed.
-    body, _over = await _spool_body(request, state.settings.max_push_bytes + 1024 * 1024)
+    try:
+        body, _over = await _spool_body(request, state.settings.max_push_bytes + 1024 * 1024)
+    except ClientDisconnect:
+        # An abandoned push: nobody reads this answer, and nothing of it was kept.
+        return Response(status_code=400)
     ctx = PushContext(
         name=agent,
         principal=principal,
@@ -226,11 +233,20 @@ async def receive_pack(namespace: str, name: str, request: Request) -> Response:
     )
 
     def run(write: Callable[[bytes], int]) -> None:
+        # Made only once the whole body is here, so a client that goes away leaves nothing behind;
+        # held while in use, so that another push's clean-up below leaves it alone.
+        state.repos.hold(agent)
         try:
-            proto = ReceivableProtocol(body.read, write)
-            RegistryReceivePack(_Backend(repo), [agent], proto, ctx=ctx, stateless_rpc=True).handle()
+            repo = state.repos.create(agent)
+            try:
+                proto = ReceivableProtocol(body.read, write)
+                RegistryReceivePack(_Backend(repo), [agent], proto, ctx=ctx, stateless_rpc=True).handle()
+            finally:
+                repo.close()
         finally:
-            repo.close()
             body.close()
+            state.repos.release(agent)
+            # A refused or broken push to a new name leaves no empty repository behind.
+            remove_if_empty(state.repos, agent)
 
     return GitResponse("application/x-git-receive-pack-result", run)

@@ -4,13 +4,19 @@ Dulwich writes an incoming pack straight into the repository and has no quaranti
 handler replaces its pack application: the pack is indexed into `objects/incoming-*` (an
 object store whose alternate is the repository, so thin packs resolve), every object is checked
 (registry_server.pack_checks) and every ref update is decided (registry_server.releases). Only
-when all of that passes are the pack files moved in, the releases recorded and the refs moved;
+when all of that passes are the pack files moved in, the refs moved and the releases committed;
 otherwise the quarantine is deleted and nothing of the push can be read. A push is all or
 nothing (git's `--atomic`), which is what makes "nothing readable" hold.
+
+The database commit comes last because it is what publishes: a kill before it leaves at most
+release tags with no release row, which start-up recovery removes (registry_server.git_recovery;
+docs/registry.md, "Crash recovery"). `registry_server.crash_points` lets tests kill the process
+at each step.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import secrets
@@ -21,17 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from dulwich.errors import ObjectFormatException
+from dulwich.file import FileLocked
 from dulwich.object_store import DiskObjectStore, PackInputTooLarge
 from dulwich.objects import ShaFile
 from dulwich.protocol import SIDE_BAND_CHANNEL_PROGRESS
 from dulwich.server import ReceivePackHandler
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from mcpz.errors import RefusedError
 from registry_server.accounts import Principal, now
+from registry_server.crash_points import crash_point
 from registry_server.db import Database
+from registry_server.git_recovery import QUARANTINE_LOCK
 from registry_server.git_storage import RepoStore
 from registry_server.models import Agent
 from registry_server.pack_checks import RawObject, check_objects, human_size, pack_objects, store_lookup
@@ -85,13 +94,17 @@ class RegistryReceivePack(ReceivePackHandler):  # type: ignore[misc]
         updates = [RefUpdate(old, new, ref) for old, new, ref in refs]
         main_store: DiskObjectStore = self.repo.object_store
         quarantine = Path(main_store.path) / f"incoming-{secrets.token_hex(8)}"
+        quarantine.mkdir()
         stores: list[DiskObjectStore] = []
-        try:
-            yield from self._apply_in_quarantine(updates, main_store, quarantine, stores)
-        finally:
-            for store in stores:
-                store.close()
-            shutil.rmtree(quarantine, ignore_errors=True)
+        # Held while the push runs, so that start-up recovery of another process leaves it be.
+        with open(quarantine / QUARANTINE_LOCK, "wb") as held:
+            fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+            try:
+                yield from self._apply_in_quarantine(updates, main_store, quarantine, stores)
+            finally:
+                for store in stores:
+                    store.close()
+                shutil.rmtree(quarantine, ignore_errors=True)
 
     def _refuse_all(
         self, updates: list[RefUpdate], reasons: list[str | None] | str
@@ -127,6 +140,7 @@ class RegistryReceivePack(ReceivePackHandler):  # type: ignore[misc]
                 yield from self._refuse_all(updates, "unpack failed")
                 return
             new_objects = list(pack_objects(pack))
+        crash_point("after-unpack")
         yield b"unpack", b"ok"
 
         def lookup(sha: bytes) -> ShaFile | None:
@@ -148,6 +162,7 @@ class RegistryReceivePack(ReceivePackHandler):  # type: ignore[misc]
             more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
             yield from self._refuse_all(updates, f"rejected: {first}{more}")
             return
+        crash_point("after-checks")
 
         ctx = self.ctx
         with ctx.repos.lock(ctx.name):
@@ -169,24 +184,52 @@ class RegistryReceivePack(ReceivePackHandler):  # type: ignore[misc]
                         return
                     agent = _agent_row(session, ctx.name)
                     record_releases(session, agent, ctx.principal.account_id, plan.releases)
-                    moved = self._move_packs(quarantine, Path(main_store.path))
-                    try:
-                        self._move_refs(updates)
-                    except BaseException:
-                        # Nothing points at them: take them out again so nothing is readable.
-                        for path in reversed(moved):
-                            path.unlink(missing_ok=True)
-                        raise
+                    crash_point("after-db-flush")
+                    self._apply(updates, quarantine, Path(main_store.path), session)
                     self.published = [r.version for r in plan.releases]
             except RefusedError as e:
                 yield from self._refuse_all(updates, e.message)
                 return
+            crash_point("after-db-commit")
         for version in self.published:
             self._say(f"published {ctx.name} {version}")
         if ctx.on_published and self.published:
             ctx.on_published(ctx.name, self.published)
         for update in updates:
             yield update.ref, b"ok"
+
+    def _apply(self, updates: list[RefUpdate], quarantine: Path, objects: Path, session: Session) -> None:
+        """Packs in, refs moved, then the release rows committed: the commit is the publication.
+
+        A crash before the commit leaves refs the index does not know; start-up recovery removes
+        their release tags (registry_server.git_recovery). A failure here undoes refs and packs.
+        """
+        moved = self._move_packs(quarantine, objects)
+        crash_point("after-packs-moved")
+        done: list[RefUpdate] = []
+        try:
+            try:
+                self._move_refs(updates, done)
+            except FileLocked as e:
+                # Only a git process outside the registry (or a crash, cleared at start-up) holds one.
+                locked = os.path.relpath(os.fsdecode(e.filename), self.repo.path)
+                raise RefusedError(f"{locked} is locked on the registry; retry later") from e
+            crash_point("after-refs-moved")
+            try:
+                session.commit()
+            except SQLAlchemyError as e:
+                # Taken as not done: the refs go back, so the version stays absent (an error
+                # after the database did commit would leave a release whose tag a re-push restores).
+                # The driver's own error: SQLAlchemy's text would add the statement's parameters.
+                error = repr(getattr(e, "orig", None) or e)
+                log.warning("could not record a push", extra={"agent": self.ctx.name, "error": error})
+                raise RefusedError("the registry could not record this push; nothing changed, retry") from e
+        except BaseException:
+            self._undo_refs(done)
+            # Nothing points at them any more: take them out again so nothing is readable.
+            for path in reversed(moved):
+                path.unlink(missing_ok=True)
+            raise
 
     @staticmethod
     def _move_packs(quarantine: Path, objects: Path) -> list[Path]:
@@ -198,30 +241,33 @@ class RegistryReceivePack(ReceivePackHandler):  # type: ignore[misc]
                 target = objects / "pack" / path.name
                 os.replace(path, target)
                 moved.append(target)
+                crash_point("mid-packs-moved")
         return moved
 
-    def _move_refs(self, updates: list[RefUpdate]) -> None:
-        done: list[RefUpdate] = []
-        try:
-            for update in updates:
-                if update.new == ZERO:
-                    ok = self.repo.refs.remove_if_equals(update.ref, update.old)
-                elif update.old == ZERO:
-                    ok = self.repo.refs.add_if_new(update.ref, update.new)
-                else:
-                    ok = self.repo.refs.set_if_equals(update.ref, update.old, update.new)
-                if not ok:
-                    raise RefusedError(
-                        f"{update.ref.decode(errors='replace')} changed during the push; retry"
-                    )
-                done.append(update)
-        except BaseException:
-            for update in reversed(done):
-                if update.old == ZERO:
-                    self.repo.refs.remove_if_equals(update.ref, update.new)
-                else:
-                    self.repo.refs.set_if_equals(update.ref, update.new, update.old)
-            raise
+    def _move_refs(self, updates: list[RefUpdate], done: list[RefUpdate]) -> None:
+        for update in updates:
+            if update.new == ZERO:
+                ok = self.repo.refs.remove_if_equals(update.ref, update.old)
+            elif update.old == ZERO:
+                ok = self.repo.refs.add_if_new(update.ref, update.new)
+            else:
+                ok = self.repo.refs.set_if_equals(update.ref, update.old, update.new)
+            if not ok:
+                raise RefusedError(f"{update.ref.decode(errors='replace')} changed during the push; retry")
+            done.append(update)
+        self._point_head(updates)
+
+    def _undo_refs(self, done: list[RefUpdate]) -> None:
+        for update in reversed(done):
+            if update.old == ZERO:
+                self.repo.refs.remove_if_equals(update.ref, update.new)
+            elif update.new == ZERO:
+                self.repo.refs.add_if_new(update.ref, update.old)
+            else:
+                self.repo.refs.set_if_equals(update.ref, update.new, update.old)
+
+    def _point_head(self, updates: list[RefUpdate]) -> None:
+        # A new repository's HEAD names main; when the first push has no main, name its branch.
         head = self.repo.refs.read_ref(b"HEAD")
         target = head[len(b"ref: ") :] if head and head.startswith(b"ref: ") else None
         if target is not None and target not in self.repo.refs.as_dict():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import os
@@ -21,6 +22,24 @@ _thread_locks_guard = threading.Lock()
 class RepoStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+        # Pushes of this process between opening a repository and finishing with it: an empty
+        # repository is only removed when none is (registry_server.git_recovery.remove_if_empty).
+        self._pushing: collections.Counter[str] = collections.Counter()
+        self._pushing_guard = threading.Lock()
+
+    def hold(self, name: str) -> None:
+        with self._pushing_guard:
+            self._pushing[name] += 1
+
+    def release(self, name: str) -> None:
+        with self._pushing_guard:
+            self._pushing[name] -= 1
+            if self._pushing[name] <= 0:
+                del self._pushing[name]
+
+    def held(self, name: str) -> bool:
+        with self._pushing_guard:
+            return self._pushing[name] > 0
 
     def path_of(self, name: str) -> Path:
         # Names are validated before they reach a path, so no part can be "..".
@@ -40,6 +59,7 @@ class RepoStore:
             return None
 
     def create(self, name: str) -> Repo:
+        """The repository, made empty if it does not exist (under its writer lock)."""
         path = self.path_of(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         with self.lock(name):

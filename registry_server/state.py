@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from registry_server.db import Database
+from registry_server.git_recovery import Recovery, recover
 from registry_server.git_storage import RepoStore
 from registry_server.settings import RegistrySettings
 
@@ -27,6 +28,10 @@ class RegistryState:
         db = Database(settings.database_url)
         migrate(db.engine)
         return cls(settings=settings, db=db, repos=RepoStore(settings.repos_dir))
+
+    def recover(self) -> Recovery:
+        """Start-up recovery of the repositories; only before this process serves."""
+        return recover(self.repos, self.db)
 
     def on_published(self, name: str, versions: list[str]) -> None:
         for version in versions:

@@ -1,0 +1,225 @@
+"""kill -9 at every step of a push: after a restart the version is fully published or fully absent.
+
+The registry runs as its own process (`mcpz registry serve`) with the test-only hook
+`MCPZ_TEST_CRASH_AT` naming one step of receiving a push; the real `git push` of a release makes
+it die there with SIGKILL. It is then started again without the hook, and what a client sees is
+checked: either the index lists the version and a clone of its tag works, or the index does not
+know it, the tag is gone and the same push publishes it. Never a tag the index does not know (the
+version 404s, re-pushing says "Everything up-to-date") nor a release whose tag cannot be fetched.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import isolate
+from gitutil import api, bare_path, git, init_agent, ls_remote, quarantines, release_rows, set_version
+from meshutil import until
+
+from registry_server.crash_points import STEPS
+
+pytestmark = pytest.mark.slow
+
+# What each step must end as: the database commit is the moment a release exists.
+EXPECTED = {step: "absent" for step in STEPS} | {"after-db-commit": "published"}
+
+
+@dataclass
+class RegistryProcess:
+    """`mcpz registry serve` on one data folder, started (optionally with the crash hook) and killed."""
+
+    data_dir: Path
+    log: Path
+    database: str | None = None  # SQLite in the data folder unless a PostgreSQL URL is given
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def database_url(self) -> str:
+        return self.database or f"sqlite:///{self.data_dir / 'registry.db'}"
+
+    def git_url(self, name: str, token: str | None = None) -> str:
+        base = self.url if token is None else self.url.replace("http://", f"http://mcpz:{token}@")
+        return f"{base}/git/{name}.git"
+
+    def start(self, crash_at: str | None = None) -> None:
+        from registry_server.serve import free_port
+
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if k != "MCPZ_TEST_CRASH_AT"}
+        if self.database:
+            env["MCPZ_DATABASE_URL"] = self.database
+        if crash_at:
+            env["MCPZ_TEST_CRASH_AT"] = crash_at
+        argv = [sys.executable, "-m", "mcpz", "registry", "serve", "--data", str(self.data_dir)]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [*argv, "--port", str(self.port)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        until(self._listening, 60, f"the registry to listen; log:\n{self.tail()}")
+
+    def _listening(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the registry exited with {self.proc.returncode}:\n{self.tail()}")
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+
+@dataclass
+class Setup:
+    registry: RegistryProcess
+    token: str
+    tmp: Path
+
+
+def _work(tmp: Path, name: str) -> Path:
+    return tmp / name.replace("/", "-") / "work"
+
+
+def _prepare(registry: RegistryProcess, tmp: Path, known: Sequence[str] = ()) -> Setup:
+    """Start once to create and migrate the database, make the account, push the `known`
+    agents' main branch (no release yet), stop."""
+    from registry_server import accounts, tokens
+    from registry_server.db import Database
+
+    registry.start()
+    db = Database(registry.database_url)
+    try:
+        with db.session() as session:
+            account = accounts.create_account(session, "acme")
+            _row, token = accounts.create_token(
+                session, account, tokens.parse_scopes("read,publish"), expires_in=None
+            )
+    finally:
+        db.dispose()
+    for name in known:
+        work = _work(tmp, name)
+        init_agent(work, name, "0.0.1")
+        git("push", registry.git_url(name, token), "main", cwd=work)
+    registry.stop()
+    return Setup(registry, token, tmp)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    """One data folder and account for every step; each step pushes its own agent."""
+    tmp = tmp_path_factory.mktemp("crash")
+    with pytest.MonkeyPatch.context() as mp:
+        isolate(mp, tmp_path_factory.mktemp("home"))
+        registry = RegistryProcess(tmp / "registry", tmp / "registry.log")
+        try:
+            yield _prepare(registry, tmp, known=[f"acme/known-{step}" for step in STEPS])
+        finally:
+            registry.stop()
+
+
+def _published(registry: RegistryProcess, name: str, commit: str, where: Path) -> bool:
+    """The index lists the version at `commit` and a clone of its tag checks out that commit."""
+    response = api(registry, f"/v1/agents/{name}/0.1.0")
+    if response.status_code != 200:
+        return False
+    assert response.json()["commit"] == commit
+    git("clone", "-q", "--branch", "v0.1.0", registry.git_url(name), str(where))
+    assert git("rev-parse", "HEAD", cwd=where).stdout.strip() == commit
+    return True
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_release_push_killed_at_any_step_leaves_it_published_or_absent(setup: Setup, step: str) -> None:
+    # The agent's repository exists (its branch was pushed); the push adds a commit and v0.1.0.
+    _crash_and_check(setup, f"acme/known-{step}", step)
+
+
+@pytest.mark.parametrize("step", ["mid-packs-moved", "after-refs-moved", "after-db-commit"])
+def test_the_first_push_of_a_new_agent_killed_leaves_it_published_or_absent(setup: Setup, step: str) -> None:
+    _crash_and_check(setup, f"acme/new-{step}", step)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("step", ["after-refs-moved", "after-db-commit"])
+def test_the_same_on_postgresql_around_the_commit(postgres_url: str, tmp_path: Path, step: str) -> None:
+    registry = RegistryProcess(tmp_path / "registry", tmp_path / "registry.log", database=postgres_url)
+    try:
+        name = "acme/known"
+        _crash_and_check(_prepare(registry, tmp_path, known=[name]), name, step)
+    finally:
+        registry.stop()
+
+
+def _crash_and_check(setup: Setup, name: str, step: str) -> None:
+    registry, token = setup.registry, setup.token
+    work = _work(setup.tmp, name)
+    if work.exists():
+        head = set_version(work, "0.1.0", name)
+    else:
+        head = init_agent(work, name, "0.1.0")
+    git("tag", "v0.1.0", cwd=work)
+
+    registry.start(crash_at=step)
+    try:
+        push = git("push", registry.git_url(name, token), "main", "v0.1.0", cwd=work, check=False)
+        assert push.returncode != 0, f"the push survived the crash at {step}:\n{push.stderr}"
+        assert registry.proc is not None
+        assert registry.proc.wait(timeout=30) == -signal.SIGKILL, registry.tail()
+    finally:
+        registry.stop()
+
+    registry.start()
+    try:
+        # Nothing half done is left: no quarantine, lock file or pack without its index.
+        repo = bare_path(registry, name)
+        assert quarantines(registry, name) == []
+        assert sorted(repo.rglob("*.lock")) == []
+        packs = repo / "objects" / "pack"
+        assert [p for p in packs.glob("pack-*.pack") if not p.with_suffix(".idx").exists()] == []
+        refs = ls_remote(registry.git_url(name))
+        clone = work.parent / "clone"
+        if _published(registry, name, head, clone):
+            outcome = "published"
+            assert refs.get("refs/tags/v0.1.0") == head
+            again = git("push", registry.git_url(name, token), "main", "v0.1.0", cwd=work, check=False)
+            assert again.returncode == 0, again.stderr
+        else:
+            outcome = "absent"
+            assert "refs/tags/v0.1.0" not in refs, f"wedged: a tag the index does not know ({refs})"
+            assert release_rows(registry, name) == []
+            again = git("push", registry.git_url(name, token), "main", "v0.1.0", cwd=work, check=False)
+            assert again.returncode == 0, again.stderr
+            assert f"published {name} 0.1.0" in again.stderr, again.stderr
+            assert _published(registry, name, head, clone)
+        assert outcome == EXPECTED[step]
+        assert release_rows(registry, name) == [("0.1.0", head)]
+        assert quarantines(registry, name) == []
+    finally:
+        registry.stop()
