@@ -21,12 +21,13 @@ not a signature at all.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import delete
@@ -40,6 +41,7 @@ from registry_server.auth import require
 from registry_server.logs import request_id
 from registry_server.models import Account
 from registry_server.models_auth import AuthNonce, KeyRotation
+from registry_server.rate_limit import RateLimited, RateLimiter
 from registry_server.settings import RegistrySettings
 
 router = APIRouter()
@@ -108,9 +110,20 @@ class LoginOut(BaseModel):
     expires_at: datetime | None
 
 
+def nonce_limiter(settings: RegistrySettings) -> RateLimiter:
+    return RateLimiter(settings.nonce_rate_limit, settings.nonce_rate_window)
+
+
 @router.post("/v1/auth/nonce", response_model=NonceOut, tags=["auth"])
-def issue_nonce(state: State, body: Annotated[NonceIn | None, Body()] = None) -> NonceOut:
-    """A fresh single-use nonce for a Sign-In with Ethereum message, optionally for one address."""
+def issue_nonce(request: Request, state: State, body: Annotated[NonceIn | None, Body()] = None) -> NonceOut:
+    """A fresh single-use nonce for a Sign-In with Ethereum message, optionally for one address.
+
+    Rate-limited per client address (429 with Retry-After): each nonce is a row until it expires.
+    """
+    limiter: RateLimiter = request.app.state.nonce_limiter
+    wait = limiter.hit(request.client.host if request.client else "", time.monotonic())
+    if wait:
+        raise RateLimited("too many sign-in nonces requested from this address", wait)
     moment = now()
     nonce = siwe.generate_nonce()
     address = namespaces.checksum(body.address) if body is not None and body.address else None

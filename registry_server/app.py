@@ -20,6 +20,7 @@ from registry_server import api, api_auth, api_deploy, api_usage, connector_hub,
 from registry_server.auth import Forbidden
 from registry_server.gateway import GATEWAY_PREFIX, Gateway
 from registry_server.logs import request_id
+from registry_server.rate_limit import RateLimited, retry_after_header
 from registry_server.settings import RegistrySettings
 from registry_server.state import RegistryState
 from registry_server.usage import UsageRecorder
@@ -28,6 +29,8 @@ log = logging.getLogger("registry_server.http")
 
 
 def _status_for(error: McpzError) -> int:
+    if isinstance(error, RateLimited):
+        return 429
     if isinstance(error, Forbidden):
         return 403
     if isinstance(error, AuthError):
@@ -108,15 +111,21 @@ class RegistryApp:
             await self.api(scope, receive, send)
 
 
-def create_app(settings: RegistrySettings, state: RegistryState | None = None) -> RegistryApp:
+def create_app(
+    settings: RegistrySettings, state: RegistryState | None = None, *, usage_lock: int | None = None
+) -> RegistryApp:
+    """`usage_lock`: the data folder's lock, when the caller took it already (`serve` does, to
+    refuse a second registry before binding the port)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = state is None
         app.state.registry = RegistryState.open(settings) if own else state
         app.state.index_cache = api._IndexCache()
+        app.state.nonce_limiter = api_auth.nonce_limiter(settings)
         # Usage recording starts before the mesh and stops after it, so calls in flight at
         # shutdown still record their events.
-        app.state.usage = UsageRecorder(app.state.registry)
+        app.state.usage = UsageRecorder(app.state.registry, held_lock=usage_lock)
         try:
             await app.state.usage.start()
             try:
@@ -147,6 +156,8 @@ def create_app(settings: RegistrySettings, state: RegistryState | None = None) -
     async def _mcpz_error(request: Request, exc: McpzError) -> Response:
         status = _status_for(exc)
         headers = {"WWW-Authenticate": 'Bearer realm="mcpz"'} if status == 401 else None
+        if isinstance(exc, RateLimited):
+            headers = {"Retry-After": retry_after_header(exc.retry_after)}
         return JSONResponse(_error_body(exc.message, exc.hint), status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
