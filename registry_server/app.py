@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -12,6 +13,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcpz._version import __version__
@@ -20,6 +23,7 @@ from registry_server import api, api_auth, api_deploy, api_usage, connector_hub,
 from registry_server.auth import Forbidden
 from registry_server.gateway import GATEWAY_PREFIX, Gateway
 from registry_server.logs import request_id
+from registry_server.openapi import use_error_model
 from registry_server.rate_limit import RateLimited, retry_after_header
 from registry_server.settings import RegistrySettings
 from registry_server.state import RegistryState
@@ -160,11 +164,48 @@ def create_app(
             headers = {"Retry-After": retry_after_header(exc.retry_after)}
         return JSONResponse(_error_body(exc.message, exc.hint), status_code=status, headers=headers)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # Starlette's own answers (no such path, method not allowed) in the API's error body.
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(app, request.url.path, headers.get("Allow", "")))
+        message = {404: "no such path", 405: f"{request.method} is not allowed here"}.get(exc.status_code)
+        return JSONResponse(_error_body(message or str(exc.detail)), exc.status_code, headers=headers)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         return JSONResponse(_error_body(f"invalid request: {where}: {first.get('msg', 'invalid')}"), 422)
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = use_error_model(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(RequestLogMiddleware)
     return RegistryApp(app)
+
+
+def allowed_methods(app: FastAPI, path: str, starlette_allow: str) -> list[str]:
+    """Every method the API serves at `path`. Starlette's 405 names only the methods of the first
+    route matching the path, while FastAPI registers GET and POST of one path as two routes."""
+    methods = {m.strip() for m in starlette_allow.split(",") if m.strip()}
+    for regex, operations in _documented_paths(app):
+        if regex.fullmatch(path):
+            methods |= operations
+    return sorted(methods)
+
+
+def _documented_paths(app: FastAPI) -> list[tuple[re.Pattern[str], set[str]]]:
+    cached: list[tuple[re.Pattern[str], set[str]]] | None = getattr(app.state, "documented_paths", None)
+    if cached is None:
+        verbs = {"get", "put", "post", "delete", "patch", "head", "options"}
+        cached = [
+            (compile_path(template)[0], {m.upper() for m in operations if m in verbs})
+            for template, operations in app.openapi()["paths"].items()
+        ]
+        app.state.documented_paths = cached
+    return cached
