@@ -8,6 +8,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -170,8 +171,14 @@ def create_app(
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(app, request.url.path, headers.get("Allow", "")))
-        message = {404: "no such path", 405: f"{request.method} is not allowed here"}.get(exc.status_code)
-        return JSONResponse(_error_body(message or str(exc.detail)), exc.status_code, headers=headers)
+        plain = {404: "no such path", 405: f"{request.method} is not allowed here"}
+        # Starlette's detail is then only the status phrase ("Not Found"); ours says more.
+        message = str(exc.detail) if exc.detail != HTTPStatus(exc.status_code).phrase else None
+        return JSONResponse(
+            _error_body(message or plain.get(exc.status_code, str(exc.detail))),
+            exc.status_code,
+            headers=headers,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
