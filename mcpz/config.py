@@ -36,6 +36,13 @@ def config_dir(env: Mapping[str, str] | None = None) -> Path:
     return _dir(os.environ if env is None else env, "MCPZ_CONFIG_DIR", "config")
 
 
+def ensure_config_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The config folder, created 0700 whatever the umask: it holds credentials."""
+    from mcpz.private import private_dir
+
+    return private_dir(config_dir(env))
+
+
 def data_dir(env: Mapping[str, str] | None = None) -> Path:
     return _dir(os.environ if env is None else env, "MCPZ_DATA_DIR", "data")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import tomli_w
 
 from mcpz.atomic import write_atomic
-from mcpz.config import config_dir
+from mcpz.config import config_dir, ensure_config_dir
 
 SERVICE = "mcpz"
 FILE_NAME = "credentials.toml"
@@ -48,6 +48,7 @@ def _read_file(env: Mapping[str, str]) -> dict[str, str]:
 
 def _write_file(env: Mapping[str, str], tokens: dict[str, str]) -> Path:
     path = _file(env)
+    ensure_config_dir(env)
     write_atomic(path, tomli_w.dumps({"tokens": dict(sorted(tokens.items()))}), mode=0o600)
     return path
 

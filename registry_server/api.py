@@ -22,6 +22,7 @@ from registry_server.auth import Forbidden, principal_from_headers, require
 from registry_server.models import Account, Agent, Release
 from registry_server.models_auth import ReleaseSignature
 from registry_server.namespaces import owner_address, signatures_by_release
+from registry_server.openapi import AGENT_SCHEMA, SCOPE_SCHEMA, AgentPart, Namespace, VersionPath, errors
 from registry_server.releases import set_yanked
 from registry_server.state import RegistryState
 
@@ -77,7 +78,7 @@ class YankIn(BaseModel):
 
 class KeyIn(BaseModel):
     name: str = Field(default="", max_length=128)
-    scopes: list[str]
+    scopes: list[str] = Field(json_schema_extra={**SCOPE_SCHEMA, "minItems": 1})
     expires_in_days: int | None = Field(default=None, ge=1, le=3650)
 
 
@@ -85,7 +86,7 @@ class KeyOut(BaseModel):
     id: int
     name: str
     prefix: str
-    scopes: list[str]
+    scopes: list[str] = Field(json_schema_extra=SCOPE_SCHEMA)
     created_at: datetime
     expires_at: datetime | None
     last_used_at: datetime | None
@@ -99,7 +100,7 @@ class NewKeyOut(KeyOut):
 class WhoAmI(BaseModel):
     account: str
     namespaces: list[str]
-    scopes: list[str]
+    scopes: list[str] = Field(json_schema_extra=SCOPE_SCHEMA)
     expires_at: datetime | None
 
 
@@ -187,8 +188,10 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok", "version": __version__}
 
 
-@router.get("/v1/agents/{namespace}/{name}", response_model=AgentOut, tags=["index"])
-def get_agent(namespace: str, name: str, state: State) -> AgentOut:
+@router.get(
+    "/v1/agents/{namespace}/{name}", response_model=AgentOut, tags=["index"], responses=errors(400, 404)
+)
+def get_agent(namespace: Namespace, name: AgentPart, state: State) -> AgentOut:
     full = _agent_name(namespace, name)
     agent, releases, publishers, signed = _load_agent(state, full)
     return AgentOut(
@@ -199,8 +202,13 @@ def get_agent(namespace: str, name: str, state: State) -> AgentOut:
     )
 
 
-@router.get("/v1/agents/{namespace}/{name}/{version}", response_model=ReleaseOut, tags=["index"])
-def get_release(namespace: str, name: str, version: str, state: State) -> ReleaseOut:
+@router.get(
+    "/v1/agents/{namespace}/{name}/{version}",
+    response_model=ReleaseOut,
+    tags=["index"],
+    responses=errors(400, 404),
+)
+def get_release(namespace: Namespace, name: AgentPart, version: VersionPath, state: State) -> ReleaseOut:
     full = _agent_name(namespace, name)
     _agent, releases, publishers, signed = _load_agent(state, full)
     for release in releases:
@@ -216,11 +224,17 @@ class _IndexCache:
         self.entries: dict[str, tuple[int, list[dict[str, Any]]]] = {}
 
 
-@router.get("/v1/index", response_model=IndexOut, tags=["index"])
+@router.get("/v1/index", response_model=IndexOut, tags=["index"], responses=errors(400, 422))
 def batch_index(
     request: Request,
     state: State,
-    name: Annotated[list[str], Query(description="Agent names; repeat the parameter")],
+    name: Annotated[
+        list[str],
+        Query(
+            description="Agent names; repeat the parameter",
+            json_schema_extra={"items": {"type": "string", **AGENT_SCHEMA}, "maxItems": MAX_BATCH},
+        ),
+    ],
 ) -> Response:
     """Every version of each named agent with its dependencies, yanked flag and commit id.
 
@@ -281,11 +295,16 @@ def _yank(
     return get_release(namespace, name, version, state)
 
 
-@router.post("/v1/agents/{namespace}/{name}/{version}/yank", response_model=ReleaseOut, tags=["index"])
+@router.post(
+    "/v1/agents/{namespace}/{name}/{version}/yank",
+    response_model=ReleaseOut,
+    tags=["index"],
+    responses=errors(400, 401, 403, 404, 413, 422),
+)
 def yank(
-    namespace: str,
-    name: str,
-    version: str,
+    namespace: Namespace,
+    name: AgentPart,
+    version: VersionPath,
     state: State,
     principal: Caller,
     body: Annotated[YankIn | None, Body()] = None,
@@ -294,12 +313,19 @@ def yank(
     return _yank(state, principal, namespace, name, version, True, body.reason if body else "")
 
 
-@router.delete("/v1/agents/{namespace}/{name}/{version}/yank", response_model=ReleaseOut, tags=["index"])
-def unyank(namespace: str, name: str, version: str, state: State, principal: Caller) -> ReleaseOut:
+@router.delete(
+    "/v1/agents/{namespace}/{name}/{version}/yank",
+    response_model=ReleaseOut,
+    tags=["index"],
+    responses=errors(400, 401, 403, 404),
+)
+def unyank(
+    namespace: Namespace, name: AgentPart, version: VersionPath, state: State, principal: Caller
+) -> ReleaseOut:
     return _yank(state, principal, namespace, name, version, False, "")
 
 
-@router.get("/v1/whoami", response_model=WhoAmI, tags=["accounts"])
+@router.get("/v1/whoami", response_model=WhoAmI, tags=["accounts"], responses=errors(401))
 def whoami(state: State, principal: Caller) -> WhoAmI:
     if principal is None:
         require(principal, "read", db=state.db)
@@ -327,7 +353,13 @@ def _key_out(token: Any) -> dict[str, Any]:
     }
 
 
-@router.post("/v1/keys", response_model=NewKeyOut, status_code=201, tags=["accounts"])
+@router.post(
+    "/v1/keys",
+    response_model=NewKeyOut,
+    status_code=201,
+    tags=["accounts"],
+    responses=errors(400, 401, 403, 413, 422),
+)
 def create_key(body: KeyIn, state: State, principal: Caller) -> NewKeyOut:
     """A new API key for the calling account, with at most the caller's own scopes."""
     principal = require(principal, "admin", db=state.db)
@@ -349,14 +381,16 @@ def create_key(body: KeyIn, state: State, principal: Caller) -> NewKeyOut:
     return NewKeyOut(token=secret, **out)
 
 
-@router.get("/v1/keys", response_model=list[KeyOut], tags=["accounts"])
+@router.get("/v1/keys", response_model=list[KeyOut], tags=["accounts"], responses=errors(401, 403))
 def list_keys(state: State, principal: Caller) -> list[KeyOut]:
     principal = require(principal, "admin", db=state.db)
     with state.db.session() as session:
         return [KeyOut(**_key_out(t)) for t in accounts.list_tokens(session, principal.account_id)]
 
 
-@router.delete("/v1/keys/{key_id}", response_model=KeyOut, tags=["accounts"])
+@router.delete(
+    "/v1/keys/{key_id}", response_model=KeyOut, tags=["accounts"], responses=errors(401, 403, 404, 422)
+)
 def revoke_key(key_id: int, state: State, principal: Caller) -> KeyOut:
     principal = require(principal, "admin", db=state.db)
     with state.db.session() as session:

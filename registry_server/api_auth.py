@@ -21,12 +21,13 @@ not a signature at all.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import delete
@@ -40,6 +41,8 @@ from registry_server.auth import require
 from registry_server.logs import request_id
 from registry_server.models import Account
 from registry_server.models_auth import AuthNonce, KeyRotation
+from registry_server.openapi import PART_SCHEMA, ROLE_SCHEMA, AgentPart, Namespace, VersionPath, errors
+from registry_server.rate_limit import RateLimited, RateLimiter
 from registry_server.settings import RegistrySettings
 
 router = APIRouter()
@@ -82,7 +85,9 @@ def _refusal(status: int, code: str, message: str, hint: str | None = None) -> R
 
 class NonceIn(BaseModel):
     address: str | None = Field(
-        default=None, description="The wallet that will sign in; then only it may use the nonce"
+        default=None,
+        description="The wallet that will sign in; then only it may use the nonce",
+        json_schema_extra={"pattern": "^0x[0-9a-fA-F]{40}$"},
     )
 
 
@@ -108,9 +113,20 @@ class LoginOut(BaseModel):
     expires_at: datetime | None
 
 
-@router.post("/v1/auth/nonce", response_model=NonceOut, tags=["auth"])
-def issue_nonce(state: State, body: Annotated[NonceIn | None, Body()] = None) -> NonceOut:
-    """A fresh single-use nonce for a Sign-In with Ethereum message, optionally for one address."""
+def nonce_limiter(settings: RegistrySettings) -> RateLimiter:
+    return RateLimiter(settings.nonce_rate_limit, settings.nonce_rate_window)
+
+
+@router.post("/v1/auth/nonce", response_model=NonceOut, tags=["auth"], responses=errors(400, 413, 422, 429))
+def issue_nonce(request: Request, state: State, body: Annotated[NonceIn | None, Body()] = None) -> NonceOut:
+    """A fresh single-use nonce for a Sign-In with Ethereum message, optionally for one address.
+
+    Rate-limited per client address (429 with Retry-After): each nonce is a row until it expires.
+    """
+    limiter: RateLimiter = request.app.state.nonce_limiter
+    wait = limiter.hit(request.client.host if request.client else "", time.monotonic())
+    if wait:
+        raise RateLimited("too many sign-in nonces requested from this address", wait)
     moment = now()
     nonce = siwe.generate_nonce()
     address = namespaces.checksum(body.address) if body is not None and body.address else None
@@ -166,7 +182,7 @@ def _nonce_address(session: Any, message: str) -> str | None:
     return row.address if row is not None else None
 
 
-@router.post("/v1/auth/login", response_model=LoginOut, tags=["auth"])
+@router.post("/v1/auth/login", response_model=LoginOut, tags=["auth"], responses=errors(400, 401, 413, 422))
 def login(body: LoginIn, state: State) -> Response | LoginOut:
     """Sign in with a signed EIP-4361 message; the first sign-in creates the account."""
     settings = state.settings
@@ -226,13 +242,13 @@ def login(body: LoginIn, state: State) -> Response | LoginOut:
 
 
 class NamespaceIn(BaseModel):
-    name: str = Field(max_length=64)
+    name: str = Field(max_length=64, json_schema_extra=PART_SCHEMA)
 
 
 class MemberOut(BaseModel):
     account: str
     address: str | None
-    role: str
+    role: str = Field(json_schema_extra=ROLE_SCHEMA)
 
 
 class NamespaceOut(BaseModel):
@@ -244,7 +260,7 @@ class NamespaceOut(BaseModel):
 
 
 class MemberIn(BaseModel):
-    role: str = Field(description="owner or publisher")
+    role: str = Field(description="owner or publisher", json_schema_extra=ROLE_SCHEMA)
 
 
 class TransferIn(BaseModel):
@@ -334,7 +350,13 @@ def _acting(state: Any, principal: Any, scope: str = "admin") -> Callable[[Any],
     return account_in
 
 
-@router.post("/v1/namespaces", response_model=NamespaceOut, status_code=201, tags=["namespaces"])
+@router.post(
+    "/v1/namespaces",
+    response_model=NamespaceOut,
+    status_code=201,
+    tags=["namespaces"],
+    responses=errors(400, 401, 403, 409, 413, 422),
+)
 def create_namespace(body: NamespaceIn, state: State, principal: Caller) -> NamespaceOut:
     """Claim a namespace for the calling account."""
     account_in = _acting(state, principal)
@@ -343,13 +365,22 @@ def create_namespace(body: NamespaceIn, state: State, principal: Caller) -> Name
     return _namespace_out(state, body.name)
 
 
-@router.get("/v1/namespaces/{namespace}", response_model=NamespaceOut, tags=["namespaces"])
-def get_namespace(namespace: str, state: State) -> NamespaceOut:
+@router.get(
+    "/v1/namespaces/{namespace}", response_model=NamespaceOut, tags=["namespaces"], responses=errors(400, 404)
+)
+def get_namespace(namespace: Namespace, state: State) -> NamespaceOut:
     return _namespace_out(state, namespace)
 
 
-@router.put("/v1/namespaces/{namespace}/members/{account}", response_model=NamespaceOut, tags=["namespaces"])
-def put_member(namespace: str, account: str, body: MemberIn, state: State, principal: Caller) -> NamespaceOut:
+@router.put(
+    "/v1/namespaces/{namespace}/members/{account}",
+    response_model=NamespaceOut,
+    tags=["namespaces"],
+    responses=errors(400, 401, 403, 404, 409, 413, 422),
+)
+def put_member(
+    namespace: Namespace, account: str, body: MemberIn, state: State, principal: Caller
+) -> NamespaceOut:
     account_in = _acting(state, principal)
     with state.db.session() as session:
         namespaces.set_member(session, account_in(session), namespace, account, body.role)
@@ -357,18 +388,26 @@ def put_member(namespace: str, account: str, body: MemberIn, state: State, princ
 
 
 @router.delete(
-    "/v1/namespaces/{namespace}/members/{account}", response_model=NamespaceOut, tags=["namespaces"]
+    "/v1/namespaces/{namespace}/members/{account}",
+    response_model=NamespaceOut,
+    tags=["namespaces"],
+    responses=errors(400, 401, 403, 404, 409),
 )
-def delete_member(namespace: str, account: str, state: State, principal: Caller) -> NamespaceOut:
+def delete_member(namespace: Namespace, account: str, state: State, principal: Caller) -> NamespaceOut:
     account_in = _acting(state, principal)
     with state.db.session() as session:
         namespaces.remove_member(session, account_in(session), namespace, account)
     return _namespace_out(state, namespace)
 
 
-@router.post("/v1/namespaces/{namespace}/transfer", response_model=NamespaceOut, tags=["namespaces"])
+@router.post(
+    "/v1/namespaces/{namespace}/transfer",
+    response_model=NamespaceOut,
+    tags=["namespaces"],
+    responses=errors(400, 401, 403, 404, 409, 413, 422),
+)
 def transfer_namespace(
-    namespace: str, body: TransferIn, state: State, principal: Caller
+    namespace: Namespace, body: TransferIn, state: State, principal: Caller
 ) -> Response | NamespaceOut:
     account_in = _acting(state, principal)
     try:
@@ -386,8 +425,10 @@ def transfer_namespace(
     return _namespace_out(state, namespace)
 
 
-@router.get("/v1/namespaces/{namespace}/keys", response_model=KeysOut, tags=["namespaces"])
-def namespace_keys(namespace: str, state: State) -> KeysOut:
+@router.get(
+    "/v1/namespaces/{namespace}/keys", response_model=KeysOut, tags=["namespaces"], responses=errors(400, 404)
+)
+def namespace_keys(namespace: Namespace, state: State) -> KeysOut:
     """The owner's key and the chain of signed rotations that led to it: what nodes check."""
     with state.db.session() as session:
         return KeysOut(
@@ -398,7 +439,12 @@ def namespace_keys(namespace: str, state: State) -> KeysOut:
         )
 
 
-@router.post("/v1/account/rotate-key", response_model=RotateOut, tags=["namespaces"])
+@router.post(
+    "/v1/account/rotate-key",
+    response_model=RotateOut,
+    tags=["namespaces"],
+    responses=errors(400, 401, 403, 409, 413, 422),
+)
 def rotate_key(body: RotateIn, state: State, principal: Caller) -> Response | RotateOut:
     """Move the calling account to a new wallet key; the old key becomes revoked."""
     account_in = _acting(state, principal)
@@ -450,11 +496,15 @@ def _signature_refusal(e: signing.SignatureError) -> Response:
     return _refusal(status, e.code, e.message, e.hint)
 
 
-@router.post("/v1/agents/{namespace}/{name}/{version}/signature", tags=["index"])
+@router.post(
+    "/v1/agents/{namespace}/{name}/{version}/signature",
+    tags=["index"],
+    responses=errors(400, 401, 403, 404, 409, 413, 422),
+)
 def sign_release(
-    namespace: str,
-    name: str,
-    version: str,
+    namespace: Namespace,
+    name: AgentPart,
+    version: VersionPath,
     body: Annotated[SignatureIn, Body()],
     state: State,
     principal: Caller,

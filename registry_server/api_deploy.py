@@ -51,6 +51,7 @@ from registry_server.deployments import (
     Template,
     release_template,
 )
+from registry_server.openapi import AGENT_SCHEMA, AgentPart, Namespace, errors
 from registry_server.state import RegistryState
 
 router = APIRouter(tags=["deployments"])
@@ -82,7 +83,10 @@ class SigningIn(BaseModel):
 
 
 class DeployIn(SigningIn):
-    agent: str = Field(description="namespace/name of a published agent; also the deployment's name")
+    agent: str = Field(
+        description="namespace/name of a published agent; also the deployment's name",
+        json_schema_extra=AGENT_SCHEMA,
+    )
     version: str | None = Field(
         default=None,
         description="Release to run; default: the current one, or the newest release for a new deployment",
@@ -197,7 +201,7 @@ def _found(service: DeploymentService, name: str) -> DeploymentState:
 # --- routes -----------------------------------------------------------------------------------
 
 
-@router.post("/v1/deployments", status_code=201)
+@router.post("/v1/deployments", status_code=201, responses=errors(400, 401, 403, 404, 409, 413, 422))
 async def deploy(body: DeployIn, request: Request, state: State, principal: Caller) -> Any:
     """Create a deployment of a release, or update it (a new revision rolls out one replica at a time)."""
     problem = name_problem(body.agent)
@@ -232,7 +236,7 @@ async def deploy(body: DeployIn, request: Request, state: State, principal: Call
     return await _change(request, state, namespace, body.agent, body, make)
 
 
-@router.get("/v1/deployments")
+@router.get("/v1/deployments", responses=errors(401, 403))
 async def list_deployments(request: Request, state: State, principal: Caller) -> Any:
     """Deployments in the namespaces the caller may read."""
     service = service_of(request)
@@ -252,17 +256,19 @@ async def list_deployments(request: Request, state: State, principal: Caller) ->
     return JSONResponse(out)
 
 
-@router.get("/v1/deployments/{namespace}/{name}")
-async def get_deployment(namespace: str, name: str, request: Request, state: State, principal: Caller) -> Any:
+@router.get("/v1/deployments/{namespace}/{name}", responses=errors(400, 401, 403, 404))
+async def get_deployment(
+    namespace: Namespace, name: AgentPart, request: Request, state: State, principal: Caller
+) -> Any:
     full = _deployment_name(namespace, name)
     await _allow(state, principal, namespace, write=False)
     service = service_of(request)
     return JSONResponse(deployment_view(service, _found(service, full)))
 
 
-@router.post("/v1/deployments/{namespace}/{name}/scale")
+@router.post("/v1/deployments/{namespace}/{name}/scale", responses=errors(400, 401, 403, 404, 409, 413, 422))
 async def scale(
-    namespace: str, name: str, body: ScaleIn, request: Request, state: State, principal: Caller
+    namespace: Namespace, name: AgentPart, body: ScaleIn, request: Request, state: State, principal: Caller
 ) -> Any:
     full = _deployment_name(namespace, name)
     await _allow(state, principal, namespace, write=True)
@@ -274,10 +280,12 @@ async def scale(
     return await _change(request, state, namespace, full, body, make)
 
 
-@router.post("/v1/deployments/{namespace}/{name}/rollback")
+@router.post(
+    "/v1/deployments/{namespace}/{name}/rollback", responses=errors(400, 401, 403, 404, 409, 413, 422)
+)
 async def rollback(
-    namespace: str,
-    name: str,
+    namespace: Namespace,
+    name: AgentPart,
     request: Request,
     state: State,
     principal: Caller,
@@ -295,8 +303,10 @@ async def rollback(
     return await _change(request, state, namespace, full, body, make)
 
 
-@router.delete("/v1/deployments/{namespace}/{name}")
-async def remove(namespace: str, name: str, request: Request, state: State, principal: Caller) -> Any:
+@router.delete("/v1/deployments/{namespace}/{name}", responses=errors(400, 401, 403, 404, 409))
+async def remove(
+    namespace: Namespace, name: AgentPart, request: Request, state: State, principal: Caller
+) -> Any:
     """Stop every replica; the deployment goes once its nodes confirm (state "deleting" until then)."""
     full = _deployment_name(namespace, name)
     await _allow(state, principal, namespace, write=True)
@@ -308,10 +318,10 @@ async def remove(namespace: str, name: str, request: Request, state: State, prin
     return JSONResponse(deployment_view(service, deployment))
 
 
-@router.get("/v1/deployments/{namespace}/{name}/logs")
+@router.get("/v1/deployments/{namespace}/{name}/logs", responses=errors(400, 401, 403, 404, 422))
 async def logs(
-    namespace: str,
-    name: str,
+    namespace: Namespace,
+    name: AgentPart,
     request: Request,
     state: State,
     principal: Caller,
@@ -334,7 +344,7 @@ async def logs(
     )
 
 
-@router.get("/v1/nodes")
+@router.get("/v1/nodes", responses=errors(401, 403))
 async def list_nodes(request: Request, state: State, principal: Caller) -> Any:
     """The nodes the caller may use, lost ones too: its own, those of the accounts it shares a
     namespace with, and shared ones. Accounts in the `node_admins` setting, with an `admin` token,

@@ -26,6 +26,7 @@ from registry_server.auth import Forbidden, require
 from registry_server.models import Account, Namespace
 from registry_server.models_usage import UsageEventRow
 from registry_server.namespaces import role_of
+from registry_server.openapi import AGENT_SCHEMA, errors
 from registry_server.state import RegistryState
 from registry_server.usage import UsageRecorder
 from registry_server.usage_events import Outcome
@@ -173,13 +174,16 @@ async def _catch_up(request: Request) -> None:
         await asyncio.wait_for(asyncio.shield(recorder.flush()), FLUSH_WAIT)
 
 
-@router.get("/v1/usage", response_model=UsageOut)
+@router.get("/v1/usage", response_model=UsageOut, responses=errors(400, 401, 403, 404, 422))
 async def usage(
     request: Request,
     state: State,
     principal: Caller,
     agent: Annotated[
-        str | None, Query(description="namespace/name: every caller's calls of this agent")
+        str | None,
+        Query(
+            description="namespace/name: every caller's calls of this agent", json_schema_extra=AGENT_SCHEMA
+        ),
     ] = None,
     since: Annotated[str | None, Query(description="ISO 8601, Unix seconds, or an age (1h, 7d)")] = None,
     until: Annotated[str | None, Query(description="ISO 8601, Unix seconds, or an age (1h, 7d)")] = None,

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcpz._version import __version__
@@ -20,6 +24,8 @@ from registry_server import api, api_auth, api_deploy, api_usage, connector_hub,
 from registry_server.auth import Forbidden
 from registry_server.gateway import GATEWAY_PREFIX, Gateway
 from registry_server.logs import request_id
+from registry_server.openapi import use_error_model
+from registry_server.rate_limit import RateLimited, retry_after_header
 from registry_server.settings import RegistrySettings
 from registry_server.state import RegistryState
 from registry_server.usage import UsageRecorder
@@ -28,6 +34,8 @@ log = logging.getLogger("registry_server.http")
 
 
 def _status_for(error: McpzError) -> int:
+    if isinstance(error, RateLimited):
+        return 429
     if isinstance(error, Forbidden):
         return 403
     if isinstance(error, AuthError):
@@ -108,7 +116,12 @@ class RegistryApp:
             await self.api(scope, receive, send)
 
 
-def create_app(settings: RegistrySettings, state: RegistryState | None = None) -> RegistryApp:
+def create_app(
+    settings: RegistrySettings, state: RegistryState | None = None, *, usage_lock: int | None = None
+) -> RegistryApp:
+    """`usage_lock`: the data folder's lock, when the caller took it already (`serve` does, to
+    refuse a second registry before binding the port)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = state is None
@@ -116,9 +129,10 @@ def create_app(settings: RegistrySettings, state: RegistryState | None = None) -
         # Before serving: undo what a killed registry left half done (docs/registry.md).
         app.state.registry.recover()
         app.state.index_cache = api._IndexCache()
+        app.state.nonce_limiter = api_auth.nonce_limiter(settings)
         # Usage recording starts before the mesh and stops after it, so calls in flight at
         # shutdown still record their events.
-        app.state.usage = UsageRecorder(app.state.registry)
+        app.state.usage = UsageRecorder(app.state.registry, held_lock=usage_lock)
         try:
             await app.state.usage.start()
             try:
@@ -149,7 +163,24 @@ def create_app(settings: RegistrySettings, state: RegistryState | None = None) -
     async def _mcpz_error(request: Request, exc: McpzError) -> Response:
         status = _status_for(exc)
         headers = {"WWW-Authenticate": 'Bearer realm="mcpz"'} if status == 401 else None
+        if isinstance(exc, RateLimited):
+            headers = {"Retry-After": retry_after_header(exc.retry_after)}
         return JSONResponse(_error_body(exc.message, exc.hint), status_code=status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # Starlette's own answers (no such path, method not allowed) in the API's error body.
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(app, request.url.path, headers.get("Allow", "")))
+        plain = {404: "no such path", 405: f"{request.method} is not allowed here"}
+        # Starlette's detail is then only the status phrase ("Not Found"); ours says more.
+        message = str(exc.detail) if exc.detail != HTTPStatus(exc.status_code).phrase else None
+        return JSONResponse(
+            _error_body(message or plain.get(exc.status_code, str(exc.detail))),
+            exc.status_code,
+            headers=headers,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -157,5 +188,33 @@ def create_app(settings: RegistrySettings, state: RegistryState | None = None) -
         where = ".".join(str(p) for p in first.get("loc", ()))
         return JSONResponse(_error_body(f"invalid request: {where}: {first.get('msg', 'invalid')}"), 422)
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = use_error_model(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(RequestLogMiddleware)
     return RegistryApp(app)
+
+
+def allowed_methods(app: FastAPI, path: str, starlette_allow: str) -> list[str]:
+    """Every method the API serves at `path`. Starlette's 405 names only the methods of the first
+    route matching the path, while FastAPI registers GET and POST of one path as two routes."""
+    methods = {m.strip() for m in starlette_allow.split(",") if m.strip()}
+    for regex, operations in _documented_paths(app):
+        if regex.fullmatch(path):
+            methods |= operations
+    return sorted(methods)
+
+
+def _documented_paths(app: FastAPI) -> list[tuple[re.Pattern[str], set[str]]]:
+    cached: list[tuple[re.Pattern[str], set[str]]] | None = getattr(app.state, "documented_paths", None)
+    if cached is None:
+        verbs = {"get", "put", "post", "delete", "patch", "head", "options"}
+        cached = [
+            (compile_path(template)[0], {m.upper() for m in operations if m in verbs})
+            for template, operations in app.openapi()["paths"].items()
+        ]
+        app.state.documented_paths = cached
+    return cached

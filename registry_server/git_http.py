@@ -29,6 +29,7 @@ from mcpz.names import name_problem
 from registry_server.auth import Forbidden, Unauthenticated, principal_from_headers, require
 from registry_server.git_receive import PushContext, RegistryReceivePack
 from registry_server.git_recovery import remove_if_empty
+from registry_server.openapi import AgentPart, Namespace, text_errors
 from registry_server.pack_reuse import ReusingUploadPackHandler
 from registry_server.state import RegistryState
 
@@ -142,8 +143,12 @@ async def _spool_body(request: Request, limit: int) -> tuple[IO[bytes], bool]:
     return spool, over
 
 
-@router.get("/git/{namespace}/{name}/info/refs", summary="Git smart HTTP ref advertisement")
-async def info_refs(namespace: str, name: str, request: Request, service: str = "") -> Response:
+@router.get(
+    "/git/{namespace}/{name}/info/refs",
+    summary="Git smart HTTP ref advertisement",
+    responses=text_errors(401, 403, 404),
+)
+async def info_refs(namespace: Namespace, name: AgentPart, request: Request, service: str = "") -> Response:
     state: RegistryState = request.app.state.registry
     agent = _agent_name(namespace, name)
     if agent is None:
@@ -179,8 +184,12 @@ async def info_refs(namespace: str, name: str, request: Request, service: str = 
     return GitResponse(f"application/x-{service}-advertisement", run, prefix)
 
 
-@router.post("/git/{namespace}/{name}/git-upload-pack", summary="Git smart HTTP fetch")
-async def upload_pack(namespace: str, name: str, request: Request) -> Response:
+@router.post(
+    "/git/{namespace}/{name}/git-upload-pack",
+    summary="Git smart HTTP fetch",
+    responses=text_errors(401, 403, 404, 413, 415),
+)
+async def upload_pack(namespace: Namespace, name: AgentPart, request: Request) -> Response:
     state: RegistryState = request.app.state.registry
     agent = _agent_name(namespace, name)
     repo = state.repos.open(agent) if agent else None
@@ -203,8 +212,12 @@ async def upload_pack(namespace: str, name: str, request: Request) -> Response:
     return GitResponse("application/x-git-upload-pack-result", run)
 
 
-@router.post("/git/{namespace}/{name}/git-receive-pack", summary="Git smart HTTP push (publishes v* tags)")
-async def receive_pack(namespace: str, name: str, request: Request) -> Response:
+@router.post(
+    "/git/{namespace}/{name}/git-receive-pack",
+    summary="Git smart HTTP push (publishes v* tags)",
+    responses=text_errors(401, 403, 404, 413, 415),
+)
+async def receive_pack(namespace: Namespace, name: AgentPart, request: Request) -> Response:
     state: RegistryState = request.app.state.registry
     agent = _agent_name(namespace, name)
     if agent is None:

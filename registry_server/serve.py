@@ -2,28 +2,85 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import uvicorn
 
+from mcpz.errors import McpzError, UsageError
 from registry_server.app import create_app
 from registry_server.logs import configure
 from registry_server.settings import RegistrySettings
+from registry_server.usage import take_data_lock
 
 
-def serve(settings: RegistrySettings, *, log_level: str = "info") -> None:
+def serve(
+    settings: RegistrySettings, *, log_level: str = "info", on_ready: Callable[[], None] | None = None
+) -> None:
+    """Serve until interrupted.
+
+    What can fail at start-up for a reason the operator can fix (another registry on the data
+    folder, the port taken or not ours to bind) is checked here, before uvicorn starts, so that it
+    ends as one McpzError line instead of uvicorn's traceback. `on_ready` runs once both passed.
+    """
+    lock = take_data_lock(settings.data_dir)
+    try:
+        sock = bind(settings.host, settings.port)
+    except BaseException:
+        os.close(lock)
+        raise
+    if on_ready is not None:
+        on_ready()
     configure()
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
+    config = uvicorn.Config(
+        create_app(settings, usage_lock=lock),
         log_config=None,
         log_level=log_level,
         timeout_keep_alive=30,
     )
+    server = uvicorn.Server(config)
+    with sock:
+        server.run(sockets=[sock])
+    if not server.started:
+        raise McpzError("the registry did not start", hint="see the log lines above")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port, or an McpzError that says why not and what to do."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise UsageError(
+            f"cannot listen on {host}: {e.strerror}", hint="pass --host with an address of this machine"
+        ) from None
+    family, kind, proto, _name, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(2048)
+        sock.set_inheritable(True)
+    except OSError as e:
+        sock.close()
+        where = f"{host}:{port}"
+        if e.errno == errno.EADDRINUSE:
+            raise McpzError(
+                f"cannot listen on {where}: the port is in use",
+                hint="stop what listens there, or pass --port with another port",
+            ) from None
+        if e.errno == errno.EACCES:
+            raise McpzError(
+                f"cannot listen on {where}: permission denied",
+                hint="use a port above 1023, or run with the right to bind it",
+            ) from None
+        raise McpzError(f"cannot listen on {where}: {e.strerror}", hint="check --host and --port") from None
+    return sock
 
 
 def free_port(host: str = "127.0.0.1") -> int:

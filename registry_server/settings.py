@@ -46,6 +46,9 @@ class RegistrySettings:
     max_calls_in_flight: int = 1000
     allowed_origins: tuple[str, ...] = ()
     usage_flush_interval: float = 1.0
+    # Sign-in nonces: at most nonce_rate_limit per client address in nonce_rate_window seconds.
+    nonce_rate_limit: int = 30
+    nonce_rate_window: float = 60.0
 
     @property
     def repos_dir(self) -> Path:
@@ -67,7 +70,8 @@ class RegistrySettings:
             "shared_nodes", "shared_node_owners", "node_admins", "lost_node_retention",
         )  # fmt: skip
         gateway = ("call_timeout", "max_calls_in_flight", "allowed_origins", "usage_flush_interval")
-        for key in (*keys, "public_url", "chain_id", "chain_rpc", *mesh, *gateway):
+        nonces = ("nonce_rate_limit", "nonce_rate_window")
+        for key in (*keys, "public_url", "chain_id", "chain_rpc", *mesh, *gateway, *nonces):
             var = f"MCPZ_REGISTRY_{key.upper()}"
             if env.get(var):
                 values[key] = env[var]
@@ -106,9 +110,40 @@ class RegistrySettings:
                 max_calls_in_flight=int(values.get("max_calls_in_flight", 1000)),
                 allowed_origins=_origins(values.get("allowed_origins", ())),
                 usage_flush_interval=float(values.get("usage_flush_interval", 1.0)),
+                nonce_rate_limit=int(values.get("nonce_rate_limit", 30)),
+                nonce_rate_window=float(values.get("nonce_rate_window", 60.0)),
             )
         except (KeyError, ValueError) as e:
             raise UsageError(f"invalid registry setting: {e}", hint="check MCPZ_REGISTRY_* variables") from e
+
+    def __post_init__(self) -> None:
+        # A port out of range would be announced and then silently replaced by another one.
+        if not 1 <= self.port <= 65535:
+            raise UsageError(
+                f"invalid registry setting: port {self.port} is not between 1 and 65535",
+                hint="pass --port or MCPZ_REGISTRY_PORT with a port in that range",
+            )
+        for key in _POSITIVE:
+            if not getattr(self, key) > 0:
+                raise UsageError(
+                    f"invalid registry setting: {key} must be above 0, not {getattr(self, key)}",
+                    hint=f"fix MCPZ_REGISTRY_{key.upper()}",
+                )
+
+
+_POSITIVE = (
+    "max_push_bytes",
+    "max_request_bytes",
+    "heartbeat_interval",
+    "heartbeat_grace",
+    "resync_interval",
+    "hello_timeout",
+    "call_timeout",
+    "max_calls_in_flight",
+    "usage_flush_interval",
+    "nonce_rate_limit",
+    "nonce_rate_window",
+)
 
 
 def _flag(key: str, value: object) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from mcpz.private import private_dir
 from registry_server.db import Database
 from registry_server.git_recovery import Recovery, recover
 from registry_server.git_storage import RepoStore
@@ -23,7 +24,7 @@ class RegistryState:
     def open(cls, settings: RegistrySettings) -> RegistryState:
         from registry_server.db import migrate
 
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)
         settings.repos_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.database_url)
         migrate(db.engine)

@@ -93,7 +93,11 @@ class _Pending:
 class UsageRecorder:
     """Records usage events for the registry `state`; see the module docstring for the guarantees."""
 
-    def __init__(self, state: RegistryState, *, batch_size: int = BATCH_SIZE) -> None:
+    def __init__(
+        self, state: RegistryState, *, batch_size: int = BATCH_SIZE, held_lock: int | None = None
+    ) -> None:
+        """`held_lock`: the data folder's lock, already taken with `take_data_lock` (it is then
+        this recorder's to release)."""
         self.db: Database = state.db
         self.directory = state.settings.data_dir / "usage"
         self.interval = state.settings.usage_flush_interval
@@ -103,6 +107,7 @@ class UsageRecorder:
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._lock_fd: int | None = None
+        self._held_lock = held_lock
         self._batch: list[UsageEvent] = []
         self._pending: list[_Pending] = []
         self._sequence = 0
@@ -151,7 +156,8 @@ class UsageRecorder:
         UsageError if another registry process uses the same data folder.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _take_lock(self.directory / "lock")
+        held, self._held_lock = self._held_lock, None
+        self._lock_fd = held if held is not None else take_data_lock(self.directory.parent)
         self._loop = asyncio.get_running_loop()
         self._stopping = False
         try:
@@ -411,7 +417,13 @@ def _chunks(items: list[T]) -> Iterator[list[T]]:
         yield items[start : start + CHUNK]
 
 
-def _take_lock(path: Path) -> int:
+def take_data_lock(data_dir: Path) -> int:
+    """Lock `data_dir` for this process (flock on `usage/lock`) and return the descriptor holding it.
+
+    UsageError if another registry process holds it.
+    """
+    path = data_dir / "usage" / "lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -419,8 +431,8 @@ def _take_lock(path: Path) -> int:
         holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
         os.close(fd)
         raise UsageError(
-            f"another registry process (pid {holder}) records usage in {path.parent}",
-            hint="stop it, or give this registry its own data folder (MCPZ_REGISTRY_DATA)",
+            f"another registry process (pid {holder}) uses the data folder {data_dir}",
+            hint="stop it, or give this registry its own data folder (--data or MCPZ_REGISTRY_DATA)",
         ) from None
     # The holder's pid, for the message above; the lock itself is the flock, not the content.
     os.ftruncate(fd, 0)

@@ -46,8 +46,12 @@ def serve(
 
     settings = _settings(data, host=host, port=port)
     RegistryState.open(settings).close()  # migrate and fail loudly before binding the port
-    out().info(f"registry on http://{settings.host}:{settings.port} (data: {settings.data_dir})")
-    run_server(settings)
+    run_server(
+        settings,
+        on_ready=lambda: out().info(
+            f"registry on http://{settings.host}:{settings.port} (data: {settings.data_dir})"
+        ),
+    )
 
 
 @registry_app.command("migrate")
