@@ -18,6 +18,7 @@ from mcpz._version import __version__
 from mcpz.errors import AuthError, McpzError, NotFoundError, RefusedError, UsageError
 from registry_server import api, api_auth, api_deploy, api_usage, connector_hub, git_http, mesh_hub
 from registry_server.auth import Forbidden
+from registry_server.body_limits import BodyLimits
 from registry_server.gateway import GATEWAY_PREFIX, Gateway
 from registry_server.logs import request_id
 from registry_server.settings import RegistrySettings
@@ -155,5 +156,7 @@ def create_app(settings: RegistrySettings, state: RegistryState | None = None) -
         where = ".".join(str(p) for p in first.get("loc", ()))
         return JSONResponse(_error_body(f"invalid request: {where}: {first.get('msg', 'invalid')}"), 422)
 
+    # Added first, so it runs inside the request log: its refusals carry a request id and are logged.
+    app.add_middleware(BodyLimits, settings=settings)
     app.add_middleware(RequestLogMiddleware)
     return RegistryApp(app)

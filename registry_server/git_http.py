@@ -25,12 +25,14 @@ from starlette.types import Receive, Scope, Send
 
 from mcpz.names import name_problem
 from registry_server.auth import Forbidden, Unauthenticated, principal_from_headers, require
+from registry_server.body_limits import body_limit
 from registry_server.git_receive import PushContext, RegistryReceivePack
 from registry_server.pack_reuse import ReusingUploadPackHandler
 from registry_server.state import RegistryState
 
 log = logging.getLogger(__name__)
 CHUNK = 64 * 1024
+INFLATE_STEP = 256 * 1024  # most bytes one zlib call may produce from a gzip body
 SERVICES = ("git-upload-pack", "git-receive-pack")
 
 router = APIRouter(tags=["git"])
@@ -118,25 +120,73 @@ def _auth_error(e: Unauthenticated | Forbidden) -> Response:
     return PlainTextResponse(f"{e.message}\n", status_code=403)
 
 
-async def _spool_body(request: Request, limit: int) -> tuple[IO[bytes], bool]:
-    """The request body, un-gzipped, in a temp file; True when it went past `limit`."""
-    spool = tempfile.SpooledTemporaryFile(max_size=4 * 1024 * 1024)
-    encoding = request.headers.get("content-encoding", "").lower()
-    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding == "gzip" else None
-    size = 0
-    over = False
-    async for chunk in request.stream():
-        data = inflate.decompress(chunk) if inflate else chunk
-        size += len(data)
-        if size > limit:
-            # Keep draining so the client gets our status report instead of a broken pipe.
-            over = True
-            continue
-        spool.write(data)
-    if inflate and not over:
-        spool.write(inflate.flush())
-    spool.seek(0)
-    return spool, over
+class BodyRefused(Exception):
+    """A git request body that is not read on: too large (413) or not valid gzip (400)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def response(self) -> Response:
+        # The rest of the body stays unread: the connection cannot carry another request.
+        return PlainTextResponse(
+            f"{self.message}\n", status_code=self.status, headers={"Connection": "close"}
+        )
+
+
+class _Spool:
+    """Writes a body into a temp file, inflating gzip at most INFLATE_STEP bytes at a time, and
+    refuses it as soon as it passes `limit` bytes (inflated): a small gzip of zeros never gets to
+    make gigabytes, in memory or on disk."""
+
+    def __init__(self, limit: int, gzip: bool) -> None:
+        self.file = tempfile.SpooledTemporaryFile(max_size=4 * 1024 * 1024)
+        self.limit = limit
+        self.size = 0
+        self.inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzip else None
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise BodyRefused(413, f"request body over the limit of {self.limit} bytes")
+        self.file.write(data)
+
+    def feed(self, chunk: bytes) -> None:
+        """Inflates `chunk` (runs in a worker thread: inflating is CPU work)."""
+        assert self.inflate is not None
+        data = chunk
+        try:
+            while data and not self.inflate.eof:
+                self.write(self.inflate.decompress(data, INFLATE_STEP))
+                data = self.inflate.unconsumed_tail
+        except zlib.error as e:
+            raise BodyRefused(400, f"the gzip body is corrupt: {e}") from None
+
+    def finish(self) -> IO[bytes]:
+        if self.inflate is not None:
+            try:
+                while not self.inflate.eof and (rest := self.inflate.decompress(b"", INFLATE_STEP)):
+                    self.write(rest)
+            except zlib.error as e:
+                raise BodyRefused(400, f"the gzip body is corrupt: {e}") from None
+        self.file.seek(0)
+        return self.file
+
+
+async def _spool_body(request: Request, limit: int) -> IO[bytes]:
+    """The request body, un-gzipped, in a temp file; BodyRefused past `limit` bytes or on bad gzip."""
+    spool = _Spool(limit, request.headers.get("content-encoding", "").lower() == "gzip")
+    try:
+        async for chunk in request.stream():
+            if spool.inflate is not None:
+                await anyio.to_thread.run_sync(spool.feed, chunk)
+            else:
+                spool.write(chunk)
+        return await anyio.to_thread.run_sync(spool.finish)
+    except BaseException:
+        spool.file.close()
+        raise
 
 
 @router.get("/git/{namespace}/{name}/info/refs", summary="Git smart HTTP ref advertisement")
@@ -184,9 +234,11 @@ async def upload_pack(namespace: str, name: str, request: Request) -> Response:
         return PlainTextResponse("not a repository\n", status_code=404)
     if request.headers.get("content-type") != "application/x-git-upload-pack-request":
         return PlainTextResponse("invalid content type\n", status_code=415)
-    body, over = await _spool_body(request, state.settings.max_request_bytes)
-    if over:
-        return PlainTextResponse("negotiation too large\n", status_code=413)
+    try:
+        body = await _spool_body(request, state.settings.max_request_bytes)
+    except BodyRefused as e:
+        repo.close()
+        return e.response()
 
     def run(write: Callable[[bytes], int]) -> None:
         try:
@@ -213,9 +265,13 @@ async def receive_pack(namespace: str, name: str, request: Request) -> Response:
         return _auth_error(e)
     if request.headers.get("content-type") != "application/x-git-receive-pack-request":
         return PlainTextResponse("invalid content type\n", status_code=415)
+    # Ref commands plus the pack; the pack's own limit is enforced while it is indexed, so that a
+    # pack a little over it gets git's own refusal; a body far over it is refused here unread.
+    try:
+        body = await _spool_body(request, body_limit(request.url.path, state.settings))
+    except BodyRefused as e:
+        return e.response()
     repo = state.repos.open(agent) or state.repos.create(agent)
-    # Ref commands plus the pack; the pack's own limit is enforced while it is indexed.
-    body, _over = await _spool_body(request, state.settings.max_push_bytes + 1024 * 1024)
     ctx = PushContext(
         name=agent,
         principal=principal,

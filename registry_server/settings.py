@@ -21,6 +21,9 @@ class RegistrySettings:
     port: int = 8080
     max_push_bytes: int = 100 * 1024 * 1024
     max_request_bytes: int = 10 * 1024 * 1024
+    # Largest body of a JSON API request; seconds a client has to finish its request headers.
+    max_json_bytes: int = 1024 * 1024
+    header_timeout: float = 10.0
     default_token_days: int = 90
     # The URL clients use to reach this registry: what wallets sign in to and releases are signed for.
     public_url: str = ""
@@ -38,6 +41,7 @@ class RegistrySettings:
     max_calls_in_flight: int = 1000
     allowed_origins: tuple[str, ...] = ()
     usage_flush_interval: float = 1.0
+    max_sessions_per_account: int = 64
 
     @property
     def repos_dir(self) -> Path:
@@ -54,9 +58,10 @@ class RegistrySettings:
         with (bundled_path("configs") / "registry.toml").open("rb") as f:
             values: dict[str, Any] = tomllib.load(f)
         keys = ("host", "port", "max_push_bytes", "max_request_bytes", "default_token_days")
+        limits = ("max_json_bytes", "header_timeout", "max_sessions_per_account")
         mesh = ("heartbeat_interval", "heartbeat_grace", "resync_interval", "hello_timeout")
         gateway = ("call_timeout", "max_calls_in_flight", "allowed_origins", "usage_flush_interval")
-        for key in (*keys, "public_url", "chain_id", "chain_rpc", *mesh, *gateway):
+        for key in (*keys, "public_url", "chain_id", "chain_rpc", *mesh, *gateway, *limits):
             var = f"MCPZ_REGISTRY_{key.upper()}"
             if env.get(var):
                 values[key] = env[var]
@@ -78,6 +83,9 @@ class RegistrySettings:
                 max_push_bytes=int(values["max_push_bytes"]),
                 max_request_bytes=int(values["max_request_bytes"]),
                 default_token_days=int(values["default_token_days"]),
+                max_json_bytes=int(values.get("max_json_bytes", 1024 * 1024)),
+                header_timeout=float(values.get("header_timeout", 10.0)),
+                max_sessions_per_account=int(values.get("max_sessions_per_account", 64)),
                 public_url=str(values.get("public_url") or f"http://{values['host']}:{values['port']}"),
                 chain_id=int(values.get("chain_id", 1)),
                 chain_rpc=str(values.get("chain_rpc", "")),
