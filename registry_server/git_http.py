@@ -17,6 +17,7 @@ from typing import IO, Any
 import anyio
 import anyio.from_thread
 import anyio.to_thread
+from dulwich.errors import GitProtocolError
 from dulwich.protocol import ReceivableProtocol, pkt_line
 from dulwich.server import Backend
 from fastapi import APIRouter, Request
@@ -44,6 +45,14 @@ class _Backend(Backend):  # type: ignore[misc]
 
     def open_repository(self, path: str) -> Any:
         return self.repo
+
+
+class GitProtocol(ReceivableProtocol):  # type: ignore[misc]
+    """dulwich's protocol as the registry reads it: an empty pkt-line ("0004") reads as an empty
+    line instead of failing an `assert` in `read(0)` (an AssertionError out of a worker thread)."""
+
+    def read(self, size: int) -> bytes:
+        return b"" if size == 0 else bytes(super().read(size))
 
 
 class _ChunkWriter:
@@ -90,6 +99,8 @@ class GitResponse(Response):
                     writer.write(self._prefix)
                 self._run(writer.write)
                 writer.flush()
+            except GitProtocolError as e:  # a malformed or cut-off request: the client's to see
+                log.info("git client sent a request the protocol does not allow: %s", e)
             finally:
                 anyio.from_thread.run(sender.aclose)
 
@@ -211,7 +222,7 @@ async def info_refs(namespace: str, name: str, request: Request, service: str = 
     prefix = pkt_line(f"# service={service}\n".encode()) + pkt_line(None)
 
     def run(write: Callable[[bytes], int]) -> None:
-        proto = ReceivableProtocol(BytesIO().read, write)
+        proto = GitProtocol(BytesIO().read, write)
         handler_cls = ReusingUploadPackHandler if service == "git-upload-pack" else RegistryReceivePack
         kwargs: dict[str, Any] = {}
         if handler_cls is RegistryReceivePack:
@@ -242,7 +253,7 @@ async def upload_pack(namespace: str, name: str, request: Request) -> Response:
 
     def run(write: Callable[[bytes], int]) -> None:
         try:
-            proto = ReceivableProtocol(body.read, write)
+            proto = GitProtocol(body.read, write)
             ReusingUploadPackHandler(_Backend(repo), [agent], proto, stateless_rpc=True).handle()
         finally:
             repo.close()
@@ -283,7 +294,7 @@ async def receive_pack(namespace: str, name: str, request: Request) -> Response:
 
     def run(write: Callable[[bytes], int]) -> None:
         try:
-            proto = ReceivableProtocol(body.read, write)
+            proto = GitProtocol(body.read, write)
             RegistryReceivePack(_Backend(repo), [agent], proto, ctx=ctx, stateless_rpc=True).handle()
         finally:
             repo.close()
