@@ -27,7 +27,7 @@ from meshutil import until
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from mcpz.mesh import CLOSE_PROTOCOL_ERROR
+from mcpz.mesh import CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, MAX_FRAME_SIZE
 from registry_server.serve import free_port
 
 SETTINGS = {
@@ -154,6 +154,19 @@ def test_a_deeply_nested_msgpack_frame_closes_that_socket_and_the_hub_lives(regi
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=WAIT)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == CLOSE_PROTOCOL_ERROR
+    registry.alive()
+
+
+def test_a_websocket_message_over_the_frame_size_is_refused_by_the_websocket_layer(
+    registry: Registry,
+) -> None:
+    url = f"ws://127.0.0.1:{registry.port}/v1/mesh"
+    headers = {"Authorization": f"Bearer {registry.token}"}
+    with connect(url, additional_headers=headers, max_size=None) as ws:
+        ws.send(b"\0" * (MAX_FRAME_SIZE + 1))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=WAIT)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == CLOSE_TOO_BIG
     registry.alive()
 
 
