@@ -43,6 +43,15 @@ class RegistrySettings:
     usage_flush_interval: float = 1.0
     max_sessions_per_account: int = 64
 
+    def __post_init__(self) -> None:
+        # A limit of zero would refuse everything (or, for sessions, loop on an empty table).
+        for name in ("max_json_bytes", "header_timeout", "max_sessions_per_account"):
+            if not getattr(self, name) > 0:
+                raise UsageError(
+                    f"invalid registry setting: {name} must be above 0, not {getattr(self, name)}",
+                    hint=f"check MCPZ_REGISTRY_{name.upper()} and configs/registry.toml",
+                )
+
     @property
     def repos_dir(self) -> Path:
         return self.data_dir / "repos"

@@ -220,3 +220,15 @@ def test_a_client_that_never_finishes_its_headers_is_disconnected_while_others_a
         registry.alive()
         assert slow.recv(4096) == b"", "the registry answered a request whose headers never ended"
     registry.alive()
+
+
+# --- settings -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["MAX_JSON_BYTES", "HEADER_TIMEOUT", "MAX_SESSIONS_PER_ACCOUNT"])
+def test_a_limit_of_zero_is_a_clear_setting_error(key: str, tmp_path: Path) -> None:
+    from mcpz.errors import UsageError
+    from registry_server.settings import RegistrySettings
+
+    with pytest.raises(UsageError, match=key.lower()):
+        RegistrySettings.load(data_dir=tmp_path, env={f"MCPZ_REGISTRY_{key}": "0"})
