@@ -27,7 +27,7 @@ from mcpz.errors import RefusedError, UsageError
 from mcpz.registry_client import RegistryClient
 
 if TYPE_CHECKING:
-    from eth_account.signers.local import LocalAccount
+    from mcpz.ethkeys import LocalAccount
 
 __all__ = ["deploy", "rollback", "scale"]
 

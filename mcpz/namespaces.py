@@ -21,7 +21,7 @@ from mcpz.registry_client import RegistryClient
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from eth_account.signers.local import LocalAccount
+    from mcpz.ethkeys import LocalAccount
 
 
 def trust_store(env: Mapping[str, str] | None = None) -> trust.TrustStore:

@@ -18,9 +18,8 @@ from mcpz.manifest import MANIFEST_FILE, Manifest, parse_manifest
 from mcpz.names import AgentName
 
 if TYPE_CHECKING:
-    from eth_account.signers.local import LocalAccount
-
     from mcpz import signing
+    from mcpz.ethkeys import LocalAccount
     from mcpz.registry_client import RegistryClient
 
 ProgressFn = Callable[[str, int, int | None], None]  # (phase, done, total)

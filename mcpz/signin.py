@@ -12,10 +12,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from eth_account.signers.local import LocalAccount
-
 from mcpz import siwe
 from mcpz.errors import UsageError
+from mcpz.ethkeys import LocalAccount
 from mcpz.registry_client import RegistryClient
 
 STATEMENT = "Sign in to the mcpz registry"

@@ -52,9 +52,6 @@ from dataclasses import dataclass
 from typing import ClassVar, Self
 from urllib.parse import urlsplit
 
-from eth_account import Account
-from eth_account.messages import encode_defunct
-from eth_account.signers.local import LocalAccount
 from eth_keys.constants import SECPK1_N
 from eth_keys.exceptions import BadSignature as _EthBadSignature
 from eth_utils.address import is_checksum_address, to_checksum_address
@@ -63,6 +60,7 @@ from eth_utils.exceptions import ValidationError as _EthValidationError
 from packaging.version import InvalidVersion, Version
 
 from mcpz.errors import AuthError, McpzError, UsageError
+from mcpz.ethkeys import Account, LocalAccount, encode_defunct
 from mcpz.names import name_problem, part_problem
 
 __all__ = [

@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
 from eth_utils.address import is_address, to_checksum_address
 
 from mcpz.config import data_dir
 from mcpz.errors import AuthError, UsageError
+from mcpz.ethkeys import Account, LocalAccount
 
 __all__ = [
     "KEYRING_SERVICE",

@@ -152,6 +152,8 @@ def eip1271_check(rpc_url: str) -> siwe.ContractCheck:
         try:
             from web3 import Web3
             from web3.exceptions import ContractLogicError, Web3Exception
+
+            import mcpz.ethkeys  # noqa: F401  (before web3: it keeps py_ecc's recursion limit out)
         except ImportError as e:
             raise McpzError(
                 "contract-wallet sign-in needs web3, which is not installed",

@@ -22,6 +22,7 @@ from mcpz._version import __version__
 from mcpz.errors import AuthError, McpzError, NotFoundError, RefusedError, UsageError
 from registry_server import api, api_auth, api_deploy, api_usage, connector_hub, git_http, mesh_hub
 from registry_server.auth import Forbidden
+from registry_server.body_limits import BodyLimits
 from registry_server.gateway import GATEWAY_PREFIX, Gateway
 from registry_server.logs import request_id
 from registry_server.openapi import use_error_model
@@ -194,6 +195,9 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+    # Added first, so it runs inside the request log: its refusals carry a request id and are logged.
+    app.add_middleware(BodyLimits, settings=settings)
     app.add_middleware(RequestLogMiddleware)
     return RegistryApp(app)
 

@@ -19,7 +19,9 @@ warm stdio process. It follows the specification's Streamable HTTP transport (ha
 - **Origin**: a browser's `Origin` must be the registry's own or one of `allowed_origins` (403
   otherwise): a web page must not drive a user's agents through DNS rebinding.
 - **Bounds**: at most `max_calls_in_flight` calls at once (then 503 with Retry-After), 256 per
-  replica, `MAX_SESSIONS` sessions, bodies up to the mesh frame size; a call waits at most
+  replica, `MAX_SESSIONS` sessions, `max_sessions_per_account` per account (past it, the account's
+  least recently used idle session ends), bodies up to the mesh frame size (JSON nested at most
+  `mcpz.jsonlimits.MAX_DEPTH` deep); a call waits at most
   `call_timeout` seconds, then the agent is told to cancel and the client gets an error.
 - **Failures are answers**: no healthy replica, a replica that dies mid-call, a timeout, each is a
   JSON-RPC error naming what happened. Nothing is retried on another replica: a `tools/call` may
@@ -46,7 +48,9 @@ import anyio.to_thread
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import Receive, Scope, Send
 
+from mcpz import jsonlimits
 from mcpz.errors import McpzError
+from mcpz.jsonlimits import JSONError
 from mcpz.mesh import MAX_FRAME_SIZE
 from mcpz.names import name_problem
 from registry_server.accounts import Principal
@@ -179,6 +183,8 @@ class Gateway:
         self.origins = {o.lower() for o in (_origin_of(settings.public_url), *settings.allowed_origins) if o}
         self.tokens = TokenCache(state)
         self.sessions: dict[str, Session] = {}
+        self.max_sessions_per_account = settings.max_sessions_per_account
+        self._accounts: dict[int, dict[str, Session]] = {}  # the same sessions, by account
         self.in_flight = 0
         self.closing = False
         self.router.on_broadcast = self._broadcast
@@ -306,11 +312,11 @@ class Gateway:
         version = headers.get("mcp-protocol-version")
         if version is not None and version not in HANDSHAKE_VERSIONS:
             raise GatewayError(400, INVALID_REQUEST, f"unsupported MCP-Protocol-Version {version}")
-        body = await _read_body(receive, MAX_BODY)
+        body = await _read_body(receive, MAX_BODY, headers)
         try:
-            message: Any = json.loads(body)
-        except ValueError:
-            raise GatewayError(400, PARSE_ERROR, "the body is not valid JSON") from None
+            message: Any = jsonlimits.loads(body)
+        except JSONError as e:
+            raise GatewayError(400, PARSE_ERROR, f"the body is {e}") from None
         if isinstance(message, list):
             raise GatewayError(400, INVALID_REQUEST, "JSON-RPC batches are not supported: send one message")
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
@@ -361,7 +367,7 @@ class Gateway:
         )
         payload, _ = await self._relay(session, principal, message, body, None)
         if _outcome_of(payload) == Outcome.OK:
-            self.sessions[session.id] = session
+            self._add_session(session)
             await _respond(send, 200, payload, [(SESSION_HEADER, session.id.encode())])
         else:
             self.router.pin(None, session.target)  # no session came of it
@@ -551,7 +557,9 @@ class Gateway:
         session = self._session(where, principal, headers)
         if session.stream is not None:
             raise GatewayError(409, INVALID_REQUEST, "this session has a stream open already")
-        await _read_body(receive, 64 * 1024)  # from here on, receive() says only when the client goes
+        await _read_body(
+            receive, 64 * 1024, headers
+        )  # from here on, receive() says only when the client goes
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_QUEUE)
         session.stream = queue
         disconnect = asyncio.ensure_future(receive())
@@ -596,7 +604,25 @@ class Gateway:
             with contextlib.suppress(asyncio.QueueFull):
                 session.stream.put_nowait(payload)
 
+    def _add_session(self, session: Session) -> None:
+        """Opens `session`; one account past its cap loses its least recently used idle session
+        (one without calls in flight), so one account cannot fill the table."""
+        mine = self._accounts.setdefault(session.account_id, {})
+        while len(mine) >= self.max_sessions_per_account:
+            idle = [s for s in mine.values() if not s.calls] or list(mine.values())
+            oldest = min(idle, key=lambda s: s.last_used)
+            log.info(
+                "gateway ended an account's oldest idle session: it has too many",
+                extra={"account_id": session.account_id, "limit": self.max_sessions_per_account},
+            )
+            self._end_session(oldest)
+        self.sessions[session.id] = session
+        mine[session.id] = session
+
     def _end_session(self, session: Session) -> None:
+        mine = self._accounts.get(session.account_id)
+        if mine is not None and mine.pop(session.id, None) is not None and not mine:
+            del self._accounts[session.account_id]
         if self.sessions.pop(session.id, None) is not None:
             self.router.pin(None, session.target)
         for call in list(session.calls.values()):
@@ -678,8 +704,8 @@ def _shutdown() -> CallFailed:
 
 def _outcome_of(payload: bytes) -> str:
     try:
-        response = json.loads(payload)
-    except ValueError:
+        response = jsonlimits.loads(payload)
+    except JSONError:
         return Outcome.RPC_ERROR
     if not isinstance(response, dict):
         return Outcome.RPC_ERROR
@@ -699,7 +725,13 @@ def _sse(payload: bytes) -> bytes:
     return b"event: message\ndata: " + payload.replace(b"\n", b"") + b"\n\n"
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
+async def _read_body(receive: Receive, limit: int, headers: Mapping[str, str]) -> bytes:
+    length = headers.get("content-length")
+    if length is not None and not length.isdigit():
+        raise GatewayError(400, INVALID_REQUEST, "Content-Length is not a number")
+    if length is not None and int(length) > limit:
+        # Refused unread: a body of that size would be read only to be thrown away.
+        raise GatewayError(413, INVALID_REQUEST, f"the request is over {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     while True:

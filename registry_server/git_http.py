@@ -17,6 +17,7 @@ from typing import IO, Any
 import anyio
 import anyio.from_thread
 import anyio.to_thread
+from dulwich.errors import GitProtocolError
 from dulwich.protocol import ReceivableProtocol, pkt_line
 from dulwich.repo import MemoryRepo
 from dulwich.server import Backend
@@ -27,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from mcpz.names import name_problem
 from registry_server.auth import Forbidden, Unauthenticated, principal_from_headers, require
+from registry_server.body_limits import body_limit
 from registry_server.git_receive import PushContext, RegistryReceivePack
 from registry_server.git_recovery import remove_if_empty
 from registry_server.openapi import AgentPart, Namespace, text_errors
@@ -35,6 +37,7 @@ from registry_server.state import RegistryState
 
 log = logging.getLogger(__name__)
 CHUNK = 64 * 1024
+INFLATE_STEP = 256 * 1024  # most bytes one zlib call may produce from a gzip body
 SERVICES = ("git-upload-pack", "git-receive-pack")
 
 router = APIRouter(tags=["git"])
@@ -46,6 +49,14 @@ class _Backend(Backend):  # type: ignore[misc]
 
     def open_repository(self, path: str) -> Any:
         return self.repo
+
+
+class GitProtocol(ReceivableProtocol):  # type: ignore[misc]
+    """dulwich's protocol as the registry reads it: an empty pkt-line ("0004") reads as an empty
+    line instead of failing an `assert` in `read(0)` (an AssertionError out of a worker thread)."""
+
+    def read(self, size: int) -> bytes:
+        return b"" if size == 0 else bytes(super().read(size))
 
 
 class _ChunkWriter:
@@ -92,6 +103,8 @@ class GitResponse(Response):
                     writer.write(self._prefix)
                 self._run(writer.write)
                 writer.flush()
+            except GitProtocolError as e:  # a malformed or cut-off request: the client's to see
+                log.info("git client sent a request the protocol does not allow: %s", e)
             finally:
                 anyio.from_thread.run(sender.aclose)
 
@@ -122,25 +135,73 @@ def _auth_error(e: Unauthenticated | Forbidden) -> Response:
     return PlainTextResponse(f"{e.message}\n", status_code=403)
 
 
-async def _spool_body(request: Request, limit: int) -> tuple[IO[bytes], bool]:
-    """The request body, un-gzipped, in a temp file; True when it went past `limit`."""
-    spool = tempfile.SpooledTemporaryFile(max_size=4 * 1024 * 1024)
-    encoding = request.headers.get("content-encoding", "").lower()
-    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding == "gzip" else None
-    size = 0
-    over = False
-    async for chunk in request.stream():
-        data = inflate.decompress(chunk) if inflate else chunk
-        size += len(data)
-        if size > limit:
-            # Keep draining so the client gets our status report instead of a broken pipe.
-            over = True
-            continue
-        spool.write(data)
-    if inflate and not over:
-        spool.write(inflate.flush())
-    spool.seek(0)
-    return spool, over
+class BodyRefused(Exception):
+    """A git request body that is not read on: too large (413) or not valid gzip (400)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def response(self) -> Response:
+        # The rest of the body stays unread: the connection cannot carry another request.
+        return PlainTextResponse(
+            f"{self.message}\n", status_code=self.status, headers={"Connection": "close"}
+        )
+
+
+class _Spool:
+    """Writes a body into a temp file, inflating gzip at most INFLATE_STEP bytes at a time, and
+    refuses it as soon as it passes `limit` bytes (inflated): a small gzip of zeros never gets to
+    make gigabytes, in memory or on disk."""
+
+    def __init__(self, limit: int, gzip: bool) -> None:
+        self.file = tempfile.SpooledTemporaryFile(max_size=4 * 1024 * 1024)
+        self.limit = limit
+        self.size = 0
+        self.inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzip else None
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise BodyRefused(413, f"request body over the limit of {self.limit} bytes")
+        self.file.write(data)
+
+    def feed(self, chunk: bytes) -> None:
+        """Inflates `chunk` (runs in a worker thread: inflating is CPU work)."""
+        assert self.inflate is not None
+        data = chunk
+        try:
+            while data and not self.inflate.eof:
+                self.write(self.inflate.decompress(data, INFLATE_STEP))
+                data = self.inflate.unconsumed_tail
+        except zlib.error as e:
+            raise BodyRefused(400, f"the gzip body is corrupt: {e}") from None
+
+    def finish(self) -> IO[bytes]:
+        if self.inflate is not None:
+            try:
+                while not self.inflate.eof and (rest := self.inflate.decompress(b"", INFLATE_STEP)):
+                    self.write(rest)
+            except zlib.error as e:
+                raise BodyRefused(400, f"the gzip body is corrupt: {e}") from None
+        self.file.seek(0)
+        return self.file
+
+
+async def _spool_body(request: Request, limit: int) -> IO[bytes]:
+    """The request body, un-gzipped, in a temp file; BodyRefused past `limit` bytes or on bad gzip."""
+    spool = _Spool(limit, request.headers.get("content-encoding", "").lower() == "gzip")
+    try:
+        async for chunk in request.stream():
+            if spool.inflate is not None:
+                await anyio.to_thread.run_sync(spool.feed, chunk)
+            else:
+                spool.write(chunk)
+        return await anyio.to_thread.run_sync(spool.finish)
+    except BaseException:
+        spool.file.close()
+        raise
 
 
 @router.get(
@@ -170,7 +231,7 @@ async def info_refs(namespace: Namespace, name: AgentPart, request: Request, ser
     prefix = pkt_line(f"# service={service}\n".encode()) + pkt_line(None)
 
     def run(write: Callable[[bytes], int]) -> None:
-        proto = ReceivableProtocol(BytesIO().read, write)
+        proto = GitProtocol(BytesIO().read, write)
         handler_cls = ReusingUploadPackHandler if service == "git-upload-pack" else RegistryReceivePack
         kwargs: dict[str, Any] = {}
         if handler_cls is RegistryReceivePack:
@@ -197,13 +258,19 @@ async def upload_pack(namespace: Namespace, name: AgentPart, request: Request) -
         return PlainTextResponse("not a repository\n", status_code=404)
     if request.headers.get("content-type") != "application/x-git-upload-pack-request":
         return PlainTextResponse("invalid content type\n", status_code=415)
-    body, over = await _spool_body(request, state.settings.max_request_bytes)
-    if over:
-        return PlainTextResponse("negotiation too large\n", status_code=413)
+    try:
+        body = await _spool_body(request, state.settings.max_request_bytes)
+    except BodyRefused as e:
+        repo.close()
+        return e.response()
+    except ClientDisconnect:
+        # A fetch abandoned mid-request: nobody reads this answer.
+        repo.close()
+        return Response(status_code=400)
 
     def run(write: Callable[[bytes], int]) -> None:
         try:
-            proto = ReceivableProtocol(body.read, write)
+            proto = GitProtocol(body.read, write)
             ReusingUploadPackHandler(_Backend(repo), [agent], proto, stateless_rpc=True).handle()
         finally:
             repo.close()
@@ -230,9 +297,12 @@ async def receive_pack(namespace: Namespace, name: AgentPart, request: Request) 
         return _auth_error(e)
     if request.headers.get("content-type") != "application/x-git-receive-pack-request":
         return PlainTextResponse("invalid content type\n", status_code=415)
-    # Ref commands plus the pack; the pack's own limit is enforced while it is indexed.
+    # Ref commands plus the pack; the pack's own limit is enforced while it is indexed, so that a
+    # pack a little over it gets git's own refusal; a body far over it is refused here unread.
     try:
-        body, _over = await _spool_body(request, state.settings.max_push_bytes + 1024 * 1024)
+        body = await _spool_body(request, body_limit(request.url.path, state.settings))
+    except BodyRefused as e:
+        return e.response()
     except ClientDisconnect:
         # An abandoned push: nobody reads this answer, and nothing of it was kept.
         return Response(status_code=400)
@@ -252,7 +322,7 @@ async def receive_pack(namespace: Namespace, name: AgentPart, request: Request) 
         try:
             repo = state.repos.create(agent)
             try:
-                proto = ReceivableProtocol(body.read, write)
+                proto = GitProtocol(body.read, write)
                 RegistryReceivePack(_Backend(repo), [agent], proto, ctx=ctx, stateless_rpc=True).handle()
             finally:
                 repo.close()

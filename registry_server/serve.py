@@ -8,11 +8,14 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
 from mcpz.errors import McpzError, UsageError
+from mcpz.mesh import MAX_FRAME_SIZE
 from registry_server.app import create_app
+from registry_server.header_timeout import with_header_timeout
 from registry_server.logs import configure
 from registry_server.settings import RegistrySettings
 from registry_server.usage import take_data_lock
@@ -41,6 +44,7 @@ def serve(
         log_config=None,
         log_level=log_level,
         timeout_keep_alive=30,
+        **uvicorn_limits(settings),
     )
     server = uvicorn.Server(config)
     with sock:
@@ -81,6 +85,18 @@ def bind(host: str, port: int) -> socket.socket:
             ) from None
         raise McpzError(f"cannot listen on {where}: {e.strerror}", hint="check --host and --port") from None
     return sock
+
+
+def uvicorn_limits(settings: RegistrySettings) -> dict[str, Any]:
+    """The limits uvicorn enforces for the registry: the header deadline and the WebSocket message size."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    return {
+        "http": with_header_timeout(AutoHTTPProtocol, settings.header_timeout),
+        # No hub frame is larger than the protocol's limit: a larger message is refused by the
+        # WebSocket layer before it is buffered whole.
+        "ws_max_size": MAX_FRAME_SIZE,
+    }
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -125,6 +141,7 @@ def start_in_thread(
         lifespan="on",
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
+        **uvicorn_limits(settings),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="mcpz-registry", daemon=True)

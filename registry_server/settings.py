@@ -21,6 +21,9 @@ class RegistrySettings:
     port: int = 8080
     max_push_bytes: int = 100 * 1024 * 1024
     max_request_bytes: int = 10 * 1024 * 1024
+    # Largest body of a JSON API request; seconds a client has to finish its request headers.
+    max_json_bytes: int = 1024 * 1024
+    header_timeout: float = 10.0
     default_token_days: int = 90
     # The URL clients use to reach this registry: what wallets sign in to and releases are signed for.
     public_url: str = ""
@@ -46,6 +49,8 @@ class RegistrySettings:
     max_calls_in_flight: int = 1000
     allowed_origins: tuple[str, ...] = ()
     usage_flush_interval: float = 1.0
+    # Gateway sessions one account may hold; past it its oldest idle session ends.
+    max_sessions_per_account: int = 64
     # Sign-in nonces: at most nonce_rate_limit per client address in nonce_rate_window seconds.
     nonce_rate_limit: int = 30
     nonce_rate_window: float = 60.0
@@ -71,7 +76,8 @@ class RegistrySettings:
         )  # fmt: skip
         gateway = ("call_timeout", "max_calls_in_flight", "allowed_origins", "usage_flush_interval")
         nonces = ("nonce_rate_limit", "nonce_rate_window")
-        for key in (*keys, "public_url", "chain_id", "chain_rpc", *mesh, *gateway, *nonces):
+        limits = ("max_json_bytes", "header_timeout", "max_sessions_per_account")
+        for key in (*keys, "public_url", "chain_id", "chain_rpc", *mesh, *gateway, *nonces, *limits):
             var = f"MCPZ_REGISTRY_{key.upper()}"
             if env.get(var):
                 values[key] = env[var]
@@ -92,6 +98,8 @@ class RegistrySettings:
                 port=int(values["port"]),
                 max_push_bytes=int(values["max_push_bytes"]),
                 max_request_bytes=int(values["max_request_bytes"]),
+                max_json_bytes=int(values.get("max_json_bytes", 1024 * 1024)),
+                header_timeout=float(values.get("header_timeout", 10.0)),
                 default_token_days=int(values["default_token_days"]),
                 public_url=str(values.get("public_url") or f"http://{values['host']}:{values['port']}"),
                 chain_id=int(values.get("chain_id", 1)),
@@ -110,6 +118,7 @@ class RegistrySettings:
                 max_calls_in_flight=int(values.get("max_calls_in_flight", 1000)),
                 allowed_origins=_origins(values.get("allowed_origins", ())),
                 usage_flush_interval=float(values.get("usage_flush_interval", 1.0)),
+                max_sessions_per_account=int(values.get("max_sessions_per_account", 64)),
                 nonce_rate_limit=int(values.get("nonce_rate_limit", 30)),
                 nonce_rate_window=float(values.get("nonce_rate_window", 60.0)),
             )
@@ -134,6 +143,9 @@ class RegistrySettings:
 _POSITIVE = (
     "max_push_bytes",
     "max_request_bytes",
+    "max_json_bytes",
+    "header_timeout",
+    "max_sessions_per_account",
     "heartbeat_interval",
     "heartbeat_grace",
     "resync_interval",

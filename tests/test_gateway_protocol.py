@@ -325,6 +325,24 @@ def test_malformed_posts_get_the_statuses_the_transport_names(main: Site) -> Non
         assert raw.post(listed).json()["result"]["tools"]
 
 
+def test_one_account_cannot_fill_the_session_table_its_oldest_idle_session_ends(main: Site) -> None:
+    cap = 64  # max_sessions_per_account, by default
+    listed = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    with httpx2.Client(timeout=30) as http:
+        mine = main.caller()
+        other = Raw(main, http, main.caller()).initialize()
+        sessions = [Raw(main, http, mine).initialize() for _ in range(cap)]
+        assert sessions[0].post(listed).status_code == 200  # the first is now the most recently used
+        newest = Raw(main, http, mine).initialize()
+        gone = sessions[1].post(listed)
+        assert gone.status_code == 404, "the least recently used idle session should have ended"
+        assert "initialize again" in gone.json()["error"]["message"]
+        for raw in (sessions[0], *sessions[2:], newest, other):
+            assert raw.post(listed).status_code == 200
+        for raw in (sessions[0], *sessions[2:], newest, other):
+            http.delete(main.url, headers=raw.headers())
+
+
 # --- progress -------------------------------------------------------------------------------------
 
 

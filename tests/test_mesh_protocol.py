@@ -330,6 +330,21 @@ def test_random_fields_in_a_real_envelope(name: str, version: Any, fields: dict[
 
 
 @relaxed
+@given(
+    st.sampled_from(sorted(FRAME_TYPES)),
+    st.sampled_from([*sorted({f.name for t in FRAME_TYPES.values() for f in dataclasses.fields(t)}), "x"]),
+    st.lists(st.sampled_from([b"\x91", b"\x81\xa1k", b"\xdc\x00\x01"]), min_size=1, max_size=4),
+    st.integers(1, 200_000),
+)
+def test_deeply_nested_fields_are_refused(name: str, field: str, openers: list[bytes], depth: int) -> None:
+    """Arrays and maps nested up to 200,000 deep in any field: refused, never a RecursionError."""
+    envelope = msgpack.packb({"v": VERSION, "type": name}, use_bin_type=True)
+    key = msgpack.packb(field, use_bin_type=True)
+    nesting = b"".join(openers[i % len(openers)] for i in range(depth)) + b"\xc0"
+    _decode_or_refuse(bytes([envelope[0] + 1]) + envelope[1:] + key + nesting)
+
+
+@relaxed
 @given(frames, st.data())
 def test_mutated_valid_frames(frame: Frame, data: st.DataObject) -> None:
     wire = bytearray(encode(frame))

@@ -122,10 +122,9 @@ def rotate_key(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
     `retired-<address>.json` beside it. Nodes follow the signed rotation; the old key is listed
     as revoked.
     """
-    from eth_account import Account
-
     from mcpz import namespaces, wallet
     from mcpz.cli.cmd_wallet import _prompt_for
+    from mcpz.ethkeys import Account
 
     current = wallet.Wallet.load()
     passphrase = wallet.get_passphrase(current.address, prompt=_prompt_for(current.address))

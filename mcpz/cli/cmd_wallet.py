@@ -15,8 +15,7 @@ from mcpz.cli.output import out
 from mcpz.errors import UsageError
 
 if TYPE_CHECKING:
-    from eth_account.signers.local import LocalAccount
-
+    from mcpz.ethkeys import LocalAccount
     from mcpz.wallet import Wallet
 
 wallet_app = typer.Typer(

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from mcpz import jsonlimits
 from mcpz.mesh import MAX_FRAME_SIZE
 from mcpz.node.process import ReplicaProcess, read_lines
 
@@ -158,7 +159,7 @@ class StdioChannel:
 
     async def _dispatch(self, line: bytes) -> None:
         try:
-            message = json.loads(line)
+            message = jsonlimits.loads(line)
         except ValueError:
             message = None
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":

@@ -35,6 +35,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from mcpz import jsonlimits
 from mcpz.mesh import MAX_FRAME_SIZE, Call, Cancel, Frame, Notify, ProtocolError, Result
 from mcpz.node.channel import AGENT_GONE, JSON, StdioChannel, agent_gone, error_response
 
@@ -92,7 +93,7 @@ class CallRelay:
         if tg is None:
             return  # not connected: the hub fails calls on a closed connection itself
         try:
-            message: Any = json.loads(frame.payload)
+            message: Any = jsonlimits.loads(frame.payload)
         except ValueError:
             message = None
         if not isinstance(message, dict) or not isinstance(message.get("method"), str) or "id" not in message:
@@ -132,7 +133,7 @@ class CallRelay:
         if channel is None or tg is None:
             return
         try:
-            message = json.loads(frame.payload)
+            message = jsonlimits.loads(frame.payload)
         except ValueError:
             return
         if isinstance(message, dict) and isinstance(message.get("method"), str) and "id" not in message:
