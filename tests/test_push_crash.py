@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,8 +79,12 @@ class RegistryProcess:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"the registry exited with {self.proc.returncode}:\n{self.tail()}")
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", self.port)) == 0
+        # /healthz, not a TCP connect: the port listens before start-up recovery has run.
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
