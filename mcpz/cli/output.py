@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @dataclass
@@ -23,6 +26,8 @@ class Output:
     @property
     def stdout(self) -> Console:
         if self._stdout is None:
+            from rich.console import Console
+
             self._stdout = Console(
                 file=sys.stdout,
                 no_color=self.json or "NO_COLOR" in os.environ,
@@ -34,6 +39,8 @@ class Output:
     @property
     def stderr(self) -> Console:
         if self._stderr is None:
+            from rich.console import Console
+
             self._stderr = Console(file=sys.stderr, highlight=False, soft_wrap=True)
         return self._stderr
 
@@ -78,3 +85,37 @@ def out() -> Output:
 def set_output(output: Output) -> None:
     global _current
     _current = output
+
+
+class _LineHandler(logging.Handler):
+    """The node's progress on stderr: one line per event, or one JSON object per line with --json."""
+
+    def __init__(self, as_json: bool) -> None:
+        super().__init__(logging.INFO)
+        self.as_json = as_json
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if self.as_json:
+                line = json.dumps(
+                    {"time": round(record.created, 3), "level": record.levelname.lower(), "message": message}
+                )
+            else:
+                line = f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {message}"
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        except Exception:  # a logging handler must never raise into the code that logs
+            self.handleError(record)
+
+
+def attach_log(output: Output, name: str = "mcpz.node") -> logging.Handler | None:
+    """Progress lines of logger `name` on stderr (a long-running command's own log)."""
+    if output.quiet or output.verbose:  # -v already sends every mcpz log to stderr
+        return None
+    handler = _LineHandler(output.json)
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    return handler

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mcpz.cli.app import app
 from mcpz.cli.output import out
 
 if TYPE_CHECKING:
@@ -56,6 +55,10 @@ def _print_patch(console: Console, patch: str) -> None:
     for line in patch.splitlines():
         style = "bold" if line.startswith(("diff --git", "--- ", "+++ ")) else styles.get(line[:1])
         console.print(line, style=style, markup=False, highlight=False)
+
+
+# This module's commands; cli/app.py mounts them by name when one of them runs.
+app = typer.Typer()
 
 
 @app.command()
