@@ -10,10 +10,7 @@ checks the table against the modules, so a command cannot vanish with an "unused
 from __future__ import annotations
 
 import importlib
-import json
-import logging
 import sys
-import traceback
 from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Annotated, Any, NamedTuple
 
@@ -22,69 +19,9 @@ from typer import _click
 from typer.core import TyperCommand, TyperGroup
 
 from mcpz._version import __version__
-from mcpz.cli.output import Output, out, set_output
+from mcpz.cli.invocation import configure_logging, report_error, split_global_flags
+from mcpz.cli.output import out, set_output
 from mcpz.errors import McpzError
-
-_GLOBAL_FLAGS = {"--json", "-v", "--verbose", "-q", "--quiet"}
-
-
-def _split_global_flags(args: Sequence[str]) -> tuple[Output, list[str]]:
-    """Take --json/-v/-q from anywhere before `--`, so `mcpz log --json` works as typed."""
-    output = Output()
-    rest: list[str] = []
-    passthrough = False
-    for arg in args:
-        if passthrough or (arg not in _GLOBAL_FLAGS and not _is_vv(arg)):
-            if arg == "--":
-                passthrough = True
-            rest.append(arg)
-        elif arg == "--json":
-            output.json = True
-        elif arg in ("-q", "--quiet"):
-            output.quiet = True
-        elif arg == "--verbose":
-            output.verbose += 1
-        else:
-            output.verbose += len(arg) - 1
-    return output, rest
-
-
-def _is_vv(arg: str) -> bool:
-    return len(arg) > 1 and arg[0] == "-" and set(arg[1:]) == {"v"}
-
-
-def _configure_logging(output: Output) -> None:
-    logger = logging.getLogger("mcpz")
-    for handler in list(logger.handlers):
-        if getattr(handler, "_mcpz_cli", False):
-            logger.removeHandler(handler)
-    # The MCP SDK logs tracebacks for bad agent output; our one-line errors already say it.
-    sdk = logging.getLogger("mcp")
-    if not output.verbose and not any(isinstance(h, logging.NullHandler) for h in sdk.handlers):
-        sdk.addHandler(logging.NullHandler())
-        sdk.propagate = False
-    elif output.verbose:
-        sdk.propagate = True
-    if output.verbose:
-        handler = logging.StreamHandler(sys.stderr)
-        handler._mcpz_cli = True  # type: ignore[attr-defined]
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG if output.verbose > 1 else logging.INFO)
-
-
-def report_error(error: McpzError, output: Output) -> None:
-    if output.verbose:
-        traceback.print_exception(error, file=sys.stderr)
-    line = f"error: {error.message}"
-    if error.hint:
-        line += f" ({error.hint})"
-    elif not output.verbose:
-        line += " (rerun with -v for details)"
-    sys.stderr.write(line.replace("\n", " ") + "\n")
-    if output.json:
-        payload = {"error": {"message": error.message, "hint": error.hint, "exit_code": error.exit_code}}
-        sys.stdout.write(json.dumps(payload) + "\n")
 
 
 class Entry(NamedTuple):
@@ -270,9 +207,9 @@ class McpzGroup(TyperGroup):
         self.commands = LazyCommands()
 
     def main(self, args: Sequence[str] | None = None, *a: Any, **kw: Any) -> Any:
-        output, rest = _split_global_flags(sys.argv[1:] if args is None else args)
+        output, rest = split_global_flags(sys.argv[1:] if args is None else args)
         set_output(output)
-        _configure_logging(output)
+        configure_logging(output)
         return super().main(rest, *a, **kw)
 
     def invoke(self, ctx: _click.Context) -> Any:

@@ -1,4 +1,8 @@
-"""What a command shows: data on stdout (plain JSON with --json), talk on stderr."""
+"""What a command shows: data on stdout (plain JSON with --json), talk on stderr.
+
+Plain lines are written directly; rich is imported only for what needs it (styles, tables, progress),
+so that the read-only commands start without it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -57,15 +61,22 @@ class Output:
         elif render is not None:
             render(self.stdout)
 
+    def lines(self, payload: Any, lines: Callable[[], Iterable[str]]) -> None:
+        """Print the command's result: `payload` as JSON with --json, else each of `lines()`."""
+        if self.json:
+            self.data(payload)
+        else:
+            write_plain(sys.stdout, lines())
+
     def line(self, text: str) -> None:
         """A line of plain data on stdout (not in --json mode)."""
         if not self.json:
-            self.stdout.print(text, markup=False, highlight=False)
+            write_plain(sys.stdout, [text])
 
     def info(self, message: str) -> None:
         """Talk on stderr, silenced by --quiet."""
         if not self.quiet:
-            self.stderr.print(message, markup=False, highlight=False)
+            write_plain(sys.stderr, [message])
 
     def step(self, message: str) -> None:
         if not self.quiet:
@@ -73,6 +84,16 @@ class Output:
 
     def warn(self, message: str) -> None:
         self.stderr.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+# The control characters rich drops from printed text, dropped here too: a file name or a commit
+# message cannot move the cursor or ring the bell.
+_CONTROL = str.maketrans(dict.fromkeys((7, 8, 11, 12, 13)))
+
+
+def write_plain(stream: Any, lines: Iterable[str]) -> None:
+    stream.write("".join(line.translate(_CONTROL) + "\n" for line in lines))
+    stream.flush()
 
 
 _current = Output()
