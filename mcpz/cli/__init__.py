@@ -1,7 +1,8 @@
 """The `mcpz` command: a thin typer layer over the library.
 
 `main` answers `mcpz --version` before importing typer, so that the commonest probe of an
-installed tool costs one interpreter start and nothing more.
+installed tool costs one interpreter start and nothing more; `status`, `log` and `diff` take the
+typer-free fast path of `cli/fast.py` when their arguments are plain.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ def main() -> None:
 
         sys.stdout.write(f"mcpz {__version__}\n")
         return
+    from mcpz.cli import fast
+
+    code = fast.run(sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
     from mcpz.cli.app import app
 
     app()

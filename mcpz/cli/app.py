@@ -1,89 +1,215 @@
-"""The typer application, its global options and the one top-level error handler."""
+"""The typer application, its global options, the one top-level error handler, and the table of
+commands.
+
+Registration points down (pip's `commands_dict` + `create_command`): `COMMANDS` names each command's
+module, and the module is imported only when that command runs (or its own help is asked for).
+`mcpz --help` is drawn from the table alone, so it imports no command module; tests/test_cli_registration.py
+checks the table against the modules, so a command cannot vanish with an "unused" import.
+"""
 
 from __future__ import annotations
 
-import json
-import logging
+import importlib
 import sys
-import traceback
-from collections.abc import Sequence
-from typing import Annotated, Any
+from collections.abc import Iterator, MutableMapping, Sequence
+from typing import Annotated, Any, NamedTuple
 
 import typer
 from typer import _click
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from mcpz._version import __version__
-from mcpz.cli.output import Output, out, set_output
+from mcpz.cli.invocation import configure_logging, report_error, split_global_flags
+from mcpz.cli.output import out, set_output
 from mcpz.errors import McpzError
 
-_GLOBAL_FLAGS = {"--json", "-v", "--verbose", "-q", "--quiet"}
+
+class Entry(NamedTuple):
+    module: str  # the module under mcpz.cli.commands whose `app` holds the command
+    summary: str  # the first paragraph of the command's help, shown by `mcpz --help`
+    topic: str  # the panel of `mcpz --help` it is listed in
 
 
-def _split_global_flags(args: Sequence[str]) -> tuple[Output, list[str]]:
-    """Take --json/-v/-q from anywhere before `--`, so `mcpz log --json` works as typed."""
-    output = Output()
-    rest: list[str] = []
-    passthrough = False
-    for arg in args:
-        if passthrough or (arg not in _GLOBAL_FLAGS and not _is_vv(arg)):
-            if arg == "--":
-                passthrough = True
-            rest.append(arg)
-        elif arg == "--json":
-            output.json = True
-        elif arg in ("-q", "--quiet"):
-            output.quiet = True
-        elif arg == "--verbose":
-            output.verbose += 1
-        else:
-            output.verbose += len(arg) - 1
-    return output, rest
+REPO, DEPS, LOCAL, REGISTRY, ACCOUNT, MESH, OPERATE = (
+    "Agent repository",
+    "Dependencies",
+    "Run locally",
+    "Registry",
+    "Account and keys",
+    "Mesh",
+    "Operate",
+)
+
+COMMANDS: dict[str, Entry] = {
+    "init": Entry(
+        "repo", "Create an agent from a template, as a git repository with its first commit.", REPO
+    ),
+    "commit": Entry(
+        "repo", "Snapshot every change (new, edited, deleted files; .gitignore honoured) as a commit.", REPO
+    ),
+    "status": Entry(
+        "repo", "Show the branch and what changed since the last commit (git status --short style).", REPO
+    ),
+    "log": Entry("repo", "List commits, newest first.", REPO),
+    "diff": Entry("repo", "Show changes as a unified diff: work tree vs HEAD, vs FROM, or FROM vs TO.", REPO),
+    "show": Entry("repo", "Show a commit with its diff, or a file's content at a revision (REV:PATH).", REPO),
+    "release": Entry("repo", "Set the manifest version, commit, and tag the commit v{version}.", REPO),
+    "add": Entry("deps", "Add a dependency to mcpz.toml (or change its specifier) and lock it.", DEPS),
+    "remove": Entry(
+        "deps", "Remove a dependency from mcpz.toml, and from mcpz.lock what only it needed.", DEPS
+    ),
+    "lock": Entry(
+        "deps",
+        "Resolve the dependencies of mcpz.toml against the registry; write mcpz.lock (exact commits).",
+        DEPS,
+    ),
+    "install": Entry(
+        "deps",
+        "Fetch every agent of mcpz.lock at its exact commit into .mcpz/deps/, verified; remove the rest.",
+        DEPS,
+    ),
+    "sync": Entry("deps", "Alias of `mcpz install`.", DEPS),
+    "tree": Entry(
+        "deps",
+        "The locked dependency tree, with the specifier that pulled each agent in; cycles marked.",
+        DEPS,
+    ),
+    "why": Entry("deps", "Why an agent is locked: the chains of dependencies from mcpz.toml to it.", DEPS),
+    "outdated": Entry(
+        "deps",
+        "Locked agents with newer releases: locked, allowed (what `lock --upgrade` would take), latest.",
+        DEPS,
+    ),
+    "run": Entry(
+        "local", "Run an agent in the foreground: MCP on stdin/stdout, its exit code passed through.", LOCAL
+    ),
+    "tools": Entry(
+        "local", "List an agent's tools: name, arguments and description (input schemas with --json).", LOCAL
+    ),
+    "call": Entry("local", "Call one tool and print its result (text; the whole result with --json).", LOCAL),
+    "push": Entry(
+        "publish",
+        "Push the current branch; publish the manifest's version if it is new, signed by your wallet.",
+        REGISTRY,
+    ),
+    "clone": Entry("publish", "Clone an agent from the registry.", REGISTRY),
+    "pull": Entry(
+        "publish", "Fast-forward the current branch from the registry it was cloned from.", REGISTRY
+    ),
+    "info": Entry("publish", "Description, versions, yanked, dependencies, latest.", REGISTRY),
+    "versions": Entry("publish", "Every published version, oldest first.", REGISTRY),
+    "yank": Entry("publish", "Skip a version in new resolutions (exact locks still install it).", REGISTRY),
+    "unyank": Entry("publish", "Undo a yank.", REGISTRY),
+    "verify": Entry(
+        "verify",
+        "Check that the namespace's owner key signed this release (the key is pinned on first use).",
+        REGISTRY,
+    ),
+    "sign": Entry(
+        "verify",
+        "Sign a published release with your wallet (push does this for the releases it publishes).",
+        REGISTRY,
+    ),
+    "usage": Entry(
+        "usage", "Calls through the gateway, summed per agent and tool: calls, errors, time, bytes.", REGISTRY
+    ),
+    "login": Entry(
+        "auth",
+        "Log in to a registry and keep the token (OS keyring; a 0600 file where there is none).",
+        ACCOUNT,
+    ),
+    "logout": Entry("auth", "Forget the stored token for a registry.", ACCOUNT),
+    "whoami": Entry("auth", "The account, its namespaces, and this token's scopes and expiry.", ACCOUNT),
+    "keys": Entry("auth", "API keys of your account.", ACCOUNT),
+    "wallet": Entry(
+        "wallet",
+        "Your Ethereum wallet: the key that signs in (`mcpz login --wallet`) and signs releases.",
+        ACCOUNT,
+    ),
+    "namespace": Entry("namespace", "Namespaces: claim them, share them, hand them over.", ACCOUNT),
+    "deploy": Entry("deploy", "Deploy NAME@VERSION to the mesh, or manage a deployment.", MESH),
+    "deployments": Entry("deploy", "Deployments you can see, with replicas ready and their state.", MESH),
+    "nodes": Entry(
+        "deploy",
+        "Nodes that may run your deployments (yours, your namespaces' members', shared ones): owner, state, "
+        "labels, replicas and capacity, load.",
+        MESH,
+    ),
+    "logs": Entry(
+        "deploy",
+        "Log lines of a deployment's replicas (the registry keeps the last 1,000 per deployment).",
+        MESH,
+    ),
+    "node": Entry("node", "Run a mesh node: the agents a registry deploys to this machine.", MESH),
+    "connect": Entry(
+        "connect",
+        "Run the agent in PATH on this machine and serve it through the gateway until interrupted.",
+        MESH,
+    ),
+    "registry": Entry("registry", "Run a registry, and bootstrap it on its own host.", OPERATE),
+    "demo": Entry(
+        "demo",
+        "Run the whole loop for real: init ... call, registry, wallet, login, namespace, push, verify, info.",
+        OPERATE,
+    ),
+}
+
+COMMANDS_PACKAGE = "mcpz.cli.commands"
 
 
-def _is_vv(arg: str) -> bool:
-    return len(arg) > 1 and arg[0] == "-" and set(arg[1:]) == {"v"}
+def load_module_group(module: str) -> TyperGroup:
+    """The click group of everything command module `module` defines (imported now)."""
+    loaded = importlib.import_module(f"{COMMANDS_PACKAGE}.{module}")
+    return typer.main.get_group(loaded.app)
 
 
-def _configure_logging(output: Output) -> None:
-    logger = logging.getLogger("mcpz")
-    for handler in list(logger.handlers):
-        if getattr(handler, "_mcpz_cli", False):
-            logger.removeHandler(handler)
-    # The MCP SDK logs tracebacks for bad agent output; our one-line errors already say it.
-    sdk = logging.getLogger("mcp")
-    if not output.verbose and not any(isinstance(h, logging.NullHandler) for h in sdk.handlers):
-        sdk.addHandler(logging.NullHandler())
-        sdk.propagate = False
-    elif output.verbose:
-        sdk.propagate = True
-    if output.verbose:
-        handler = logging.StreamHandler(sys.stderr)
-        handler._mcpz_cli = True  # type: ignore[attr-defined]
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG if output.verbose > 1 else logging.INFO)
+class LazyCommands(MutableMapping[str, _click.Command]):
+    """The root group's commands: names from `COMMANDS`, each module imported on first lookup.
+
+    Mutable in type only (click's groups are): a command is added to the table, never at run time.
+    """
+
+    def __init__(self) -> None:
+        self._groups: dict[str, TyperGroup] = {}
+
+    def __getitem__(self, name: str) -> _click.Command:
+        entry = COMMANDS[name]
+        group = self._groups.get(entry.module)
+        if group is None:
+            group = self._groups[entry.module] = load_module_group(entry.module)
+        command = group.commands.get(name)
+        if command is None:
+            # A table entry its module does not define: a defect of ours, not of the user's input.
+            raise LookupError(f"{COMMANDS_PACKAGE}.{entry.module} defines no command {name!r}")
+        return command
+
+    def __setitem__(self, name: str, command: _click.Command) -> None:
+        raise TypeError(f"commands are registered in mcpz.cli.app.COMMANDS, not at run time ({name!r})")
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError(f"commands are registered in mcpz.cli.app.COMMANDS, not at run time ({name!r})")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(COMMANDS)
+
+    def __len__(self) -> int:
+        return len(COMMANDS)
 
 
-def report_error(error: McpzError, output: Output) -> None:
-    if output.verbose:
-        traceback.print_exception(error, file=sys.stderr)
-    line = f"error: {error.message}"
-    if error.hint:
-        line += f" ({error.hint})"
-    elif not output.verbose:
-        line += " (rerun with -v for details)"
-    sys.stderr.write(line.replace("\n", " ") + "\n")
-    if output.json:
-        payload = {"error": {"message": error.message, "hint": error.hint, "exit_code": error.exit_code}}
-        sys.stdout.write(json.dumps(payload) + "\n")
+def summary_command(name: str, entry: Entry) -> TyperCommand:
+    """A stand-in that lists a command in `mcpz --help` without importing its module."""
+    return TyperCommand(name, help=entry.summary, rich_help_panel=entry.topic)
 
 
 class McpzGroup(TyperGroup):
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.commands = LazyCommands()
+
     def main(self, args: Sequence[str] | None = None, *a: Any, **kw: Any) -> Any:
-        output, rest = _split_global_flags(sys.argv[1:] if args is None else args)
+        output, rest = split_global_flags(sys.argv[1:] if args is None else args)
         set_output(output)
-        _configure_logging(output)
+        configure_logging(output)
         return super().main(rest, *a, **kw)
 
     def invoke(self, ctx: _click.Context) -> Any:
@@ -92,6 +218,14 @@ class McpzGroup(TyperGroup):
         except McpzError as e:
             report_error(e, out())
             raise typer.Exit(e.exit_code) from None
+
+    def format_help(self, ctx: _click.Context, formatter: _click.HelpFormatter) -> None:
+        lazy = self.commands
+        self.commands = {name: summary_command(name, entry) for name, entry in COMMANDS.items()}
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self.commands = lazy
 
 
 def _version(value: bool) -> None:
@@ -122,22 +256,3 @@ def _root(
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only results and errors.")] = False,
 ) -> None:
     """Version, publish, deploy and sell AI agents (MCP servers)."""
-
-
-# Command modules register themselves on `app` when imported.
-from mcpz.cli import (  # noqa: E402, F401
-    cmd_auth,
-    cmd_connect,
-    cmd_demo,
-    cmd_deploy,
-    cmd_deps,
-    cmd_local,
-    cmd_namespace,
-    cmd_node,
-    cmd_publish,
-    cmd_registry,
-    cmd_repo,
-    cmd_usage,
-    cmd_verify,
-    cmd_wallet,
-)

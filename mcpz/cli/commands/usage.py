@@ -9,7 +9,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mcpz.cli.app import app
 from mcpz.cli.common import RegistryOpt, TokenOpt, call_registry
 from mcpz.cli.output import out
 from mcpz.instants import parse_instant
@@ -24,6 +23,10 @@ def parse_since(text: str, now: datetime | None = None) -> str:
     date or time without a zone is the user's local time.
     """
     return parse_instant(text, now or datetime.now(UTC), naive=None).isoformat()
+
+
+# This module's commands; cli/app.py mounts them by name when one of them runs.
+app = typer.Typer()
 
 
 @app.command("usage")

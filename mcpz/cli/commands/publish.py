@@ -9,7 +9,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mcpz.cli.app import app
 from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
 from mcpz.cli.output import out
 from mcpz.errors import UsageError
@@ -20,6 +19,10 @@ def _name_and_version(spec: str) -> tuple[str, str | None]:
     name, _, version = spec.partition("@")
     AgentName.parse(name)
     return name, version or None
+
+
+# This module's commands; cli/app.py mounts them by name when one of them runs.
+app = typer.Typer()
 
 
 @app.command("push")
@@ -87,7 +90,7 @@ def _wallet_account() -> Any:
 
     if not Wallet.exists():
         return None
-    from mcpz.cli.cmd_wallet import unlock_wallet
+    from mcpz.cli.prompts import unlock_wallet
 
     return unlock_wallet()
 

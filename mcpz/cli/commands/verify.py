@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 import typer
 
-from mcpz.cli.app import app
 from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
 from mcpz.cli.output import out
 from mcpz.errors import UsageError
@@ -20,6 +19,10 @@ def _spec(spec: str) -> tuple[str, str]:
     if not version:
         raise UsageError(f'give the version: "{name}@VERSION"')
     return name, version
+
+
+# This module's commands; cli/app.py mounts them by name when one of them runs.
+app = typer.Typer()
 
 
 @app.command("verify")
@@ -76,7 +79,7 @@ def sign(
 ) -> None:
     """Sign a published release with your wallet (push does this for the releases it publishes)."""
     from mcpz import namespaces
-    from mcpz.cli.cmd_wallet import unlock_wallet
+    from mcpz.cli.prompts import unlock_wallet
     from mcpz.registry_client import connect
 
     name, version = _spec(spec)

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mcpz.cli.app import app
 from mcpz.cli.common import RegistryOpt, TokenOpt, settings, token_for
 from mcpz.cli.output import out
 from mcpz.errors import UsageError
@@ -64,6 +63,10 @@ def _remote(registry: str | None, token: str | None, timeout: float | None) -> d
     if not limit > 0:
         raise UsageError(f"timeout must be a positive number of seconds, not {limit:g}")
     return {"registry": config.registry, "token": token_for(config.registry, token), "timeout": limit}
+
+
+# This module's commands; cli/app.py mounts them by name when one of them runs.
+app = typer.Typer()
 
 
 @app.command("run")

@@ -8,12 +8,13 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from mcpz.cli.app import app
 from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
 from mcpz.cli.output import out
 from mcpz.errors import AuthError, NetworkError, RemoteError, UsageError
 from mcpz.registry_client import RegistryClient
 
+# This module's commands; cli/app.py mounts them by name when one of them runs.
+app = typer.Typer()
 namespace_app = typer.Typer(help="Namespaces: claim them, share them, hand them over.", no_args_is_help=True)
 app.add_typer(namespace_app, name="namespace")
 
@@ -106,7 +107,7 @@ def transfer(
 ) -> None:
     """Hand the namespace to another account; your wallet signs the key rotation nodes will check."""
     from mcpz import namespaces
-    from mcpz.cli.cmd_wallet import unlock_wallet
+    from mcpz.cli.prompts import unlock_wallet
     from mcpz.wallet import Wallet
 
     signer = unlock_wallet() if Wallet.exists() else None
@@ -123,11 +124,11 @@ def rotate_key(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
     as revoked.
     """
     from mcpz import namespaces, wallet
-    from mcpz.cli.cmd_wallet import _prompt_for
+    from mcpz.cli.prompts import prompt_for
     from mcpz.ethkeys import Account
 
     current = wallet.Wallet.load()
-    passphrase = wallet.get_passphrase(current.address, prompt=_prompt_for(current.address))
+    passphrase = wallet.get_passphrase(current.address, prompt=prompt_for(current.address))
     old = current.unlock(passphrase)
     new = Account.create()
     staged = current.stage_successor(new, passphrase)

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from mcpz.cli.app import app
 from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
-from mcpz.cli.output import Output, out
+from mcpz.cli.output import attach_log, out
 from mcpz.errors import AuthError, UsageError
 
+# This module's commands; cli/app.py mounts them by name when one of them runs.
+app = typer.Typer()
 node_app = typer.Typer(
     help="Run a mesh node: the agents a registry deploys to this machine.", no_args_is_help=True
 )
@@ -32,40 +31,6 @@ def _labels(pairs: list[str]) -> dict[str, str]:
             )
         labels[key] = value
     return labels
-
-
-class _LineHandler(logging.Handler):
-    """The node's progress on stderr: one line per event, or one JSON object per line with --json."""
-
-    def __init__(self, as_json: bool) -> None:
-        super().__init__(logging.INFO)
-        self.as_json = as_json
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            message = record.getMessage()
-            if self.as_json:
-                line = json.dumps(
-                    {"time": round(record.created, 3), "level": record.levelname.lower(), "message": message}
-                )
-            else:
-                line = f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {message}"
-            sys.stderr.write(line + "\n")
-            sys.stderr.flush()
-        except Exception:  # a logging handler must never raise into the code that logs
-            self.handleError(record)
-
-
-def attach_log(output: Output, name: str = "mcpz.node") -> logging.Handler | None:
-    """Progress lines of logger `name` on stderr (a long-running command's own log)."""
-    if output.quiet or output.verbose:  # -v already sends every mcpz log to stderr
-        return None
-    handler = _LineHandler(output.json)
-    logger = logging.getLogger(name)
-    logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
-    return handler
 
 
 @node_app.command("run")

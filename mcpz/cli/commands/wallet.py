@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mcpz.cli.app import app
 from mcpz.cli.output import out
+from mcpz.cli.prompts import interactive, load_wallet, new_passphrase, unlock_wallet
 from mcpz.errors import UsageError
 
 if TYPE_CHECKING:
-    from mcpz.ethkeys import LocalAccount
     from mcpz.wallet import Wallet
 
+# This module's commands; cli/app.py mounts them by name when one of them runs.
+app = typer.Typer()
 wallet_app = typer.Typer(
     help="Your Ethereum wallet: the key that signs in (`mcpz login --wallet`) and signs releases.",
     no_args_is_help=True,
@@ -27,56 +27,6 @@ app.add_typer(wallet_app, name="wallet")
 RememberOpt = Annotated[
     bool, typer.Option("--remember", help="Keep the passphrase in the OS keyring (service mcpz-wallet).")
 ]
-
-
-def _interactive() -> bool:
-    return sys.stdin.isatty()
-
-
-def _new_passphrase() -> str:
-    """MCPZ_WALLET_PASSPHRASE, else a hidden prompt typed twice (only on a terminal)."""
-    from mcpz.wallet import PASSPHRASE_ENV, NoPassphrase
-
-    if os.environ.get(PASSPHRASE_ENV):
-        return os.environ[PASSPHRASE_ENV]
-    if not _interactive():
-        raise NoPassphrase(
-            "a new wallet needs a passphrase", hint=f"set {PASSPHRASE_ENV}, or run in a terminal to be asked"
-        )
-    import getpass
-
-    first = getpass.getpass("passphrase for the new wallet: ")
-    if not first:
-        raise UsageError("the passphrase may not be empty")
-    if getpass.getpass("the same passphrase again: ") != first:
-        raise UsageError("the two passphrases differ", hint="run the command again")
-    return first
-
-
-def _prompt_for(address: str) -> Callable[[], str] | None:
-    if not _interactive():
-        return None
-
-    def ask() -> str:
-        import getpass
-
-        return getpass.getpass(f"passphrase of wallet {address}: ")
-
-    return ask
-
-
-def load_wallet() -> Wallet:
-    from mcpz.wallet import Wallet
-
-    return Wallet.load()
-
-
-def unlock_wallet(wallet: Wallet | None = None) -> LocalAccount:
-    """The user's wallet, unlocked: passphrase from the environment, the keyring, or a prompt."""
-    from mcpz.wallet import get_passphrase
-
-    wallet = wallet or load_wallet()
-    return wallet.unlock(get_passphrase(wallet.address, prompt=_prompt_for(wallet.address)))
 
 
 def _keep(wallet: Wallet, passphrase: str, remember: bool) -> bool:
@@ -104,13 +54,13 @@ def create(remember: RememberOpt = False) -> None:
 
     if Wallet.exists():
         raise WalletExists(f"a wallet exists already at {keystore_path()}", hint="see `mcpz wallet address`")
-    passphrase = _new_passphrase()
+    passphrase = new_passphrase()
     wallet = Wallet.create(passphrase)
     _report(wallet, "created", _keep(wallet, passphrase, remember))
 
 
 def _read_private_key() -> str:
-    if _interactive():
+    if interactive():
         import getpass
 
         return getpass.getpass("private key (hex): ").strip()
@@ -135,7 +85,7 @@ def import_(
             raise UsageError(f"cannot read {keystore}: {e.strerror}") from None
         passphrase = os.environ.get(PASSPHRASE_ENV, "")
         if not passphrase:
-            if not _interactive():
+            if not interactive():
                 raise NoPassphrase("the keystore needs its passphrase", hint=f"set {PASSPHRASE_ENV}")
             import getpass
 
@@ -148,7 +98,7 @@ def import_(
         key = _read_private_key()
         if not key:
             raise UsageError("no private key given", hint="pipe it in, or run in a terminal to be asked")
-        passphrase = _new_passphrase()
+        passphrase = new_passphrase()
         wallet = Wallet.import_key(key, passphrase)
     _report(wallet, "imported", _keep(wallet, passphrase, remember))
 
@@ -176,7 +126,7 @@ def export(
         sys.stdout.write(wallet.to_json() + "\n")
         return
     if not yes:
-        if not _interactive():
+        if not interactive():
             raise UsageError("printing a private key needs confirmation", hint="pass --yes")
         if not typer.confirm(
             f"print the private key of {wallet.address}? Anyone who sees it controls the wallet",

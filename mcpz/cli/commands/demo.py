@@ -7,8 +7,10 @@ from typing import Annotated
 
 import typer
 
-from mcpz.cli.app import app
 from mcpz.cli.output import out
+
+# This module's commands; cli/app.py mounts them by name when one of them runs.
+app = typer.Typer()
 
 
 @app.command("demo")

@@ -20,7 +20,6 @@ from rich.text import Text
 from typer import _click
 from typer.core import TyperGroup
 
-from mcpz.cli.app import app
 from mcpz.cli.common import RegistryOpt, TokenOpt, call_registry, run, settings, token_for
 from mcpz.cli.output import out
 from mcpz.errors import AgentError, UsageError
@@ -38,6 +37,8 @@ class DeployGroup(TyperGroup):
         return super().parse_args(ctx, args)
 
 
+# This module's commands; cli/app.py mounts them by name when one of them runs.
+app = typer.Typer()
 deploy_app = typer.Typer(
     cls=DeployGroup,
     help="Deploy NAME@VERSION to the mesh, or manage a deployment.\n\n"
@@ -99,7 +100,7 @@ def _signed_call(
         from mcpz.wallet import Wallet
 
         if Wallet.exists():
-            from mcpz.cli.cmd_wallet import unlock_wallet
+            from mcpz.cli.prompts import unlock_wallet
 
             account = unlock_wallet()  # before anything changes: a missing passphrase stops here
     url = settings(registry).registry

@@ -8,11 +8,12 @@ from typing import Annotated
 
 import typer
 
-from mcpz.cli.app import app
-from mcpz.cli.cmd_node import attach_log
 from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
-from mcpz.cli.output import out
+from mcpz.cli.output import attach_log, out
 from mcpz.errors import AuthError, McpzError
+
+# This module's commands; cli/app.py mounts them by name when one of them runs.
+app = typer.Typer()
 
 
 @app.command("connect")

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mcpz.cli.app import app
+from mcpz.cli import repo_views
 from mcpz.cli.output import out
+from mcpz.cli.repo_views import decorated, open_repo, print_patch
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from mcpz.repo import AgentRepo
-    from mcpz.repo_model import CommitInfo, Diff, FileAtRev, ShowCommit
+    from mcpz.repo_model import CommitInfo, FileAtRev, ShowCommit
 
 _AUTHOR = typer.Option("--author", help='Commit as "Name <email>" (else MCPZ_AUTHOR, config, git config).')
 
@@ -29,12 +29,6 @@ def _author(flag: str | None) -> str | None:
     from mcpz.config import Settings
 
     return Settings.load(flags={"author": flag}).author or None
-
-
-def _open() -> AgentRepo:
-    from mcpz.repo import AgentRepo
-
-    return AgentRepo.open(Path.cwd())
 
 
 def _write_bytes(data: bytes) -> None:
@@ -47,15 +41,8 @@ def _write_bytes(data: bytes) -> None:
         sys.stdout.write(data.decode("utf-8", "replace"))
 
 
-def _print_patch(console: Console, patch: str) -> None:
-    if not console.is_terminal or console.no_color:
-        sys.stdout.write(patch)
-        sys.stdout.flush()
-        return
-    styles = {"+": "green", "-": "red", "@": "cyan"}
-    for line in patch.splitlines():
-        style = "bold" if line.startswith(("diff --git", "--- ", "+++ ")) else styles.get(line[:1])
-        console.print(line, style=style, markup=False, highlight=False)
+# This module's commands; cli/app.py mounts them by name when one of them runs.
+app = typer.Typer()
 
 
 @app.command()
@@ -95,7 +82,7 @@ def commit(
     author: Annotated[str | None, _AUTHOR] = None,
 ) -> None:
     """Snapshot every change (new, edited, deleted files; .gitignore honoured) as a commit."""
-    with _open() as repo:
+    with open_repo() as repo:
         result = repo.commit(message, amend=amend, author=_author(author))
     info = result.commit
     if info is None:
@@ -111,24 +98,7 @@ def commit(
 @app.command()
 def status() -> None:
     """Show the branch and what changed since the last commit (git status --short style)."""
-    with _open() as repo:
-        result = repo.status()
-
-    def render(console: Console) -> None:
-        head = result.branch or f"HEAD (detached at {(result.head or '')[:7]})"
-        console.print(
-            f"## {head}" + ("" if result.head else " (no commits yet)"), markup=False, highlight=False
-        )
-        for line in result.porcelain():
-            console.print(line, markup=False, highlight=False)
-
-    out().data(result.to_dict(), render)
-    if result.clean:
-        out().info("nothing to commit, working tree clean")
-
-
-def _decorated(refs: tuple[str, ...]) -> str:
-    return f" ({', '.join(refs)})" if refs else ""
+    repo_views.status()
 
 
 @app.command("log")
@@ -139,20 +109,7 @@ def log_(
     ] = None,
 ) -> None:
     """List commits, newest first."""
-    with _open() as repo:
-        entries = repo.log(rev, limit=max_count)
-
-    def render(console: Console) -> None:
-        for entry in entries:
-            c = entry.commit
-            date = entry.to_dict()["commit_date"][:10]
-            console.print(
-                f"{c.short_id} {date}{_decorated(entry.refs)} {c.summary}", markup=False, highlight=False
-            )
-
-    out().data([e.to_dict() for e in entries], render)
-    if not entries:
-        out().info("no commits yet")
+    repo_views.log(rev, max_count)
 
 
 @app.command()
@@ -162,22 +119,13 @@ def diff(
     ] = None,
 ) -> None:
     """Show changes as a unified diff: work tree vs HEAD, vs FROM, or FROM vs TO."""
-    revs = revs or []
-    if len(revs) > 2:
-        from mcpz.errors import UsageError
-
-        raise UsageError("diff takes at most two revisions", hint="e.g. mcpz diff v0.1.0 HEAD")
-    with _open() as repo:
-        result: Diff = repo.diff(*revs)
-    out().data(result.to_dict(), lambda c: _print_patch(c, result.patch))
-    if not result.files:
-        out().info("no changes")
+    repo_views.diff(revs or [])
 
 
 def _render_commit(console: Console, shown: ShowCommit) -> None:
     info: CommitInfo = shown.commit
     data = info.to_dict()
-    lines = [f"commit {info.id}{_decorated(shown.refs)}"]
+    lines = [f"commit {info.id}{decorated(shown.refs)}"]
     if len(info.parents) > 1:
         lines.append("Merge: " + " ".join(p[:7] for p in info.parents))
     lines += [f"Author: {info.author}", f"Date:   {data['author_date']}", ""]
@@ -185,7 +133,7 @@ def _render_commit(console: Console, shown: ShowCommit) -> None:
     lines.append("")
     console.print("\n".join(lines), markup=False, highlight=False)
     if shown.diff.files:
-        _print_patch(console, shown.diff.patch)
+        print_patch(console, shown.diff.patch)
 
 
 def _render_file(console: Console, shown: FileAtRev) -> None:
@@ -204,7 +152,7 @@ def show(
     """Show a commit with its diff, or a file's content at a revision (REV:PATH)."""
     from mcpz.repo_model import ShowCommit
 
-    with _open() as repo:
+    with open_repo() as repo:
         shown = repo.show(spec)
     if isinstance(shown, ShowCommit):
         commit_shown = shown
@@ -230,7 +178,7 @@ def release(
     part = next((p for p in BUMP_PARTS if p == bump), None)
     if bump is not None and part is None:
         raise UsageError(f'--bump "{bump}" is not one of major, minor, patch')
-    with _open() as repo:
+    with open_repo() as repo:
         result = repo.release(version, bump=part, author=_author(author), message=message)
     out().info(
         f"Released {result.name} {result.version} as {result.tag} (commit {result.commit.short_id}"

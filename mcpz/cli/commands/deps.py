@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mcpz.cli.app import app
 from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
 from mcpz.cli.output import out
 
@@ -77,6 +76,10 @@ def _report_lock(result: LockResult | None, *, verb: str = "locked") -> None:
         output.info(f"{verb} {agents} into {result.path.name}{figures}")
     else:
         output.info(f"{result.path.name} is up to date: {agents}{figures}")
+
+
+# This module's commands; cli/app.py mounts them by name when one of them runs.
+app = typer.Typer()
 
 
 @app.command("add")

@@ -9,11 +9,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mcpz.cli.app import app
 from mcpz.cli.common import RegistryOpt, TokenOpt, call_registry, run, settings
 from mcpz.cli.output import out
 from mcpz.errors import UsageError
 
+# This module's commands; cli/app.py mounts them by name when one of them runs.
+app = typer.Typer()
 keys_app = typer.Typer(help="API keys of your account.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
@@ -70,7 +71,7 @@ def login(
 
 
 def _login_with_wallet(url: str) -> None:
-    from mcpz.cli.cmd_wallet import unlock_wallet
+    from mcpz.cli.prompts import unlock_wallet
     from mcpz.credentials import store_token
     from mcpz.registry_client import connect
     from mcpz.signin import sign_in

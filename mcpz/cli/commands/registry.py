@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mcpz.cli.app import app
 from mcpz.cli.output import out
 from mcpz.errors import UsageError
 
 if TYPE_CHECKING:
     from registry_server.settings import RegistrySettings
 
+# This module's commands; cli/app.py mounts them by name when one of them runs.
+app = typer.Typer()
 registry_app = typer.Typer(help="Run a registry, and bootstrap it on its own host.", no_args_is_help=True)
 account_app = typer.Typer(
     help="Accounts (operator commands, run on the registry host).", no_args_is_help=True
