@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from packaging.version import Version
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from mcpz._version import __version__
 from mcpz.errors import NotFoundError, UsageError
@@ -27,6 +28,8 @@ from registry_server.state import RegistryState
 
 router = APIRouter()
 MAX_BATCH = 1000
+MAX_CLOSURE = 100_000
+"""The most agents one `closure=1` answer may hold (the response is built in memory)."""
 
 
 class SignatureOut(BaseModel):
@@ -69,6 +72,7 @@ class IndexVersion(BaseModel):
 class IndexOut(BaseModel):
     agents: dict[str, list[IndexVersion]]
     missing: list[str]
+    closure: bool = Field(default=False, description="Present (true) when asked with closure=1")
 
 
 class YankIn(BaseModel):
@@ -215,35 +219,12 @@ class _IndexCache:
     def __init__(self) -> None:
         self.entries: dict[str, tuple[int, list[dict[str, Any]]]] = {}
 
-
-@router.get("/v1/index", response_model=IndexOut, tags=["index"])
-def batch_index(
-    request: Request,
-    state: State,
-    name: Annotated[list[str], Query(description="Agent names; repeat the parameter")],
-) -> Response:
-    """Every version of each named agent with its dependencies, yanked flag and commit id.
-
-    Sends an ETag; a request with a matching If-None-Match costs a 304 and no body.
-    """
-    names = sorted(set(name))
-    if len(names) > MAX_BATCH:
-        raise UsageError(f"at most {MAX_BATCH} names per request")
-    for full in names:
-        if name_problem(full):
-            raise UsageError(f'agent name "{full}" {name_problem(full)}')
-    cache: _IndexCache = request.app.state.index_cache
-    with state.db.session() as session:
-        serials = {
+    def refresh(self, session: Session, names: list[str]) -> dict[str, int]:
+        """The serials of those of `names` that exist, with the entries of each brought up to date."""
+        serials: dict[str, int] = {
             k: v for k, v in session.execute(select(Agent.name, Agent.serial).where(Agent.name.in_(names)))
         }
-        digest = hashlib.sha256("\n".join(f"{n}:{serials.get(n, -1)}" for n in names).encode()).hexdigest()[
-            :32
-        ]
-        etag = f'"{digest}"'
-        if request.headers.get("if-none-match") == etag:
-            return Response(status_code=304, headers={"ETag": etag})
-        stale = [n for n in serials if cache.entries.get(n, (-1, []))[0] != serials[n]]
+        stale = [n for n in serials if self.entries.get(n, (-1, []))[0] != serials[n]]
         if stale:
             rows = session.execute(
                 select(Agent.name, Release.version, Release.commit, Release.yanked, Release.dependencies)
@@ -257,11 +238,87 @@ def batch_index(
                 )
             for agent_name, versions in fresh.items():
                 versions.sort(key=lambda v: Version(v["version"]))
-                cache.entries[agent_name] = (serials[agent_name], versions)
-    body = {
+                self.entries[agent_name] = (serials[agent_name], versions)
+        return serials
+
+
+def _etag(kind: str, names: list[str], serials: dict[str, int]) -> str:
+    # A batch's ETag is what it was before closures existed, so that caches stay warm across upgrades.
+    text = "\n".join(f"{n}:{serials.get(n, -1)}" for n in names)
+    return '"' + hashlib.sha256((kind + text).encode()).hexdigest()[:32] + '"'
+
+
+def _closure(session: Session, cache: _IndexCache, roots: list[str]) -> tuple[list[str], dict[str, int]]:
+    """Every name reachable from `roots` through the dependencies of any version, and the serials
+    of those that exist; one query (or two, when entries are stale) per level of the graph."""
+    seen = set(roots)
+    serials: dict[str, int] = {}
+    frontier = list(roots)
+    while frontier:
+        if len(seen) > MAX_CLOSURE:
+            raise UsageError(
+                f"the closure of these roots holds more than {MAX_CLOSURE} agents",
+                hint="ask for the names in batches (`name=` without `closure=1`)",
+            )
+        level: dict[str, int] = {}
+        for start in range(0, len(frontier), MAX_BATCH):  # bounded IN lists
+            level.update(cache.refresh(session, frontier[start : start + MAX_BATCH]))
+        serials.update(level)
+        found: set[str] = set()
+        for name in level:
+            for entry in cache.entries[name][1]:
+                found.update(entry["dependencies"])
+        frontier = sorted(found - seen)
+        seen.update(frontier)
+    return sorted(seen), serials
+
+
+@router.get("/v1/index", response_model=IndexOut, tags=["index"])
+def batch_index(
+    request: Request,
+    state: State,
+    name: Annotated[list[str], Query(description="Agent names; repeat the parameter")],
+    closure: Annotated[
+        bool,
+        Query(
+            description="Treat the names as roots and answer for every agent reachable from them "
+            "through any version's dependencies, in one response"
+        ),
+    ] = False,
+) -> Response:
+    """Every version of each named agent with its dependencies, yanked flag and commit id.
+
+    With `closure=1` the names are roots: the answer holds the whole dependency closure (a root
+    that does not exist is a 404; a dependency that does not exist is listed in `missing`), so a
+    resolver with an empty cache needs one request rather than one per level of the graph.
+
+    Sends an ETag; a request with a matching If-None-Match costs a 304 and no body.
+    """
+    names = sorted(set(name))
+    if len(names) > MAX_BATCH:
+        raise UsageError(f"at most {MAX_BATCH} names per request")
+    for full in names:
+        if name_problem(full):
+            raise UsageError(f'agent name "{full}" {name_problem(full)}')
+    cache: _IndexCache = request.app.state.index_cache
+    with state.db.session() as session:
+        if closure:
+            names, serials = _closure(session, cache, names)
+            unknown = [n for n in sorted(set(name)) if n not in serials]
+            if unknown:
+                raise NotFoundError(f"no agent named {', '.join(unknown[:10])}")
+            etag = _etag("closure\n", names, serials)
+        else:
+            serials = cache.refresh(session, names)
+            etag = _etag("", names, serials)
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    body: dict[str, Any] = {
         "agents": {n: cache.entries[n][1] for n in names if n in serials},
         "missing": [n for n in names if n not in serials],
     }
+    if closure:
+        body["closure"] = True  # tells a client this registry walked it (an older one ignores the option)
     return JSONResponse(body, headers={"ETag": etag, "Cache-Control": "no-cache"})
 
 

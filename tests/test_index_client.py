@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 import pytest
 from conftest import LiveRegistry
 
@@ -120,6 +121,9 @@ def reg(sqlite_registry: LiveRegistry) -> Iterator[LiveRegistry]:
 
 
 def closure(reg: LiveRegistry, cache: Path | None, roots: Sequence[str], **kw: Any) -> Snapshot:
+    """The closure as a client that asks only in batches and rounds (`server_closure=False`)."""
+    kw.setdefault("server_closure", False)
+
     async def go() -> Snapshot:
         async with IndexClient(reg.url, cache_root=cache, **kw) as client:
             return await client.closure(roots)
@@ -206,7 +210,9 @@ def test_the_batches_of_a_round_are_sent_concurrently(reg: LiveRegistry, tmp_pat
         http = RegistryClient(reg.url)
         http._http.event_hooks = {"request": [on_request], "response": [on_response]}
         try:
-            client = IndexClient(reg.url, cache_root=tmp_path / "cache", batch_size=1, client=http)
+            client = IndexClient(
+                reg.url, cache_root=tmp_path / "cache", batch_size=1, client=http, server_closure=False
+            )
             return await client.closure(names)
         finally:
             await http.aclose()
@@ -261,3 +267,93 @@ def test_an_unreadable_cache_entry_is_fetched_again(reg: LiveRegistry, tmp_path:
         path.write_text(json.dumps(data))
     assert closure(reg, cache, ["t/a"]).stats.downloaded == 4
     assert closure(reg, cache, ["t/a"]).stats.not_modified == 1
+
+
+# --- closure=1: the registry walks the closure ----------------------------------------------------
+
+
+def index(reg: LiveRegistry, *names: str, etag: str | None = None, closure: bool = True) -> httpx2.Response:
+    params = [("name", n) for n in names] + ([("closure", "1")] if closure else [])
+    headers = {"If-None-Match": etag} if etag else {}
+    return httpx2.get(f"{reg.url}/v1/index", params=params, headers=headers, timeout=10)
+
+
+def test_the_registry_answers_with_exactly_the_closure(reg: LiveRegistry) -> None:
+    insert(reg, "t/f", [("1.0.0", {"t/solo": "*"}), ("2.0.0", {"t/ghost": "*"})])
+    response = index(reg, "t/d", "t/f")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["closure"] is True
+    # Every version's dependencies are followed (t/b 1.1.0 reaches t/e, t/f 1.0.0 reaches t/solo).
+    assert sorted(body["agents"]) == ["t/a", "t/b", "t/c", "t/d", "t/e", "t/f", "t/solo"]
+    assert body["missing"] == ["t/ghost"]
+    assert [v["version"] for v in body["agents"]["t/c"]] == ["1.0.0", "2.0.0b1"]
+    assert body["agents"]["t/b"][1]["dependencies"] == {"t/c": ">=1", "t/e": "*"}
+    assert body["agents"]["t/e"][0]["yanked"] is True
+    # Exactly what the batches would have said for the same names.
+    batch = index(reg, *body["agents"], "t/ghost", closure=False).json()
+    assert batch["agents"] == body["agents"] and batch["missing"] == ["t/ghost"]
+
+    etag = response.headers["etag"]
+    assert index(reg, "t/d", "t/f", etag=etag).status_code == 304
+    # A change anywhere in the closure changes its ETag; one outside it does not.
+    insert(reg, "t/unrelated", [("1.0.0", {})])
+    assert index(reg, "t/d", "t/f", etag=etag).status_code == 304
+    insert(reg, "t/c", [("3.0.0", {})])
+    changed = index(reg, "t/d", "t/f", etag=etag)
+    assert changed.status_code == 200 and changed.headers["etag"] != etag
+    assert [v["version"] for v in changed.json()["agents"]["t/c"]][-1] == "3.0.0"
+
+
+def test_an_index_request_without_the_option_is_answered_as_before(reg: LiveRegistry) -> None:
+    response = index(reg, "t/d", "t/nope", closure=False)
+    assert response.status_code == 200
+    assert response.json() == {
+        "agents": {"t/d": response.json()["agents"]["t/d"]},
+        "missing": ["t/nope"],
+    }
+    # The ETag of a batch is not the ETag of the closure of the same names.
+    assert index(reg, "t/d").headers["etag"] != response.headers["etag"]
+    assert index(reg, "t/d", closure=False).headers["etag"] != index(reg, "t/d").headers["etag"]
+
+
+def test_an_unknown_root_is_a_404_and_a_bad_name_a_400(reg: LiveRegistry) -> None:
+    missing = index(reg, "t/d", "t/nope", "t/nada")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["message"] == "no agent named t/nada, t/nope"
+    bad = index(reg, "t/d", "not a name")
+    assert bad.status_code == 400 and "not a name" in bad.json()["error"]["message"]
+    assert index(reg, "t/d").status_code == 200  # and it keeps serving
+
+
+def walked(reg: LiveRegistry, cache: Path | None, roots: Sequence[str], **kw: Any) -> Snapshot:
+    return closure(reg, cache, roots, server_closure=True, **kw)
+
+
+def test_a_cold_closure_is_one_request_and_a_warm_one_a_304(reg: LiveRegistry, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cold = walked(reg, cache, ["t/d", "t/solo"])
+    assert (cold.stats.rounds, cold.stats.requests, cold.stats.downloaded) == (1, 1, 1)
+    assert cold.index.to_dict() == closure(reg, None, ["t/d", "t/solo"]).index.to_dict()
+    assert cold.missing == set()
+    warm = walked(reg, cache, ["t/d", "t/solo"])
+    assert (warm.stats.requests, warm.stats.not_modified, warm.stats.bytes) == (1, 1, 0)
+    assert warm.index.to_dict() == cold.index.to_dict()
+    # A new dependency anywhere comes back in the one answer.
+    insert(reg, "t/c", [("3.0.0", {"t/new": "*"})])
+    insert(reg, "t/new", [("0.1.0", {})])
+    grown = walked(reg, cache, ["t/d", "t/solo"])
+    assert (grown.stats.requests, grown.stats.downloaded) == (1, 1)
+    assert "t/new" in grown.index
+    # Offline reads the closure answer back, for these roots and for others within it.
+    reg.stop()
+    offline = walked(reg, cache, ["t/d", "t/solo"], offline=True)
+    assert offline.index.to_dict() == grown.index.to_dict() and offline.stats.requests == 0
+    assert walked(reg, cache, ["t/b"], offline=True).index.names() == ["t/b", "t/c", "t/e", "t/new"]
+
+
+def test_an_unknown_root_falls_back_to_the_rounds_which_name_it(reg: LiveRegistry, tmp_path: Path) -> None:
+    snapshot = walked(reg, tmp_path / "cache", ["t/a", "t/nope"])
+    assert snapshot.missing == {"t/nope"}
+    assert snapshot.index.names() == ["t/a", "t/b", "t/c", "t/e"]
+    assert snapshot.stats.requests > 1
