@@ -7,8 +7,11 @@ read, and pushing over git (tested in test_deps_cli.py) would only make it slowe
 
 from __future__ import annotations
 
+import http.server
 import json
 import secrets
+import threading
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -357,3 +360,59 @@ def test_an_unknown_root_falls_back_to_the_rounds_which_name_it(reg: LiveRegistr
     assert snapshot.missing == {"t/nope"}
     assert snapshot.index.names() == ["t/a", "t/b", "t/c", "t/e"]
     assert snapshot.stats.requests > 1
+
+
+class _OldRegistry(http.server.ThreadingHTTPServer):
+    """A registry from before `closure=1`, on loopback: it answers for the names asked, and
+    ignores every other parameter."""
+
+    def __init__(self, agents: Mapping[str, list[dict[str, Any]]]) -> None:
+        self.agents = agents
+        self.queries: list[dict[str, list[str]]] = []
+        super().__init__(("127.0.0.1", 0), _OldHandler)
+
+
+class _OldHandler(http.server.BaseHTTPRequestHandler):
+    server: _OldRegistry
+
+    def do_GET(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(url.query)
+        self.server.queries.append(query)
+        names = sorted(set(query.get("name", [])))
+        body = json.dumps(
+            {
+                "agents": {n: self.server.agents[n] for n in names if n in self.server.agents},
+                "missing": [n for n in names if n not in self.server.agents],
+            }
+        ).encode()
+        self.send_response(200 if url.path == "/v1/index" else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_registry_without_the_option_is_read_in_rounds(reg: LiveRegistry, tmp_path: Path) -> None:
+    served = closure(reg, None, ["t/d"])
+    old = _OldRegistry(served.raw)
+    thread = threading.Thread(target=old.serve_forever, daemon=True)
+    thread.start()
+    try:
+
+        async def go() -> Snapshot:
+            async with IndexClient(
+                f"http://127.0.0.1:{old.server_address[1]}", cache_root=tmp_path
+            ) as client:
+                return await client.closure(["t/d"])
+
+        snapshot = anyio.run(go)
+    finally:
+        old.shutdown()
+        old.server_close()
+    assert snapshot.index.to_dict() == served.index.to_dict()
+    assert old.queries[0] == {"name": ["t/d"], "closure": ["1"]}
+    assert all("closure" not in q for q in old.queries[1:]) and len(old.queries) > 2
