@@ -489,8 +489,9 @@ class IndexClient:
                 self.cache.touch_closure(roots)
             self.cache.prune()
         closure = reach(roots, chunk.agents)  # checks every name, and drops what was not reached
+        # A name the registry neither described nor called missing is treated as missing.
         return {n: chunk.agents[n] for n in closure if n in chunk.agents}, {
-            n for n in closure if n in chunk.missing
+            n for n in closure if n not in chunk.agents
         }
 
     def _cached(self, roots: Sequence[str], stats: FetchStats) -> dict[str, Chunk]:

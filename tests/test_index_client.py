@@ -355,6 +355,13 @@ def test_a_cold_closure_is_one_request_and_a_warm_one_a_304(reg: LiveRegistry, t
     assert walked(reg, cache, ["t/b"], offline=True).index.names() == ["t/b", "t/c", "t/e", "t/new"]
 
 
+def test_a_dependency_nobody_publishes_is_missing_in_one_request(reg: LiveRegistry, tmp_path: Path) -> None:
+    insert(reg, "t/g", [("1.0.0", {"t/ghost": "*", "t/c": "*"})])
+    snapshot = walked(reg, tmp_path / "cache", ["t/g"])
+    assert (snapshot.stats.requests, snapshot.missing) == (1, {"t/ghost"})
+    assert snapshot.index.names() == ["t/c", "t/g"]
+
+
 def test_an_unknown_root_falls_back_to_the_rounds_which_name_it(reg: LiveRegistry, tmp_path: Path) -> None:
     snapshot = walked(reg, tmp_path / "cache", ["t/a", "t/nope"])
     assert snapshot.missing == {"t/nope"}
