@@ -220,22 +220,44 @@ class _IndexCache:
         self.entries: dict[str, tuple[int, list[dict[str, Any]]]] = {}
 
     def refresh(self, session: Session, names: list[str]) -> dict[str, int]:
-        """The serials of those of `names` that exist, with the entries of each brought up to date."""
-        serials: dict[str, int] = {
-            k: v for k, v in session.execute(select(Agent.name, Agent.serial).where(Agent.name.in_(names)))
-        }
-        stale = [n for n in serials if self.entries.get(n, (-1, []))[0] != serials[n]]
-        if stale:
+        """The serials of those of `names` that exist, with the entries of each brought up to date.
+
+        Names never cached are loaded with their serials in one query (a cold cache, e.g. the
+        first closure after a restart, costs one query per level of the graph, not two); cached
+        ones cost a serials query, and a load only when stale."""
+        serials: dict[str, int] = {}
+        unseen = [n for n in names if n not in self.entries]
+        seen = [n for n in names if n in self.entries]
+        if seen:
+            query = select(Agent.name, Agent.serial).where(Agent.name.in_(seen))
+            serials.update((k, v) for k, v in session.execute(query))
+        load = unseen + [n for n in serials if self.entries[n][0] != serials[n]]
+        if load:
             rows = session.execute(
-                select(Agent.name, Release.version, Release.commit, Release.yanked, Release.dependencies)
-                .join(Release, Release.agent_id == Agent.id)
-                .where(Agent.name.in_(stale))
-            ).all()
-            fresh: dict[str, list[dict[str, Any]]] = {n: [] for n in stale}
-            for agent_name, version, commit, yanked, deps in rows:
-                fresh[agent_name].append(
-                    {"version": version, "commit": commit, "yanked": yanked, "dependencies": json.loads(deps)}
+                select(
+                    Agent.name,
+                    Agent.serial,
+                    Release.version,
+                    Release.commit,
+                    Release.yanked,
+                    Release.dependencies,
                 )
+                .outerjoin(Release, Release.agent_id == Agent.id)
+                .where(Agent.name.in_(load))
+            ).all()
+            fresh: dict[str, list[dict[str, Any]]] = {}
+            for agent_name, serial, version, commit, yanked, deps in rows:
+                serials[agent_name] = serial
+                versions = fresh.setdefault(agent_name, [])
+                if version is not None:  # an agent without releases is one row of NULLs
+                    versions.append(
+                        {
+                            "version": version,
+                            "commit": commit,
+                            "yanked": yanked,
+                            "dependencies": json.loads(deps),
+                        }
+                    )
             for agent_name, versions in fresh.items():
                 versions.sort(key=lambda v: Version(v["version"]))
                 self.entries[agent_name] = (serials[agent_name], versions)

@@ -320,6 +320,13 @@ def test_an_index_request_without_the_option_is_answered_as_before(reg: LiveRegi
     assert index(reg, "t/d", closure=False).headers["etag"] != index(reg, "t/d").headers["etag"]
 
 
+def test_an_agent_without_releases_is_listed_with_none(reg: LiveRegistry) -> None:
+    insert(reg, "t/empty", [])
+    for closure in (True, False):  # a cold entry, then a cached one
+        body = index(reg, "t/empty", closure=closure).json()
+        assert (body["agents"], body["missing"]) == ({"t/empty": []}, [])
+
+
 def test_an_unknown_root_is_a_404_and_a_bad_name_a_400(reg: LiveRegistry) -> None:
     missing = index(reg, "t/d", "t/nope", "t/nada")
     assert missing.status_code == 404
