@@ -276,7 +276,8 @@ def test_an_unreadable_cache_entry_is_fetched_again(reg: LiveRegistry, tmp_path:
 
 
 def index(reg: LiveRegistry, *names: str, etag: str | None = None, closure: bool = True) -> httpx2.Response:
-    params = [("name", n) for n in names] + ([("closure", "1")] if closure else [])
+    params: list[tuple[str, str | int | float | bool | None]] = [("name", n) for n in names]
+    params += [("closure", "1")] if closure else []
     headers = {"If-None-Match": etag} if etag else {}
     return httpx2.get(f"{reg.url}/v1/index", params=params, headers=headers, timeout=10)
 
