@@ -19,13 +19,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from packaging.version import InvalidVersion, Version
 
 from mcpz import exit_codes
 from mcpz.atomic import write_atomic
-from mcpz.deps_install import InstallResult, IntegrityError, install_lock
 from mcpz.errors import NotFoundError, UsageError
 from mcpz.index_client import FetchStats, IndexClient, Snapshot, VersionEntry
 from mcpz.lockfile import (
@@ -45,6 +44,9 @@ from mcpz.manifest_edit import edit_dependency
 from mcpz.names import AgentName
 from mcpz.resolve import Requirer, Resolution, ResolvedPackage, resolve
 from mcpz.specifiers import specifier_problem
+
+if TYPE_CHECKING:  # installing is imported when it runs: `mcpz lock` never needs it
+    from mcpz.deps_install import InstallResult
 
 EXIT_LOCK_STALE = exit_codes.LOCK_STALE
 """`mcpz lock --check` (and `install`, `push`) found mcpz.lock missing or out of date."""
@@ -287,6 +289,8 @@ def _resolve_lock(
         for agent in new.agents:
             old = previous.get(agent.name)
             if old is not None and old.version == agent.version and old.commit != agent.commit:
+                from mcpz.deps_install import IntegrityError
+
                 raise IntegrityError(
                     f"the registry now lists {agent.name} {agent.version} at commit {agent.commit[:12]}, "
                     f"but {LOCK_FILE} pins {old.commit[:12]}; a published version never changes, so "
@@ -621,6 +625,8 @@ async def install(
     current = project.lock or Lock(
         registry=registry, manifest_hash=manifest_hash({}), dependencies={}, agents=()
     )
+    from mcpz.deps_install import install_lock
+
     return await install_lock(
         project.folder,
         current,

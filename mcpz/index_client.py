@@ -5,11 +5,20 @@
     resolution = resolve(roots, snapshot.index)
 
 **The closure.** The resolver may choose any version of an agent, so it needs every release of
-every agent reachable from the roots through any version's dependencies. Names are asked for in
+every agent reachable from the roots through any version's dependencies.
+
+**One request** (`server_closure=True`, the default): `GET /v1/index?name=...&closure=1` with
+the roots, and the registry walks the closure itself and answers with all of it, with an ETag;
+the answer is cached per set of roots (`closures/{key}.json`), so a warm run is one conditional
+request answered 304, and a cold one is one request, whatever the depth of the graph. A registry
+from before the option answers for the roots only (no `"closure": true` in the body), and a root
+that does not exist is a 404: both fall back to the rounds below, which also say which root.
+
+**Rounds** (the fallback, or `server_closure=False`). Names are asked for in
 batches (the registry answers up to 1,000 per `GET /v1/index?name=...&name=...`, with an ETag),
 the batches of a round concurrently, through one HTTP client.
 
-**Rounds.** The first round asks for the closure *as the cache predicts it*: the last answers
+The first round asks for the closure *as the cache predicts it*: the last answers
 this user's cache holds, followed from the roots. A round's answers can reach names nobody asked
 for yet (new dependencies, or everything on a cold cache); the next round asks for those, and so
 on until nothing new is reached. So a cold cache costs one round per level of the dependency
@@ -22,6 +31,7 @@ graph, breadth-first, and a warm one, when nothing changed, costs a single round
   (`partition`), so the same closure gives the same batches, run after run.
 - `roots/{key}.json`: which chunks made up the closure of one set of roots last time, so a warm
   run reads only those files to make its prediction.
+- `closures/{key}.json`: the registry's `closure=1` answer for one set of roots (its `names`).
 
 At the end of a run, the closure's own batches are in the cache (asked for once more when the
 rounds happened to batch it differently, e.g. on a cold cache), so the next run with nothing
@@ -29,7 +39,8 @@ changed sends every batch with `If-None-Match` and gets only 304s. When one agen
 the batch that holds it comes back with a body. Writes are atomic (temp file + rename); files
 unused for 30 days are removed.
 
-With `offline=True` nothing is sent: the prediction is the answer, and names the cache has never
+With `offline=True` nothing is sent: the closure answer for these roots, or else everything the
+cache holds (chunks and closure answers), is the answer, and names the cache has never
 seen are named in an `OfflineError`.
 """
 
@@ -53,7 +64,7 @@ import anyio
 from packaging.version import InvalidVersion, Version
 
 from mcpz.atomic import write_atomic
-from mcpz.errors import AuthError, McpzError, NetworkError, UsageError
+from mcpz.errors import AuthError, McpzError, NetworkError, NotFoundError, UsageError
 from mcpz.names import name_problem
 from mcpz.registry_client import RegistryClient
 from mcpz.resolve.index import Index, IndexDataError, Release, parse_spec
@@ -195,14 +206,18 @@ class IndexCache:
         self.folder = root / "index" / CACHE_FORMAT / registry_key(self.registry)
         self.chunks = self.folder / "chunks"
         self.roots = self.folder / "roots"
+        self.closures = self.folder / "closures"
 
     def chunk_path(self, key: str) -> Path:
         return self.chunks / f"{key}.json"
 
     def read_chunk(self, key: str) -> Chunk | None:
         """The cached answer stored under `key`, or None (missing, unreadable, another registry)."""
+        return self._read(self.chunk_path(key), key)
+
+    def _read(self, path: Path, key: str) -> Chunk | None:
         try:
-            data = json.loads(self.chunk_path(key).read_bytes())
+            data = json.loads(path.read_bytes())
         except (OSError, ValueError):
             return None
         if not isinstance(data, dict) or data.get("registry") != self.registry:
@@ -221,6 +236,9 @@ class IndexCache:
         )
 
     def write_chunk(self, chunk: Chunk) -> None:
+        self._write(self.chunk_path(batch_key(chunk.names)), chunk)
+
+    def _write(self, path: Path, chunk: Chunk) -> None:
         record = {
             "registry": self.registry,
             "names": sorted(chunk.names),
@@ -230,9 +248,7 @@ class IndexCache:
             "missing": sorted(chunk.missing),
         }
         try:
-            _atomic_write(
-                self.chunk_path(batch_key(chunk.names)), json.dumps(record, separators=(",", ":")).encode()
-            )
+            _atomic_write(path, json.dumps(record, separators=(",", ":")).encode())
         except OSError as e:  # a cache that cannot be written only costs speed
             logger.warning("cannot write the index cache at %s: %s", self.folder, e)
 
@@ -257,24 +273,44 @@ class IndexCache:
         with contextlib.suppress(OSError):
             _atomic_write(self.roots / f"{batch_key(roots)}.json", json.dumps(record).encode())
 
+    def read_closure(self, roots: Sequence[str]) -> Chunk | None:
+        """The registry's last `closure=1` answer for exactly `roots` (its `names` are the roots)."""
+        key = batch_key(roots)
+        chunk = self._read(self.closures / f"{key}.json", key)
+        return chunk if chunk is not None and sorted(chunk.names) == sorted(roots) else None
+
+    def write_closure(self, chunk: Chunk) -> None:
+        self._write(self.closures / f"{batch_key(chunk.names)}.json", chunk)
+
+    def touch_closure(self, roots: Sequence[str]) -> None:
+        with contextlib.suppress(OSError):
+            os.utime(self.closures / f"{batch_key(roots)}.json")
+
+    def all_closures(self) -> list[Chunk]:
+        """Every readable closure answer, oldest first."""
+        return [chunk for _key, chunk in self._read_all(self.closures)]
+
     def all_chunks(self) -> dict[str, Chunk]:
         """Every readable chunk, by key, oldest first (so newer answers win when merged)."""
+        return dict(self._read_all(self.chunks))
+
+    def _read_all(self, folder: Path) -> list[tuple[str, Chunk]]:
         try:
-            paths = sorted(self.chunks.glob("*.json"), key=lambda p: p.stat().st_mtime)
+            paths = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime)
         except OSError:
-            return {}
-        out: dict[str, Chunk] = {}
+            return []
+        out: list[tuple[str, Chunk]] = []
         for path in paths:
-            chunk = self.read_chunk(path.stem)
+            chunk = self._read(path, path.stem)
             if chunk is not None:
-                out[path.stem] = chunk
+                out.append((path.stem, chunk))
         return out
 
     def prune(self, max_age_days: float = CACHE_MAX_AGE_DAYS) -> int:
         """Remove files unused for `max_age_days` (e.g. batches of agents no longer depended on)."""
         cutoff = time.time() - max_age_days * 86400
         removed = 0
-        for folder in (self.chunks, self.roots):
+        for folder in (self.chunks, self.roots, self.closures):
             with contextlib.suppress(OSError):
                 for path in folder.glob("*.json"):
                     with contextlib.suppress(OSError):
@@ -315,6 +351,19 @@ def _check_body(body: Any, names: Sequence[str]) -> tuple[Entries, frozenset[str
     return out, frozenset(wanted - set(out))
 
 
+def _check_closure(body: dict[str, Any]) -> tuple[Entries, frozenset[str]]:
+    """A `closure=1` answer: every name is one nobody asked for, so each is checked as a name."""
+    agents, missing = body.get("agents"), body.get("missing", [])
+    if not isinstance(agents, dict) or not isinstance(missing, list):
+        raise IndexDataError('the registry\'s index answer needs "agents" (object) and "missing" (list)')
+    for name, versions in agents.items():
+        if not isinstance(name, str) or name_problem(name):
+            raise IndexDataError(f'the registry\'s index answer holds "{name}", which is not an agent name')
+        if not isinstance(versions, list) or not all(isinstance(v, dict) for v in versions):
+            raise IndexDataError(f"the registry's index entry for {name} is not a list of versions")
+    return agents, frozenset(m for m in missing if isinstance(m, str))
+
+
 @dataclass(frozen=True)
 class _Answer:
     chunk: Chunk
@@ -335,14 +384,17 @@ class IndexClient:
         concurrency: int = DEFAULT_CONCURRENCY,
         client: RegistryClient | None = None,
         token_lookup: Callable[[], str | None] | None = None,
+        server_closure: bool = True,
     ) -> None:
         """`token` goes with every request; without one, `token_lookup` (e.g. the OS keyring, which
-        is slow to open) is asked only if the registry answers 401 or 403: public agents need none."""
+        is slow to open) is asked only if the registry answers 401 or 403: public agents need none.
+        `server_closure=False` never asks the registry to walk the closure (batches and rounds only)."""
         self.registry = registry.rstrip("/")
         self.cache = IndexCache(cache_root, self.registry) if cache_root is not None else None
         self.offline = offline
         self.batch_size = batch_size
         self.concurrency = max(1, concurrency)
+        self.server_closure = server_closure
         self._token = token
         self._token_lookup = token_lookup if token is None and client is None else None
         self._client = client
@@ -392,11 +444,15 @@ class IndexClient:
             problem = name_problem(name)
             if problem:
                 raise UsageError(f'"{name}" is not an agent name ({problem})')
-        cached = self._cached(root_names, stats)
-        if self.offline:
-            entries, gone = self._offline(root_names, cached)
+        walked = None
+        if not self.offline and self.server_closure and root_names:
+            walked = await self._walked(root_names, stats)
+        if walked is not None:
+            entries, gone = walked
+        elif self.offline:
+            entries, gone = self._offline(root_names, self._cached(root_names, stats))
         else:
-            entries, gone = await self._online(root_names, cached, stats)
+            entries, gone = await self._online(root_names, self._cached(root_names, stats), stats)
         raw = {name: entries[name] for name in sorted(entries)}
         stats.names = len(raw)
         stats.seconds = time.perf_counter() - started
@@ -411,11 +467,44 @@ class IndexClient:
         )
         return Snapshot(raw=raw, missing=gone, stats=stats)
 
+    async def _walked(self, roots: Sequence[str], stats: FetchStats) -> tuple[Entries, set[str]] | None:
+        """The closure as the registry walks it (`closure=1`): one request, conditional on the
+        cached answer for these roots. None when the registry cannot (an older one ignores the
+        option) or a root does not exist: the rounds then find out, and say which."""
+        cached = self.cache.read_closure(roots) if self.cache is not None else None
+        if cached is not None:
+            stats.from_cache += 1
+        stats.rounds += 1
+        try:
+            answer = await self._request(list(roots), cached, stats, closure=True)
+        except NotFoundError:
+            return None
+        if answer is None:
+            return None
+        chunk = answer.chunk
+        if self.cache is not None:
+            if answer.downloaded:
+                self.cache.write_closure(chunk)
+            else:
+                self.cache.touch_closure(roots)
+            self.cache.prune()
+        closure = reach(roots, chunk.agents)  # checks every name, and drops what was not reached
+        # A name the registry neither described nor called missing is treated as missing.
+        return {n: chunk.agents[n] for n in closure if n in chunk.agents}, {
+            n for n in closure if n not in chunk.agents
+        }
+
     def _cached(self, roots: Sequence[str], stats: FetchStats) -> dict[str, Chunk]:
         """The cached chunks that predict the closure: those of the last closure of these roots,
-        or, for roots never locked before, every chunk the cache holds."""
+        or, for roots never locked before, every chunk the cache holds (offline, with every
+        closure answer after them)."""
         if self.cache is None:
             return {}
+        if self.offline:
+            walked = self.cache.read_closure(roots)
+            if walked is not None:
+                stats.from_cache = 1
+                return {"closure": walked}
         keys = self.cache.closure_chunks(roots)
         chunks: dict[str, Chunk] = {}
         if keys is not None:
@@ -428,6 +517,8 @@ class IndexClient:
                 stats.from_cache = len(chunks)
                 return chunks
         chunks = self.cache.all_chunks()
+        if self.offline:
+            chunks.update((f"closure-{i}", c) for i, c in enumerate(self.cache.all_closures()))
         stats.from_cache = len(chunks)
         return chunks
 
@@ -505,11 +596,20 @@ class IndexClient:
             raise failed[0]
         return out
 
-    async def _ask(self, names: list[str], cached: Chunk | None, stats: FetchStats) -> _Answer:
+    async def _ask(
+        self, names: list[str], cached: Chunk | None, stats: FetchStats, *, closure: bool = False
+    ) -> _Answer:
+        answer = await self._request(names, cached, stats, closure=closure)
+        assert answer is not None  # only a closure request can come back without an answer
+        return answer
+
+    async def _request(
+        self, names: list[str], cached: Chunk | None, stats: FetchStats, *, closure: bool
+    ) -> _Answer | None:
         etag = cached.etag if cached is not None else None
         headers = {"If-None-Match": etag} if etag else {}
         stats.requests += 1
-        params = [("name", n) for n in names]
+        params = [("name", n) for n in names] + ([("closure", "1")] if closure else [])
         try:
             response = await self._http().request("GET", "/v1/index", params=params, headers=headers)
         except AuthError:
@@ -528,7 +628,12 @@ class IndexClient:
             raise IndexDataError(f"the registry's index answer is not JSON: {e}") from e
         stats.downloaded += 1
         stats.bytes += len(response.content)
-        agents, missing = _check_body(body, names)
+        if closure:
+            if not isinstance(body, dict) or body.get("closure") is not True:
+                return None  # a registry from before `closure=1`: it answered for the roots only
+            agents, missing = _check_closure(body)
+        else:
+            agents, missing = _check_body(body, names)
         chunk = Chunk(tuple(sorted(names)), response.headers.get("etag"), agents, missing)
         return _Answer(chunk, downloaded=True)
 

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from packaging.version import Version
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from mcpz._version import __version__
 from mcpz.errors import NotFoundError, UsageError
@@ -28,6 +29,8 @@ from registry_server.state import RegistryState
 
 router = APIRouter()
 MAX_BATCH = 1000
+MAX_CLOSURE = 100_000
+"""The most agents one `closure=1` answer may hold (the response is built in memory)."""
 
 
 class SignatureOut(BaseModel):
@@ -70,6 +73,7 @@ class IndexVersion(BaseModel):
 class IndexOut(BaseModel):
     agents: dict[str, list[IndexVersion]]
     missing: list[str]
+    closure: bool = Field(default=False, description="Present (true) when asked with closure=1")
 
 
 class YankIn(BaseModel):
@@ -223,8 +227,104 @@ class _IndexCache:
     def __init__(self) -> None:
         self.entries: dict[str, tuple[int, list[dict[str, Any]]]] = {}
 
+    def refresh(self, session: Session, names: list[str]) -> dict[str, int]:
+        """The serials of those of `names` that exist, with the entries of each brought up to date.
 
-@router.get("/v1/index", response_model=IndexOut, tags=["index"], responses=errors(400, 422))
+        Names never cached are loaded with their serials in one query (a cold cache, e.g. the
+        first closure after a restart, costs one query per level of the graph, not two); cached
+        ones cost a serials query, and a load only when stale."""
+        serials: dict[str, int] = {}
+        unseen = [n for n in names if n not in self.entries]
+        seen = [n for n in names if n in self.entries]
+        if seen:
+            query = select(Agent.name, Agent.serial).where(Agent.name.in_(seen))
+            serials.update((k, v) for k, v in session.execute(query))
+        load = unseen + [n for n in serials if self.entries[n][0] != serials[n]]
+        if load:
+            rows = session.execute(
+                select(
+                    Agent.name,
+                    Agent.serial,
+                    Release.version,
+                    Release.commit,
+                    Release.yanked,
+                    Release.dependencies,
+                )
+                .outerjoin(Release, Release.agent_id == Agent.id)
+                .where(Agent.name.in_(load))
+            ).all()
+            fresh: dict[str, list[dict[str, Any]]] = {}
+            for agent_name, serial, version, commit, yanked, deps in rows:
+                serials[agent_name] = serial
+                versions = fresh.setdefault(agent_name, [])
+                if version is not None:  # an agent without releases is one row of NULLs
+                    versions.append(
+                        {
+                            "version": version,
+                            "commit": commit,
+                            "yanked": yanked,
+                            "dependencies": json.loads(deps),
+                        }
+                    )
+            for agent_name, versions in fresh.items():
+                versions.sort(key=lambda v: Version(v["version"]))
+                self.entries[agent_name] = (serials[agent_name], versions)
+        return serials
+
+
+def _etag(kind: str, names: list[str], serials: dict[str, int]) -> str:
+    # A batch's ETag is what it was before closures existed, so that caches stay warm across upgrades.
+    text = "\n".join(f"{n}:{serials.get(n, -1)}" for n in names)
+    return '"' + hashlib.sha256((kind + text).encode()).hexdigest()[:32] + '"'
+
+
+def _closure(session: Session, cache: _IndexCache, roots: list[str]) -> tuple[list[str], dict[str, int]]:
+    """Every name reachable from `roots` through the dependencies of any version, and the serials
+    of those that exist.
+
+    Each step checks the serials of the names about to be followed (refreshing stale entries),
+    together with every name the cached entries predict beyond them, then follows the checked
+    entries only: with a warm cache the whole closure costs one query, with a cold one a query
+    per level of the graph, and every name is followed once.
+    """
+    reached = set(roots)
+    checked: set[str] = set()
+    serials: dict[str, int] = {}
+    pending = list(roots)
+    while pending:
+        predicted = set(pending)
+        stack = list(pending)
+        while stack:
+            for entry in cache.entries.get(stack.pop(), (0, []))[1]:
+                for dep in entry["dependencies"]:
+                    if dep not in predicted and dep not in checked:
+                        predicted.add(dep)
+                        stack.append(dep)
+        todo = sorted(predicted - checked)
+        for start in range(0, len(todo), MAX_BATCH):  # bounded IN lists
+            serials.update(cache.refresh(session, todo[start : start + MAX_BATCH]))
+        checked.update(todo)
+        following: list[str] = []
+        queue = list(pending)
+        while queue:
+            name = queue.pop()
+            if name not in serials:
+                continue  # does not exist: listed as missing
+            for entry in cache.entries[name][1]:
+                for dep in entry["dependencies"]:
+                    if dep not in reached:
+                        reached.add(dep)
+                        (queue if dep in checked else following).append(dep)
+        if len(reached) > MAX_CLOSURE:
+            raise UsageError(
+                f"the closure of these roots holds more than {MAX_CLOSURE} agents",
+                hint="ask for the names in batches (`name=` without `closure=1`)",
+            )
+        pending = following
+    return sorted(reached), serials
+
+
+@router.get("/v1/index", response_model=IndexOut, tags=["index"], responses=errors(400, 404, 422))
 def batch_index(
     request: Request,
     state: State,
@@ -235,8 +335,19 @@ def batch_index(
             json_schema_extra={"items": {"type": "string", **AGENT_SCHEMA}, "maxItems": MAX_BATCH},
         ),
     ],
+    closure: Annotated[
+        bool,
+        Query(
+            description="Treat the names as roots and answer for every agent reachable from them "
+            "through any version's dependencies, in one response"
+        ),
+    ] = False,
 ) -> Response:
     """Every version of each named agent with its dependencies, yanked flag and commit id.
+
+    With `closure=1` the names are roots: the answer holds the whole dependency closure (a root
+    that does not exist is a 404; a dependency that does not exist is listed in `missing`), so a
+    resolver with an empty cache needs one request rather than one per level of the graph.
 
     Sends an ETag; a request with a matching If-None-Match costs a 304 and no body.
     """
@@ -248,34 +359,23 @@ def batch_index(
             raise UsageError(f'agent name "{full}" {name_problem(full)}')
     cache: _IndexCache = request.app.state.index_cache
     with state.db.session() as session:
-        serials = {
-            k: v for k, v in session.execute(select(Agent.name, Agent.serial).where(Agent.name.in_(names)))
-        }
-        digest = hashlib.sha256("\n".join(f"{n}:{serials.get(n, -1)}" for n in names).encode()).hexdigest()[
-            :32
-        ]
-        etag = f'"{digest}"'
-        if request.headers.get("if-none-match") == etag:
-            return Response(status_code=304, headers={"ETag": etag})
-        stale = [n for n in serials if cache.entries.get(n, (-1, []))[0] != serials[n]]
-        if stale:
-            rows = session.execute(
-                select(Agent.name, Release.version, Release.commit, Release.yanked, Release.dependencies)
-                .join(Release, Release.agent_id == Agent.id)
-                .where(Agent.name.in_(stale))
-            ).all()
-            fresh: dict[str, list[dict[str, Any]]] = {n: [] for n in stale}
-            for agent_name, version, commit, yanked, deps in rows:
-                fresh[agent_name].append(
-                    {"version": version, "commit": commit, "yanked": yanked, "dependencies": json.loads(deps)}
-                )
-            for agent_name, versions in fresh.items():
-                versions.sort(key=lambda v: Version(v["version"]))
-                cache.entries[agent_name] = (serials[agent_name], versions)
-    body = {
+        if closure:
+            names, serials = _closure(session, cache, names)
+            unknown = [n for n in sorted(set(name)) if n not in serials]
+            if unknown:
+                raise NotFoundError(f"no agent named {', '.join(unknown[:10])}")
+            etag = _etag("closure\n", names, serials)
+        else:
+            serials = cache.refresh(session, names)
+            etag = _etag("", names, serials)
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    body: dict[str, Any] = {
         "agents": {n: cache.entries[n][1] for n in names if n in serials},
         "missing": [n for n in names if n not in serials],
     }
+    if closure:
+        body["closure"] = True  # tells a client this registry walked it (an older one ignores the option)
     return JSONResponse(body, headers={"ETag": etag, "Cache-Control": "no-cache"})
 
 

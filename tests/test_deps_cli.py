@@ -14,6 +14,8 @@ serve the module (published once); tests that tamper with a registry or stop it 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -719,3 +721,12 @@ def test_edits_in_any_order_give_the_intended_manifest_and_keep_the_rest(
         assert kept
         assert dict(_manifest(text).dependencies) == expected
     assert text.startswith(BASE)
+
+
+def test_locking_does_not_import_the_installer() -> None:
+    # `mcpz lock` is start-up bound on a warm cache: its workflow module must not pull in
+    # installing (fetching, verifying, placing agents), which it never uses.
+    code = "import sys, mcpz.deps; print('mcpz.deps_install' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

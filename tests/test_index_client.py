@@ -7,13 +7,17 @@ read, and pushing over git (tested in test_deps_cli.py) would only make it slowe
 
 from __future__ import annotations
 
+import http.server
 import json
 import secrets
+import threading
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 import pytest
 from conftest import LiveRegistry
 
@@ -120,6 +124,9 @@ def reg(sqlite_registry: LiveRegistry) -> Iterator[LiveRegistry]:
 
 
 def closure(reg: LiveRegistry, cache: Path | None, roots: Sequence[str], **kw: Any) -> Snapshot:
+    """The closure as a client that asks only in batches and rounds (`server_closure=False`)."""
+    kw.setdefault("server_closure", False)
+
     async def go() -> Snapshot:
         async with IndexClient(reg.url, cache_root=cache, **kw) as client:
             return await client.closure(roots)
@@ -206,7 +213,9 @@ def test_the_batches_of_a_round_are_sent_concurrently(reg: LiveRegistry, tmp_pat
         http = RegistryClient(reg.url)
         http._http.event_hooks = {"request": [on_request], "response": [on_response]}
         try:
-            client = IndexClient(reg.url, cache_root=tmp_path / "cache", batch_size=1, client=http)
+            client = IndexClient(
+                reg.url, cache_root=tmp_path / "cache", batch_size=1, client=http, server_closure=False
+            )
             return await client.closure(names)
         finally:
             await http.aclose()
@@ -261,3 +270,164 @@ def test_an_unreadable_cache_entry_is_fetched_again(reg: LiveRegistry, tmp_path:
         path.write_text(json.dumps(data))
     assert closure(reg, cache, ["t/a"]).stats.downloaded == 4
     assert closure(reg, cache, ["t/a"]).stats.not_modified == 1
+
+
+# --- closure=1: the registry walks the closure ----------------------------------------------------
+
+
+def index(reg: LiveRegistry, *names: str, etag: str | None = None, closure: bool = True) -> httpx2.Response:
+    params: list[tuple[str, str | int | float | bool | None]] = [("name", n) for n in names]
+    params += [("closure", "1")] if closure else []
+    headers = {"If-None-Match": etag} if etag else {}
+    return httpx2.get(f"{reg.url}/v1/index", params=params, headers=headers, timeout=10)
+
+
+def test_the_registry_answers_with_exactly_the_closure(reg: LiveRegistry) -> None:
+    insert(reg, "t/f", [("1.0.0", {"t/solo": "*"}), ("2.0.0", {"t/ghost": "*"})])
+    response = index(reg, "t/d", "t/f")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["closure"] is True
+    # Every version's dependencies are followed (t/b 1.1.0 reaches t/e, t/f 1.0.0 reaches t/solo).
+    assert sorted(body["agents"]) == ["t/a", "t/b", "t/c", "t/d", "t/e", "t/f", "t/solo"]
+    assert body["missing"] == ["t/ghost"]
+    assert [v["version"] for v in body["agents"]["t/c"]] == ["1.0.0", "2.0.0b1"]
+    assert body["agents"]["t/b"][1]["dependencies"] == {"t/c": ">=1", "t/e": "*"}
+    assert body["agents"]["t/e"][0]["yanked"] is True
+    # Exactly what the batches would have said for the same names.
+    batch = index(reg, *body["agents"], "t/ghost", closure=False).json()
+    assert batch["agents"] == body["agents"] and batch["missing"] == ["t/ghost"]
+
+    etag = response.headers["etag"]
+    assert index(reg, "t/d", "t/f", etag=etag).status_code == 304
+    # A change anywhere in the closure changes its ETag; one outside it does not.
+    insert(reg, "t/unrelated", [("1.0.0", {})])
+    assert index(reg, "t/d", "t/f", etag=etag).status_code == 304
+    insert(reg, "t/c", [("3.0.0", {})])
+    changed = index(reg, "t/d", "t/f", etag=etag)
+    assert changed.status_code == 200 and changed.headers["etag"] != etag
+    assert [v["version"] for v in changed.json()["agents"]["t/c"]][-1] == "3.0.0"
+
+
+def test_an_index_request_without_the_option_is_answered_as_before(reg: LiveRegistry) -> None:
+    response = index(reg, "t/d", "t/nope", closure=False)
+    assert response.status_code == 200
+    assert response.json() == {
+        "agents": {"t/d": response.json()["agents"]["t/d"]},
+        "missing": ["t/nope"],
+    }
+    # The ETag of a batch is not the ETag of the closure of the same names.
+    assert index(reg, "t/d").headers["etag"] != response.headers["etag"]
+    assert index(reg, "t/d", closure=False).headers["etag"] != index(reg, "t/d").headers["etag"]
+
+
+def test_an_agent_without_releases_is_listed_with_none(reg: LiveRegistry) -> None:
+    insert(reg, "t/empty", [])
+    for closure in (True, False):  # a cold entry, then a cached one
+        body = index(reg, "t/empty", closure=closure).json()
+        assert (body["agents"], body["missing"]) == ({"t/empty": []}, [])
+
+
+def test_an_unknown_root_is_a_404_and_a_bad_name_a_400(reg: LiveRegistry) -> None:
+    missing = index(reg, "t/d", "t/nope", "t/nada")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["message"] == "no agent named t/nada, t/nope"
+    bad = index(reg, "t/d", "not a name")
+    assert bad.status_code == 400 and "not a name" in bad.json()["error"]["message"]
+    assert index(reg, "t/d").status_code == 200  # and it keeps serving
+
+
+def walked(reg: LiveRegistry, cache: Path | None, roots: Sequence[str], **kw: Any) -> Snapshot:
+    return closure(reg, cache, roots, server_closure=True, **kw)
+
+
+def test_a_cold_closure_is_one_request_and_a_warm_one_a_304(reg: LiveRegistry, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cold = walked(reg, cache, ["t/d", "t/solo"])
+    assert (cold.stats.rounds, cold.stats.requests, cold.stats.downloaded) == (1, 1, 1)
+    assert cold.index.to_dict() == closure(reg, None, ["t/d", "t/solo"]).index.to_dict()
+    assert cold.missing == set()
+    warm = walked(reg, cache, ["t/d", "t/solo"])
+    assert (warm.stats.requests, warm.stats.not_modified, warm.stats.bytes) == (1, 1, 0)
+    assert warm.index.to_dict() == cold.index.to_dict()
+    # A new dependency anywhere comes back in the one answer.
+    insert(reg, "t/c", [("3.0.0", {"t/new": "*"})])
+    insert(reg, "t/new", [("0.1.0", {})])
+    grown = walked(reg, cache, ["t/d", "t/solo"])
+    assert (grown.stats.requests, grown.stats.downloaded) == (1, 1)
+    assert "t/new" in grown.index
+    # Offline reads the closure answer back, for these roots and for others within it.
+    reg.stop()
+    offline = walked(reg, cache, ["t/d", "t/solo"], offline=True)
+    assert offline.index.to_dict() == grown.index.to_dict() and offline.stats.requests == 0
+    assert walked(reg, cache, ["t/b"], offline=True).index.names() == ["t/b", "t/c", "t/e", "t/new"]
+
+
+def test_a_dependency_nobody_publishes_is_missing_in_one_request(reg: LiveRegistry, tmp_path: Path) -> None:
+    insert(reg, "t/g", [("1.0.0", {"t/ghost": "*", "t/c": "*"})])
+    snapshot = walked(reg, tmp_path / "cache", ["t/g"])
+    assert (snapshot.stats.requests, snapshot.missing) == (1, {"t/ghost"})
+    assert snapshot.index.names() == ["t/c", "t/g"]
+
+
+def test_an_unknown_root_falls_back_to_the_rounds_which_name_it(reg: LiveRegistry, tmp_path: Path) -> None:
+    snapshot = walked(reg, tmp_path / "cache", ["t/a", "t/nope"])
+    assert snapshot.missing == {"t/nope"}
+    assert snapshot.index.names() == ["t/a", "t/b", "t/c", "t/e"]
+    assert snapshot.stats.requests > 1
+
+
+class _OldRegistry(http.server.ThreadingHTTPServer):
+    """A registry from before `closure=1`, on loopback: it answers for the names asked, and
+    ignores every other parameter."""
+
+    def __init__(self, agents: Mapping[str, list[dict[str, Any]]]) -> None:
+        self.agents = agents
+        self.queries: list[dict[str, list[str]]] = []
+        super().__init__(("127.0.0.1", 0), _OldHandler)
+
+
+class _OldHandler(http.server.BaseHTTPRequestHandler):
+    server: _OldRegistry
+
+    def do_GET(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(url.query)
+        self.server.queries.append(query)
+        names = sorted(set(query.get("name", [])))
+        body = json.dumps(
+            {
+                "agents": {n: self.server.agents[n] for n in names if n in self.server.agents},
+                "missing": [n for n in names if n not in self.server.agents],
+            }
+        ).encode()
+        self.send_response(200 if url.path == "/v1/index" else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_registry_without_the_option_is_read_in_rounds(reg: LiveRegistry, tmp_path: Path) -> None:
+    served = closure(reg, None, ["t/d"])
+    old = _OldRegistry(served.raw)
+    thread = threading.Thread(target=old.serve_forever, daemon=True)
+    thread.start()
+    try:
+
+        async def go() -> Snapshot:
+            async with IndexClient(
+                f"http://127.0.0.1:{old.server_address[1]}", cache_root=tmp_path
+            ) as client:
+                return await client.closure(["t/d"])
+
+        snapshot = anyio.run(go)
+    finally:
+        old.shutdown()
+        old.server_close()
+    assert snapshot.index.to_dict() == served.index.to_dict()
+    assert old.queries[0] == {"name": ["t/d"], "closure": ["1"]}
+    assert all("closure" not in q for q in old.queries[1:]) and len(old.queries) > 2

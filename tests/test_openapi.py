@@ -39,7 +39,7 @@ def _errors(document: dict[str, Any], method: str, path: str) -> dict[str, Any]:
     ("method", "path", "codes"),
     [
         ("get", "/v1/agents/{namespace}/{name}", {"400", "404", "422"}),
-        ("get", "/v1/index", {"400", "422"}),
+        ("get", "/v1/index", {"400", "404", "422"}),
         ("post", "/v1/keys", {"400", "401", "403", "413", "422"}),
         ("post", "/v1/auth/nonce", {"400", "413", "422", "429"}),
         ("post", "/v1/namespaces", {"400", "401", "403", "409", "413", "422"}),

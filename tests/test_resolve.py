@@ -295,6 +295,25 @@ def test_yanked_versions_are_skipped_unless_locked_or_pinned() -> None:
     assert str(resolve({"a/y": ""}, index, locked={"a/y": "1.1"}, upgrade={"a/y"})["a/y"].version) == "1.0"
 
 
+def test_one_specifier_over_different_lists_of_versions() -> None:
+    # The bitset of a specifier is cached per list of versions: a/y, with another list than a/x,
+    # gets its own (a/x's "<2.5" would be bits 1-2 of [3.0, 2.0, 1.0], i.e. a/y 1.0 only).
+    index = make_index(
+        {
+            "a/x": {"1.0": {}, "2.0": {}, "3.0": {}},
+            "a/y": {"1.0": {}, "2.0": {}},
+            "a/z": {"1.0": {}, "2.0": {}, "3.0": {}},
+            "a/w": {"1.0": {"a/x": "<2.5", "a/y": "<2.5", "a/z": ">=2.5"}},
+        }
+    )
+    chosen = resolve({"a/w": ""}, index)
+    assert {n: str(chosen[n].version) for n in ("a/x", "a/y", "a/z")} == {
+        "a/x": "2.0",
+        "a/y": "2.0",
+        "a/z": "3.0",
+    }
+
+
 def test_prereleases_only_when_a_specifier_names_one() -> None:
     index = make_index({"a/x": {"1.0": {}, "2.0b1": {}}, "a/w": {"1.0": {"a/x": ">=2.0b1"}}})
     assert str(resolve({"a/x": ">=1.0"}, index)["a/x"].version) == "1.0"

@@ -102,15 +102,17 @@ class Index:
 
     def __init__(self, releases: Iterable[Release] = ()) -> None:
         self._by_name: dict[str, list[Release]] = {}
+        self._versions: dict[str, set[Version]] = {}
         self._sorted: set[str] = set()
         for release in releases:
             self.add_release(release)
 
     def add_release(self, release: Release) -> Release:
-        existing = self._by_name.setdefault(release.name, [])
-        if any(r.version == release.version for r in existing):
+        versions = self._versions.setdefault(release.name, set())
+        if release.version in versions:  # a set: an agent may have thousands of releases
             raise IndexDataError(f"{release.name} {release.version} is in the index twice")
-        existing.append(release)
+        versions.add(release.version)
+        self._by_name.setdefault(release.name, []).append(release)
         self._sorted.discard(release.name)
         return release
 

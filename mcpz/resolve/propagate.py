@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain, islice
 
 from mcpz.resolve.provider import Problem, Requirement
 
@@ -60,9 +61,14 @@ class State:
     dom: dict[str, int]
     forced: dict[str, str]
     trail: list[Removal] = field(default_factory=list)
+    open: list[str] = field(default_factory=list)
+    """Forced agents with more than one release left, as of the first `scanned` entries of
+    `forced` (entries are only added, in order, and domains only shrink: a name that left this
+    list never comes back), so `Propagator.undecided` does not rescan every forced agent."""
+    scanned: int = 0
 
     def copy(self) -> State:
-        return State(dict(self.dom), dict(self.forced), list(self.trail))
+        return State(dict(self.dom), dict(self.forced), list(self.trail), list(self.open), self.scanned)
 
 
 @dataclass(frozen=True)
@@ -235,13 +241,20 @@ class Propagator:
 
     def undecided(self, state: State) -> str | None:
         """The forced agent with the fewest releases left (then the shallowest, then by name)."""
+        dom = state.dom
+        fresh = list(islice(state.forced, state.scanned, None))
+        state.scanned += len(fresh)
+        still: list[str] = []
         best: tuple[int, int, str] | None = None
-        for name in state.forced:
-            count = state.dom[name].bit_count()
+        for name in chain(state.open, fresh):
+            count = dom[name].bit_count()
             if count > 1:
-                key = (count, self.depth.get(name, 0), name)
-                if best is None or key < best:
-                    best = key
+                still.append(name)
+                if best is None or count <= best[0]:
+                    key = (count, self.depth.get(name, 0), name)
+                    if best is None or key < best:
+                        best = key
+        state.open = still
         return None if best is None else best[2]
 
     def preferred_splits(self, state: State, name: str) -> list[int]:

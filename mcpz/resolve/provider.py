@@ -108,6 +108,12 @@ class Problem:
         self.project = project
         self._packages: dict[str, Package] = {}
         self._requirements: dict[tuple[str, str], Requirement] = {}
+        # Agents often share a list of versions, and specifiers repeat across agents: the bitset
+        # of a specifier over one list of versions is computed once (matching a version against
+        # a SpecifierSet is the costly part of building a problem).
+        self._shapes: dict[tuple[Version, ...], int] = {}
+        self._shape_of: dict[str, int] = {}
+        self._masks: dict[tuple[int, str], int] = {}
 
     def package(self, name: str) -> Package:
         package = self._packages.get(name)
@@ -134,10 +140,18 @@ class Problem:
         found = self._requirements.get(key)
         if found is None:
             releases = self.package(name).releases if name in self._packages else self._releases(name)
-            loose = 0
-            for bit, release in enumerate(releases):
-                if spec.contains(release.version):
-                    loose |= 1 << bit
+            shape = self._shape_of.get(name)
+            if shape is None:
+                versions = tuple(release.version for release in releases)
+                shape = self._shapes.setdefault(versions, len(self._shapes))
+                self._shape_of[name] = shape
+            loose = self._masks.get((shape, spec.text), -1)
+            if loose < 0:
+                loose = 0
+                for bit, release in enumerate(releases):
+                    if spec.contains(release.version):
+                        loose |= 1 << bit
+                self._masks[(shape, spec.text)] = loose
             found = Requirement(name, spec, loose)
             self._requirements[key] = found
         return found
