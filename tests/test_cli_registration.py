@@ -161,7 +161,22 @@ def test_a_read_only_command_with_an_option_the_fast_path_does_not_know_goes_to_
 def test_the_root_help_imports_no_command_module(agent: Path, tmp_path: Path) -> None:
     modules = loaded_by(["--help"], agent, tmp_path)
     assert not {m for m in modules if m.startswith(COMMANDS_PACKAGE + ".")}
-    assert not _heavy(modules, "dulwich"), _heavy(modules, "dulwich")
+    assert not _heavy(modules, "dulwich", "typer", "rich"), _heavy(modules, "dulwich", "typer", "rich")
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_the_root_help_lists_every_command_by_topic_and_the_global_options(
+    flag: str, agent: Path, tmp_path: Path
+) -> None:
+    done = _mcpz([flag], agent, tmp_path)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    for name, entry in COMMANDS.items():
+        assert f"  {name} " in text, name
+        assert f"{entry.topic}:" in text
+    for option in ("--version", "--json", "--verbose", "--quiet", "--help"):
+        assert option in text
+    assert "<bool>" not in text and "╭" not in text
 
 
 def test_a_command_help_imports_only_its_own_module(agent: Path, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Iterator, MutableMapping, Sequence
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any
 
 import typer
 from typer import _click
@@ -21,138 +21,8 @@ from typer.core import TyperCommand, TyperGroup
 from mcpz._version import __version__
 from mcpz.cli.invocation import configure_logging, report_error, split_global_flags
 from mcpz.cli.output import out, set_output
+from mcpz.cli.table import COMMANDS, Entry
 from mcpz.errors import McpzError
-
-
-class Entry(NamedTuple):
-    module: str  # the module under mcpz.cli.commands whose `app` holds the command
-    summary: str  # the first paragraph of the command's help, shown by `mcpz --help`
-    topic: str  # the panel of `mcpz --help` it is listed in
-
-
-REPO, DEPS, LOCAL, REGISTRY, ACCOUNT, MESH, OPERATE = (
-    "Agent repository",
-    "Dependencies",
-    "Run locally",
-    "Registry",
-    "Account and keys",
-    "Mesh",
-    "Operate",
-)
-
-COMMANDS: dict[str, Entry] = {
-    "init": Entry(
-        "repo", "Create an agent from a template, as a git repository with its first commit.", REPO
-    ),
-    "commit": Entry(
-        "repo", "Snapshot every change (new, edited, deleted files; .gitignore honoured) as a commit.", REPO
-    ),
-    "status": Entry(
-        "repo", "Show the branch and what changed since the last commit (git status --short style).", REPO
-    ),
-    "log": Entry("repo", "List commits, newest first.", REPO),
-    "diff": Entry("repo", "Show changes as a unified diff: work tree vs HEAD, vs FROM, or FROM vs TO.", REPO),
-    "show": Entry("repo", "Show a commit with its diff, or a file's content at a revision (REV:PATH).", REPO),
-    "release": Entry("repo", "Set the manifest version, commit, and tag the commit v{version}.", REPO),
-    "add": Entry("deps", "Add a dependency to mcpz.toml (or change its specifier) and lock it.", DEPS),
-    "remove": Entry(
-        "deps", "Remove a dependency from mcpz.toml, and from mcpz.lock what only it needed.", DEPS
-    ),
-    "lock": Entry(
-        "deps",
-        "Resolve the dependencies of mcpz.toml against the registry; write mcpz.lock (exact commits).",
-        DEPS,
-    ),
-    "install": Entry(
-        "deps",
-        "Fetch every agent of mcpz.lock at its exact commit into .mcpz/deps/, verified; remove the rest.",
-        DEPS,
-    ),
-    "sync": Entry("deps", "Alias of `mcpz install`.", DEPS),
-    "tree": Entry(
-        "deps",
-        "The locked dependency tree, with the specifier that pulled each agent in; cycles marked.",
-        DEPS,
-    ),
-    "why": Entry("deps", "Why an agent is locked: the chains of dependencies from mcpz.toml to it.", DEPS),
-    "outdated": Entry(
-        "deps",
-        "Locked agents with newer releases: locked, allowed (what `lock --upgrade` would take), latest.",
-        DEPS,
-    ),
-    "run": Entry(
-        "local", "Run an agent in the foreground: MCP on stdin/stdout, its exit code passed through.", LOCAL
-    ),
-    "tools": Entry(
-        "local", "List an agent's tools: name, arguments and description (input schemas with --json).", LOCAL
-    ),
-    "call": Entry("local", "Call one tool and print its result (text; the whole result with --json).", LOCAL),
-    "push": Entry(
-        "publish",
-        "Push the current branch; publish the manifest's version if it is new, signed by your wallet.",
-        REGISTRY,
-    ),
-    "clone": Entry("publish", "Clone an agent from the registry.", REGISTRY),
-    "pull": Entry(
-        "publish", "Fast-forward the current branch from the registry it was cloned from.", REGISTRY
-    ),
-    "info": Entry("publish", "Description, versions, yanked, dependencies, latest.", REGISTRY),
-    "versions": Entry("publish", "Every published version, oldest first.", REGISTRY),
-    "yank": Entry("publish", "Skip a version in new resolutions (exact locks still install it).", REGISTRY),
-    "unyank": Entry("publish", "Undo a yank.", REGISTRY),
-    "verify": Entry(
-        "verify",
-        "Check that the namespace's owner key signed this release (the key is pinned on first use).",
-        REGISTRY,
-    ),
-    "sign": Entry(
-        "verify",
-        "Sign a published release with your wallet (push does this for the releases it publishes).",
-        REGISTRY,
-    ),
-    "usage": Entry(
-        "usage", "Calls through the gateway, summed per agent and tool: calls, errors, time, bytes.", REGISTRY
-    ),
-    "login": Entry(
-        "auth",
-        "Log in to a registry and keep the token (OS keyring; a 0600 file where there is none).",
-        ACCOUNT,
-    ),
-    "logout": Entry("auth", "Forget the stored token for a registry.", ACCOUNT),
-    "whoami": Entry("auth", "The account, its namespaces, and this token's scopes and expiry.", ACCOUNT),
-    "keys": Entry("auth", "API keys of your account.", ACCOUNT),
-    "wallet": Entry(
-        "wallet",
-        "Your Ethereum wallet: the key that signs in (`mcpz login --wallet`) and signs releases.",
-        ACCOUNT,
-    ),
-    "namespace": Entry("namespace", "Namespaces: claim them, share them, hand them over.", ACCOUNT),
-    "deploy": Entry("deploy", "Deploy NAME@VERSION to the mesh, or manage a deployment.", MESH),
-    "deployments": Entry("deploy", "Deployments you can see, with replicas ready and their state.", MESH),
-    "nodes": Entry(
-        "deploy",
-        "Nodes that may run your deployments (yours, your namespaces' members', shared ones): owner, state, "
-        "labels, replicas and capacity, load.",
-        MESH,
-    ),
-    "logs": Entry(
-        "deploy",
-        "Log lines of a deployment's replicas (the registry keeps the last 1,000 per deployment).",
-        MESH,
-    ),
-    "node": Entry("node", "Run a mesh node: the agents a registry deploys to this machine.", MESH),
-    "connect": Entry(
-        "connect",
-        "Run the agent in PATH on this machine and serve it through the gateway until interrupted.",
-        MESH,
-    ),
-    "registry": Entry("registry", "Run a registry, and bootstrap it on its own host.", OPERATE),
-    "demo": Entry(
-        "demo",
-        "Run the whole loop for real: init ... call, registry, wallet, login, namespace, push, verify, info.",
-        OPERATE,
-    ),
-}
 
 COMMANDS_PACKAGE = "mcpz.cli.commands"
 

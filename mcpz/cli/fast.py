@@ -68,11 +68,32 @@ def _diff(args: Sequence[str]) -> Run | None:
 PARSERS: dict[str, Callable[[Sequence[str]], Run | None]] = {"status": _status, "log": _log, "diff": _diff}
 
 
+def _width() -> int:
+    try:
+        return max(
+            40,
+            min(
+                int(os.environ.get("COLUMNS", ""))
+                if os.environ.get("COLUMNS")
+                else os.get_terminal_size().columns,
+                100,
+            ),
+        )
+    except (OSError, ValueError):
+        return 80
+
+
 def run(argv: Sequence[str]) -> int | None:
     """Run `argv` here and return its exit code, or None when typer should take it."""
     from mcpz.cli.invocation import split_global_flags
 
     output, rest = split_global_flags(argv)
+    if rest in (["--help"], ["-h"]):
+        # The root help is the table of commands: no typer, no command module (cli/table.py).
+        from mcpz.cli.table import root_help
+
+        sys.stdout.write(root_help(_width()))
+        return 0
     parse = PARSERS.get(rest[0]) if rest else None
     command = parse(rest[1:]) if parse is not None else None
     if command is None:
