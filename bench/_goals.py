@@ -25,6 +25,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+# A user's install has its bytecode; a shell that sets PYTHONDONTWRITEBYTECODE (some development
+# environments do) would make every mcpz subprocess of a benchmark recompile the editable
+# package from source, adding 0.1-0.2 s to each command. Every benchmark imports this module.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
+
 MET, MISSED, FAILED, UNMEASURED = "met", "MISSED", "FAILED", "unmeasured"
 VERDICTS = (MET, MISSED, FAILED, UNMEASURED)
 SMOKE_ENV = "MCPZ_BENCH_SMOKE"
