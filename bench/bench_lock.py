@@ -59,9 +59,9 @@ LARGE = (1000, 10, 0.1, 30)
 def populate(data: Path, eco: Ecosystem) -> int:
     """Insert every release of `eco` into the registry database at `data`; return how many."""
     from mcpz.manifest import parse_manifest
-    from registry_server import accounts
-    from registry_server.models import Agent
-    from registry_server.releases import PlannedRelease, record_releases
+    from registry_server.accounts import service as accounts
+    from registry_server.releases.models import Agent
+    from registry_server.releases.service import PlannedRelease, record_releases
     from registry_server.settings import RegistrySettings
     from registry_server.state import RegistryState
 

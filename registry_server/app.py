@@ -20,16 +20,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcpz._version import __version__
 from mcpz.errors import AuthError, McpzError, NotFoundError, RefusedError, UsageError
-from registry_server import api, api_auth, api_deploy, api_usage, connector_hub, git_http, mesh_hub
-from registry_server.auth import Forbidden
+from registry_server.accounts import routes as api_auth
+from registry_server.accounts.auth import Forbidden
 from registry_server.body_limits import BodyLimits
-from registry_server.gateway import GATEWAY_PREFIX, Gateway
+from registry_server.deployments import routes as api_deploy
+from registry_server.gateway.asgi import GATEWAY_PREFIX, Gateway
+from registry_server.git import routes as git_http
 from registry_server.logs import request_id
+from registry_server.mesh import connector as connector_hub
+from registry_server.mesh import hub as mesh_hub
 from registry_server.openapi import use_error_model
 from registry_server.rate_limit import RateLimited, retry_after_header
+from registry_server.releases import routes as api
 from registry_server.settings import RegistrySettings
 from registry_server.state import RegistryState
-from registry_server.usage import UsageRecorder
+from registry_server.usage import routes as api_usage
+from registry_server.usage.service import UsageRecorder
 
 log = logging.getLogger("registry_server.http")
 

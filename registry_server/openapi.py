@@ -14,8 +14,8 @@ from fastapi import Path
 from pydantic import BaseModel, Field
 
 from mcpz.names import MAX_PART
-from registry_server.models_auth import ROLES
-from registry_server.tokens import SCOPES
+from registry_server.accounts.models import ROLES
+from registry_server.accounts.tokens import SCOPES
 
 PART_PATTERN = r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$"
 """One part of an agent name (namespace or name), as `mcpz.names` checks it."""

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from mcpz.private import private_dir
 from registry_server.db import Database
-from registry_server.git_recovery import Recovery, recover
-from registry_server.git_storage import RepoStore
+from registry_server.git.recovery import Recovery, recover
 from registry_server.settings import RegistrySettings
+from registry_server.storage import RepoStore
 
 log = logging.getLogger("registry_server")
 

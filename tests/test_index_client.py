@@ -70,10 +70,10 @@ def insert(
     from sqlalchemy import select
 
     from mcpz.manifest import parse_manifest
-    from registry_server import accounts
+    from registry_server.accounts import service as accounts
     from registry_server.db import Database
-    from registry_server.models import Agent
-    from registry_server.releases import PlannedRelease, record_releases, set_yanked
+    from registry_server.releases.models import Agent
+    from registry_server.releases.service import PlannedRelease, record_releases, set_yanked
 
     namespace = name.split("/")[0]
     commits: dict[str, str] = {}

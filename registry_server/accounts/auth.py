@@ -7,7 +7,7 @@ import binascii
 from collections.abc import Mapping
 
 from mcpz.errors import AuthError
-from registry_server.accounts import Principal, authenticate, owns_namespace
+from registry_server.accounts.service import Principal, authenticate, owns_namespace
 from registry_server.db import Database
 
 
@@ -60,7 +60,7 @@ def require(
     if not principal.has(scope):
         raise Forbidden(f'this token lacks the "{scope}" scope', hint=f"create a key with --scope {scope}")
     if namespace is not None:
-        from registry_server.namespaces import may_publish
+        from registry_server.accounts.namespaces import may_publish
 
         with db.session() as session:
             # The owner, and members with a role (owner, publisher), act in the namespace.

@@ -1,6 +1,6 @@
 """Namespaces and their keys: wallet accounts, members, transfers, key rotations, release signatures.
 
-The operations behind the routes of `registry_server.api_auth`, each in the caller's session.
+The operations behind the routes of `registry_server.accounts.routes`, each in the caller's session.
 Every signature is checked here with `mcpz.signing` before anything is stored: the registry keeps
 only statements that the namespace's key (or a member's) really signed, so what it serves to
 nodes can be checked by them without trusting it.
@@ -19,10 +19,17 @@ from sqlalchemy.orm import Session
 from mcpz import signing
 from mcpz.errors import NotFoundError, RefusedError, UsageError
 from mcpz.names import part_problem
-from registry_server.accounts import create_account, now
-from registry_server.auth import Forbidden
-from registry_server.models import Account, Agent, Namespace, Release
-from registry_server.models_auth import ROLES, KeyRotation, NamespaceMember, ReleaseSignature
+from registry_server.accounts.auth import Forbidden
+from registry_server.accounts.models import (
+    ROLES,
+    Account,
+    KeyRotation,
+    Namespace,
+    NamespaceMember,
+    ReleaseSignature,
+)
+from registry_server.accounts.service import create_account, now
+from registry_server.releases.models import Agent, Release
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 

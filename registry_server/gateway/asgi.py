@@ -2,7 +2,7 @@
 
 Any MCP client reaches a deployed agent here (`/mcp/{namespace}/{name}@{version}` pins a version
 while a rollout runs two). The gateway terminates the client's session and relays each JSON-RPC
-request over the mesh to one replica (`gateway_calls.CallRouter`), which runs it on its agent's
+request over the mesh to one replica (`gateway.calls.CallRouter`), which runs it on its agent's
 warm stdio process. It follows the specification's Streamable HTTP transport (handshake era,
 2024-11-05 to 2025-11-25):
 
@@ -27,7 +27,7 @@ warm stdio process. It follows the specification's Streamable HTTP transport (ha
   JSON-RPC error naming what happened. Nothing is retried on another replica: a `tools/call` may
   not be idempotent. The session moves to a surviving replica for its next request.
 - **Metering**: every `tools/call` that reached a replica records one usage event when it ends,
-  however it ends (`usage_events.Outcome`).
+  however it ends (`usage.events.Outcome`).
 """
 
 from __future__ import annotations
@@ -53,15 +53,15 @@ from mcpz.errors import McpzError
 from mcpz.jsonlimits import JSONError
 from mcpz.mesh import MAX_FRAME_SIZE
 from mcpz.names import name_problem
-from registry_server.accounts import Principal
-from registry_server.auth import Forbidden, Unauthenticated, principal_from_headers, require
-from registry_server.gateway_calls import DEV_VERSION, Busy, CallFailed, PendingCall, Target
-from registry_server.usage_events import Outcome, UsageEvent
+from registry_server.accounts.auth import Forbidden, Unauthenticated, principal_from_headers, require
+from registry_server.accounts.service import Principal
+from registry_server.gateway.calls import DEV_VERSION, Busy, CallFailed, PendingCall, Target
+from registry_server.usage.events import Outcome, UsageEvent
 
 if TYPE_CHECKING:
-    from registry_server.mesh_hub import MeshHub
+    from registry_server.mesh.hub import MeshHub
     from registry_server.state import RegistryState
-    from registry_server.usage import UsageRecorder
+    from registry_server.usage.service import UsageRecorder
 
 log = logging.getLogger("registry_server.gateway")
 
@@ -697,7 +697,7 @@ class Gateway:
 
 
 def _shutdown() -> CallFailed:
-    from registry_server.gateway_calls import Shutdown
+    from registry_server.gateway.calls import Shutdown
 
     return Shutdown("the registry is shutting down")
 

@@ -34,19 +34,20 @@ from sqlalchemy import delete
 
 from mcpz import signing, siwe
 from mcpz.errors import McpzError, NetworkError
-from registry_server import accounts, namespaces, tokens
-from registry_server.accounts import now
-from registry_server.api import Caller, State, _agent_name, get_release
-from registry_server.auth import require
+from registry_server.accounts import namespaces, tokens
+from registry_server.accounts import service as accounts
+from registry_server.accounts.auth import require
+from registry_server.accounts.models import Account, AuthNonce, KeyRotation
+from registry_server.accounts.service import now
 from registry_server.logs import request_id
-from registry_server.models import Account
-from registry_server.models_auth import AuthNonce, KeyRotation
 from registry_server.openapi import PART_SCHEMA, ROLE_SCHEMA, AgentPart, Namespace, VersionPath, errors
 from registry_server.rate_limit import RateLimited, RateLimiter
+from registry_server.releases.routes import Caller, State, _agent_name, get_release
 from registry_server.settings import RegistrySettings
 
 router = APIRouter()
-log = logging.getLogger(__name__)
+# The logger keeps its name from before the domain packages, so logging configs still match.
+log = logging.getLogger("registry_server.api_auth")
 
 NONCE_LIFETIME = timedelta(minutes=5)
 MESSAGE_MAX_AGE = timedelta(minutes=10)

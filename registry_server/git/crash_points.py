@@ -2,7 +2,7 @@
 
 `MCPZ_TEST_CRASH_AT=after-refs-moved` (one of `STEPS`) makes the registry process kill itself
 the first time a push reaches that step, exactly as `kill -9` would, so tests can prove that
-start-up recovery (registry_server.git_recovery) leaves every version fully published or fully
+start-up recovery (registry_server.git.recovery) leaves every version fully published or fully
 absent. The variable is read once, at import; unset (always, outside tests) the hook does nothing.
 Never set it on a registry that serves anyone.
 """

@@ -41,11 +41,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from mcpz import signing
 from mcpz.errors import McpzError, NotFoundError, RefusedError, UsageError
 from mcpz.mesh import Heartbeat, Hello, LockedDependency, Log, ReplicaStatus, Status
-from registry_server import scheduler
+from registry_server.accounts.models import Account, Namespace, NamespaceMember
 from registry_server.db import Database
-from registry_server.models import Account, Namespace
-from registry_server.models_auth import NamespaceMember
-from registry_server.models_mesh import (
+from registry_server.deployments import scheduler
+from registry_server.deployments.models import (
     EPOCH_COUNTER,
     Deployment,
     DeploymentRevision,
@@ -55,7 +54,7 @@ from registry_server.models_mesh import (
     MeshNode,
     MeshReplica,
 )
-from registry_server.scheduler import Desired, NodeView, Replica
+from registry_server.deployments.scheduler import Desired, NodeView, Replica
 
 log = logging.getLogger("registry_server.deployments")
 _T = TypeVar("_T")
@@ -1349,7 +1348,7 @@ def release_template(
     from packaging.version import Version
 
     from mcpz.manifest import parse_manifest
-    from registry_server.models import Agent, Release
+    from registry_server.releases.models import Agent, Release
 
     with db.session() as session:
         row = session.scalar(select(Agent).where(Agent.name == agent))

@@ -3,14 +3,14 @@
 Dulwich writes an incoming pack straight into the repository and has no quarantine, so this
 handler replaces its pack application: the pack is indexed into `objects/incoming-*` (an
 object store whose alternate is the repository, so thin packs resolve), every object is checked
-(registry_server.pack_checks) and every ref update is decided (registry_server.releases). Only
+(registry_server.git.pack_checks) and every ref update is decided (registry_server.releases.service). Only
 when all of that passes are the pack files moved in, the refs moved and the releases committed;
 otherwise the quarantine is deleted and nothing of the push can be read. A push is all or
 nothing (git's `--atomic`), which is what makes "nothing readable" hold.
 
 The database commit comes last because it is what publishes: a kill before it leaves at most
-release tags with no release row, which start-up recovery removes (registry_server.git_recovery;
-docs/registry.md, "Crash recovery"). `registry_server.crash_points` lets tests kill the process
+release tags with no release row, which start-up recovery removes (registry_server.git.recovery;
+docs/registry.md, "Crash recovery"). `registry_server.git.crash_points` lets tests kill the process
 at each step.
 """
 
@@ -37,16 +37,23 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from mcpz.errors import RefusedError
-from registry_server.accounts import Principal, now
-from registry_server.crash_points import crash_point
+from registry_server.accounts.service import Principal, now
 from registry_server.db import Database
-from registry_server.git_recovery import QUARANTINE_LOCK
-from registry_server.git_storage import RepoStore
-from registry_server.models import Agent
-from registry_server.pack_checks import RawObject, check_objects, human_size, pack_objects, store_lookup
-from registry_server.releases import ZERO, RefUpdate, plan_updates, published_versions, record_releases
+from registry_server.git.crash_points import crash_point
+from registry_server.git.pack_checks import RawObject, check_objects, human_size, pack_objects, store_lookup
+from registry_server.git.recovery import QUARANTINE_LOCK
+from registry_server.releases.models import Agent
+from registry_server.releases.service import (
+    ZERO,
+    RefUpdate,
+    plan_updates,
+    published_versions,
+    record_releases,
+)
+from registry_server.storage import RepoStore
 
-log = logging.getLogger(__name__)
+# The logger keeps its name from before the domain packages, so logging configs still match.
+log = logging.getLogger("registry_server.git_receive")
 
 
 @dataclass(frozen=True)
@@ -202,7 +209,7 @@ class RegistryReceivePack(ReceivePackHandler):  # type: ignore[misc]
         """Packs in, refs moved, then the release rows committed: the commit is the publication.
 
         A crash before the commit leaves refs the index does not know; start-up recovery removes
-        their release tags (registry_server.git_recovery). A failure here undoes refs and packs.
+        their release tags (registry_server.git.recovery). A failure here undoes refs and packs.
         """
         moved = self._move_packs(quarantine, objects)
         crash_point("after-packs-moved")

@@ -16,14 +16,15 @@ from sqlalchemy import select
 from mcpz._version import __version__
 from mcpz.errors import NotFoundError, UsageError
 from mcpz.names import name_problem
-from registry_server import accounts, tokens
-from registry_server.accounts import Principal
-from registry_server.auth import Forbidden, principal_from_headers, require
-from registry_server.models import Account, Agent, Release
-from registry_server.models_auth import ReleaseSignature
-from registry_server.namespaces import owner_address, signatures_by_release
+from registry_server.accounts import service as accounts
+from registry_server.accounts import tokens
+from registry_server.accounts.auth import Forbidden, principal_from_headers, require
+from registry_server.accounts.models import Account, ReleaseSignature
+from registry_server.accounts.namespaces import owner_address, signatures_by_release
+from registry_server.accounts.service import Principal
 from registry_server.openapi import AGENT_SCHEMA, SCOPE_SCHEMA, AgentPart, Namespace, VersionPath, errors
-from registry_server.releases import set_yanked
+from registry_server.releases.models import Agent, Release
+from registry_server.releases.service import set_yanked
 from registry_server.state import RegistryState
 
 router = APIRouter()

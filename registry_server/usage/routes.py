@@ -20,16 +20,16 @@ from sqlalchemy import ColumnElement, case, func, select
 from mcpz.errors import NotFoundError, UsageError
 from mcpz.instants import parse_instant
 from mcpz.names import name_problem
-from registry_server.accounts import Principal
-from registry_server.api import Caller, State
-from registry_server.auth import Forbidden, require
-from registry_server.models import Account, Namespace
-from registry_server.models_usage import UsageEventRow
-from registry_server.namespaces import role_of
+from registry_server.accounts.auth import Forbidden, require
+from registry_server.accounts.models import Account, Namespace
+from registry_server.accounts.namespaces import role_of
+from registry_server.accounts.service import Principal
 from registry_server.openapi import AGENT_SCHEMA, errors
+from registry_server.releases.routes import Caller, State
 from registry_server.state import RegistryState
-from registry_server.usage import UsageRecorder
-from registry_server.usage_events import Outcome
+from registry_server.usage.events import Outcome
+from registry_server.usage.models import UsageEventRow
+from registry_server.usage.service import UsageRecorder
 
 router = APIRouter(tags=["usage"])
 

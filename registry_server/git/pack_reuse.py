@@ -57,7 +57,8 @@ from dulwich.pack import pack_object_chunks, write_pack_from_container
 from dulwich.protocol import CAPABILITY_NO_DONE, CAPABILITY_OFS_DELTA, CAPABILITY_THIN_PACK
 from dulwich.server import UploadPackHandler, _ProtocolGraphWalker
 
-log = logging.getLogger(__name__)
+# The logger keeps its name from before the domain packages, so logging configs still match.
+log = logging.getLogger("registry_server.pack_reuse")
 
 OFS_DELTA = 6
 REF_DELTA = 7

@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session
 
 from mcpz.errors import AuthError, NotFoundError, UsageError
 from mcpz.names import part_problem
-from registry_server import tokens
-from registry_server.models import Account, Namespace, Token
+from registry_server.accounts import tokens
+from registry_server.accounts.models import Account, Namespace, Token
 
 
 def now() -> datetime:

@@ -23,7 +23,7 @@ class RepoStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         # Pushes of this process between opening a repository and finishing with it: an empty
-        # repository is only removed when none is (registry_server.git_recovery.remove_if_empty).
+        # repository is only removed when none is (registry_server.git.recovery.remove_if_empty).
         self._pushing: collections.Counter[str] = collections.Counter()
         self._pushing_guard = threading.Lock()
 

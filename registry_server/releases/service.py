@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from mcpz.errors import ManifestError, NotFoundError, RefusedError
 from mcpz.manifest import MANIFEST_FILE, Manifest, parse_manifest
-from registry_server.models import Agent, Release
+from registry_server.releases.models import Agent, Release
 
 ZERO = b"0" * 40
 Lookup = Callable[[bytes], ShaFile | None]

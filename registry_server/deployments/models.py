@@ -13,7 +13,7 @@ from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Integer, String, 
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.expression import false
 
-from registry_server.models import Base, UTCDateTime
+from registry_server.orm import Base, UTCDateTime
 
 EPOCH_COUNTER = "epoch"
 """The row of `mesh_counters` every replica assignment's epoch is drawn from."""

@@ -72,9 +72,9 @@ from mcpz.mesh import (
     encode,
     truncate_reason,
 )
-from registry_server.auth import Forbidden, Unauthenticated, principal_from_headers, require
-from registry_server.deployments import DeployIntent, DeploymentService, Intent, NodeState, utcnow
-from registry_server.gateway_calls import CallRouter
+from registry_server.accounts.auth import Forbidden, Unauthenticated, principal_from_headers, require
+from registry_server.deployments.service import DeployIntent, DeploymentService, Intent, NodeState, utcnow
+from registry_server.gateway.calls import CallRouter
 from registry_server.logs import request_id
 from registry_server.state import RegistryState
 
@@ -169,8 +169,8 @@ class MeshHub:
     def release_trust(self, agent: str, version: str) -> tuple[tuple[ReleaseSignature, ...], str]:
         """The release's signatures and its namespace's keys document (as GET
         /v1/namespaces/{ns}/keys serves it), for a deploy frame; nothing if they cannot be read."""
-        from registry_server import namespaces
-        from registry_server.api_auth import namespace_keys
+        from registry_server.accounts import namespaces
+        from registry_server.accounts.routes import namespace_keys
 
         try:
             with self.state.db.session() as session:

@@ -1,7 +1,8 @@
-"""Tables of wallet sign-in and signed releases: nonces, namespace members, signatures, key rotations.
+"""Accounts, namespaces and tokens; the tables of wallet sign-in and signed releases: nonces,
+namespace members, signatures, key rotations.
 
-Schema changes go through Alembic (migration 0003). The tables share `models.Base`, so foreign
-keys to accounts, namespaces and releases resolve.
+Schema changes go through Alembic. Every table shares `orm.Base`, so foreign keys to accounts,
+namespaces and releases resolve.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from registry_server.models import Base, UTCDateTime
+from registry_server.orm import Base, UTCDateTime
 
 ROLES = ("owner", "publisher")
 """Member roles: an `owner` member manages members and publishes; a `publisher` publishes.
@@ -19,6 +20,40 @@ ROLES = ("owner", "publisher")
 The namespace's owner (`Namespace.owner_id`) is not a member row: it is the one account whose
 wallet key nodes check releases against, and only it may transfer the namespace or rotate its key.
 """
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    address: Mapped[str | None] = mapped_column(String(42), unique=True, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Namespace(Base):
+    __tablename__ = "namespaces"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Token(Base):
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    # sha256 of the whole secret: the secret itself is never stored.
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The first characters of the secret, enough for a person to tell keys apart.
+    prefix: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(128), default="")
+    scopes: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class AuthNonce(Base):

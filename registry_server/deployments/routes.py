@@ -33,12 +33,12 @@ from mcpz import signing
 from mcpz.errors import NotFoundError, UsageError
 from mcpz.mesh import Deploy, ProtocolError, ReplicaStatus, ResourceLimits, encode
 from mcpz.names import name_problem
-from registry_server import accounts, namespaces
-from registry_server.accounts import Principal
-from registry_server.api import Caller, State
-from registry_server.api_auth import _refusal, _signature_refusal, public_url
-from registry_server.auth import Forbidden, require
-from registry_server.deployments import (
+from registry_server.accounts import namespaces
+from registry_server.accounts import service as accounts
+from registry_server.accounts.auth import Forbidden, require
+from registry_server.accounts.routes import _refusal, _signature_refusal, public_url
+from registry_server.accounts.service import Principal
+from registry_server.deployments.service import (
     MAX_REPLICAS,
     Change,
     DeploymentService,
@@ -52,6 +52,7 @@ from registry_server.deployments import (
     release_template,
 )
 from registry_server.openapi import AGENT_SCHEMA, AgentPart, Namespace, errors
+from registry_server.releases.routes import Caller, State
 from registry_server.state import RegistryState
 
 router = APIRouter(tags=["deployments"])

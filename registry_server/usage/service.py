@@ -44,11 +44,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mcpz.errors import McpzError, UsageError
 from registry_server.db import Database
-from registry_server.models_usage import UsageEventRow
 from registry_server.state import RegistryState
-from registry_server.usage_events import UsageEvent
+from registry_server.usage.events import UsageEvent
+from registry_server.usage.models import UsageEventRow
 
-log = logging.getLogger(__name__)
+# The logger keeps its name from before the domain packages, so logging configs still match.
+log = logging.getLogger("registry_server.usage")
 
 BATCH_SIZE = 500
 """Events waiting that wake the flusher before its interval is up."""

@@ -23,8 +23,8 @@ from fastapi import APIRouter, WebSocket
 
 from mcpz.mesh import Frame, Heartbeat, Hello, Notify, Result, Welcome
 from mcpz.names import name_problem
-from registry_server.gateway_calls import DEV_VERSION, Target
-from registry_server.mesh_hub import MeshHub, NodeConnection
+from registry_server.gateway.calls import DEV_VERSION, Target
+from registry_server.mesh.hub import MeshHub, NodeConnection
 
 log = logging.getLogger("registry_server.connector")
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from registry_server.models import Base
-from registry_server.usage_events import UsageEvent
+from registry_server.orm import Base
+from registry_server.usage.events import UsageEvent
 
 
 class UsageEventRow(Base):
-    """A `usage_events.UsageEvent` as stored, with the digest that tells a retry from a conflict."""
+    """A `usage.events.UsageEvent` as stored, with the digest that tells a retry from a conflict."""
 
     __tablename__ = "usage_events"
     __table_args__ = (

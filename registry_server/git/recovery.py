@@ -28,10 +28,11 @@ from pathlib import Path
 from sqlalchemy import select
 
 from registry_server.db import Database
-from registry_server.git_storage import RepoStore
-from registry_server.models import Agent, Release
+from registry_server.releases.models import Agent, Release
+from registry_server.storage import RepoStore
 
-log = logging.getLogger(__name__)
+# The logger keeps its name from before the domain packages, so logging configs still match.
+log = logging.getLogger("registry_server.git_recovery")
 
 QUARANTINE_LOCK = "mcpz-push.lock"
 """A file in each quarantine, flock-ed by its push for as long as the push runs."""

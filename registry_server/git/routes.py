@@ -27,15 +27,16 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from mcpz.names import name_problem
-from registry_server.auth import Forbidden, Unauthenticated, principal_from_headers, require
+from registry_server.accounts.auth import Forbidden, Unauthenticated, principal_from_headers, require
 from registry_server.body_limits import body_limit
-from registry_server.git_receive import PushContext, RegistryReceivePack
-from registry_server.git_recovery import remove_if_empty
+from registry_server.git.pack_reuse import ReusingUploadPackHandler
+from registry_server.git.receive import PushContext, RegistryReceivePack
+from registry_server.git.recovery import remove_if_empty
 from registry_server.openapi import AgentPart, Namespace, text_errors
-from registry_server.pack_reuse import ReusingUploadPackHandler
 from registry_server.state import RegistryState
 
-log = logging.getLogger(__name__)
+# The logger keeps its name from before the domain packages, so logging configs still match.
+log = logging.getLogger("registry_server.git_http")
 CHUNK = 64 * 1024
 INFLATE_STEP = 256 * 1024  # most bytes one zlib call may produce from a gzip body
 SERVICES = ("git-upload-pack", "git-receive-pack")

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 from mcpz.mesh import Call, Cancel, Notify, ReplicaStatus, Result
 
 if TYPE_CHECKING:
-    from registry_server.deployments import DeploymentService
-    from registry_server.mesh_hub import MeshHub, NodeConnection
+    from registry_server.deployments.service import DeploymentService
+    from registry_server.mesh.hub import MeshHub, NodeConnection
 
 log = logging.getLogger("registry_server.gateway")
 
