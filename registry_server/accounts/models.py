@@ -1,5 +1,5 @@
-"""Accounts, namespaces and tokens; the tables of wallet sign-in and signed releases: nonces,
-namespace members, signatures, key rotations.
+"""Accounts, namespaces and tokens; the tables of wallet sign-in: nonces, namespace members, key
+rotations (release signatures are releases/models.py).
 
 Schema changes go through Alembic. Every table shares `orm.Base`, so foreign keys to accounts,
 namespaces and releases resolve.
@@ -76,20 +76,6 @@ class NamespaceMember(Base):
     namespace: Mapped[str] = mapped_column(ForeignKey("namespaces.name"), index=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
     role: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-
-
-class ReleaseSignature(Base):
-    """An EIP-191 signature over a release's `mcpz.signing.ReleaseStatement`, checked when stored."""
-
-    __tablename__ = "release_signatures"
-    __table_args__ = (UniqueConstraint("release_id", "signer", name="uq_release_signer"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), index=True)
-    # EIP-55 checksummed address that the signature recovers to.
-    signer: Mapped[str] = mapped_column(String(42))
-    signature: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 

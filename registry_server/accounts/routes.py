@@ -10,7 +10,8 @@
     GET    /v1/namespaces/{ns}/keys                     owner key and signed rotations (for nodes)
     POST   /v1/account/rotate-key                       move the caller's wallet key, per namespace
     GET    /v1/revoked-keys                             every rotated-away key, signed by itself
-    POST   /v1/agents/{ns}/{name}/{version}/signature   {signature}: sign a published release
+
+(Signing a release, POST /v1/agents/{ns}/{name}/{version}/signature, is releases/routes.py.)
 
 A refused sign-in or signature answers with its stable code in the JSON body
 (`{"error": {"code": "wrong_domain", "message": ..., "hint": ..., "request_id": ...}}`):
@@ -28,7 +29,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Body, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from sqlalchemy import delete
 
@@ -37,12 +38,12 @@ from mcpz.errors import McpzError, NetworkError
 from registry_server.accounts import namespaces, tokens
 from registry_server.accounts import service as accounts
 from registry_server.accounts.auth import require
+from registry_server.accounts.http import ROLE_SCHEMA, Caller, public_url, signature_refusal
 from registry_server.accounts.models import Account, AuthNonce, KeyRotation
 from registry_server.accounts.service import now
-from registry_server.logs import request_id
-from registry_server.openapi import PART_SCHEMA, ROLE_SCHEMA, AgentPart, Namespace, VersionPath, errors
+from registry_server.http import State, error_response
+from registry_server.openapi import PART_SCHEMA, Namespace, errors
 from registry_server.rate_limit import RateLimited, RateLimiter
-from registry_server.releases.routes import Caller, State, _agent_name, get_release
 from registry_server.settings import RegistrySettings
 
 router = APIRouter()
@@ -66,19 +67,8 @@ _EIP1271_ABI = [
 ]
 
 
-def public_url(settings: RegistrySettings) -> str:
-    """This registry's public base URL, canonical: what clients sign in to and sign releases for."""
-    return signing.canonical_registry_url(settings.public_url or f"http://{settings.host}:{settings.port}")
-
-
 def login_uri(settings: RegistrySettings) -> str:
     return public_url(settings) + LOGIN_PATH
-
-
-def _refusal(status: int, code: str, message: str, hint: str | None = None) -> Response:
-    body = {"error": {"code": code, "message": message, "hint": hint, "request_id": request_id.get()}}
-    headers = {"WWW-Authenticate": 'Bearer realm="mcpz"'} if status == 401 else None
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 # ----------------------------------------------------------------------------------- sign-in
@@ -222,9 +212,9 @@ def login(body: LoginIn, state: State) -> Response | LoginOut:
                     "this registry has no chain RPC configured (MCPZ_REGISTRY_CHAIN_RPC)"
                 )
             log.info("sign-in refused", extra={"code": e.code})
-            return _refusal(401, e.code, e.message, hint)
+            return error_response(401, e.message, hint, code=e.code)
         except NetworkError as e:
-            return _refusal(503, "chain_unavailable", e.message, e.hint)
+            return error_response(503, e.message, e.hint, code="chain_unavailable")
         account = namespaces.account_for_address(session, address)
         token, secret = accounts.create_token(
             session, account, SESSION_SCOPES, expires_in=SESSION_LIFETIME, name="wallet sign-in"
@@ -424,7 +414,7 @@ def transfer_namespace(
                 public_url(state.settings),
             )
     except signing.SignatureError as e:
-        return _signature_refusal(e)
+        return signature_refusal(e)
     return _namespace_out(state, namespace)
 
 
@@ -462,7 +452,7 @@ def rotate_key(body: RotateIn, state: State, principal: Caller) -> Response | Ro
                 account=account.name, address=account.address, rotations=[_rotation_out(r) for r in rows]
             )
     except signing.SignatureError as e:
-        return _signature_refusal(e)
+        return signature_refusal(e)
 
 
 @router.get("/v1/revoked-keys", response_model=RevokedOut, tags=["namespaces"])
@@ -488,44 +478,3 @@ def revoked_keys(state: State) -> RevokedOut:
 
 
 # ------------------------------------------------------------------------ release signatures
-
-
-class SignatureIn(BaseModel):
-    signature: str = Field(max_length=4096)
-
-
-def _signature_refusal(e: signing.SignatureError) -> Response:
-    status = 403 if isinstance(e, signing.UnexpectedSigner) else 400
-    return _refusal(status, e.code, e.message, e.hint)
-
-
-@router.post(
-    "/v1/agents/{namespace}/{name}/{version}/signature",
-    tags=["index"],
-    responses=errors(400, 401, 403, 404, 409, 413, 422),
-)
-def sign_release(
-    namespace: Namespace,
-    name: AgentPart,
-    version: VersionPath,
-    body: Annotated[SignatureIn, Body()],
-    state: State,
-    principal: Caller,
-) -> Response:
-    """Attach a signature over the release's statement, by the namespace's owner or a member."""
-    full = _agent_name(namespace, name)
-    require(principal, "publish", namespace, db=state.db)
-    try:
-        with state.db.session() as session:
-            namespaces.sign_release(session, public_url(state.settings), full, version, body.signature)
-    except signing.SignatureError as e:
-        if isinstance(e, signing.UnexpectedSigner):
-            e = signing.UnexpectedSigner(
-                f"{e.message}: it is neither the owner nor a member of {namespace}"
-                f" (or the statement signed is not {full} {version} on {public_url(state.settings)})",
-                signer=e.signer,
-                hint=e.hint,
-            )
-        return _signature_refusal(e)
-    release = get_release(namespace, name, version, state)
-    return JSONResponse(release.model_dump(mode="json"))

@@ -36,7 +36,7 @@ from mcpz.names import name_problem
 from registry_server.accounts import namespaces
 from registry_server.accounts import service as accounts
 from registry_server.accounts.auth import Forbidden, require
-from registry_server.accounts.routes import _refusal, _signature_refusal, public_url
+from registry_server.accounts.http import Caller, public_url, signature_refusal
 from registry_server.accounts.service import Principal
 from registry_server.deployments.service import (
     MAX_REPLICAS,
@@ -51,8 +51,8 @@ from registry_server.deployments.service import (
     Template,
     release_template,
 )
+from registry_server.http import State, error_response
 from registry_server.openapi import AGENT_SCHEMA, AgentPart, Namespace, errors
-from registry_server.releases.routes import Caller, State
 from registry_server.state import RegistryState
 
 router = APIRouter(tags=["deployments"])
@@ -175,9 +175,9 @@ async def _change(
         signed = await anyio.to_thread.run_sync(lambda: _check_signature(state, namespace, name, body))
         change: Change = await make(public_url(state.settings), signed, body.prepare)
     except signing.SignatureError as e:
-        return _signature_refusal(e)
+        return signature_refusal(e)
     except StatementChanged as e:
-        return _refusal(409, "statement_changed", e.message, e.hint)
+        return error_response(409, e.message, e.hint, code="statement_changed")
     if body.prepare:
         return JSONResponse(
             {

@@ -26,12 +26,12 @@ from fastapi.responses import PlainTextResponse, Response
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from mcpz.names import name_problem
 from registry_server.accounts.auth import Forbidden, Unauthenticated, principal_from_headers, require
 from registry_server.body_limits import body_limit
 from registry_server.git.pack_reuse import ReusingUploadPackHandler
 from registry_server.git.receive import PushContext, RegistryReceivePack
 from registry_server.git.recovery import remove_if_empty
+from registry_server.http import repository_agent_name
 from registry_server.openapi import AgentPart, Namespace, text_errors
 from registry_server.state import RegistryState
 
@@ -121,13 +121,6 @@ class GitResponse(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def _agent_name(namespace: str, name: str) -> str | None:
-    if not name.endswith(".git"):
-        return None
-    full = f"{namespace}/{name[:-4]}"
-    return None if name_problem(full) else full
-
-
 def _auth_error(e: Unauthenticated | Forbidden) -> Response:
     if isinstance(e, Unauthenticated):
         return PlainTextResponse(
@@ -212,7 +205,7 @@ async def _spool_body(request: Request, limit: int) -> IO[bytes]:
 )
 async def info_refs(namespace: Namespace, name: AgentPart, request: Request, service: str = "") -> Response:
     state: RegistryState = request.app.state.registry
-    agent = _agent_name(namespace, name)
+    agent = repository_agent_name(namespace, name)
     if agent is None:
         return PlainTextResponse("not a repository\n", status_code=404)
     if service not in SERVICES:
@@ -253,7 +246,7 @@ async def info_refs(namespace: Namespace, name: AgentPart, request: Request, ser
 )
 async def upload_pack(namespace: Namespace, name: AgentPart, request: Request) -> Response:
     state: RegistryState = request.app.state.registry
-    agent = _agent_name(namespace, name)
+    agent = repository_agent_name(namespace, name)
     repo = state.repos.open(agent) if agent else None
     if repo is None or agent is None:
         return PlainTextResponse("not a repository\n", status_code=404)
@@ -287,7 +280,7 @@ async def upload_pack(namespace: Namespace, name: AgentPart, request: Request) -
 )
 async def receive_pack(namespace: Namespace, name: AgentPart, request: Request) -> Response:
     state: RegistryState = request.app.state.registry
-    agent = _agent_name(namespace, name)
+    agent = repository_agent_name(namespace, name)
     if agent is None:
         return PlainTextResponse("not a repository\n", status_code=404)
     try:

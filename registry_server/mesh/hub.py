@@ -37,7 +37,6 @@ from urllib.parse import urlsplit
 
 import anyio.to_thread
 from fastapi import APIRouter, WebSocket
-from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.websockets import WebSocketDisconnect
 
@@ -75,7 +74,7 @@ from mcpz.mesh import (
 from registry_server.accounts.auth import Forbidden, Unauthenticated, principal_from_headers, require
 from registry_server.deployments.service import DeployIntent, DeploymentService, Intent, NodeState, utcnow
 from registry_server.gateway.calls import CallRouter
-from registry_server.logs import request_id
+from registry_server.http import error_response
 from registry_server.state import RegistryState
 
 log = logging.getLogger("registry_server.mesh")
@@ -169,13 +168,13 @@ class MeshHub:
     def release_trust(self, agent: str, version: str) -> tuple[tuple[ReleaseSignature, ...], str]:
         """The release's signatures and its namespace's keys document (as GET
         /v1/namespaces/{ns}/keys serves it), for a deploy frame; nothing if they cannot be read."""
-        from registry_server.accounts import namespaces
         from registry_server.accounts.routes import namespace_keys
+        from registry_server.releases import signatures as release_signatures
 
         try:
             with self.state.db.session() as session:
-                release = namespaces.find_release(session, agent, version)
-                rows = namespaces.signatures_by_release(session, [release.id]).get(release.id, [])
+                release = release_signatures.find_release(session, agent, version)
+                rows = release_signatures.signatures_by_release(session, [release.id]).get(release.id, [])
                 signatures = tuple(ReleaseSignature(signer=r.signer, signature=r.signature) for r in rows)
             keys = namespace_keys(agent.split("/")[0], self.state).model_dump_json()  # type: ignore[arg-type]
         except (McpzError, SQLAlchemyError) as e:
@@ -519,10 +518,8 @@ class NodeConnection:
 
 async def _refuse(websocket: WebSocket, status: int, error: McpzError) -> None:
     """Answer the upgrade with an HTTP error (the node exits on 401/403 instead of retrying)."""
-    body = {"error": {"message": error.message, "hint": error.hint, "request_id": request_id.get()}}
-    headers = {"WWW-Authenticate": 'Bearer realm="mcpz"'} if status == 401 else None
     try:
-        await websocket.send_denial_response(JSONResponse(body, status_code=status, headers=headers))
+        await websocket.send_denial_response(error_response(status, error.message, error.hint))
     except RuntimeError:  # a server without the denial-response extension: a plain 403
         await websocket.close()
 

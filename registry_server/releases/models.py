@@ -1,4 +1,4 @@
-"""The release index's tables: agents and their releases."""
+"""The release index's tables: agents, their releases and the releases' signatures."""
 
 from __future__ import annotations
 
@@ -37,3 +37,17 @@ class Release(Base):
     published_at: Mapped[datetime] = mapped_column(UTCDateTime())
     yanked: Mapped[bool] = mapped_column(Boolean, default=False)
     yank_reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class ReleaseSignature(Base):
+    """An EIP-191 signature over a release's `mcpz.signing.ReleaseStatement`, checked when stored."""
+
+    __tablename__ = "release_signatures"
+    __table_args__ = (UniqueConstraint("release_id", "signer", name="uq_release_signer"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), index=True)
+    # EIP-55 checksummed address that the signature recovers to.
+    signer: Mapped[str] = mapped_column(String(42))
+    signature: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -1,4 +1,5 @@
-"""The JSON API: the version index (with a batch endpoint for resolvers), yanking, keys, whoami."""
+"""The JSON API: the version index (with a batch endpoint for resolvers), yanking, release signatures,
+keys, whoami."""
 
 from __future__ import annotations
 
@@ -7,24 +8,29 @@ import json
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse, Response
 from packaging.version import Version
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from mcpz import signing
 from mcpz._version import __version__
 from mcpz.errors import NotFoundError, UsageError
 from mcpz.names import name_problem
 from registry_server.accounts import service as accounts
 from registry_server.accounts import tokens
-from registry_server.accounts.auth import Forbidden, principal_from_headers, require
-from registry_server.accounts.models import Account, ReleaseSignature
-from registry_server.accounts.namespaces import owner_address, signatures_by_release
+from registry_server.accounts.auth import Forbidden, require
+from registry_server.accounts.http import SCOPE_SCHEMA, Caller, public_url, signature_refusal
+from registry_server.accounts.models import Account
+from registry_server.accounts.namespaces import owner_address
 from registry_server.accounts.service import Principal
-from registry_server.openapi import AGENT_SCHEMA, SCOPE_SCHEMA, AgentPart, Namespace, VersionPath, errors
-from registry_server.releases.models import Agent, Release
+from registry_server.http import State, agent_name
+from registry_server.openapi import AGENT_SCHEMA, AgentPart, Namespace, VersionPath, errors
+from registry_server.releases import signatures
+from registry_server.releases.models import Agent, Release, ReleaseSignature
 from registry_server.releases.service import set_yanked
+from registry_server.releases.signatures import signatures_by_release
 from registry_server.state import RegistryState
 
 router = APIRouter()
@@ -105,28 +111,6 @@ class WhoAmI(BaseModel):
     expires_at: datetime | None
 
 
-def state_of(request: Request) -> RegistryState:
-    return request.app.state.registry  # type: ignore[no-any-return]
-
-
-State = Annotated[RegistryState, Depends(state_of)]
-
-
-def caller(request: Request) -> Principal | None:
-    return principal_from_headers(state_of(request).db, request.headers)
-
-
-Caller = Annotated[Principal | None, Depends(caller)]
-
-
-def _agent_name(namespace: str, name: str) -> str:
-    full = f"{namespace}/{name}"
-    problem = name_problem(full)
-    if problem:
-        raise UsageError(f'agent name "{full}" {problem}')
-    return full
-
-
 def _latest(releases: list[Release]) -> str | None:
     candidates = [
         Version(r.version) for r in releases if not r.yanked and not Version(r.version).is_prerelease
@@ -193,7 +177,7 @@ async def healthz() -> dict[str, str]:
     "/v1/agents/{namespace}/{name}", response_model=AgentOut, tags=["index"], responses=errors(400, 404)
 )
 def get_agent(namespace: Namespace, name: AgentPart, state: State) -> AgentOut:
-    full = _agent_name(namespace, name)
+    full = agent_name(namespace, name)
     agent, releases, publishers, signed = _load_agent(state, full)
     return AgentOut(
         name=full,
@@ -210,7 +194,7 @@ def get_agent(namespace: Namespace, name: AgentPart, state: State) -> AgentOut:
     responses=errors(400, 404),
 )
 def get_release(namespace: Namespace, name: AgentPart, version: VersionPath, state: State) -> ReleaseOut:
-    full = _agent_name(namespace, name)
+    full = agent_name(namespace, name)
     _agent, releases, publishers, signed = _load_agent(state, full)
     for release in releases:
         if release.version == version:
@@ -218,7 +202,7 @@ def get_release(namespace: Namespace, name: AgentPart, version: VersionPath, sta
     raise NotFoundError(f"{full} {version} is not published", hint=f"see `mcpz versions {full}`")
 
 
-class _IndexCache:
+class IndexCache:
     """Serialised index entries by (agent, serial): an unchanged agent is never re-encoded."""
 
     def __init__(self) -> None:
@@ -247,7 +231,7 @@ def batch_index(
     for full in names:
         if name_problem(full):
             raise UsageError(f'agent name "{full}" {name_problem(full)}')
-    cache: _IndexCache = request.app.state.index_cache
+    cache: IndexCache = request.app.state.index_cache
     with state.db.session() as session:
         serials = {
             k: v for k, v in session.execute(select(Agent.name, Agent.serial).where(Agent.name.in_(names)))
@@ -289,7 +273,7 @@ def _yank(
     yanked: bool,
     reason: str,
 ) -> ReleaseOut:
-    full = _agent_name(namespace, name)
+    full = agent_name(namespace, name)
     require(principal, "publish", namespace, db=state.db)
     with state.db.session() as session:
         set_yanked(session, full, version, yanked, reason)
@@ -396,3 +380,39 @@ def revoke_key(key_id: int, state: State, principal: Caller) -> KeyOut:
     principal = require(principal, "admin", db=state.db)
     with state.db.session() as session:
         return KeyOut(**_key_out(accounts.revoke_token(session, principal.account_id, key_id)))
+
+
+class SignatureIn(BaseModel):
+    signature: str = Field(max_length=4096)
+
+
+@router.post(
+    "/v1/agents/{namespace}/{name}/{version}/signature",
+    tags=["index"],
+    responses=errors(400, 401, 403, 404, 409, 413, 422),
+)
+def sign_release(
+    namespace: Namespace,
+    name: AgentPart,
+    version: VersionPath,
+    body: Annotated[SignatureIn, Body()],
+    state: State,
+    principal: Caller,
+) -> Response:
+    """Attach a signature over the release's statement, by the namespace's owner or a member."""
+    full = agent_name(namespace, name)
+    require(principal, "publish", namespace, db=state.db)
+    try:
+        with state.db.session() as session:
+            signatures.sign_release(session, public_url(state.settings), full, version, body.signature)
+    except signing.SignatureError as e:
+        if isinstance(e, signing.UnexpectedSigner):
+            e = signing.UnexpectedSigner(
+                f"{e.message}: it is neither the owner nor a member of {namespace}"
+                f" (or the statement signed is not {full} {version} on {public_url(state.settings)})",
+                signer=e.signer,
+                hint=e.hint,
+            )
+        return signature_refusal(e)
+    release = get_release(namespace, name, version, state)
+    return JSONResponse(release.model_dump(mode="json"))

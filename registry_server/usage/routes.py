@@ -21,11 +21,12 @@ from mcpz.errors import NotFoundError, UsageError
 from mcpz.instants import parse_instant
 from mcpz.names import name_problem
 from registry_server.accounts.auth import Forbidden, require
+from registry_server.accounts.http import Caller
 from registry_server.accounts.models import Account, Namespace
 from registry_server.accounts.namespaces import role_of
 from registry_server.accounts.service import Principal
+from registry_server.http import State
 from registry_server.openapi import AGENT_SCHEMA, errors
-from registry_server.releases.routes import Caller, State
 from registry_server.state import RegistryState
 from registry_server.usage.events import Outcome
 from registry_server.usage.models import UsageEventRow
