@@ -32,3 +32,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     pass
+
+
+def utcnow() -> datetime:
+    """The aware UTC time that every `UTCDateTime` column is given."""
+    return datetime.now(UTC)

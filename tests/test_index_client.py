@@ -72,6 +72,7 @@ def insert(
     from mcpz.manifest import parse_manifest
     from registry_server.accounts import service as accounts
     from registry_server.db import Database
+    from registry_server.orm import utcnow
     from registry_server.releases.models import Agent
     from registry_server.releases.service import PlannedRelease, record_releases, set_yanked
 
@@ -86,9 +87,7 @@ def insert(
                 account = accounts.create_account(session, namespace)
             agent = session.scalar(select(Agent).where(Agent.name == name))
             if agent is None:
-                agent = Agent(
-                    name=name, namespace=namespace, description="", created_at=accounts.now(), serial=0
-                )
+                agent = Agent(name=name, namespace=namespace, description="", created_at=utcnow(), serial=0)
                 session.add(agent)
                 session.flush()
             planned = []

@@ -27,7 +27,8 @@ from registry_server.accounts.models import (
     Namespace,
     NamespaceMember,
 )
-from registry_server.accounts.service import create_account, now
+from registry_server.accounts.service import create_account
+from registry_server.orm import utcnow
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 
@@ -159,7 +160,7 @@ def create_namespace(session: Session, account: Account, name: str) -> Namespace
         )
     if session.get(Namespace, name) is not None:
         raise RefusedError(f'namespace "{name}" is already taken', status=409)
-    namespace = Namespace(name=name, owner_id=account.id, created_at=now())
+    namespace = Namespace(name=name, owner_id=account.id, created_at=utcnow())
     session.add(namespace)
     session.flush()
     return namespace
@@ -202,7 +203,9 @@ def set_member(session: Session, actor: Account, namespace: str, who: str, role:
         )
     )
     if row is None:
-        session.add(NamespaceMember(namespace=namespace, account_id=account.id, role=role, created_at=now()))
+        session.add(
+            NamespaceMember(namespace=namespace, account_id=account.id, role=role, created_at=utcnow())
+        )
     else:
         row.role = role
     session.flush()
@@ -264,7 +267,7 @@ def _record_rotation(
         sequence=statement.sequence,
         statement=statement.to_text(),
         signature=signature,
-        created_at=now(),
+        created_at=utcnow(),
     )
     try:
         with session.begin_nested():

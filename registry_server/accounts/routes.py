@@ -40,9 +40,9 @@ from registry_server.accounts import service as accounts
 from registry_server.accounts.auth import require
 from registry_server.accounts.http import ROLE_SCHEMA, Caller, public_url, signature_refusal
 from registry_server.accounts.models import Account, AuthNonce, KeyRotation
-from registry_server.accounts.service import now
 from registry_server.http import State, error_response
 from registry_server.openapi import PART_SCHEMA, Namespace, errors
+from registry_server.orm import utcnow
 from registry_server.rate_limit import RateLimited, RateLimiter
 from registry_server.settings import RegistrySettings
 
@@ -118,7 +118,7 @@ def issue_nonce(request: Request, state: State, body: Annotated[NonceIn | None, 
     wait = limiter.hit(request.client.host if request.client else "", time.monotonic())
     if wait:
         raise RateLimited("too many sign-in nonces requested from this address", wait)
-    moment = now()
+    moment = utcnow()
     nonce = siwe.generate_nonce()
     address = namespaces.checksum(body.address) if body is not None and body.address else None
     with state.db.session() as session:
@@ -180,7 +180,7 @@ def login(body: LoginIn, state: State) -> Response | LoginOut:
     """Sign in with a signed EIP-4361 message; the first sign-in creates the account."""
     settings = state.settings
     contract_check = eip1271_check(settings.chain_rpc) if settings.chain_rpc else None
-    moment = now()
+    moment = utcnow()
     with state.db.session() as session:
         expected = _nonce_address(session, body.message)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -14,10 +14,7 @@ from mcpz.errors import AuthError, NotFoundError, UsageError
 from mcpz.names import part_problem
 from registry_server.accounts import tokens
 from registry_server.accounts.models import Account, Namespace, Token
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
+from registry_server.orm import utcnow
 
 
 @dataclass(frozen=True)
@@ -43,10 +40,10 @@ def create_account(session: Session, name: str) -> Account:
         raise UsageError(f'account "{name}" already exists')
     if session.get(Namespace, name) is not None:
         raise UsageError(f'namespace "{name}" is already taken')
-    account = Account(name=name, created_at=now())
+    account = Account(name=name, created_at=utcnow())
     session.add(account)
     session.flush()
-    session.add(Namespace(name=name, owner_id=account.id, created_at=now()))
+    session.add(Namespace(name=name, owner_id=account.id, created_at=utcnow()))
     try:
         session.flush()
     except IntegrityError as e:
@@ -77,8 +74,8 @@ def create_token(
         prefix=tokens.display_prefix(secret),
         name=name,
         scopes=",".join(scopes),
-        created_at=now(),
-        expires_at=now() + expires_in if expires_in else None,
+        created_at=utcnow(),
+        expires_at=utcnow() + expires_in if expires_in else None,
     )
     session.add(token)
     session.flush()
@@ -91,7 +88,7 @@ def authenticate(session: Session, secret: str) -> Principal:
     token = session.scalar(select(Token).where(Token.secret_hash == tokens.hash_secret(secret)))
     if token is None or token.revoked_at is not None:
         raise AuthError("the token is unknown or revoked", hint="create a new one with `mcpz keys create`")
-    moment = now()
+    moment = utcnow()
     if token.expires_at is not None and token.expires_at <= moment:
         raise AuthError("the token has expired", hint="create a new one with `mcpz keys create`")
     # Written at most once a minute, so reads do not turn into a write each.
@@ -139,7 +136,7 @@ def revoke_token(session: Session, account_id: int, token_id: int) -> Token:
     if token is None or token.account_id != account_id:
         raise NotFoundError(f"no key {token_id} on this account", hint="see `mcpz keys list`")
     if token.revoked_at is None:
-        token.revoked_at = now()
+        token.revoked_at = utcnow()
     return token
 
 

@@ -31,7 +31,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
@@ -42,7 +42,7 @@ from mcpz import signing
 from mcpz.errors import McpzError, NotFoundError, RefusedError, UsageError
 from mcpz.mesh import Heartbeat, Hello, LockedDependency, Log, ReplicaStatus, Status
 from registry_server.accounts.models import Account, Namespace, NamespaceMember
-from registry_server.db import Database
+from registry_server.db import Database, chunks
 from registry_server.deployments import scheduler
 from registry_server.deployments.models import (
     EPOCH_COUNTER,
@@ -55,6 +55,7 @@ from registry_server.deployments.models import (
     MeshReplica,
 )
 from registry_server.deployments.scheduler import Desired, NodeView, Replica
+from registry_server.orm import utcnow
 
 log = logging.getLogger("registry_server.deployments")
 _T = TypeVar("_T")
@@ -68,10 +69,6 @@ MAX_REPLICAS = 10_000
 FIGURES_INTERVAL = 30.0
 """How often nodes' heartbeat figures (load, memory, last seen) are written to the database. The
 mirror always has the live ones; the database needs them only after a restart."""
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 # --- the mirror's records ----------------------------------------------------------------------
@@ -961,7 +958,7 @@ class DeploymentService:
         the rounds: the mirror has the live figures, the database only needs them for a restart."""
         due, self._figures_due = self._figures_due, set()
         rows = [_figures_row(self.nodes[n]) for n in sorted(due) if n in self.nodes]
-        for chunk in _chunks(rows, 500):
+        for chunk in chunks(rows, 500):
             try:
                 await anyio.to_thread.run_sync(self._write_figures, chunk)
             except SQLAlchemyError as e:
@@ -1276,7 +1273,7 @@ class DeploymentService:
         """Per namespace in `names`, its owner's and members' account ids; and the shared pool's."""
         found: dict[str, set[int]] = {name: set() for name in names}
         with self.db.session() as session:
-            for chunk in _chunks(sorted(names), 500):
+            for chunk in chunks(sorted(names), 500):
                 rows = session.execute(
                     select(Namespace.name, Namespace.owner_id).where(Namespace.name.in_(chunk))
                 )
@@ -1300,7 +1297,7 @@ class DeploymentService:
                 session.execute(insert(MeshNode), changes.node_inserts)
             if changes.node_updates:
                 session.execute(update(MeshNode), changes.node_updates)
-            for chunk in _chunks(changes.node_deletes, 500):
+            for chunk in chunks(changes.node_deletes, 500):
                 session.execute(delete(MeshNode).where(MeshNode.id.in_(chunk)))
             if changes.statuses:
                 session.execute(update(MeshReplica), changes.statuses)
@@ -1310,7 +1307,7 @@ class DeploymentService:
                 session.execute(update(MeshReplica), changes.assigns)
             if changes.stops:
                 session.execute(update(MeshReplica), changes.stops)
-            for chunk in _chunks(changes.forgets, 500):
+            for chunk in chunks(changes.forgets, 500):
                 session.execute(delete(MeshReplica).where(MeshReplica.id.in_(chunk)))
             for name in changes.drops:
                 session.execute(delete(MeshReplica).where(MeshReplica.deployment == name))
@@ -1525,8 +1522,3 @@ def _new_replica_id(deployment: str, taken: Container[str]) -> str:
         replica_id = f"{base}-{secrets.token_hex(4)}"
         if replica_id not in taken:
             return replica_id
-
-
-def _chunks(items: Sequence[_T], size: int) -> Iterable[Sequence[_T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -37,11 +37,12 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from mcpz.errors import RefusedError
-from registry_server.accounts.service import Principal, now
+from registry_server.accounts.service import Principal
 from registry_server.db import Database
 from registry_server.git.crash_points import crash_point
 from registry_server.git.pack_checks import RawObject, check_objects, human_size, pack_objects, store_lookup
 from registry_server.git.recovery import QUARANTINE_LOCK
+from registry_server.orm import utcnow
 from registry_server.releases.models import Agent
 from registry_server.releases.service import (
     ZERO,
@@ -73,7 +74,9 @@ def _agent_row(session: Session, name: str) -> Agent:
         return agent
     try:
         with session.begin_nested():
-            agent = Agent(name=name, namespace=name.split("/")[0], description="", created_at=now(), serial=0)
+            agent = Agent(
+                name=name, namespace=name.split("/")[0], description="", created_at=utcnow(), serial=0
+            )
             session.add(agent)
     except IntegrityError:
         agent = session.scalar(select(Agent).where(Agent.name == name))

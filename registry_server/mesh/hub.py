@@ -72,9 +72,10 @@ from mcpz.mesh import (
     truncate_reason,
 )
 from registry_server.accounts.auth import Forbidden, Unauthenticated, principal_from_headers, require
-from registry_server.deployments.service import DeployIntent, DeploymentService, Intent, NodeState, utcnow
+from registry_server.deployments.service import DeployIntent, DeploymentService, Intent, NodeState
 from registry_server.gateway.calls import CallRouter
 from registry_server.http import error_response
+from registry_server.orm import utcnow
 from registry_server.state import RegistryState
 
 log = logging.getLogger("registry_server.mesh")

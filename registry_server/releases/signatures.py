@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from mcpz import signing
 from mcpz.errors import NotFoundError, UsageError
 from registry_server.accounts.namespaces import allowed_signers
-from registry_server.accounts.service import now
+from registry_server.orm import utcnow
 from registry_server.releases.models import Agent, Release, ReleaseSignature
 
 
@@ -53,7 +53,7 @@ def sign_release(
         )
     )
     if row is None:
-        row = ReleaseSignature(release_id=release.id, signer=signer, signature=signature, created_at=now())
+        row = ReleaseSignature(release_id=release.id, signer=signer, signature=signature, created_at=utcnow())
         session.add(row)
         session.flush()
     return row

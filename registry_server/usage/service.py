@@ -31,7 +31,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +43,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from mcpz.errors import McpzError, UsageError
-from registry_server.db import Database
+from registry_server.db import Database, chunks
 from registry_server.state import RegistryState
 from registry_server.usage.events import UsageEvent
 from registry_server.usage.models import UsageEventRow
@@ -374,7 +374,7 @@ class UsageRecorder:
                 statement = insert(table).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
                 inserted.update(session.scalars(statement, rows))
             # Ids that were already there: a retry (same digest) or a conflict (another digest).
-            for ids in _chunks([i for i in unique if i not in inserted]):
+            for ids in chunks([i for i in unique if i not in inserted], CHUNK):
                 found = session.execute(select(table.c.id, table.c.digest).where(table.c.id.in_(ids)))
                 for event_id, stored in found:
                     if stored == digests[event_id]:
@@ -411,11 +411,6 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def _chunks(items: list[T]) -> Iterator[list[T]]:
-    for start in range(0, len(items), CHUNK):
-        yield items[start : start + CHUNK]
 
 
 def take_data_lock(data_dir: Path) -> int:
