@@ -45,9 +45,10 @@ NAMESPACE = "eco"
 def populate(data: Path, agents: int, versions: int, seed: int = 7) -> list[str]:
     """Insert the agents and their releases into the registry database at `data`; return names."""
     from mcpz.manifest import parse_manifest
-    from registry_server import accounts
-    from registry_server.models import Agent
-    from registry_server.releases import PlannedRelease, record_releases, set_yanked
+    from registry_server.accounts import service as accounts
+    from registry_server.orm import utcnow
+    from registry_server.releases.models import Agent
+    from registry_server.releases.service import PlannedRelease, record_releases, set_yanked
     from registry_server.settings import RegistrySettings
     from registry_server.state import RegistryState
 
@@ -62,7 +63,7 @@ def populate(data: Path, agents: int, versions: int, seed: int = 7) -> list[str]
                     name=name,
                     namespace=NAMESPACE,
                     description=f"agent {i}",
-                    created_at=accounts.now(),
+                    created_at=utcnow(),
                     serial=0,
                 )
                 session.add(agent)

@@ -60,9 +60,10 @@ LARGE = (1000, 10, 0.1, 30)
 def populate(data: Path, eco: Ecosystem) -> int:
     """Insert every release of `eco` into the registry database at `data`; return how many."""
     from mcpz.manifest import parse_manifest
-    from registry_server import accounts
-    from registry_server.models import Agent
-    from registry_server.releases import PlannedRelease, record_releases
+    from registry_server.accounts import service as accounts
+    from registry_server.orm import utcnow
+    from registry_server.releases.models import Agent
+    from registry_server.releases.service import PlannedRelease, record_releases
     from registry_server.settings import RegistrySettings
     from registry_server.state import RegistryState
 
@@ -74,9 +75,7 @@ def populate(data: Path, eco: Ecosystem) -> int:
             owner = {ns: accounts.create_account(session, ns) for ns in sorted(namespaces)}
             for name in eco.index.names():
                 namespace = name.split("/")[0]
-                agent = Agent(
-                    name=name, namespace=namespace, description="", created_at=accounts.now(), serial=0
-                )
+                agent = Agent(name=name, namespace=namespace, description="", created_at=utcnow(), serial=0)
                 session.add(agent)
                 session.flush()
                 planned = []

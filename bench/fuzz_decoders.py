@@ -43,8 +43,8 @@ from dulwich.repo import Repo
 from mcpz import jsonlimits
 from mcpz.mesh import Call, Heartbeat, Hello, ProtocolError, decode, encode
 from mcpz.siwe import MalformedMessage, SiweMessage
-from registry_server.git_http import GitProtocol, _Backend
-from registry_server.pack_reuse import ReusingUploadPackHandler
+from registry_server.git.pack_reuse import ReusingUploadPackHandler
+from registry_server.git.routes import GitProtocol, _Backend
 
 Decoder = tuple[list[bytes], Callable[[bytes], object], type[BaseException]]
 

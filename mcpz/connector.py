@@ -5,7 +5,7 @@
      └── the connection loop   connect ─► hello ─► welcome ─► calls relayed ─► closed ─► backoff ─┐
                                   ▲──────────────────────────────────────────────────────────────┘
 
-The registry's endpoint is `/v1/connect/{namespace}/{name}` (`registry_server.connector_hub`); the
+The registry's endpoint is `/v1/connect/{namespace}/{name}` (`registry_server.mesh.connector`); the
 connector speaks the mesh protocol as a node with one replica and no capacity for deploys, so
 the node's `CallRelay` relays the gateway's calls to the agent exactly as on a mesh node. Once
 welcomed, the agent answers at `{registry}/mcp/{namespace}/{name}@dev`, to its namespace's owner

@@ -102,7 +102,7 @@ class RegistryClient:
     async def revoke_key(self, key_id: int) -> dict[str, Any]:
         return await self.json("DELETE", f"/v1/keys/{key_id}")  # type: ignore[no-any-return]
 
-    # --- wallet sign-in, namespaces, signatures (registry_server/api_auth.py) ---------------------
+    # --- wallet sign-in, namespaces, signatures (registry_server/accounts/routes.py) ---------------------
 
     async def auth_nonce(self, address: str | None = None) -> dict[str, Any]:
         body = {"address": address} if address else None
@@ -143,7 +143,7 @@ class RegistryClient:
         path = f"/v1/agents/{name}/{version}/signature"
         return await self.json("POST", path, json={"signature": signature})  # type: ignore[no-any-return]
 
-    # --- deployments and the mesh (registry_server/api_deploy.py) ---------------------------------
+    # --- deployments and the mesh (registry_server/deployments/routes.py) ---------------------------------
 
     async def deploy(
         self,

@@ -13,23 +13,31 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcpz._version import __version__
 from mcpz.errors import AuthError, McpzError, NotFoundError, RefusedError, UsageError
-from registry_server import api, api_auth, api_deploy, api_usage, connector_hub, git_http, mesh_hub
-from registry_server.auth import Forbidden
+from registry_server.accounts import routes as api_auth
+from registry_server.accounts.auth import Forbidden
 from registry_server.body_limits import BodyLimits
-from registry_server.gateway import GATEWAY_PREFIX, Gateway
+from registry_server.deployments import routes as api_deploy
+from registry_server.gateway.asgi import GATEWAY_PREFIX, Gateway
+from registry_server.git import routes as git_http
+from registry_server.git.recovery import recover
+from registry_server.http import error_response
 from registry_server.logs import request_id
+from registry_server.mesh import connector as connector_hub
+from registry_server.mesh import hub as mesh_hub
 from registry_server.openapi import use_error_model
 from registry_server.rate_limit import RateLimited, retry_after_header
+from registry_server.releases import routes as api
 from registry_server.settings import RegistrySettings
 from registry_server.state import RegistryState
-from registry_server.usage import UsageRecorder
+from registry_server.usage import routes as api_usage
+from registry_server.usage.service import UsageRecorder
 
 log = logging.getLogger("registry_server.http")
 
@@ -48,10 +56,6 @@ def _status_for(error: McpzError) -> int:
     if isinstance(error, UsageError):
         return 400
     return 500
-
-
-def _error_body(message: str, hint: str | None = None) -> dict[str, object]:
-    return {"error": {"message": message, "hint": hint, "request_id": request_id.get()}}
 
 
 class RequestLogMiddleware:
@@ -128,8 +132,8 @@ def create_app(
         own = state is None
         app.state.registry = RegistryState.open(settings) if own else state
         # Before serving: undo what a killed registry left half done (docs/registry.md).
-        app.state.registry.recover()
-        app.state.index_cache = api._IndexCache()
+        recover(app.state.registry.repos, app.state.registry.db)
+        app.state.index_cache = api.IndexCache()
         app.state.nonce_limiter = api_auth.nonce_limiter(settings)
         # Usage recording starts before the mesh and stops after it, so calls in flight at
         # shutdown still record their events.
@@ -163,10 +167,10 @@ def create_app(
     @app.exception_handler(McpzError)
     async def _mcpz_error(request: Request, exc: McpzError) -> Response:
         status = _status_for(exc)
-        headers = {"WWW-Authenticate": 'Bearer realm="mcpz"'} if status == 401 else None
-        if isinstance(exc, RateLimited):
-            headers = {"Retry-After": retry_after_header(exc.retry_after)}
-        return JSONResponse(_error_body(exc.message, exc.hint), status_code=status, headers=headers)
+        headers = (
+            {"Retry-After": retry_after_header(exc.retry_after)} if isinstance(exc, RateLimited) else None
+        )
+        return error_response(status, exc.message, exc.hint, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -177,17 +181,15 @@ def create_app(
         plain = {404: "no such path", 405: f"{request.method} is not allowed here"}
         # Starlette's detail is then only the status phrase ("Not Found"); ours says more.
         message = str(exc.detail) if exc.detail != HTTPStatus(exc.status_code).phrase else None
-        return JSONResponse(
-            _error_body(message or plain.get(exc.status_code, str(exc.detail))),
-            exc.status_code,
-            headers=headers,
+        return error_response(
+            exc.status_code, message or plain.get(exc.status_code, str(exc.detail)), headers=headers
         )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return JSONResponse(_error_body(f"invalid request: {where}: {first.get('msg', 'invalid')}"), 422)
+        return error_response(422, f"invalid request: {where}: {first.get('msg', 'invalid')}")
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

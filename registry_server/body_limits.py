@@ -5,7 +5,7 @@ Each kind of route has its own limit: git's fetch negotiation `max_request_bytes
 A `Content-Length` over the limit is a 413 before a byte is read. JSON API bodies are small, so
 they are read here whole, counting as they come (a chunked body gets its 413 at the limit, not at
 its end), checked for nesting depth (`mcpz.jsonlimits`, a 400) and handed to the route from
-memory. Git bodies stream on to their routes, which count what they inflate (`git_http`).
+memory. Git bodies stream on to their routes, which count what they inflate (`git.routes`).
 The gateway (`/mcp/...`) never comes through here: it bounds its own bodies.
 """
 

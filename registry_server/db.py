@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
@@ -95,3 +95,12 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+_T = TypeVar("_T")
+
+
+def chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
+    """`items` in slices of at most `size`: an IN list stays under every backend's parameter limit."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,9 +1,9 @@
 """What the OpenAPI document says beyond FastAPI's defaults: the error body, the error statuses each
-route answers with, and the shapes of names, roles and scopes.
+route answers with, and the shapes of names (those of roles and scopes are accounts/http.py).
 
 Patterns and enums are documentation here, not FastAPI validation: the route's own check (one rule
-in `mcpz.names`, `tokens.SCOPES`, `models_auth.ROLES`) answers a bad value with a 400 that says what
-is wrong, which is what the document then promises.
+in `mcpz.names`, `accounts.tokens.SCOPES`, `accounts.models.ROLES`) answers a bad value with a 400
+that says what is wrong, which is what the document then promises.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from fastapi import Path
 from pydantic import BaseModel, Field
 
 from mcpz.names import MAX_PART
-from registry_server.models_auth import ROLES
-from registry_server.tokens import SCOPES
 
 PART_PATTERN = r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$"
 """One part of an agent name (namespace or name), as `mcpz.names` checks it."""
@@ -23,8 +21,6 @@ AGENT_PATTERN = r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?/[a-z0-9](?:[a-z0-9-]*[a-z0-9]
 
 PART_SCHEMA: dict[str, Any] = {"pattern": PART_PATTERN, "maxLength": MAX_PART}
 AGENT_SCHEMA: dict[str, Any] = {"pattern": AGENT_PATTERN, "maxLength": 2 * MAX_PART + 1}
-ROLE_SCHEMA: dict[str, Any] = {"enum": list(ROLES)}
-SCOPE_SCHEMA: dict[str, Any] = {"items": {"type": "string", "enum": list(SCOPES)}}
 
 Namespace = Annotated[
     str, Path(description="A namespace: [a-z0-9-], at most 64", json_schema_extra=PART_SCHEMA)

@@ -18,7 +18,7 @@ from registry_server.app import create_app
 from registry_server.header_timeout import with_header_timeout
 from registry_server.logs import configure
 from registry_server.settings import RegistrySettings
-from registry_server.usage import take_data_lock
+from registry_server.usage.service import take_data_lock
 
 
 def serve(

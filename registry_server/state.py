@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 from mcpz.private import private_dir
 from registry_server.db import Database
-from registry_server.git_recovery import Recovery, recover
-from registry_server.git_storage import RepoStore
 from registry_server.settings import RegistrySettings
+from registry_server.storage import RepoStore
 
 log = logging.getLogger("registry_server")
 
@@ -29,10 +28,6 @@ class RegistryState:
         db = Database(settings.database_url)
         migrate(db.engine)
         return cls(settings=settings, db=db, repos=RepoStore(settings.repos_dir))
-
-    def recover(self) -> Recovery:
-        """Start-up recovery of the repositories; only before this process serves."""
-        return recover(self.repos, self.db)
 
     def on_published(self, name: str, versions: list[str]) -> None:
         for version in versions:

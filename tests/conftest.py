@@ -122,7 +122,8 @@ class LiveRegistry:
 
     def account(self, name: str, scopes: str = "read,publish,deploy,call,admin") -> str:
         """Create an account (and its namespace) and return a token for it."""
-        from registry_server import accounts, tokens
+        from registry_server.accounts import service as accounts
+        from registry_server.accounts import tokens
         from registry_server.db import Database
 
         db = Database(self.database_url)

@@ -227,7 +227,7 @@ def release_rows(registry: Any, name: str) -> list[tuple[str, str]]:
     from sqlalchemy import select
 
     from registry_server.db import Database
-    from registry_server.models import Agent, Release
+    from registry_server.releases.models import Agent, Release
 
     db = Database(registry.database_url)
     try:

@@ -22,7 +22,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from registry_server import accounts, tokens
+from registry_server.accounts import service as accounts
+from registry_server.accounts import tokens
 from registry_server.app import create_app
 from registry_server.settings import RegistrySettings
 from registry_server.state import RegistryState

@@ -506,7 +506,7 @@ def test_install_refuses_a_registry_that_serves_another_commit(cli, own: World, 
     from sqlalchemy import update
 
     from registry_server.db import Database
-    from registry_server.models import Agent, Release
+    from registry_server.releases.models import Agent, Release
 
     db = Database(own.reg.database_url)
     try:

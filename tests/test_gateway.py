@@ -20,7 +20,7 @@ import pytest
 from meshutil import AGENT, Mesh, until
 
 if TYPE_CHECKING:
-    from registry_server.gateway import Gateway
+    from registry_server.gateway.asgi import Gateway
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="needs /proc and PR_SET_PDEATHSIG")
 

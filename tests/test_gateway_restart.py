@@ -171,7 +171,7 @@ class Stack:
 
     def journaled(self, account: str) -> list[dict[str, Any]]:
         """The events of `account` in the registry's usage journal (not yet in the database)."""
-        from registry_server import accounts
+        from registry_server.accounts import service as accounts
         from registry_server.db import Database
 
         db = Database(self.mesh.reg.database_url)

@@ -20,8 +20,8 @@ from dulwich.repo import Repo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from registry_server.git_http import GitProtocol, _Backend
-from registry_server.pack_reuse import ReusingUploadPackHandler
+from registry_server.git.pack_reuse import ReusingUploadPackHandler
+from registry_server.git.routes import GitProtocol, _Backend
 
 WORDS = [b"want ", b"have ", b"done", b"deepen ", b"shallow ", b"filter ", b"deepen-since ", b"\n"]
 

@@ -74,10 +74,11 @@ def insert(
     from sqlalchemy import select
 
     from mcpz.manifest import parse_manifest
-    from registry_server import accounts
+    from registry_server.accounts import service as accounts
     from registry_server.db import Database
-    from registry_server.models import Agent
-    from registry_server.releases import PlannedRelease, record_releases, set_yanked
+    from registry_server.orm import utcnow
+    from registry_server.releases.models import Agent
+    from registry_server.releases.service import PlannedRelease, record_releases, set_yanked
 
     namespace = name.split("/")[0]
     commits: dict[str, str] = {}
@@ -90,9 +91,7 @@ def insert(
                 account = accounts.create_account(session, namespace)
             agent = session.scalar(select(Agent).where(Agent.name == name))
             if agent is None:
-                agent = Agent(
-                    name=name, namespace=namespace, description="", created_at=accounts.now(), serial=0
-                )
+                agent = Agent(name=name, namespace=namespace, description="", created_at=utcnow(), serial=0)
                 session.add(agent)
                 session.flush()
             planned = []

@@ -73,7 +73,7 @@ def test_importing_mcpz_the_registry_and_web3_leaves_the_recursion_limit_alone()
     code = (
         "import sys\nbefore = sys.getrecursionlimit()\n"
         "import mcpz.cli.app, mcpz.wallet, mcpz.signing, mcpz.signin, mcpz.node.agent, mcpz.connector\n"
-        "import registry_server.app, registry_server.api_auth\n"
+        "import registry_server.app, registry_server.accounts.routes\n"
         "import eth_account, py_ecc\n"
         "try:\n    import web3\nexcept ImportError:\n    pass\n"
         "print(before, sys.getrecursionlimit())\n"

@@ -258,7 +258,7 @@ def _hostile_release(reg: LiveRegistry, commits: dict[str, str], tmp: Path) -> s
     from sqlalchemy import select
 
     from registry_server.db import Database
-    from registry_server.models import Agent, Release
+    from registry_server.releases.models import Agent, Release
 
     namespace, short = AGENT.split("/")
     repo = Repo(str(Path(reg.data_dir) / "repos" / namespace / f"{short}.git"), bare=True)

@@ -21,7 +21,8 @@ from gitutil import git
 from meshutil import FAST, NodeProc, until
 
 from mcpz.templates import render_template
-from registry_server import accounts, namespaces
+from registry_server.accounts import namespaces
+from registry_server.accounts import service as accounts
 from registry_server.db import Database
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="needs /proc and PR_SET_PDEATHSIG")
@@ -217,7 +218,7 @@ def test_the_operators_shared_pool_serves_every_account(tmp_path: Path) -> None:
 def test_a_lost_node_is_pruned_after_the_retention_and_its_replicas_wait(tmp_path: Path) -> None:
     from sqlalchemy import select
 
-    from registry_server.models_mesh import MeshNode
+    from registry_server.deployments.models import MeshNode
 
     reg = start_registry(tmp_path / "registry", lost_node_retention=0.5, **FAST)
     two = Two(tmp_path, reg)

@@ -25,7 +25,8 @@ AGENT = "acme/weather"
 
 
 def token_for(reg: LiveRegistry, address: str, scopes: str) -> str:
-    from registry_server import accounts, namespaces, tokens
+    from registry_server.accounts import namespaces, tokens
+    from registry_server.accounts import service as accounts
     from registry_server.db import Database
 
     db = Database(reg.database_url)

@@ -800,7 +800,7 @@ async def test_wss_with_a_self_signed_certificate_and_a_ca_file(tmp_path: Path) 
 
 
 # ---------------------------------------------------------------------------------------------
-# The node against the registry's own hub (registry_server.mesh_hub): deployed through the API.
+# The node against the registry's own hub (registry_server.mesh.hub): deployed through the API.
 
 
 @pytest.mark.anyio

@@ -11,8 +11,8 @@ import pytest
 from conftest import LiveRegistry, start_registry
 from sqlalchemy import func, select
 
+from registry_server.accounts.models import AuthNonce
 from registry_server.db import Database
-from registry_server.models_auth import AuthNonce
 from registry_server.rate_limit import RateLimiter
 
 

@@ -9,11 +9,13 @@ import pytest
 from conftest import LiveRegistry, start_registry
 from gitutil import api
 
-from registry_server import api as api_routes
-from registry_server import api_auth, api_deploy, api_usage
-from registry_server.api import caller
-from registry_server.models_auth import ROLES
-from registry_server.tokens import SCOPES
+from registry_server.accounts import routes as api_auth
+from registry_server.accounts.http import caller
+from registry_server.accounts.models import ROLES
+from registry_server.accounts.tokens import SCOPES
+from registry_server.deployments import routes as api_deploy
+from registry_server.releases import routes as api_routes
+from registry_server.usage import routes as api_usage
 
 METHODS = {"get", "post", "put", "delete", "patch"}
 

@@ -1,4 +1,4 @@
-"""registry_server.pack_checks: hostile objects are refused, ordinary agent repositories pass."""
+"""registry_server.git.pack_checks: hostile objects are refused, ordinary agent repositories pass."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from dulwich.objects import Blob, Commit, Tag, Tree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from registry_server.pack_checks import (
+from registry_server.git.pack_checks import (
     DEFAULT_MAX_PACK_BYTES,
     Limits,
     PackSizeGuard,

@@ -1,4 +1,4 @@
-"""upload-pack copying stored pack entries (registry_server.pack_reuse), checked by the real git.
+"""upload-pack copying stored pack entries (registry_server.git.pack_reuse), checked by the real git.
 
 Every pack the registry sends is indexed by `git index-pack --strict` or received by `git clone` /
 `git fetch`, and the result passes `git fsck --strict`. The same requests are also served by
@@ -26,8 +26,8 @@ from dulwich.repo import Repo
 from dulwich.server import Backend, UploadPackHandler
 from gitutil import GIT, bare_path, commit, git, git_env, init_agent, objects_of, rev_parse
 
-from registry_server import pack_reuse
-from registry_server.pack_reuse import ReuseStats, ReusingUploadPackHandler, write_pack_reusing
+from registry_server.git import pack_reuse
+from registry_server.git.pack_reuse import ReuseStats, ReusingUploadPackHandler, write_pack_reusing
 
 NAME = "acme/x"
 CAPS = b"multi_ack_detailed side-band-64k thin-pack ofs-delta include-tag agent=test"

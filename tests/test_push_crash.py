@@ -24,7 +24,7 @@ from conftest import isolate
 from gitutil import api, bare_path, git, init_agent, ls_remote, quarantines, release_rows, set_version
 from meshutil import until
 
-from registry_server.crash_points import STEPS
+from registry_server.git.crash_points import STEPS
 
 pytestmark = pytest.mark.slow
 
@@ -114,7 +114,8 @@ def _work(tmp: Path, name: str) -> Path:
 def _prepare(registry: RegistryProcess, tmp: Path, known: Sequence[str] = ()) -> Setup:
     """Start once to create and migrate the database, make the account, push the `known`
     agents' main branch (no release yet), stop."""
-    from registry_server import accounts, tokens
+    from registry_server.accounts import service as accounts
+    from registry_server.accounts import tokens
     from registry_server.db import Database
 
     registry.start()

@@ -13,7 +13,8 @@ from conftest import LiveRegistry, start_registry
 from gitutil import api, commit, git, init_agent, isolated_git, set_version
 from sqlalchemy import text
 
-from registry_server import accounts, tokens
+from registry_server.accounts import service as accounts
+from registry_server.accounts import tokens
 from registry_server.db import Database
 
 

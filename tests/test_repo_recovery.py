@@ -29,8 +29,8 @@ from gitutil import (
     set_version,
 )
 
-from registry_server.git_recovery import QUARANTINE_LOCK
-from registry_server.git_storage import RepoStore
+from registry_server.git.recovery import QUARANTINE_LOCK
+from registry_server.storage import RepoStore
 
 NAME = "acme/x"
 

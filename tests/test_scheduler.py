@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from mcpz.mesh import ReplicaReport, ReplicaStatus
-from registry_server import scheduler
-from registry_server.scheduler import (
+from registry_server.deployments import scheduler
+from registry_server.deployments.scheduler import (
     Assign,
     Create,
     Desired,

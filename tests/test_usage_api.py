@@ -18,10 +18,10 @@ import httpx2
 import pytest
 from conftest import LiveRegistry, start_registry
 
-from registry_server import accounts
+from registry_server.accounts import service as accounts
 from registry_server.db import Database
-from registry_server.usage import UsageRecorder
-from registry_server.usage_events import Outcome, UsageEvent
+from registry_server.usage.events import Outcome, UsageEvent
+from registry_server.usage.service import UsageRecorder
 
 HOUR_US = 3600 * 1_000_000
 

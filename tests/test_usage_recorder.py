@@ -22,11 +22,11 @@ import pytest
 from sqlalchemy import text
 
 from mcpz.errors import McpzError, UsageError
-from registry_server import accounts
+from registry_server.accounts import service as accounts
 from registry_server.settings import RegistrySettings
 from registry_server.state import RegistryState
-from registry_server.usage import UsageRecorder
-from registry_server.usage_events import Outcome, UsageEvent
+from registry_server.usage.events import Outcome, UsageEvent
+from registry_server.usage.service import UsageRecorder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -248,8 +248,8 @@ CRASH = textwrap.dedent(
     from pathlib import Path
     from registry_server.settings import RegistrySettings
     from registry_server.state import RegistryState
-    from registry_server.usage import UsageRecorder
-    from registry_server.usage_events import UsageEvent
+    from registry_server.usage.service import UsageRecorder
+    from registry_server.usage.events import UsageEvent
 
     async def main() -> None:
         data_dir, account_id = Path(sys.argv[1]), int(sys.argv[2])

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from alembic import context
 
-from registry_server.models import Base
+# Imported for their side effect: every domain's tables register on Base.metadata, so
+# autogenerate compares the whole schema.
+import registry_server.accounts.models
+import registry_server.deployments.models
+import registry_server.releases.models
+import registry_server.usage.models  # noqa: F401
+from registry_server.orm import Base
 
 connection = context.config.attributes.get("connection")
 if connection is None:

@@ -79,7 +79,7 @@ def account_create(
     name: Annotated[str, typer.Argument(help="Account name; also its first namespace.")], data: DataOpt = None
 ) -> None:
     """Create an account and the namespace of the same name."""
-    from registry_server import accounts
+    from registry_server.accounts import service as accounts
     from registry_server.state import RegistryState
 
     state = RegistryState.open(_settings(data))
@@ -107,7 +107,8 @@ def token_create(
     """Create a token and print it (shown once; only its hash is stored)."""
     from datetime import timedelta
 
-    from registry_server import accounts, tokens
+    from registry_server.accounts import service as accounts
+    from registry_server.accounts import tokens
     from registry_server.state import RegistryState
 
     settings = _settings(data)

@@ -1,0 +1,1 @@
+"""Accounts: accounts, tokens, namespaces and their members, wallet sign-in (routes.py is the HTTP side)."""

@@ -1,0 +1,74 @@
+"""Who is calling: tokens from `Authorization: Bearer` or Basic (token as the password)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+
+from mcpz.errors import AuthError
+from registry_server.accounts.service import Principal, authenticate, owns_namespace
+from registry_server.db import Database
+
+
+class Unauthenticated(AuthError):
+    """No credentials, or credentials that name nobody: HTTP 401."""
+
+
+class Forbidden(AuthError):
+    """Credentials that do not allow this: HTTP 403."""
+
+
+def token_from_headers(headers: Mapping[str, str]) -> str | None:
+    value = headers.get("authorization")
+    if not value:
+        return None
+    scheme, _, rest = value.partition(" ")
+    rest = rest.strip()
+    if scheme.lower() == "bearer":
+        return rest or None
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(rest, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        user, _, password = decoded.partition(":")
+        # git sends the token as the password; a token given as the user name works too.
+        return password or user or None
+    return None
+
+
+def principal_from_headers(db: Database, headers: Mapping[str, str]) -> Principal | None:
+    secret = token_from_headers(headers)
+    if secret is None:
+        return None
+    try:
+        with db.session() as session:
+            return authenticate(session, secret)
+    except AuthError as e:
+        raise Unauthenticated(e.message, hint=e.hint) from None
+
+
+def require(
+    principal: Principal | None, scope: str, namespace: str | None = None, *, db: Database
+) -> Principal:
+    """The principal, if it may use `scope` (in `namespace`); else Unauthenticated/Forbidden."""
+    if principal is None:
+        raise Unauthenticated(
+            "authentication required", hint="pass a token: --token, MCPZ_TOKEN or `mcpz login`"
+        )
+    if not principal.has(scope):
+        raise Forbidden(f'this token lacks the "{scope}" scope', hint=f"create a key with --scope {scope}")
+    if namespace is not None:
+        from registry_server.accounts.namespaces import may_publish
+
+        with db.session() as session:
+            # The owner, and members with a role (owner, publisher), act in the namespace.
+            if not owns_namespace(session, principal.account_id, namespace) and not may_publish(
+                session, principal.account_id, namespace
+            ):
+                raise Forbidden(
+                    f'account "{principal.account_name}" is neither owner nor member of the namespace '
+                    f'"{namespace}"'
+                )
+    return principal

@@ -1,0 +1,1 @@
+"""Deployments: desired state, revisions, signed statements; scheduler.py is the pure placement core."""

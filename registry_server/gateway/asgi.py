@@ -1,0 +1,763 @@
+"""The gateway: each deployment as an MCP Streamable HTTP endpoint, `/mcp/{namespace}/{name}`.
+
+Any MCP client reaches a deployed agent here (`/mcp/{namespace}/{name}@{version}` pins a version
+while a rollout runs two). The gateway terminates the client's session and relays each JSON-RPC
+request over the mesh to one replica (`gateway.calls.CallRouter`), which runs it on its agent's
+warm stdio process. It follows the specification's Streamable HTTP transport (handshake era,
+2024-11-05 to 2025-11-25):
+
+- **POST** one JSON-RPC message. `initialize` opens a session (`Mcp-Session-Id` in the answer);
+  every other message must carry it (400 without, 404 for a session that is gone: the client
+  starts again). A request is answered with JSON, or with an SSE stream when it asked for progress
+  (a `progressToken`) and accepts `text/event-stream`; notifications and responses get 202.
+- **GET** opens the session's stream for messages that answer nothing: the agent's list-changed
+  notifications. One per session (409 for a second).
+- **DELETE** ends the session: its calls are cancelled, its stream closes.
+- **Auth**: a token with scope `call` on every request (401 without, 403 without the scope), and
+  the session's own account: a session id alone authorizes nothing. Tokens are checked against the
+  database at most every `TOKEN_TTL` seconds per token (a revoked token stops working within that).
+- **Origin**: a browser's `Origin` must be the registry's own or one of `allowed_origins` (403
+  otherwise): a web page must not drive a user's agents through DNS rebinding.
+- **Bounds**: at most `max_calls_in_flight` calls at once (then 503 with Retry-After), 256 per
+  replica, `MAX_SESSIONS` sessions, `max_sessions_per_account` per account (past it, the account's
+  least recently used idle session ends), bodies up to the mesh frame size (JSON nested at most
+  `mcpz.jsonlimits.MAX_DEPTH` deep); a call waits at most
+  `call_timeout` seconds, then the agent is told to cancel and the client gets an error.
+- **Failures are answers**: no healthy replica, a replica that dies mid-call, a timeout, each is a
+  JSON-RPC error naming what happened. Nothing is retried on another replica: a `tools/call` may
+  not be idempotent. The session moves to a surviving replica for its next request.
+- **Metering**: every `tools/call` that reached a replica records one usage event when it ends,
+  however it ends (`usage.events.Outcome`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import anyio.to_thread
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.types import Receive, Scope, Send
+
+from mcpz import jsonlimits
+from mcpz.errors import McpzError
+from mcpz.jsonlimits import JSONError
+from mcpz.mesh import MAX_FRAME_SIZE
+from mcpz.names import name_problem
+from registry_server.accounts.auth import Forbidden, Unauthenticated, principal_from_headers, require
+from registry_server.accounts.service import Principal
+from registry_server.gateway.calls import DEV_VERSION, Busy, CallFailed, PendingCall, Target
+from registry_server.usage.events import Outcome, UsageEvent
+
+if TYPE_CHECKING:
+    from registry_server.mesh.hub import MeshHub
+    from registry_server.state import RegistryState
+    from registry_server.usage.service import UsageRecorder
+
+log = logging.getLogger("registry_server.gateway")
+
+GATEWAY_PREFIX = "/mcp/"
+HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+MAX_BODY = MAX_FRAME_SIZE - 64 * 1024  # a request must fit in one call frame
+MAX_SESSIONS = 10_000
+SESSION_IDLE = 3600.0  # seconds without a request before a session is forgotten
+STREAM_QUEUE = 256  # messages waiting for one SSE stream before the oldest are dropped
+KEEPALIVE = 15.0  # seconds between comments on an idle SSE stream (proxies close silent ones)
+TOKEN_TTL = 5.0
+MAX_CACHED_TOKENS = 10_000
+
+# JSON-RPC error codes
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+UNAVAILABLE = -32000  # no replica, replica lost, overloaded
+TIMED_OUT = -32001
+CANCELLED = -32800
+
+SESSION_HEADER = b"mcp-session-id"
+VERSION_HEADER = b"mcp-protocol-version"
+
+
+class GatewayError(Exception):
+    """An HTTP answer other than a relayed response: status, JSON-RPC code, message."""
+
+    def __init__(
+        self,
+        status: int,
+        code: int,
+        message: str,
+        *,
+        request_id: object = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.request_id = request_id
+        self.retry_after = retry_after
+
+
+def rpc_error(request_id: object, code: int, message: str) -> bytes:
+    body = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+@dataclass(eq=False)
+class Session:
+    id: str
+    account_id: int
+    deployment: str
+    version: str | None
+    target: Target | None
+    protocol_version: str
+    last_used: float
+    stream: asyncio.Queue[bytes | None] | None = None
+    calls: dict[str, PendingCall] = field(default_factory=dict)  # by the request's JSON id
+
+
+class TokenCache:
+    """Principals by token, each re-checked against the database after `ttl` seconds."""
+
+    def __init__(self, state: RegistryState, ttl: float = TOKEN_TTL) -> None:
+        self.state = state
+        self.ttl = ttl
+        self._cache: dict[bytes, tuple[Principal, float]] = {}
+
+    async def principal(self, headers: Mapping[str, str]) -> Principal | None:
+        value = headers.get("authorization")
+        if not value:
+            return None
+        key = hashlib.sha256(value.encode("latin-1", "replace")).digest()
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and hit[1] > now:
+            principal = hit[0]
+            if principal.expires_at is None or principal.expires_at.timestamp() > time.time():
+                return principal
+        principal_or_none = await anyio.to_thread.run_sync(principal_from_headers, self.state.db, headers)
+        if principal_or_none is None:
+            return None
+        if len(self._cache) >= MAX_CACHED_TOKENS:
+            self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
+            if len(self._cache) >= MAX_CACHED_TOKENS:
+                self._cache.clear()
+        self._cache[key] = (principal_or_none, now + self.ttl)
+        return principal_or_none
+
+
+def parse_path(path: str) -> tuple[str, str | None] | None:
+    """`/{namespace}/{name}` or `/{namespace}/{name}@{version}` -> (deployment, version)."""
+    parts = path.strip("/").split("/")
+    if len(parts) != 2:
+        return None
+    name, _, version = parts[1].partition("@")
+    deployment = f"{parts[0]}/{name}"
+    if name_problem(deployment) is not None:
+        return None
+    if version and (len(version) > 64 or not all(c.isalnum() or c in ".-+_" for c in version)):
+        return None
+    return deployment, version or None
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower() if parts.scheme and parts.netloc else ""
+
+
+class Gateway:
+    def __init__(self, state: RegistryState, hub: MeshHub, usage: UsageRecorder | None) -> None:
+        self.state = state
+        self.hub = hub
+        self.router = hub.calls
+        self.usage = usage
+        settings = state.settings
+        self.call_timeout = settings.call_timeout
+        self.max_in_flight = settings.max_calls_in_flight
+        self.origins = {o.lower() for o in (_origin_of(settings.public_url), *settings.allowed_origins) if o}
+        self.tokens = TokenCache(state)
+        self.sessions: dict[str, Session] = {}
+        self.max_sessions_per_account = settings.max_sessions_per_account
+        self._accounts: dict[int, dict[str, Session]] = {}  # the same sessions, by account
+        self.in_flight = 0
+        self.closing = False
+        self.router.on_broadcast = self._broadcast
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep(), name="gateway-sessions")
+
+    async def stop(self) -> None:
+        """Refuse new requests, fail the calls in flight (each records its usage), end streams."""
+        self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.router.fail_all(_shutdown())  # first: the calls in flight end as "shutdown"
+        for session in list(self.sessions.values()):
+            self._end_session(session)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                while self.in_flight:
+                    await asyncio.sleep(0.01)
+
+    # -- HTTP
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            if scope["type"] != "http":
+                raise GatewayError(404, INVALID_REQUEST, "not found")
+            where = parse_path(scope["path"].removeprefix(GATEWAY_PREFIX))
+            if where is None:
+                raise GatewayError(
+                    404, INVALID_REQUEST, "no such endpoint: use /mcp/{namespace}/{name}[@{version}]"
+                )
+            self._check_origin(headers)
+            principal = await self._authenticate(headers)
+            if self.closing:
+                raise GatewayError(503, UNAVAILABLE, "the registry is shutting down", retry_after=1)
+            method = scope["method"]
+            if method == "POST":
+                await self._post(where, principal, headers, receive, send)
+            elif method == "GET":
+                await self._get(where, principal, headers, receive, send)
+            elif method == "DELETE":
+                session = self._session(where, principal, headers)
+                self._end_session(session)
+                await _respond(send, 200, b"", content_type=None)
+            else:
+                raise GatewayError(
+                    405, INVALID_REQUEST, f"{method} is not supported here: use POST, GET or DELETE"
+                )
+        except GatewayError as e:
+            extra: list[tuple[bytes, bytes]] = []
+            if e.status == 401:
+                extra.append((b"www-authenticate", b'Bearer realm="mcpz"'))
+            if e.status == 405:
+                extra.append((b"allow", b"GET, POST, DELETE"))
+            if e.retry_after is not None:
+                extra.append((b"retry-after", str(e.retry_after).encode()))
+            # Refusals are logged; 503s only at debug: under overload there are thousands a second.
+            log.log(
+                logging.DEBUG if e.status == 503 else logging.INFO,
+                "gateway refused a request",
+                extra={"status": e.status, "path": scope.get("path"), "error": e.message},
+            )
+            await _respond(send, e.status, rpc_error(e.request_id, e.code, e.message), extra)
+
+    def _check_origin(self, headers: Mapping[str, str]) -> None:
+        origin = headers.get("origin")
+        if origin is not None and origin.rstrip("/").lower() not in self.origins:
+            raise GatewayError(
+                403, INVALID_REQUEST, f"origin {origin} may not call this gateway (see allowed_origins)"
+            )
+
+    async def _authenticate(self, headers: Mapping[str, str]) -> Principal:
+        try:
+            principal = await self.tokens.principal(headers)
+        except Unauthenticated as e:
+            raise GatewayError(401, INVALID_REQUEST, e.message) from None
+        except (McpzError, SQLAlchemyError) as e:
+            log.error("cannot check a gateway token: %s", e)
+            raise GatewayError(
+                503, UNAVAILABLE, "the registry cannot check tokens right now", retry_after=1
+            ) from None
+        if principal is None:
+            raise GatewayError(
+                401, INVALID_REQUEST, "authentication required: send Authorization: Bearer <token>"
+            )
+        if not principal.has("call"):
+            raise GatewayError(403, INVALID_REQUEST, 'this token lacks the "call" scope')
+        return principal
+
+    def _session(
+        self, where: tuple[str, str | None], principal: Principal, headers: Mapping[str, str]
+    ) -> Session:
+        session_id = headers.get("mcp-session-id")
+        if not session_id:
+            raise GatewayError(
+                400, INVALID_REQUEST, "missing the Mcp-Session-Id header: send initialize first"
+            )
+        session = self.sessions.get(session_id)
+        if (
+            session is None
+            or session.account_id != principal.account_id
+            or (session.deployment, session.version) != where
+        ):
+            raise GatewayError(404, INVALID_REQUEST, "no such session: it ended or expired; initialize again")
+        session.last_used = time.monotonic()
+        return session
+
+    async def _post(
+        self,
+        where: tuple[str, str | None],
+        principal: Principal,
+        headers: Mapping[str, str],
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        if not headers.get("content-type", "").lower().startswith("application/json"):
+            raise GatewayError(415, INVALID_REQUEST, "the body must be JSON (Content-Type: application/json)")
+        accept = headers.get("accept", "*/*").lower()
+        if not any(kind in accept for kind in ("application/json", "text/event-stream", "*/*")):
+            raise GatewayError(
+                406, INVALID_REQUEST, "Accept must include application/json or text/event-stream"
+            )
+        version = headers.get("mcp-protocol-version")
+        if version is not None and version not in HANDSHAKE_VERSIONS:
+            raise GatewayError(400, INVALID_REQUEST, f"unsupported MCP-Protocol-Version {version}")
+        body = await _read_body(receive, MAX_BODY, headers)
+        try:
+            message: Any = jsonlimits.loads(body)
+        except JSONError as e:
+            raise GatewayError(400, PARSE_ERROR, f"the body is {e}") from None
+        if isinstance(message, list):
+            raise GatewayError(400, INVALID_REQUEST, "JSON-RPC batches are not supported: send one message")
+        if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+            raise GatewayError(400, INVALID_REQUEST, "the body must be one JSON-RPC 2.0 message")
+        method = message.get("method")
+        if method is None:  # a response to a request of the server's: none are relayed
+            self._session(where, principal, headers)
+            await _respond(send, 202, b"", content_type=None)
+            return
+        if not isinstance(method, str):
+            raise GatewayError(400, INVALID_REQUEST, "method must be a string")
+        if "id" not in message:
+            session = self._session(where, principal, headers)
+            self._client_notification(session, message, body)
+            await _respond(send, 202, b"", content_type=None)
+            return
+        if method == "initialize":
+            await self._initialize(where, principal, message, body, accept, send)
+            return
+        session = self._session(where, principal, headers)
+        await self._request(session, principal, message, body, accept, receive, send)
+
+    async def _initialize(
+        self,
+        where: tuple[str, str | None],
+        principal: Principal,
+        message: dict[str, Any],
+        body: bytes,
+        accept: str,
+        send: Send,
+    ) -> None:
+        if len(self.sessions) >= MAX_SESSIONS:
+            raise GatewayError(
+                503, UNAVAILABLE, "too many open sessions", request_id=message["id"], retry_after=5
+            )
+        if where[1] == DEV_VERSION:
+            await self._check_member(principal, where[0], message["id"])
+        params = message.get("params")
+        offered = params.get("protocolVersion", "") if isinstance(params, dict) else ""
+        session = Session(
+            id=secrets.token_urlsafe(24),
+            account_id=principal.account_id,
+            deployment=where[0],
+            version=where[1],
+            target=None,
+            protocol_version=str(offered),
+            last_used=time.monotonic(),
+        )
+        payload, _ = await self._relay(session, principal, message, body, None)
+        if _outcome_of(payload) == Outcome.OK:
+            self._add_session(session)
+            await _respond(send, 200, payload, [(SESSION_HEADER, session.id.encode())])
+        else:
+            self.router.pin(None, session.target)  # no session came of it
+            await _respond(send, 200, payload)
+
+    async def _request(
+        self,
+        session: Session,
+        principal: Principal,
+        message: dict[str, Any],
+        body: bytes,
+        accept: str,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        key = json.dumps(message["id"])
+        if key in session.calls:
+            raise GatewayError(
+                400, INVALID_REQUEST, "a request with this id is in flight", request_id=message["id"]
+            )
+        params = message.get("params")
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        if isinstance(meta, dict) and meta.get("progressToken") is not None and "text/event-stream" in accept:
+            await self._request_streamed(session, principal, message, body, send)
+            return
+        disconnect = asyncio.ensure_future(receive())
+        try:
+            payload, _ = await self._relay(session, principal, message, body, None, disconnect)
+        finally:
+            disconnect.cancel()
+        if payload:  # nothing when the client went away
+            await _respond(send, 200, payload)
+
+    async def _request_streamed(
+        self, session: Session, principal: Principal, message: dict[str, Any], body: bytes, send: Send
+    ) -> None:
+        """Answer with an SSE stream: the call's progress notifications, then its response."""
+        queue: asyncio.Queue[bytes] = asyncio.Queue(STREAM_QUEUE)
+
+        def on_notify(payload: bytes) -> None:
+            with contextlib.suppress(asyncio.QueueFull):  # progress is advisory: a slow reader loses some
+                queue.put_nowait(payload)
+
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-cache"),
+                    (SESSION_HEADER, session.id.encode()),
+                ],
+            }
+        )
+
+        async def pump() -> None:
+            while True:
+                item = await queue.get()
+                await send({"type": "http.response.body", "body": _sse(item), "more_body": True})
+
+        pumping = asyncio.ensure_future(pump())
+        try:
+            payload, _ = await self._relay(session, principal, message, body, on_notify)
+        except GatewayError as e:  # the stream has begun: the error is its last event
+            payload = rpc_error(message["id"], e.code, e.message)
+        finally:
+            pumping.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await pumping
+        while not queue.empty():
+            await send({"type": "http.response.body", "body": _sse(queue.get_nowait()), "more_body": True})
+        await send({"type": "http.response.body", "body": _sse(payload), "more_body": False})
+
+    async def _relay(
+        self,
+        session: Session,
+        principal: Principal,
+        message: dict[str, Any],
+        body: bytes,
+        on_notify: Any,
+        disconnect: asyncio.Future[Any] | None = None,
+    ) -> tuple[bytes, str]:
+        """Run one request on a replica: (the response to send, its usage outcome)."""
+        request_id = message["id"]
+        if self.in_flight >= self.max_in_flight:
+            raise GatewayError(
+                503,
+                UNAVAILABLE,
+                "the gateway is at its limit of calls in flight",
+                request_id=request_id,
+                retry_after=1,
+            )
+        target = self.router.pick(session.deployment, session.version, prefer=session.target)
+        if target is None:
+            raise self._no_replica(session, request_id)
+        try:
+            call = self.router.start(target, body, session.id, on_notify)
+        except Busy as e:
+            raise GatewayError(503, UNAVAILABLE, e.message, request_id=request_id, retry_after=1) from None
+        except CallFailed as e:
+            raise GatewayError(503, UNAVAILABLE, e.message, request_id=request_id, retry_after=1) from None
+        if target != session.target:
+            self.router.pin(target, session.target)
+            session.target = target
+        key = json.dumps(request_id)
+        session.calls[key] = call
+        self.in_flight += 1
+        started_us = time.time_ns() // 1000
+        clock = time.perf_counter_ns()
+        outcome = Outcome.OK
+        payload = b""
+        try:
+            payload, outcome = await self._await(call, request_id, disconnect)
+            if outcome == Outcome.REPLICA_LOST:
+                self.router.suspect(target)
+                self.router.pin(None, session.target)
+                session.target = None
+            return payload, outcome
+        except asyncio.CancelledError:
+            # The server is stopping this request (shutdown): the node is told, the event recorded.
+            self._cancel(call, "the gateway stopped the request")
+            outcome = Outcome.SHUTDOWN
+            raise
+        finally:
+            self.in_flight -= 1
+            if session.calls.get(key) is call:
+                del session.calls[key]
+            if message.get("method") == "tools/call":
+                self._record(principal, target, message, started_us, clock, outcome, len(body), len(payload))
+
+    async def _await(
+        self, call: PendingCall, request_id: object, disconnect: asyncio.Future[Any] | None
+    ) -> tuple[bytes, str]:
+        waiting: set[asyncio.Future[Any]] = {call.future}
+        if disconnect is not None:
+            waiting.add(disconnect)
+        done, _ = await asyncio.wait(waiting, timeout=self.call_timeout, return_when=asyncio.FIRST_COMPLETED)
+        if call.future in done:
+            if call.future.cancelled():  # by the client's notifications/cancelled, or its session's end
+                return rpc_error(request_id, CANCELLED, "the request was cancelled"), Outcome.CANCELLED
+            try:
+                payload = call.future.result()
+            except CallFailed as e:
+                return rpc_error(
+                    request_id, CANCELLED if e.reason == Outcome.CANCELLED else UNAVAILABLE, e.message
+                ), (e.reason)
+            return payload, _outcome_of(payload)
+        if done:  # the client went away
+            self._cancel(call, "the client disconnected")
+            return b"", Outcome.CANCELLED
+        self._cancel(call, f"no answer within {self.call_timeout:g} s")
+        return rpc_error(request_id, TIMED_OUT, f"the agent did not answer within {self.call_timeout:g} s"), (
+            Outcome.TIMEOUT
+        )
+
+    def _cancel(self, call: PendingCall, reason: str) -> None:
+        """Tell the node to drop the call; whoever still waits for it sees it cancelled."""
+        self.router.cancel(call, reason)
+        call.future.cancel()
+
+    def _client_notification(self, session: Session, message: dict[str, Any], body: bytes) -> None:
+        method = message["method"]
+        if method == "notifications/initialized":
+            return  # the node initialized its agent once, for every session
+        if method == "notifications/cancelled":
+            params = message.get("params")
+            request_id = params.get("requestId") if isinstance(params, dict) else None
+            call = session.calls.get(json.dumps(request_id))
+            if call is not None:
+                self._cancel(call, "the client cancelled the request")
+            return
+        if session.target is not None and self.router.alive(session.target):
+            self.router.notify_agent(session.target, body, session.id)
+
+    async def _get(
+        self,
+        where: tuple[str, str | None],
+        principal: Principal,
+        headers: Mapping[str, str],
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        if "text/event-stream" not in headers.get("accept", "").lower():
+            raise GatewayError(
+                406, INVALID_REQUEST, "GET opens an SSE stream: Accept must include text/event-stream"
+            )
+        session = self._session(where, principal, headers)
+        if session.stream is not None:
+            raise GatewayError(409, INVALID_REQUEST, "this session has a stream open already")
+        await _read_body(
+            receive, 64 * 1024, headers
+        )  # from here on, receive() says only when the client goes
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_QUEUE)
+        session.stream = queue
+        disconnect = asyncio.ensure_future(receive())
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+                }
+            )
+            while not disconnect.done():
+                getting = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait(
+                    {getting, disconnect}, timeout=KEEPALIVE, return_when=asyncio.FIRST_COMPLETED
+                )
+                if getting not in done:
+                    getting.cancel()
+                    if not done:
+                        await send(
+                            {"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True}
+                        )
+                    continue
+                item = getting.result()
+                if item is None:
+                    break
+                await send({"type": "http.response.body", "body": _sse(item), "more_body": True})
+            if not disconnect.done():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            disconnect.cancel()
+            if session.stream is queue:
+                session.stream = None
+
+    def _broadcast(self, replica: Target | tuple[str, int], payload: bytes) -> None:
+        """A notification for every session on a replica (a list changed): to their streams."""
+        key = replica if isinstance(replica, tuple) else (replica.replica_id, replica.epoch)
+        for session in self.sessions.values():
+            target = session.target
+            if target is None or session.stream is None or (target.replica_id, target.epoch) != key:
+                continue
+            with contextlib.suppress(asyncio.QueueFull):
+                session.stream.put_nowait(payload)
+
+    def _add_session(self, session: Session) -> None:
+        """Opens `session`; one account past its cap loses its least recently used idle session
+        (one without calls in flight), so one account cannot fill the table."""
+        mine = self._accounts.setdefault(session.account_id, {})
+        while len(mine) >= self.max_sessions_per_account:
+            idle = [s for s in mine.values() if not s.calls] or list(mine.values())
+            oldest = min(idle, key=lambda s: s.last_used)
+            log.info(
+                "gateway ended an account's oldest idle session: it has too many",
+                extra={"account_id": session.account_id, "limit": self.max_sessions_per_account},
+            )
+            self._end_session(oldest)
+        self.sessions[session.id] = session
+        mine[session.id] = session
+
+    def _end_session(self, session: Session) -> None:
+        mine = self._accounts.get(session.account_id)
+        if mine is not None and mine.pop(session.id, None) is not None and not mine:
+            del self._accounts[session.account_id]
+        if self.sessions.pop(session.id, None) is not None:
+            self.router.pin(None, session.target)
+        for call in list(session.calls.values()):
+            self._cancel(call, "the session ended")
+        if session.stream is not None:
+            with contextlib.suppress(asyncio.QueueFull):
+                session.stream.put_nowait(None)
+
+    async def _check_member(self, principal: Principal, agent: str, request_id: object) -> None:
+        """A development agent (`mcpz connect`) answers its namespace's owner and members only."""
+        namespace = agent.split("/")[0]
+        try:
+            await anyio.to_thread.run_sync(lambda: require(principal, "call", namespace, db=self.state.db))
+        except Forbidden as e:
+            raise GatewayError(403, INVALID_REQUEST, e.message, request_id=request_id) from None
+
+    def _no_replica(self, session: Session, request_id: object) -> GatewayError:
+        """404 when nothing by that name exists; 503 (try again) when its replicas are not up."""
+        name = session.deployment + (f"@{session.version}" if session.version else "")
+        if session.version == DEV_VERSION:
+            message = f"nothing is connected as {name}: run `mcpz connect` in the agent's folder"
+            return GatewayError(404, UNAVAILABLE, message, request_id=request_id)
+        deployment = self.router.service.deployments.get(session.deployment)
+        if deployment is None or deployment.deleted:
+            message = f"no deployment {session.deployment}: create it with `mcpz deploy NAME@VERSION`"
+            return GatewayError(404, UNAVAILABLE, message, request_id=request_id)
+        message = f"no healthy replica of {name} right now: see `mcpz status {session.deployment}`"
+        return GatewayError(503, UNAVAILABLE, message, request_id=request_id, retry_after=1)
+
+    def _record(
+        self,
+        principal: Principal,
+        target: Target,
+        message: dict[str, Any],
+        started_us: int,
+        clock: int,
+        outcome: str,
+        bytes_in: int,
+        bytes_out: int,
+    ) -> None:
+        if self.usage is None:
+            return
+        params = message.get("params")
+        tool = params.get("name") if isinstance(params, dict) else None
+        event = UsageEvent(
+            id=secrets.token_hex(16),
+            account_id=principal.account_id,
+            token_id=principal.token_id,
+            agent=target.agent,
+            version=target.version,
+            tool=str(tool)[:256] if tool is not None else "",
+            deployment=target.deployment,
+            replica_id=target.replica_id,
+            node_id=target.node_id,
+            started_us=started_us,
+            duration_us=(time.perf_counter_ns() - clock) // 1000,
+            outcome=outcome,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+        )
+        try:
+            self.usage.record(event)
+        except Exception:  # metering must never fail the call it meters; the loss is logged loudly
+            log.exception("could not record usage event %s", event.id)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            cutoff = time.monotonic() - SESSION_IDLE
+            for session in [s for s in self.sessions.values() if s.last_used < cutoff and not s.calls]:
+                self._end_session(session)
+
+
+def _shutdown() -> CallFailed:
+    from registry_server.gateway.calls import Shutdown
+
+    return Shutdown("the registry is shutting down")
+
+
+def _outcome_of(payload: bytes) -> str:
+    try:
+        response = jsonlimits.loads(payload)
+    except JSONError:
+        return Outcome.RPC_ERROR
+    if not isinstance(response, dict):
+        return Outcome.RPC_ERROR
+    error = response.get("error")
+    if isinstance(error, dict):
+        data = error.get("data")
+        if isinstance(data, dict) and data.get("reason") == "agent-exited":
+            return Outcome.REPLICA_LOST
+        return Outcome.RPC_ERROR
+    result = response.get("result")
+    if isinstance(result, dict) and result.get("isError") is True:
+        return Outcome.TOOL_ERROR
+    return Outcome.OK
+
+
+def _sse(payload: bytes) -> bytes:
+    return b"event: message\ndata: " + payload.replace(b"\n", b"") + b"\n\n"
+
+
+async def _read_body(receive: Receive, limit: int, headers: Mapping[str, str]) -> bytes:
+    length = headers.get("content-length")
+    if length is not None and not length.isdigit():
+        raise GatewayError(400, INVALID_REQUEST, "Content-Length is not a number")
+    if length is not None and int(length) > limit:
+        # Refused unread: a body of that size would be read only to be thrown away.
+        raise GatewayError(413, INVALID_REQUEST, f"the request is over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise GatewayError(400, INVALID_REQUEST, "the client went away")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise GatewayError(413, INVALID_REQUEST, f"the request is over {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    *,
+    content_type: bytes | None = b"application/json",
+) -> None:
+    all_headers = list(headers or [])
+    if content_type is not None:
+        all_headers.append((b"content-type", content_type))
+    all_headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": all_headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,1 @@
+"""Git: smart HTTP for agent repositories, receiving and checking pushes, recovery after a crash."""

@@ -1,0 +1,1 @@
+"""Mesh: the WebSocket hubs that nodes and connectors hold open to the registry."""

@@ -1,0 +1,95 @@
+"""The cloud connector's endpoint: an agent on a user's own machine, attached as a development
+deployment, `/v1/connect/{namespace}/{name}`.
+
+`mcpz connect` opens this WebSocket (a token with scope `deploy` in the namespace, as for a
+deployment) and speaks the mesh protocol as a node that runs exactly one replica and takes no
+deploys: `hello`, `welcome`, heartbeats, and `call`/`result`/`cancel`/`notify`. While it is
+connected, the gateway serves the agent at `/mcp/{namespace}/{name}@dev`, to the namespace's
+owner and members only: a development agent runs on someone's laptop, not for the public.
+
+One connector per agent at a time: a second is refused (close 4409) while the first is up, so a
+forgotten terminal cannot silently take another's calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from functools import partial
+from typing import Any
+
+from fastapi import APIRouter, WebSocket
+
+from mcpz.mesh import Frame, Heartbeat, Hello, Notify, Result, Welcome
+from mcpz.names import name_problem
+from registry_server.gateway.calls import DEV_VERSION, Target
+from registry_server.mesh.hub import MeshHub, NodeConnection
+
+log = logging.getLogger("registry_server.connector")
+
+router = APIRouter()
+
+DEV_REPLICA = "dev"
+DEV_EPOCH = 1
+CLOSE_TAKEN = 4409
+
+
+@router.websocket("/v1/connect/{namespace}/{name}")
+async def connect_endpoint(websocket: WebSocket, namespace: str, name: str) -> None:
+    hub: MeshHub = websocket.app.state.mesh
+    agent = f"{namespace}/{name}"
+    if name_problem(agent) is not None:
+        await websocket.close(1008, "not an agent name")
+        return
+    await hub.serve(websocket, partial(ConnectorConnection, agent=agent), scope="deploy", namespace=namespace)
+
+
+class ConnectorConnection(NodeConnection):
+    """A connector's socket: one development replica, calls and nothing else."""
+
+    def __init__(self, *args: Any, agent: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.agent = agent
+
+    async def on_hello(self, hello: Hello) -> None:
+        hub = self.hub
+        if self.agent in hub.calls.dev:
+            self.close(CLOSE_TAKEN, f"{self.agent} is connected from another machine already")
+            return
+        node_id = f"dev-{secrets.token_hex(6)}"
+        self.node_id = node_id
+        hub.connections[node_id] = self
+        hub.calls.dev[self.agent] = Target(
+            deployment=self.agent,
+            replica_id=DEV_REPLICA,
+            epoch=DEV_EPOCH,
+            node_id=node_id,
+            agent=self.agent,
+            version=DEV_VERSION,
+        )
+        self.send(
+            Welcome(
+                id=self.next_id(),
+                node_id=node_id,
+                heartbeat_interval=hub.heartbeat_interval,
+                grace=hub.grace,
+                server_time=time.time(),
+            )
+        )
+        self.welcomed = True
+        log.info("connector attached", extra={"agent": self.agent, "node_name": hello.node_name})
+
+    def on_frame(self, frame: Frame) -> None:
+        if isinstance(frame, Result):
+            self.hub.calls.on_result(self, frame)
+        elif isinstance(frame, Notify):
+            self.hub.calls.on_notify(self, frame)
+        elif not isinstance(frame, Heartbeat):
+            log.debug("connector sent a %s frame: ignored", frame.TYPE)
+
+    def detach(self) -> None:
+        target = self.hub.calls.dev.get(self.agent)
+        if target is not None and target.node_id == self.node_id:
+            del self.hub.calls.dev[self.agent]
+            log.info("connector detached", extra={"agent": self.agent})

@@ -1,0 +1,1 @@
+"""Usage: per-call usage events, their recording and the usage API."""

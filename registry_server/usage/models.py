@@ -1,0 +1,44 @@
+"""The table of usage events: one row per `tools/call` the gateway relayed.
+
+Schema changes go through Alembic (migration 0004). The table shares `models.Base`, so its foreign
+key to accounts resolves. Rows are written only by `usage.UsageRecorder`, idempotently by `id`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from registry_server.orm import Base
+from registry_server.usage.events import UsageEvent
+
+
+class UsageEventRow(Base):
+    """A `usage.events.UsageEvent` as stored, with the digest that tells a retry from a conflict."""
+
+    __tablename__ = "usage_events"
+    __table_args__ = (
+        Index("ix_usage_account_started", "account_id", "started_us"),
+        Index("ix_usage_agent_started", "agent", "started_us"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    token_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    agent: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(64))
+    tool: Mapped[str] = mapped_column(String(256))
+    deployment: Mapped[str] = mapped_column(String(200))
+    replica_id: Mapped[str] = mapped_column(String(128))
+    node_id: Mapped[str] = mapped_column(String(128))
+    # Microseconds, as integers: they compare and sum exactly on both backends.
+    started_us: Mapped[int] = mapped_column(BigInteger)
+    duration_us: Mapped[int] = mapped_column(BigInteger)
+    outcome: Mapped[str] = mapped_column(String(32))
+    bytes_in: Mapped[int] = mapped_column(BigInteger)
+    bytes_out: Mapped[int] = mapped_column(BigInteger)
+    # sha256 of the event's canonical JSON (`UsageEvent.digest`).
+    digest: Mapped[str] = mapped_column(String(64))
+
+    def event(self) -> UsageEvent:
+        return UsageEvent.from_dict({name: getattr(self, name) for name in UsageEvent.__dataclass_fields__})
