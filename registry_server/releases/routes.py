@@ -263,7 +263,7 @@ def _etag(kind: str, names: list[str], serials: dict[str, int]) -> str:
     return '"' + hashlib.sha256((kind + text).encode()).hexdigest()[:32] + '"'
 
 
-def _closure(session: Session, cache: _IndexCache, roots: list[str]) -> tuple[list[str], dict[str, int]]:
+def _closure(session: Session, cache: IndexCache, roots: list[str]) -> tuple[list[str], dict[str, int]]:
     """Every name reachable from `roots` through the dependencies of any version, and the serials
     of those that exist.
 
