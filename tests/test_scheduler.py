@@ -527,11 +527,13 @@ class Mesh(RuleBasedStateMachine):
             # Never more than replicas + 1 while new ones are created.
             if created:
                 assert len(rows_after) <= desired.replicas + 1
-            # A running replica is stopped only when as many others run (down to the desired count).
-            running_before = self.running(before, name)
+            # A running replica is stopped only when as many others run (down to the desired count),
+            # except on a node that may no longer run it: access lost is stopped at once, even
+            # with nowhere else to go (another account's callers must not reach that node).
+            running_before = self.running(before, name, serving=desired)
             assert self.running(after, name) >= min(desired.replicas, running_before)
 
-    def running(self, replicas: dict[str, Replica], name: str) -> int:
+    def running(self, replicas: dict[str, Replica], name: str, serving: Desired | None = None) -> int:
         return sum(
             1
             for r in replicas.values()
@@ -540,6 +542,7 @@ class Mesh(RuleBasedStateMachine):
             and not r.stopping
             and r.node_id is not None
             and self.nodes[r.node_id].live
+            and (serving is None or self.nodes[r.node_id].serves(serving))
         )
 
     # -- always
