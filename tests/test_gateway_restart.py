@@ -13,11 +13,8 @@ request it metered) names the call it belongs to.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
-import socket
-import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -30,7 +27,8 @@ import httpx2
 import pytest
 from conftest import LiveRegistry, isolate
 from gitutil import git
-from meshutil import AGENT, Mesh, until
+from meshutil import AGENT, Mesh
+from registryproc import RegistryProcess
 
 from mcpz.templates import render_template
 
@@ -71,69 +69,6 @@ REGISTRY_ENV = {
     "MCPZ_REGISTRY_HEARTBEAT_GRACE": "2",
     "MCPZ_REGISTRY_RESYNC_INTERVAL": "1",
 }
-
-
-# --- the registry as a process --------------------------------------------------------------------
-
-
-class RegistryProcess:
-    """`mcpz registry serve --data DIR --port P`, started, killed and started again."""
-
-    def __init__(self, data: Path, port: int, log: Path) -> None:
-        self.data = data
-        self.port = port
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        argv = [sys.executable, "-m", "mcpz", "registry", "serve", "--data", str(self.data)]
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [*argv, "--port", str(self.port)],
-                env={**os.environ, **REGISTRY_ENV},
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        until(self._listening, 60, f"the registry to listen on {self.port}; log: {self.tail()}")
-
-    def _listening(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"the registry exited with {self.proc.returncode}: {self.tail()}")
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", self.port)) == 0
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(timeout=30)
-
-    def interrupt(self, sig: int = signal.SIGTERM) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout=timeout)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
 
 
 @dataclass
@@ -181,7 +116,7 @@ class Stack:
         finally:
             db.dispose()
         found = []
-        for path in (self.registry.data / "usage").glob("journal*"):
+        for path in (self.registry.data_dir / "usage").glob("journal*"):
             for line in path.read_bytes().splitlines():
                 event = json.loads(line)
                 if event["account_id"] == account_id:
@@ -198,10 +133,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         isolate(mp, tmp_path_factory.mktemp("home"))
         data = tmp / "registry"
         data.mkdir()
-        registry = RegistryProcess(data.resolve(), free_port(), tmp / "registry.log")
+        registry = RegistryProcess(data.resolve(), tmp / "registry.log", port=free_port(), env=REGISTRY_ENV)
         registry.start()
         reg = LiveRegistry(
-            registry.url, registry.data, f"sqlite:///{registry.data / 'registry.db'}", registry
+            registry.url, registry.data_dir, f"sqlite:///{registry.data_dir / 'registry.db'}", registry
         )
         mesh = Mesh(tmp, reg)
         try:
@@ -362,7 +297,7 @@ def test_sigkill_loses_no_usage_event_of_an_answered_call_and_the_restart_counts
     outcomes = check_events(calls, events)
     assert len(events) == before + after
     assert outcomes == Counter({"ok": before + after})
-    assert not (stack.registry.data / "usage" / "conflicts.jsonl").exists()
+    assert not (stack.registry.data_dir / "usage" / "conflicts.jsonl").exists()
 
 
 def test_a_graceful_stop_with_calls_in_flight_meters_each_answered_call_once(stack: Stack) -> None:

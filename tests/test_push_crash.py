@@ -10,11 +10,7 @@ version 404s, re-pushing says "Everything up-to-date") nor a release whose tag c
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import isolate
 from gitutil import api, bare_path, git, init_agent, ls_remote, quarantines, release_rows, set_version
-from meshutil import until
+from registryproc import RegistryProcess
 
 from registry_server.git.crash_points import STEPS
 
@@ -30,74 +26,6 @@ pytestmark = pytest.mark.slow
 
 # What each step must end as: the database commit is the moment a release exists.
 EXPECTED = {step: "absent" for step in STEPS} | {"after-db-commit": "published"}
-
-
-@dataclass
-class RegistryProcess:
-    """`mcpz registry serve` on one data folder, started (optionally with the crash hook) and killed."""
-
-    data_dir: Path
-    log: Path
-    database: str | None = None  # SQLite in the data folder unless a PostgreSQL URL is given
-    proc: subprocess.Popen[bytes] | None = None
-    port: int = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def database_url(self) -> str:
-        return self.database or f"sqlite:///{self.data_dir / 'registry.db'}"
-
-    def git_url(self, name: str, token: str | None = None) -> str:
-        base = self.url if token is None else self.url.replace("http://", f"http://mcpz:{token}@")
-        return f"{base}/git/{name}.git"
-
-    def start(self, crash_at: str | None = None) -> None:
-        from registry_server.serve import free_port
-
-        self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if k != "MCPZ_TEST_CRASH_AT"}
-        if self.database:
-            env["MCPZ_DATABASE_URL"] = self.database
-        if crash_at:
-            env["MCPZ_TEST_CRASH_AT"] = crash_at
-        argv = [sys.executable, "-m", "mcpz", "registry", "serve", "--data", str(self.data_dir)]
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [*argv, "--port", str(self.port)],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        until(self._listening, 60, f"the registry to listen; log:\n{self.tail()}")
-
-    def _listening(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"the registry exited with {self.proc.returncode}:\n{self.tail()}")
-        # /healthz, not a TCP connect: the port listens before start-up recovery has run.
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
 
 
 @dataclass
