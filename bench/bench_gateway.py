@@ -918,7 +918,13 @@ def main() -> None:
     with rb.Workdir("gateway", keep=args.keep) as work:
         reg_prof = work.path / "registry.prof" if args.profile else None
         node_prof = work.path / "node.prof" if args.profile else None
-        reg = start_registry(work, {"MCPZ_REGISTRY_MAX_CALLS_IN_FLIGHT": str(args.max_in_flight)}, reg_prof)
+        limits = {
+            "MCPZ_REGISTRY_MAX_CALLS_IN_FLIGHT": str(args.max_in_flight),
+            # Every client is one session of one account: the per-account session cap (64 by
+            # default) would end the overload round's sessions, which is not what it measures.
+            "MCPZ_REGISTRY_MAX_SESSIONS_PER_ACCOUNT": str(4 * max(args.clients, args.overload_clients)),
+        }
+        reg = start_registry(work, limits, reg_prof)
         node: subprocess.Popen[bytes] | None = None
         try:
             tok = mesh.token(reg, "bench", "read,publish,deploy,node")
