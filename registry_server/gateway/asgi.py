@@ -129,6 +129,10 @@ class TokenCache:
         self.state = state
         self.ttl = ttl
         self._cache: dict[bytes, tuple[Principal, float]] = {}
+        # One check per token at a time: when an entry expires under load, every request of that
+        # token waits for the same check, not one worker thread (and one query) each.
+        self._checking: dict[bytes, asyncio.Future[Principal | None]] = {}
+        self.checks = 0  # database checks made
 
     async def principal(self, headers: Mapping[str, str]) -> Principal | None:
         value = headers.get("authorization")
@@ -141,9 +145,24 @@ class TokenCache:
             principal = hit[0]
             if principal.expires_at is None or principal.expires_at.timestamp() > time.time():
                 return principal
+        checking = self._checking.get(key)
+        if checking is None:
+            checking = asyncio.ensure_future(self._check(key, headers))
+            self._checking[key] = checking
+            checking.add_done_callback(lambda done: self._forget(key, done))
+        # Shielded: a request that goes away does not cancel the check the others wait for.
+        return await asyncio.shield(checking)
+
+    def _forget(self, key: bytes, done: asyncio.Future[Principal | None]) -> None:
+        if self._checking.get(key) is done:
+            del self._checking[key]
+
+    async def _check(self, key: bytes, headers: Mapping[str, str]) -> Principal | None:
+        self.checks += 1
         principal_or_none = await anyio.to_thread.run_sync(principal_from_headers, self.state.db, headers)
         if principal_or_none is None:
             return None
+        now = time.monotonic()
         if len(self._cache) >= MAX_CACHED_TOKENS:
             self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
             if len(self._cache) >= MAX_CACHED_TOKENS:

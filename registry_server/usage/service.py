@@ -31,7 +31,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -368,11 +368,13 @@ class UsageRecorder:
         inserted: set[str] = set()
         with self.db.session() as session:
             rows = [{**event.to_dict(), "digest": digests[event.id]} for event in unique.values()]
-            if rows:
-                # One cached statement run over all rows: SQLAlchemy sends them as multi-row
-                # INSERTs ("insertmanyvalues") and gathers the RETURNING ids of those inserted.
-                statement = insert(table).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
-                inserted.update(session.scalars(statement, rows))
+            # SQLAlchemy sends rows as multi-row INSERTs ("insertmanyvalues") and gathers the
+            # RETURNING ids of those inserted. Each row count is a statement of its own, prepared
+            # and kept in the driver's statement cache of every pooled connection (a few hundred
+            # KB each at hundreds of rows): power-of-two chunks keep those statements few.
+            statement = insert(table).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
+            for part in _power_of_two_chunks(rows, CHUNK):
+                inserted.update(session.scalars(statement, part))
             # Ids that were already there: a retry (same digest) or a conflict (another digest).
             for ids in chunks([i for i in unique if i not in inserted], CHUNK):
                 found = session.execute(select(table.c.id, table.c.digest).where(table.c.id.in_(ids)))
@@ -405,6 +407,17 @@ class UsageRecorder:
             lines.append(json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
         self.directory.mkdir(parents=True, exist_ok=True)
         self._append(self.directory / "conflicts.jsonl", lines)
+
+
+def _power_of_two_chunks(items: list[T], largest: int) -> Iterator[list[T]]:
+    """`items` in consecutive chunks whose sizes are powers of two, none over `largest`."""
+    size = 1 << (max(1, largest).bit_length() - 1)
+    start = 0
+    while start < len(items):
+        while size > len(items) - start:
+            size //= 2
+        yield items[start : start + size]
+        start += size
 
 
 def _write_all(fd: int, data: bytes) -> None:
