@@ -51,3 +51,20 @@ class ReleaseSignature(Base):
     signer: Mapped[str] = mapped_column(String(42))
     signature: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ReleaseTools(Base):
+    """A release's tool definitions (`tools/list`, canonical form of mcpz.tooldefs).
+
+    Signed (`observed` false): recorded at publish, their digest is in the signed release statement.
+    Observed (`observed` true): the release was published without them (`--no-tools`), and the first
+    healthy replica's answer was recorded; shown, never trusted as signed.
+    """
+
+    __tablename__ = "release_tools"
+
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), primary_key=True)
+    tools: Mapped[str] = mapped_column(Text)
+    digest: Mapped[str] = mapped_column(String(71))
+    observed: Mapped[bool] = mapped_column(Boolean, default=False)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
