@@ -448,7 +448,8 @@ def test_a_call_over_the_timeout_is_an_error_cancelled_in_the_agent_and_metered_
     assert not marker.with_suffix(".finished").exists()
     events = usage_events(short, token)
     assert [(e["tool"], e["outcome"]) for e in events] == [("slow", "timeout")]
-    assert 2_000_000 <= events[0]["duration_us"] < 15_000_000
+    # The event loop may fire the 2 s timer a fraction of a millisecond early by the wall clock.
+    assert 1_990_000 <= events[0]["duration_us"] < 15_000_000
 
 
 def test_past_max_calls_in_flight_a_call_gets_503_with_retry_after(main: Site) -> None:
