@@ -1,7 +1,7 @@
 """The table of commands: name -> (module, summary, topic), and the root help drawn from it.
 
 Kept free of typer (and of every command module) so that `mcpz --help` prints from it alone
-(cli/fast.py) and `cli/app.py` mounts each command by name when it runs. tests/test_cli_registration.py
+(cli/fast.py) and `cli/app.py` mounts each command by name when it runs. tests/cli/test_cli_registration.py
 checks every entry against the module it names.
 """
 

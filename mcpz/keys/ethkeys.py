@@ -5,7 +5,7 @@ deeply). With that limit, input nested deep enough (JSON, pickles, ASTs) overflo
 kills the process with SIGSEGV instead of raising RecursionError. So py_ecc is imported here first,
 and the limit the process had before is put back; later imports of eth_account or web3 find py_ecc
 loaded and leave the limit alone. Import eth_account's names from here, never from eth_account:
-tests/test_jsonlimits.py checks that no other module does.
+tests/kernel/test_jsonlimits.py checks that no other module does.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import httpx2
 import pytest
 from conftest import LiveRegistry
 from gitutil import commit, git
-from test_node_supervisor import node_config
+from meshutil import node_config
 from test_signed_releases import MEMBER, OWNER, STRANGER, World, post_signature, sign_in, sql
 
 from mcpz.repo.templates import render_template

@@ -256,7 +256,7 @@ SCOPES: dict[tuple[str, str], tuple[str, bool]] = {
     ("DELETE", "/v1/deployments/{namespace}/{name}"): ("deploy", True),
 }
 # Routes whose success needs a wallet's signature or changes who owns what: refusals are checked
-# here, success in tests/test_login.py and tests/test_signed_releases.py.
+# here, success in tests/accounts/test_login.py and tests/signing/test_signed_releases.py.
 SUCCESS_ELSEWHERE = {
     ("POST", "/v1/namespaces"),
     ("PUT", "/v1/namespaces/{namespace}/members/{account}"),
@@ -264,14 +264,14 @@ SUCCESS_ELSEWHERE = {
     ("POST", "/v1/namespaces/{namespace}/transfer"),
     ("POST", "/v1/account/rotate-key"),
     ("POST", "/v1/agents/{namespace}/{name}/{version}/signature"),
-    # These need a deployment to exist: tests/test_mesh_hub.py drives them end to end.
+    # These need a deployment to exist: tests/mesh/test_mesh_hub.py drives them end to end.
     ("POST", "/v1/deployments/{namespace}/{name}/scale"),
     ("POST", "/v1/deployments/{namespace}/{name}/rollback"),
     ("DELETE", "/v1/deployments/{namespace}/{name}"),
 }
 # POST routes that only read: a fetch negotiates with a POST.
 READ_ONLY_POSTS = {("POST", "/git/{namespace}/{name}/git-upload-pack")}
-# Sign-in: anyone may ask for a nonce and present a signed message (tests/test_login.py).
+# Sign-in: anyone may ask for a nonce and present a signed message (tests/accounts/test_login.py).
 SIGN_IN_POSTS = {("POST", "/v1/auth/nonce"), ("POST", "/v1/auth/login")}
 MUTATING = {"post", "put", "patch", "delete"}
 

@@ -245,7 +245,7 @@ async def test_a_member_signature_is_kept_by_the_registry_but_nodes_check_the_ow
 
 async def node_outcome(w: World, data: Path, **config: Any) -> dict[str, Any]:
     """Run an in-process node until its first replica runs or fails; what became of it."""
-    from test_node_supervisor import node_config
+    from meshutil import node_config
 
     from mcpz.node import Node
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = "registry_server"
 DOMAINS = ("accounts", "releases", "git", "deployments", "mesh", "gateway", "usage")
 WEB = ("fastapi", "starlette")

@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
+from meshutil import node_config
 
 from mcpz.mesh import LogStream, ReplicaStatus
 from mcpz.node import Limits, ProcessSpec, StdioChannel, Supervisor, SupervisorSettings
@@ -473,27 +474,6 @@ def release(sqlite_registry: object, tmp_path: Path) -> dict[str, str]:
     git("push", "-q", registry.git_url("acme/tiny", token), "main", "v0.1.0", cwd=work)  # type: ignore[attr-defined]
     commit = git("rev-parse", "HEAD", cwd=work).stdout.strip()
     return {"url": f"{registry.url}/git/acme/tiny.git", "commit": commit}  # type: ignore[attr-defined]
-
-
-def node_config(hub_url: str, data: Path, **overrides: object) -> object:
-    from mcpz.node import NodeConfig
-
-    settings = dict(
-        registry=hub_url,
-        token="node-token",
-        data_dir=data,
-        name="test-node",
-        labels={"zone": "a"},
-        capacity=2,
-        stop_grace=5.0,
-        supervisor=SupervisorSettings(liveness_interval=0),
-        backoff_base=0.01,
-        backoff_cap=0.05,
-        environ=env(),
-        allow_unsigned=True,  # these releases are unsigned: tests/test_node_signatures.py checks signing
-    )
-    settings.update(overrides)
-    return NodeConfig(**settings)  # type: ignore[arg-type]
 
 
 def deploy_frame(release: dict[str, str], frame_id: int, replica: str, epoch: int, **extra: object) -> object:

@@ -17,7 +17,7 @@ from mcpz import jsonlimits
 from mcpz.errors import UsageError
 from mcpz.jsonlimits import MAX_DEPTH, JSONError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def nested(depth: int) -> str:

@@ -31,7 +31,7 @@ from gitutil import git, init_agent
 
 yaml = pytest.importorskip("yaml")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "ci"
 TAG = "v0.1.0"
 

@@ -28,7 +28,7 @@ from registry_server.state import RegistryState
 from registry_server.usage.events import Outcome, UsageEvent
 from registry_server.usage.service import UsageRecorder
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

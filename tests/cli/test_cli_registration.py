@@ -21,7 +21,7 @@ import pytest
 
 from mcpz.cli.app import COMMANDS, COMMANDS_PACKAGE, load_module_group
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMMANDS_DIR = ROOT / "mcpz" / "cli" / "commands"
 
 
