@@ -16,7 +16,7 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-from mcpz.errors import McpzError, NotFoundError
+from mcpz.errors import NotFoundError
 
 TIMEOUT = 10.0
 
@@ -123,7 +123,9 @@ def _count(repo: Any, include: bytes, exclude: bytes | None) -> int:
 
 def remote_status(path: Path, registry: str, token: str | None, *, timeout: float = TIMEOUT) -> RemoteStatus:
     """Compare the agent repository at `path` with its repository on `registry`."""
-    from dulwich.client import HttpGitClient
+    from dulwich.client import HttpGitClient, HTTPUnauthorized
+    from dulwich.errors import GitProtocolError, NotGitRepository
+    from urllib3.exceptions import HTTPError
 
     from mcpz.publish import head_manifest, open_repo, repo_url, translate_transport
 
@@ -138,9 +140,9 @@ def remote_status(path: Path, registry: str, token: str | None, *, timeout: floa
         )
         try:
             refs: dict[bytes, bytes] = dict(client.get_refs(b"").refs)
-        except McpzError:
-            raise
-        except Exception as e:
+        except NotGitRepository:
+            refs = {}  # the registry has no repository of that name: nothing pushed yet
+        except (GitProtocolError, HTTPUnauthorized, OSError, HTTPError) as e:
             translated = translate_transport(e, registry)
             if not isinstance(translated, NotFoundError):
                 raise translated from e
