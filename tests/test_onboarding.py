@@ -300,3 +300,50 @@ def test_status_remote_and_the_lower_release_warning(
     [warning] = json.loads(lower.stdout)["warnings"]
     assert warning.startswith("0.1.5 is lower than the published 0.2.0: new resolutions")
     assert "warning: 0.1.5 is lower than the published 0.2.0" in lower.stderr
+
+
+@pytest.mark.slow
+def test_login_on_a_terminal_offers_to_create_the_wallet(
+    two: tuple[LiveRegistry, LiveRegistry], isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real pseudo-terminal: login asks whether to create a wallet, then the passphrase twice."""
+    import os
+    import pty
+    import select
+    import sys
+    import time
+
+    a, _ = two
+    monkeypatch.delenv("MCPZ_WALLET_PASSPHRASE")
+    env = dict(os.environ)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: `mcpz login` on the terminal
+        os.execve(
+            sys.executable, [sys.executable, "-m", "mcpz", "login", "--wallet", "--registry", a.url], env
+        )
+    seen = b""
+    answers = [(b"create one now?", b"y\n"), (b"passphrase for the new wallet:", b"pw-typed\n"),
+               (b"the same passphrase again:", b"pw-typed\n")]  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break  # the child closed the terminal
+            if not chunk:
+                break
+            seen += chunk
+        if answers and answers[0][0] in seen:
+            os.write(fd, answers.pop(0)[1])
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    text = seen.decode("utf-8", "replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert not answers, text
+    assert "created wallet 0x" in text and f"logged in to {a.url} as 0x" in text
+    assert "pw-typed" not in text  # the passphrase is never echoed
+    from mcpz.wallet import Wallet
+
+    Wallet.load().unlock("pw-typed")
