@@ -344,6 +344,6 @@ def test_login_on_a_terminal_offers_to_create_the_wallet(
     assert not answers, text
     assert "created wallet 0x" in text and f"logged in to {a.url} as 0x" in text
     assert "pw-typed" not in text  # the passphrase is never echoed
-    from mcpz.wallet import Wallet
+    from mcpz.keys.wallet import Wallet
 
     Wallet.load().unlock("pw-typed")

@@ -18,11 +18,11 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from mcpz.client.remote_status import RemoteStatus
-    from mcpz.repo import AgentRepo
+    from mcpz.repo.repository import AgentRepo
 
 
 def open_repo() -> AgentRepo:
-    from mcpz.repo import AgentRepo
+    from mcpz.repo.repository import AgentRepo
 
     return AgentRepo.open(Path.cwd())
 

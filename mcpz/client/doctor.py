@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from mcpz import exit_codes
+from mcpz.client.registry import RegistryClient
 from mcpz.errors import AuthError, McpzError, NetworkError, NotFoundError
-from mcpz.registry_client import RegistryClient
 
 Status = Literal["ok", "warn", "fail"]
 EXPIRY_WARNING = timedelta(days=3)
@@ -83,7 +83,7 @@ class WalletFacts:
 def wallet_facts(prompt: Callable[[str], Callable[[], str] | None] | None = None) -> WalletFacts:
     """Look at the user's wallet and try to unlock it (passphrase from the environment, the keyring,
     or `prompt(address)` when that gives a prompt)."""
-    from mcpz.wallet import NoPassphrase, Wallet, WrongPassphrase, get_passphrase, keystore_path
+    from mcpz.keys.wallet import NoPassphrase, Wallet, WrongPassphrase, get_passphrase, keystore_path
 
     path = keystore_path()
     if not Wallet.exists():

@@ -127,7 +127,7 @@ def remote_status(path: Path, registry: str, token: str | None, *, timeout: floa
     from dulwich.errors import GitProtocolError, NotGitRepository
     from urllib3.exceptions import HTTPError
 
-    from mcpz.publish import head_manifest, open_repo, repo_url, translate_transport
+    from mcpz.client.publish import head_manifest, open_repo, repo_url, translate_transport
 
     repo = open_repo(path)
     try:

@@ -14,7 +14,7 @@ from mcpz.cli.output import out
 from mcpz.errors import UsageError
 
 if TYPE_CHECKING:
-    from mcpz.wallet import Wallet
+    from mcpz.keys.wallet import Wallet
 
 # This module's commands; cli/app.py mounts them by name when one of them runs.
 app = typer.Typer()
@@ -54,8 +54,8 @@ def login(
     for later commands (when neither --registry nor MCPZ_REGISTRY names one); `mcpz whoami` lists
     every registry logged into. Example: `mcpz login --wallet --registry https://registry.example`.
     """
-    from mcpz.registry_client import connect
-    from mcpz.signin import finish_login
+    from mcpz.client.registry import connect
+    from mcpz.client.signin import finish_login
 
     if token == wallet:
         raise UsageError(
@@ -93,7 +93,7 @@ def _wallet_for_login(create: bool) -> tuple[Wallet, str | None]:
     """The user's wallet, made now if there is none and the user agrees (or passed --create-wallet);
     with the passphrase when it was just chosen, so that login does not ask for it again."""
     from mcpz.cli.prompts import interactive, new_passphrase
-    from mcpz.wallet import Wallet, keystore_path
+    from mcpz.keys.wallet import Wallet, keystore_path
 
     if Wallet.exists():
         return Wallet.load(), None
@@ -115,8 +115,8 @@ def _wallet_for_login(create: bool) -> tuple[Wallet, str | None]:
 
 def _login_with_wallet(url: str, create: bool) -> None:
     from mcpz.cli.prompts import unlock_wallet
-    from mcpz.registry_client import connect
-    from mcpz.signin import finish_login, sign_in
+    from mcpz.client.registry import connect
+    from mcpz.client.signin import finish_login, sign_in
 
     found, passphrase = _wallet_for_login(create)
     account = found.unlock(passphrase) if passphrase is not None else unlock_wallet(found)
@@ -144,8 +144,8 @@ def logout(
 
     Example: `mcpz logout --registry https://registry.example`.
     """
+    from mcpz.client.signin import logout as forget
     from mcpz.credentials import logins
-    from mcpz.signin import logout as forget
 
     urls = [login.registry for login in logins()] if all_ else [settings(registry).registry]
     removed = {url: forget(url) for url in urls}

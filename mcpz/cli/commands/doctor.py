@@ -44,9 +44,9 @@ def doctor(
 
     from mcpz.cli.prompts import prompt_for
     from mcpz.client.doctor import Check, diagnose, exit_code, wallet_facts
+    from mcpz.client.registry import connect
     from mcpz.errors import McpzError
     from mcpz.manifest import MANIFEST_FILE, load_manifest
-    from mcpz.registry_client import connect
 
     url = settings(registry).registry
     secret = token_for(url, token)

@@ -36,7 +36,7 @@ def push(
     ] = False,
 ) -> None:
     """Push the current branch; publish the manifest's version if it is new, signed by your wallet."""
-    from mcpz import publish
+    from mcpz.client import publish
 
     url = settings(registry).registry
     secret = token_for(url, token)
@@ -88,7 +88,7 @@ def push(
 
 
 def _wallet_account() -> Any:
-    from mcpz.wallet import Wallet
+    from mcpz.keys.wallet import Wallet
 
     if not Wallet.exists():
         return None
@@ -101,9 +101,9 @@ def _sign(path: Path, url: str, token: str | None, result: Any, account: Any) ->
     """Sign the release just published; on failure say how to sign it later."""
     import dataclasses
 
-    from mcpz import publish
+    from mcpz.client import publish
+    from mcpz.client.registry import connect
     from mcpz.errors import McpzError
-    from mcpz.registry_client import connect
 
     statement = publish.release_statement(
         url, result.name, result.version, result.commit, publish.manifest_bytes_at(path, result.commit)
@@ -132,7 +132,7 @@ def clone(
     token: TokenOpt = None,
 ) -> None:
     """Clone an agent from the registry."""
-    from mcpz import publish
+    from mcpz.client import publish
 
     name, version = _name_and_version(spec)
     url = settings(registry).registry
@@ -150,7 +150,7 @@ def pull(
     token: TokenOpt = None,
 ) -> None:
     """Fast-forward the current branch from the registry it was cloned from."""
-    from mcpz import publish
+    from mcpz.client import publish
 
     old, new = publish.pull(path, token)
     message = "already up to date" if old == new else f"updated {old[:12]}..{new[:12]}"
@@ -158,7 +158,7 @@ def pull(
 
 
 def _fetch_agent(name: str, registry: str | None, token: str | None) -> dict[str, Any]:
-    from mcpz.registry_client import connect
+    from mcpz.client.registry import connect
 
     AgentName.parse(name)
     url = settings(registry).registry
@@ -217,7 +217,7 @@ def versions(
 
 
 def _set_yank(spec: str, registry: str | None, token: str | None, yanked: bool, reason: str) -> None:
-    from mcpz.registry_client import connect
+    from mcpz.client.registry import connect
 
     name, version = _name_and_version(spec)
     if version is None:

@@ -18,9 +18,9 @@ from mcpz.manifest import MANIFEST_FILE, Manifest, parse_manifest
 from mcpz.names import AgentName
 
 if TYPE_CHECKING:
-    from mcpz import signing
-    from mcpz.ethkeys import LocalAccount
-    from mcpz.registry_client import RegistryClient
+    from mcpz.client.registry import RegistryClient
+    from mcpz.keys import signing
+    from mcpz.keys.ethkeys import LocalAccount
 
 ProgressFn = Callable[[str, int, int | None], None]  # (phase, done, total)
 
@@ -149,8 +149,7 @@ def head_manifest(repo: Any) -> tuple[bytes, str, Manifest]:
 
 def _check_committed_lock(repo: Any, commit_id: str, manifest: Manifest) -> None:
     """Refuse to publish what a lock at HEAD does not match: a release must be reproducible."""
-    from mcpz.deps import lock_problem
-    from mcpz.lockfile import LOCK_FILE
+    from mcpz.lockfile import LOCK_FILE, lock_problem
 
     tree = repo[repo[commit_id.encode()].tree]
     try:
@@ -289,7 +288,7 @@ def _check_release(registry: str, name: str, version: str | None, token: str | N
     """Say "no such agent/release" plainly, before git would say it obscurely."""
     import httpx2
 
-    from mcpz.registry_client import _error_from
+    from mcpz.client.registry import _error_from
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
@@ -377,8 +376,8 @@ def manifest_bytes_at(path: Path, commit: str) -> bytes:
 def release_statement(
     registry: str, name: str, version: str, commit: str, manifest: bytes
 ) -> signing.ReleaseStatement:
-    """What a release signature is over: see `mcpz.signing.ReleaseStatement` and docs/signing.md."""
-    from mcpz import signing
+    """What a release signature is over: see `mcpz.keys.signing.ReleaseStatement` and docs/signing.md."""
+    from mcpz.keys import signing
 
     return signing.ReleaseStatement(
         registry=signing.canonical_registry_url(registry),
@@ -396,7 +395,7 @@ async def sign_release(
 
     Returns the release as the registry now serves it (with `signature` and `signer`).
     """
-    from mcpz import signing
+    from mcpz.keys import signing
 
     signature = signing.sign_statement(statement, account)
     return await client.sign_release(statement.name, statement.version, signature)

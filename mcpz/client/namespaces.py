@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 from eth_utils.address import is_address, to_checksum_address
 
-from mcpz import signing, trust
+from mcpz.client.registry import RegistryClient
 from mcpz.config import data_dir
 from mcpz.errors import UsageError
-from mcpz.registry_client import RegistryClient
+from mcpz.keys import signing, trust
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from mcpz.ethkeys import LocalAccount
+    from mcpz.keys.ethkeys import LocalAccount
 
 
 def trust_store(env: Mapping[str, str] | None = None) -> trust.TrustStore:
@@ -108,7 +108,7 @@ async def sign_published(
     The signature attests the commit and manifest as this machine sees them, not as the registry
     describes them; the registry keeps it if the wallet is the namespace owner's or a member's.
     """
-    from mcpz import publish
+    from mcpz.client import publish
 
     release = await client.release(name, version)
     commit = str(release["commit"])
