@@ -38,6 +38,7 @@ class PushResult:
     bytes_sent: int = 0
     remote_messages: list[str] = field(default_factory=list)
     signer: str | None = None  # the wallet that signed the release, once it is signed
+    warnings: list[str] = field(default_factory=list)  # e.g. a version lower than one published
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +52,7 @@ class PushResult:
             "bytes_sent": self.bytes_sent,
             "signed": self.signer is not None,
             "signer": self.signer,
+            "warnings": list(self.warnings),
         }
 
 
@@ -66,7 +68,8 @@ def _client(registry: str, name: str, token: str | None) -> tuple[Any, str]:
     return client, ""
 
 
-def _translate_transport(e: Exception, registry: str) -> Exception:
+def translate_transport(e: Exception, registry: str) -> Exception:
+    """A dulwich transport error as the McpzError a user can act on."""
     from dulwich.client import HTTPUnauthorized
     from dulwich.errors import GitProtocolError, HangupException
 
@@ -188,6 +191,7 @@ def push(
         decision = {"already": False, "send_tag": False}
         counters = {"objects": 0, "bytes": 0}
         messages: list[str] = []
+        warnings: list[str] = []
         client, _ = _client(registry, manifest.name, token)
 
         def update_refs(remote: dict[bytes, bytes]) -> dict[bytes, bytes]:
@@ -206,6 +210,11 @@ def push(
             else:
                 wanted[tag_ref] = local_tag or commit_id.encode()
                 decision["send_tag"] = True
+                from mcpz.client.remote_status import lower_than_published, published_versions
+
+                lower = lower_than_published(manifest.version, list(published_versions(remote)))
+                if lower:
+                    warnings.append(lower)
             return wanted
 
         def generate(have: Any, want: Any, *, ofs_delta: bool = False, progress: Any = None) -> Any:
@@ -242,7 +251,7 @@ def push(
         except (GitProtocolError, HangupException, OSError, Exception) as e:
             if isinstance(e, (UsageError, RefusedError)):
                 raise
-            raise _translate_transport(e, registry) from e
+            raise translate_transport(e, registry) from e
         errors = {ref.decode(): err for ref, err in (result.ref_status or {}).items() if err}
         if errors:
             reasons = "; ".join(f"{ref}: {err}" for ref, err in errors.items())
@@ -263,6 +272,7 @@ def push(
             objects_sent=counters["objects"],
             bytes_sent=counters["bytes"],
             remote_messages=messages,
+            warnings=warnings,
         )
     finally:
         repo.close()
@@ -310,7 +320,7 @@ def clone(registry: str, name: str, version: str | None, target: Path, token: st
             password=token,
         )
     except Exception as e:  # dulwich raises many kinds; all are translated here
-        raise _translate_transport(e, registry) from e
+        raise translate_transport(e, registry) from e
     try:
         return repo.head().decode()  # type: ignore[no-any-return]
     finally:

@@ -7,7 +7,7 @@ signs it with EIP-191 `personal_sign`, and trades it for a session token (POST /
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,3 +47,22 @@ async def sign_in(client: RegistryClient, account: LocalAccount) -> dict[str, An
     message = login_message(client.url, str(account.address), challenge, datetime.now(UTC))
     signature = siwe.sign(message, account)
     return await client.auth_login(message.to_text(), signature)
+
+
+def finish_login(
+    registry_url: str, token: str, account: str, warn: Callable[[str], None] | None = None
+) -> str:
+    """Keep `token` for `registry_url` and make it the default registry; return where the token went."""
+    from mcpz.credentials import remember_login, store_token
+
+    where = store_token(registry_url, token, warn=warn)
+    remember_login(registry_url, account)
+    return where
+
+
+def logout(registry_url: str) -> bool:
+    """Forget the token of `registry_url` and its login; True when there was something to forget."""
+    from mcpz.credentials import delete_token, forget_login
+
+    removed = delete_token(registry_url)
+    return forget_login(registry_url) or removed

@@ -141,7 +141,7 @@ class ObjectStore:
         from dulwich.client import HttpGitClient
         from dulwich.file import FileLocked
 
-        from mcpz.client.publish import _translate_transport, repo_url
+        from mcpz.client.publish import repo_url, translate_transport
 
         tag = f"refs/tags/v{agent.version}".encode()
         url = repo_url(self.registry, agent.name)
@@ -172,7 +172,7 @@ class ObjectStore:
             except McpzError:
                 raise
             except Exception as e:  # dulwich raises many kinds; all are translated here
-                raise _translate_transport(e, self.registry) from e
+                raise translate_transport(e, self.registry) from e
             with self._write_lock:
                 if spool.tell():
                     spool.seek(0)

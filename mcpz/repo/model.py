@@ -270,6 +270,7 @@ class InitResult(NamedTuple):
     files: tuple[str, ...]
     commit: CommitResult
     branch: str = DEFAULT_BRANCH
+    inside: str | None = None  # the repository the new one was made inside of, if any
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -279,6 +280,7 @@ class InitResult(NamedTuple):
             "branch": self.branch,
             "files": list(self.files),
             "commit": self.commit.commit.id if self.commit.commit else None,
+            "inside": self.inside,
         }
 
 

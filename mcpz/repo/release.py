@@ -114,6 +114,14 @@ def release(
     )
 
 
+def enclosing_repository(path: Path) -> Path | None:
+    """The git repository (work tree) that `path` would be inside of, not counting `path` itself."""
+    for folder in path.absolute().parents:
+        if (folder / ".git").exists():
+            return folder
+    return None
+
+
 def init_agent(
     path: str | os.PathLike[str],
     name: str,
@@ -148,6 +156,7 @@ def init_agent(
                 f"{dest} is not empty ({shown})",
                 hint="choose a new or empty folder, or pass --force to add the agent's files to it",
             )
+    inside = enclosing_repository(dest)
     try:
         dest.mkdir(parents=True, exist_ok=True)
         written = render_template(template, dest, str(agent))
@@ -164,4 +173,5 @@ def init_agent(
         files=tuple(sorted(p.relative_to(dest).as_posix() for p in written)),
         commit=result,
         branch=branch,
+        inside=str(inside) if inside is not None else None,
     )

@@ -62,6 +62,8 @@ def push(
             result = publish.push(path, url, secret, force=force, progress=progress)
     else:
         result = publish.push(path, url, secret, force=force)
+    for warning in result.warnings:
+        output.warn(warning)
     if result.published and account is not None:
         result = _sign(path, url, secret, result, account)
     elif result.published:

@@ -94,7 +94,9 @@ def account_create(
 
 @token_app.command("create")
 def token_create(
-    account: Annotated[str, typer.Option("--account", help="Account the token acts for.")],
+    account: Annotated[
+        str, typer.Option("--account", help="Account the token acts for: its name, or its wallet address.")
+    ],
     scope: Annotated[
         str, typer.Option("--scope", help="Comma-separated: read,publish,deploy,call,node,admin.")
     ],
@@ -109,6 +111,7 @@ def token_create(
 
     from registry_server.accounts import service as accounts
     from registry_server.accounts import tokens
+    from registry_server.accounts.namespaces import find_account
     from registry_server.state import RegistryState
 
     settings = _settings(data)
@@ -126,14 +129,13 @@ def token_create(
     state = RegistryState.open(settings)
     try:
         with state.db.session() as session:
-            row = accounts.create_token(
-                session, accounts.account_by_name(session, account), scopes, expires_in=lifetime, name=name
-            )
+            owner = find_account(session, account)
+            row = accounts.create_token(session, owner, scopes, expires_in=lifetime, name=name)
             token, secret = row
             payload = {
                 "token": secret,
                 "id": token.id,
-                "account": account,
+                "account": owner.name,
                 "scopes": list(scopes),
                 "expires_at": token.expires_at.isoformat() if token.expires_at else None,
             }

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from mcpz.cli import repo_views
+from mcpz.cli.common import RegistryOpt, TokenOpt, settings, token_for
 from mcpz.cli.output import out
 from mcpz.cli.repo_views import decorated, open_repo, print_patch
 
@@ -67,6 +68,11 @@ def init(
         example = given if path is not None and name_problem(given) is None else f"acme/{short}"
         raise UsageError("--name is required", hint=f"e.g. mcpz init {short} --name {example}")
     result = init_agent(path or Path.cwd(), name, template=template, force=force, author=_author(author))
+    if result.inside:
+        out().warn(
+            f"{result.path} is inside the repository at {result.inside}: the agent has a repository of its "
+            "own, which that one sees as a nested repository (its commits skip it)"
+        )
     commit = result.commit.commit
     out().info(
         f"Created {result.name} in {result.path} from the {result.template} template"
@@ -96,9 +102,29 @@ def commit(
 
 
 @app.command()
-def status() -> None:
-    """Show the branch and what changed since the last commit (git status --short style)."""
-    repo_views.status()
+def status(
+    remote: Annotated[
+        bool,
+        typer.Option(
+            "--remote",
+            help="Also ask the registry: ahead/behind its branch, and whether the manifest's version is "
+            "published (one request; plain `status` never leaves this machine).",
+        ),
+    ] = False,
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Show the branch and what changed since the last commit (git status --short style).
+
+    Example: `mcpz status --remote` (after `mcpz push`: up to date, and the version published).
+    """
+    found = None
+    if remote:
+        from mcpz.client.remote_status import remote_status
+
+        url = settings(registry).registry
+        found = remote_status(Path.cwd(), url, token_for(url, token))
+    repo_views.status(found)
 
 
 @app.command("log")
