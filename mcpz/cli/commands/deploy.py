@@ -395,10 +395,8 @@ def logs(
             async for item in client.follow_logs(name, tail):
                 show(item)
 
-    try:
-        run(stream)
-    except KeyboardInterrupt:
-        pass
+    # Ctrl-C ends the stream; the root handler exits 130, as everywhere (docs/errors.md).
+    run(stream)
 
 
 def _render_status(console: Console, view: dict[str, Any]) -> None:
