@@ -136,6 +136,7 @@ COMMANDS: dict[str, Entry] = {
         "Run the agent in PATH on this machine and serve it through the gateway until interrupted.",
         CALL,
     ),
+    "config": Entry("config", "Read and change your settings (the user config file).", ACCOUNT),
     "registry": Entry("registry", "Run a registry, and bootstrap it on its own host.", OPERATE),
     "demo": Entry(
         "demo",
