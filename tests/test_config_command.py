@@ -100,7 +100,7 @@ def test_every_bad_registry_url_is_one_usage_error_where_settings_are_read(
         ["push"],
         ["connect", "."],
         ["node", "run"],
-        ["lock"],
+        ["versions", "acme/x"],
         ["call", "acme/x", "t"],
     ],
 )
