@@ -73,9 +73,9 @@ class AgentRepo(RepoReader):
             if (folder / ".git").exists():
                 with translated(f"open the repository in {folder}"):
                     return cls(Repo(str(folder)), env)
-        raise RepositoryError(
+        raise UsageError(
             f"{start} is not inside an agent repository",
-            hint="create one with `mcpz init --name ns/name`, or cd into one",
+            hint="create one with `mcpz init ns/name`, or cd into one",
         )
 
     @classmethod

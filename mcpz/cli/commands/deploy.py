@@ -219,7 +219,9 @@ def apply(
     Without @VERSION an existing deployment keeps its version and a new one takes the newest
     release. A new version replaces replicas one at a time, each new one running before an old stops.
     """
-    name, _, version = spec.partition("@")
+    from mcpz.names import split_spec
+
+    name, version = split_spec(spec)
     name = _name(name)
     limits = None
     if memory is not None or open_files is not None:
