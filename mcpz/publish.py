@@ -74,13 +74,19 @@ def _client(registry: str, name: str, token: str | None) -> tuple[Any, str]:
     return client, ""
 
 
-def _translate_transport(e: Exception, registry: str) -> Exception:
+def _translate_transport(e: Exception, registry: str, token: str | None = None) -> Exception:
     from dulwich.client import HTTPUnauthorized
     from dulwich.errors import GitProtocolError, HangupException
 
     if isinstance(e, HTTPUnauthorized):
+        if token:
+            return AuthError(
+                f"the registry at {registry} rejected the token (unknown, revoked or expired)",
+                hint="log in again with `mcpz login`, or check MCPZ_TOKEN",
+            )
         return AuthError(
-            "the registry wants a token for this", hint="run `mcpz login --token` or set MCPZ_TOKEN"
+            f"the registry at {registry} wants a token for this",
+            hint="run `mcpz login` or set MCPZ_TOKEN",
         )
     text = str(e)
     if _unreachable(e):
@@ -254,7 +260,7 @@ def push(
         except McpzError:
             raise  # ours, from update_refs: a refusal, or what `before_publish` raised
         except (GitProtocolError, HangupException, OSError, Exception) as e:
-            raise _translate_transport(e, registry) from e
+            raise _translate_transport(e, registry, token) from e
         errors = {ref.decode(): err for ref, err in (result.ref_status or {}).items() if err}
         if errors:
             reasons = "; ".join(f"{ref}: {err}" for ref, err in errors.items())
@@ -322,7 +328,7 @@ def clone(registry: str, name: str, version: str | None, target: Path, token: st
             password=token,
         )
     except Exception as e:  # dulwich raises many kinds; all are translated here
-        raise _translate_transport(e, registry) from e
+        raise _translate_transport(e, registry, token) from e
     try:
         return repo.head().decode()  # type: ignore[no-any-return]
     finally:
