@@ -186,9 +186,15 @@ def _finish(view: dict[str, Any], waited: bool) -> None:
     if waited and view["state"] == "failed":
         bad = [r for r in view.get("instances", []) if r["status"] == "failed" and r["current"]]
         detail = f": {bad[0]['detail']}" if bad and bad[0]["detail"] else ""
+        earlier = len(view.get("revisions") or []) > 1
+        back = (
+            f"or go back with `mcpz deploy rollback {view['name']}`"
+            if earlier
+            else "then deploy a fixed release"
+        )
         error = AgentError(
             f"{view['name']} {view['version']}: {len(bad)} replica(s) failed{detail}",
-            hint=f"see `mcpz logs {view['name']}`, or go back with `mcpz deploy rollback {view['name']}`",
+            hint=f"see `mcpz logs {view['name']}`, {back}",
         )
         sys.stderr.write(f"error: {error.message} ({error.hint})\n")
         raise typer.Exit(error.exit_code)
