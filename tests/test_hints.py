@@ -29,7 +29,7 @@ def _text(node: ast.AST) -> str | None:
         return node.value
     if isinstance(node, ast.JoinedStr):
         return "".join(
-            part.value if isinstance(part, ast.Constant) else "X"
+            str(part.value) if isinstance(part, ast.Constant) else "X"
             for part in node.values
             if isinstance(part, (ast.Constant, ast.FormattedValue))
         )
