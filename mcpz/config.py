@@ -62,7 +62,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def registry_url(value: object, source: str = "setting") -> str:
-    """`value` as a registry URL (http or https, a host, a port in range), without a trailing slash.
+    """`value` as a registry URL (http(s), or ws(s) as nodes take it; a host; a port in range),
+    without a trailing slash.
 
     The one check of a registry URL: every setting passes here when it is read, so no client,
     connector or git transport ever meets a URL it cannot parse (a port of 99999 used to escape as
@@ -78,8 +79,8 @@ def registry_url(value: object, source: str = "setting") -> str:
         port = parts.port
     except ValueError as e:
         raise UsageError(f"registry URL {text!r} ({source}): {e}", hint=hint) from e
-    if parts.scheme not in ("http", "https"):
-        raise UsageError(f"registry URL {text!r} ({source}) is not http:// or https://", hint=hint)
+    if parts.scheme not in ("http", "https", "ws", "wss"):  # a node may be given the mesh's wss://
+        raise UsageError(f"registry URL {text!r} ({source}) is not http(s):// or ws(s)://", hint=hint)
     if not parts.hostname:
         raise UsageError(f"registry URL {text!r} ({source}) has no host", hint=hint)
     if port == 0:

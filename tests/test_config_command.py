@@ -39,7 +39,7 @@ def test_set_get_list_unset_path_round_trip(cli: Any, isolated_env: Path) -> Non
         ),
         (["get", "call_timout"], "did you mean 'call_timeout'?"),
         (["set", "registry", "http://x:99999"], "Port out of range"),
-        (["set", "registry", "ftp://x"], "is not http:// or https://"),
+        (["set", "registry", "ftp://x"], "is not http(s):// or ws(s)://"),
         (["set", "call_timeout", "soon"], "is not a number of seconds above 0"),
         (["set", "call_timeout", "--", "-1"], "is not a number of seconds above 0"),
     ],
