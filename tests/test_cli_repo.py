@@ -151,7 +151,7 @@ def test_status(cli: Any, agent: Path) -> None:
 
 def test_commands_outside_a_repository(cli: Any, tmp_path: Path) -> None:
     result = cli("status", cwd=tmp_path)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "not inside an agent repository" in result.stderr and "mcpz init" in result.stderr
 
 

@@ -154,6 +154,8 @@ def test_ctrl_c_on_logs_follow_exits_130(cli: Any, reg: LiveRegistry, tmp_path: 
     assert cli("push", "--registry", reg.url, "--token", token, "--no-sign", cwd=folder).exit_code == 0
     deployed = cli("deploy", "follow/tail@0.1.0", "--no-sign", "--registry", reg.url, "--token", token)
     assert deployed.exit_code == 0, deployed.stderr
+    never = cli("call", "follow/tail@9.9.9", "echo", "text=hi", "--registry", reg.url, "--token", token)
+    one_line(never, 5, "follow/tail has never run version 9.9.9 (it runs 0.1.0)")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mcpz", "logs", "follow/tail", "-f", "--registry", reg.url, "--token", token],
         stdout=subprocess.PIPE,
