@@ -47,6 +47,7 @@ def test_a_command_help_shows_its_example_and_no_type_labels(cli: Any, path: lis
     text = shown.stdout
     assert text.startswith(f"Usage: mcpz {' '.join(path)} ")
     assert "Example:\n" in text
+    assert "Global options, anywhere on the line: --json" in text
     for line in EXAMPLES[" ".join(path)]:
         assert f"    {line}\n" in text, line
     labels = re.findall(r"<(?:bool|str|int|float|path|list\[str\]|int range|float range)>", text)

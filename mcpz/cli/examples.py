@@ -98,4 +98,8 @@ def epilog(path: str) -> str | None:
     lines = EXAMPLES.get(path)
     if not lines:
         return None
-    return "\b\nExample:\n" + "\n".join(f"  {line}" for line in lines)
+    example = "\b\nExample:\n" + "\n".join(f"  {line}" for line in lines)
+    return example + "\n\n" + GLOBAL_FLAGS
+
+
+GLOBAL_FLAGS = "Global options, anywhere on the line: --json (machine output), -v/--verbose, -q/--quiet."
