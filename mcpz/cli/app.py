@@ -132,9 +132,13 @@ class McpzGroup(TyperGroup):
             report_error(usage_error(e), output)
             sys.exit(e.exit_code)
         except typer.Abort as e:
-            interrupted = isinstance(e.__context__, KeyboardInterrupt) or e.__context__ is None
-            report_error(McpzError("interrupted" if interrupted else "aborted: no input"), output)
-            sys.exit(exit_codes.INTERRUPTED if interrupted else exit_codes.ERROR)
+            # click turns Ctrl-C at a prompt (and end of input) into Abort; Ctrl-C is 130 everywhere.
+            if isinstance(e.__context__, KeyboardInterrupt):
+                report_error(McpzError("interrupted"), output)
+                sys.exit(exit_codes.INTERRUPTED)
+            reason = "no input" if isinstance(e.__context__, EOFError) else "not confirmed"
+            report_error(McpzError(f"aborted: {reason}", hint="run it again"), output)
+            sys.exit(exit_codes.ERROR)
         except _click.exceptions.ClickException as e:
             report_error(McpzError(e.format_message()), output)
             sys.exit(e.exit_code)
