@@ -49,3 +49,28 @@ class AgentName:
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+def split_spec(spec: str, *, words: tuple[str, ...] = ()) -> tuple[str, str | None]:
+    """`NAME[@VERSION]` as (name, version or None): the name valid, the version exact ("1.2.0",
+    not a range like "1.x") or one of `words` (such as "dev"), and never empty after an "@"."""
+    from packaging.version import InvalidVersion, Version
+
+    name, at, version = spec.partition("@")
+    AgentName.parse(name)
+    if not at:
+        return name, None
+    if not version:
+        raise UsageError(
+            f'"{spec}" has an empty version after "@"', hint=f"write {name}@1.0.0, or just {name}"
+        )
+    if version in words:
+        return name, version
+    try:
+        Version(version)
+    except InvalidVersion:
+        raise UsageError(
+            f'"{version}" is not an exact version',
+            hint=f"name one release, e.g. {name}@1.0.0 (`mcpz versions {name}` lists them)",
+        ) from None
+    return name, version

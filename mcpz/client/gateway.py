@@ -84,8 +84,8 @@ def _error(name: str, message: str, status: int, what: str) -> McpzError:
         )
     if status == 403:
         return AuthError(f"the gateway refused the call: {message}")
-    if status == 404 and message.startswith("no deployment"):
-        return NotFoundError(message, hint="see `mcpz status` for what is deployed")
+    if status == 404:
+        return NotFoundError(message, hint="see `mcpz deployments` for what is deployed")
     if status in (502, 503):
         return RemoteError(f"{name}: {message}", status=status, hint="try again shortly")
     return AgentError(f"{name} refused {what}: {message}")

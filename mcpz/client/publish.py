@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mcpz.errors import AuthError, NetworkError, NotFoundError, RefusedError, RepositoryError, UsageError
+from mcpz.errors import (
+    AuthError,
+    McpzError,
+    NetworkError,
+    NotFoundError,
+    RefusedError,
+    RepositoryError,
+    UsageError,
+)
 from mcpz.manifest import MANIFEST_FILE, Manifest, parse_manifest
 from mcpz.names import AgentName
 
@@ -68,14 +76,20 @@ def _client(registry: str, name: str, token: str | None) -> tuple[Any, str]:
     return client, ""
 
 
-def translate_transport(e: Exception, registry: str) -> Exception:
+def translate_transport(e: Exception, registry: str, token: str | None = None) -> Exception:
     """A dulwich transport error as the McpzError a user can act on."""
     from dulwich.client import HTTPUnauthorized
     from dulwich.errors import GitProtocolError, HangupException
 
     if isinstance(e, HTTPUnauthorized):
+        if token:
+            return AuthError(
+                f"the registry at {registry} rejected the token (unknown, revoked or expired)",
+                hint="log in again with `mcpz login`, or check MCPZ_TOKEN",
+            )
         return AuthError(
-            "the registry wants a token for this", hint="run `mcpz login --token` or set MCPZ_TOKEN"
+            f"the registry at {registry} wants a token for this",
+            hint="run `mcpz login` or set MCPZ_TOKEN",
         )
     text = str(e)
     if _unreachable(e):
@@ -119,7 +133,7 @@ def open_repo(path: Path) -> Any:
     try:
         return Repo.discover(str(path))
     except NotGitRepository:
-        raise RepositoryError(
+        raise UsageError(
             f"{path} is not inside an agent repository", hint="run `mcpz init` or cd into an agent"
         ) from None
 
@@ -171,11 +185,14 @@ def push(
     *,
     force: bool = False,
     progress: ProgressFn | None = None,
+    before_publish: Callable[[], None] | None = None,
 ) -> PushResult:
     """Push the current branch and publish the manifest's version if it is new.
 
     Whether the version is already published is read from the refs the registry advertises at
-    the start of the push, so publishing costs no request beyond git's own.
+    the start of the push, so publishing costs no request beyond git's own. `before_publish` runs
+    only when this push publishes, before any object is sent (the CLI unlocks the wallet there: a
+    push that publishes nothing needs no passphrase, and a missing one stops the push unsent).
     """
     from dulwich.errors import GitProtocolError, HangupException
     from dulwich.objects import ZERO_SHA
@@ -199,7 +216,7 @@ def push(
             old = remote.get(branch)
             if old is not None and old != ZERO_SHA and old != commit_id.encode() and not force:
                 if old not in repo.object_store or not _is_ancestor(repo, old, commit_id.encode()):
-                    raise UsageError(
+                    raise RefusedError(
                         f"the registry's {branch.decode()} has commits you do not have",
                         hint="run `mcpz pull` first, or push with --force",
                     )
@@ -208,6 +225,8 @@ def push(
                 # Published already: by this very tag (a no-op) or by other code (bump to publish).
                 decision["already"] = True
             else:
+                if before_publish is not None:
+                    before_publish()
                 wanted[tag_ref] = local_tag or commit_id.encode()
                 decision["send_tag"] = True
                 from mcpz.client.remote_status import lower_than_published, published_versions
@@ -246,12 +265,10 @@ def push(
                 generate_pack_data=generate,
                 progress=remote_progress,
             )
-        except UsageError:
-            raise
+        except McpzError:
+            raise  # ours, from update_refs: a refusal, or what `before_publish` raised
         except (GitProtocolError, HangupException, OSError, Exception) as e:
-            if isinstance(e, (UsageError, RefusedError)):
-                raise
-            raise translate_transport(e, registry) from e
+            raise translate_transport(e, registry, token) from e
         errors = {ref.decode(): err for ref, err in (result.ref_status or {}).items() if err}
         if errors:
             reasons = "; ".join(f"{ref}: {err}" for ref, err in errors.items())
@@ -320,7 +337,7 @@ def clone(registry: str, name: str, version: str | None, target: Path, token: st
             password=token,
         )
     except Exception as e:  # dulwich raises many kinds; all are translated here
-        raise translate_transport(e, registry) from e
+        raise translate_transport(e, registry, token) from e
     try:
         return repo.head().decode()  # type: ignore[no-any-return]
     finally:
@@ -333,6 +350,7 @@ def pull(path: Path, token: str | None = None) -> tuple[str, str]:
 
     repo = open_repo(path)
     try:
+        _check_pullable(repo)
         old = repo.head().decode()
         try:
             porcelain.pull(
@@ -351,6 +369,23 @@ def pull(path: Path, token: str | None = None) -> tuple[str, str]:
         return old, repo.head().decode()
     finally:
         repo.close()
+
+
+def _check_pullable(repo: Any) -> None:
+    """A branch checked out, and a registry to pull from: else one line saying what to do."""
+    head = repo.refs.read_ref(b"HEAD") or b""
+    if not head.startswith(b"ref: "):
+        raise UsageError(
+            "HEAD is detached (a clone of a release is), so there is no branch to fast-forward",
+            hint="clone the agent without @VERSION to follow its branch, or switch to a branch with git",
+        )
+    try:
+        repo.get_config().get((b"remote", b"origin"), b"url")
+    except KeyError:
+        raise UsageError(
+            "this repository has no origin: it was not cloned from a registry",
+            hint="publish it with `mcpz push`; to follow an agent, `mcpz clone NAME`",
+        ) from None
 
 
 # --- signing releases --------------------------------------------------------------------------

@@ -10,7 +10,15 @@ from typing import Any
 import httpx2
 
 from mcpz._version import __version__
-from mcpz.errors import AuthError, McpzError, NetworkError, NotFoundError, RefusedError, RemoteError
+from mcpz.errors import (
+    AuthError,
+    InvalidRequest,
+    McpzError,
+    NetworkError,
+    NotFoundError,
+    RefusedError,
+    RemoteError,
+)
 
 
 def _error_from(response: httpx2.Response) -> McpzError:
@@ -32,6 +40,8 @@ def _error_from(response: httpx2.Response) -> McpzError:
         return AuthError(message, hint=hint or "check the token: `mcpz whoami`")
     if response.status_code == 404:
         return NotFoundError(message, hint=hint)
+    if response.status_code in (400, 422):
+        return InvalidRequest(message, status=response.status_code, request_id=request_id, hint=hint)
     if response.status_code == 409:
         return RefusedError(message, status=409, request_id=request_id, hint=hint)
     return RemoteError(message, status=response.status_code, request_id=request_id, hint=hint)

@@ -172,7 +172,7 @@ class ObjectStore:
             except McpzError:
                 raise
             except Exception as e:  # dulwich raises many kinds; all are translated here
-                raise translate_transport(e, self.registry) from e
+                raise translate_transport(e, self.registry, self.token) from e
             with self._write_lock:
                 if spool.tell():
                     spool.seek(0)

@@ -186,9 +186,15 @@ def _finish(view: dict[str, Any], waited: bool) -> None:
     if waited and view["state"] == "failed":
         bad = [r for r in view.get("instances", []) if r["status"] == "failed" and r["current"]]
         detail = f": {bad[0]['detail']}" if bad and bad[0]["detail"] else ""
+        earlier = len(view.get("revisions") or []) > 1
+        back = (
+            f"or go back with `mcpz deploy rollback {view['name']}`"
+            if earlier
+            else "then deploy a fixed release"
+        )
         error = AgentError(
             f"{view['name']} {view['version']}: {len(bad)} replica(s) failed{detail}",
-            hint=f"see `mcpz logs {view['name']}`, or go back with `mcpz deploy rollback {view['name']}`",
+            hint=f"see `mcpz logs {view['name']}`, {back}",
         )
         sys.stderr.write(f"error: {error.message} ({error.hint})\n")
         raise typer.Exit(error.exit_code)
@@ -219,7 +225,9 @@ def apply(
     Without @VERSION an existing deployment keeps its version and a new one takes the newest
     release. A new version replaces replicas one at a time, each new one running before an old stops.
     """
-    name, _, version = spec.partition("@")
+    from mcpz.names import split_spec
+
+    name, version = split_spec(spec)
     name = _name(name)
     limits = None
     if memory is not None or open_files is not None:
@@ -395,10 +403,8 @@ def logs(
             async for item in client.follow_logs(name, tail):
                 show(item)
 
-    try:
-        run(stream)
-    except KeyboardInterrupt:
-        pass
+    # Ctrl-C ends the stream; the root handler exits 130, as everywhere (docs/errors.md).
+    run(stream)
 
 
 def _render_status(console: Console, view: dict[str, Any]) -> None:

@@ -88,7 +88,7 @@ def add_command(
     specifier: Annotated[
         str | None,
         typer.Argument(
-            metavar="[SPEC]",
+            metavar="SPEC",
             help='Version specifier, e.g. "^1.2", "~=1.4", ">=1.2,<2" (default: compatible with the latest).',
             show_default=False,
         ),

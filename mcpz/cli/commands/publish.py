@@ -12,13 +12,11 @@ from rich.table import Table
 from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
 from mcpz.cli.output import out
 from mcpz.errors import UsageError
-from mcpz.names import AgentName
+from mcpz.names import split_spec
 
 
 def _name_and_version(spec: str) -> tuple[str, str | None]:
-    name, _, version = spec.partition("@")
-    AgentName.parse(name)
-    return name, version or None
+    return split_spec(spec)
 
 
 # This module's commands; cli/app.py mounts them by name when one of them runs.
@@ -41,8 +39,14 @@ def push(
     url = settings(registry).registry
     secret = token_for(url, token)
     output = out()
-    # Unlocked before pushing, so a missing passphrase stops the push instead of leaving it unsigned.
-    account = None if no_sign else _wallet_account()
+    # Unlocked only when this push publishes a release (a signature is needed), and then before any
+    # object is sent, so a missing passphrase stops the push instead of leaving a release unsigned.
+    unlocked: list[Any] = []
+
+    def unlock() -> None:
+        if not no_sign:
+            unlocked.append(_wallet_account())
+
     if output.interactive:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -59,11 +63,12 @@ def push(
             def progress(_phase: str, done: int, total: int | None) -> None:
                 bar.update(task, completed=done, total=total)
 
-            result = publish.push(path, url, secret, force=force, progress=progress)
+            result = publish.push(path, url, secret, force=force, progress=progress, before_publish=unlock)
     else:
-        result = publish.push(path, url, secret, force=force)
+        result = publish.push(path, url, secret, force=force, before_publish=unlock)
     for warning in result.warnings:
         output.warn(warning)
+    account = unlocked[0] if unlocked else None
     if result.published and account is not None:
         result = _sign(path, url, secret, result, account)
     elif result.published:
@@ -160,7 +165,7 @@ def pull(
 def _fetch_agent(name: str, registry: str | None, token: str | None) -> dict[str, Any]:
     from mcpz.client.registry import connect
 
-    AgentName.parse(name)
+    split_spec(name)
     url = settings(registry).registry
 
     async def fetch() -> dict[str, Any]:

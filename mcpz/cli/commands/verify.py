@@ -10,13 +10,12 @@ import typer
 from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
 from mcpz.cli.output import out
 from mcpz.errors import UsageError
-from mcpz.names import AgentName
+from mcpz.names import split_spec
 
 
 def _spec(spec: str) -> tuple[str, str]:
-    name, _, version = spec.partition("@")
-    AgentName.parse(name)
-    if not version:
+    name, version = split_spec(spec)
+    if version is None:
         raise UsageError(f'give the version: "{name}@VERSION"')
     return name, version
 
