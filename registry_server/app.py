@@ -29,8 +29,8 @@ from registry_server.git import routes as git_http
 from registry_server.git.recovery import recover
 from registry_server.http import error_response
 from registry_server.logs import request_id
-from registry_server.mesh import connector as connector_hub
 from registry_server.mesh import hub as mesh_hub
+from registry_server.mesh import routes as mesh_http
 from registry_server.openapi import use_error_model
 from registry_server.rate_limit import RateLimited, retry_after_header
 from registry_server.releases import routes as api
@@ -161,8 +161,7 @@ def create_app(
     app.include_router(git_http.router)
     app.include_router(api_deploy.router)
     app.include_router(api_usage.router)
-    app.include_router(mesh_hub.router)
-    app.include_router(connector_hub.router)
+    app.include_router(mesh_http.router)
 
     @app.exception_handler(McpzError)
     async def _mcpz_error(request: Request, exc: McpzError) -> Response:

@@ -26,8 +26,6 @@ WEB_ALLOWED = {
     "registry_server.body_limits": "ASGI middleware: counts request bodies before any route runs",
     "registry_server.openapi": "annotations and schema helpers that only route signatures use",
     "registry_server.gateway.asgi": "the gateway is an ASGI app of its own, mounted beside the API",
-    "registry_server.mesh.hub": "WebSocket endpoint; the hub and its endpoint are not yet split",
-    "registry_server.mesh.connector": "WebSocket endpoint; the hub and its endpoint are not yet split",
 }
 
 # Pure: no I/O libraries, so they are tested directly and stay fast to import.
@@ -53,12 +51,7 @@ IMPURE = (
 LIBRARY_MAY_IMPORT_REGISTRY = {"mcpz.demo", "mcpz.cli.commands.registry"}
 
 # Known crossings waiting for their own home (issue 12); the list only shrinks.
-ROUTES_IMPORTED_ACROSS = {
-    (
-        "registry_server.mesh.hub",
-        "registry_server.accounts.routes",
-    ): "namespace_keys builds the keys document",
-}
+ROUTES_IMPORTED_ACROSS: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)

@@ -31,20 +31,19 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
-from sqlalchemy import delete
 
 from mcpz import signing, siwe
 from mcpz.errors import McpzError, NetworkError
 from registry_server.accounts import namespaces, tokens
 from registry_server.accounts import service as accounts
 from registry_server.accounts.auth import require
-from registry_server.accounts.http import ROLE_SCHEMA, Caller, public_url, signature_refusal
-from registry_server.accounts.models import Account, AuthNonce, KeyRotation
+from registry_server.accounts.http import ROLE_SCHEMA, Caller, signature_refusal
+from registry_server.accounts.models import Account, KeyRotation
 from registry_server.http import State, error_response
 from registry_server.openapi import PART_SCHEMA, Namespace, errors
 from registry_server.orm import utcnow
 from registry_server.rate_limit import RateLimited, RateLimiter
-from registry_server.settings import RegistrySettings
+from registry_server.settings import RegistrySettings, public_url
 
 router = APIRouter()
 # The logger keeps its name from before the domain packages, so logging configs still match.
@@ -119,13 +118,9 @@ def issue_nonce(request: Request, state: State, body: Annotated[NonceIn | None, 
     if wait:
         raise RateLimited("too many sign-in nonces requested from this address", wait)
     moment = utcnow()
-    nonce = siwe.generate_nonce()
     address = namespaces.checksum(body.address) if body is not None and body.address else None
     with state.db.session() as session:
-        session.execute(delete(AuthNonce).where(AuthNonce.expires_at <= moment))
-        session.add(
-            AuthNonce(nonce=nonce, address=address, created_at=moment, expires_at=moment + NONCE_LIFETIME)
-        )
+        nonce = accounts.issue_nonce(session, address, moment, NONCE_LIFETIME)
     base = public_url(state.settings)
     return NonceOut(
         nonce=nonce,
@@ -165,16 +160,6 @@ def eip1271_check(rpc_url: str) -> siwe.ContractCheck:
     return check
 
 
-def _nonce_address(session: Any, message: str) -> str | None:
-    """The address the message's nonce was issued to, if any (read only: consuming comes last)."""
-    try:
-        nonce = siwe.SiweMessage.parse(message).nonce
-    except siwe.SiweError:
-        return None  # verify refuses it, with the reason
-    row = session.get(AuthNonce, nonce)
-    return row.address if row is not None else None
-
-
 @router.post("/v1/auth/login", response_model=LoginOut, tags=["auth"], responses=errors(400, 401, 413, 422))
 def login(body: LoginIn, state: State) -> Response | LoginOut:
     """Sign in with a signed EIP-4361 message; the first sign-in creates the account."""
@@ -182,14 +167,11 @@ def login(body: LoginIn, state: State) -> Response | LoginOut:
     contract_check = eip1271_check(settings.chain_rpc) if settings.chain_rpc else None
     moment = utcnow()
     with state.db.session() as session:
-        expected = _nonce_address(session, body.message)
+        expected = accounts.nonce_address(session, body.message)
 
         def consume(nonce: str) -> bool:
             # Called by verify only once everything else passed: a bad signature burns nothing.
-            result: Any = session.execute(
-                delete(AuthNonce).where(AuthNonce.nonce == nonce, AuthNonce.expires_at > moment)
-            )
-            return bool(result.rowcount == 1)
+            return accounts.consume_nonce(session, nonce, moment)
 
         try:
             address = siwe.verify(
@@ -309,15 +291,7 @@ class RevokedOut(BaseModel):
 
 
 def _rotation_out(row: KeyRotation) -> RotationOut:
-    return RotationOut(
-        namespace=row.namespace,
-        old_address=row.old_address,
-        new_address=row.new_address,
-        sequence=row.sequence,
-        statement=row.statement,
-        signature=row.signature,
-        created_at=row.created_at,
-    )
+    return RotationOut(**namespaces.rotation_document(row))
 
 
 def _namespace_out(state: Any, name: str) -> NamespaceOut:
@@ -334,13 +308,7 @@ def _namespace_out(state: Any, name: str) -> NamespaceOut:
 
 def _acting(state: Any, principal: Any, scope: str = "admin") -> Callable[[Any], Account]:
     principal = require(principal, scope, db=state.db)
-
-    def account_in(session: Any) -> Account:
-        account = session.get(Account, principal.account_id)
-        assert account is not None
-        return account  # type: ignore[no-any-return]
-
-    return account_in
+    return lambda session: accounts.account_by_id(session, principal.account_id)
 
 
 @router.post(
@@ -424,12 +392,7 @@ def transfer_namespace(
 def namespace_keys(namespace: Namespace, state: State) -> KeysOut:
     """The owner's key and the chain of signed rotations that led to it: what nodes check."""
     with state.db.session() as session:
-        return KeysOut(
-            registry=public_url(state.settings),
-            namespace=namespace,
-            owner_address=namespaces.owner_address(session, namespace),
-            rotations=[_rotation_out(r) for r in namespaces.rotations(session, namespace)],
-        )
+        return KeysOut(**namespaces.keys_document(session, namespace, public_url(state.settings)))
 
 
 @router.post(

@@ -36,7 +36,7 @@ from mcpz.names import name_problem
 from registry_server.accounts import namespaces
 from registry_server.accounts import service as accounts
 from registry_server.accounts.auth import Forbidden, require
-from registry_server.accounts.http import Caller, public_url, signature_refusal
+from registry_server.accounts.http import Caller, signature_refusal
 from registry_server.accounts.service import Principal
 from registry_server.deployments.service import (
     MAX_REPLICAS,
@@ -53,6 +53,7 @@ from registry_server.deployments.service import (
 )
 from registry_server.http import State, error_response
 from registry_server.openapi import AGENT_SCHEMA, AgentPart, Namespace, errors
+from registry_server.settings import public_url
 from registry_server.state import RegistryState
 
 router = APIRouter(tags=["deployments"])

@@ -2,7 +2,7 @@
 
 Any MCP client reaches a deployed agent here (`/mcp/{namespace}/{name}@{version}` pins a version
 while a rollout runs two). The gateway terminates the client's session and relays each JSON-RPC
-request over the mesh to one replica (`gateway.calls.CallRouter`), which runs it on its agent's
+request over the mesh to one replica (`mesh.calls.CallRouter`), which runs it on its agent's
 warm stdio process. It follows the specification's Streamable HTTP transport (handshake era,
 2024-11-05 to 2025-11-25):
 
@@ -55,7 +55,7 @@ from mcpz.mesh import MAX_FRAME_SIZE
 from mcpz.names import name_problem
 from registry_server.accounts.auth import Forbidden, Unauthenticated, principal_from_headers, require
 from registry_server.accounts.service import Principal
-from registry_server.gateway.calls import DEV_VERSION, Busy, CallFailed, PendingCall, Target
+from registry_server.mesh.calls import DEV_VERSION, Busy, CallFailed, PendingCall, Target
 from registry_server.usage.events import Outcome, UsageEvent
 
 if TYPE_CHECKING:
@@ -716,7 +716,7 @@ class Gateway:
 
 
 def _shutdown() -> CallFailed:
-    from registry_server.gateway.calls import Shutdown
+    from registry_server.mesh.calls import Shutdown
 
     return Shutdown("the registry is shutting down")
 

@@ -22,7 +22,7 @@ from mcpz.names import name_problem
 from registry_server.accounts import service as accounts
 from registry_server.accounts import tokens
 from registry_server.accounts.auth import Forbidden, require
-from registry_server.accounts.http import SCOPE_SCHEMA, Caller, public_url, signature_refusal
+from registry_server.accounts.http import SCOPE_SCHEMA, Caller, signature_refusal
 from registry_server.accounts.models import Account
 from registry_server.accounts.namespaces import owner_address
 from registry_server.accounts.service import Principal
@@ -32,6 +32,7 @@ from registry_server.releases import signatures
 from registry_server.releases.models import Agent, Release, ReleaseSignature
 from registry_server.releases.service import set_yanked
 from registry_server.releases.signatures import signatures_by_release
+from registry_server.settings import public_url
 from registry_server.state import RegistryState
 
 router = APIRouter()
