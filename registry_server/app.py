@@ -34,6 +34,7 @@ from registry_server.mesh import routes as mesh_http
 from registry_server.openapi import use_error_model
 from registry_server.rate_limit import RateLimited, retry_after_header
 from registry_server.releases import routes as api
+from registry_server.releases.index import IndexCache
 from registry_server.settings import RegistrySettings
 from registry_server.state import RegistryState
 from registry_server.usage import routes as api_usage
@@ -133,7 +134,7 @@ def create_app(
         app.state.registry = RegistryState.open(settings) if own else state
         # Before serving: undo what a killed registry left half done (docs/registry.md).
         recover(app.state.registry.repos, app.state.registry.db)
-        app.state.index_cache = api.IndexCache()
+        app.state.index_cache = IndexCache()
         app.state.nonce_limiter = api_auth.nonce_limiter(settings)
         # Usage recording starts before the mesh and stops after it, so calls in flight at
         # shutdown still record their events.
