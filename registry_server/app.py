@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mcpz._version import __version__
+from mcpz import __version__
 from mcpz.errors import AuthError, McpzError, NotFoundError, RefusedError, UsageError
 from registry_server.accounts import routes as api_auth
 from registry_server.accounts.auth import Forbidden

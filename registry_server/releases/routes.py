@@ -14,7 +14,7 @@ from packaging.version import Version
 from pydantic import BaseModel, Field
 
 from mcpz import signing
-from mcpz._version import __version__
+from mcpz import __version__
 from mcpz.errors import NotFoundError, UsageError
 from registry_server.accounts import service as accounts
 from registry_server.accounts import tokens
