@@ -215,6 +215,34 @@ def routes_database_violations(imports: list[Import]) -> list[str]:
     ]
 
 
+SESSION_QUERIES = {
+    "execute",
+    "scalar",
+    "scalars",
+    "get",
+    "add",
+    "add_all",
+    "delete",
+    "merge",
+    "query",
+    "flush",
+}
+
+
+def inline_queries(path: Path, root: Path = ROOT) -> Iterator[str]:
+    """`session.execute(...)` and the like written in a routes module: the query is the service's."""
+    module = module_name(path, root)
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in SESSION_QUERIES
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "session"
+        ):
+            yield f"{module}:{node.lineno} queries with session.{node.func.attr}()"
+
+
 def purity_violations(imports: list[Import]) -> list[str]:
     return [str(i) for i in imports if i.importer in PURE and _top(i.target) in IMPURE]
 
@@ -350,8 +378,11 @@ def test_only_http_modules_import_the_web_framework(graph: list[Import]) -> None
     assert web_framework_violations(graph) == []
 
 
-def test_routes_import_no_database_library(graph: list[Import]) -> None:
+def test_routes_import_no_database_library_and_write_no_query(graph: list[Import]) -> None:
     assert routes_database_violations(graph) == []
+    routes = [p for p in sources(REGISTRY) if p.name == "routes.py"]
+    assert {"accounts", "releases", "deployments", "usage", "mesh"} <= {p.parent.name for p in routes}
+    assert [q for p in routes for q in inline_queries(p)] == []
 
 
 def test_pure_modules_import_no_io_library(graph: list[Import]) -> None:
@@ -447,6 +478,23 @@ def test_planted_web_framework_and_database_imports_are_found(tmp_path: Path) ->
     )
     assert web_framework_violations(imports) == ["registry_server.usage.service:1 imports starlette.requests"]
     assert routes_database_violations(imports) == ["registry_server.usage.routes:2 imports sqlalchemy"]
+
+
+def test_a_planted_inline_query_in_a_route_is_found(tmp_path: Path) -> None:
+    _, _, (path,) = plant(
+        tmp_path,
+        {
+            "registry_server.usage.routes": (
+                "def usage(state):\n"
+                "    with state.db.session() as session:\n"
+                "        report.usage(session, 1)\n"
+                "        return session.get(Namespace, 'acme')\n"
+            )
+        },
+    )
+    assert list(inline_queries(path, tmp_path)) == [
+        "registry_server.usage.routes:4 queries with session.get()"
+    ]
 
 
 def test_a_planted_foreign_routes_import_is_found_even_inside_a_function(tmp_path: Path) -> None:

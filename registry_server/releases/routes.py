@@ -1,11 +1,11 @@
-"""The JSON API: the version index (with a batch endpoint for resolvers), yanking, release signatures,
-keys, whoami."""
+"""The JSON API of releases: the version index (with a batch endpoint for resolvers), yanking,
+release signatures. (Keys and whoami are the accounts domain's: accounts/routes.py.)"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request
@@ -13,13 +13,10 @@ from fastapi.responses import JSONResponse, Response
 from packaging.version import Version
 from pydantic import BaseModel, Field
 
-from mcpz import signing
-from mcpz import __version__
+from mcpz import __version__, signing
 from mcpz.errors import NotFoundError, UsageError
-from registry_server.accounts import service as accounts
-from registry_server.accounts import tokens
-from registry_server.accounts.auth import Forbidden, require
-from registry_server.accounts.http import SCOPE_SCHEMA, Caller, signature_refusal
+from registry_server.accounts.auth import require
+from registry_server.accounts.http import Caller, signature_refusal
 from registry_server.accounts.service import Principal
 from registry_server.http import State, agent_name, checked_agent_name
 from registry_server.openapi import AGENT_SCHEMA, AgentPart, Namespace, VersionPath, errors
@@ -78,34 +75,6 @@ class IndexOut(BaseModel):
 
 class YankIn(BaseModel):
     reason: str = Field(default="", max_length=500)
-
-
-class KeyIn(BaseModel):
-    name: str = Field(default="", max_length=128)
-    scopes: list[str] = Field(json_schema_extra={**SCOPE_SCHEMA, "minItems": 1})
-    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
-
-
-class KeyOut(BaseModel):
-    id: int
-    name: str
-    prefix: str
-    scopes: list[str] = Field(json_schema_extra=SCOPE_SCHEMA)
-    created_at: datetime
-    expires_at: datetime | None
-    last_used_at: datetime | None
-    revoked: bool
-
-
-class NewKeyOut(KeyOut):
-    token: str = Field(description="The secret; shown once, never stored by the registry")
-
-
-class WhoAmI(BaseModel):
-    account: str
-    namespaces: list[str]
-    scopes: list[str] = Field(json_schema_extra=SCOPE_SCHEMA)
-    expires_at: datetime | None
 
 
 def _latest(releases: list[Release]) -> str | None:
@@ -273,77 +242,6 @@ def unyank(
     namespace: Namespace, name: AgentPart, version: VersionPath, state: State, principal: Caller
 ) -> ReleaseOut:
     return _yank(state, principal, namespace, name, version, False, "")
-
-
-@router.get("/v1/whoami", response_model=WhoAmI, tags=["accounts"], responses=errors(401))
-def whoami(state: State, principal: Caller) -> WhoAmI:
-    if principal is None:
-        require(principal, "read", db=state.db)
-    assert principal is not None
-    with state.db.session() as session:
-        namespaces = accounts.namespaces_of(session, principal.account_id)
-    return WhoAmI(
-        account=principal.account_name,
-        namespaces=namespaces,
-        scopes=[s for s in tokens.SCOPES if s in principal.scopes],
-        expires_at=principal.expires_at,
-    )
-
-
-def _key_out(token: Any) -> dict[str, Any]:
-    return {
-        "id": token.id,
-        "name": token.name,
-        "prefix": token.prefix,
-        "scopes": token.scopes.split(","),
-        "created_at": token.created_at,
-        "expires_at": token.expires_at,
-        "last_used_at": token.last_used_at,
-        "revoked": token.revoked_at is not None,
-    }
-
-
-@router.post(
-    "/v1/keys",
-    response_model=NewKeyOut,
-    status_code=201,
-    tags=["accounts"],
-    responses=errors(400, 401, 403, 413, 422),
-)
-def create_key(body: KeyIn, state: State, principal: Caller) -> NewKeyOut:
-    """A new API key for the calling account, with at most the caller's own scopes."""
-    principal = require(principal, "admin", db=state.db)
-    try:
-        scopes = tokens.parse_scopes(body.scopes)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    beyond = set(scopes) - principal.scopes
-    if beyond:
-        raise Forbidden(f"a key cannot have scopes its creator lacks: {', '.join(sorted(beyond))}")
-    days = body.expires_in_days or state.settings.default_token_days or None
-    with state.db.session() as session:
-        account = accounts.account_by_id(session, principal.account_id)
-        token, secret = accounts.create_token(
-            session, account, scopes, expires_in=timedelta(days=days) if days else None, name=body.name
-        )
-        out = _key_out(token)
-    return NewKeyOut(token=secret, **out)
-
-
-@router.get("/v1/keys", response_model=list[KeyOut], tags=["accounts"], responses=errors(401, 403))
-def list_keys(state: State, principal: Caller) -> list[KeyOut]:
-    principal = require(principal, "admin", db=state.db)
-    with state.db.session() as session:
-        return [KeyOut(**_key_out(t)) for t in accounts.list_tokens(session, principal.account_id)]
-
-
-@router.delete(
-    "/v1/keys/{key_id}", response_model=KeyOut, tags=["accounts"], responses=errors(401, 403, 404, 422)
-)
-def revoke_key(key_id: int, state: State, principal: Caller) -> KeyOut:
-    principal = require(principal, "admin", db=state.db)
-    with state.db.session() as session:
-        return KeyOut(**_key_out(accounts.revoke_token(session, principal.account_id, key_id)))
 
 
 class SignatureIn(BaseModel):
