@@ -73,7 +73,7 @@ from mcpz.mesh import (
     truncate_reason,
 )
 from registry_server.accounts import namespaces
-from registry_server.accounts.auth import principal_from_headers, require
+from registry_server.accounts.auth import Forbidden, Unauthenticated, principal_from_headers, require
 from registry_server.accounts.service import Principal
 from registry_server.deployments.service import DeployIntent, DeploymentService, Intent, NodeState
 from registry_server.mesh.calls import CallRouter
@@ -260,7 +260,9 @@ class MeshHub:
             return await anyio.to_thread.run_sync(
                 lambda: require(principal, scope, namespace, db=self.state.db)
             )
-        except SQLAlchemyError as e:
+        except (Unauthenticated, Forbidden):
+            raise
+        except (McpzError, SQLAlchemyError) as e:
             log.error("cannot check a node's token: %s", e)
             raise McpzError("the registry cannot check tokens right now") from e
 
