@@ -12,6 +12,8 @@ violation, so a rule that stops seeing is a failing test too.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -376,6 +378,26 @@ def library_violations(imports: list[Import]) -> list[str]:
 
 def test_only_http_modules_import_the_web_framework(graph: list[Import]) -> None:
     assert web_framework_violations(graph) == []
+
+
+@pytest.mark.slow
+def test_the_hub_and_the_services_load_no_web_framework_when_imported() -> None:
+    """What the AST says, checked at run time: nothing they import pulls FastAPI or Starlette in."""
+    modules = [
+        "registry_server.mesh.hub",
+        "registry_server.mesh.connector",
+        "registry_server.mesh.calls",
+        "registry_server.deployments.service",
+        "registry_server.releases.index",
+        "registry_server.usage.report",
+        "registry_server.accounts.namespaces",
+    ]
+    code = (
+        f"import sys\nfor m in {modules!r}:\n    __import__(m)\n"
+        "print(sorted(k for k in sys.modules if k.split('.')[0] in ('fastapi', 'starlette')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_routes_import_no_database_library_and_write_no_query(graph: list[Import]) -> None:
