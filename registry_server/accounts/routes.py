@@ -35,8 +35,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from mcpz import signing, siwe
-from mcpz.errors import McpzError, NetworkError, UsageError
-from registry_server.accounts import namespaces, tokens
+from mcpz.errors import NetworkError, UsageError
+from registry_server.accounts import namespaces, signin, tokens
 from registry_server.accounts import service as accounts
 from registry_server.accounts.auth import Forbidden, require
 from registry_server.accounts.http import ROLE_SCHEMA, SCOPE_SCHEMA, Caller, signature_refusal
@@ -51,21 +51,7 @@ router = APIRouter()
 # The logger keeps its name from before the domain packages, so logging configs still match.
 log = logging.getLogger("registry_server.api_auth")
 
-NONCE_LIFETIME = timedelta(minutes=5)
-MESSAGE_MAX_AGE = timedelta(minutes=10)
-SESSION_LIFETIME = timedelta(days=30)
-SESSION_SCOPES = ("read", "publish", "deploy", "call", "admin")
 LOGIN_PATH = "/v1/auth/login"
-EIP1271_MAGIC = bytes.fromhex("1626ba7e")
-_EIP1271_ABI = [
-    {
-        "name": "isValidSignature",
-        "type": "function",
-        "stateMutability": "view",
-        "inputs": [{"name": "hash", "type": "bytes32"}, {"name": "signature", "type": "bytes"}],
-        "outputs": [{"name": "magicValue", "type": "bytes4"}],
-    }
-]
 
 
 def login_uri(settings: RegistrySettings) -> str:
@@ -122,97 +108,54 @@ def issue_nonce(request: Request, state: State, body: Annotated[NonceIn | None, 
     moment = utcnow()
     address = namespaces.checksum(body.address) if body is not None and body.address else None
     with state.db.session() as session:
-        nonce = accounts.issue_nonce(session, address, moment, NONCE_LIFETIME)
+        nonce = signin.issue_nonce(session, address, moment)
     base = public_url(state.settings)
     return NonceOut(
         nonce=nonce,
         domain=urlsplit(base).netloc,
         uri=login_uri(state.settings),
         chain_id=state.settings.chain_id,
-        expires_at=moment + NONCE_LIFETIME,
+        expires_at=moment + signin.NONCE_LIFETIME,
     )
-
-
-def eip1271_check(rpc_url: str) -> siwe.ContractCheck:
-    """`isValidSignature(hash, signature)` on the contract at the signer's address, through web3."""
-
-    def check(address: str, message_hash: bytes, signature: bytes) -> bool:
-        try:
-            from web3 import Web3
-            from web3.exceptions import ContractLogicError, Web3Exception
-
-            import mcpz.ethkeys  # noqa: F401  (before web3: it keeps py_ecc's recursion limit out)
-        except ImportError as e:
-            raise McpzError(
-                "contract-wallet sign-in needs web3, which is not installed",
-                hint="install the registry with the chain extra: pip install 'mcpz[chain]'",
-            ) from e
-        web3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 10}))
-        contract = web3.eth.contract(address=Web3.to_checksum_address(address), abi=_EIP1271_ABI)
-        try:
-            result = contract.functions.isValidSignature(message_hash, signature).call()
-        except (ContractLogicError, ValueError):
-            return False  # reverted, or no contract there: not a valid signature
-        except (Web3Exception, OSError) as e:
-            raise NetworkError(f"cannot ask the chain about contract wallet {address}: {e}") from e
-        except Exception as e:  # requests' and aiohttp's errors, from web3's providers
-            raise NetworkError(f"cannot ask the chain about contract wallet {address}: {e}") from e
-        return bytes(result) == EIP1271_MAGIC
-
-    return check
 
 
 @router.post("/v1/auth/login", response_model=LoginOut, tags=["auth"], responses=errors(400, 401, 413, 422))
 def login(body: LoginIn, state: State) -> Response | LoginOut:
     """Sign in with a signed EIP-4361 message; the first sign-in creates the account."""
     settings = state.settings
-    contract_check = eip1271_check(settings.chain_rpc) if settings.chain_rpc else None
-    moment = utcnow()
-    with state.db.session() as session:
-        expected = accounts.nonce_address(session, body.message)
-
-        def consume(nonce: str) -> bool:
-            # Called by verify only once everything else passed: a bad signature burns nothing.
-            return accounts.consume_nonce(session, nonce, moment)
-
-        try:
-            address = siwe.verify(
+    contract_check = signin.eip1271_check(settings.chain_rpc) if settings.chain_rpc else None
+    try:
+        with state.db.session() as session:
+            done = signin.sign_in(
+                session,
                 body.message,
                 body.signature,
-                expected_domain=public_url(settings),
-                expected_uri=login_uri(settings),
-                expected_chain_id=settings.chain_id,
-                now=moment,
-                nonce=consume,
-                max_age=MESSAGE_MAX_AGE,
+                registry=public_url(settings),
+                uri=login_uri(settings),
+                chain_id=settings.chain_id,
+                now=utcnow(),
                 contract_check=contract_check,
-                expected_address=expected,
             )
-        except siwe.SiweError as e:
-            hint = e.hint
-            if contract_check is None and isinstance(e, siwe.TamperedMessage | siwe.MalformedSignature):
-                hint = (
-                    f"{hint + '; ' if hint else ''}contract-wallet (EIP-1271) signatures are refused: "
-                    "this registry has no chain RPC configured (MCPZ_REGISTRY_CHAIN_RPC)"
-                )
-            log.info("sign-in refused", extra={"code": e.code})
-            return error_response(401, e.message, hint, code=e.code)
-        except NetworkError as e:
-            return error_response(503, e.message, e.hint, code="chain_unavailable")
-        account = namespaces.account_for_address(session, address)
-        token, secret = accounts.create_token(
-            session, account, SESSION_SCOPES, expires_in=SESSION_LIFETIME, name="wallet sign-in"
-        )
-        owned = accounts.namespaces_of(session, account.id)
-        log.info("signed in", extra={"account": account.name})
-        return LoginOut(
-            token=secret,
-            account=account.name,
-            address=address,
-            namespaces=owned,
-            scopes=[s for s in tokens.SCOPES if s in SESSION_SCOPES],
-            expires_at=token.expires_at,
-        )
+    except siwe.SiweError as e:
+        hint = e.hint
+        if contract_check is None and isinstance(e, siwe.TamperedMessage | siwe.MalformedSignature):
+            hint = (
+                f"{hint + '; ' if hint else ''}contract-wallet (EIP-1271) signatures are refused: "
+                "this registry has no chain RPC configured (MCPZ_REGISTRY_CHAIN_RPC)"
+            )
+        log.info("sign-in refused", extra={"code": e.code})
+        return error_response(401, e.message, hint, code=e.code)
+    except NetworkError as e:
+        return error_response(503, e.message, e.hint, code="chain_unavailable")
+    log.info("signed in", extra={"account": done.account})
+    return LoginOut(
+        token=done.secret,
+        account=done.account,
+        address=done.address,
+        namespaces=done.namespaces,
+        scopes=list(done.scopes),
+        expires_at=done.expires_at,
+    )
 
 
 # -------------------------------------------------------------------------------- namespaces

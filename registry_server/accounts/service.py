@@ -6,15 +6,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import CursorResult, delete, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mcpz import siwe
 from mcpz.errors import AuthError, NotFoundError, UsageError
 from mcpz.names import part_problem
 from registry_server.accounts import tokens
-from registry_server.accounts.models import Account, AuthNonce, Namespace, Token
+from registry_server.accounts.models import Account, Namespace, Token
 from registry_server.orm import utcnow
 
 
@@ -65,31 +64,6 @@ def account_by_id(session: Session, account_id: int) -> Account:
     if account is None:
         raise AuthError("the account of this token no longer exists", hint="sign in again")
     return account
-
-
-def issue_nonce(session: Session, address: str | None, moment: datetime, lifetime: timedelta) -> str:
-    """A fresh sign-in nonce, usable until `moment + lifetime` (only by `address`, when given);
-    nonces expired by `moment` are dropped, so unused ones never pile up."""
-    nonce = siwe.generate_nonce()
-    session.execute(delete(AuthNonce).where(AuthNonce.expires_at <= moment))
-    session.add(AuthNonce(nonce=nonce, address=address, created_at=moment, expires_at=moment + lifetime))
-    return nonce
-
-
-def nonce_address(session: Session, message: str) -> str | None:
-    """The address the message's nonce was issued to, if any (read only: consuming comes last)."""
-    try:
-        nonce = siwe.SiweMessage.parse(message).nonce
-    except siwe.SiweError:
-        return None  # verify refuses it, with the reason
-    row = session.get(AuthNonce, nonce)
-    return row.address if row is not None else None
-
-
-def consume_nonce(session: Session, nonce: str, moment: datetime) -> bool:
-    """Use up `nonce`; False when it is unknown, used or expired at `moment`."""
-    result = session.execute(delete(AuthNonce).where(AuthNonce.nonce == nonce, AuthNonce.expires_at > moment))
-    return isinstance(result, CursorResult) and result.rowcount == 1
 
 
 def create_token(
