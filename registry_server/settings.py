@@ -11,6 +11,7 @@ from typing import Any
 
 from mcpz.bundled import bundled_path
 from mcpz.errors import UsageError
+from mcpz.keys.signing import canonical_registry_url
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,11 @@ class RegistrySettings:
     # Sign-in nonces: at most nonce_rate_limit per client address in nonce_rate_window seconds.
     nonce_rate_limit: int = 30
     nonce_rate_window: float = 60.0
+
+    @property
+    def base_url(self) -> str:
+        """The public URL as configured, else the address the registry listens on; no trailing `/`."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def repos_dir(self) -> Path:
@@ -187,3 +193,8 @@ def _origins(value: object) -> tuple[str, ...]:
     """Origins as a list (TOML) or a comma-separated string (environment)."""
     items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
     return tuple(str(item).strip().rstrip("/") for item in items if str(item).strip())
+
+
+def public_url(settings: RegistrySettings) -> str:
+    """This registry's public base URL, canonical: what clients sign in to and sign releases for."""
+    return canonical_registry_url(settings.base_url)

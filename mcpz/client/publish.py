@@ -305,7 +305,7 @@ def _check_release(registry: str, name: str, version: str | None, token: str | N
     """Say "no such agent/release" plainly, before git would say it obscurely."""
     import httpx2
 
-    from mcpz.client.registry import _error_from
+    from mcpz.client.registry import error_from_response
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
@@ -313,7 +313,7 @@ def _check_release(registry: str, name: str, version: str | None, token: str | N
     except httpx2.TransportError as e:
         raise NetworkError(f"cannot reach the registry at {registry}: {e}", hint="check --registry") from e
     if response.status_code >= 400:
-        raise _error_from(response)
+        raise error_from_response(response)
     if version is not None and version not in {v["version"] for v in response.json()["versions"]}:
         raise NotFoundError(f"{name} has no release {version}", hint=f"see `mcpz versions {name}`")
 

@@ -21,7 +21,7 @@ from mcpz.errors import (
 )
 
 
-def _error_from(response: httpx2.Response) -> McpzError:
+def error_from_response(response: httpx2.Response) -> McpzError:
     request_id = response.headers.get("x-request-id")
     message = f"registry answered HTTP {response.status_code}"
     hint = None
@@ -67,7 +67,7 @@ class RegistryClient:
                 hint="check --registry / MCPZ_REGISTRY, or start one with `mcpz registry serve`",
             ) from e
         if response.status_code >= 400:
-            raise _error_from(response)
+            raise error_from_response(response)
         return response
 
     async def json(self, method: str, path: str, **kw: Any) -> Any:
@@ -222,7 +222,7 @@ class RegistryClient:
                         return
                     if response.status_code >= 400:
                         await response.aread()
-                        raise _error_from(response)
+                        raise error_from_response(response)
                     async for line in response.aiter_lines():
                         if line.strip():
                             item = json.loads(line)

@@ -32,11 +32,10 @@ from pydantic import BaseModel, Field
 from mcpz.errors import NotFoundError, UsageError
 from mcpz.keys import signing
 from mcpz.mesh import Deploy, ProtocolError, ReplicaStatus, ResourceLimits, encode
-from mcpz.names import name_problem
 from registry_server.accounts import namespaces
 from registry_server.accounts import service as accounts
 from registry_server.accounts.auth import Forbidden, require
-from registry_server.accounts.http import Caller, public_url, signature_refusal
+from registry_server.accounts.http import Caller, signature_refusal
 from registry_server.accounts.service import Principal
 from registry_server.deployments.service import (
     MAX_REPLICAS,
@@ -51,8 +50,9 @@ from registry_server.deployments.service import (
     Template,
     release_template,
 )
-from registry_server.http import State, error_response
+from registry_server.http import State, agent_name, checked_agent_name, error_response
 from registry_server.openapi import AGENT_SCHEMA, AgentPart, Namespace, errors
+from registry_server.settings import public_url
 from registry_server.state import RegistryState
 
 router = APIRouter(tags=["deployments"])
@@ -111,14 +111,6 @@ class RollbackIn(SigningIn):
 
 def service_of(request: Request) -> DeploymentService:
     return request.app.state.mesh.service  # type: ignore[no-any-return]
-
-
-def _deployment_name(namespace: str, name: str) -> str:
-    full = f"{namespace}/{name}"
-    problem = name_problem(full)
-    if problem:
-        raise UsageError(f'deployment name "{full}" {problem}')
-    return full
 
 
 async def _allow(state: RegistryState, principal: Principal | None, namespace: str, *, write: bool) -> None:
@@ -205,9 +197,7 @@ def _found(service: DeploymentService, name: str) -> DeploymentState:
 @router.post("/v1/deployments", status_code=201, responses=errors(400, 401, 403, 404, 409, 413, 422))
 async def deploy(body: DeployIn, request: Request, state: State, principal: Caller) -> Any:
     """Create a deployment of a release, or update it (a new revision rolls out one replica at a time)."""
-    problem = name_problem(body.agent)
-    if problem:
-        raise UsageError(f'agent name "{body.agent}" {problem}')
+    checked_agent_name(body.agent)
     namespace = body.agent.split("/")[0]
     await _allow(state, principal, namespace, write=True)
     service = service_of(request)
@@ -261,7 +251,7 @@ async def list_deployments(request: Request, state: State, principal: Caller) ->
 async def get_deployment(
     namespace: Namespace, name: AgentPart, request: Request, state: State, principal: Caller
 ) -> Any:
-    full = _deployment_name(namespace, name)
+    full = agent_name(namespace, name, what="deployment")
     await _allow(state, principal, namespace, write=False)
     service = service_of(request)
     return JSONResponse(deployment_view(service, _found(service, full)))
@@ -271,7 +261,7 @@ async def get_deployment(
 async def scale(
     namespace: Namespace, name: AgentPart, body: ScaleIn, request: Request, state: State, principal: Caller
 ) -> Any:
-    full = _deployment_name(namespace, name)
+    full = agent_name(namespace, name, what="deployment")
     await _allow(state, principal, namespace, write=True)
     service = service_of(request)
 
@@ -293,7 +283,7 @@ async def rollback(
     body: RollbackIn | None = None,
 ) -> Any:
     """A new revision with the template of an earlier one (default: the one before the current)."""
-    full = _deployment_name(namespace, name)
+    full = agent_name(namespace, name, what="deployment")
     await _allow(state, principal, namespace, write=True)
     service = service_of(request)
     body = body or RollbackIn()
@@ -309,7 +299,7 @@ async def remove(
     namespace: Namespace, name: AgentPart, request: Request, state: State, principal: Caller
 ) -> Any:
     """Stop every replica; the deployment goes once its nodes confirm (state "deleting" until then)."""
-    full = _deployment_name(namespace, name)
+    full = agent_name(namespace, name, what="deployment")
     await _allow(state, principal, namespace, write=True)
     service = service_of(request)
     await service.remove(full)
@@ -332,7 +322,7 @@ async def logs(
 ) -> Any:
     """Recent log lines of the deployment's replicas; with `follow`, an NDJSON stream of new ones
     (a blank line every few seconds keeps it alive; it ends after a while: resume with `after`)."""
-    full = _deployment_name(namespace, name)
+    full = agent_name(namespace, name, what="deployment")
     await _allow(state, principal, namespace, write=False)
     service = service_of(request)
     _found(service, full)
