@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from mcpz.errors import UsageError
 
 MAX_PART = 64
+LATEST = "latest"
+"""`NAME@latest`: the newest release that is not yanked nor a pre-release, wherever a version is
+accepted (on a call through the gateway: the version the deployment runs)."""
 _PART = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 
 
@@ -49,3 +52,8 @@ class AgentName:
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+def version_or_latest(version: str | None) -> str | None:
+    """The version asked for in `NAME@VERSION`, None for the newest (no version, or `latest`)."""
+    return None if not version or version == LATEST else version

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from mcpz.errors import AuthError, NetworkError, NotFoundError, RefusedError, RepositoryError, UsageError
 from mcpz.manifest import MANIFEST_FILE, Manifest, parse_manifest
-from mcpz.names import AgentName
+from mcpz.names import LATEST, AgentName
 
 if TYPE_CHECKING:
     from mcpz import signing
@@ -275,8 +275,9 @@ def _is_ancestor(repo: Any, ancestor: bytes, descendant: bytes) -> bool:
     return bool(can_fast_forward(repo, ancestor, descendant))
 
 
-def _check_release(registry: str, name: str, version: str | None, token: str | None) -> None:
-    """Say "no such agent/release" plainly, before git would say it obscurely."""
+def _check_release(registry: str, name: str, version: str | None, token: str | None) -> str | None:
+    """Say "no such agent/release" plainly, before git would say it obscurely; returns the version
+    (`latest`: the newest release that is not yanked nor a pre-release)."""
     import httpx2
 
     from mcpz.registry_client import _error_from
@@ -288,18 +289,25 @@ def _check_release(registry: str, name: str, version: str | None, token: str | N
         raise NetworkError(f"cannot reach the registry at {registry}: {e}", hint="check --registry") from e
     if response.status_code >= 400:
         raise _error_from(response)
-    if version is not None and version not in {v["version"] for v in response.json()["versions"]}:
+    body = response.json()
+    if version == LATEST:
+        if not body.get("latest"):
+            raise NotFoundError(f"{name} has no release yet", hint=f"see `mcpz versions {name}`")
+        return str(body["latest"])
+    if version is not None and version not in {v["version"] for v in body["versions"]}:
         raise NotFoundError(f"{name} has no release {version}", hint=f"see `mcpz versions {name}`")
+    return version
 
 
 def clone(registry: str, name: str, version: str | None, target: Path, token: str | None = None) -> str:
-    """Clone `name` (at release `version`, else its default branch) into `target`; return the commit."""
+    """Clone `name` (at release `version`, `latest` for the newest, else its default branch) into
+    `target`; return the commit."""
     from dulwich import porcelain
 
     AgentName.parse(name)
     if target.exists() and any(target.iterdir()):
         raise UsageError(f"{target} exists and is not empty", hint="choose another folder")
-    _check_release(registry, name, version, token)
+    version = _check_release(registry, name, version, token)
     try:
         repo = porcelain.clone(
             repo_url(registry, name),

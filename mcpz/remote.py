@@ -21,7 +21,7 @@ from mcpz._version import __version__
 from mcpz.errors import AgentError, AuthError, McpzError, NetworkError, NotFoundError, RemoteError, UsageError
 from mcpz.local import ToolInfo, ToolResult, ToolSession, single_leaf, tool_failed
 from mcpz.local_args import build_arguments, split_key_values
-from mcpz.names import name_problem
+from mcpz.names import name_problem, version_or_latest
 
 if TYPE_CHECKING:
     import httpx2
@@ -37,6 +37,7 @@ def gateway_url(registry: str, name: str) -> str:
     problem = name_problem(agent)
     if problem:
         raise UsageError(f'"{agent}" {problem}', hint="name a deployment as namespace/name[@version]")
+    version = version_or_latest(version) or ""  # @latest: the version the deployment runs
     return f"{registry.rstrip('/')}{GATEWAY_PATH}/{agent}" + (f"@{version}" if version else "")
 
 

@@ -54,6 +54,7 @@ from registry_server.deployments.models import (
     MeshNode,
     MeshReplica,
 )
+from registry_server.deployments.retries import Backoff, RetryBook
 from registry_server.deployments.scheduler import Desired, NodeView, Replica
 from registry_server.orm import utcnow
 
@@ -66,6 +67,8 @@ MAX_REVISIONS = 10
 SLOW_ROUND = 0.1
 """A reconciliation round longer than this (seconds) is logged with the time of each phase."""
 MAX_REPLICAS = 10_000
+RETRY_TICK = 1.0
+"""How often (seconds) the ticker looks for failed replicas whose retry is due."""
 FIGURES_INTERVAL = 30.0
 """How often nodes' heartbeat figures (load, memory, last seen) are written to the database. The
 mirror always has the live ones; the database needs them only after a restart."""
@@ -120,6 +123,12 @@ class DeploymentState:
     @property
     def template(self) -> Template:
         return self.revisions[self.revision].template
+
+    def rollback_target(self) -> int | None:
+        """The revision a rollback returns to by default: the newest earlier one that runs another
+        template; None when there is none."""
+        earlier = [n for n, r in self.revisions.items() if n < self.revision and r.template != self.template]
+        return max(earlier) if earlier else None
 
     def desired(self, accounts: frozenset[int] | None = None) -> Desired:
         """Desired state; `accounts`: those whose nodes may run it (None: any node's)."""
@@ -361,6 +370,7 @@ class DeploymentService:
         max_revisions: int = MAX_REVISIONS,
         shared_nodes: bool = False,
         shared_node_owners: Sequence[str] = (),
+        backoff: Backoff | None = None,
     ) -> None:
         self.db = db
         self.resync_interval = resync_interval
@@ -394,6 +404,9 @@ class DeploymentService:
         # Per deployment name, the highest revision ever made (kept in deployment_statements):
         # a name deployed again after removal numbers on from there.
         self._floors: dict[str, int] = {}
+        # Failed replicas are tried again: at once when what failed them may have changed, else
+        # after a backoff (see `retries`).
+        self.retries = RetryBook(backoff or Backoff())
 
     # -- life cycle
 
@@ -508,6 +521,10 @@ class DeploymentService:
             }
             counter = session.get(MeshCounter, EPOCH_COUNTER)
             self.next_epoch = (counter.value if counter else 0) + 1
+        clock = time.monotonic()
+        for replica in self.replicas.values():
+            if replica.status is ReplicaStatus.FAILED and not self.retries.failures(replica.replica_id):
+                self.retries.failed(replica.replica_id, clock)
         self._reindex()
 
     def _reindex(self, old: Mapping[str, Replica] | None = None, touched: Iterable[str] = ()) -> None:
@@ -708,9 +725,29 @@ class DeploymentService:
                 state = self._with_template(current, template, now, force=wanted != current.replicas)
                 state = replace(state, replicas=wanted, deleted=False)
             change = await self._commit(current, state, registry, signed, prepare)
+            if not prepare:
+                # Deployed again (signed again, or its release signed meanwhile): what failed its
+                # replicas may have changed, so they are tried again now.
+                self.retries.force(self._failed_of(name), time.monotonic())
         if not prepare:
             await self.reconcile([name])
         return change
+
+    async def restart(self, name: str) -> int:
+        """Try every failed replica of `name` again now, its backoff forgotten; returns how many."""
+        async with self._lock:
+            self._existing(name)
+            failed = self._failed_of(name)
+            self.retries.force(failed, time.monotonic(), reset=True)
+        await self.reconcile([name])
+        return len(failed)
+
+    def _failed_of(self, name: str) -> list[str]:
+        return [
+            r.replica_id
+            for r in self.replicas_of(name)
+            if r.status is ReplicaStatus.FAILED and not r.stopping
+        ]
 
     async def scale(
         self,
@@ -751,17 +788,12 @@ class DeploymentService:
         async with self._lock:
             current = self._existing(name)
             if to_revision is None:
-                earlier = [
-                    n
-                    for n, r in current.revisions.items()
-                    if n < current.revision and r.template != current.template
-                ]
-                if not earlier:
+                to_revision = current.rollback_target()
+                if to_revision is None:
                     raise UsageError(
                         f"{name} has no earlier revision to roll back to",
                         hint=f"see its revisions with `mcpz deploy status {name}`",
                     )
-                to_revision = max(earlier)
             target = current.revisions.get(to_revision)
             if target is None:
                 kept = ", ".join(str(n) for n in sorted(current.revisions))
@@ -943,8 +975,16 @@ class DeploymentService:
         next_resync = loop.time() + self.resync_interval
         next_figures = loop.time() + FIGURES_INTERVAL
         while True:
-            await asyncio.sleep(max(0.01, min(next_resync, next_figures) - loop.time()))
+            await asyncio.sleep(
+                max(0.01, min(next_resync, next_figures, loop.time() + RETRY_TICK) - loop.time())
+            )
             now = loop.time()
+            due = self.retries.next_due()
+            if due is not None and due <= time.monotonic():
+                self._dirty.update(
+                    r.deployment for r in map(self.replicas.get, self.retries.due(time.monotonic())) if r
+                )
+                self._wake.set()
             if now >= next_resync:
                 next_resync = now + self.resync_interval
                 self._dirty.update(self.deployments)
@@ -1001,6 +1041,7 @@ class DeploymentService:
         assignment the database does not know, and the epoch rules stop it at its next report."""
         started = time.perf_counter()
         now = utcnow()
+        clock = time.monotonic()
         before, after = _Changes(), _Changes()
         nodes = dict(self.nodes)
         replicas = dict(self.replicas)
@@ -1085,9 +1126,22 @@ class DeploymentService:
                 after.forgets.append(replica_id)
                 touched.add(replica_id)
                 dirty.add(row.deployment)
+                self.retries.forget(replica_id)
                 continue
             if (row.status, row.detail, row.exit_code) == (report.status, report.detail, report.exit_code):
                 continue
+            if report.status is ReplicaStatus.FAILED and row.status is not ReplicaStatus.FAILED:
+                due = self.retries.failed(replica_id, clock)
+                log.info(
+                    "replica failed; retried later",
+                    extra={
+                        "replica": replica_id,
+                        "detail": report.detail,
+                        "retry_in_s": round(due - clock, 1),
+                    },
+                )
+            elif report.status is ReplicaStatus.RUNNING:
+                self.retries.running(replica_id, clock)
             replicas[replica_id] = replace(
                 row, status=report.status, detail=report.detail, exit_code=report.exit_code
             )
@@ -1101,10 +1155,17 @@ class DeploymentService:
                 }
             )
 
-        # 4. Plan what is dirty (everything when nodes came or went).
+        # 4. Plan what is dirty (everything when nodes came or went). Failed replicas are tried
+        # again when due, and all of them when a node joined (it may be the one they need).
         deployments = dict(self.deployments)
         result = scheduler.Plan((), self.next_epoch)
         everything = plan_all and bool(registrations or lost - welcomed)
+        retry = self.retries.due(clock)
+        if plan_all and registrations:
+            retry |= {r.replica_id for r in replicas.values() if r.status is ReplicaStatus.FAILED}
+        retry = {r for r in retry if r in replicas}
+        if plan_all:
+            dirty.update(replicas[r].deployment for r in retry)
         if everything or dirty:
             planned_namespaces = {d.namespace for d in deployments.values() if everything or d.name in dirty}
             access, self.pool = await anyio.to_thread.run_sync(self._read_access, planned_namespaces)
@@ -1127,8 +1188,18 @@ class DeploymentService:
                 next_epoch=self.next_epoch,
                 new_id=new_id,
                 only=None if everything else dirty,
+                retry=retry,
             )
             self._record_plan(result, replicas, deployments, after, intents, now)
+            placed = {a.replica_id for a in result.actions if isinstance(a, scheduler.Assign)}
+            for replica_id in retry:
+                if replica_id in placed:
+                    self.retries.retried(replica_id)
+                else:
+                    self.retries.postpone(replica_id, clock)
+            for action in result.actions:
+                if isinstance(action, scheduler.Forget):
+                    self.retries.forget(action.replica_id)
             replicas = scheduler.apply(replicas, result.actions)
             for action in result.actions:
                 if isinstance(action, scheduler.Create):

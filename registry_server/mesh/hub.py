@@ -72,6 +72,7 @@ from mcpz.mesh import (
     truncate_reason,
 )
 from registry_server.accounts.auth import Forbidden, Unauthenticated, principal_from_headers, require
+from registry_server.deployments.retries import Backoff
 from registry_server.deployments.service import DeployIntent, DeploymentService, Intent, NodeState
 from registry_server.gateway.calls import CallRouter
 from registry_server.http import error_response
@@ -548,6 +549,7 @@ async def start_mesh(state: RegistryState) -> MeshHub:
         resync_interval=settings.resync_interval,
         shared_nodes=settings.shared_nodes,
         shared_node_owners=settings.shared_node_owners,
+        backoff=Backoff(settings.retry_base, max(settings.retry_cap, settings.retry_base)),
     )
     hub = MeshHub(
         state,

@@ -224,7 +224,9 @@ def _set_yank(spec: str, registry: str | None, token: str | None, yanked: bool, 
     secret = token_for(url, token)
 
     async def call() -> dict[str, Any]:
+        nonlocal version
         async with connect(url, secret) as client:
+            version = await client.resolve_version(name, version)
             if yanked:
                 return await client.yank(name, version, reason)
             return await client.unyank(name, version)
