@@ -158,3 +158,42 @@ def _json_type(value: Any) -> str:
     if isinstance(value, list):
         return "array"
     return "object"
+
+
+def check_arguments(
+    schema: Mapping[str, Any] | None,
+    arguments: Mapping[str, Any],
+    *,
+    tool: str = "the tool",
+    list_command: str = "mcpz tools",
+) -> None:
+    """Check `arguments` against a tool's input schema before they are sent: every required
+    property given, no property the schema does not list (unless its `additionalProperties`
+    allows others explicitly: an unknown word on a command line is a typo far more often than a
+    wish), and each value of a type its property accepts. UsageError naming the first problem."""
+    if not isinstance(schema, Mapping):
+        return
+    properties = _properties(schema)
+    hint = f"{tool} takes ({signature(schema) or 'no arguments'}); see {list_command}"
+    required = schema.get("required")
+    missing = [name for name in required if name not in arguments] if isinstance(required, list) else []
+    if missing:
+        names = ", ".join(str(name) for name in missing)
+        raise UsageError(f"{tool} needs the argument{'s' if len(missing) > 1 else ''} {names}", hint=hint)
+    extra = schema.get("additionalProperties", False)
+    if isinstance(schema.get("properties"), Mapping) and extra is False:
+        for name in arguments:
+            if name not in properties:
+                import difflib
+
+                close = difflib.get_close_matches(name, list(properties), n=1)
+                guess = f'; did you mean "{close[0]}"?' if close else ""
+                raise UsageError(f'{tool} has no argument "{name}"{guess}', hint=hint)
+    for name, value in arguments.items():
+        types = schema_types(properties.get(name), schema)
+        if types is not None and not _accepts(types, value):
+            wanted = " or ".join(sorted(types))
+            shown = json.dumps(value)[:40]
+            raise UsageError(
+                f"argument {name} of {tool} must be {wanted}, not {_json_type(value)} ({shown})", hint=hint
+            )

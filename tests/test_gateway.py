@@ -291,6 +291,14 @@ def test_the_cli_lists_and_calls_tools_of_a_deployed_agent(one: Mesh) -> None:
     typo = mcpz("call", AGENT, "ad", "a=1", *where)
     assert typo.returncode == 2 and 'did you mean "add"' in typo.stderr
 
+    # Arguments are checked against the tool's input schema before anything is sent.
+    short = mcpz("call", AGENT, "add", "a=1", *where)
+    assert short.returncode == 2 and "add needs the argument b" in short.stderr, short.stderr
+    unknown = mcpz("call", AGENT, "add", "a=1", "b=2", "c=3", *where)
+    assert unknown.returncode == 2 and 'add has no argument "c"' in unknown.stderr, unknown.stderr
+    latest = mcpz("call", f"{AGENT}@latest", "add", "a=1", "b=2", *where)
+    assert latest.returncode == 0 and latest.stdout.strip() == "3", latest.stderr
+
     missing = mcpz("call", "acme/nothing", "add", *where)
     assert missing.returncode == 5, missing.stderr
     assert "no deployment acme/nothing" in missing.stderr
