@@ -87,7 +87,7 @@ def agent_startup(folder: Path, env: dict[str, str], runs: int) -> float:
     command = tomllib.loads((folder / "mcpz.toml").read_text())["run"]["command"]
     if command[0] in ("python", "python3"):  # as mcpz runs it: with the interpreter mcpz runs on
         command = [sys.executable, *command[1:]]
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"jsonrpc": "2.0", "id": 1, "method": "initialize",
          "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench"}}},
         {"jsonrpc": "2.0", "method": "notifications/initialized"},

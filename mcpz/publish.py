@@ -169,8 +169,10 @@ def push(
     *,
     force: bool = False,
     progress: ProgressFn | None = None,
+    sent: Callable[[int], None] | None = None,
 ) -> PushResult:
-    """Push the current branch and publish the manifest's version if it is new.
+    """Push the current branch and publish the manifest's version if it is new. `progress` hears
+    the objects packed, `sent(n)` each n bytes of pack data.
 
     Whether the version is already published is read from the refs the registry advertises at
     the start of the push, so publishing costs no request beyond git's own.
@@ -214,10 +216,11 @@ def push(
 
             def counted() -> Iterator[Any]:
                 for record in records:
+                    size = sum(len(c) for c in (record.comp_chunks or [])) or (record.decomp_len or 0)
                     counters["objects"] += 1
-                    counters["bytes"] += sum(len(c) for c in (record.comp_chunks or [])) or (
-                        record.decomp_len or 0
-                    )
+                    counters["bytes"] += size
+                    if sent is not None:
+                        sent(size)
                     if progress_cb is not None:
                         progress_cb("objects", counters["objects"], count)
                     yield record

@@ -39,19 +39,18 @@ from registry_server.accounts import service as accounts
 from registry_server.accounts.auth import Forbidden, require
 from registry_server.accounts.http import Caller, public_url, signature_refusal
 from registry_server.accounts.service import Principal
-from registry_server.deployments.service import (
-    MAX_REPLICAS,
+from registry_server.deployments.logbook import LogBook
+from registry_server.deployments.records import (
     Change,
-    DeploymentService,
     DeploymentState,
     Limits,
-    LogBook,
     NodeState,
     Signed,
     StatementChanged,
     Template,
-    release_template,
 )
+from registry_server.deployments.service import MAX_REPLICAS, DeploymentService
+from registry_server.deployments.templates import release_template
 from registry_server.http import State, error_response
 from registry_server.openapi import AGENT_SCHEMA, AgentPart, Namespace, errors
 from registry_server.state import RegistryState

@@ -72,8 +72,9 @@ from mcpz.mesh import (
     truncate_reason,
 )
 from registry_server.accounts.auth import Forbidden, Unauthenticated, principal_from_headers, require
+from registry_server.deployments.records import DeployIntent, Intent, NodeState
 from registry_server.deployments.retries import Backoff
-from registry_server.deployments.service import DeployIntent, DeploymentService, Intent, NodeState
+from registry_server.deployments.service import DeploymentService
 from registry_server.gateway.calls import CallRouter
 from registry_server.http import error_response
 from registry_server.orm import utcnow

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
 from mcpz.cli.output import out
+from mcpz.cli.transfer import transfer
 from mcpz.errors import UsageError
 from mcpz.names import AgentName
 
@@ -43,25 +44,10 @@ def push(
     output = out()
     # Unlocked before pushing, so a missing passphrase stops the push instead of leaving it unsigned.
     account = None if no_sign else _wallet_account()
-    if output.interactive:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        with Progress(
-            TextColumn("pushing"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("objects"),
-            console=output.stderr,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("push", total=None)
-
-            def progress(_phase: str, done: int, total: int | None) -> None:
-                bar.update(task, completed=done, total=total)
-
-            result = publish.push(path, url, secret, force=force, progress=progress)
-    else:
-        result = publish.push(path, url, secret, force=force)
+    with transfer("pushing") as shown:
+        step = shown.step
+        progress = (lambda _phase, done, total: step(done, total)) if step is not None else None
+        result = publish.push(path, url, secret, force=force, progress=progress, sent=shown.moved)
     if result.published and account is not None:
         result = _sign(path, url, secret, result, account)
     elif result.published:
