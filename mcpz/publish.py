@@ -302,24 +302,48 @@ def _check_release(registry: str, name: str, version: str | None, token: str | N
     return version
 
 
-def clone(registry: str, name: str, version: str | None, target: Path, token: str | None = None) -> str:
+def clone(
+    registry: str,
+    name: str,
+    version: str | None,
+    target: Path,
+    token: str | None = None,
+    *,
+    received: Callable[[int], None] | None = None,
+) -> str:
     """Clone `name` (at release `version`, `latest` for the newest, else its default branch) into
-    `target`; return the commit."""
-    from dulwich import porcelain
+    `target`; return the commit. `received(n)` hears each n bytes of pack data fetched."""
+    from dulwich.client import get_transport_and_path
 
     AgentName.parse(name)
     if target.exists() and any(target.iterdir()):
         raise UsageError(f"{target} exists and is not empty", hint="choose another folder")
     version = _check_release(registry, name, version, token)
+    url = repo_url(registry, name)
     try:
-        repo = porcelain.clone(
-            repo_url(registry, name),
+        # What `porcelain.clone` does, with the client at hand so the pack's bytes can be counted.
+        client, path = get_transport_and_path(url, username="mcpz" if token else None, password=token)
+        if received is not None:
+            fetch_pack = client.fetch_pack
+
+            def counted_fetch_pack(
+                path: Any, determine_wants: Any, graph_walker: Any, pack_data: Any, *args: Any, **kw: Any
+            ) -> Any:
+                def write(data: bytes) -> None:
+                    pack_data(data)
+                    received(len(data))
+
+                return fetch_pack(path, determine_wants, graph_walker, write, *args, **kw)
+
+            client.fetch_pack = counted_fetch_pack  # type: ignore[method-assign]
+        repo = client.clone(
+            path,
             str(target),
+            mkdir=not target.exists(),
             checkout=True,
-            errstream=io.BytesIO(),
-            branch=f"v{version}".encode() if version else None,
-            username="mcpz" if token else None,
-            password=token,
+            branch=f"v{version}" if version else None,
+            progress=lambda _data: None,
+            origin_url=url,
         )
     except Exception as e:  # dulwich raises many kinds; all are translated here
         raise _translate_transport(e, registry) from e

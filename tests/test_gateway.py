@@ -307,6 +307,30 @@ def test_the_cli_lists_and_calls_tools_of_a_deployed_agent(one: Mesh) -> None:
     assert anonymous.returncode == 4, anonymous.stderr
 
 
+@pytest.mark.anyio
+async def test_the_cli_client_reads_json_and_sse_answers_and_ends_its_session(one: Mesh) -> None:
+    from mcpz.remote import open_remote
+
+    token = caller(one)
+    async with open_remote(AGENT, registry=one.reg.url, token=token, timeout=30) as agent:
+        session = agent.session_id
+        assert session and agent.protocol_version
+        assert (await agent.call("add", {"a": 2, "b": 40})).text == "42"  # answered as JSON
+        # Asking for progress makes the gateway answer as an SSE stream; the answer is found in it.
+        streamed = await agent.request(
+            "tools/call", {"name": "add", "arguments": {"a": 1, "b": 2}, "_meta": {"progressToken": "p"}}
+        )
+        assert streamed["content"][0]["text"] == "3"
+    async with httpx2.AsyncClient(timeout=30) as http:
+        after = await http.post(
+            f"{one.reg.url}/mcp/{AGENT}",
+            headers={"Authorization": f"Bearer {token}", "Mcp-Session-Id": session,
+                     "Accept": "application/json", "Content-Type": "application/json"},
+            json={"jsonrpc": "2.0", "id": 9, "method": "tools/list"},
+        )  # fmt: skip
+    assert after.status_code == 404, after.text  # the session was ended on the way out
+
+
 def test_connect_serves_a_local_agent_at_dev_to_its_namespace_only(mesh: Mesh, tmp_path: Path) -> None:
     from mcpz.templates import render_template
 

@@ -1,5 +1,5 @@
 """Long transfers show bytes and rate on a terminal, and nothing with --json or off a terminal:
-`mcpz push` and `mcpz install`, real processes against a real registry, under a real pseudo-terminal."""
+`mcpz push` and `mcpz clone`, real processes against a real registry, under a real pseudo-terminal."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def agent_with_data(tmp_path: Path, name: str) -> Path:
     return work
 
 
-def test_push_shows_bytes_and_rate_on_a_terminal_only(sqlite_registry: LiveRegistry, tmp_path: Path) -> None:
+def test_push_and_clone_show_bytes_on_a_terminal_only(sqlite_registry: LiveRegistry, tmp_path: Path) -> None:
     token = sqlite_registry.account("acme", "read,publish")
     env = {
         **os.environ,
@@ -72,6 +72,12 @@ def test_push_shows_bytes_and_rate_on_a_terminal_only(sqlite_registry: LiveRegis
     assert code == 0, shown
     assert "pushing" in shown and "kB" in shown, shown  # the bytes sent so far, as they go
     assert "published acme/first 0.1.0" in shown
+
+    # A clone of it shows what it receives, and gets the same tree.
+    code, shown = in_terminal([*mcpz, "clone", "acme/first@latest", str(tmp_path / "copy")], tmp_path, env)
+    assert code == 0, shown
+    assert "cloning" in shown and "kB" in shown, shown
+    assert (tmp_path / "copy" / "data.bin").read_bytes() == (first / "data.bin").read_bytes()
 
     # --json on a terminal: the JSON alone, no progress.
     second = agent_with_data(tmp_path, "acme/second")

@@ -121,7 +121,8 @@ def clone(
     name, version = _name_and_version(spec)
     url = settings(registry).registry
     target = directory or Path(name.split("/")[1])
-    commit = publish.clone(url, name, version, target, token_for(url, token))
+    with transfer("cloning") as shown:
+        commit = publish.clone(url, name, version, target, token_for(url, token), received=shown.moved)
     out().data(
         {"name": name, "version": version, "commit": commit, "path": str(target)},
         lambda c: c.print(f"cloned {spec} into {target} ({commit[:12]})", markup=False),
