@@ -251,9 +251,10 @@ class RegistryClient:
         """Poll until the deployment is `ready` or `failed`; return its last view.
 
         `on_reason(reason)` hears, as soon as the registry knows it, each new reason why it is not
-        ready (e.g. "no node matches region=mars: ..."). Such a reason standing for `blocked_for`
-        seconds ends the wait: a `progressing` view is returned, whose `reason` says why. Raises
-        McpzError when `timeout` seconds pass first.
+        ready (e.g. "no node matches region=mars: ..."). When nodes are up but none may take a
+        replica (the view's `stuck`) for `blocked_for` seconds, the wait ends: a `progressing` view
+        is returned, whose `reason` says why. Waiting for a node to connect at all goes on (one may
+        be starting). Raises McpzError when `timeout` seconds pass first.
         """
         import anyio
 
@@ -273,7 +274,9 @@ class RegistryClient:
                     reason, since = latest, now
                     if reason and on_reason is not None:
                         on_reason(reason)
-                elif reason and now - since >= blocked_for:
+                if not view.get("stuck"):
+                    since = now
+                elif now - since >= blocked_for:
                     return view
                 await anyio.sleep(interval)
         ready, wanted = view.get("ready", 0), view.get("replicas", "?")

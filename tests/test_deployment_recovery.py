@@ -77,7 +77,12 @@ def patient(tmp_path: Path) -> Iterator[Cluster]:
 
 
 def _failed(w: World, version: str, c: Cluster) -> dict[str, Any]:
-    return until(lambda: c.instance(version, "failed"), what=f"{version} to fail")
+    """The replica of `version` once failed, with the node's detail (a heartbeat may report the
+    status a moment before the status frame brings the detail)."""
+    return until(
+        lambda: (i := c.instance(version, "failed")) is not None and i["detail"] and i,
+        what=f"{version} to fail",
+    )
 
 
 def test_a_failed_replica_is_retried_when_deployed_again_restarted_or_a_node_joins(patient: Cluster) -> None:

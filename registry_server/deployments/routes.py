@@ -533,6 +533,9 @@ def deployment_view(
         reason = waiting
     else:
         reason = ""
+    # Stuck: nodes are up, yet none may take a replica (labels, owners, capacity); waiting for a
+    # node to connect at all is not stuck (one may be starting).
+    stuck = bool(waiting) and phase == "progressing" and service.any_node_up()
     current_revision = deployment.revisions[deployment.revision]
     view: dict[str, Any] = {
         "name": deployment.name,
@@ -548,6 +551,7 @@ def deployment_view(
         "limits": template.limits.to_dict(),
         "state": phase,
         "reason": reason,
+        "stuck": stuck,
         "rollback_to": deployment.rollback_target(),
         "ready": ready,
         "updated": updated,

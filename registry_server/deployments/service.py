@@ -251,6 +251,10 @@ class DeploymentService:
             self.is_shared(node),
         )
 
+    def any_node_up(self) -> bool:
+        """Whether any node is live and connected now."""
+        return any(n.live and self.transport.is_connected(n.node_id) for n in self.nodes.values())
+
     def unplaced_reason(self, deployment: DeploymentState) -> str:
         """Why a replica of `deployment` waits for a node, in one line (as of the last round)."""
         usage = {node_id: len(held) for node_id, held in self._by_node.items()}
