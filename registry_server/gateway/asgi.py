@@ -668,7 +668,7 @@ class Gateway:
         if deployment is None or deployment.deleted:
             message = f"no deployment {session.deployment}: create it with `mcpz deploy NAME@VERSION`"
             return GatewayError(404, UNAVAILABLE, message, request_id=request_id)
-        message = f"no healthy replica of {name} right now: see `mcpz status {session.deployment}`"
+        message = f"no healthy replica of {name} right now: see `mcpz deploy status {session.deployment}`"
         return GatewayError(503, UNAVAILABLE, message, request_id=request_id, retry_after=1)
 
     def _record(
