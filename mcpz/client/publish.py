@@ -23,7 +23,7 @@ from mcpz.errors import (
     UsageError,
 )
 from mcpz.manifest import MANIFEST_FILE, Manifest, parse_manifest
-from mcpz.names import AgentName
+from mcpz.names import LATEST, AgentName
 
 if TYPE_CHECKING:
     from mcpz.client.registry import RegistryClient
@@ -186,8 +186,10 @@ def push(
     force: bool = False,
     progress: ProgressFn | None = None,
     before_publish: Callable[[], None] | None = None,
+    sent: Callable[[int], None] | None = None,
 ) -> PushResult:
-    """Push the current branch and publish the manifest's version if it is new.
+    """Push the current branch and publish the manifest's version if it is new. `progress` hears
+    the objects packed, `sent(n)` each n bytes of pack data.
 
     Whether the version is already published is read from the refs the registry advertises at
     the start of the push, so publishing costs no request beyond git's own. `before_publish` runs
@@ -241,10 +243,11 @@ def push(
 
             def counted() -> Iterator[Any]:
                 for record in records:
+                    size = sum(len(c) for c in (record.comp_chunks or [])) or (record.decomp_len or 0)
                     counters["objects"] += 1
-                    counters["bytes"] += sum(len(c) for c in (record.comp_chunks or [])) or (
-                        record.decomp_len or 0
-                    )
+                    counters["bytes"] += size
+                    if sent is not None:
+                        sent(size)
                     if progress_cb is not None:
                         progress_cb("objects", counters["objects"], count)
                     yield record
@@ -301,8 +304,9 @@ def _is_ancestor(repo: Any, ancestor: bytes, descendant: bytes) -> bool:
     return bool(can_fast_forward(repo, ancestor, descendant))
 
 
-def _check_release(registry: str, name: str, version: str | None, token: str | None) -> None:
-    """Say "no such agent/release" plainly, before git would say it obscurely."""
+def _check_release(registry: str, name: str, version: str | None, token: str | None) -> str | None:
+    """Say "no such agent/release" plainly, before git would say it obscurely; returns the version
+    (`latest`: the newest release that is not yanked nor a pre-release)."""
     import httpx2
 
     from mcpz.client.registry import error_from_response
@@ -314,27 +318,58 @@ def _check_release(registry: str, name: str, version: str | None, token: str | N
         raise NetworkError(f"cannot reach the registry at {registry}: {e}", hint="check --registry") from e
     if response.status_code >= 400:
         raise error_from_response(response)
-    if version is not None and version not in {v["version"] for v in response.json()["versions"]}:
+    body = response.json()
+    if version == LATEST:
+        if not body.get("latest"):
+            raise NotFoundError(f"{name} has no release yet", hint=f"see `mcpz versions {name}`")
+        return str(body["latest"])
+    if version is not None and version not in {v["version"] for v in body["versions"]}:
         raise NotFoundError(f"{name} has no release {version}", hint=f"see `mcpz versions {name}`")
+    return version
 
 
-def clone(registry: str, name: str, version: str | None, target: Path, token: str | None = None) -> str:
-    """Clone `name` (at release `version`, else its default branch) into `target`; return the commit."""
-    from dulwich import porcelain
+def clone(
+    registry: str,
+    name: str,
+    version: str | None,
+    target: Path,
+    token: str | None = None,
+    *,
+    received: Callable[[int], None] | None = None,
+) -> str:
+    """Clone `name` (at release `version`, `latest` for the newest, else its default branch) into
+    `target`; return the commit. `received(n)` hears each n bytes of pack data fetched."""
+    from dulwich.client import get_transport_and_path
 
     AgentName.parse(name)
     if target.exists() and any(target.iterdir()):
         raise UsageError(f"{target} exists and is not empty", hint="choose another folder")
-    _check_release(registry, name, version, token)
+    version = _check_release(registry, name, version, token)
+    url = repo_url(registry, name)
     try:
-        repo = porcelain.clone(
-            repo_url(registry, name),
+        # What `porcelain.clone` does, with the client at hand so the pack's bytes can be counted.
+        client, path = get_transport_and_path(url, username="mcpz" if token else None, password=token)
+        if received is not None:
+            fetch_pack = client.fetch_pack
+
+            def counted_fetch_pack(
+                path: Any, determine_wants: Any, graph_walker: Any, pack_data: Any, *args: Any, **kw: Any
+            ) -> Any:
+                def write(data: bytes) -> None:
+                    pack_data(data)
+                    received(len(data))
+
+                return fetch_pack(path, determine_wants, graph_walker, write, *args, **kw)
+
+            client.fetch_pack = counted_fetch_pack  # type: ignore[method-assign]
+        repo = client.clone(
+            path,
             str(target),
+            mkdir=not target.exists(),
             checkout=True,
-            errstream=io.BytesIO(),
-            branch=f"v{version}".encode() if version else None,
-            username="mcpz" if token else None,
-            password=token,
+            branch=f"v{version}" if version else None,
+            progress=lambda _data: None,
+            origin_url=url,
         )
     except Exception as e:  # dulwich raises many kinds; all are translated here
         raise translate_transport(e, registry, token) from e

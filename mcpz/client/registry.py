@@ -91,6 +91,18 @@ class RegistryClient:
             return None, etag
         return response.json(), response.headers.get("etag")
 
+    async def resolve_version(self, name: str, version: str | None) -> str:
+        """`version`, or for None and `latest` the newest release not yanked nor a pre-release."""
+        from mcpz.names import version_or_latest
+
+        exact = version_or_latest(version)
+        if exact is not None:
+            return exact
+        latest = (await self.agent(name)).get("latest")
+        if not latest:
+            raise NotFoundError(f"{name} has no release yet", hint=f"see `mcpz versions {name}`")
+        return str(latest)
+
     async def yank(self, name: str, version: str, reason: str) -> dict[str, Any]:
         return await self.json("POST", f"/v1/agents/{name}/{version}/yank", json={"reason": reason})  # type: ignore[no-any-return]
 
@@ -191,6 +203,10 @@ class RegistryClient:
         body = {"revision": revision, **signing}
         return await self.json("POST", f"/v1/deployments/{name}/rollback", json=body)  # type: ignore[no-any-return]
 
+    async def restart_deployment(self, name: str) -> dict[str, Any]:
+        """Try the failed replicas of `name` again now; the view says how many (`restarted`)."""
+        return await self.json("POST", f"/v1/deployments/{name}/restart")  # type: ignore[no-any-return]
+
     async def remove_deployment(self, name: str) -> dict[str, Any]:
         return await self.json("DELETE", f"/v1/deployments/{name}")  # type: ignore[no-any-return]
 
@@ -239,14 +255,22 @@ class RegistryClient:
         timeout: float = 300.0,
         interval: float = 0.25,
         on_update: Callable[[dict[str, Any]], None] | None = None,
+        on_reason: Callable[[str], None] | None = None,
+        blocked_for: float = 5.0,
     ) -> dict[str, Any]:
         """Poll until the deployment is `ready` or `failed`; return its last view.
 
-        Raises McpzError when `timeout` seconds pass first.
+        `on_reason(reason)` hears, as soon as the registry knows it, each new reason why it is not
+        ready (e.g. "no node matches region=mars: ..."). When nodes are up but none may take a
+        replica (the view's `stuck`) for `blocked_for` seconds, the wait ends: a `progressing` view
+        is returned, whose `reason` says why. Waiting for a node to connect at all goes on (one may
+        be starting). Raises McpzError when `timeout` seconds pass first.
         """
         import anyio
 
         view: dict[str, Any] = {}
+        reason = ""
+        since = 0.0
         with anyio.move_on_after(timeout):
             while True:
                 view = await self.deployment(name)
@@ -254,10 +278,21 @@ class RegistryClient:
                     on_update(view)
                 if view.get("state") in ("ready", "failed"):
                     return view
+                now = anyio.current_time()
+                latest = str(view.get("reason") or "")
+                if latest != reason:
+                    reason, since = latest, now
+                    if reason and on_reason is not None:
+                        on_reason(reason)
+                if not view.get("stuck"):
+                    since = now
+                elif now - since >= blocked_for:
+                    return view
                 await anyio.sleep(interval)
         ready, wanted = view.get("ready", 0), view.get("replicas", "?")
+        why = f": {reason}" if reason else ""
         raise McpzError(
-            f"{name} is not ready after {timeout:g} s ({ready}/{wanted} replicas running)",
+            f"{name} is not ready after {timeout:g} s ({ready}/{wanted} replicas running){why}",
             hint=f"see `mcpz deploy status {name}` and `mcpz nodes`",
         )
 

@@ -594,8 +594,10 @@ async def install(
     offline: bool = False,
     reinstall: bool = False,
     progress: Any = None,
+    received: Callable[[int], None] | None = None,
 ) -> InstallResult:
-    """Fetch, verify and place every locked agent; never resolves. A stale lock is refused."""
+    """Fetch, verify and place every locked agent; never resolves. A stale lock is refused.
+    `received(n)` hears each n bytes of pack data fetched."""
     if project.lock_error is not None:
         raise project.lock_error
     problem = lock_problem(project.dependencies, project.lock_text)
@@ -616,4 +618,5 @@ async def install(
         offline=offline,
         reinstall=reinstall,
         progress=progress,
+        received=received,
     )

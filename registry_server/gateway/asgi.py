@@ -52,6 +52,7 @@ from mcpz import jsonlimits
 from mcpz.errors import McpzError, UsageError
 from mcpz.jsonlimits import JSONError
 from mcpz.mesh import MAX_FRAME_SIZE
+from mcpz.names import version_or_latest
 from registry_server.accounts.auth import Forbidden, Unauthenticated, principal_from_headers, require
 from registry_server.accounts.service import Principal
 from registry_server.http import agent_name
@@ -183,7 +184,7 @@ def parse_path(path: str) -> tuple[str, str | None] | None:
         return None
     if version and (len(version) > 64 or not all(c.isalnum() or c in ".-+_" for c in version)):
         return None
-    return deployment, version or None
+    return deployment, version_or_latest(version)
 
 
 def _origin_of(url: str) -> str:

@@ -75,7 +75,9 @@ from mcpz.mesh import (
 from registry_server.accounts import namespaces
 from registry_server.accounts.auth import Forbidden, Unauthenticated, principal_from_headers, require
 from registry_server.accounts.service import Principal
-from registry_server.deployments.service import DeployIntent, DeploymentService, Intent, NodeState
+from registry_server.deployments.records import DeployIntent, Intent, NodeState
+from registry_server.deployments.retries import Backoff
+from registry_server.deployments.service import DeploymentService
 from registry_server.mesh.calls import CallRouter
 from registry_server.orm import utcnow
 from registry_server.releases import signatures as release_signatures
@@ -543,6 +545,7 @@ async def start_mesh(state: RegistryState) -> MeshHub:
         resync_interval=settings.resync_interval,
         shared_nodes=settings.shared_nodes,
         shared_node_owners=settings.shared_node_owners,
+        backoff=Backoff(settings.retry_base, max(settings.retry_cap, settings.retry_base)),
     )
     hub = MeshHub(
         state,

@@ -22,8 +22,8 @@ from typer.core import TyperGroup
 
 from mcpz.cli.common import RegistryOpt, TokenOpt, call_registry, run, settings, token_for
 from mcpz.cli.output import out
-from mcpz.errors import AgentError, UsageError
-from mcpz.names import AgentName
+from mcpz.errors import UsageError
+from mcpz.names import AgentName, version_or_latest
 
 STATUSES = ("pending", "pulling", "starting", "running", "failed", "stopped")
 
@@ -135,12 +135,17 @@ def _wait(name: str, registry: str | None, token: str | None, timeout: float) ->
     async def wait() -> dict[str, Any]:
         async with connect(url, secret) as client:
             if not output.interactive:
-                return await client.wait_deployment(name, timeout=timeout)
+                return await client.wait_deployment(
+                    name, timeout=timeout, on_reason=lambda why: output.info(f"{name}: {why}")
+                )
             from rich.live import Live
 
             with Live(console=output.stderr, transient=True, refresh_per_second=8) as live:
                 return await client.wait_deployment(
-                    name, timeout=timeout, on_update=lambda view: live.update(_progress(view))
+                    name,
+                    timeout=timeout,
+                    on_update=lambda view: live.update(_progress(view)),
+                    on_reason=lambda why: live.console.print(f"{name}: {why}", markup=False),
                 )
 
     view: dict[str, Any] = run(wait)
@@ -152,6 +157,7 @@ def _progress(view: dict[str, Any]) -> Group:
     head = Text(
         f"{view['name']} {view['version']} (revision {view['revision']}): "
         f"{view['ready']}/{view['replicas']} ready, {view['state']}"
+        + (f" ({view['reason']})" if view.get("reason") else "")
     )
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column("status")
@@ -181,21 +187,13 @@ def _settle(
 
 
 def _finish(view: dict[str, Any], waited: bool) -> None:
-    """Print the deployment; after --wait, a failed replica makes the exit code 7."""
+    """Print the deployment; after --wait, one that is not ready is an error: a failed replica
+    exits 7, a deployment no node can take 1 (`mcpz.client.deploy.not_ready`)."""
+    from mcpz.client.deploy import not_ready
+
     out().data(view, lambda console: _render_status(console, view))
-    if waited and view["state"] == "failed":
-        bad = [r for r in view.get("instances", []) if r["status"] == "failed" and r["current"]]
-        detail = f": {bad[0]['detail']}" if bad and bad[0]["detail"] else ""
-        earlier = len(view.get("revisions") or []) > 1
-        back = (
-            f"or go back with `mcpz deploy rollback {view['name']}`"
-            if earlier
-            else "then deploy a fixed release"
-        )
-        error = AgentError(
-            f"{view['name']} {view['version']}: {len(bad)} replica(s) failed{detail}",
-            hint=f"see `mcpz logs {view['name']}`, {back}",
-        )
+    if waited and view["state"] != "ready":
+        error = not_ready(view)
         sys.stderr.write(f"error: {error.message} ({error.hint})\n")
         raise typer.Exit(error.exit_code)
 
@@ -238,7 +236,7 @@ def apply(
         no_sign,
         "deploy",
         name,
-        version or None,
+        version_or_latest(version),
         replicas=replicas,
         selector=_selector(selector) if selector is not None else None,
         limits=limits,
@@ -292,6 +290,26 @@ def rollback(
     name = _name(name)
     view = _signed_call(registry, token, no_sign, "rollback", name, to)
     out().info(f"rolling {name} back to {view['version']} (revision {view['revision']})")
+    _settle(name, view, wait, timeout, registry, token)
+
+
+@deploy_app.command("restart")
+def restart(
+    name: Annotated[str, typer.Argument(help="Deployment (agent name).")],
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 300.0,
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Try its failed replicas again now, e.g. after fixing what failed them (same revision).
+
+    Failed replicas are also retried on their own: with a backoff, and at once when the
+    deployment is deployed again or a node joins.
+    """
+    name = _name(name)
+    view = _client_call(registry, token, "restart_deployment", name)
+    n = view.get("restarted", 0)
+    out().info(f"restarting {n} failed replica(s) of {name}" if n else f"no replica of {name} had failed")
     _settle(name, view, wait, timeout, registry, token)
 
 

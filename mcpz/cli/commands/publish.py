@@ -11,6 +11,7 @@ from rich.table import Table
 
 from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
 from mcpz.cli.output import out
+from mcpz.cli.transfer import transfer
 from mcpz.errors import UsageError
 from mcpz.names import split_spec
 
@@ -47,25 +48,12 @@ def push(
         if not no_sign:
             unlocked.append(_wallet_account())
 
-    if output.interactive:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        with Progress(
-            TextColumn("pushing"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("objects"),
-            console=output.stderr,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("push", total=None)
-
-            def progress(_phase: str, done: int, total: int | None) -> None:
-                bar.update(task, completed=done, total=total)
-
-            result = publish.push(path, url, secret, force=force, progress=progress, before_publish=unlock)
-    else:
-        result = publish.push(path, url, secret, force=force, before_publish=unlock)
+    with transfer("pushing") as shown:
+        step = shown.step
+        progress = (lambda _phase, done, total: step(done, total)) if step is not None else None
+        result = publish.push(
+            path, url, secret, force=force, progress=progress, sent=shown.moved, before_publish=unlock
+        )
     for warning in result.warnings:
         output.warn(warning)
     account = unlocked[0] if unlocked else None
@@ -142,7 +130,8 @@ def clone(
     name, version = _name_and_version(spec)
     url = settings(registry).registry
     target = directory or Path(name.split("/")[1])
-    commit = publish.clone(url, name, version, target, token_for(url, token))
+    with transfer("cloning") as shown:
+        commit = publish.clone(url, name, version, target, token_for(url, token), received=shown.moved)
     out().data(
         {"name": name, "version": version, "commit": commit, "path": str(target)},
         lambda c: c.print(f"cloned {spec} into {target} ({commit[:12]})", markup=False),
@@ -231,7 +220,9 @@ def _set_yank(spec: str, registry: str | None, token: str | None, yanked: bool, 
     secret = token_for(url, token)
 
     async def call() -> dict[str, Any]:
+        nonlocal version
         async with connect(url, secret) as client:
+            version = await client.resolve_version(name, version)
             if yanked:
                 return await client.yank(name, version, reason)
             return await client.unyank(name, version)

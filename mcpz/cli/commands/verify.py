@@ -49,7 +49,9 @@ def verify(
         out().info(f"forgot the pinned key of {name.split('/')[0]}")
 
     async def call() -> trust.VerifiedRelease:
+        nonlocal version
         async with connect(url, token_for(url, token)) as client:
+            version = await client.resolve_version(name, version)
             return await namespaces.verify_published(client, verifier, name, version)
 
     result = run(call)
@@ -87,7 +89,9 @@ def sign(
     account = unlock_wallet()
 
     async def call() -> dict[str, Any]:
+        nonlocal version
         async with connect(url, token_for(url, token)) as client:
+            version = await client.resolve_version(name, version)
             return await namespaces.sign_published(client, name, version, path, account)
 
     release = run(call)
