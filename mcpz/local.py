@@ -26,7 +26,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +39,7 @@ from mcpz.errors import AgentError, McpzError, UsageError
 from mcpz.local_args import build_arguments, split_key_values
 from mcpz.local_process import AgentProcess, agent_process
 from mcpz.manifest import MANIFEST_FILE
+from mcpz.tooldefs import definition_of
 
 if TYPE_CHECKING:
     from mcp import Client
@@ -61,6 +62,8 @@ class ToolInfo:
     input_schema: dict[str, Any]
     output_schema: dict[str, Any] | None = None
     title: str | None = None
+    # The whole `tools/list` entry as JSON (annotations included): what `mcpz push` pins.
+    definition: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_mcp(cls, tool: Tool) -> ToolInfo:
@@ -70,10 +73,13 @@ class ToolInfo:
             input_schema=dict(tool.input_schema),
             output_schema=dict(tool.output_schema) if tool.output_schema is not None else None,
             title=tool.title,
+            definition=definition_of(tool),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        del data["definition"]
+        return data
 
 
 @dataclass(frozen=True)

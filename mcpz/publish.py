@@ -3,6 +3,11 @@
 `push` sends the current branch and, when the manifest's version has no release yet, the tag
 `v{version}` on the branch's head: one command publishes. The local tag is only made once the
 registry has accepted it, so a refused push leaves nothing behind to trip over next time.
+
+Given a wallet account, `push` signs what it publishes. Before that it starts the agent from its
+folder (as `mcpz tools` does), records its `tools/list` and pins it to the release: the digest
+goes into the signed release statement (v2) and the definitions go up with the signature, so
+nodes can refuse a replica whose tools were swapped after publishing (`tools=False`: not pinned).
 """
 
 from __future__ import annotations
@@ -13,7 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mcpz.errors import AuthError, NetworkError, NotFoundError, RefusedError, RepositoryError, UsageError
+from mcpz.errors import (
+    AuthError,
+    McpzError,
+    NetworkError,
+    NotFoundError,
+    RefusedError,
+    RepositoryError,
+    UsageError,
+)
 from mcpz.manifest import MANIFEST_FILE, Manifest, parse_manifest
 from mcpz.names import AgentName
 
@@ -38,6 +51,8 @@ class PushResult:
     bytes_sent: int = 0
     remote_messages: list[str] = field(default_factory=list)
     signer: str | None = None  # the wallet that signed the release, once it is signed
+    tools: tuple[str, ...] | None = None  # the names of the tools pinned with the signature
+    tools_digest: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +66,8 @@ class PushResult:
             "bytes_sent": self.bytes_sent,
             "signed": self.signer is not None,
             "signer": self.signer,
+            "tools": list(self.tools) if self.tools is not None else None,
+            "tools_digest": self.tools_digest,
         }
 
 
@@ -169,12 +186,106 @@ def push(
     *,
     force: bool = False,
     progress: ProgressFn | None = None,
+    account: LocalAccount | None = None,
+    tools: bool = True,
+    tools_timeout: float | None = None,
 ) -> PushResult:
-    """Push the current branch and publish the manifest's version if it is new.
+    """Push the current branch and publish the manifest's version if it is new; with `account`,
+    sign what it publishes, pinning the agent's tools unless `tools` is False.
 
     Whether the version is already published is read from the refs the registry advertises at
-    the start of the push, so publishing costs no request beyond git's own.
+    the start of the push, so publishing costs no request beyond git's own. The tools are listed
+    before the push when the version has no local tag yet, so an agent that cannot start stops
+    the push instead of leaving a release that is not signed.
     """
+    repo = open_repo(path)
+    try:
+        _branch, _commit, manifest = head_manifest(repo)
+        local_tag = repo.refs.as_dict().get(f"refs/tags/v{manifest.version}".encode())
+    finally:
+        repo.close()
+    pinned = (
+        list_tool_definitions(path, timeout=tools_timeout)
+        if account is not None and tools and local_tag is None
+        else None
+    )
+    result = push_refs(path, registry, token, force=force, progress=progress)
+    if not result.published or account is None:
+        return result
+    if pinned is None and tools:
+        pinned = list_tool_definitions(path, timeout=tools_timeout)
+    return sign_published(path, registry, token, result, account, pinned)
+
+
+def list_tool_definitions(path: Path, *, timeout: float | None = None) -> list[dict[str, Any]]:
+    """Start the agent in `path` (as `mcpz tools` does), and return its `tools/list` definitions."""
+    import anyio
+
+    from mcpz.local import list_tools
+
+    async def listed() -> list[dict[str, Any]]:
+        return [tool.definition for tool in await list_tools(path, timeout=timeout)]
+
+    try:
+        return anyio.run(listed)
+    except McpzError as e:
+        e.message = f"cannot record the agent's tools to pin them: {e.message}"
+        e.hint = "fix it and push again, or publish without pinned tools: `mcpz push --no-tools`"
+        raise
+
+
+def sign_published(
+    path: Path,
+    registry: str,
+    token: str | None,
+    result: PushResult,
+    account: LocalAccount,
+    tools: list[dict[str, Any]] | None,
+) -> PushResult:
+    """Sign the release `result` just published (with `tools` pinned, if given); on failure the
+    error says how to sign it later."""
+    import dataclasses
+
+    import anyio
+
+    from mcpz.registry_client import connect
+    from mcpz.tooldefs import ToolDefinitionsError, canonical_tools, tools_digest
+
+    try:
+        digest = tools_digest(tools) if tools is not None else None
+    except ToolDefinitionsError as e:
+        raise UsageError(
+            f"published {result.name} {result.version}, but its tools cannot be pinned: {e}",
+            hint="fix the agent's tools/list, or sign without them: "
+            f"`mcpz sign {result.name}@{result.version}`",
+        ) from e
+    statement = release_statement(
+        registry, result.name, result.version, result.commit, manifest_bytes_at(path, result.commit), digest
+    )
+
+    async def call() -> dict[str, Any]:
+        async with connect(registry, token) as client:
+            return await sign_release(client, statement, account, tools=tools)
+
+    try:
+        anyio.run(call)
+    except McpzError as e:
+        e.message = f"published {result.name} {result.version}, but signing it failed: {e.message}"
+        e.hint = e.hint or f"sign it with `mcpz sign {result.name}@{result.version}`"
+        raise
+    names = tuple(str(t["name"]) for t in canonical_tools(tools)) if tools is not None else None
+    return dataclasses.replace(result, signer=str(account.address), tools=names, tools_digest=digest)
+
+
+def push_refs(
+    path: Path,
+    registry: str,
+    token: str | None,
+    *,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> PushResult:
+    """The git part of `push`: send the branch and, for a new version, its tag. Nothing is signed."""
     from dulwich.errors import GitProtocolError, HangupException
     from dulwich.objects import ZERO_SHA
 
@@ -241,7 +352,7 @@ def push(
         except UsageError:
             raise
         except (GitProtocolError, HangupException, OSError, Exception) as e:
-            if isinstance(e, (UsageError, RefusedError)):
+            if isinstance(e, McpzError):
                 raise
             raise _translate_transport(e, registry) from e
         errors = {ref.decode(): err for ref, err in (result.ref_status or {}).items() if err}
@@ -290,6 +401,21 @@ def _check_release(registry: str, name: str, version: str | None, token: str | N
         raise _error_from(response)
     if version is not None and version not in {v["version"] for v in response.json()["versions"]}:
         raise NotFoundError(f"{name} has no release {version}", hint=f"see `mcpz versions {name}`")
+
+
+async def release_info(registry: str, token: str | None, name: str, version: str) -> dict[str, Any]:
+    """A release as the registry serves it, and its pinned tools: `{"release": {...}, "tools": {tools,
+    digest, observed, ...} or None}`."""
+    from mcpz.registry_client import connect
+
+    AgentName.parse(name)
+    async with connect(registry, token) as client:
+        release = await client.release(name, version)
+        try:
+            tools: dict[str, Any] | None = await client.release_tools(name, version)
+        except NotFoundError:
+            tools = None
+    return {"release": release, "tools": tools}
 
 
 def clone(registry: str, name: str, version: str | None, target: Path, token: str | None = None) -> str:
@@ -365,9 +491,10 @@ def manifest_bytes_at(path: Path, commit: str) -> bytes:
 
 
 def release_statement(
-    registry: str, name: str, version: str, commit: str, manifest: bytes
+    registry: str, name: str, version: str, commit: str, manifest: bytes, tools: str | None = None
 ) -> signing.ReleaseStatement:
-    """What a release signature is over: see `mcpz.signing.ReleaseStatement` and docs/signing.md."""
+    """What a release signature is over: see `mcpz.signing.ReleaseStatement` and docs/signing.md.
+    `tools` is the digest of the tool definitions pinned with it (`mcpz.tooldefs.tools_digest`)."""
     from mcpz import signing
 
     return signing.ReleaseStatement(
@@ -376,17 +503,23 @@ def release_statement(
         version=version,
         commit=commit,
         manifest_sha256=signing.sha256_hex(manifest),
+        tools=tools,
     )
 
 
 async def sign_release(
-    client: RegistryClient, statement: signing.ReleaseStatement, account: LocalAccount
+    client: RegistryClient,
+    statement: signing.ReleaseStatement,
+    account: LocalAccount,
+    *,
+    tools: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Sign `statement` with the wallet and hand the signature to the registry, which checks and keeps it.
 
+    With `tools` (whose digest `statement.tools` must be), they are pinned to the release.
     Returns the release as the registry now serves it (with `signature` and `signer`).
     """
     from mcpz import signing
 
     signature = signing.sign_statement(statement, account)
-    return await client.sign_release(statement.name, statement.version, signature)
+    return await client.sign_release(statement.name, statement.version, signature, tools=tools)

@@ -95,6 +95,7 @@ class Template:
     limits: Limits = Limits()
     selector: Mapping[str, str] = field(default_factory=dict)
     dependencies: tuple[LockedDependency, ...] = ()
+    allow_tool_drift: bool = False  # replicas may answer other tools than those signed with the release
 
 
 @dataclass(frozen=True, slots=True)
@@ -639,6 +640,14 @@ class DeploymentService:
             self._dirty.add(self.replicas[replica_id].deployment)
             self._wake.set()
 
+    def release_run_by(self, node_id: str, replica_id: str, epoch: int) -> tuple[str, str] | None:
+        """(agent, version) the replica runs, if `node_id` holds it at `epoch`; else None."""
+        if not scheduler.accepts(self.replicas, node_id, replica_id, epoch):
+            self._count_stale(node_id)
+            return None
+        template = self.template_of(self.replicas[replica_id])
+        return (template.agent, template.version) if template is not None else None
+
     def on_log(self, node_id: str, frame: Log) -> bool:
         """Keep a log frame's lines; False (and nothing kept) when its epoch is not current."""
         if not scheduler.accepts(self.replicas, node_id, frame.replica_id, frame.epoch):
@@ -825,6 +834,7 @@ class DeploymentService:
             statement = signing.DeploymentStatement(
                 registry=registry, deployment=after.name, name=t.agent, version=t.version,
                 commit=t.commit, replicas=after.replicas, revision=number,
+                allow_tool_drift=t.allow_tool_drift,
             ).to_text()  # fmt: skip
         signatures = revision.signatures
         if signed is not None:
@@ -1339,6 +1349,7 @@ def release_template(
     *,
     limits: Limits,
     selector: Mapping[str, str],
+    allow_tool_drift: bool = False,
 ) -> Template:
     """The template that runs release `agent` `version` (default: the newest that is not yanked
     nor a pre-release), with the manifest's command and env and the release's locked dependencies."""
@@ -1374,6 +1385,7 @@ def release_template(
         limits=limits,
         selector=dict(selector),
         dependencies=_locked_dependencies(repos, agent, release.commit),
+        allow_tool_drift=allow_tool_drift,
     )
 
 
@@ -1436,6 +1448,7 @@ def _template_of(row: DeploymentRevision) -> Template:
         dependencies=tuple(
             LockedDependency(name=n, version=v, commit=c) for n, v, c in json.loads(row.dependencies)
         ),
+        allow_tool_drift=bool(row.allow_tool_drift),
     )
 
 
@@ -1452,6 +1465,7 @@ def _revision_row(deployment: str, revision: Revision) -> DeploymentRevision:
         limits=json.dumps(t.limits.to_dict()),
         selector=json.dumps(dict(t.selector), sort_keys=True),
         dependencies=json.dumps([[d.name, d.version, d.commit] for d in t.dependencies]),
+        allow_tool_drift=t.allow_tool_drift,
         created_at=revision.created_at,
     )
 

@@ -19,6 +19,7 @@ from mcpz import signing
 from mcpz._version import __version__
 from mcpz.errors import NotFoundError, UsageError
 from mcpz.names import name_problem
+from mcpz.tooldefs import MAX_TOOLS
 from registry_server.accounts import service as accounts
 from registry_server.accounts import tokens
 from registry_server.accounts.auth import Forbidden, require
@@ -32,6 +33,7 @@ from registry_server.releases import signatures
 from registry_server.releases.models import Agent, Release, ReleaseSignature
 from registry_server.releases.service import set_yanked
 from registry_server.releases.signatures import signatures_by_release
+from registry_server.releases.tools import tools_for_releases
 from registry_server.state import RegistryState
 
 router = APIRouter()
@@ -61,6 +63,11 @@ class ReleaseOut(BaseModel):
     )
     signer: str | None = None
     signatures: list[SignatureOut] = Field(default_factory=list)
+    tools_digest: str | None = Field(
+        default=None,
+        description="Digest of the tool definitions signed with the release (the `tools` line of its "
+        "statement); null when none were signed",
+    )
 
 
 class AgentOut(BaseModel):
@@ -127,6 +134,7 @@ def _release_out(
     release: Release,
     publishers: dict[int, str],
     signed: tuple[dict[int, list[ReleaseSignature]], str | None] = ({}, None),
+    tools: dict[int, str] | None = None,
 ) -> ReleaseOut:
     rows, owner_address = signed
     signatures = [
@@ -149,7 +157,14 @@ def _release_out(
         signature=preferred.signature if preferred else None,
         signer=preferred.signer if preferred else None,
         signatures=signatures,
+        tools_digest=(tools or {}).get(release.id),
     )
+
+
+def _signed_tools(state: RegistryState, releases: list[Release]) -> dict[int, str]:
+    with state.db.session() as session:
+        found = tools_for_releases(session, [r.id for r in releases])
+    return {release_id: t.digest for release_id, t in found.items() if not t.observed}
 
 
 def _load_agent(
@@ -183,11 +198,12 @@ async def healthz() -> dict[str, str]:
 def get_agent(namespace: Namespace, name: AgentPart, state: State) -> AgentOut:
     full = agent_name(namespace, name)
     agent, releases, publishers, signed = _load_agent(state, full)
+    tools = _signed_tools(state, releases)
     return AgentOut(
         name=full,
         description=agent.description,
         latest=_latest(releases),
-        versions=[_release_out(full, r, publishers, signed) for r in releases],
+        versions=[_release_out(full, r, publishers, signed, tools) for r in releases],
     )
 
 
@@ -202,7 +218,7 @@ def get_release(namespace: Namespace, name: AgentPart, version: VersionPath, sta
     _agent, releases, publishers, signed = _load_agent(state, full)
     for release in releases:
         if release.version == version:
-            return _release_out(full, release, publishers, signed)
+            return _release_out(full, release, publishers, signed, _signed_tools(state, [release]))
     raise NotFoundError(f"{full} {version} is not published", hint=f"see `mcpz versions {full}`")
 
 
@@ -484,6 +500,23 @@ def revoke_key(key_id: int, state: State, principal: Caller) -> KeyOut:
 
 class SignatureIn(BaseModel):
     signature: str = Field(max_length=4096)
+    tools: list[dict[str, Any]] | None = Field(
+        default=None,
+        max_length=MAX_TOOLS,
+        description="The agent's `tools/list` at publish, to pin with the first signature: the "
+        "statement signed must then be a v2 release statement carrying their digest",
+    )
+
+
+class ToolsOut(BaseModel):
+    name: str
+    version: str
+    tools: list[dict[str, Any]] = Field(description="The tool definitions, canonical form (mcpz.tooldefs)")
+    digest: str = Field(description="sha256: and the hex digest of their canonical JSON")
+    observed: bool = Field(
+        description="True: recorded from a running replica, not signed; false: signed at publish"
+    )
+    recorded_at: datetime
 
 
 @router.post(
@@ -504,7 +537,9 @@ def sign_release(
     require(principal, "publish", namespace, db=state.db)
     try:
         with state.db.session() as session:
-            signatures.sign_release(session, public_url(state.settings), full, version, body.signature)
+            signatures.sign_release(
+                session, public_url(state.settings), full, version, body.signature, tools=body.tools
+            )
     except signing.SignatureError as e:
         if isinstance(e, signing.UnexpectedSigner):
             e = signing.UnexpectedSigner(
@@ -516,3 +551,30 @@ def sign_release(
         return signature_refusal(e)
     release = get_release(namespace, name, version, state)
     return JSONResponse(release.model_dump(mode="json"))
+
+
+@router.get(
+    "/v1/agents/{namespace}/{name}/releases/{version}/tools",
+    response_model=ToolsOut,
+    tags=["index"],
+    responses=errors(400, 404),
+)
+def get_release_tools(namespace: Namespace, name: AgentPart, version: VersionPath, state: State) -> ToolsOut:
+    """The tool definitions pinned to a release: signed at publish, or observed from a replica."""
+    full = agent_name(namespace, name)
+    with state.db.session() as session:
+        release = signatures.find_release(session, full, version)
+        found = tools_for_releases(session, [release.id]).get(release.id)
+    if found is None:
+        raise NotFoundError(
+            f"{full} {version} has no tool definitions recorded",
+            hint="they are recorded at `mcpz push` (without --no-tools), or when a replica first runs",
+        )
+    return ToolsOut(
+        name=full,
+        version=version,
+        tools=found.tools,
+        digest=found.digest,
+        observed=found.observed,
+        recorded_at=found.recorded_at,
+    )

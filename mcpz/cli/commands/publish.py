@@ -34,8 +34,20 @@ def push(
     no_sign: Annotated[
         bool, typer.Option("--no-sign", help="Publish without signing, even when a wallet exists.")
     ] = False,
+    no_tools: Annotated[
+        bool,
+        typer.Option(
+            "--no-tools",
+            help="Do not start the agent to pin its tools/list in the signed release (for an agent "
+            "that cannot start here); the first healthy replica's tools are then recorded as observed.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Seconds the agent has to start and list its tools.")
+    ] = None,
 ) -> None:
-    """Push the current branch; publish the manifest's version if it is new, signed by your wallet."""
+    """Push the current branch; publish the manifest's version if it is new, signed by your wallet
+    with the agent's tools pinned."""
     from mcpz import publish
 
     url = settings(registry).registry
@@ -43,6 +55,7 @@ def push(
     output = out()
     # Unlocked before pushing, so a missing passphrase stops the push instead of leaving it unsigned.
     account = None if no_sign else _wallet_account()
+    options: dict[str, Any] = {"account": account, "tools": not no_tools, "tools_timeout": timeout}
     if output.interactive:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -59,12 +72,10 @@ def push(
             def progress(_phase: str, done: int, total: int | None) -> None:
                 bar.update(task, completed=done, total=total)
 
-            result = publish.push(path, url, secret, force=force, progress=progress)
+            result = publish.push(path, url, secret, force=force, progress=progress, **options)
     else:
-        result = publish.push(path, url, secret, force=force)
-    if result.published and account is not None:
-        result = _sign(path, url, secret, result, account)
-    elif result.published:
+        result = publish.push(path, url, secret, force=force, **options)
+    if result.published and account is None:
         why = "--no-sign" if no_sign else "no wallet (create one with `mcpz wallet create`)"
         output.warn(f"{result.name} {result.version} is not signed: {why}; nodes refuse unsigned releases")
 
@@ -73,6 +84,10 @@ def push(
             console.print(f"published {result.name} {result.version} ({result.commit[:12]})", markup=False)
             if result.signer:
                 output.info(f"signed by {result.signer}")
+            if result.tools is not None:
+                output.info(f"tools pinned: {', '.join(result.tools) or '(none)'}")
+            elif result.signer:
+                output.info("no tools pinned (--no-tools): the first healthy replica's are recorded")
         elif result.already_published:
             console.print(
                 f"{result.name} {result.version} is already published; pushed {result.branch} "
@@ -93,31 +108,6 @@ def _wallet_account() -> Any:
     from mcpz.cli.prompts import unlock_wallet
 
     return unlock_wallet()
-
-
-def _sign(path: Path, url: str, token: str | None, result: Any, account: Any) -> Any:
-    """Sign the release just published; on failure say how to sign it later."""
-    import dataclasses
-
-    from mcpz import publish
-    from mcpz.errors import McpzError
-    from mcpz.registry_client import connect
-
-    statement = publish.release_statement(
-        url, result.name, result.version, result.commit, publish.manifest_bytes_at(path, result.commit)
-    )
-
-    async def call() -> dict[str, Any]:
-        async with connect(url, token) as client:
-            return await publish.sign_release(client, statement, account)
-
-    try:
-        run(call)
-    except McpzError as e:
-        e.message = f"published {result.name} {result.version}, but signing it failed: {e.message}"
-        e.hint = e.hint or f"sign it with `mcpz sign {result.name}@{result.version}`"
-        raise
-    return dataclasses.replace(result, signer=str(account.address))
 
 
 @app.command("clone")
@@ -170,11 +160,15 @@ def _fetch_agent(name: str, registry: str | None, token: str | None) -> dict[str
 
 @app.command("info")
 def info(
-    name: Annotated[str, typer.Argument(help="Agent name, ns/name.")],
+    spec: Annotated[str, typer.Argument(metavar="NAME[@VERSION]", help="Agent name, ns/name[@version].")],
     registry: RegistryOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Description, versions, yanked, dependencies, latest."""
+    """Description, versions, yanked, dependencies, latest; with @VERSION, that release's tools."""
+    name, version = _name_and_version(spec)
+    if version is not None:
+        _release_info(name, version, registry, token)
+        return
     data = _fetch_agent(name, registry, token)
 
     def render(console: Console) -> None:
@@ -187,6 +181,29 @@ def info(
             console.print("dependencies: " + ", ".join(f"{k} {v}" for k, v in deps.items()), markup=False)
         listed = ", ".join(v["version"] + (" (yanked)" if v["yanked"] else "") for v in data["versions"])
         console.print(f"versions: {listed or 'none'}", markup=False)
+
+    out().data(data, render)
+
+
+def _release_info(name: str, version: str, registry: str | None, token: str | None) -> None:
+    from mcpz.publish import release_info
+
+    url = settings(registry).registry
+    secret = token_for(url, token)
+    data = run(lambda: release_info(url, secret, name, version))
+
+    def render(console: Console) -> None:
+        release = data["release"]
+        yanked = " (yanked)" if release["yanked"] else ""
+        console.print(f"[bold]{name} {version}[/bold]{yanked}  commit {release['commit'][:12]}")
+        console.print(f"signed by: {release['signer'] or 'nobody'}", markup=False)
+        tools = data["tools"]
+        if tools is None:
+            console.print("tools: none recorded yet", markup=False)
+            return
+        how = "observed from a replica, not signed" if tools["observed"] else "signed at publish"
+        names = [str(t.get("name")) for t in tools["tools"]]
+        console.print(f"tools ({how}, {tools['digest'][:19]}): {', '.join(names) or '(none)'}", markup=False)
 
     out().data(data, render)
 
