@@ -23,6 +23,7 @@ from gitutil import api, commit, git
 from test_node_signatures import token_for
 from test_node_supervisor import node_config
 from test_signed_releases import OWNER, STRANGER, sign_in, sql
+from test_signed_releases import user as user  # the fixture: a registry, MCPZ_* set for the CLI
 
 from mcpz import signing
 from mcpz.node import SupervisorSettings
@@ -410,3 +411,34 @@ async def test_a_registry_that_lies_about_the_digest_is_caught_by_the_node(
     dropped, _ = await deploy(world, tmp_path, "1.0.0", data="dropped")
     assert dropped["status"] == "failed", dropped
     assert dropped["detail"].startswith("verify-failed:"), dropped
+
+
+@pytest.mark.slow
+def test_the_cli_pins_tools_and_an_agent_that_cannot_start_stops_the_push(
+    cli: Any, user: LiveRegistry, tmp_path: Path
+) -> None:
+    assert cli("wallet", "create").exit_code == 0
+    assert cli("login", "--wallet").exit_code == 0
+    assert cli("namespace", "create", "acme").exit_code == 0
+    tools_file = tmp_path / "tools.json"
+    write_tools(tools_file, [FORECAST, ECHO])
+    work = tmp_path / "agent"
+    work.mkdir()
+    git("init", "-q", "-b", "main", cwd=work)
+    commit(work, {"mcpz.toml": manifest("1.0.0", tools_file), "server.py": SERVER}, "drifty")
+    pushed = cli("--json", "push", cwd=work)
+    assert pushed.exit_code == 0, pushed.stderr
+    body = json.loads(pushed.stdout)
+    assert body["signed"] and body["tools"] == ["echo", "forecast"]
+    assert body["tools_digest"] == tools_digest([FORECAST, ECHO])
+
+    commit(work, {"mcpz.toml": manifest("1.1.0", tools_file), "server.py": "print('no MCP here')\n"}, "x")
+    broken = cli("push", cwd=work)
+    assert broken.exit_code == 7, broken.stderr
+    assert "cannot record the agent's tools to pin them" in broken.stderr
+    assert "--no-tools" in broken.stderr and "Traceback" not in broken.stderr
+    versions = [v["version"] for v in api(user, f"/v1/agents/{AGENT}").json()["versions"]]
+    assert versions == ["1.0.0"]  # nothing published half-way
+    without = cli("--json", "push", "--no-tools", cwd=work)
+    assert without.exit_code == 0, without.stderr
+    assert json.loads(without.stdout)["signed"] and json.loads(without.stdout)["tools"] is None

@@ -84,7 +84,11 @@ COMMANDS: dict[str, Entry] = {
     "pull": Entry(
         "publish", "Fast-forward the current branch from the registry it was cloned from.", REGISTRY
     ),
-    "info": Entry("publish", "Description, versions, yanked, dependencies, latest.", REGISTRY),
+    "info": Entry(
+        "publish",
+        "Description, versions, yanked, dependencies, latest; with @VERSION, that release's tools.",
+        REGISTRY,
+    ),
     "versions": Entry("publish", "Every published version, oldest first.", REGISTRY),
     "yank": Entry("publish", "Skip a version in new resolutions (exact locks still install it).", REGISTRY),
     "unyank": Entry("publish", "Undo a yank.", REGISTRY),

@@ -46,8 +46,11 @@ def push(
         float | None, typer.Option("--timeout", help="Seconds the agent has to start and list its tools.")
     ] = None,
 ) -> None:
-    """Push the current branch; publish the manifest's version if it is new, signed by your wallet
-    with the agent's tools pinned."""
+    """Push the current branch; publish the manifest's version if it is new, signed by your wallet.
+
+    Signing starts the agent here (as `mcpz tools --local` does) and pins its tools/list to the
+    release: nodes refuse replicas whose tools differ. --no-tools skips that.
+    """
     from mcpz import publish
 
     url = settings(registry).registry
