@@ -20,6 +20,14 @@ break, so one text means one statement and one statement has one text:
     replicas: 3
     revision: 7                           (only grows; a node refuses a lower one than it has seen)
 
+    mcpz release v2                       (v1 and one more line: the tools pinned at publish)
+    ...                                   (the five lines of v1)
+    tools: sha256:5e8c...                 (mcpz.tooldefs.tools_digest of the tools/list)
+
+    mcpz deployment v2                    (v1 and one more line; without it, no drift is allowed)
+    ...                                   (the six lines of v1)
+    allow-tool-drift: yes                 (nodes run replicas whose tools differ from those pinned)
+
     mcpz key-rotation v1
     registry: https://registry.example.com
     namespace: acme
