@@ -170,7 +170,16 @@ def write_tools(path: Path, tools: list[dict[str, Any]]) -> None:
 
 @pytest.fixture
 def world(sqlite_registry: LiveRegistry, tmp_path: Path) -> Iterator[World]:
-    reg = sqlite_registry
+    yield make_world(sqlite_registry, tmp_path)
+
+
+@pytest.fixture
+def world_both(registry: LiveRegistry, tmp_path: Path) -> Iterator[World]:
+    """The same, once on SQLite and once on PostgreSQL."""
+    yield make_world(registry, tmp_path)
+
+
+def make_world(reg: LiveRegistry, tmp_path: Path) -> World:
     owner = sign_in(reg, OWNER)
     assert api(reg, "/v1/namespaces", owner, method="POST", json={"name": "acme"}).status_code == 201
     tools_file = tmp_path / "tools.json"
@@ -179,7 +188,7 @@ def world(sqlite_registry: LiveRegistry, tmp_path: Path) -> Iterator[World]:
     work.mkdir()
     git("init", "-q", "-b", "main", cwd=work)
     commit(work, {"mcpz.toml": manifest("1.0.0", tools_file), "server.py": SERVER}, "drifty")
-    yield World(reg, owner, work, tools_file)
+    return World(reg, owner, work, tools_file)
 
 
 def manifest(version: str, tools_file: Path) -> str:
@@ -241,7 +250,8 @@ async def deploy(
 
 
 @pytest.mark.slow
-def test_push_pins_the_tools_and_signs_their_digest(world: World, cli: Any) -> None:
+def test_push_pins_the_tools_and_signs_their_digest(world_both: World, cli: Any) -> None:
+    world = world_both
     result = push(world)
     assert result.published and result.signer == OWNER.address
     digest = tools_digest([FORECAST, ECHO])
@@ -282,7 +292,8 @@ def test_push_pins_the_tools_and_signs_their_digest(world: World, cli: Any) -> N
 
 
 @pytest.mark.slow
-def test_the_registry_recomputes_the_digest_and_only_the_namespace_pins(world: World) -> None:
+def test_the_registry_recomputes_the_digest_and_only_the_namespace_pins(world_both: World) -> None:
+    world = world_both
     result = push(world, tools=False)  # signed, v1, nothing pinned
     assert result.signer == OWNER.address and result.tools is None
     assert api(world.reg, f"/v1/agents/{AGENT}/releases/1.0.0/tools").status_code == 404
@@ -348,8 +359,9 @@ async def test_no_tools_records_the_first_healthy_replicas_tools_as_observed(
 @pytest.mark.slow
 @pytest.mark.anyio
 async def test_tools_swapped_after_publish_fail_the_replica_unless_drift_is_allowed(
-    world: World, tmp_path: Path
+    world_both: World, tmp_path: Path
 ) -> None:
+    world = world_both
     await anyio.to_thread.run_sync(push, world)
     write_tools(world.tools_file, [HOSTILE_FORECAST, ECHO, READ_FILE])
 
