@@ -22,7 +22,7 @@ import httpx2
 from conftest import LiveRegistry
 from gitutil import git
 
-from mcpz.templates import render_template
+from mcpz.repo.templates import render_template
 
 T = TypeVar("T")
 AGENT = "acme/tiny"

@@ -132,7 +132,7 @@ def _heavy(modules: set[str], *more: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mcpz.repo import init_agent
+    from mcpz.repo.repository import init_agent
 
     path = tmp_path_factory.mktemp("startup") / "agent"
     init_agent(path, "acme/startup")

@@ -1,4 +1,4 @@
-"""Signed deployments end to end: the CLI and `mcpz.deploy` sign each revision's statement, the
+"""Signed deployments end to end: the CLI and `mcpz.client.deploy` sign each revision's statement, the
 registry keeps only signatures by the namespace's owner or members and numbers revisions so they
 only grow, and nodes run only what the namespace owner's key signed, never a revision lower than
 one they have seen — whatever the registry's database says (it is tampered with here, as an
@@ -25,11 +25,11 @@ from gitutil import api, git
 from test_node_signatures import AGENT, deploy, publish, set_version, token_for
 from test_signed_releases import MEMBER, OWNER, STRANGER, SUCCESSOR, World, post_signature, sign_in, sql
 
-from mcpz import deploy as deploying
-from mcpz import signing, trust
+from mcpz.client import deploy as deploying
+from mcpz.client.registry import connect
 from mcpz.errors import AuthError, RefusedError
-from mcpz.registry_client import connect
-from mcpz.templates import render_template
+from mcpz.keys import signing, trust
+from mcpz.repo.templates import render_template
 
 T = TypeVar("T")
 FAST: dict[str, Any] = {"heartbeat_interval": 0.3, "heartbeat_grace": 2.0, "resync_interval": 1.0}

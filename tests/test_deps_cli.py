@@ -580,8 +580,9 @@ def test_offline_uses_only_the_cache_and_names_what_is_missing(cli, own: World, 
 
 
 def test_check_lock_fresh_for_push(own: World, tmp_path: Path) -> None:
-    from mcpz.deps import StaleLockError, check_lock_fresh
+    from mcpz.deps.flows import check_lock_fresh
     from mcpz.errors import UsageError
+    from mcpz.lockfile import StaleLockError
 
     plain = make_app(tmp_path / "plain")
     check_lock_fresh(plain)  # no dependencies, no lock: nothing to check
@@ -653,7 +654,7 @@ RUN = '[run]\ncommand = ["python", "server.py"]\n'
 def test_edit_dependency_keeps_the_rest_of_the_file(
     before: str, name: str, spec: str | None, after: str
 ) -> None:
-    from mcpz.manifest_edit import edit_dependency
+    from mcpz.deps.manifest_edit import edit_dependency
 
     edited, kept = edit_dependency(before, _manifest(before), name, spec)
     assert kept
@@ -661,7 +662,7 @@ def test_edit_dependency_keeps_the_rest_of_the_file(
 
 
 def test_edit_dependency_rewrites_an_unusual_layout() -> None:
-    from mcpz.manifest_edit import edit_dependency
+    from mcpz.deps.manifest_edit import edit_dependency
 
     # An inline table at the top: no [dependencies] line to edit, so the file is written afresh.
     inline = (
@@ -683,13 +684,13 @@ def test_edit_dependency_rewrites_an_unusual_layout() -> None:
     ],
 )
 def test_default_specifier(versions: list[tuple[str, bool]], expected: str) -> None:
-    from mcpz.deps import default_specifier
+    from mcpz.deps.flows import default_specifier
 
     assert default_specifier([{"version": v, "yanked": y} for v, y in versions]) == expected
 
 
 def test_default_specifier_needs_a_release_that_is_not_yanked() -> None:
-    from mcpz.deps import default_specifier
+    from mcpz.deps.flows import default_specifier
     from mcpz.errors import NotFoundError
 
     with pytest.raises(NotFoundError):
@@ -708,7 +709,7 @@ def test_default_specifier_needs_a_release_that_is_not_yanked() -> None:
 def test_edits_in_any_order_give_the_intended_manifest_and_keep_the_rest(
     ops: list[tuple[str, str | None]],
 ) -> None:
-    from mcpz.manifest_edit import edit_dependency
+    from mcpz.deps.manifest_edit import edit_dependency
 
     text = BASE
     expected: dict[str, str] = {}
@@ -726,7 +727,7 @@ def test_edits_in_any_order_give_the_intended_manifest_and_keep_the_rest(
 def test_locking_does_not_import_the_installer() -> None:
     # `mcpz lock` is start-up bound on a warm cache: its workflow module must not pull in
     # installing (fetching, verifying, placing agents), which it never uses.
-    code = "import sys, mcpz.deps; print('mcpz.deps_install' in sys.modules)"
+    code = "import sys, mcpz.deps.flows; print('mcpz.deps.install' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from mcpz.bundled import bundled_path
-from mcpz.local import open_agent
+from mcpz.local.session import open_agent
 from mcpz.manifest import load_manifest
 
 EXAMPLES = bundled_path("templates").parent / "examples"

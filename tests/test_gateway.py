@@ -300,7 +300,7 @@ def test_the_cli_lists_and_calls_tools_of_a_deployed_agent(one: Mesh) -> None:
 
 
 def test_connect_serves_a_local_agent_at_dev_to_its_namespace_only(mesh: Mesh, tmp_path: Path) -> None:
-    from mcpz.templates import render_template
+    from mcpz.repo.templates import render_template
 
     owner = mesh.reg.account("acme", "read,deploy,call")
     work = tmp_path / "local-agent"

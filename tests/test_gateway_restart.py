@@ -30,7 +30,7 @@ from gitutil import git
 from meshutil import AGENT, Mesh
 from registryproc import RegistryProcess
 
-from mcpz.templates import render_template
+from mcpz.repo.templates import render_template
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="needs /proc and PR_SET_PDEATHSIG")
 

@@ -1,4 +1,4 @@
-"""`mcpz.index_client` against a live registry: batching, breadth-first closure, ETag cache, offline.
+"""`mcpz.client.index` against a live registry: batching, breadth-first closure, ETag cache, offline.
 
 Releases are inserted into the live registry's database through the registry's own functions
 (`releases.record_releases`), as `bench/bench_index.py` does: this module tests how the index is
@@ -21,8 +21,7 @@ import httpx2
 import pytest
 from conftest import LiveRegistry
 
-from mcpz.errors import NetworkError, NotFoundError
-from mcpz.index_client import (
+from mcpz.client.index import (
     MAX_BATCH,
     IndexCache,
     IndexClient,
@@ -32,7 +31,8 @@ from mcpz.index_client import (
     partition,
     registry_key,
 )
-from mcpz.registry_client import RegistryClient
+from mcpz.client.registry import RegistryClient
+from mcpz.errors import NetworkError, NotFoundError
 
 # --- pure ---------------------------------------------------------------------------------------
 

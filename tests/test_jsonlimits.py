@@ -72,7 +72,8 @@ def test_a_raised_recursion_limit_cannot_crash_the_loader() -> None:
 def test_importing_mcpz_the_registry_and_web3_leaves_the_recursion_limit_alone() -> None:
     code = (
         "import sys\nbefore = sys.getrecursionlimit()\n"
-        "import mcpz.cli.app, mcpz.wallet, mcpz.signing, mcpz.signin, mcpz.node.agent, mcpz.connector\n"
+        "import mcpz.cli.app, mcpz.keys.wallet, mcpz.keys.signing, mcpz.client.signin\n"
+        "import mcpz.node.agent, mcpz.node.connector\n"
         "import registry_server.app, registry_server.accounts.routes\n"
         "import eth_account, py_ecc\n"
         "try:\n    import web3\nexcept ImportError:\n    pass\n"
@@ -95,7 +96,7 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_eth_account_and_py_ecc_are_imported_only_through_mcpz_ethkeys() -> None:
-    door = ROOT / "mcpz" / "ethkeys.py"
+    door = ROOT / "mcpz" / "keys" / "ethkeys.py"
     for package in ("mcpz", "registry_server"):
         for path in sorted((ROOT / package).rglob("*.py")):
             if path == door:
@@ -103,9 +104,9 @@ def test_eth_account_and_py_ecc_are_imported_only_through_mcpz_ethkeys() -> None
             modules = _imports(path)
             top = {m.split(".")[0] for m in modules}
             where = path.relative_to(ROOT)
-            assert not top & {"eth_account", "py_ecc"}, f"{where} imports eth_account: use mcpz.ethkeys"
+            assert not top & {"eth_account", "py_ecc"}, f"{where} imports eth_account: use mcpz.keys.ethkeys"
             if "web3" in top:
-                assert "mcpz.ethkeys" in modules, f"{where} imports web3 without mcpz.ethkeys first"
+                assert "mcpz.keys.ethkeys" in modules, f"{where} imports web3 without mcpz.keys.ethkeys first"
 
 
 # --- garbage never raises anything but JSONError ----------------------------------------------------

@@ -19,8 +19,7 @@ import pytest
 import tomli_w
 
 from mcpz.errors import AgentError, ManifestError, UsageError
-from mcpz.local import AgentSession, list_tools, open_agent
-from mcpz.local_args import (
+from mcpz.local.args import (
     build_arguments,
     coerce_value,
     parse_args_json,
@@ -28,8 +27,9 @@ from mcpz.local_args import (
     schema_types,
     signature,
 )
-from mcpz.local_process import agent_process
-from mcpz.templates import render_template
+from mcpz.local.process import agent_process
+from mcpz.local.session import AgentSession, list_tools, open_agent
+from mcpz.repo.templates import render_template
 
 
 def make_agent(folder: Path, command: list[str], files: dict[str, str] | None = None, **env: str) -> Path:

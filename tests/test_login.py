@@ -17,8 +17,8 @@ from eth_account import Account
 from gitutil import api
 from sqlalchemy import text
 
-from mcpz import signing, siwe
-from mcpz.signin import login_message
+from mcpz.client.signin import login_message
+from mcpz.keys import signing, siwe
 from registry_server.db import Database
 
 ALICE = Account.from_key("0x" + "a1" * 32)

@@ -11,8 +11,8 @@ from conftest import LiveRegistry
 from eth_account import Account
 from gitutil import api
 
-from mcpz import siwe
-from mcpz.signin import login_message
+from mcpz.client.signin import login_message
+from mcpz.keys import siwe
 
 CAROL = Account.from_key("0x" + "c4" * 32)
 AT_ONCE = 12

@@ -820,7 +820,7 @@ async def test_hello_resends_assignments_the_node_lost(
 
 @pytest.mark.anyio
 async def test_logs_recent_and_followed(mesh: Mesh, nodes: Callable[..., Awaitable[SimNode]]) -> None:
-    from mcpz.registry_client import connect as registry
+    from mcpz.client.registry import connect as registry
 
     a = await nodes("a")
     async with mesh.client() as client:

@@ -20,7 +20,7 @@ from conftest import LiveRegistry, start_registry
 from gitutil import git
 from meshutil import FAST, NodeProc, until
 
-from mcpz.templates import render_template
+from mcpz.repo.templates import render_template
 from registry_server.accounts import namespaces
 from registry_server.accounts import service as accounts
 from registry_server.db import Database

@@ -18,7 +18,7 @@ from gitutil import commit, git
 from test_node_supervisor import node_config
 from test_signed_releases import MEMBER, OWNER, STRANGER, World, post_signature, sign_in, sql
 
-from mcpz.templates import render_template
+from mcpz.repo.templates import render_template
 
 pytestmark = pytest.mark.anyio
 AGENT = "acme/weather"
@@ -92,9 +92,9 @@ async def deploy(
 ) -> dict[str, Any]:
     """Deploy `version` to one in-process node, the deployment signed by `who`'s wallet (or by the
     account `sign`, or unsigned with `sign=None`); the replica's status once it ran or failed."""
-    from mcpz import deploy as deploying
+    from mcpz.client import deploy as deploying
+    from mcpz.client.registry import connect
     from mcpz.node import Node
-    from mcpz.registry_client import connect
 
     signer = {a.address: a for a in (OWNER, MEMBER, STRANGER)}[who] if sign is WHO else sign
     deployer = token_for(w.reg, who, "read,publish,deploy,admin")
@@ -149,7 +149,7 @@ async def test_a_release_signed_by_a_non_member_is_refused_even_with_allow_unsig
 ) -> None:
     from test_signed_releases import manifest_in_registry, release_statement
 
-    from mcpz import signing
+    from mcpz.keys import signing
 
     manifest = manifest_in_registry(world.reg, AGENT, world.commits["1.0.0"])
     statement = release_statement(world.reg, AGENT, "1.0.0", world.commits["1.0.0"], manifest)

@@ -17,7 +17,7 @@ import pytest
 
 from mcpz.mesh import LogStream, ReplicaStatus
 from mcpz.node import Limits, ProcessSpec, StdioChannel, Supervisor, SupervisorSettings
-from mcpz.templates import render_template
+from mcpz.repo.templates import render_template
 
 Event = tuple[ReplicaStatus, str, "int | None"]
 

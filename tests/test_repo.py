@@ -16,9 +16,8 @@ import pytest
 
 from mcpz.errors import ManifestError, NotFoundError, RepositoryError, UsageError
 from mcpz.manifest import parse_manifest
-from mcpz.repo import AgentRepo, clean_message, init_agent
-from mcpz.repo_diff import Change, file_patch
-from mcpz.repo_model import (
+from mcpz.repo.diff import Change, file_patch
+from mcpz.repo.model import (
     FileAtRev,
     Status,
     bump_version,
@@ -27,8 +26,9 @@ from mcpz.repo_model import (
     split_rev,
     split_rev_path,
 )
-from mcpz.repo_release import manifest_with_version_text
-from mcpz.repo_store import RawObject, index_bytes, parse_index, write_pack
+from mcpz.repo.release import manifest_with_version_text
+from mcpz.repo.repository import AgentRepo, clean_message, init_agent
+from mcpz.repo.store import RawObject, index_bytes, parse_index, write_pack
 
 GIT = shutil.which("git") or "/usr/bin/git"
 MANIFEST = '[agent]\nname = "acme/geo"\nversion = "0.1.0"\nkind = "plugin"\n'
@@ -147,7 +147,7 @@ def test_file_patch_matches_git_format() -> None:
 
 
 def test_status_porcelain_lines() -> None:
-    from mcpz.repo_model import FileChange
+    from mcpz.repo.model import FileChange
 
     status = Status(
         "main",

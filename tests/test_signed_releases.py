@@ -1,4 +1,4 @@
-"""Signed releases end to end: push signs, the registry checks signers, and a node (mcpz.trust) refuses
+"""Signed releases end to end: push signs, the registry checks signers, and a node (mcpz.keys.trust) refuses
 whatever the namespace owner's key did not sign — whatever the registry's database says."""
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from eth_account import Account
 from gitutil import api, commit, git, init_agent, open_bare, set_version
 from sqlalchemy import text
 
-from mcpz import credentials, signing, siwe, trust
-from mcpz.signin import login_message
+from mcpz import credentials
+from mcpz.client.signin import login_message
+from mcpz.keys import signing, siwe, trust
 from registry_server.db import Database
 
 OWNER = Account.from_key("0x" + "0a" * 32)

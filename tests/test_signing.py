@@ -12,9 +12,9 @@ from eth_account.messages import defunct_hash_message, encode_defunct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcpz import signing
 from mcpz.errors import AuthError
-from mcpz.signing import (
+from mcpz.keys import signing
+from mcpz.keys.signing import (
     DeploymentStatement,
     KeyRotationStatement,
     ReleaseStatement,

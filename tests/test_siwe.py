@@ -15,9 +15,9 @@ from eth_utils.address import to_checksum_address
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcpz import signing, siwe
 from mcpz.errors import AuthError, UsageError
-from mcpz.siwe import MalformedMessage, SiweMessage
+from mcpz.keys import signing, siwe
+from mcpz.keys.siwe import MalformedMessage, SiweMessage
 
 # --------------------------------------------------------------- EIP-4361's own examples (data)
 

@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 from mcpz.manifest import load_manifest
-from mcpz.templates import available_templates, render_template
+from mcpz.repo.templates import available_templates, render_template
 
 
 def rendered_files(folder: Path) -> list[str]:

@@ -25,7 +25,7 @@ from test_node_supervisor import node_config
 from test_signed_releases import OWNER, STRANGER, sign_in, sql
 from test_signed_releases import user as user  # the fixture: a registry, MCPZ_* set for the CLI
 
-from mcpz import signing
+from mcpz.keys import signing
 from mcpz.node import SupervisorSettings
 from mcpz.node.state import Assignment
 from mcpz.node.toolpin import ToolPin, drift_allowed, pin_for, tools_changed
@@ -213,9 +213,9 @@ async def deploy(
     """Deploy `version` (signed by OWNER) to one in-process node; wait until the replica runs or
     fails, run `after(node, result)`, and return the replica's status and detail (and what
     `after` added), with the statuses seen on the way."""
-    from mcpz import deploy as deploying
+    from mcpz.client import deploy as deploying
+    from mcpz.client.registry import connect
     from mcpz.node import Node
-    from mcpz.registry_client import connect
 
     deployer = token_for(w.reg, OWNER.address, "read,publish,deploy,admin")
     supervisor = SupervisorSettings(liveness_interval=0.2, max_restarts=1, restart_base=0.05)
@@ -300,7 +300,7 @@ def test_the_registry_recomputes_the_digest_and_only_the_namespace_pins(world_bo
     assert api(world.reg, f"/v1/agents/{AGENT}/1.0.0").json()["tools_digest"] is None
 
     commit(world.work, {"mcpz.toml": manifest("1.1.0", world.tools_file)}, "1.1.0")
-    from mcpz.publish import push_refs
+    from mcpz.client.publish import push_refs
 
     published = push_refs(world.work, world.reg.url, world.owner)
     release = api(world.reg, f"/v1/agents/{AGENT}/1.1.0").json()

@@ -1,4 +1,4 @@
-"""mcpz.trust: what a node accepts — pinned keys, signed rotations, release signatures, revisions."""
+"""mcpz.keys.trust: what a node accepts — pinned keys, signed rotations, release signatures, revisions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from mcpz import signing, trust
+from mcpz.keys import signing, trust
 
 REGISTRY = "https://registry.example.com"
 OWNER = Account.from_key("0x" + "11" * 32)

@@ -1,4 +1,4 @@
-"""mcpz.trust: revoked keys stay refused, deployments signed by them too, and the store's revision
+"""mcpz.keys.trust: revoked keys stay refused, deployments signed by them too, and the store's revision
 check holds across threads and processes."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from test_trust import MALLORY, NEXT, OWNER, REGISTRY, THIRD, deployment, keys, release, rotation
 
-from mcpz import signing, trust
+from mcpz.keys import signing, trust
 
 
 def test_revoked_keys_are_those_rotated_away_from_and_not_back() -> None:

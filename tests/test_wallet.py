@@ -21,8 +21,9 @@ from keyring.backends import fail
 from keyring.compat import properties
 from keyring.errors import PasswordDeleteError
 
-from mcpz import credentials, wallet
+from mcpz import credentials
 from mcpz.errors import UsageError
+from mcpz.keys import wallet
 
 PASSPHRASE = "Plover-Quartz-Umbra-71"
 KEY = "0x" + "5e" * 32

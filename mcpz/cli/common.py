@@ -54,8 +54,8 @@ def call_registry(
     registry: str | None, token: str | None, method: str, *args: Any, need_token: bool = False, **kw: Any
 ) -> Any:
     """Call one `RegistryClient` method with the resolved URL and token, in one event loop."""
+    from mcpz.client.registry import connect
     from mcpz.errors import AuthError
-    from mcpz.registry_client import connect
 
     url = settings(registry).registry
     secret = token_for(url, token)

@@ -17,11 +17,11 @@ from mcpz.cli.output import out
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from mcpz.repo import AgentRepo
+    from mcpz.repo.repository import AgentRepo
 
 
 def open_repo() -> AgentRepo:
-    from mcpz.repo import AgentRepo
+    from mcpz.repo.repository import AgentRepo
 
     return AgentRepo.open(Path.cwd())
 

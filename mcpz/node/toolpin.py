@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mcpz import signing
+from mcpz.keys import signing
 from mcpz.mesh import ErrorCode
 from mcpz.node.state import Assignment
 from mcpz.tooldefs import ToolDefinitionsError, changes, tools_digest

@@ -15,9 +15,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mcpz import signing
 from mcpz._version import __version__
 from mcpz.errors import NotFoundError, UsageError
+from mcpz.keys import signing
 from mcpz.names import name_problem
 from mcpz.tooldefs import MAX_TOOLS
 from registry_server.accounts import service as accounts

@@ -1,5 +1,5 @@
-"""Release signatures: each checked with `mcpz.signing` against the namespace's keys before it is
-stored, so what the registry serves to nodes can be checked by them without trusting it.
+"""Release signatures: each checked with `mcpz.keys.signing` against the namespace's keys before it
+is stored, so what the registry serves to nodes can be checked by them without trusting it.
 
 A release's statement carries the digest of its signed tool definitions when it has them
 (`release_tools`, not observed): those are pinned by the first signature, in the same transaction,
@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mcpz import signing
 from mcpz.errors import NotFoundError, RefusedError, UsageError
+from mcpz.keys import signing
 from mcpz.tooldefs import ToolDefinitionsError, tools_digest
 from registry_server.accounts.namespaces import allowed_signers
 from registry_server.orm import utcnow

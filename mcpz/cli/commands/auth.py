@@ -38,8 +38,8 @@ def login(
     registry: RegistryOpt = None,
 ) -> None:
     """Log in to a registry and keep the token (OS keyring; a 0600 file where there is none)."""
+    from mcpz.client.registry import connect
     from mcpz.credentials import store_token
-    from mcpz.registry_client import connect
 
     if token == wallet:
         raise UsageError(
@@ -72,9 +72,9 @@ def login(
 
 def _login_with_wallet(url: str) -> None:
     from mcpz.cli.prompts import unlock_wallet
+    from mcpz.client.registry import connect
+    from mcpz.client.signin import sign_in
     from mcpz.credentials import store_token
-    from mcpz.registry_client import connect
-    from mcpz.signin import sign_in
 
     account = unlock_wallet()
 

@@ -3,7 +3,7 @@
 
 `deploy` is a group whose first word is either a subcommand or the NAME@VERSION to deploy: the
 group sends anything that is not a subcommand to `deploy apply`. Deploy, scale and rollback are
-signed by the user's wallet when one exists (`mcpz.deploy`); `--no-sign` makes them unsigned.
+signed by the user's wallet when one exists (`mcpz.client.deploy`); `--no-sign` makes them unsigned.
 """
 
 from __future__ import annotations
@@ -91,13 +91,13 @@ def _client_call(registry: str | None, token: str | None, method: str, *args: An
 def _signed_call(
     registry: str | None, token: str | None, no_sign: bool, method: str, *args: Any, **kw: Any
 ) -> dict[str, Any]:
-    """Call `mcpz.deploy.<method>`, signed by the wallet unless --no-sign (or there is none)."""
-    from mcpz import deploy
-    from mcpz.registry_client import connect
+    """Call `mcpz.client.deploy.<method>`, signed by the wallet unless --no-sign (or there is none)."""
+    from mcpz.client import deploy
+    from mcpz.client.registry import connect
 
     account = None
     if not no_sign:
-        from mcpz.wallet import Wallet
+        from mcpz.keys.wallet import Wallet
 
         if Wallet.exists():
             from mcpz.cli.prompts import unlock_wallet
@@ -126,7 +126,7 @@ def _signed_call(
 
 def _wait(name: str, registry: str | None, token: str | None, timeout: float) -> dict[str, Any]:
     """Poll until ready or failed, with a live display of replicas by status on a terminal."""
-    from mcpz.registry_client import connect
+    from mcpz.client.registry import connect
 
     url = settings(registry).registry
     secret = token_for(url, token)
@@ -376,7 +376,7 @@ def logs(
     """
     import json
 
-    from mcpz.registry_client import connect
+    from mcpz.client.registry import connect
 
     name = _name(name)
     output = out()

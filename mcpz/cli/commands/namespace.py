@@ -10,8 +10,8 @@ from rich.console import Console
 
 from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
 from mcpz.cli.output import out
+from mcpz.client.registry import RegistryClient
 from mcpz.errors import AuthError, NetworkError, RemoteError, UsageError
-from mcpz.registry_client import RegistryClient
 
 # This module's commands; cli/app.py mounts them by name when one of them runs.
 app = typer.Typer()
@@ -24,7 +24,7 @@ ROLES = ("owner", "publisher")
 def _with_client(
     registry: str | None, token: str | None, fn: Callable[[RegistryClient], Awaitable[Any]]
 ) -> Any:
-    from mcpz.registry_client import connect
+    from mcpz.client.registry import connect
 
     url = settings(registry).registry
     secret = token_for(url, token)
@@ -59,7 +59,7 @@ def create(name: str, registry: RegistryOpt = None, token: TokenOpt = None) -> N
 @namespace_app.command("show")
 def show(name: str, registry: RegistryOpt = None, token: TokenOpt = None) -> None:
     """Owner, members and key history of a namespace."""
-    from mcpz.registry_client import connect
+    from mcpz.client.registry import connect
 
     url = settings(registry).registry
 
@@ -106,9 +106,9 @@ def transfer(
     token: TokenOpt = None,
 ) -> None:
     """Hand the namespace to another account; your wallet signs the key rotation nodes will check."""
-    from mcpz import namespaces
     from mcpz.cli.prompts import unlock_wallet
-    from mcpz.wallet import Wallet
+    from mcpz.client import namespaces
+    from mcpz.keys.wallet import Wallet
 
     signer = unlock_wallet() if Wallet.exists() else None
     data = _with_client(registry, token, lambda c: namespaces.transfer(c, namespace, account, signer))
@@ -123,9 +123,10 @@ def rotate_key(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
     `retired-<address>.json` beside it. Nodes follow the signed rotation; the old key is listed
     as revoked.
     """
-    from mcpz import namespaces, wallet
     from mcpz.cli.prompts import prompt_for
-    from mcpz.ethkeys import Account
+    from mcpz.client import namespaces
+    from mcpz.keys import wallet
+    from mcpz.keys.ethkeys import Account
 
     current = wallet.Wallet.load()
     passphrase = wallet.get_passphrase(current.address, prompt=prompt_for(current.address))

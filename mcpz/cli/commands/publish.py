@@ -51,7 +51,7 @@ def push(
     Signing starts the agent here (as `mcpz tools --local` does) and pins its tools/list to the
     release: nodes refuse replicas whose tools differ. --no-tools skips that.
     """
-    from mcpz import publish
+    from mcpz.client import publish
 
     url = settings(registry).registry
     secret = token_for(url, token)
@@ -104,7 +104,7 @@ def push(
 
 
 def _wallet_account() -> Any:
-    from mcpz.wallet import Wallet
+    from mcpz.keys.wallet import Wallet
 
     if not Wallet.exists():
         return None
@@ -123,7 +123,7 @@ def clone(
     token: TokenOpt = None,
 ) -> None:
     """Clone an agent from the registry."""
-    from mcpz import publish
+    from mcpz.client import publish
 
     name, version = _name_and_version(spec)
     url = settings(registry).registry
@@ -141,7 +141,7 @@ def pull(
     token: TokenOpt = None,
 ) -> None:
     """Fast-forward the current branch from the registry it was cloned from."""
-    from mcpz import publish
+    from mcpz.client import publish
 
     old, new = publish.pull(path, token)
     message = "already up to date" if old == new else f"updated {old[:12]}..{new[:12]}"
@@ -149,7 +149,7 @@ def pull(
 
 
 def _fetch_agent(name: str, registry: str | None, token: str | None) -> dict[str, Any]:
-    from mcpz.registry_client import connect
+    from mcpz.client.registry import connect
 
     AgentName.parse(name)
     url = settings(registry).registry
@@ -189,7 +189,7 @@ def info(
 
 
 def _release_info(name: str, version: str, registry: str | None, token: str | None) -> None:
-    from mcpz.publish import release_info
+    from mcpz.client.publish import release_info
 
     url = settings(registry).registry
     secret = token_for(url, token)
@@ -235,7 +235,7 @@ def versions(
 
 
 def _set_yank(spec: str, registry: str | None, token: str | None, yanked: bool, reason: str) -> None:
-    from mcpz.registry_client import connect
+    from mcpz.client.registry import connect
 
     name, version = _name_and_version(spec)
     if version is None:

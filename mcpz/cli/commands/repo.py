@@ -1,6 +1,6 @@
 """Repository commands: init, commit, status, log, diff, show, release.
 
-Each parses its options, calls `mcpz.repo.AgentRepo` (imported when the command runs, so that
+Each parses its options, calls `mcpz.repo.repository.AgentRepo` (imported when the command runs, so that
 `mcpz --help` and other commands do not pay for dulwich), and renders the result: data on
 stdout (the `--json` payload with --json), talk on stderr.
 """
@@ -20,7 +20,7 @@ from mcpz.cli.repo_views import decorated, open_repo, print_patch
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from mcpz.repo_model import CommitInfo, FileAtRev, ShowCommit
+    from mcpz.repo.model import CommitInfo, FileAtRev, ShowCommit
 
 _AUTHOR = typer.Option("--author", help='Commit as "Name <email>" (else MCPZ_AUTHOR, config, git config).')
 
@@ -58,7 +58,7 @@ def init(
     """Create an agent from a template, as a git repository with its first commit."""
     from mcpz.errors import UsageError
     from mcpz.names import name_problem
-    from mcpz.repo import init_agent
+    from mcpz.repo.repository import init_agent
 
     if name is None:
         # `mcpz init acme/weather` reads like a name; say how to write it rather than guess.
@@ -150,7 +150,7 @@ def show(
     spec: Annotated[str, typer.Argument(help="REV (a commit and its diff) or REV:PATH (a file).")] = "HEAD",
 ) -> None:
     """Show a commit with its diff, or a file's content at a revision (REV:PATH)."""
-    from mcpz.repo_model import ShowCommit
+    from mcpz.repo.model import ShowCommit
 
     with open_repo() as repo:
         shown = repo.show(spec)
@@ -173,7 +173,7 @@ def release(
 ) -> None:
     """Set the manifest version, commit, and tag the commit v{version}."""
     from mcpz.errors import UsageError
-    from mcpz.repo_model import BUMP_PARTS
+    from mcpz.repo.model import BUMP_PARTS
 
     part = next((p for p in BUMP_PARTS if p == bump), None)
     if bump is not None and part is None:

@@ -6,11 +6,11 @@
 
 `commit` is `git add -A && git commit`: it stages every change the ignore rules allow
 (new files, edits and deletions), refusing first if the manifest is invalid. Releases are
-annotated tags `v{version}` (see `mcpz.repo_release` for why annotated).
+annotated tags `v{version}` (see `mcpz.repo.release` for why annotated).
 
-The work is split by concept: `repo_history` reads refs and objects, `repo_worktree` scans
-the work tree, `repo_store` reads and writes git's file formats fast, `repo_diff` compares
-trees and renders patches, `repo_config` reads git's settings, `repo_model` holds the
+The work is split by concept: `history` reads refs and objects, `worktree` scans
+the work tree, `store` reads and writes git's file formats fast, `diff` compares
+trees and renders patches, `config` reads git's settings, `model` holds the
 results and the pure rules.
 """
 
@@ -29,16 +29,16 @@ from dulwich.objects import Commit, ObjectID, Tag
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
-from mcpz import repo_store as store
-from mcpz import repo_worktree as wt
 from mcpz.errors import RepositoryError, UsageError
-from mcpz.repo_config import GitSettings
-from mcpz.repo_diff import compare_files, flatten_tree, tree_changes
-from mcpz.repo_history import RepoReader, clean_message, commit_info_of, file_changes, path_str, translated
-from mcpz.repo_model import DEFAULT_BRANCH, BumpPart, CommitResult, Diff, FileChange, ReleaseResult, Status
+from mcpz.repo import store
+from mcpz.repo import worktree as wt
+from mcpz.repo.config import GitSettings
+from mcpz.repo.diff import compare_files, flatten_tree, tree_changes
+from mcpz.repo.history import RepoReader, clean_message, commit_info_of, file_changes, path_str, translated
+from mcpz.repo.model import DEFAULT_BRANCH, BumpPart, CommitResult, Diff, FileChange, ReleaseResult, Status
 
 if TYPE_CHECKING:
-    from mcpz.repo_release import init_agent
+    from mcpz.repo.release import init_agent
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ __all__ = ["AgentRepo", "RepoReader", "clean_message", "init_agent"]
 def __getattr__(name: str) -> Any:
     # `init_agent` lives with the release code; imported on first use to keep `status` light.
     if name == "init_agent":
-        from mcpz.repo_release import init_agent
+        from mcpz.repo.release import init_agent
 
         return init_agent
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -361,6 +361,6 @@ class AgentRepo(RepoReader):
         The work tree must be clean apart from `mcpz.toml`, so the release is exactly what was
         committed; the tag must not exist yet. See `mcpz.repo_release.release`.
         """
-        from mcpz.repo_release import release
+        from mcpz.repo.release import release
 
         return release(self, version, bump=bump, author=author, message=message)

@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 from eth_utils.address import is_address, to_checksum_address
 
-from mcpz import signing, trust
+from mcpz.client.registry import RegistryClient
 from mcpz.config import data_dir
 from mcpz.errors import RefusedError, UsageError
-from mcpz.registry_client import RegistryClient
+from mcpz.keys import signing, trust
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from mcpz.ethkeys import LocalAccount
+    from mcpz.keys.ethkeys import LocalAccount
 
 
 def trust_store(env: Mapping[str, str] | None = None) -> trust.TrustStore:
@@ -110,7 +110,7 @@ async def sign_published(
     A release whose tools were pinned at publish is signed with their digest, recomputed here from
     the definitions the registry serves (see them with `mcpz info NAME@VERSION`).
     """
-    from mcpz import publish
+    from mcpz.client import publish
     from mcpz.tooldefs import tools_digest
 
     release = await client.release(name, version)

@@ -1,6 +1,6 @@
 """Reading a repository's history: refs, revisions, commits, trees, files and diffs between commits.
 
-`RepoReader` needs no work tree, so it serves bare repositories as well; `mcpz.repo.AgentRepo`
+`RepoReader` needs no work tree, so it serves bare repositories as well; `mcpz.repo.repository.AgentRepo`
 adds the work tree (status, commit, tags) on top of it. Revisions are what git users type:
 `HEAD`, branches, tags, a version (`1.2.0` for the tag `v1.2.0`), an id or a unique prefix of
 one, each optionally followed by `~N` or `^N`.
@@ -26,10 +26,10 @@ from dulwich.objects import Blob, Commit, ObjectID, ShaFile, Tag
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
-from mcpz import repo_store as store
 from mcpz.errors import NotFoundError, RepositoryError, UsageError
-from mcpz.repo_diff import Change, file_patch, tree_changes
-from mcpz.repo_model import (
+from mcpz.repo import store
+from mcpz.repo.diff import Change, file_patch, tree_changes
+from mcpz.repo.model import (
     CommitInfo,
     Diff,
     FileAtRev,

@@ -52,7 +52,7 @@ The relying party's refusals each have their own class and a stable `code` (for 
         ├── WrongSigner                wrong_signer        valid, but not the account expected
         └── NonceRefused               nonce_refused       unknown, expired or already used nonce
 
-`MalformedSignature` is also a `mcpz.signing.MalformedSignature`. `KeyMismatch` (a UsageError) is
+`MalformedSignature` is also a `mcpz.keys.signing.MalformedSignature`. `KeyMismatch` (a UsageError) is
 raised by `sign` when the key is not the message's address.
 """
 
@@ -70,9 +70,9 @@ from typing import ClassVar
 
 from eth_utils.address import is_checksum_address, to_checksum_address
 
-from mcpz import signing
 from mcpz.errors import AuthError, UsageError
-from mcpz.signing import PrivateKeyInput
+from mcpz.keys import signing
+from mcpz.keys.signing import PrivateKeyInput
 
 __all__ = [
     "DEFAULT_CLOCK_SKEW",

@@ -28,7 +28,7 @@ from eth_utils.address import is_address, to_checksum_address
 
 from mcpz.config import data_dir
 from mcpz.errors import AuthError, UsageError
-from mcpz.ethkeys import Account, LocalAccount
+from mcpz.keys.ethkeys import Account, LocalAccount
 
 __all__ = [
     "KEYRING_SERVICE",

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 
 from dulwich.config import ConfigFile
 
-from mcpz.repo_model import choose_identity
-from mcpz.repo_worktree import IgnoreRules
+from mcpz.repo.model import choose_identity
+from mcpz.repo.worktree import IgnoreRules
 
 
 class GitSettings:

@@ -33,7 +33,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mcpz.node.errors import CheckoutRefused, ReleaseError
+from mcpz.errors import McpzError
+from mcpz.mesh import ErrorCode
+
+
+class ReleaseError(McpzError):
+    """What the registry served does not check out: a missing or corrupt object, a commit that is
+    not the one asked for, a manifest that names another agent or version."""
+
+    code = ErrorCode.VERIFY_FAILED
+
+
+class CheckoutRefused(ReleaseError):
+    """A tree holds a path that would escape its checkout (`..`, `/`, `.git`, an outward symlink)."""
+
 
 MODE_DIR = 0o040000
 MODE_LINK = 0o120000

@@ -3,7 +3,7 @@
 Results are named tuples (immutable, and cheaper to define at import than dataclasses, which
 `mcpz status` notices) with a `to_dict()` that is the command's `--json` payload. The helpers
 here (version bumps, identities, revision syntax, tree grouping) take data and return data;
-`mcpz.repo` does the I/O around them.
+`mcpz.repo.repository` does the I/O around them.
 """
 
 from __future__ import annotations

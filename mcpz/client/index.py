@@ -64,9 +64,9 @@ import anyio
 from packaging.version import InvalidVersion, Version
 
 from mcpz.atomic import write_atomic
+from mcpz.client.registry import RegistryClient
 from mcpz.errors import AuthError, McpzError, NetworkError, NotFoundError, UsageError
 from mcpz.names import name_problem
-from mcpz.registry_client import RegistryClient
 from mcpz.resolve.index import Index, IndexDataError, Release, parse_spec
 
 logger = logging.getLogger(__name__)

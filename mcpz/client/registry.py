@@ -172,7 +172,7 @@ class RegistryClient:
         time); None leaves a setting as it is (a new deployment: the newest release, 1 replica).
 
         `signing`: `prepare=True` (answer the statement to sign, change nothing), or `statement`
-        and `signature` (see `mcpz.deploy`, which signs)."""
+        and `signature` (see `mcpz.client.deploy`, which signs)."""
         body: dict[str, Any] = {"agent": agent, "version": version, "replicas": replicas, **signing}
         if selector is not None:
             body["selector"] = dict(selector)

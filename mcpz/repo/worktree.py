@@ -19,7 +19,7 @@ from typing import NamedTuple
 from dulwich.ignore import IgnoreFilter, Pattern, read_ignore_patterns
 from dulwich.objects import S_IFGITLINK, ObjectID
 
-from mcpz.repo_store import Entries, IndexEntry
+from mcpz.repo.store import Entries, IndexEntry
 
 log = logging.getLogger(__name__)
 

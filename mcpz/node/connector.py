@@ -30,7 +30,7 @@ import anyio
 
 from mcpz._version import __version__
 from mcpz.errors import AgentError, AuthError, NotFoundError, RefusedError, UsageError
-from mcpz.local_process import agent_process
+from mcpz.local.process import agent_process
 from mcpz.mesh import (
     CLOSE_NORMAL,
     DEFAULT_BACKOFF_BASE,

@@ -34,8 +34,8 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from mcpz.client.index import OfflineError, registry_key
 from mcpz.errors import ManifestError, McpzError, NotFoundError, RepositoryError
-from mcpz.index_client import OfflineError, registry_key
 from mcpz.lockfile import Lock, LockedAgent
 from mcpz.manifest import MANIFEST_FILE, parse_manifest
 
@@ -141,7 +141,7 @@ class ObjectStore:
         from dulwich.client import HttpGitClient
         from dulwich.file import FileLocked
 
-        from mcpz.publish import _translate_transport, repo_url
+        from mcpz.client.publish import _translate_transport, repo_url
 
         tag = f"refs/tags/v{agent.version}".encode()
         url = repo_url(self.registry, agent.name)
@@ -225,8 +225,8 @@ class ObjectStore:
 
     def checkout(self, agent: LockedAgent, folder: Path) -> None:
         """Write the commit's tree into `folder` (which must not exist), refusing any path that
-        would leave it (the mesh node's checkout: `mcpz.node.checkout`)."""
-        from mcpz.node.checkout import checkout
+        would leave it (the mesh node's checkout: `mcpz.repo.checkout`)."""
+        from mcpz.repo.checkout import checkout
 
         repo = self._repo()
         try:

@@ -31,9 +31,9 @@ from mcpz.manifest import MANIFEST_FILE, Manifest, parse_manifest
 from mcpz.names import AgentName
 
 if TYPE_CHECKING:
-    from mcpz import signing
-    from mcpz.ethkeys import LocalAccount
-    from mcpz.registry_client import RegistryClient
+    from mcpz.client.registry import RegistryClient
+    from mcpz.keys import signing
+    from mcpz.keys.ethkeys import LocalAccount
 
 ProgressFn = Callable[[str, int, int | None], None]  # (phase, done, total)
 
@@ -163,8 +163,7 @@ def head_manifest(repo: Any) -> tuple[bytes, str, Manifest]:
 
 def _check_committed_lock(repo: Any, commit_id: str, manifest: Manifest) -> None:
     """Refuse to publish what a lock at HEAD does not match: a release must be reproducible."""
-    from mcpz.deps import lock_problem
-    from mcpz.lockfile import LOCK_FILE
+    from mcpz.lockfile import LOCK_FILE, lock_problem
 
     tree = repo[repo[commit_id.encode()].tree]
     try:
@@ -221,7 +220,7 @@ def list_tool_definitions(path: Path, *, timeout: float | None = None) -> list[d
     """Start the agent in `path` (as `mcpz tools` does), and return its `tools/list` definitions."""
     import anyio
 
-    from mcpz.local import list_tools
+    from mcpz.local.session import list_tools
 
     async def listed() -> list[dict[str, Any]]:
         return [tool.definition for tool in await list_tools(path, timeout=timeout)]
@@ -248,7 +247,7 @@ def sign_published(
 
     import anyio
 
-    from mcpz.registry_client import connect
+    from mcpz.client.registry import connect
     from mcpz.tooldefs import ToolDefinitionsError, canonical_tools, tools_digest
 
     try:
@@ -390,7 +389,7 @@ def _check_release(registry: str, name: str, version: str | None, token: str | N
     """Say "no such agent/release" plainly, before git would say it obscurely."""
     import httpx2
 
-    from mcpz.registry_client import _error_from
+    from mcpz.client.registry import _error_from
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
@@ -406,7 +405,7 @@ def _check_release(registry: str, name: str, version: str | None, token: str | N
 async def release_info(registry: str, token: str | None, name: str, version: str) -> dict[str, Any]:
     """A release as the registry serves it, and its pinned tools: `{"release": {...}, "tools": {tools,
     digest, observed, ...} or None}`."""
-    from mcpz.registry_client import connect
+    from mcpz.client.registry import connect
 
     AgentName.parse(name)
     async with connect(registry, token) as client:
@@ -493,9 +492,9 @@ def manifest_bytes_at(path: Path, commit: str) -> bytes:
 def release_statement(
     registry: str, name: str, version: str, commit: str, manifest: bytes, tools: str | None = None
 ) -> signing.ReleaseStatement:
-    """What a release signature is over: see `mcpz.signing.ReleaseStatement` and docs/signing.md.
+    """What a release signature is over: see `mcpz.keys.signing.ReleaseStatement` and docs/signing.md.
     `tools` is the digest of the tool definitions pinned with it (`mcpz.tooldefs.tools_digest`)."""
-    from mcpz import signing
+    from mcpz.keys import signing
 
     return signing.ReleaseStatement(
         registry=signing.canonical_registry_url(registry),
@@ -519,7 +518,7 @@ async def sign_release(
     With `tools` (whose digest `statement.tools` must be), they are pinned to the release.
     Returns the release as the registry now serves it (with `signature` and `signer`).
     """
-    from mcpz import signing
+    from mcpz.keys import signing
 
     signature = signing.sign_statement(statement, account)
     return await client.sign_release(statement.name, statement.version, signature, tools=tools)

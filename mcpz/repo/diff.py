@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
-from mcpz.repo_model import ChangeKind
+from mcpz.repo.model import ChangeKind
 
 TREE_MODE = 0o040000
 LINK_MODE = 0o120000

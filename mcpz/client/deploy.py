@@ -1,7 +1,7 @@
 """Changing deployments from the client side, each change signed by the deployer's wallet.
 
 Nodes run a deployment only when the namespace owner's key signed its statement
-(`mcpz.signing.DeploymentStatement`: registry, deployment, release, commit, replicas, revision)
+(`mcpz.keys.signing.DeploymentStatement`: registry, deployment, release, commit, replicas, revision)
 and never one whose revision is lower than one they have seen (docs/signing.md). The registry
 assigns the revision, so a change goes in two steps:
 
@@ -22,12 +22,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from mcpz import signing
+from mcpz.client.registry import RegistryClient
 from mcpz.errors import RefusedError, UsageError
-from mcpz.registry_client import RegistryClient
+from mcpz.keys import signing
 
 if TYPE_CHECKING:
-    from mcpz.ethkeys import LocalAccount
+    from mcpz.keys.ethkeys import LocalAccount
 
 __all__ = ["deploy", "rollback", "scale"]
 

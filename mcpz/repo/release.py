@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 from mcpz.errors import ManifestError, RepositoryError, UsageError
 from mcpz.manifest import MANIFEST_FILE, Manifest, check_version, load_manifest, parse_manifest
 from mcpz.names import AgentName
-from mcpz.repo_model import DEFAULT_BRANCH, BumpPart, InitResult, ReleaseResult, bump_version, tag_for
+from mcpz.repo.model import DEFAULT_BRANCH, BumpPart, InitResult, ReleaseResult, bump_version, tag_for
 
 if TYPE_CHECKING:
-    from mcpz.repo import AgentRepo
+    from mcpz.repo.repository import AgentRepo
 
 _VERSION_LINE = re.compile(r"""^(?P<lead>\s*version\s*=\s*)(?P<q>["'])(?P<value>[^"'\n]*)(?P=q)""", re.M)
 _AGENT_HEADER = re.compile(r"^\s*\[agent\]\s*(#.*)?$", re.M)
@@ -129,8 +129,8 @@ def init_agent(
     (anything but `.git` in it) unless `force`.
     """
     from mcpz.bundled import bundled_path
-    from mcpz.repo import AgentRepo
-    from mcpz.templates import available_templates, render_template
+    from mcpz.repo.repository import AgentRepo
+    from mcpz.repo.templates import available_templates, render_template
 
     agent = AgentName.parse(name)
     source = bundled_path("templates") / template

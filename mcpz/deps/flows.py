@@ -1,7 +1,7 @@
 """The dependency flows behind `mcpz add | remove | lock | install | tree | why | outdated`.
 
 Each flow reads the project (`mcpz.toml`, `mcpz.lock`), reads the registry's index through one
-`IndexClient` where it has to (`mcpz.index_client`: batched, concurrent, ETag-cached), calls the
+`IndexClient` where it has to (`mcpz.client.index`: batched, concurrent, ETag-cached), calls the
 pure core (`mcpz.resolve`, `mcpz.lockfile`) and writes files atomically (temp file + rename).
 
     project = open_project(Path("."))
@@ -25,43 +25,32 @@ from packaging.version import InvalidVersion, Version
 
 from mcpz import exit_codes
 from mcpz.atomic import write_atomic
+from mcpz.client.index import FetchStats, IndexClient, Snapshot, VersionEntry
+from mcpz.deps.manifest_edit import edit_dependency
 from mcpz.errors import NotFoundError, UsageError
-from mcpz.index_client import FetchStats, IndexClient, Snapshot, VersionEntry
 from mcpz.lockfile import (
     LOCK_FILE,
     Lock,
     LockedAgent,
     LockfileError,
+    StaleLockError,
     build_lock,
     dump_lock,
     is_stale,
+    lock_problem,
     manifest_hash,
     parse_lock,
-    stale_changes,
 )
 from mcpz.manifest import MANIFEST_FILE, Manifest, load_manifest
-from mcpz.manifest_edit import edit_dependency
 from mcpz.names import AgentName
 from mcpz.resolve import Requirer, Resolution, ResolvedPackage, resolve
 from mcpz.specifiers import specifier_problem
 
 if TYPE_CHECKING:  # installing is imported when it runs: `mcpz lock` never needs it
-    from mcpz.deps_install import InstallResult
+    from mcpz.deps.install import InstallResult
 
 EXIT_LOCK_STALE = exit_codes.LOCK_STALE
 """`mcpz lock --check` (and `install`, `push`) found mcpz.lock missing or out of date."""
-
-
-class StaleLockError(UsageError):
-    """mcpz.lock is missing, or no longer matches mcpz.toml or the registry; `changes` says how."""
-
-    exit_code = EXIT_LOCK_STALE
-
-    def __init__(self, message: str, *, changes: Sequence[str] = (), hint: str | None = None) -> None:
-        if changes:
-            message = f"{message}: " + "; ".join(changes)
-        super().__init__(message, hint=hint or "run `mcpz lock` and commit mcpz.lock")
-        self.changes = list(changes)
 
 
 @dataclass(frozen=True)
@@ -121,21 +110,6 @@ def open_project(path: Path) -> Project:
 
 
 # --- freshness -------------------------------------------------------------------------------
-
-
-def lock_problem(dependencies: Mapping[str, str], lock_text: str | None) -> StaleLockError | None:
-    """Why a lock (its text, None when absent) does not fit the manifest's dependencies; pure."""
-    if lock_text is None:
-        if not dependencies:
-            return None
-        return StaleLockError(f"{LOCK_FILE} is missing, and {MANIFEST_FILE} has dependencies")
-    lock = parse_lock(lock_text)
-    if is_stale(lock, dependencies):
-        return StaleLockError(
-            f"{LOCK_FILE} is out of date: the dependencies in {MANIFEST_FILE} changed since it was written",
-            changes=stale_changes(lock, dependencies),
-        )
-    return None
 
 
 def check_lock_fresh(path: Path) -> None:
@@ -289,7 +263,7 @@ def _resolve_lock(
         for agent in new.agents:
             old = previous.get(agent.name)
             if old is not None and old.version == agent.version and old.commit != agent.commit:
-                from mcpz.deps_install import IntegrityError
+                from mcpz.deps.install import IntegrityError
 
                 raise IntegrityError(
                     f"the registry now lists {agent.name} {agent.version} at commit {agent.commit[:12]}, "
@@ -625,7 +599,7 @@ async def install(
     current = project.lock or Lock(
         registry=registry, manifest_hash=manifest_hash({}), dependencies={}, agents=()
     )
-    from mcpz.deps_install import install_lock
+    from mcpz.deps.install import install_lock
 
     return await install_lock(
         project.folder,

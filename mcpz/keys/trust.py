@@ -22,7 +22,7 @@ The decisions are pure functions (`advance_pin`, `check_release`, `check_revisio
 `revoked_keys`); `Verifier` combines them with a small file-backed `TrustStore` that remembers
 pins, revisions and rotations.
 
-    from mcpz import trust
+    from mcpz.keys import trust
 
     verifier = trust.Verifier(registry_url, trust.TrustStore(data_dir / "trust.json"))
     keys = trust.NamespaceKeys.from_json(get("/v1/namespaces/acme/keys"))
@@ -61,9 +61,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mcpz import signing
 from mcpz.atomic import write_atomic
 from mcpz.errors import AuthError, UsageError
+from mcpz.keys import signing
 
 __all__ = [
     "KeyChangeRefused",

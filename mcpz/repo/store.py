@@ -32,7 +32,7 @@ from dulwich.object_store import DiskObjectStore
 from dulwich.objects import ObjectID
 from dulwich.pack import write_pack_index_v2
 
-from mcpz.repo_model import group_tree_entries
+from mcpz.repo.model import group_tree_entries
 
 if TYPE_CHECKING:
     from dulwich.file import _GitFile

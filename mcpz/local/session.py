@@ -36,8 +36,8 @@ import anyio
 
 from mcpz._version import __version__
 from mcpz.errors import AgentError, McpzError, UsageError
-from mcpz.local_args import build_arguments, split_key_values
-from mcpz.local_process import AgentProcess, agent_process
+from mcpz.local.args import build_arguments, split_key_values
+from mcpz.local.process import AgentProcess, agent_process
 from mcpz.manifest import MANIFEST_FILE
 from mcpz.tooldefs import definition_of
 
@@ -307,7 +307,7 @@ async def call_tool(
     """Start the agent in `path`, call one tool, stop it.
 
     `key_values` are `key=value` words as typed on a command line, read with the tool's
-    input schema (see `mcpz.local_args`) and merged over `arguments`. With `check` (the
+    input schema (see `mcpz.local.args`) and merged over `arguments`. With `check` (the
     default) a tool error raises AgentError carrying the tool's message.
     """
     split_key_values(key_values)  # a typo is reported before the agent is started

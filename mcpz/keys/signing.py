@@ -68,7 +68,7 @@ from eth_utils.exceptions import ValidationError as _EthValidationError
 from packaging.version import InvalidVersion, Version
 
 from mcpz.errors import AuthError, McpzError, UsageError
-from mcpz.ethkeys import Account, LocalAccount, encode_defunct
+from mcpz.keys.ethkeys import Account, LocalAccount, encode_defunct
 from mcpz.names import name_problem, part_problem
 
 __all__ = [

@@ -19,8 +19,8 @@ import anyio
 
 from mcpz._version import __version__
 from mcpz.errors import AgentError, AuthError, McpzError, NetworkError, NotFoundError, RemoteError, UsageError
-from mcpz.local import ToolInfo, ToolResult, ToolSession, single_leaf, tool_failed
-from mcpz.local_args import build_arguments, split_key_values
+from mcpz.local.args import build_arguments, split_key_values
+from mcpz.local.session import ToolInfo, ToolResult, ToolSession, single_leaf, tool_failed
 from mcpz.names import name_problem
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ async def call_remote_tool(
     timeout: float,
     check: bool = True,
 ) -> ToolResult:
-    """Call one tool of a deployed agent; like `mcpz.local.call_tool`, through the gateway."""
+    """Call one tool of a deployed agent; like `mcpz.local.session.call_tool`, through the gateway."""
     split_key_values(key_values)
     async with open_remote(name, registry=registry, token=token, timeout=timeout) as agent:
         info = await agent.tool(tool)

@@ -12,10 +12,10 @@ from typing import Any
 
 from packaging.version import Version
 
-from mcpz.deps import Project, Remote, StaleLockError, fetch_snapshot
+from mcpz.client.index import Snapshot
+from mcpz.deps.flows import Project, Remote, fetch_snapshot
 from mcpz.errors import NotFoundError, ResolutionImpossible
-from mcpz.index_client import Snapshot
-from mcpz.lockfile import LOCK_FILE, is_stale, stale_changes
+from mcpz.lockfile import LOCK_FILE, StaleLockError, is_stale, stale_changes
 from mcpz.names import AgentName
 from mcpz.resolve import Requirer, Resolution, ResolvedPackage, resolve
 

@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from mcpz import siwe
+from mcpz.client.registry import RegistryClient
 from mcpz.errors import UsageError
-from mcpz.ethkeys import LocalAccount
-from mcpz.registry_client import RegistryClient
+from mcpz.keys import siwe
+from mcpz.keys.ethkeys import LocalAccount
 
 STATEMENT = "Sign in to the mcpz registry"
 MESSAGE_LIFETIME = timedelta(minutes=5)

@@ -1,0 +1,1 @@
+"""Talking to a registry: its JSON API, the version index, git push/clone/pull, deployments, the gateway."""
