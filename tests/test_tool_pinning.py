@@ -280,6 +280,19 @@ def test_push_pins_the_tools_and_signs_their_digest(world_both: World, cli: Any)
     as_json = cli("--json", "info", f"{AGENT}@1.0.0", "--registry", world.reg.url)
     assert json.loads(as_json.stdout)["tools"]["observed"] is False
 
+    # `mcpz sign` (a co-signature) signs the same v2 statement; `mcpz verify` checks it as a node does.
+    async def sign_and_verify() -> Any:
+        from mcpz.client.namespaces import sign_published, verify_published
+        from mcpz.client.registry import connect
+        from mcpz.keys import trust
+
+        verifier = trust.Verifier(world.reg.url, trust.TrustStore(world.work.parent / "trust.json"))
+        async with connect(world.reg.url, world.owner) as client:
+            await sign_published(client, AGENT, "1.0.0", world.work, OWNER)
+            return await verify_published(client, verifier, AGENT, "1.0.0")
+
+    assert anyio.run(sign_and_verify).signer == OWNER.address
+
     # Pinned tools never change, and the registry refuses a digest other than the one signed.
     url = f"/v1/agents/{AGENT}/1.0.0/signature"
     other = [FORECAST, READ_FILE]
