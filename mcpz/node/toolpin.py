@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mcpz import jsonlimits
 from mcpz.keys import signing
 from mcpz.mesh import ErrorCode
 from mcpz.node.state import Assignment
@@ -91,7 +92,7 @@ def fetch_pinned_tools(
     try:
         response = httpx2.get(url, headers=headers, timeout=5.0, verify=verify)
         response.raise_for_status()
-        tools = response.json().get("tools")
+        tools = jsonlimits.loads(response.content).get("tools")
         if isinstance(tools, list) and tools_digest(tools) == digest:
             return tools
     except (httpx2.HTTPError, ValueError, AttributeError, ToolDefinitionsError) as e:

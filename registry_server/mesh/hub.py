@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import threading
 import time
@@ -41,6 +40,7 @@ from fastapi import APIRouter, WebSocket
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.websockets import WebSocketDisconnect
 
+from mcpz import jsonlimits
 from mcpz.errors import McpzError
 from mcpz.mesh import (
     CLOSE_GOING_AWAY,
@@ -212,8 +212,8 @@ class MeshHub:
             self.stats.stale_dropped += 1
             return
         try:
-            tools = json.loads(frame.payload)
-        except ValueError:
+            tools = jsonlimits.loads(frame.payload)
+        except ValueError:  # JSONError included: not JSON, or nested too deep
             tools = None
         if not isinstance(tools, list) or len(frame.payload) > MAX_CANONICAL_BYTES:
             log.info("node sent unreadable tools", extra={"node": node_id, "replica": frame.replica_id})
