@@ -86,7 +86,11 @@ COMMANDS: dict[str, Entry] = {
     "pull": Entry(
         "publish", "Fast-forward the current branch from the registry it was cloned from.", PUBLISH
     ),
-    "info": Entry("publish", "Description, versions, yanked, dependencies, latest.", PUBLISH),
+    "info": Entry(
+        "publish",
+        "Description, versions, yanked, dependencies, latest; with @VERSION, that release's tools.",
+        PUBLISH,
+    ),
     "versions": Entry("publish", "Every published version, oldest first.", PUBLISH),
     "yank": Entry("publish", "Skip a version in new resolutions (exact locks still install it).", PUBLISH),
     "unyank": Entry("publish", "Undo a yank.", PUBLISH),

@@ -161,9 +161,21 @@ class RegistryClient:
     async def revoked_keys(self) -> dict[str, Any]:
         return await self.json("GET", "/v1/revoked-keys")  # type: ignore[no-any-return]
 
-    async def sign_release(self, name: str, version: str, signature: str) -> dict[str, Any]:
+    async def sign_release(
+        self, name: str, version: str, signature: str, tools: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """Hand the registry a signature over the release's statement; with `tools`, pin them (the
+        statement signed must carry their digest)."""
         path = f"/v1/agents/{name}/{version}/signature"
-        return await self.json("POST", path, json={"signature": signature})  # type: ignore[no-any-return]
+        body: dict[str, Any] = {"signature": signature}
+        if tools is not None:
+            body["tools"] = tools
+        return await self.json("POST", path, json=body)  # type: ignore[no-any-return]
+
+    async def release_tools(self, name: str, version: str) -> dict[str, Any]:
+        """The tool definitions pinned to a release: `{tools, digest, observed, ...}`; NotFoundError
+        if it has none."""
+        return await self.json("GET", f"/v1/agents/{name}/releases/{version}/tools")  # type: ignore[no-any-return]
 
     # --- deployments and the mesh (registry_server/deployments/routes.py) ---------------------------------
 
@@ -175,6 +187,7 @@ class RegistryClient:
         replicas: int | None = None,
         selector: Mapping[str, str] | None = None,
         limits: Mapping[str, int | None] | None = None,
+        allow_tool_drift: bool | None = None,
         **signing: Any,
     ) -> dict[str, Any]:
         """Create or update the deployment of `agent` (a new version rolls out one replica at a
@@ -187,6 +200,8 @@ class RegistryClient:
             body["selector"] = dict(selector)
         if limits is not None:
             body["limits"] = dict(limits)
+        if allow_tool_drift is not None:
+            body["allow_tool_drift"] = allow_tool_drift
         return await self.json("POST", "/v1/deployments", json=body)  # type: ignore[no-any-return]
 
     async def deployments(self) -> list[dict[str, Any]]:

@@ -33,33 +33,46 @@ def push(
     no_sign: Annotated[
         bool, typer.Option("--no-sign", help="Publish without signing, even when a wallet exists.")
     ] = False,
+    no_tools: Annotated[
+        bool,
+        typer.Option(
+            "--no-tools",
+            help="Do not start the agent to pin its tools/list in the signed release (for an agent "
+            "that cannot start here); the first healthy replica's tools are then recorded as observed.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Seconds the agent has to start and list its tools.")
+    ] = None,
 ) -> None:
-    """Push the current branch; publish the manifest's version if it is new, signed by your wallet."""
+    """Push the current branch; publish the manifest's version if it is new, signed by your wallet.
+
+    Signing starts the agent here (as `mcpz tools --local` does) and pins its tools/list to the
+    release: nodes refuse replicas whose tools differ. --no-tools skips that.
+    """
     from mcpz.client import publish
 
     url = settings(registry).registry
     secret = token_for(url, token)
     output = out()
-    # Unlocked only when this push publishes a release (a signature is needed), and then before any
-    # object is sent, so a missing passphrase stops the push instead of leaving a release unsigned.
-    unlocked: list[Any] = []
-
-    def unlock() -> None:
-        if not no_sign:
-            unlocked.append(_wallet_account())
-
     with transfer("pushing") as shown:
         step = shown.step
         progress = (lambda _phase, done, total: step(done, total)) if step is not None else None
+        # The wallet is unlocked only when this push publishes a release, before anything is sent.
         result = publish.push(
-            path, url, secret, force=force, progress=progress, sent=shown.moved, before_publish=unlock
+            path,
+            url,
+            secret,
+            force=force,
+            progress=progress,
+            sent=shown.moved,
+            unlock=None if no_sign else _wallet_account,
+            tools=not no_tools,
+            tools_timeout=timeout,
         )
     for warning in result.warnings:
         output.warn(warning)
-    account = unlocked[0] if unlocked else None
-    if result.published and account is not None:
-        result = _sign(path, url, secret, result, account)
-    elif result.published:
+    if result.published and result.signer is None:
         why = "--no-sign" if no_sign else "no wallet (create one with `mcpz wallet create`)"
         output.warn(f"{result.name} {result.version} is not signed: {why}; nodes refuse unsigned releases")
 
@@ -68,6 +81,10 @@ def push(
             console.print(f"published {result.name} {result.version} ({result.commit[:12]})", markup=False)
             if result.signer:
                 output.info(f"signed by {result.signer}")
+            if result.tools is not None:
+                output.info(f"tools pinned: {', '.join(result.tools) or '(none)'}")
+            elif result.signer:
+                output.info("no tools pinned (--no-tools): the first healthy replica's are recorded")
         elif result.already_published:
             console.print(
                 f"{result.name} {result.version} is already published; pushed {result.branch} "
@@ -88,31 +105,6 @@ def _wallet_account() -> Any:
     from mcpz.cli.prompts import unlock_wallet
 
     return unlock_wallet()
-
-
-def _sign(path: Path, url: str, token: str | None, result: Any, account: Any) -> Any:
-    """Sign the release just published; on failure say how to sign it later."""
-    import dataclasses
-
-    from mcpz.client import publish
-    from mcpz.client.registry import connect
-    from mcpz.errors import McpzError
-
-    statement = publish.release_statement(
-        url, result.name, result.version, result.commit, publish.manifest_bytes_at(path, result.commit)
-    )
-
-    async def call() -> dict[str, Any]:
-        async with connect(url, token) as client:
-            return await publish.sign_release(client, statement, account)
-
-    try:
-        run(call)
-    except McpzError as e:
-        e.message = f"published {result.name} {result.version}, but signing it failed: {e.message}"
-        e.hint = e.hint or f"sign it with `mcpz sign {result.name}@{result.version}`"
-        raise
-    return dataclasses.replace(result, signer=str(account.address))
 
 
 @app.command("clone")
@@ -166,11 +158,15 @@ def _fetch_agent(name: str, registry: str | None, token: str | None) -> dict[str
 
 @app.command("info")
 def info(
-    name: Annotated[str, typer.Argument(help="Agent name, ns/name.")],
+    spec: Annotated[str, typer.Argument(metavar="NAME[@VERSION]", help="Agent name, ns/name[@version].")],
     registry: RegistryOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Description, versions, yanked, dependencies, latest."""
+    """Description, versions, yanked, dependencies, latest; with @VERSION, that release's tools."""
+    name, version = _name_and_version(spec)
+    if version is not None:
+        _release_info(name, version, registry, token)
+        return
     data = _fetch_agent(name, registry, token)
 
     def render(console: Console) -> None:
@@ -183,6 +179,29 @@ def info(
             console.print("dependencies: " + ", ".join(f"{k} {v}" for k, v in deps.items()), markup=False)
         listed = ", ".join(v["version"] + (" (yanked)" if v["yanked"] else "") for v in data["versions"])
         console.print(f"versions: {listed or 'none'}", markup=False)
+
+    out().data(data, render)
+
+
+def _release_info(name: str, version: str, registry: str | None, token: str | None) -> None:
+    from mcpz.client.publish import release_info
+
+    url = settings(registry).registry
+    secret = token_for(url, token)
+    data = run(lambda: release_info(url, secret, name, version))
+
+    def render(console: Console) -> None:
+        release = data["release"]
+        yanked = " (yanked)" if release["yanked"] else ""
+        console.print(f"[bold]{name} {version}[/bold]{yanked}  commit {release['commit'][:12]}")
+        console.print(f"signed by: {release['signer'] or 'nobody'}", markup=False)
+        tools = data["tools"]
+        if tools is None:
+            console.print("tools: none recorded yet", markup=False)
+            return
+        how = "observed from a replica, not signed" if tools["observed"] else "signed at publish"
+        names = [str(t.get("name")) for t in tools["tools"]]
+        console.print(f"tools ({how}, {tools['digest'][:19]}): {', '.join(names) or '(none)'}", markup=False)
 
     out().data(data, render)
 
