@@ -86,6 +86,9 @@ def test_a_refused_push_is_8_and_bad_input_to_the_registry_is_2(
     pushed = cli("push", "--registry", reg.url, "--token", token, "--no-sign", cwd=first)
     assert pushed.exit_code == 0, pushed.stderr
     other = agent(cli, tmp_path / "two", "acme/clash")
+    # Made in the same second from the same template, the two could be the very same commit.
+    (other / "README.md").write_text("another history\n")
+    assert cli("commit", "-m", "diverge", cwd=other).exit_code == 0
     refused = cli("push", "--registry", reg.url, "--token", token, "--json", cwd=other)
     one_line(refused, 8, "has commits you do not have", "`mcpz pull`")
     assert json.loads(refused.stdout)["error"]["exit_code"] == 8
