@@ -137,3 +137,11 @@ def test_changelog_names_added_removed_and_breaking_changes() -> None:
     assert (change.inputs_added, change.inputs_removed, change.required_added) == (["c"], ["b"], ["c"])
     assert change.breaking and log.breaking
     assert changelog("1", v1, "1.1", v1).empty
+
+
+def test_a_query_spelling_a_tool_name_scores_as_a_name_match() -> None:
+    fields = ranking.FieldTerms(
+        name=["acme", "calc"], tags=[], tools=["get", "forecast"], description=[], tool_names=["get_forecast"]
+    )
+    assert ranking.text_score(["get", "forecast"], fields) == 1.0
+    assert ranking.text_score(["forecast", "get"], fields) < 1.0

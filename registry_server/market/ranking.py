@@ -4,7 +4,9 @@
 
 - `text` in [0, 1]: for each query term, the weight of the best field it matches (name 10,
   tags 6, tool names and descriptions 5, description 3, README 1), an exact term counting fully
-  and a prefix 0.6; summed over the terms and divided by 10 x the number of terms.
+  and a prefix 0.6; summed over the terms and divided by 10 x the number of terms. A query whose
+  terms spell one of the listing's tool names ("get_forecast", "get forecast") scores 1, as a
+  name match does: the agent that has the tool comes before those that merely mention its words.
 - `rating` in [0, 1]: the Bayesian average of the stars, (PRIOR_WEIGHT * PRIOR_MEAN + sum) /
   (PRIOR_WEIGHT + count), mapped from [1, 5] to [0, 1]. Every agent starts as if it had
   PRIOR_WEIGHT reviews of PRIOR_MEAN stars, so one 5-star review (3.33) stays below a well-used
@@ -42,6 +44,9 @@ class FieldTerms:
     tags: Sequence[str]
     tools: Sequence[str]
     description: Sequence[str]
+    tool_names: Sequence[str] = ()
+    """Each tool name's terms joined by "_" ("getForecast" -> "getforecast", "get-forecast" ->
+    "get_forecast")."""
 
 
 def bayesian_rating(stars_sum: int, count: int) -> float:
@@ -73,6 +78,8 @@ def text_score(query: Sequence[str], fields: FieldTerms) -> float:
     """In [0, 1]; the listing is known to match every term somewhere (the index said so)."""
     if not query:
         return 0.0
+    if "_".join(query) in fields.tool_names:
+        return 1.0
     top = max(FIELD_WEIGHTS.values())
     return sum(term_weight(term, fields) for term in query) / (top * len(query))
 

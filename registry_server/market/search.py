@@ -15,6 +15,7 @@ and the search runs again. If that finds nothing either, the closest listing nam
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,11 +153,15 @@ def _run(session: Session, query: SearchQuery, words: Sequence[str]) -> tuple[li
         Listing.terms_tags,
         Listing.terms_tools,
         Listing.terms_description,
+        Listing.tools,
     ).where(*where)
     candidates = session.execute(_ordered(columns, "relevance").limit(CANDIDATES)).all()
     scored = sorted(
         candidates,
-        key=lambda row: (-relevance(words, Candidate(row[2], row[3], row[4], row[5], row[6])), row[1]),
+        key=lambda row: (
+            -relevance(words, Candidate(row[2], row[3], row[4], row[5], row[6], row[7])),
+            row[1],
+        ),
     )
     page = scored[query.offset : query.offset + query.limit + 1]
     ids = [row.agent_id for row in page[: query.limit]]
@@ -176,6 +181,11 @@ class Candidate:
     terms_tags: str
     terms_tools: str
     terms_description: str
+    tools: str
+
+
+def tool_phrase(tool_name: str) -> str:
+    return "_".join(terms.terms(tool_name))
 
 
 def relevance(words: Sequence[str], listing: Listing | Candidate) -> float:
@@ -185,6 +195,7 @@ def relevance(words: Sequence[str], listing: Listing | Candidate) -> float:
         tags=listing.terms_tags.split(),
         tools=listing.terms_tools.split(),
         description=listing.terms_description.split(),
+        tool_names=[tool_phrase(name) for name in json.loads(listing.tools)],
     )
     return ranking.score(ranking.text_score(words, fields), listing.quality)
 
