@@ -56,6 +56,8 @@ class Listing(Base):
     terms_tags: Mapped[str] = mapped_column(Text, default="", deferred=True)
     terms_tools: Mapped[str] = mapped_column(Text, default="", deferred=True)
     terms_description: Mapped[str] = mapped_column(Text, default="", deferred=True)
+    # Each tool name's terms joined by "_" (ranking.FieldTerms.tool_names), space-separated.
+    terms_tool_names: Mapped[str] = mapped_column(Text, default="", deferred=True)
     pricing: Mapped[str] = mapped_column(String(32), default=FREE)
     # Visible reviews only (hidden and removed ones do not count).
     rating_sum: Mapped[int] = mapped_column(Integer, default=0)

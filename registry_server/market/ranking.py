@@ -38,15 +38,16 @@ SCALE = 1_000_000
 
 @dataclass(frozen=True)
 class FieldTerms:
-    """A listing's terms per field (the README's are not kept: a match only there counts 1)."""
+    """A listing's terms per field, each field space-separated as stored (the README's are not
+    kept: a match only there counts README_WEIGHT)."""
 
-    name: Sequence[str]
-    tags: Sequence[str]
-    tools: Sequence[str]
-    description: Sequence[str]
-    tool_names: Sequence[str] = ()
+    name: str
+    tags: str
+    tools: str
+    description: str
+    tool_names: str = ""
     """Each tool name's terms joined by "_" ("getForecast" -> "getforecast", "get-forecast" ->
-    "get_forecast")."""
+    "get_forecast"), space-separated."""
 
 
 def bayesian_rating(stars_sum: int, count: int) -> float:
@@ -65,11 +66,14 @@ def usage_score(calls_30d: int) -> float:
 def term_weight(term: str, fields: FieldTerms) -> float:
     """The weight of the best field `term` matches (exactly, or as a prefix); README_WEIGHT if none."""
     best = 0.0
+    exact, prefix = f" {term} ", f" {term}"
     for field, weight in FIELD_WEIGHTS.items():
-        words: Sequence[str] = getattr(fields, field)
-        if term in words:
-            best = max(best, weight)
-        elif any(word.startswith(term) for word in words):
+        if weight <= best:
+            continue
+        words = f" {getattr(fields, field)} "
+        if exact in words:
+            best = weight
+        elif prefix in words:
             best = max(best, weight * PREFIX_FACTOR)
     return best or README_WEIGHT
 
@@ -78,7 +82,7 @@ def text_score(query: Sequence[str], fields: FieldTerms) -> float:
     """In [0, 1]; the listing is known to match every term somewhere (the index said so)."""
     if not query:
         return 0.0
-    if "_".join(query) in fields.tool_names:
+    if f" {'_'.join(query)} " in f" {fields.tool_names} ":
         return 1.0
     top = max(FIELD_WEIGHTS.values())
     return sum(term_weight(term, fields) for term in query) / (top * len(query))

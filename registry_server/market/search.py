@@ -15,7 +15,6 @@ and the search runs again. If that finds nothing either, the closest listing nam
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +29,7 @@ from registry_server.market.service import ListingSummary, summary_of
 
 SORTS = ("relevance", "popular", "rating", "new")
 KINDS = ("agent", "plugin")
-CANDIDATES = 500
+CANDIDATES = 200
 """Listings the relevance sort scores at most (the best by quality among all that match)."""
 MAX_LIMIT = 100
 MAX_OFFSET = 10_000
@@ -153,7 +152,7 @@ def _run(session: Session, query: SearchQuery, words: Sequence[str]) -> tuple[li
         Listing.terms_tags,
         Listing.terms_tools,
         Listing.terms_description,
-        Listing.tools,
+        Listing.terms_tool_names,
     ).where(*where)
     candidates = session.execute(_ordered(columns, "relevance").limit(CANDIDATES)).all()
     scored = sorted(
@@ -181,21 +180,17 @@ class Candidate:
     terms_tags: str
     terms_tools: str
     terms_description: str
-    tools: str
-
-
-def tool_phrase(tool_name: str) -> str:
-    return "_".join(terms.terms(tool_name))
+    terms_tool_names: str
 
 
 def relevance(words: Sequence[str], listing: Listing | Candidate) -> float:
     """ranking.score of a listing that matched `words`."""
     fields = ranking.FieldTerms(
-        name=listing.terms_name.split(),
-        tags=listing.terms_tags.split(),
-        tools=listing.terms_tools.split(),
-        description=listing.terms_description.split(),
-        tool_names=[tool_phrase(name) for name in json.loads(listing.tools)],
+        name=listing.terms_name,
+        tags=listing.terms_tags,
+        tools=listing.terms_tools,
+        description=listing.terms_description,
+        tool_names=listing.terms_tool_names,
     )
     return ranking.score(ranking.text_score(words, fields), listing.quality)
 

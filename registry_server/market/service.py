@@ -252,6 +252,7 @@ class _Fields:
     tools: str
     description: str
     readme: str
+    tool_names: str
 
 
 def _search_fields(source: ListingSource) -> _Fields:
@@ -261,6 +262,7 @@ def _search_fields(source: ListingSource) -> _Fields:
         tools=terms.joined(_tool_texts(source.tools)),
         description=terms.joined([source.description]),
         readme=terms.joined([source.readme[:MAX_README_INDEXED]]),
+        tool_names=" ".join("_".join(terms.terms(str(tool["name"]))) for tool in source.tools),
     )
 
 
@@ -286,6 +288,7 @@ def _listing_values(source: ListingSource, fields: _Fields) -> dict[str, Any]:
         "terms_tags": fields.tags,
         "terms_tools": fields.tools,
         "terms_description": fields.description,
+        "terms_tool_names": fields.tool_names,
         "created_us": source.created_us,
         "updated_us": source.updated_us,
         "indexed_serial": source.serial,
