@@ -31,6 +31,7 @@ class Listing(Base):
         Index("ix_market_listed_rating", "listed", "rating_key", "agent_id"),
         Index("ix_market_listed_created", "listed", "created_us", "agent_id"),
         Index("ix_market_listed_updated", "listed", "updated_us", "agent_id"),
+        Index("ix_market_rank", "agent_id", "listed", "quality"),
     )
 
     agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"), primary_key=True)
