@@ -67,7 +67,7 @@ class Listing(Base):
     # integers, so that ordering is exact and the same on SQLite and PostgreSQL.
     rating_key: Mapped[int] = mapped_column(BigInteger, default=0)
     quality: Mapped[int] = mapped_column(BigInteger, default=0)
-    # Usage in the last 30 days, as of `usage_at_us` (refreshed from usage_events).
+    # Usage in the last 30 days (refreshed from usage_events; `usage_at_us`: when they last changed).
     calls_30d: Mapped[int] = mapped_column(BigInteger, default=0)
     callers_30d: Mapped[int] = mapped_column(Integer, default=0)
     usage_at_us: Mapped[int] = mapped_column(BigInteger, default=0)
