@@ -275,6 +275,7 @@ def measure(method: Callable[[str], list[str]], qs: list[Query], rounds: int) ->
     for q in qs[: min(10, len(qs))]:  # warm-up: caches, prepared statements
         method(q.text)
     times: list[float] = []
+    by_kind: dict[str, list[float]] = {}
     recalls: list[float] = []
     empty = 0
     for r in range(rounds):
@@ -282,6 +283,7 @@ def measure(method: Callable[[str], list[str]], qs: list[Query], rounds: int) ->
             t = time.perf_counter()
             found = method(q.text)
             times.append(time.perf_counter() - t)
+            by_kind.setdefault(q.kind, []).append((time.perf_counter() - t) * 1000)
             if r == 0:
                 empty += not found
                 if q.kind == "tool":
@@ -295,6 +297,7 @@ def measure(method: Callable[[str], list[str]], qs: list[Query], rounds: int) ->
         "samples": len(ms),
         "no_result": empty,
         "tool_recall": round(sum(recalls) / len(recalls), 3) if recalls else None,
+        "p99_ms_by_kind": {k: round(rb.percentile(v, 99), 2) for k, v in sorted(by_kind.items())},
     }
 
 
@@ -352,6 +355,9 @@ def main() -> int:
     print(
         rb.table(["db", "method", "p50 ms", "p99 ms", "mean ms", "no result", "tool recall", "index s"], rows)
     )
+    for key, r in results.items():
+        kinds = ", ".join(f"{k} {v:.1f}" for k, v in r["p99_ms_by_kind"].items())
+        print(f"{key} p99 ms by query kind: {kinds}")
     goals = []
     for backend in ("sqlite", "postgres"):
         mine = results.get(f"{backend}/mcpz")
