@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -143,3 +144,15 @@ def test_a_query_spelling_a_tool_name_scores_as_a_name_match() -> None:
     )
     assert ranking.text_score(["get", "forecast"], fields) == 1.0
     assert ranking.text_score(["forecast", "get"], fields) < 1.0
+
+
+def test_market_settings_come_from_the_environment(tmp_path: Path) -> None:
+    from mcpz.errors import UsageError
+    from registry_server.settings import RegistrySettings
+
+    env = {"MCPZ_REGISTRY_MARKET_ADMINS": "boss, ops", "MCPZ_REGISTRY_REVIEW_REPORT_THRESHOLD": "5"}
+    settings = RegistrySettings.load(data_dir=tmp_path, env=env)
+    assert settings.market_admins == ("boss", "ops") and settings.review_report_threshold == 5
+    assert RegistrySettings.load(data_dir=tmp_path, env={}).market_refresh_interval == 30.0
+    with pytest.raises(UsageError, match="review_report_threshold"):
+        RegistrySettings.load(data_dir=tmp_path, env={"MCPZ_REGISTRY_REVIEW_REPORT_THRESHOLD": "0"})
