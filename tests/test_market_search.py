@@ -379,3 +379,58 @@ def test_the_bulk_index_finds_and_ranks_as_one_by_one(sqlite_db: Database, tmp_p
     for query in QUERIES:
         assert names(db, **query) == names(sqlite_db, **query), query
     db.dispose()
+
+
+def test_the_registry_api_pages_by_name_with_a_cursor(tmp_path: Path) -> None:
+    from registry_server.market import registry_api
+
+    db = Database(f"sqlite:///{tmp_path / 'registry.db'}")
+    migrate(db.engine)
+    repos = RepoStore(tmp_path / "repos")
+    now = datetime.now(UTC)
+    with db.session() as session:
+        owner = Account(name="alice", created_at=now)
+        session.add(owner)
+        session.flush()
+        session.add(Namespace(name="acme", owner_id=owner.id, created_at=now))
+        for short in ("zeta", "alpha", "mid"):
+            agent = Agent(name=f"acme/{short}", namespace="acme", created_at=now, serial=1)
+            session.add(agent)
+            session.flush()
+            manifest = f'[agent]\nname = "acme/{short}"\nversion = "1.0.0"\n\n[run]\ncommand = ["x"]\n'
+            session.add(
+                Release(
+                    agent_id=agent.id,
+                    version="1.0.0",
+                    commit="0" * 40,
+                    manifest=manifest,
+                    publisher_id=owner.id,
+                    published_at=now,
+                )
+            )
+        session.flush()
+        assert service.refresh_stale(session, repos) == 3
+    seen, cursor = [], None
+    with db.session() as session:
+        for _ in range(5):
+            page, cursor = registry_api.servers(session, None, cursor, 2, None)
+            seen += [entry.summary.name for entry in page]
+            if cursor is None:
+                break
+        assert seen == ["acme/alpha", "acme/mid", "acme/zeta"]
+        found, _ = registry_api.servers(session, "ZET", None, 10, None)
+        assert [entry.summary.name for entry in found] == ["acme/zeta"]
+        assert registry_api.servers(session, "%", None, 10, None)[0] == []  # a literal, not a wildcard
+        entry = registry_api.server_response(found[0], "https://reg.example/")
+    assert entry["server"]["remotes"][0]["url"] == "https://reg.example/mcp/acme/zeta"
+    assert entry["server"]["description"] == "acme/zeta"  # no description: the name
+    db.dispose()
+
+
+def test_descriptions_are_cut_to_100_characters_on_a_word() -> None:
+    from registry_server.market.registry_api import short_description
+
+    long = "word " * 40
+    cut = short_description(long, "a/b")
+    assert len(cut) <= 100 and cut.endswith("…") and not cut.endswith(" …")
+    assert short_description("  short\n text ", "a/b") == "short text"
