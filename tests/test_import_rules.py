@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 REGISTRY = "registry_server"
-DOMAINS = ("accounts", "releases", "git", "deployments", "mesh", "gateway", "usage")
+DOMAINS = ("accounts", "releases", "git", "deployments", "mesh", "gateway", "usage", "web")
 WEB = ("fastapi", "starlette")
 
 # Besides routes.py, http.py (a domain's HTTP helpers for other domains' routes, or the core's) and

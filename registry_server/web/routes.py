@@ -1,0 +1,433 @@
+"""The web pages: HTTP only. Each route reads the request, calls a service, renders a template.
+
+    GET  /                               home: search box, popular, new, tags
+    GET  /search                         results, with filters (kind, tag, free, rating) and sorts
+    GET  /agents/{ns}/{name}             an agent's listing
+    POST /agents/{ns}/{name}/reviews     write (or replace) one's review           signed in, CSRF
+    GET  /creators/{ns}                  a namespace: its verified wallet and its agents
+    GET  /sign-in                        the wallet sign-in page
+    POST /sign-in/message                {address} -> the EIP-4361 message to sign  JSON
+    POST /sign-in                        {message, signature, next} -> session cookie  JSON
+    POST /sign-out                                                                  signed in, CSRF
+    GET  /dashboard                      one's agents: calls, errors, latency      signed in
+    GET  /keys   POST /keys              API keys: list, create                    signed in, CSRF
+    POST /keys/{id}/revoke                                                          signed in, CSRF
+    GET  /static/{file}                  hashed names: a year's cache; plain names: ETag
+
+None of these is in the OpenAPI document: they answer HTML (the JSON of the market is /v1/market).
+Every POST also checks that an Origin header, when sent, is this registry's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from functools import partial
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+
+from mcpz import siwe
+from mcpz._version import __version__
+from mcpz.errors import AuthError, McpzError, NotFoundError, UsageError
+from registry_server.accounts import namespaces, tokens
+from registry_server.accounts import service as accounts
+from registry_server.accounts.http import public_url
+from registry_server.http import error_response, state_of
+from registry_server.state import RegistryState
+from registry_server.web import assets, service
+from registry_server.web.service import CsrfRefused, WebUser
+from registry_server.web.templating import environment
+
+router = APIRouter(include_in_schema=False)
+
+COOKIE = "mcpz_session"
+SECURE_COOKIE = "__Host-mcpz_session"
+KEY_SCOPES = ("read", "publish", "deploy", "call", "admin")
+"""The scopes a key made in the browser may have: a wallet session's own (so no `node`)."""
+KEY_EXPIRIES = {"30d": 30, "90d": 90, "365d": 365, "never": 0}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+}
+
+T = TypeVar("T")
+
+
+class SignInNeeded(AuthError):
+    """A page that needs a session, asked for without one: a redirect to the sign-in page."""
+
+
+# --------------------------------------------------------------------------------- plumbing
+
+
+def _secure(request: Request) -> bool:
+    return public_url(state_of(request).settings).startswith("https://") or request.url.scheme == "https"
+
+
+def _cookie_name(request: Request) -> str:
+    return SECURE_COOKIE if _secure(request) else COOKIE
+
+
+def _secret(request: Request) -> str | None:
+    return request.cookies.get(_cookie_name(request))
+
+
+def _user(request: Request) -> WebUser | None:
+    state = state_of(request)
+    with state.db.session() as session:
+        return service.current_user(session, _secret(request))
+
+
+def _signed_in(request: Request) -> WebUser:
+    user = _user(request)
+    if user is None:
+        raise SignInNeeded("sign in to see this page")
+    return user
+
+
+def render(
+    request: Request, template: str, *, user: WebUser | None, status: int = 200, **context: Any
+) -> HTMLResponse:
+    context.setdefault("flash", None)
+    context.setdefault("active", "")
+    context.setdefault("query", "")
+    body = environment().get_template(template).render(user=user, version=__version__, **context)
+    response = HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
+    if user is not None:
+        # A signed-in page holds the account's data and its CSRF token: no shared cache keeps it.
+        response.headers["Cache-Control"] = "private, no-store"
+    return response
+
+
+def error_page(request: Request, user: WebUser | None, error: McpzError) -> Response:
+    if isinstance(error, SignInNeeded):
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/sign-in?next={quote(target, safe='')}", status_code=303)
+    status, title = 500, "Something went wrong"
+    if isinstance(error, CsrfRefused):
+        status, title = 403, "Form expired"
+    elif isinstance(error, AuthError):
+        status, title = 403, "Not allowed"
+    elif isinstance(error, NotFoundError):
+        status, title = 404, "Not found"
+    elif isinstance(error, UsageError):
+        status, title = 400, "That did not work"
+    return render(
+        request, "error.html", user=user, status=status, title=title, message=error.message, hint=error.hint
+    )
+
+
+async def in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return await run_in_threadpool(partial(function, *args, **kwargs))
+
+
+def _same_origin(request: Request) -> bool:
+    """A POST from this registry's own pages: no Origin header (old browsers, curl) or our own."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    ours = {urlsplit(public_url(state_of(request).settings))[:2], (request.url.scheme, request.url.netloc)}
+    return urlsplit(origin)[:2] in ours
+
+
+async def _form(request: Request, user: WebUser) -> FormData:
+    """The posted form of a signed-in page, once its origin and CSRF token are checked."""
+    if not _same_origin(request):
+        raise CsrfRefused("this form was posted from another site", hint="use the registry's own pages")
+    form = await request.form(max_files=0, max_fields=50)
+    token = form.get("csrf")
+    user.check_csrf(token if isinstance(token, str) else None)
+    return form
+
+
+def _local_path(target: str | None, default: str) -> str:
+    """A redirect target only within this site: a path, never `//host` or `https://...`."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return default
+    return target
+
+
+def _text(form: FormData, key: str, limit: int) -> str:
+    value = form.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise UsageError(f"{key} must be text")
+    if len(value) > limit:
+        raise UsageError(f"{key} is longer than {limit} characters")
+    return value.strip()
+
+
+# ---------------------------------------------------------------------------------- assets
+
+
+@router.get("/static/{filename}")
+def static_file(filename: str, request: Request) -> Response:
+    found = assets.lookup(filename)
+    if found is None:
+        return error_response(404, f"no static file {filename!r}")
+    asset, cache_control = found
+    headers = {"Cache-Control": cache_control, "ETag": asset.etag, "X-Content-Type-Options": "nosniff"}
+    if request.headers.get("if-none-match") == asset.etag:
+        return Response(status_code=304, headers=headers)
+    return Response(asset.body, media_type=asset.content_type, headers=headers)
+
+
+# --------------------------------------------------------------------------------- sign-in
+
+
+@router.get("/sign-in")
+def sign_in_page(request: Request, next: str | None = None) -> Response:
+    user = _user(request)
+    target = _local_path(next, "/dashboard")
+    if user is not None:
+        return RedirectResponse(target, status_code=303)
+    domain = urlsplit(public_url(state_of(request).settings)).netloc
+    return render(
+        request, "sign_in.html", user=None, title="Sign in", active="sign-in", domain=domain, next=target
+    )
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    if not _same_origin(request):
+        raise CsrfRefused("sign-in was posted from another site", hint="sign in on the registry's own page")
+    if "application/json" not in request.headers.get("content-type", ""):
+        raise UsageError("send the sign-in as JSON (Content-Type: application/json)")
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        raise UsageError("the request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise UsageError("the request body must be a JSON object")
+    return body
+
+
+def _field(body: dict[str, Any], key: str, limit: int) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise UsageError(f"{key} must be a non-empty string of at most {limit} characters")
+    return value
+
+
+@router.post("/sign-in/message")
+async def sign_in_message(request: Request) -> Response:
+    """The EIP-4361 message for the wallet to sign: rate-limited per client, like /v1/auth/nonce."""
+    try:
+        body = await _json_body(request)
+        address = _field(body, "address", 42)
+        if not namespaces.is_address(address):
+            raise UsageError(f"{address!r} is not an Ethereum address (0x followed by 40 hex digits)")
+    except McpzError as e:
+        return error_response(403 if isinstance(e, AuthError) else 400, e.message, e.hint)
+    limiter = request.app.state.nonce_limiter
+
+    wait = limiter.hit(request.client.host if request.client else "", time.monotonic())
+    if wait:
+        return error_response(
+            429, "too many sign-in attempts from this address", f"try again in {wait:.0f} s"
+        )
+    state = state_of(request)
+    text = await in_thread(_new_message, state, address)
+    return JSONResponse({"message": text}, headers={"Cache-Control": "no-store"})
+
+
+def _new_message(state: RegistryState, address: str) -> str:
+    with state.db.session() as session:
+        return service.sign_in_message(
+            session, public_url(state.settings), state.settings.chain_id, namespaces.checksum(address)
+        )
+
+
+@router.post("/sign-in")
+async def sign_in(request: Request) -> Response:
+    """A signed sign-in message -> a session cookie; the JSON names the page to go to next."""
+    try:
+        body = await _json_body(request)
+        message = _field(body, "message", siwe.MAX_MESSAGE_CHARS)
+        signature = _field(body, "signature", 4096)
+        target = _local_path(body.get("next") if isinstance(body.get("next"), str) else None, "/dashboard")
+    except McpzError as e:
+        return error_response(403 if isinstance(e, AuthError) else 400, e.message, e.hint)
+    state = state_of(request)
+    try:
+        secret, account = await in_thread(_verify_and_start, state, message, signature)
+    except siwe.SiweError as e:
+        return error_response(401, e.message, e.hint, code=e.code)
+    response = JSONResponse({"account": account, "next": target}, headers={"Cache-Control": "no-store"})
+    response.set_cookie(
+        _cookie_name(request),
+        secret,
+        max_age=int(service.SESSION_LIFETIME.total_seconds()),
+        path="/",
+        secure=_secure(request),
+        httponly=True,
+        samesite="lax",
+    )
+    return response
+
+
+def _verify_and_start(state: RegistryState, message: str, signature: str) -> tuple[str, str]:
+    with state.db.session() as session:
+        account = service.verify_sign_in(
+            session, public_url(state.settings), state.settings.chain_id, message, signature
+        )
+        address = account.address or ""
+        return service.start_session(session, account, address), account.name
+
+
+@router.post("/sign-out")
+async def sign_out(request: Request) -> Response:
+    user = await in_thread(_user, request)
+    if user is None:
+        return RedirectResponse("/", status_code=303)
+    try:
+        await _form(request, user)
+    except McpzError as e:
+        return error_page(request, user, e)
+    state = state_of(request)
+    await in_thread(_end, state, _secret(request))
+    response = RedirectResponse("/", status_code=303)
+    response.delete_cookie(
+        _cookie_name(request), path="/", secure=_secure(request), httponly=True, samesite="lax"
+    )
+    return response
+
+
+def _end(state: RegistryState, secret: str | None) -> None:
+    with state.db.session() as session:
+        service.end_session(session, secret)
+
+
+# ---------------------------------------------------------------------------- API keys
+
+
+@router.get("/keys")
+def keys_page(request: Request) -> Response:
+    user = _user(request)
+    try:
+        user = _signed_in(request) if user is None else user
+    except McpzError as e:
+        return error_page(request, None, e)
+    return _keys(request, user)
+
+
+def _keys(
+    request: Request,
+    user: WebUser,
+    *,
+    created: str | None = None,
+    flash: str | None = None,
+    status: int = 200,
+) -> Response:
+    state = state_of(request)
+    with state.db.session() as session:
+        keys = accounts.list_tokens(session, user.account_id)
+    response = render(
+        request,
+        "keys.html",
+        user=user,
+        status=status,
+        title="API keys",
+        active="keys",
+        keys=list(reversed(keys)),
+        scopes=KEY_SCOPES,
+        expiries=list(KEY_EXPIRIES),
+        default_expiry=_default_expiry(state.settings.default_token_days),
+        created=created,
+        flash=flash,
+    )
+    return response
+
+
+def _default_expiry(days: int) -> str:
+    for label, value in KEY_EXPIRIES.items():
+        if value == days:
+            return label
+    return "90d"
+
+
+@router.post("/keys")
+async def create_key(request: Request) -> Response:
+    user = await in_thread(_user, request)
+    try:
+        if user is None:
+            raise SignInNeeded("sign in to manage API keys")
+        form = await _form(request, user)
+        name = _text(form, "name", 128)
+        chosen = [s for s in form.getlist("scope") if isinstance(s, str)]
+        beyond = set(chosen) - set(KEY_SCOPES)
+        if beyond:
+            raise UsageError(f"a key made here cannot have the scope {', '.join(sorted(beyond))}")
+        try:
+            scopes = tokens.parse_scopes(chosen)
+        except ValueError as e:
+            raise UsageError(str(e), hint="tick at least one scope") from None
+        expiry = _text(form, "expires", 8) or "90d"
+        if expiry not in KEY_EXPIRIES:
+            raise UsageError(f"unknown expiry {expiry!r}", hint=f"one of {', '.join(KEY_EXPIRIES)}")
+        secret = await in_thread(_create_key, state_of(request), user, name, scopes, KEY_EXPIRIES[expiry])
+    except McpzError as e:
+        return error_page(request, user, e)
+    return await in_thread(_keys, request, user, created=secret)
+
+
+def _create_key(state: RegistryState, user: WebUser, name: str, scopes: tuple[str, ...], days: int) -> str:
+    with state.db.session() as session:
+        account = accounts.account_by_name(session, user.account_name)
+        _row, secret = accounts.create_token(
+            session, account, scopes, expires_in=timedelta(days=days) if days else None, name=name
+        )
+        return secret
+
+
+@router.post("/keys/{key_id}/revoke")
+async def revoke_key(key_id: int, request: Request) -> Response:
+    user = await in_thread(_user, request)
+    try:
+        if user is None:
+            raise SignInNeeded("sign in to manage API keys")
+        await _form(request, user)
+        prefix = await in_thread(_revoke, state_of(request), user, key_id)
+    except McpzError as e:
+        return error_page(request, user, e)
+    return await in_thread(_keys, request, user, flash=f"Key {prefix}… is revoked.")
+
+
+def _revoke(state: RegistryState, user: WebUser, key_id: int) -> str:
+    with state.db.session() as session:
+        return accounts.revoke_token(session, user.account_id, key_id).prefix
+
+
+# ---------------------------------------------------------------------------- dashboard
+
+
+@router.get("/dashboard")
+def dashboard_page(request: Request) -> Response:
+    user = _user(request)
+    if user is None:
+        return error_page(request, None, SignInNeeded("sign in to see your dashboard"))
+    state = state_of(request)
+    with state.db.session() as session:
+        agents = service.dashboard(session, user.account_id, now_us=time.time_ns() // 1000)
+        owned = namespaces.owned_namespaces(session, user.account_id)
+    return render(
+        request,
+        "dashboard.html",
+        user=user,
+        title="Dashboard",
+        active="dashboard",
+        agents=agents,
+        namespaces=owned,
+    )

@@ -1,0 +1,238 @@
+"""Wallet sign-in for browsers and the sessions it opens.
+
+Sign-in is EIP-4361, checked by `mcpz.siwe.verify` exactly as `POST /v1/auth/login` checks the
+CLI's: the registry writes the message (its own domain, the sign-in page's URI, the chain id, a
+single-use nonce from the accounts' nonce table), the browser's wallet signs it, the registry
+verifies it and opens a session. A session is a random secret in an HttpOnly cookie; the database
+keeps only its sha256, the account, and the session's CSRF token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit
+
+from sqlalchemy import case, delete, distinct, func, select
+from sqlalchemy.orm import Session
+
+from mcpz import siwe
+from mcpz.errors import AuthError
+from registry_server.accounts import namespaces
+from registry_server.accounts.models import Account, AuthNonce, Namespace, NamespaceMember
+from registry_server.orm import utcnow
+from registry_server.releases.models import Agent, Release
+from registry_server.usage.events import Outcome
+from registry_server.usage.models import UsageEventRow
+from registry_server.web.models import WebSession
+
+SESSION_LIFETIME = timedelta(days=7)
+NONCE_LIFETIME = timedelta(minutes=5)
+MESSAGE_MAX_AGE = timedelta(minutes=10)
+SIGN_IN_PATH = "/sign-in"
+STATEMENT = "Sign in to the mcpz registry in this browser."
+
+
+class CsrfRefused(AuthError):
+    """A form whose CSRF token does not match the session's: HTTP 403."""
+
+
+@dataclass(frozen=True)
+class WebUser:
+    """The account a browser session belongs to."""
+
+    account_id: int
+    account_name: str
+    address: str
+    csrf: str
+    expires_at: datetime
+
+    def check_csrf(self, token: str | None) -> None:
+        if not token or not hmac.compare_digest(token.encode(), self.csrf.encode()):
+            raise CsrfRefused(
+                "the form's security token does not match this session",
+                hint="reload the page and submit the form again",
+            )
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def sign_in_uri(public_url: str) -> str:
+    return public_url + SIGN_IN_PATH
+
+
+def sign_in_message(session: Session, public_url: str, chain_id: int, address: str) -> str:
+    """The EIP-4361 text the wallet at `address` signs to sign in; its nonce only that address may use."""
+    address = namespaces.checksum(address)
+    moment = utcnow()
+    nonce = siwe.generate_nonce()
+    session.execute(delete(AuthNonce).where(AuthNonce.expires_at <= moment))
+    session.add(
+        AuthNonce(nonce=nonce, address=address, created_at=moment, expires_at=moment + NONCE_LIFETIME)
+    )
+    parts = urlsplit(public_url)
+    message = siwe.SiweMessage.create(
+        scheme=parts.scheme,
+        domain=parts.netloc,
+        address=address,
+        statement=STATEMENT,
+        uri=sign_in_uri(public_url),
+        chain_id=chain_id,
+        nonce=nonce,
+        issued_at=moment,
+        expiration_time=moment + NONCE_LIFETIME,
+    )
+    return message.to_text()
+
+
+def verify_sign_in(session: Session, public_url: str, chain_id: int, message: str, signature: str) -> Account:
+    """The account of the wallet that signed `message`; a `siwe.SiweError` saying why not.
+
+    The nonce is consumed only when every other check has passed (a bad signature burns nothing);
+    the first sign-in of a wallet creates its account, as the CLI's does.
+    """
+    moment = utcnow()
+    try:
+        expected = session.get(AuthNonce, siwe.SiweMessage.parse(message).nonce)
+    except siwe.SiweError:
+        expected = None  # verify refuses it, with the reason
+
+    def consume(nonce: str) -> bool:
+        result = session.execute(
+            delete(AuthNonce).where(AuthNonce.nonce == nonce, AuthNonce.expires_at > moment)
+        )
+        return bool(getattr(result, "rowcount", 0) == 1)
+
+    address = siwe.verify(
+        message,
+        signature,
+        expected_domain=public_url,
+        expected_uri=sign_in_uri(public_url),
+        expected_chain_id=chain_id,
+        now=moment,
+        nonce=consume,
+        max_age=MESSAGE_MAX_AGE,
+        expected_address=expected.address if expected is not None else None,
+    )
+    return namespaces.account_for_address(session, address)
+
+
+def start_session(session: Session, account: Account, address: str) -> str:
+    """A new browser session for `account`; returns the cookie's secret, never stored."""
+    moment = utcnow()
+    session.execute(delete(WebSession).where(WebSession.expires_at <= moment))
+    secret = secrets.token_urlsafe(32)
+    session.add(
+        WebSession(
+            id_hash=hash_secret(secret),
+            account_id=account.id,
+            address=address,
+            csrf=secrets.token_urlsafe(32),
+            created_at=moment,
+            expires_at=moment + SESSION_LIFETIME,
+        )
+    )
+    session.flush()
+    return secret
+
+
+def current_user(session: Session, secret: str | None) -> WebUser | None:
+    """The signed-in account of a cookie's secret; None for no cookie, an unknown or an expired one."""
+    if not secret or len(secret) > 128:
+        return None
+    row = session.get(WebSession, hash_secret(secret))
+    if row is None or row.expires_at <= utcnow():
+        return None
+    account = session.get(Account, row.account_id)
+    if account is None:
+        return None
+    return WebUser(
+        account_id=account.id,
+        account_name=account.name,
+        address=row.address,
+        csrf=row.csrf,
+        expires_at=row.expires_at,
+    )
+
+
+def end_session(session: Session, secret: str | None) -> None:
+    if secret and len(secret) <= 128:
+        session.execute(delete(WebSession).where(WebSession.id_hash == hash_secret(secret)))
+
+
+# ------------------------------------------------------------------------------- dashboard
+
+
+@dataclass(frozen=True)
+class AgentFigures:
+    """One agent of the signed-in account, with its calls over the window (every caller's)."""
+
+    name: str
+    latest_version: str | None
+    calls: int
+    errors: int
+    callers: int
+    mean_ms: float | None
+    max_ms: float | None
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.calls if self.calls else None
+
+
+def dashboard(session: Session, account_id: int, *, now_us: int, days: int = 30) -> list[AgentFigures]:
+    """Every agent in the namespaces the account owns or is a member of, by name, with its figures."""
+    mine = (
+        select(Namespace.name)
+        .where(Namespace.owner_id == account_id)
+        .union(select(NamespaceMember.namespace).where(NamespaceMember.account_id == account_id))
+    )
+    agents = session.execute(
+        select(Agent.id, Agent.name).where(Agent.namespace.in_(mine)).order_by(Agent.name)
+    ).all()
+    if not agents:
+        return []
+    names = [name for _id, name in agents]
+    since = now_us - days * 86_400_000_000
+    figures = {
+        row.agent: row
+        for row in session.execute(
+            select(
+                UsageEventRow.agent,
+                func.count().label("calls"),
+                func.sum(case((UsageEventRow.outcome == Outcome.OK, 0), else_=1)).label("errors"),
+                func.count(distinct(UsageEventRow.account_id)).label("callers"),
+                func.avg(UsageEventRow.duration_us).label("mean_us"),
+                func.max(UsageEventRow.duration_us).label("max_us"),
+            )
+            .where(UsageEventRow.agent.in_(names), UsageEventRow.started_us >= since)
+            .group_by(UsageEventRow.agent)
+        )
+    }
+    latest: dict[int, str] = {}
+    for agent_id, version in session.execute(
+        select(Release.agent_id, Release.version)
+        .where(Release.agent_id.in_([agent_id for agent_id, _ in agents]), Release.yanked.is_(False))
+        .order_by(Release.id)
+    ):
+        latest[agent_id] = version  # the newest published, by order of publication
+    out = []
+    for agent_id, name in agents:
+        row = figures.get(name)
+        out.append(
+            AgentFigures(
+                name=name,
+                latest_version=latest.get(agent_id),
+                calls=int(row.calls) if row else 0,
+                errors=int(row.errors or 0) if row else 0,
+                callers=int(row.callers) if row else 0,
+                mean_ms=float(row.mean_us) / 1000 if row and row.mean_us is not None else None,
+                max_ms=float(row.max_us) / 1000 if row and row.max_us is not None else None,
+            )
+        )
+    return out
