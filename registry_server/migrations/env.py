@@ -8,6 +8,7 @@ from alembic import context
 # autogenerate compares the whole schema.
 import registry_server.accounts.models
 import registry_server.deployments.models
+import registry_server.market.models
 import registry_server.releases.models
 import registry_server.usage.models
 import registry_server.web.models  # noqa: F401
