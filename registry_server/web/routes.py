@@ -26,10 +26,11 @@ from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
@@ -39,9 +40,12 @@ from mcpz.errors import AuthError, McpzError, NotFoundError, UsageError
 from registry_server.accounts import namespaces, tokens
 from registry_server.accounts import service as accounts
 from registry_server.accounts.http import public_url
-from registry_server.http import error_response, state_of
+from registry_server.gateway.asgi import GATEWAY_PREFIX
+from registry_server.http import agent_name, error_response, state_of
+from registry_server.market import reviews, search
+from registry_server.rate_limit import RateLimited, RateLimiter
 from registry_server.state import RegistryState
-from registry_server.web import assets, service
+from registry_server.web import assets, service, views
 from registry_server.web.service import CsrfRefused, WebUser
 from registry_server.web.templating import environment
 
@@ -51,6 +55,7 @@ COOKIE = "mcpz_session"
 SECURE_COOKIE = "__Host-mcpz_session"
 KEY_SCOPES = ("read", "publish", "deploy", "call", "admin")
 """The scopes a key made in the browser may have: a wallet session's own (so no `node`)."""
+REVIEWS_PER_HOUR = 20
 KEY_EXPIRIES = {"30d": 30, "90d": 90, "365d": 365, "never": 0}
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -118,6 +123,8 @@ def error_page(request: Request, user: WebUser | None, error: McpzError) -> Resp
     status, title = 500, "Something went wrong"
     if isinstance(error, CsrfRefused):
         status, title = 403, "Form expired"
+    elif isinstance(error, RateLimited):
+        status, title = 429, "Slow down"
     elif isinstance(error, AuthError):
         status, title = 403, "Not allowed"
     elif isinstance(error, NotFoundError):
@@ -430,4 +437,199 @@ def dashboard_page(request: Request) -> Response:
         active="dashboard",
         agents=agents,
         namespaces=owned,
+    )
+
+
+# --------------------------------------------------------------------------- market pages
+
+
+@router.get("/")
+def home(request: Request) -> Response:
+    user = _user(request)
+    with state_of(request).db.session() as session:
+        page = service.home_page(session)
+    return render(
+        request,
+        "home.html",
+        user=user,
+        title="Agents",
+        popular=page.popular,
+        newest=page.newest,
+        tags=page.tags,
+    )
+
+
+def _number(value: str | None, what: str) -> float | None:
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise UsageError(f"{what} must be a number, not {value[:20]!r}") from None
+
+
+@router.get("/search")
+def search_page(
+    request: Request,
+    q: str = "",
+    kind: str = "",
+    tag: str = "",
+    price: str = "",
+    min_rating: str = "",
+    sort: str = "relevance",
+    page: int = 1,
+) -> Response:
+    user = _user(request)
+    per_page = 20
+    form: dict[str, Any] = {"kind": kind or None, "tag": tag or None, "price": price, "sort": sort}
+    form["min_rating"] = None
+    result = None
+    error = None
+    status = 200
+    try:
+        rating = _number(min_rating, "the minimum rating")
+        form["min_rating"] = rating
+        if price not in ("", "free", "paid"):
+            raise UsageError(f"unknown price filter {price[:20]!r}", hint="free or paid")
+        if not 1 <= page <= search.MAX_OFFSET // per_page:
+            raise UsageError("no such page of results")
+        query = search.SearchQuery(
+            text=q,
+            kind=kind or None,
+            tag=tag.strip().lower() or None,
+            free={"free": True, "paid": False}.get(price),
+            min_rating=rating,
+            sort=sort,
+            limit=per_page,
+            offset=(page - 1) * per_page,
+        )
+        with state_of(request).db.session() as session:
+            result = search.search(session, query)
+    except UsageError as e:
+        error, status = e.message + (f" ({e.hint})" if e.hint else ""), 400
+
+    def page_url(number: int) -> str:
+        params = {"q": q, "kind": kind, "tag": tag, "price": price, "min_rating": min_rating, "sort": sort}
+        kept = {k: v for k, v in params.items() if v and not (k == "sort" and v == "relevance")}
+        return "/search?" + urlencode({**kept, **({"page": number} if number > 1 else {})})
+
+    return render(
+        request,
+        "search.html",
+        user=user,
+        status=status,
+        title=f"Search: {q}" if q else "Search",
+        query=q,
+        asked=q,
+        form=form,
+        kinds=search.KINDS,
+        sorts=search.SORTS,
+        result=result,
+        error=error,
+        prev_url=page_url(page - 1) if page > 1 else None,
+        next_url=page_url(page + 1) if result is not None and result.more else None,
+    )
+
+
+@router.get("/agents/{namespace}/{name}")
+def agent_page(namespace: str, name: str, request: Request, reviewed: int = 0) -> Response:
+    user = _user(request)
+    state = state_of(request)
+    try:
+        full = agent_name(namespace, name)
+        with state.db.session() as session:
+            page = service.agent_page(session, state.repos, full, user.account_id if user else None)
+    except McpzError as e:
+        return error_page(request, user, e)
+    return _agent(request, user, page, flash="Your review is posted." if reviewed else None)
+
+
+def _agent(
+    request: Request,
+    user: WebUser | None,
+    page: service.AgentPage,
+    *,
+    flash: str | None = None,
+    status: int = 200,
+) -> Response:
+    info = page.info
+    name = info.summary.name
+    base = public_url(state_of(request).settings)
+    gateway = f"{base}{GATEWAY_PREFIX}{name}"
+    tools_note = None
+    latest = next((v for v in info.versions if v.version == info.summary.version), None)
+    if latest is not None and latest.tools is not None and latest.tools_observed:
+        tools_note = "These definitions were observed from a running replica, not signed by the publisher."
+    return render(
+        request,
+        "agent.html",
+        user=user,
+        status=status,
+        title=name,
+        flash=flash,
+        info=info,
+        readme=Markup(info.readme_html),  # sanitised by market.readme when the listing was built
+        reviews=page.reviews,
+        mine=page.mine,
+        review_blocked=page.review_blocked,
+        chart=views.calls_chart(page.calls_per_day, title=f"Calls per day to {name}, last 30 days"),
+        call_snippet=views.call_snippet(name, info.latest_tools[0] if info.latest_tools else None),
+        gateway_url=gateway,
+        vscode=views.vscode_config(name, gateway),
+        claude=views.claude_desktop_config(name, gateway),
+        tools_note=tools_note,
+    )
+
+
+@router.post("/agents/{namespace}/{name}/reviews")
+async def post_review(namespace: str, name: str, request: Request) -> Response:
+    user = await in_thread(_user, request)
+    try:
+        full = agent_name(namespace, name)
+        if user is None:
+            raise SignInNeeded("sign in to review an agent")
+        form = await _form(request, user)
+        stars_text = _text(form, "stars", 1)
+        if stars_text not in ("1", "2", "3", "4", "5"):
+            raise UsageError("choose 1 to 5 stars")
+        text = _text(form, "text", reviews.MAX_TEXT)
+        limiter = _review_limiter(request)
+        wait = limiter.hit(str(user.account_id), time.monotonic())
+        if wait:
+            raise RateLimited("too many reviews from this account", wait)
+        await in_thread(_write_review, state_of(request), full, user, int(stars_text), text)
+    except McpzError as e:
+        return error_page(request, user, e)
+    return RedirectResponse(f"/agents/{full}?reviewed=1#reviews", status_code=303)
+
+
+def _review_limiter(request: Request) -> RateLimiter:
+    limiter: RateLimiter | None = getattr(request.app.state, "web_review_limiter", None)
+    if limiter is None:
+        limiter = request.app.state.web_review_limiter = RateLimiter(REVIEWS_PER_HOUR, 3600.0)
+    return limiter
+
+
+def _write_review(state: RegistryState, name: str, user: WebUser, stars: int, text: str) -> None:
+    with state.db.session() as session:
+        reviews.write_review(session, name, user.account_id, stars, text)
+
+
+@router.get("/creators/{namespace}")
+def creator_page(namespace: str, request: Request) -> Response:
+    user = _user(request)
+    try:
+        with state_of(request).db.session() as session:
+            page = service.creator_page(session, namespace)
+    except McpzError as e:
+        return error_page(request, user, e)
+    return render(
+        request,
+        "creator.html",
+        user=user,
+        title=page.namespace,
+        namespace=page.namespace,
+        owner=page.owner,
+        address=page.address,
+        agents=page.agents,
     )

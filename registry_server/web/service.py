@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from urllib.parse import urlsplit
 
 from sqlalchemy import case, delete, distinct, func, select
@@ -23,10 +23,17 @@ from mcpz import siwe
 from mcpz.errors import AuthError
 from registry_server.accounts import namespaces
 from registry_server.accounts.models import Account, AuthNonce, Namespace, NamespaceMember
+from registry_server.accounts.service import owns_namespace
+from registry_server.market import reviews, search
+from registry_server.market import service as market
+from registry_server.market.reviews import ReviewView
+from registry_server.market.service import ListingInfo, ListingSummary
 from registry_server.orm import utcnow
 from registry_server.releases.models import Agent, Release
+from registry_server.storage import RepoStore
 from registry_server.usage.events import Outcome
 from registry_server.usage.models import UsageEventRow
+from registry_server.web import views
 from registry_server.web.models import WebSession
 
 SESSION_LIFETIME = timedelta(days=7)
@@ -236,3 +243,87 @@ def dashboard(session: Session, account_id: int, *, now_us: int, days: int = 30)
             )
         )
     return out
+
+
+# ---------------------------------------------------------------------------- market pages
+
+
+@dataclass(frozen=True)
+class HomePage:
+    popular: list[ListingSummary]
+    newest: list[ListingSummary]
+    tags: list[tuple[str, int]]
+
+
+def home_page(session: Session, *, shown: int = 6) -> HomePage:
+    return HomePage(
+        popular=search.search(session, search.SearchQuery(sort="popular", limit=shown)).listings,
+        newest=search.search(session, search.SearchQuery(sort="new", limit=shown)).listings,
+        tags=market.popular_tags(session, 30),
+    )
+
+
+@dataclass(frozen=True)
+class AgentPage:
+    info: ListingInfo
+    reviews: list[ReviewView]
+    calls_per_day: list[views.DayCount]
+    mine: ReviewView | None
+    """The signed-in account's own review, to edit."""
+    review_blocked: str | None
+    """Why the signed-in account may not review (None: it may, or nobody is signed in)."""
+
+
+def agent_page(session: Session, repos: RepoStore, name: str, account_id: int | None) -> AgentPage:
+    """Everything the agent's page shows; NotFoundError for no such published agent."""
+    info = market.info(session, repos, name)
+    shown = reviews.list_reviews(session, name, limit=50)
+    days = [views.DayCount(date.fromisoformat(day), n) for day, n in market.calls_per_day(session, name, 30)]
+    mine = None
+    blocked = None
+    if account_id is not None:
+        mine = next(
+            (
+                r
+                for r in reviews.list_reviews(session, name, include_hidden=True, limit=100)
+                if r.reviewer == _account_name(session, account_id)
+            ),
+            None,
+        )
+        if owns_namespace(session, account_id, info.namespace) or namespaces.may_publish(
+            session, account_id, info.namespace
+        ):
+            blocked = "You publish this agent, so you cannot review it; reply to reviews instead."
+        elif not reviews.completed_calls(session, name, [account_id]):
+            blocked = (
+                f"Only accounts that called {name} may review it. Call one of its tools first "
+                f"(mcpz call {name} TOOL), then come back."
+            )
+    return AgentPage(info=info, reviews=shown, calls_per_day=days, mine=mine, review_blocked=blocked)
+
+
+def _account_name(session: Session, account_id: int) -> str:
+    account = session.get(Account, account_id)
+    return account.name if account is not None else ""
+
+
+@dataclass(frozen=True)
+class CreatorPage:
+    namespace: str
+    owner: str
+    address: str | None
+    agents: list[ListingSummary]
+
+
+def creator_page(session: Session, namespace: str) -> CreatorPage:
+    """A namespace, its owner's verified wallet and its listed agents; NotFoundError if none."""
+    ns = namespaces.get_namespace(session, namespace)
+    found = search.search(
+        session, search.SearchQuery(namespace=namespace, sort="popular", limit=search.MAX_LIMIT)
+    )
+    return CreatorPage(
+        namespace=ns.name,
+        owner=_account_name(session, ns.owner_id),
+        address=namespaces.owner_address(session, namespace),
+        agents=found.listings,
+    )

@@ -1,7 +1,7 @@
 """Browser sessions of the web pages: `web_sessions` (hashed ids, per-session CSRF token).
 
 Revision ID: 0008_web_sessions
-Revises: 0007
+Revises: 0008_market
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008_web_sessions"
-down_revision = "0007"
+down_revision = "0008_market"
 branch_labels = None
 depends_on = None
 
