@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 REGISTRY = "registry_server"
-DOMAINS = ("accounts", "releases", "git", "deployments", "mesh", "gateway", "usage", "web")
+DOMAINS = ("accounts", "releases", "git", "deployments", "mesh", "gateway", "usage", "market", "web")
 WEB = ("fastapi", "starlette")
 
 # Besides routes.py, http.py (a domain's HTTP helpers for other domains' routes, or the core's) and
@@ -35,6 +35,10 @@ PURE = (
     "registry_server.deployments.scheduler",
     "registry_server.usage.events",
     "registry_server.accounts.tokens",
+    "registry_server.market.ranking",
+    "registry_server.market.terms",
+    "registry_server.market.changelog",
+    "registry_server.market.readme",
 )
 IMPURE = (
     "sqlalchemy",

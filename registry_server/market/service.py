@@ -34,7 +34,7 @@ from registry_server.accounts.namespaces import owner_address
 from registry_server.market import ranking, readme, terms
 from registry_server.market.changelog import Changelog, changelog
 from registry_server.market.models import FREE, Listing, ListingTag, SearchDocument, SearchTerm
-from registry_server.releases.models import Agent, Release
+from registry_server.releases.models import Agent, Release, ReleaseTools
 from registry_server.releases.signatures import signatures_by_release
 from registry_server.releases.tools import ToolSet, tools_for_releases
 from registry_server.storage import RepoStore
@@ -345,7 +345,8 @@ def refresh_listing(session: Session, repos: RepoStore, name: str, *, force: boo
 
 
 def stale_agents(session: Session, limit: int = 1000) -> list[str]:
-    """Agents whose listing is missing or was built from another serial (at most `limit`)."""
+    """Agents whose listing is missing, was built from another serial, or lacks the tools its
+    latest release has since been given (an observed set arrives after publish); at most `limit`."""
     query = (
         select(Agent.name)
         .outerjoin(Listing, Listing.agent_id == Agent.id)
@@ -354,14 +355,23 @@ def stale_agents(session: Session, limit: int = 1000) -> list[str]:
         .order_by(Agent.id)
         .limit(limit)
     )
-    return list(session.scalars(query))
+    names = list(session.scalars(query))
+    toolless = (
+        select(Listing.name)
+        .join(ReleaseTools, ReleaseTools.release_id == Listing.latest_release_id)
+        .where(Listing.tools == "[]")
+        .order_by(Listing.agent_id)
+        .limit(limit)
+    )
+    names.extend(name for name in session.scalars(toolless) if name not in names)
+    return names[:limit]
 
 
 def refresh_stale(session: Session, repos: RepoStore, limit: int = 1000) -> int:
     """Rebuild up to `limit` stale listings; returns how many were rebuilt."""
     names = stale_agents(session, limit)
     for name in names:
-        refresh_listing(session, repos, name)
+        refresh_listing(session, repos, name, force=True)
     return len(names)
 
 

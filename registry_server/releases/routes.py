@@ -377,6 +377,7 @@ def _yank(
     require(principal, "publish", namespace, db=state.db)
     with state.db.session() as session:
         set_yanked(session, full, version, yanked, reason)
+    state.agent_changed(full)
     return get_release(namespace, name, version, state)
 
 
