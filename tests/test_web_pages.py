@@ -71,7 +71,9 @@ def test_the_home_page_shows_the_search_box_popular_new_and_tags(world: MarketWo
         ("q=text&kind=agent&price=free&sort=new", "acme/translate"),
     ],
 )
-def test_search_finds_agents_by_words_tools_typos_and_filters(world: MarketWorld, query: str, found: str) -> None:
+def test_search_finds_agents_by_words_tools_typos_and_filters(
+    world: MarketWorld, query: str, found: str
+) -> None:
     page = get(world, f"/search?{query}")
     assert page.status_code == 200
     assert f'href="/agents/{found}"' in page.text
@@ -104,7 +106,7 @@ def test_the_agent_page_shows_readme_tools_versions_changelog_usage_and_snippets
     assert "<h1>Weather for agents</h1>" in html or "Weather for agents</h" in html  # the README
     # Tools of the latest version, each with its schemas.
     assert "<code>alerts</code>" in html and "<code>forecast</code>" in html
-    assert "Output schema" in text and "&#34;region&#34;" in html or '"region"' in unescape(html)
+    assert ("Output schema" in text and "&#34;region&#34;" in html) or '"region"' in unescape(html)
     # Versions newest first, each with its pinned tools.
     assert text.index("0.2.0") < text.rindex("0.1.0")
     assert "2 (signed)" in text and "1 (signed)" in text
@@ -129,9 +131,13 @@ def test_hostile_readme_markup_is_inert_on_the_page(world: MarketWorld) -> None:
     html = get(world, "/agents/acme/weather").text
     readme = html[html.index('<div class="readme">') : html.index('<h2 id="tools">')]
     assert "pwned" in readme  # shown as text...
-    assert not re.search(r"<(script|iframe)|<img[^>]*onerror|href=\"javascript:", readme)  # ...never as markup
+    assert not re.search(
+        r"<(script|iframe)|<img[^>]*onerror|href=\"javascript:", readme
+    )  # ...never as markup
     scripts = re.findall(r"<script[^>]*>", html)
-    assert len(scripts) == 1 and re.fullmatch(r'<script src="/static/copy\.[0-9a-f]{12}\.js" defer>', scripts[0])
+    assert len(scripts) == 1 and re.fullmatch(
+        r'<script src="/static/copy\.[0-9a-f]{12}\.js" defer>', scripts[0]
+    )
 
 
 def test_the_creator_page_shows_the_namespace_its_wallet_and_agents(world: MarketWorld) -> None:
@@ -164,7 +170,9 @@ def test_a_review_is_refused_without_a_metered_call_and_accepted_after_one(world
         world.calls("acme/weather", world.account_for_wallet(CAROL.address), 2)
         page = carol.get("/agents/acme/weather")
         assert 'action="/agents/acme/weather/reviews"' in page.text
-        assert carol.post("/agents/acme/weather/reviews", data={"csrf": "nope", "stars": "4"}).status_code == 403
+        assert (
+            carol.post("/agents/acme/weather/reviews", data={"csrf": "nope", "stars": "4"}).status_code == 403
+        )
         bad = carol.post("/agents/acme/weather/reviews", data={"csrf": token, "stars": "9"})
         assert bad.status_code == 400
         posted = carol.post(

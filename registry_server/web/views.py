@@ -16,7 +16,7 @@ from typing import Any
 from markupsafe import Markup, escape
 
 CHART_WIDTH = 600
-CHART_HEIGHT = 120
+CHART_HEIGHT = 220
 _SERVER_KEY = re.compile(r"[^a-zA-Z0-9_-]+")
 
 
@@ -42,7 +42,7 @@ def calls_chart(series: Sequence[DayCount], *, title: str) -> Markup:
     n = max(len(series), 1)
     slot = CHART_WIDTH / n
     bar = max(slot * 0.8, 1.0)
-    inner = CHART_HEIGHT - 20
+    inner = CHART_HEIGHT - 32
     bars = []
     for i, d in enumerate(series):
         height = 0.0 if peak == 0 else max(inner * d.calls / peak, 1.0 if d.calls else 0.0)
@@ -58,11 +58,11 @@ def calls_chart(series: Sequence[DayCount], *, title: str) -> Markup:
     desc = f"{total} calls from {first} to {last}; the busiest day had {peak}."
     svg = (
         f'<svg class="chart" viewBox="0 0 {CHART_WIDTH} {CHART_HEIGHT}" role="img" '
-        f'aria-labelledby="chart-title chart-desc" preserveAspectRatio="none">'
+        f'aria-labelledby="chart-title chart-desc">'
         f'<title id="chart-title">{escape(title)}</title><desc id="chart-desc">{escape(desc)}</desc>'
         f'<line class="axis" x1="0" y1="{inner}" x2="{CHART_WIDTH}" y2="{inner}"/>'
         f"{''.join(bars)}"
-        f'<text x="0" y="{CHART_HEIGHT - 4}">{escape(first)}</text>'
+        f'<text x="0" y="{CHART_HEIGHT - 6}">{escape(first)}</text>'
         f'<text x="{CHART_WIDTH}" y="{CHART_HEIGHT - 4}" text-anchor="end">{escape(last)}</text>'
         "</svg>"
     )
