@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from html.parser import HTMLParser
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -115,12 +116,12 @@ def test_huge_readme_is_cut() -> None:
 
 
 def test_changelog_names_added_removed_and_breaking_changes() -> None:
-    v1 = [
+    v1: list[dict[str, Any]] = [
         {"name": "add", "description": "Add", "inputSchema": {"properties": {"a": {}, "b": {}}}},
         {"name": "old", "description": "Old"},
         {"name": "same", "description": "Same"},
     ]
-    v2 = [
+    v2: list[dict[str, Any]] = [
         {
             "name": "add",
             "description": "Add numbers",

@@ -113,10 +113,10 @@ def seed(db: Database, items: list[dict[str, Any]]) -> None:
                     updated_us=item["created"],
                 ),
             )
-            listing.rating_sum, listing.rating_count = item["rating"]
-            listing.calls_30d = item["calls"]
-            listing.rating_key = ranking.rating_key(*item["rating"])
-            listing.quality = ranking.quality_key(*item["rating"], item["calls"])
+            stars, count = item["rating"]
+            listing.rating_sum, listing.rating_count, listing.calls_30d = stars, count, item["calls"]
+            listing.rating_key = ranking.rating_key(stars, count)
+            listing.quality = ranking.quality_key(stars, count, item["calls"])
 
 
 @pytest.fixture(scope="module")
@@ -302,8 +302,9 @@ def test_listings_follow_releases_and_their_pinned_tools(tmp_path: Path) -> None
     assert (calc.tags, calc.license) == (["math", "numbers"], "MIT")
     assert (calc.version, calc.tools) == ("1.0.0", ["add"])
     with db.session() as session:
-        agent = session.scalar(select(Agent).where(Agent.name == "acme/calc"))
-        assert agent is not None
+        again = session.scalar(select(Agent).where(Agent.name == "acme/calc"))
+        assert again is not None
+        agent = again
         second = Release(
             agent_id=agent.id,
             version="2.0.0",

@@ -87,7 +87,7 @@ def completed_calls(session: Session, name: str, account_ids: list[int]) -> dict
         .where(row.agent == name, row.outcome == Outcome.OK, row.account_id.in_(account_ids))
         .group_by(row.account_id)
     )
-    return {account: int(n) for account, n in session.execute(query).tuples()}
+    return {account: int(n) for account, n in session.execute(query)}
 
 
 def _is_publisher(session: Session, account_id: int, namespace: str) -> bool:

@@ -595,4 +595,5 @@ def reviewer_names(session: Session, account_ids: Iterable[int]) -> dict[int, st
     ids = sorted(set(account_ids))
     if not ids:
         return {}
-    return dict(session.execute(select(Account.id, Account.name).where(Account.id.in_(ids))).tuples())
+    rows = session.execute(select(Account.id, Account.name).where(Account.id.in_(ids)))
+    return {account_id: name for account_id, name in rows}
