@@ -117,7 +117,7 @@ def test_the_agent_page_shows_readme_tools_versions_changelog_usage_and_snippets
     assert '<svg class="chart"' in html and 'role="img"' in html and "5 calls from" in html
     # Snippets: a shell command and two MCP client configurations that are valid JSON.
     assert "mcpz call acme/weather alerts region=..." in unescape(html)
-    configs = re.findall(r"<pre><code>(\{.*?)</code></pre>", html, re.S)
+    configs = re.findall(r"<pre[^>]*><code>(\{.*?)</code></pre>", html, re.S)
     parsed = [json.loads(unescape(c)) for c in configs if "servers" in c.lower()]
     gateway = f"{world.reg.url}/mcp/acme/weather"
     assert parsed[0]["servers"]["acme-weather"]["url"] == gateway
