@@ -78,3 +78,19 @@ def test_static_files_have_content_hashed_names() -> None:
     plain = assets.lookup("app.css")
     assert plain is not None and plain[1] == assets.REVALIDATE and plain[0].etag == found[0].etag
     assert assets.lookup("../routes.py") is None and assets.lookup("nothing.css") is None
+
+
+def test_the_page_cache_forgets_after_its_ttl_and_keeps_at_most_its_size() -> None:
+    from registry_server.web.cache import TtlCache
+
+    cache: TtlCache[str, int] = TtlCache(ttl=60, size=2)
+    cache.put("a", 1, now=100.0)
+    assert cache.get("a", now=159.9) == 1
+    assert cache.get("a", now=160.0) is None  # expired, and dropped
+    assert len(cache) == 0
+    cache.put("a", 1, now=200.0)
+    cache.put("b", 2, now=200.0)
+    assert cache.get("a", now=201.0) == 1  # "a" is now the most recently used
+    cache.put("c", 3, now=202.0)
+    assert cache.get("b", now=202.0) is None and cache.get("a", now=202.0) == 1 and len(cache) == 2
+    assert cache.get("c", now=150.0) is None  # a clock that went back never serves a stale entry

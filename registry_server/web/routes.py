@@ -538,7 +538,9 @@ def agent_page(namespace: str, name: str, request: Request, reviewed: int = 0) -
     try:
         full = agent_name(namespace, name)
         with state.db.session() as session:
-            page = service.agent_page(session, state.repos, full, user.account_id if user else None)
+            page = service.agent_page(
+                session, state.repos, full, user.account_id if user else None, cache=_page_cache(request)
+            )
     except McpzError as e:
         return error_page(request, user, e)
     return _agent(request, user, page, flash="Your review is posted." if reviewed else None)
@@ -601,6 +603,13 @@ async def post_review(namespace: str, name: str, request: Request) -> Response:
     except McpzError as e:
         return error_page(request, user, e)
     return RedirectResponse(f"/agents/{full}?reviewed=1#reviews", status_code=303)
+
+
+def _page_cache(request: Request) -> service.PageCache:
+    cache: service.PageCache | None = getattr(request.app.state, "web_page_cache", None)
+    if cache is None:
+        cache = request.app.state.web_page_cache = service.PageCache()
+    return cache
 
 
 def _review_limiter(request: Request) -> RateLimiter:

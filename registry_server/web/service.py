@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import case, delete, distinct, func, select
@@ -26,6 +28,8 @@ from registry_server.accounts.models import Account, AuthNonce, Namespace, Names
 from registry_server.accounts.service import owns_namespace
 from registry_server.market import reviews, search
 from registry_server.market import service as market
+from registry_server.market.changelog import Changelog
+from registry_server.market.models import Review
 from registry_server.market.reviews import ReviewView
 from registry_server.market.service import ListingInfo, ListingSummary
 from registry_server.orm import utcnow
@@ -34,6 +38,7 @@ from registry_server.storage import RepoStore
 from registry_server.usage.events import Outcome
 from registry_server.usage.models import UsageEventRow
 from registry_server.web import views
+from registry_server.web.cache import TtlCache
 from registry_server.web.models import WebSession
 
 SESSION_LIFETIME = timedelta(days=7)
@@ -263,32 +268,99 @@ def home_page(session: Session, *, shown: int = 6) -> HomePage:
     )
 
 
+USAGE_TTL = 60.0
+"""Seconds the agent page keeps an agent's 30-day figures and its reviewers' call counts: both come
+from every usage event of the window, the page's one expensive read."""
+
+_Versions = tuple[list[market.VersionEntry], list[Changelog]]
+
+
+class PageCache:
+    """One registry's cache of the agent pages' expensive parts (held by the app, not the module:
+    two registries in one process must not share it)."""
+
+    def __init__(self, ttl: float = USAGE_TTL, size: int = 1024) -> None:
+        self.figures: TtlCache[str, tuple[market.Figures, list[views.DayCount]]] = TtlCache(ttl, size)
+        self.reviews: TtlCache[tuple[str, tuple[Any, ...]], list[ReviewView]] = TtlCache(ttl, size)
+        self.versions: TtlCache[tuple[str, int], tuple[list[market.VersionEntry], list[Changelog]]] = (
+            TtlCache(ttl, size)
+        )
+
+
 @dataclass(frozen=True)
 class AgentPage:
     info: ListingInfo
     reviews: list[ReviewView]
     calls_per_day: list[views.DayCount]
-    mine: ReviewView | None
+    mine: Review | None
     """The signed-in account's own review, to edit."""
     review_blocked: str | None
     """Why the signed-in account may not review (None: it may, or nobody is signed in)."""
 
 
-def agent_page(session: Session, repos: RepoStore, name: str, account_id: int | None) -> AgentPage:
-    """Everything the agent's page shows; NotFoundError for no such published agent."""
-    info = market.info(session, repos, name)
-    shown = reviews.list_reviews(session, name, limit=50)
-    days = [views.DayCount(date.fromisoformat(day), n) for day, n in market.calls_per_day(session, name, 30)]
+def agent_page(
+    session: Session,
+    repos: RepoStore,
+    name: str,
+    account_id: int | None,
+    *,
+    cache: PageCache,
+    clock: float | None = None,
+) -> AgentPage:
+    """Everything the agent's page shows; NotFoundError for no such published agent.
+
+    What `market.info` gathers, with the usage figures and the reviews (with each reviewer's
+    calls) reused for up to USAGE_TTL seconds: reviews only while none was written, replied to,
+    reported or hidden meanwhile (a cheap fingerprint of the agent's reviews says so), versions and
+    the tool changelog only while the agent's serial stays the same.
+    """
+    now = time.monotonic() if clock is None else clock
+    listing = market.get_listing(session, repos, name)
+    known = cache.versions.get((name, listing.indexed_serial), now)
+    if known is None:
+        # A publish or a yank moves the serial; a signature added later shows within the TTL.
+        found = market.versions_of(session, listing.agent_id)
+        known = (found, market.tool_changelog(found))
+        cache.versions.put((name, listing.indexed_serial), known, now)
+    versions, changes = known
+    latest = next((v for v in versions if v.version == listing.latest_version), None)
+    usage = cache.figures.get(name, now)
+    if usage is None:
+        days = [
+            views.DayCount(date.fromisoformat(day), n) for day, n in market.calls_per_day(session, name, 30)
+        ]
+        usage = (market.figures(session, name), days)
+        cache.figures.put(name, usage, now)
+    info = ListingInfo(
+        summary=market.summary_of(listing),
+        namespace=listing.namespace,
+        owner_address=namespaces.owner_address(session, listing.namespace),
+        readme_html=listing.readme_html,
+        versions=versions,
+        changelog=changes,
+        figures=usage[0],
+        latest_tools=(latest.tools or []) if latest is not None else [],
+    )
+    fingerprint = tuple(
+        session.execute(
+            select(
+                func.count(),
+                func.max(Review.updated_at),
+                func.max(Review.replied_at),
+                func.sum(Review.reports),
+                func.sum(case((Review.hidden, 1), else_=0)),
+            ).where(Review.agent_id == listing.agent_id)
+        ).one()
+    )
+    shown = cache.reviews.get((name, fingerprint), now)
+    if shown is None:
+        shown = reviews.list_reviews(session, name, limit=50)
+        cache.reviews.put((name, fingerprint), shown, now)
     mine = None
     blocked = None
     if account_id is not None:
-        mine = next(
-            (
-                r
-                for r in reviews.list_reviews(session, name, include_hidden=True, limit=100)
-                if r.reviewer == _account_name(session, account_id)
-            ),
-            None,
+        mine = session.scalar(
+            select(Review).where(Review.agent_id == listing.agent_id, Review.account_id == account_id)
         )
         if owns_namespace(session, account_id, info.namespace) or namespaces.may_publish(
             session, account_id, info.namespace
@@ -299,7 +371,7 @@ def agent_page(session: Session, repos: RepoStore, name: str, account_id: int | 
                 f"Only accounts that called {name} may review it. Call one of its tools first "
                 f"(mcpz call {name} TOOL), then come back."
             )
-    return AgentPage(info=info, reviews=shown, calls_per_day=days, mine=mine, review_blocked=blocked)
+    return AgentPage(info=info, reviews=shown, calls_per_day=usage[1], mine=mine, review_blocked=blocked)
 
 
 def _account_name(session: Session, account_id: int) -> str:
