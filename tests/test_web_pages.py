@@ -193,6 +193,7 @@ def test_a_review_is_refused_without_a_metered_call_and_accepted_after_one(world
     assert 'href="/agents/acme/weather"' in get(world, "/search?q=weather&min_rating=4").text
 
 
+@pytest.mark.slow
 def test_a_publishers_dashboard_shows_its_agents_and_it_may_not_review_them(
     world: MarketWorld, tmp_path: Path
 ) -> None:

@@ -144,3 +144,69 @@ def test_static_assets_are_cached_by_content_hash_or_etag(reg: LiveRegistry) -> 
     assert httpx2.get(f"{reg.url}/static/nothing.js").status_code == 404
     # Nothing on the pages comes from another host.
     assert not re.search(r'(src|href)="(https?:)?//', page.replace('href="https://eips.ethereum.org', ""))
+
+
+def test_sign_in_never_redirects_off_the_site(reg: LiveRegistry) -> None:
+    with browser(reg) as client:
+        message = client.post("/sign-in/message", json={"address": ALICE.address}).json()["message"]
+        signature = siwe.sign(message, ALICE.key)
+        answer = client.post(
+            "/sign-in", json={"message": message, "signature": signature, "next": "//evil.example"}
+        )
+        assert answer.json()["next"] == "/dashboard"
+        for target in ("https://evil.example/", "/\\evil.example", "javascript:alert(1)"):
+            page = client.get("/sign-in", params={"next": target})
+            assert page.status_code == 303 and page.headers["location"] == "/dashboard"
+
+
+def test_over_https_the_cookie_is_secure_and_host_only(tmp_path: Path) -> None:
+    """A registry whose public URL is https (behind a TLS proxy) sets `__Host-` Secure cookies."""
+    live = start_registry(tmp_path / "registry", public_url="https://registry.example")
+    try:
+        with browser(live) as client:
+            message = client.post("/sign-in/message", json={"address": ALICE.address}).json()["message"]
+            assert message.startswith("https://registry.example wants you to sign in")
+            answer = client.post(
+                "/sign-in", json={"message": message, "signature": siwe.sign(message, ALICE.key)}
+            )
+            cookie = answer.headers["set-cookie"]
+            assert cookie.startswith("__Host-mcpz_session=") and "Secure" in cookie and "Path=/" in cookie
+            assert "Domain" not in cookie
+    finally:
+        live.stop()
+
+
+@pytest.mark.slow
+def test_every_page_renders_on_this_database(reg: LiveRegistry, tmp_path: Path) -> None:
+    """The pages' own queries (dashboard sums, review fingerprints) on SQLite and PostgreSQL alike."""
+    from webutil import FORECAST, MarketWorld, publish, seed
+
+    world: MarketWorld = seed(reg, tmp_path / "work")
+    namespace = ALICE.address.lower()
+    world.account_for_wallet(ALICE.address)
+    world.tokens[namespace] = reg.account(namespace)
+    publish(
+        world, tmp_path / "mine", f"{namespace}/tiny", [("1.0.0", [FORECAST])], description="T", keywords=[]
+    )
+    world.calls(f"{namespace}/tiny", world.account_for_wallet(BOB.address), 3)
+    world.calls("acme/weather", world.account_for_wallet(BOB.address), 2)
+    with browser(reg) as bob, browser(reg) as alice:
+        sign_in(bob, BOB)
+        sign_in(alice, ALICE)
+        for path in (
+            "/",
+            "/search?q=forecast",
+            "/agents/acme/weather",
+            "/creators/acme",
+            "/dashboard",
+            "/keys",
+        ):
+            assert bob.get(path).status_code == 200, path
+        token = csrf_of(bob.get("/agents/acme/weather").text)
+        posted = bob.post("/agents/acme/weather/reviews", data={"csrf": token, "stars": "5", "text": "good"})
+        assert posted.status_code == 303
+        assert "by " + BOB.address.lower() + " · 2 calls" in bob.get("/agents/acme/weather").text.replace(
+            "</strong>", ""
+        ).replace("<strong>", "")
+        board = alice.get("/dashboard").text
+        assert f"/agents/{namespace}/tiny" in board and '<td class="num">3</td>' in board

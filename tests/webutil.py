@@ -12,6 +12,7 @@ usage events recorded through the registry's own recorder, as the gateway record
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,9 +108,10 @@ class MarketWorld:
     def calls(self, agent: str, account_id: int, n: int = 1, *, outcome: str = Outcome.OK) -> None:
         """`n` finished calls of `agent` by the account, through the registry's usage recorder."""
         now = time.time_ns() // 1000
+        batch = uuid.uuid4().hex
         events = [
             UsageEvent(
-                id=f"web-{agent}-{account_id}-{now}-{i}",
+                id=f"web-{batch}-{i}",  # at most 64 characters, as the gateway's ids
                 account_id=account_id,
                 token_id=None,
                 agent=agent,
