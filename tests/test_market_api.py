@@ -4,6 +4,7 @@ and moderation, (un)listing, and the official MCP Registry API's shapes."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -251,3 +252,27 @@ def test_review_writes_are_rate_limited(world: World) -> None:
         for i in range(WRITE_LIMIT + 1)
     ]
     assert statuses[-1] == 429 and 200 in statuses
+
+
+def test_cli_search_info_reviews_and_review(world: World, cli: Any) -> None:
+    registry = ["--registry", world.reg.url]
+    found = cli("--json", "market", "search", "forecast", *registry)
+    assert found.exit_code == 0, found.stderr
+    [item] = json.loads(found.stdout)
+    assert {"name", "description", "version", "rating", "reviews", "calls_30d", "tools"} <= set(item)
+    assert item["name"] == NAME and item["version"] == "1.1.0"
+    table = cli("market", "search", "forcast", *registry)
+    assert table.exit_code == 0 and NAME in table.stdout and 'results for "forecast"' in table.stderr
+    none = cli("market", "search", "weathre-agnet", "zzz", *registry)
+    assert none.exit_code == 0 and "no agent matches" in none.stdout and NAME in none.stderr
+    info = cli("market", "info", NAME, *registry)
+    assert info.exit_code == 0 and "1.1.0" in info.stdout and "tags: weather, forecast" in info.stdout
+    shown = cli("--json", "market", "reviews", NAME, *registry)
+    assert shown.exit_code == 0 and all("calls" in r for r in json.loads(shown.stdout))
+    refused = cli("market", "review", NAME, "--stars", "4", *registry, "--token", world.stranger)
+    assert refused.exit_code != 0 and "only an account that has called" in refused.stderr
+    bad = cli("market", "review", NAME, "--stars", "9", *registry, "--token", world.stranger)
+    assert bad.exit_code == 2 and "--stars must be 1 to 5" in bad.stderr
+    missing = cli("market", "info", "acme/nothing-here", *registry)
+    assert missing.exit_code != 0 and "no published agent acme/nothing-here" in missing.stderr
+    assert cli("market", "search", "--sort", "cheap", *registry).exit_code == 2

@@ -26,9 +26,7 @@ def test_one_five_star_review_does_not_outrank_a_well_used_four_point_six() -> N
 
 
 def test_text_score_weighs_fields_and_prefixes() -> None:
-    fields = ranking.FieldTerms(
-        name=["acme", "weather"], tags=["forecast"], tools=["get", "alerts"], description=["rain"]
-    )
+    fields = ranking.FieldTerms(name="acme weather", tags="forecast", tools="get alerts", description="rain")
     assert ranking.text_score(["weather"], fields) == 1.0
     assert ranking.text_score(["weath"], fields) == pytest.approx(0.6)
     assert ranking.text_score(["forecast"], fields) == pytest.approx(0.6)
@@ -137,3 +135,11 @@ def test_changelog_names_added_removed_and_breaking_changes() -> None:
     assert (change.inputs_added, change.inputs_removed, change.required_added) == (["c"], ["b"], ["c"])
     assert change.breaking and log.breaking
     assert changelog("1", v1, "1.1", v1).empty
+
+
+def test_a_query_spelling_a_tool_name_scores_as_a_name_match() -> None:
+    fields = ranking.FieldTerms(
+        name="acme calc", tags="", tools="get forecast", description="", tool_names="add get_forecast"
+    )
+    assert ranking.text_score(["get", "forecast"], fields) == 1.0
+    assert ranking.text_score(["forecast", "get"], fields) < 1.0

@@ -330,3 +330,52 @@ def test_listings_follow_releases_and_their_pinned_tools(tmp_path: Path) -> None
     assert (log.older, log.newer, log.added) == ("1.0.0", "2.0.0", ["multiply"])
     assert names(db, text="multiply") == ["acme/calc"]
     db.dispose()
+
+
+def test_the_bulk_index_finds_and_ranks_as_one_by_one(sqlite_db: Database, tmp_path: Path) -> None:
+    """`index_new` (a first index of many agents) stores what `index_listing` stores."""
+    items = corpus()
+    db = Database(f"sqlite:///{tmp_path / 'bulk.db'}")
+    migrate(db.engine)
+    now = datetime.now(UTC)
+    with db.session() as session:
+        owner = Account(name="owner", created_at=now)
+        session.add(owner)
+        session.flush()
+        for ns in sorted({item["namespace"] for item in items}):
+            session.add(Namespace(name=ns, owner_id=owner.id, created_at=now))
+        agents = []
+        for item in items:
+            agent = Agent(
+                name=f"{item['namespace']}/{item['name']}", namespace=item["namespace"], created_at=now
+            )
+            session.add(agent)
+            agents.append(agent)
+        session.flush()
+        sources = [
+            service.ListingSource(
+                agent_id=agent.id,
+                name=agent.name,
+                description=item["description"],
+                kind=item["kind"],
+                tags=service.clean_tags(item["tags"]),
+                version="1.0.0",
+                tools=item["tools"],
+                readme=item["readme"],
+                created_us=item["created"],
+                updated_us=item["created"],
+            )
+            for agent, item in zip(agents, items, strict=True)
+        ]
+        assert service.index_new(session, sources) == len(items)
+        session.flush()
+        for agent, item in zip(agents, items, strict=True):
+            listing = session.get(Listing, agent.id)
+            assert listing is not None
+            stars, count = item["rating"]
+            listing.rating_sum, listing.rating_count, listing.calls_30d = stars, count, item["calls"]
+            listing.rating_key = ranking.rating_key(stars, count)
+            listing.quality = ranking.quality_key(stars, count, item["calls"])
+    for query in QUERIES:
+        assert names(db, **query) == names(sqlite_db, **query), query
+    db.dispose()

@@ -101,6 +101,9 @@ COMMANDS: dict[str, Entry] = {
     "usage": Entry(
         "usage", "Calls through the gateway, summed per agent and tool: calls, errors, time, bytes.", REGISTRY
     ),
+    "market": Entry(
+        "market", "The marketplace: search agents, read their listings, review the ones you used.", REGISTRY
+    ),
     "login": Entry(
         "auth",
         "Log in to a registry and keep the token (OS keyring; a 0600 file where there is none).",

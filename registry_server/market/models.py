@@ -45,16 +45,19 @@ class Listing(Base):
     tags: Mapped[str] = mapped_column(Text, default="[]")
     latest_version: Mapped[str] = mapped_column(String(64), default="")
     latest_release_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    readme_source: Mapped[str] = mapped_column(Text, default="")
-    readme_html: Mapped[str] = mapped_column(Text, default="")
+    # Large columns are deferred: loaded only when read (search results never read them).
+    readme_source: Mapped[str] = mapped_column(Text, default="", deferred=True)
+    readme_html: Mapped[str] = mapped_column(Text, default="", deferred=True)
     # JSON list of the latest release's tool names (definitions are in release_tools).
     tools: Mapped[str] = mapped_column(Text, default="[]")
     # Normalised search terms per field, space-separated (registry_server.market.terms): the
     # ranking's text score is computed from these, the same way on every backend.
-    terms_name: Mapped[str] = mapped_column(Text, default="")
-    terms_tags: Mapped[str] = mapped_column(Text, default="")
-    terms_tools: Mapped[str] = mapped_column(Text, default="")
-    terms_description: Mapped[str] = mapped_column(Text, default="")
+    terms_name: Mapped[str] = mapped_column(Text, default="", deferred=True)
+    terms_tags: Mapped[str] = mapped_column(Text, default="", deferred=True)
+    terms_tools: Mapped[str] = mapped_column(Text, default="", deferred=True)
+    terms_description: Mapped[str] = mapped_column(Text, default="", deferred=True)
+    # Each tool name's terms joined by "_" (ranking.FieldTerms.tool_names), space-separated.
+    terms_tool_names: Mapped[str] = mapped_column(Text, default="", deferred=True)
     pricing: Mapped[str] = mapped_column(String(32), default=FREE)
     # Visible reviews only (hidden and removed ones do not count).
     rating_sum: Mapped[int] = mapped_column(Integer, default=0)

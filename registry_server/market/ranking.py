@@ -4,7 +4,9 @@
 
 - `text` in [0, 1]: for each query term, the weight of the best field it matches (name 10,
   tags 6, tool names and descriptions 5, description 3, README 1), an exact term counting fully
-  and a prefix 0.6; summed over the terms and divided by 10 x the number of terms.
+  and a prefix 0.6; summed over the terms and divided by 10 x the number of terms. A query whose
+  terms spell one of the listing's tool names ("get_forecast", "get forecast") scores 1, as a
+  name match does: the agent that has the tool comes before those that merely mention its words.
 - `rating` in [0, 1]: the Bayesian average of the stars, (PRIOR_WEIGHT * PRIOR_MEAN + sum) /
   (PRIOR_WEIGHT + count), mapped from [1, 5] to [0, 1]. Every agent starts as if it had
   PRIOR_WEIGHT reviews of PRIOR_MEAN stars, so one 5-star review (3.33) stays below a well-used
@@ -36,12 +38,16 @@ SCALE = 1_000_000
 
 @dataclass(frozen=True)
 class FieldTerms:
-    """A listing's terms per field (the README's are not kept: a match only there counts 1)."""
+    """A listing's terms per field, each field space-separated as stored (the README's are not
+    kept: a match only there counts README_WEIGHT)."""
 
-    name: Sequence[str]
-    tags: Sequence[str]
-    tools: Sequence[str]
-    description: Sequence[str]
+    name: str
+    tags: str
+    tools: str
+    description: str
+    tool_names: str = ""
+    """Each tool name's terms joined by "_" ("getForecast" -> "getforecast", "get-forecast" ->
+    "get_forecast"), space-separated."""
 
 
 def bayesian_rating(stars_sum: int, count: int) -> float:
@@ -60,11 +66,14 @@ def usage_score(calls_30d: int) -> float:
 def term_weight(term: str, fields: FieldTerms) -> float:
     """The weight of the best field `term` matches (exactly, or as a prefix); README_WEIGHT if none."""
     best = 0.0
+    exact, prefix = f" {term} ", f" {term}"
     for field, weight in FIELD_WEIGHTS.items():
-        words: Sequence[str] = getattr(fields, field)
-        if term in words:
-            best = max(best, weight)
-        elif any(word.startswith(term) for word in words):
+        if weight <= best:
+            continue
+        words = f" {getattr(fields, field)} "
+        if exact in words:
+            best = weight
+        elif prefix in words:
             best = max(best, weight * PREFIX_FACTOR)
     return best or README_WEIGHT
 
@@ -73,6 +82,8 @@ def text_score(query: Sequence[str], fields: FieldTerms) -> float:
     """In [0, 1]; the listing is known to match every term somewhere (the index said so)."""
     if not query:
         return 0.0
+    if f" {'_'.join(query)} " in f" {fields.tool_names} ":
+        return 1.0
     top = max(FIELD_WEIGHTS.values())
     return sum(term_weight(term, fields) for term in query) / (top * len(query))
 

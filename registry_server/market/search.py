@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, or_, select, text
+from sqlalchemy import ColumnElement, and_, or_, select, text
 from sqlalchemy.orm import Session
 
 from mcpz.errors import UsageError
@@ -29,7 +29,7 @@ from registry_server.market.service import ListingSummary, summary_of
 
 SORTS = ("relevance", "popular", "rating", "new")
 KINDS = ("agent", "plugin")
-CANDIDATES = 500
+CANDIDATES = 200
 """Listings the relevance sort scores at most (the best by quality among all that match)."""
 MAX_LIMIT = 100
 MAX_OFFSET = 10_000
@@ -130,7 +130,7 @@ _ORDER: dict[str, Any] = {
 }
 
 
-def _ordered(statement: Select[Any], sort: str) -> Select[Any]:
+def _ordered(statement: Any, sort: str) -> Any:
     return statement.order_by(_ORDER[sort].desc(), Listing.agent_id)
 
 
@@ -138,28 +138,59 @@ def _run(session: Session, query: SearchQuery, words: Sequence[str]) -> tuple[li
     where = _filters(query)
     if words:
         where.append(_match(session, words))
-    statement = select(Listing).where(*where)
     if not words or query.sort != "relevance":
-        rows = list(
+        statement = select(Listing).where(*where)
+        found = list(
             session.scalars(_ordered(statement, query.sort).offset(query.offset).limit(query.limit + 1))
         )
-        return rows[: query.limit], len(rows) > query.limit
-    candidates = list(session.scalars(_ordered(statement, "relevance").limit(CANDIDATES)))
+        return found[: query.limit], len(found) > query.limit
+    columns = select(
+        Listing.agent_id,
+        Listing.name,
+        Listing.quality,
+        Listing.terms_name,
+        Listing.terms_tags,
+        Listing.terms_tools,
+        Listing.terms_description,
+        Listing.terms_tool_names,
+    ).where(*where)
+    candidates = session.execute(_ordered(columns, "relevance").limit(CANDIDATES)).all()
     scored = sorted(
         candidates,
-        key=lambda listing: (-relevance(words, listing), listing.name),
+        key=lambda row: (
+            -relevance(words, Candidate(row[2], row[3], row[4], row[5], row[6], row[7])),
+            row[1],
+        ),
     )
     page = scored[query.offset : query.offset + query.limit + 1]
-    return page[: query.limit], len(page) > query.limit
+    ids = [row.agent_id for row in page[: query.limit]]
+    rows = {
+        listing.agent_id: listing
+        for listing in session.scalars(select(Listing).where(Listing.agent_id.in_(ids)))
+    }
+    return [rows[i] for i in ids], len(page) > query.limit
 
 
-def relevance(words: Sequence[str], listing: Listing) -> float:
+@dataclass(frozen=True)
+class Candidate:
+    """What the relevance sort reads of a matching listing."""
+
+    quality: int
+    terms_name: str
+    terms_tags: str
+    terms_tools: str
+    terms_description: str
+    terms_tool_names: str
+
+
+def relevance(words: Sequence[str], listing: Listing | Candidate) -> float:
     """ranking.score of a listing that matched `words`."""
     fields = ranking.FieldTerms(
-        name=listing.terms_name.split(),
-        tags=listing.terms_tags.split(),
-        tools=listing.terms_tools.split(),
-        description=listing.terms_description.split(),
+        name=listing.terms_name,
+        tags=listing.terms_tags,
+        tools=listing.terms_tools,
+        description=listing.terms_description,
+        tool_names=listing.terms_tool_names,
     )
     return ranking.score(ranking.text_score(words, fields), listing.quality)
 

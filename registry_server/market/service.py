@@ -23,7 +23,7 @@ from typing import Any
 
 from dulwich.objects import Blob, Commit, Tree
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -245,19 +245,34 @@ def _tool_texts(tools: Sequence[dict[str, Any]]) -> list[str]:
     ]
 
 
-def index_listing(session: Session, source: ListingSource, *, updated_us: int | None = None) -> Listing:
-    """Create or replace the listing of `source` with its tags, search document and terms.
+@dataclass(frozen=True)
+class _Fields:
+    name: str
+    tags: str
+    tools: str
+    description: str
+    readme: str
+    tool_names: str
 
-    Keeps what the listing owns beyond its source: listed/unlisted, ratings, usage, pricing.
-    """
-    listing = session.get(Listing, source.agent_id)
-    tool_names = [str(tool["name"]) for tool in source.tools]
-    name_terms = terms.joined([source.name])
-    tag_terms = terms.joined(source.tags)
-    tool_terms = terms.joined(_tool_texts(source.tools))
-    description_terms = terms.joined([source.description])
-    readme_terms = terms.joined([source.readme[:MAX_README_INDEXED]])
-    values: dict[str, Any] = {
+
+def _search_fields(source: ListingSource) -> _Fields:
+    return _Fields(
+        name=terms.joined([source.name]),
+        tags=terms.joined(source.tags),
+        tools=terms.joined(_tool_texts(source.tools)),
+        description=terms.joined([source.description]),
+        readme=terms.joined([source.readme[:MAX_README_INDEXED]]),
+        tool_names=" ".join("_".join(terms.terms(str(tool["name"]))) for tool in source.tools),
+    )
+
+
+def _body(fields: _Fields) -> str:
+    parts = (fields.name, fields.tags, fields.tools, fields.description, fields.readme)
+    return " ".join(part for part in parts if part)
+
+
+def _listing_values(source: ListingSource, fields: _Fields) -> dict[str, Any]:
+    return {
         "name": source.name,
         "namespace": source.name.split("/")[0],
         "description": source.description,
@@ -268,15 +283,28 @@ def index_listing(session: Session, source: ListingSource, *, updated_us: int | 
         "latest_release_id": source.release_id,
         "readme_source": source.readme,
         "readme_html": readme.render(source.readme) if source.readme else "",
-        "tools": json.dumps(tool_names),
-        "terms_name": name_terms,
-        "terms_tags": tag_terms,
-        "terms_tools": tool_terms,
-        "terms_description": description_terms,
+        "tools": json.dumps([str(tool["name"]) for tool in source.tools]),
+        "terms_name": fields.name,
+        "terms_tags": fields.tags,
+        "terms_tools": fields.tools,
+        "terms_description": fields.description,
+        "terms_tool_names": fields.tool_names,
         "created_us": source.created_us,
-        "updated_us": updated_us if updated_us is not None else source.updated_us,
+        "updated_us": source.updated_us,
         "indexed_serial": source.serial,
     }
+
+
+def index_listing(session: Session, source: ListingSource, *, updated_us: int | None = None) -> Listing:
+    """Create or replace the listing of `source` with its tags, search document and terms.
+
+    Keeps what the listing owns beyond its source: listed/unlisted, ratings, usage, pricing.
+    """
+    listing = session.get(Listing, source.agent_id)
+    fields = _search_fields(source)
+    values = _listing_values(source, fields)
+    if updated_us is not None:
+        values["updated_us"] = updated_us
     if listing is None:
         listing = Listing(
             agent_id=source.agent_id,
@@ -299,9 +327,7 @@ def index_listing(session: Session, source: ListingSource, *, updated_us: int | 
     session.execute(delete(ListingTag).where(ListingTag.agent_id == source.agent_id))
     if source.tags:
         session.add_all(ListingTag(agent_id=source.agent_id, tag=tag) for tag in source.tags)
-    body = " ".join(
-        part for part in (name_terms, tag_terms, tool_terms, description_terms, readme_terms) if part
-    )
+    body = _body(fields)
     document = session.get(SearchDocument, source.agent_id)
     if document is None:
         session.add(SearchDocument(agent_id=source.agent_id, body=body))
@@ -310,6 +336,41 @@ def index_listing(session: Session, source: ListingSource, *, updated_us: int | 
     add_terms(session, body.split())
     session.flush()
     return listing
+
+
+def index_new(session: Session, sources: Sequence[ListingSource]) -> int:
+    """Create the listings of many agents that have none yet, in bulk (a first index of a large
+    registry; the benchmark's index build). Returns how many were created."""
+    listings: list[dict[str, Any]] = []
+    tags: list[dict[str, Any]] = []
+    documents: list[dict[str, Any]] = []
+    vocabulary: set[str] = set()
+    for source in sources:
+        fields = _search_fields(source)
+        listings.append(
+            {
+                **_listing_values(source, fields),
+                "agent_id": source.agent_id,
+                "listed": True,
+                "pricing": FREE,
+                "rating_sum": 0,
+                "rating_count": 0,
+                "rating_key": ranking.rating_key(0, 0),
+                "quality": ranking.quality_key(0, 0, 0),
+                "calls_30d": 0,
+                "callers_30d": 0,
+                "usage_at_us": 0,
+            }
+        )
+        tags.extend({"agent_id": source.agent_id, "tag": tag} for tag in source.tags)
+        body = _body(fields)
+        documents.append({"agent_id": source.agent_id, "body": body})
+        vocabulary.update(body.split())
+    for table, rows in ((Listing, listings), (ListingTag, tags), (SearchDocument, documents)):
+        for start in range(0, len(rows), CHUNK):
+            session.execute(insert(table), rows[start : start + CHUNK])
+    add_terms(session, vocabulary)
+    return len(listings)
 
 
 def add_terms(session: Session, words: Iterable[str]) -> None:

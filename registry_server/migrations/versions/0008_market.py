@@ -66,6 +66,7 @@ def upgrade() -> None:
         sa.Column("terms_tags", sa.Text, nullable=False, server_default=""),
         sa.Column("terms_tools", sa.Text, nullable=False, server_default=""),
         sa.Column("terms_description", sa.Text, nullable=False, server_default=""),
+        sa.Column("terms_tool_names", sa.Text, nullable=False, server_default=""),
         sa.Column("pricing", sa.String(32), nullable=False, server_default="free"),
         sa.Column("rating_sum", sa.Integer, nullable=False, server_default="0"),
         sa.Column("rating_count", sa.Integer, nullable=False, server_default="0"),

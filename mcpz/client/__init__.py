@@ -1,0 +1,1 @@
+"""Talking to a registry: typed clients of its JSON API."""
