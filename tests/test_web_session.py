@@ -15,7 +15,7 @@ import httpx2
 import pytest
 from conftest import LiveRegistry, start_registry
 
-from mcpz import siwe
+import mcpz.siwe as siwe
 from mcpz.ethkeys import Account, LocalAccount
 
 ALICE = Account.from_key("0x" + "a7" * 32)

@@ -34,7 +34,7 @@ from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
-from mcpz import siwe
+import mcpz.siwe as siwe
 from mcpz._version import __version__
 from mcpz.errors import AuthError, McpzError, NotFoundError, UsageError
 from registry_server.accounts import namespaces, tokens

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import case, delete, distinct, func, select
 from sqlalchemy.orm import Session
 
-from mcpz import siwe
+import mcpz.siwe as siwe
 from mcpz.errors import AuthError
 from registry_server.accounts import namespaces
 from registry_server.accounts.models import Account, AuthNonce, Namespace, NamespaceMember
