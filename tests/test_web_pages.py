@@ -88,7 +88,17 @@ def test_search_says_what_it_corrected_and_suggests_names_when_nothing_matches(w
 
 
 @pytest.mark.parametrize(
-    "query", ["sort=loudest", "kind=robot", "min_rating=9", "min_rating=abc", "price=cheap", "page=0"]
+    "query",
+    [
+        "sort=loudest",
+        "kind=robot",
+        "min_rating=9",
+        "min_rating=abc",
+        "price=cheap",
+        "page=0",
+        "page=x",
+        "q=" + "a" * 201,
+    ],
 )
 def test_bad_search_filters_answer_400_with_the_page(world: MarketWorld, query: str) -> None:
     page = get(world, f"/search?{query}")

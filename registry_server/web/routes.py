@@ -477,7 +477,7 @@ def search_page(
     price: str = "",
     min_rating: str = "",
     sort: str = "relevance",
-    page: int = 1,
+    page: str = "1",
 ) -> Response:
     user = _user(request)
     per_page = 20
@@ -486,12 +486,14 @@ def search_page(
     result = None
     error = None
     status = 200
+    number = 1
     try:
         rating = _number(min_rating, "the minimum rating")
         form["min_rating"] = rating
         if price not in ("", "free", "paid"):
             raise UsageError(f"unknown price filter {price[:20]!r}", hint="free or paid")
-        if not 1 <= page <= search.MAX_OFFSET // per_page:
+        number = int(page) if page.isdigit() and len(page) < 6 else 0
+        if not 1 <= number <= search.MAX_OFFSET // per_page:
             raise UsageError("no such page of results")
         query = search.SearchQuery(
             text=q,
@@ -501,7 +503,7 @@ def search_page(
             min_rating=rating,
             sort=sort,
             limit=per_page,
-            offset=(page - 1) * per_page,
+            offset=(number - 1) * per_page,
         )
         with state_of(request).db.session() as session:
             result = search.search(session, query)
@@ -526,13 +528,13 @@ def search_page(
         sorts=search.SORTS,
         result=result,
         error=error,
-        prev_url=page_url(page - 1) if page > 1 else None,
-        next_url=page_url(page + 1) if result is not None and result.more else None,
+        prev_url=page_url(number - 1) if result is not None and number > 1 else None,
+        next_url=page_url(number + 1) if result is not None and result.more else None,
     )
 
 
 @router.get("/agents/{namespace}/{name}")
-def agent_page(namespace: str, name: str, request: Request, reviewed: int = 0) -> Response:
+def agent_page(namespace: str, name: str, request: Request, reviewed: str = "") -> Response:
     user = _user(request)
     state = state_of(request)
     try:
@@ -543,7 +545,7 @@ def agent_page(namespace: str, name: str, request: Request, reviewed: int = 0) -
             )
     except McpzError as e:
         return error_page(request, user, e)
-    return _agent(request, user, page, flash="Your review is posted." if reviewed else None)
+    return _agent(request, user, page, flash="Your review is posted." if reviewed == "1" else None)
 
 
 def _agent(
