@@ -237,8 +237,8 @@ def queries(items: list[Item], count: int, seed: int = 5) -> list[Query]:
             by_tool.setdefault(tool["name"], set()).add(item.name)
     tools = sorted(by_tool)
     for _ in range(count):
-        tool = rng.choice(tools)
-        out.append(Query(tool, "tool", frozenset(by_tool[tool])))
+        picked = rng.choice(tools)
+        out.append(Query(picked, "tool", frozenset(by_tool[picked])))
     return out
 
 
@@ -354,23 +354,23 @@ def main() -> int:
     )
     goals = []
     for backend in ("sqlite", "postgres"):
-        r = results.get(f"{backend}/mcpz")
+        mine = results.get(f"{backend}/mcpz")
         goals.append(
             g.below(
                 f"{backend}: mcpz search p99 < {GOAL_P99_MS:.0f} ms over {args.listings:,} listings",
-                r["p99_ms"] if r else None,
+                mine["p99_ms"] if mine else None,
                 GOAL_P99_MS,
-                f"{r['p99_ms']:.2f} ms" if r else "",
+                f"{mine['p99_ms']:.2f} ms" if mine else "",
                 missing="PostgreSQL not reachable (or --no-postgres)",
             )
         )
-        if r is not None:
+        if mine is not None:
             sub = results[f"{backend}/substring"]
             goals.append(
                 g.holds(
                     f"{backend}: a tool name finds its agents (recall of mcpz >= substring)",
-                    r["tool_recall"] is not None and r["tool_recall"] >= (sub["tool_recall"] or 0),
-                    f"mcpz {r['tool_recall']:.0%}, substring {sub['tool_recall']:.0%}",
+                    mine["tool_recall"] is not None and mine["tool_recall"] >= (sub["tool_recall"] or 0),
+                    f"mcpz {mine['tool_recall']:.0%}, substring {sub['tool_recall']:.0%}",
                 )
             )
     g.finish(
