@@ -20,23 +20,17 @@ Every POST also checks that an Origin header, when sent, is this registry's.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable
 from datetime import timedelta
-from functools import partial
-from typing import Any, TypeVar
-from urllib.parse import quote, urlencode, urlsplit
+from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from markupsafe import Markup
-from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData
 
 import mcpz.siwe as siwe
-from mcpz._version import __version__
-from mcpz.errors import AuthError, McpzError, NotFoundError, UsageError
+from mcpz.errors import AuthError, McpzError, UsageError
 from registry_server.accounts import namespaces, tokens
 from registry_server.accounts import service as accounts
 from registry_server.accounts.http import public_url
@@ -46,136 +40,30 @@ from registry_server.market import reviews, search
 from registry_server.rate_limit import RateLimited, RateLimiter
 from registry_server.state import RegistryState
 from registry_server.web import assets, service, views
-from registry_server.web.service import CsrfRefused, WebUser
-from registry_server.web.templating import environment
+from registry_server.web.http import (
+    SignInNeeded,
+    cookie_name,
+    current_user,
+    error_page,
+    form_text,
+    in_thread,
+    is_secure,
+    json_body,
+    json_field,
+    local_path,
+    posted_form,
+    render,
+    session_secret,
+    signed_in,
+)
+from registry_server.web.service import WebUser
 
 router = APIRouter(include_in_schema=False)
 
-COOKIE = "mcpz_session"
-SECURE_COOKIE = "__Host-mcpz_session"
 KEY_SCOPES = ("read", "publish", "deploy", "call", "admin")
 """The scopes a key made in the browser may have: a wallet session's own (so no `node`)."""
 REVIEWS_PER_HOUR = 20
 KEY_EXPIRIES = {"30d": 30, "90d": 90, "365d": 365, "never": 0}
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "X-Frame-Options": "DENY",
-}
-
-T = TypeVar("T")
-
-
-class SignInNeeded(AuthError):
-    """A page that needs a session, asked for without one: a redirect to the sign-in page."""
-
-
-# --------------------------------------------------------------------------------- plumbing
-
-
-def _secure(request: Request) -> bool:
-    return public_url(state_of(request).settings).startswith("https://") or request.url.scheme == "https"
-
-
-def _cookie_name(request: Request) -> str:
-    return SECURE_COOKIE if _secure(request) else COOKIE
-
-
-def _secret(request: Request) -> str | None:
-    return request.cookies.get(_cookie_name(request))
-
-
-def _user(request: Request) -> WebUser | None:
-    state = state_of(request)
-    with state.db.session() as session:
-        return service.current_user(session, _secret(request))
-
-
-def _signed_in(request: Request) -> WebUser:
-    user = _user(request)
-    if user is None:
-        raise SignInNeeded("sign in to see this page")
-    return user
-
-
-def render(
-    request: Request, template: str, *, user: WebUser | None, status: int = 200, **context: Any
-) -> HTMLResponse:
-    context.setdefault("flash", None)
-    context.setdefault("active", "")
-    context.setdefault("query", "")
-    body = environment().get_template(template).render(user=user, version=__version__, **context)
-    response = HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
-    if user is not None:
-        # A signed-in page holds the account's data and its CSRF token: no shared cache keeps it.
-        response.headers["Cache-Control"] = "private, no-store"
-    return response
-
-
-def error_page(request: Request, user: WebUser | None, error: McpzError) -> Response:
-    if isinstance(error, SignInNeeded):
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return RedirectResponse(f"/sign-in?next={quote(target, safe='')}", status_code=303)
-    status, title = 500, "Something went wrong"
-    if isinstance(error, CsrfRefused):
-        status, title = 403, "Form expired"
-    elif isinstance(error, RateLimited):
-        status, title = 429, "Slow down"
-    elif isinstance(error, AuthError):
-        status, title = 403, "Not allowed"
-    elif isinstance(error, NotFoundError):
-        status, title = 404, "Not found"
-    elif isinstance(error, UsageError):
-        status, title = 400, "That did not work"
-    return render(
-        request, "error.html", user=user, status=status, title=title, message=error.message, hint=error.hint
-    )
-
-
-async def in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    return await run_in_threadpool(partial(function, *args, **kwargs))
-
-
-def _same_origin(request: Request) -> bool:
-    """A POST from this registry's own pages: no Origin header (old browsers, curl) or our own."""
-    origin = request.headers.get("origin")
-    if origin is None:
-        return True
-    ours = {urlsplit(public_url(state_of(request).settings))[:2], (request.url.scheme, request.url.netloc)}
-    return urlsplit(origin)[:2] in ours
-
-
-async def _form(request: Request, user: WebUser) -> FormData:
-    """The posted form of a signed-in page, once its origin and CSRF token are checked."""
-    if not _same_origin(request):
-        raise CsrfRefused("this form was posted from another site", hint="use the registry's own pages")
-    form = await request.form(max_files=0, max_fields=50)
-    token = form.get("csrf")
-    user.check_csrf(token if isinstance(token, str) else None)
-    return form
-
-
-def _local_path(target: str | None, default: str) -> str:
-    """A redirect target only within this site: a path, never `//host` or `https://...`."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return default
-    return target
-
-
-def _text(form: FormData, key: str, limit: int) -> str:
-    value = form.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise UsageError(f"{key} must be text")
-    if len(value) > limit:
-        raise UsageError(f"{key} is longer than {limit} characters")
-    return value.strip()
-
 
 # ---------------------------------------------------------------------------------- assets
 
@@ -197,8 +85,8 @@ def static_file(filename: str, request: Request) -> Response:
 
 @router.get("/sign-in")
 def sign_in_page(request: Request, next: str | None = None) -> Response:
-    user = _user(request)
-    target = _local_path(next, "/dashboard")
+    user = current_user(request)
+    target = local_path(next, "/dashboard")
     if user is not None:
         return RedirectResponse(target, status_code=303)
     domain = urlsplit(public_url(state_of(request).settings)).netloc
@@ -207,33 +95,12 @@ def sign_in_page(request: Request, next: str | None = None) -> Response:
     )
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    if not _same_origin(request):
-        raise CsrfRefused("sign-in was posted from another site", hint="sign in on the registry's own page")
-    if "application/json" not in request.headers.get("content-type", ""):
-        raise UsageError("send the sign-in as JSON (Content-Type: application/json)")
-    try:
-        body = json.loads(await request.body())
-    except ValueError:
-        raise UsageError("the request body is not JSON") from None
-    if not isinstance(body, dict):
-        raise UsageError("the request body must be a JSON object")
-    return body
-
-
-def _field(body: dict[str, Any], key: str, limit: int) -> str:
-    value = body.get(key)
-    if not isinstance(value, str) or not value or len(value) > limit:
-        raise UsageError(f"{key} must be a non-empty string of at most {limit} characters")
-    return value
-
-
 @router.post("/sign-in/message")
 async def sign_in_message(request: Request) -> Response:
     """The EIP-4361 message for the wallet to sign: rate-limited per client, like /v1/auth/nonce."""
     try:
-        body = await _json_body(request)
-        address = _field(body, "address", 42)
+        body = await json_body(request)
+        address = json_field(body, "address", 42)
         if not namespaces.is_address(address):
             raise UsageError(f"{address!r} is not an Ethereum address (0x followed by 40 hex digits)")
     except McpzError as e:
@@ -261,10 +128,10 @@ def _new_message(state: RegistryState, address: str) -> str:
 async def sign_in(request: Request) -> Response:
     """A signed sign-in message -> a session cookie; the JSON names the page to go to next."""
     try:
-        body = await _json_body(request)
-        message = _field(body, "message", siwe.MAX_MESSAGE_CHARS)
-        signature = _field(body, "signature", 4096)
-        target = _local_path(body.get("next") if isinstance(body.get("next"), str) else None, "/dashboard")
+        body = await json_body(request)
+        message = json_field(body, "message", siwe.MAX_MESSAGE_CHARS)
+        signature = json_field(body, "signature", 4096)
+        target = local_path(body.get("next") if isinstance(body.get("next"), str) else None, "/dashboard")
     except McpzError as e:
         return error_response(403 if isinstance(e, AuthError) else 400, e.message, e.hint)
     state = state_of(request)
@@ -274,11 +141,11 @@ async def sign_in(request: Request) -> Response:
         return error_response(401, e.message, e.hint, code=e.code)
     response = JSONResponse({"account": account, "next": target}, headers={"Cache-Control": "no-store"})
     response.set_cookie(
-        _cookie_name(request),
+        cookie_name(request),
         secret,
         max_age=int(service.SESSION_LIFETIME.total_seconds()),
         path="/",
-        secure=_secure(request),
+        secure=is_secure(request),
         httponly=True,
         samesite="lax",
     )
@@ -296,18 +163,18 @@ def _verify_and_start(state: RegistryState, message: str, signature: str) -> tup
 
 @router.post("/sign-out")
 async def sign_out(request: Request) -> Response:
-    user = await in_thread(_user, request)
+    user = await in_thread(current_user, request)
     if user is None:
         return RedirectResponse("/", status_code=303)
     try:
-        await _form(request, user)
+        await posted_form(request, user)
     except McpzError as e:
         return error_page(request, user, e)
     state = state_of(request)
-    await in_thread(_end, state, _secret(request))
+    await in_thread(_end, state, session_secret(request))
     response = RedirectResponse("/", status_code=303)
     response.delete_cookie(
-        _cookie_name(request), path="/", secure=_secure(request), httponly=True, samesite="lax"
+        cookie_name(request), path="/", secure=is_secure(request), httponly=True, samesite="lax"
     )
     return response
 
@@ -322,9 +189,9 @@ def _end(state: RegistryState, secret: str | None) -> None:
 
 @router.get("/keys")
 def keys_page(request: Request) -> Response:
-    user = _user(request)
+    user = current_user(request)
     try:
-        user = _signed_in(request) if user is None else user
+        user = signed_in(request) if user is None else user
     except McpzError as e:
         return error_page(request, None, e)
     return _keys(request, user)
@@ -367,12 +234,12 @@ def _default_expiry(days: int) -> str:
 
 @router.post("/keys")
 async def create_key(request: Request) -> Response:
-    user = await in_thread(_user, request)
+    user = await in_thread(current_user, request)
     try:
         if user is None:
             raise SignInNeeded("sign in to manage API keys")
-        form = await _form(request, user)
-        name = _text(form, "name", 128)
+        form = await posted_form(request, user)
+        name = form_text(form, "name", 128)
         chosen = [s for s in form.getlist("scope") if isinstance(s, str)]
         beyond = set(chosen) - set(KEY_SCOPES)
         if beyond:
@@ -381,7 +248,7 @@ async def create_key(request: Request) -> Response:
             scopes = tokens.parse_scopes(chosen)
         except ValueError as e:
             raise UsageError(str(e), hint="tick at least one scope") from None
-        expiry = _text(form, "expires", 8) or "90d"
+        expiry = form_text(form, "expires", 8) or "90d"
         if expiry not in KEY_EXPIRIES:
             raise UsageError(f"unknown expiry {expiry!r}", hint=f"one of {', '.join(KEY_EXPIRIES)}")
         secret = await in_thread(_create_key, state_of(request), user, name, scopes, KEY_EXPIRIES[expiry])
@@ -401,11 +268,11 @@ def _create_key(state: RegistryState, user: WebUser, name: str, scopes: tuple[st
 
 @router.post("/keys/{key_id}/revoke")
 async def revoke_key(key_id: int, request: Request) -> Response:
-    user = await in_thread(_user, request)
+    user = await in_thread(current_user, request)
     try:
         if user is None:
             raise SignInNeeded("sign in to manage API keys")
-        await _form(request, user)
+        await posted_form(request, user)
         prefix = await in_thread(_revoke, state_of(request), user, key_id)
     except McpzError as e:
         return error_page(request, user, e)
@@ -422,7 +289,7 @@ def _revoke(state: RegistryState, user: WebUser, key_id: int) -> str:
 
 @router.get("/dashboard")
 def dashboard_page(request: Request) -> Response:
-    user = _user(request)
+    user = current_user(request)
     if user is None:
         return error_page(request, None, SignInNeeded("sign in to see your dashboard"))
     state = state_of(request)
@@ -445,7 +312,7 @@ def dashboard_page(request: Request) -> Response:
 
 @router.get("/")
 def home(request: Request) -> Response:
-    user = _user(request)
+    user = current_user(request)
     with state_of(request).db.session() as session:
         page = service.home_page(session)
     return render(
@@ -479,7 +346,7 @@ def search_page(
     sort: str = "relevance",
     page: str = "1",
 ) -> Response:
-    user = _user(request)
+    user = current_user(request)
     per_page = 20
     form: dict[str, Any] = {"kind": kind or None, "tag": tag or None, "price": price, "sort": sort}
     form["min_rating"] = None
@@ -535,7 +402,7 @@ def search_page(
 
 @router.get("/agents/{namespace}/{name}")
 def agent_page(namespace: str, name: str, request: Request, reviewed: str = "") -> Response:
-    user = _user(request)
+    user = current_user(request)
     state = state_of(request)
     try:
         full = agent_name(namespace, name)
@@ -587,16 +454,16 @@ def _agent(
 
 @router.post("/agents/{namespace}/{name}/reviews")
 async def post_review(namespace: str, name: str, request: Request) -> Response:
-    user = await in_thread(_user, request)
+    user = await in_thread(current_user, request)
     try:
         full = agent_name(namespace, name)
         if user is None:
             raise SignInNeeded("sign in to review an agent")
-        form = await _form(request, user)
-        stars_text = _text(form, "stars", 1)
+        form = await posted_form(request, user)
+        stars_text = form_text(form, "stars", 1)
         if stars_text not in ("1", "2", "3", "4", "5"):
             raise UsageError("choose 1 to 5 stars")
-        text = _text(form, "text", reviews.MAX_TEXT)
+        text = form_text(form, "text", reviews.MAX_TEXT)
         limiter = _review_limiter(request)
         wait = limiter.hit(str(user.account_id), time.monotonic())
         if wait:
@@ -628,7 +495,7 @@ def _write_review(state: RegistryState, name: str, user: WebUser, stars: int, te
 
 @router.get("/creators/{namespace}")
 def creator_page(namespace: str, request: Request) -> Response:
-    user = _user(request)
+    user = current_user(request)
     try:
         with state_of(request).db.session() as session:
             page = service.creator_page(session, namespace)
