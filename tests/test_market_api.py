@@ -16,6 +16,7 @@ from gitutil import api, commit, git, init_agent
 
 from registry_server.accounts import service as accounts
 from registry_server.db import Database
+from registry_server.market import service
 from registry_server.market.readme import render
 from registry_server.market.routes import WRITE_LIMIT
 from registry_server.usage.events import Outcome, UsageEvent
@@ -172,6 +173,25 @@ def test_a_review_needs_a_completed_call(world: World) -> None:
     listing = world.get("/v1/market/search", q="weather").json()["results"][0]
     assert listing["rating"] == 5.0 and listing["reviews"] == 1
     assert world.send("PUT", path, world.fan, {"stars": 6}).status_code == 422
+
+
+def test_live_figures_come_from_usage_events(world: World) -> None:
+    figures = world.get(f"/v1/market/agents/{NAME}").json()["figures"]
+    # fan: two completed calls; stranger: one that failed.
+    assert (figures["calls_30d"], figures["callers_30d"], figures["ok_30d"]) == (3, 2, 2)
+    assert figures["success_rate"] == round(2 / 3, 4) and figures["p50_ms"] == figures["p95_ms"] == 4.0
+    db = Database(world.reg.database_url)
+    try:
+        with db.session() as session:
+            assert service.refresh_usage(session) == 1
+        with db.session() as session:
+            assert service.refresh_usage(session) == 0  # nothing moved since
+            per_day = service.calls_per_day(session, NAME, days=7)
+    finally:
+        db.dispose()
+    assert len(per_day) == 7 and sum(n for _, n in per_day) == 3
+    popular = world.get("/v1/market/search", sort="popular").json()["results"][0]
+    assert (popular["name"], popular["calls_30d"], popular["callers_30d"]) == (NAME, 3, 2)
 
 
 def test_the_owner_replies_once(world: World) -> None:

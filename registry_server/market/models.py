@@ -31,6 +31,7 @@ class Listing(Base):
         Index("ix_market_listed_rating", "listed", "rating_key", "agent_id"),
         Index("ix_market_listed_created", "listed", "created_us", "agent_id"),
         Index("ix_market_listed_updated", "listed", "updated_us", "agent_id"),
+        Index("ix_market_rank", "agent_id", "listed", "quality"),
     )
 
     agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"), primary_key=True)
@@ -66,7 +67,7 @@ class Listing(Base):
     # integers, so that ordering is exact and the same on SQLite and PostgreSQL.
     rating_key: Mapped[int] = mapped_column(BigInteger, default=0)
     quality: Mapped[int] = mapped_column(BigInteger, default=0)
-    # Usage in the last 30 days, as of `usage_at_us` (refreshed from usage_events).
+    # Usage in the last 30 days (refreshed from usage_events; `usage_at_us`: when they last changed).
     calls_30d: Mapped[int] = mapped_column(BigInteger, default=0)
     callers_30d: Mapped[int] = mapped_column(Integer, default=0)
     usage_at_us: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -23,7 +23,7 @@ from typing import Any
 
 from dulwich.objects import Blob, Commit, Tree
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import case, delete, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -475,8 +475,8 @@ def refresh_usage(session: Session, at_us: int | None = None) -> int:
             listing.calls_30d = new_calls
             listing.callers_30d = new_callers
             listing.quality = ranking.quality_key(listing.rating_sum, listing.rating_count, new_calls)
+            listing.usage_at_us = at_us
             changed += 1
-    session.execute(update(Listing).values(usage_at_us=at_us))
     return changed
 
 

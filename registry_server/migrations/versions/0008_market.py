@@ -87,6 +87,9 @@ def upgrade() -> None:
         ("updated", "updated_us"),
     ):
         op.create_index(f"ix_market_listed_{short}", "market_listings", ["listed", column, "agent_id"])
+    # Covering the relevance sort's candidate query: the listings a text query matched are ranked
+    # by quality from this index alone, never from their (wide) rows.
+    op.create_index("ix_market_rank", "market_listings", ["agent_id", "listed", "quality"])
     op.create_table(
         "market_tags",
         sa.Column("agent_id", sa.Integer, sa.ForeignKey("market_listings.agent_id"), primary_key=True),
