@@ -41,6 +41,7 @@ from registry_server.settings import RegistrySettings
 from registry_server.state import RegistryState
 from registry_server.usage import routes as api_usage
 from registry_server.usage.service import UsageRecorder
+from registry_server.web import routes as web
 
 log = logging.getLogger("registry_server.http")
 
@@ -171,6 +172,8 @@ def create_app(
     app.include_router(api_usage.router)
     app.include_router(mesh_http.router)
     app.include_router(api_market.router)
+    # The web pages last: their paths (/, /search, /agents/...) are apart from the API's.
+    app.include_router(web.router)
 
     @app.exception_handler(McpzError)
     async def _mcpz_error(request: Request, exc: McpzError) -> Response:
