@@ -13,12 +13,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import meshutil
 import pytest
 from conftest import LiveRegistry, start_registry
 from gitutil import api, git
@@ -36,14 +36,8 @@ FAST: dict[str, Any] = {"heartbeat_interval": 0.3, "heartbeat_grace": 2.0, "resy
 
 
 def until(predicate: Callable[[], T | None], timeout: float = 60.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last  # type: ignore[no-any-return]
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
+    """meshutil's poll, with the longer wait these multi-process tests need."""
+    return meshutil.until(predicate, timeout, what)
 
 
 def add_member(w: World, account: Any) -> None:
