@@ -19,22 +19,51 @@ Without an `account` the change is made unsigned (nodes that require signatures 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from mcpz import signing
+from mcpz.client.models import Deployment, PreparedChange
 from mcpz.errors import RefusedError, UsageError
-from mcpz.registry_client import RegistryClient
+from mcpz.registry_client import RegistryClient, SignedChange
 
 if TYPE_CHECKING:
     from mcpz.ethkeys import LocalAccount
 
-__all__ = ["deploy", "rollback", "scale"]
+__all__ = ["deploy", "parse_selector", "parse_size", "rollback", "scale"]
+
+_SIZE = re.compile(r"(\d+)\s*([kmgt]?)i?b?", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """`512M`, `2G`, `64k`, `1024` (bytes; binary units, an optional `i`/`B`) -> bytes; UsageError
+    for anything else, zero included."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise UsageError(f'"{text}" is not a size', hint='use e.g. "512M" or "2G"')
+    power = " kmgt".index(match.group(2).lower() or " ")
+    unit: int = 1024**power
+    return int(match.group(1)) * unit
+
+
+def parse_selector(items: Iterable[str]) -> dict[str, str]:
+    """`["region=eu", "gpu=yes"]` -> the node selector `{"region": "eu", "gpu": "yes"}`; a later
+    key wins; UsageError for an item that is not `k=v`."""
+    selector: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f'selector "{item}" is not k=v', hint="e.g. --selector region=eu")
+        selector[key] = value
+    return selector
+
 
 ATTEMPTS = 3
 """How many times a change is prepared and signed again when the deployment moved in between."""
 
-Send = Callable[..., Awaitable[dict[str, Any]]]
+Send = Callable[[SignedChange | None], Awaitable[Deployment]]
+Prepare = Callable[[], Awaitable[PreparedChange]]
 Check = Callable[[signing.DeploymentStatement], None]
 
 
@@ -47,13 +76,16 @@ async def deploy(
     selector: Mapping[str, str] | None = None,
     limits: Mapping[str, int | None] | None = None,
     account: LocalAccount | None = None,
-) -> dict[str, Any]:
+) -> Deployment:
     """Create or update the deployment of `name` (see `RegistryClient.deploy`), signed by `account`."""
 
-    async def send(**signed: Any) -> dict[str, Any]:
+    async def send(signed: SignedChange | None) -> Deployment:
         return await client.deploy(
-            name, version, replicas=replicas, selector=selector, limits=limits, **signed
+            name, version, replicas=replicas, selector=selector, limits=limits, signed=signed
         )
+
+    async def prepare() -> PreparedChange:
+        return await client.prepare_deploy(name, version, replicas=replicas, selector=selector, limits=limits)
 
     def check(statement: signing.DeploymentStatement) -> None:
         if version is not None and statement.version != version:
@@ -63,37 +95,43 @@ async def deploy(
         if replicas is not None and statement.replicas != replicas:
             raise _mismatch(statement, f"{statement.replicas} replica(s), not {replicas}")
 
-    return await _change(client, name, send, check, account)
+    return await _change(client, name, send, prepare, check, account)
 
 
 async def scale(
     client: RegistryClient, name: str, replicas: int, *, account: LocalAccount | None = None
-) -> dict[str, Any]:
+) -> Deployment:
     """Set how many replicas of `name` run, signed by `account`."""
 
-    async def send(**signed: Any) -> dict[str, Any]:
-        return await client.scale(name, replicas, **signed)
+    async def send(signed: SignedChange | None) -> Deployment:
+        return await client.scale(name, replicas, signed=signed)
+
+    async def prepare() -> PreparedChange:
+        return await client.prepare_scale(name, replicas)
 
     def check(statement: signing.DeploymentStatement) -> None:
         if statement.replicas != replicas:
             raise _mismatch(statement, f"{statement.replicas} replica(s), not {replicas}")
 
-    return await _change(client, name, send, check, account)
+    return await _change(client, name, send, prepare, check, account)
 
 
 async def rollback(
     client: RegistryClient, name: str, revision: int | None = None, *, account: LocalAccount | None = None
-) -> dict[str, Any]:
+) -> Deployment:
     """A new revision of `name` with the release of `revision` (default: the previous one), signed by
     `account`."""
 
-    async def send(**signed: Any) -> dict[str, Any]:
-        return await client.rollback(name, revision, **signed)
+    async def send(signed: SignedChange | None) -> Deployment:
+        return await client.rollback(name, revision, signed=signed)
+
+    async def prepare() -> PreparedChange:
+        return await client.prepare_rollback(name, revision)
 
     def check(statement: signing.DeploymentStatement) -> None:
         pass  # the registry picks the release to return to; the statement shows which
 
-    return await _change(client, name, send, check, account)
+    return await _change(client, name, send, prepare, check, account)
 
 
 def _mismatch(statement: signing.DeploymentStatement, what: str) -> UsageError:
@@ -104,15 +142,20 @@ def _mismatch(statement: signing.DeploymentStatement, what: str) -> UsageError:
 
 
 async def _change(
-    client: RegistryClient, name: str, send: Send, check: Check, account: LocalAccount | None
-) -> dict[str, Any]:
+    client: RegistryClient,
+    name: str,
+    send: Send,
+    prepare: Prepare,
+    check: Check,
+    account: LocalAccount | None,
+) -> Deployment:
     if account is None:
-        return await send()
+        return await send(None)
     registry = signing.canonical_registry_url(client.url)
     for attempt in range(1, ATTEMPTS + 1):
-        proposal = await send(prepare=True)
+        proposal = await prepare()
         try:
-            statement = signing.DeploymentStatement.parse(str(proposal.get("statement") or ""))
+            statement = signing.DeploymentStatement.parse(proposal.statement or "")
         except signing.StatementError as e:
             raise UsageError(
                 f"the registry answered no valid deployment statement for {name}: {e.message}",
@@ -126,11 +169,11 @@ async def _change(
         if statement.deployment != name:
             raise _mismatch(statement, f"the deployment {statement.deployment}")
         check(statement)
-        if not proposal.get("new_revision") and account.address in (proposal.get("signers") or ()):
-            return await send()  # nothing changes, and this wallet signed the revision already
+        if not proposal.new_revision and account.address in proposal.signers:
+            return await send(None)  # nothing changes, and this wallet signed the revision already
         signature = signing.sign_statement(statement, account)
         try:
-            return await send(statement=statement.to_text(), signature=signature)
+            return await send(SignedChange(statement.to_text(), signature))
         except RefusedError as e:
             if "[statement_changed]" not in e.message or attempt == ATTEMPTS:
                 raise

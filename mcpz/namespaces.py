@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from eth_utils.address import is_address, to_checksum_address
 
 from mcpz import signing, trust
+from mcpz.client.models import NamespaceInfo, Release
 from mcpz.config import data_dir
 from mcpz.errors import UsageError
 from mcpz.registry_client import RegistryClient
@@ -33,11 +34,11 @@ def _checksum(address: str) -> str:
     return str(to_checksum_address(address))
 
 
-def _require_owner_key(info: Mapping[str, Any], account: LocalAccount, what: str) -> str:
-    owner = info.get("owner_address")
+def _require_owner_key(info: NamespaceInfo, account: LocalAccount, what: str) -> str:
+    owner = info.owner_address
     if owner and _checksum(owner) != account.address:
         raise UsageError(
-            f'{what}: "{info["name"]}" is owned by {owner}, but this wallet is {account.address}',
+            f'{what}: "{info.name}" is owned by {owner}, but this wallet is {account.address}',
             hint="only the namespace owner's wallet can sign this",
         )
     return str(owner) if owner else ""
@@ -45,11 +46,11 @@ def _require_owner_key(info: Mapping[str, Any], account: LocalAccount, what: str
 
 async def transfer(
     client: RegistryClient, namespace: str, to: str, account: LocalAccount | None
-) -> dict[str, Any]:
+) -> NamespaceInfo:
     """Hand `namespace` to `to`. When it has an owner key, that key signs the rotation to `to`'s key."""
     info = await client.namespace(namespace)
     signature = None
-    if info.get("owner_address"):
+    if info.owner_address:
         if account is None:
             raise UsageError("transferring a namespace with a key needs the owner's wallet")
         old = _require_owner_key(info, account, "transfer")
@@ -63,7 +64,7 @@ async def transfer(
             namespace=namespace,
             old_address=_checksum(old),
             new_address=_checksum(to),
-            sequence=int(info["key_sequence"]) + 1,
+            sequence=info.key_sequence + 1,
         )
         signature = signing.sign_statement(statement, account)
     return await client.transfer_namespace(namespace, to, signature)
@@ -91,7 +92,7 @@ async def plan_rotation(
             namespace=namespace,
             old_address=old.address,
             new_address=new.address,
-            sequence=int(info["key_sequence"]) + 1,
+            sequence=info.key_sequence + 1,
         )
         signatures[namespace] = (
             signing.sign_statement(statement, old),
@@ -102,7 +103,7 @@ async def plan_rotation(
 
 async def sign_published(
     client: RegistryClient, name: str, version: str, repo: Path, account: LocalAccount
-) -> dict[str, Any]:
+) -> Release:
     """Sign a published release, reading its manifest from the commit in the local repository `repo`.
 
     The signature attests the commit and manifest as this machine sees them, not as the registry
@@ -111,7 +112,7 @@ async def sign_published(
     from mcpz import publish
 
     release = await client.release(name, version)
-    commit = str(release["commit"])
+    commit = release.commit
     manifest = publish.manifest_bytes_at(repo, commit)
     statement = publish.release_statement(client.url, name, version, commit, manifest)
     return await publish.sign_release(client, statement, account)
@@ -133,8 +134,8 @@ async def verify_published(
         registry=verifier.registry,
         name=name,
         version=version,
-        commit=str(release["commit"]),
-        manifest_sha256=str(release["manifest_sha256"]),
+        commit=release.commit,
+        manifest_sha256=release.manifest_sha256,
     )
-    signatures = [s.get("signature") for s in release.get("signatures") or []]
+    signatures: list[str | None] = [s.signature for s in release.signatures]
     return verifier.verify_release_statement(statement, signatures, keys=keys)

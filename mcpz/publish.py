@@ -19,8 +19,10 @@ from mcpz.names import AgentName
 
 if TYPE_CHECKING:
     from mcpz import signing
+    from mcpz.client.models import Release
     from mcpz.ethkeys import LocalAccount
     from mcpz.registry_client import RegistryClient
+    from mcpz.wallet import KeyProvider
 
 ProgressFn = Callable[[str, int, int | None], None]  # (phase, done, total)
 
@@ -279,7 +281,8 @@ def _check_release(registry: str, name: str, version: str | None, token: str | N
     """Say "no such agent/release" plainly, before git would say it obscurely."""
     import httpx2
 
-    from mcpz.registry_client import _error_from
+    from mcpz.client.models import AgentInfo
+    from mcpz.registry_client import error_from
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
@@ -287,8 +290,10 @@ def _check_release(registry: str, name: str, version: str | None, token: str | N
     except httpx2.TransportError as e:
         raise NetworkError(f"cannot reach the registry at {registry}: {e}", hint="check --registry") from e
     if response.status_code >= 400:
-        raise _error_from(response)
-    if version is not None and version not in {v["version"] for v in response.json()["versions"]}:
+        raise error_from(response)
+    if version is not None and version not in {
+        v.version for v in AgentInfo.from_json(response.json()).versions
+    }:
         raise NotFoundError(f"{name} has no release {version}", hint=f"see `mcpz versions {name}`")
 
 
@@ -381,7 +386,7 @@ def release_statement(
 
 async def sign_release(
     client: RegistryClient, statement: signing.ReleaseStatement, account: LocalAccount
-) -> dict[str, Any]:
+) -> Release:
     """Sign `statement` with the wallet and hand the signature to the registry, which checks and keeps it.
 
     Returns the release as the registry now serves it (with `signature` and `signer`).
@@ -390,3 +395,54 @@ async def sign_release(
 
     signature = signing.sign_statement(statement, account)
     return await client.sign_release(statement.name, statement.version, signature)
+
+
+def push_signed(
+    path: Path,
+    registry: str,
+    token: str | None,
+    *,
+    signer: KeyProvider | None = None,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> PushResult:
+    """`push`, then sign the release it published with the key `signer` provides: `mcpz push`.
+
+    `signer` is called before anything is sent, so a wallet that cannot be unlocked stops the push
+    instead of leaving an unsigned release behind; when it answers None (no wallet), or there is no
+    `signer`, the release is published unsigned (`PushResult.signer` is None; nodes refuse it).
+    `mcpz.wallet.wallet_key()` is the user's wallet, unlocked without prompting.
+    """
+    account = signer() if signer is not None else None
+    result = push(path, registry, token, force=force, progress=progress)
+    if result.published and account is not None:
+        result = sign_pushed(path, registry, token, result, account)
+    return result
+
+
+def sign_pushed(
+    path: Path, registry: str, token: str | None, result: PushResult, account: LocalAccount
+) -> PushResult:
+    """Sign the release `result` just published; on failure the error says how to sign it later."""
+    import dataclasses
+
+    import anyio
+
+    from mcpz.errors import McpzError
+    from mcpz.registry_client import connect
+
+    statement = release_statement(
+        registry, result.name, result.version, result.commit, manifest_bytes_at(path, result.commit)
+    )
+
+    async def call() -> None:
+        async with connect(registry, token) as client:
+            await sign_release(client, statement, account)
+
+    try:
+        anyio.run(call)
+    except McpzError as e:
+        e.message = f"published {result.name} {result.version}, but signing it failed: {e.message}"
+        e.hint = e.hint or f"sign it with `mcpz sign {result.name}@{result.version}`"
+        raise
+    return dataclasses.replace(result, signer=str(account.address))

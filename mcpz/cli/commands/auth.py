@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from mcpz.cli.common import RegistryOpt, TokenOpt, call_registry, run, settings
+from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, with_client
 from mcpz.cli.output import out
 from mcpz.errors import UsageError
+
+if TYPE_CHECKING:
+    from mcpz.client.models import SessionToken, WhoAmI
 
 # This module's commands; cli/app.py mounts them by name when one of them runs.
 app = typer.Typer()
@@ -54,7 +57,7 @@ def login(
     if not secret:
         raise UsageError("no token given", hint="pipe it in: `echo $TOKEN | mcpz login --token`")
 
-    async def check() -> dict[str, Any]:
+    async def check() -> WhoAmI:
         async with connect(url, secret) as client:
             return await client.whoami()
 
@@ -63,10 +66,10 @@ def login(
     out().data(
         {
             "registry": url,
-            "account": who["account"],
+            "account": who.account,
             "stored_in": "keyring" if where == "keyring" else "file",
         },
-        lambda c: c.print(f"logged in to {url} as {who['account']}", markup=False),
+        lambda c: c.print(f"logged in to {url} as {who.account}", markup=False),
     )
 
 
@@ -78,17 +81,17 @@ def _login_with_wallet(url: str) -> None:
 
     account = unlock_wallet()
 
-    async def call() -> dict[str, Any]:
+    async def call() -> SessionToken:
         async with connect(url) as client:
             return await sign_in(client, account)
 
     answer = run(call)
-    where = store_token(url, answer["token"], warn=out().warn)
-    shown = {k: v for k, v in answer.items() if k != "token"}
+    where = store_token(url, answer.token, warn=out().warn)
+    shown = {k: v for k, v in answer.to_dict().items() if k != "token"}
     shown.update(registry=url, stored_in="keyring" if where == "keyring" else "file")
     out().data(
         shown,
-        lambda c: c.print(f"logged in to {url} as {answer['account']} ({answer['address']})", markup=False),
+        lambda c: c.print(f"logged in to {url} as {answer.account} ({answer.address})", markup=False),
     )
 
 
@@ -105,22 +108,18 @@ def logout(registry: RegistryOpt = None) -> None:
     )
 
 
-def _client_call(registry: str | None, token: str | None, method: str, *args: Any) -> Any:
-    return call_registry(registry, token, method, *args, need_token=True)
-
-
 @app.command("whoami")
 def whoami(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
     """The account, its namespaces, and this token's scopes and expiry."""
-    data = _client_call(registry, token, "whoami")
+    data = with_client(registry, token, lambda c: c.whoami(), need_token=True)
 
     def render(console: Console) -> None:
-        console.print(f"account:    {data['account']}", markup=False)
-        console.print(f"namespaces: {', '.join(data['namespaces']) or '-'}", markup=False)
-        console.print(f"scopes:     {', '.join(data['scopes'])}", markup=False)
-        console.print(f"expires:    {data['expires_at'] or 'never'}", markup=False)
+        console.print(f"account:    {data.account}", markup=False)
+        console.print(f"namespaces: {', '.join(data.namespaces) or '-'}", markup=False)
+        console.print(f"scopes:     {', '.join(data.scopes)}", markup=False)
+        console.print(f"expires:    {data.raw.get('expires_at') or 'never'}", markup=False)
 
-    out().data(data, render)
+    out().data(data.to_dict(), render)
 
 
 @keys_app.command("create")
@@ -135,30 +134,30 @@ def keys_create(
 ) -> None:
     """Create an API key; its secret is printed once."""
     scopes = [s.strip() for s in scope.split(",") if s.strip()]
-    data = _client_call(registry, token, "create_key", scopes, name, expires_days)
-    out().data(data, lambda c: c.print(data["token"], markup=False))
+    data = with_client(registry, token, lambda c: c.create_key(scopes, name, expires_days), need_token=True)
+    out().data(data.to_dict(), lambda c: c.print(data.token, markup=False))
 
 
 @keys_app.command("list")
 def keys_list(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
     """Your keys (never their secrets)."""
-    data = _client_call(registry, token, "list_keys")
+    data = with_client(registry, token, lambda c: c.list_keys(), need_token=True)
 
     def render(console: Console) -> None:
         table = Table("id", "name", "prefix", "scopes", "expires", "last used", "state", box=None)
         for k in data:
             table.add_row(
-                str(k["id"]),
-                k["name"],
-                k["prefix"] + "...",
-                ",".join(k["scopes"]),
-                (k["expires_at"] or "never")[:19],
-                (k["last_used_at"] or "-")[:19],
-                "revoked" if k["revoked"] else "active",
+                str(k.id),
+                k.name,
+                k.prefix + "...",
+                ",".join(k.scopes),
+                (k.raw.get("expires_at") or "never")[:19],
+                (k.raw.get("last_used_at") or "-")[:19],
+                "revoked" if k.revoked else "active",
             )
         console.print(table)
 
-    out().data(data, render)
+    out().data([k.to_dict() for k in data], render)
 
 
 @keys_app.command("revoke")
@@ -168,5 +167,5 @@ def keys_revoke(
     token: TokenOpt = None,
 ) -> None:
     """Revoke a key: it stops working at once."""
-    data = _client_call(registry, token, "revoke_key", key_id)
-    out().data(data, lambda c: c.print(f"revoked key {key_id}"))
+    data = with_client(registry, token, lambda c: c.revoke_key(key_id), need_token=True)
+    out().data(data.to_dict(), lambda c: c.print(f"revoked key {key_id}"))

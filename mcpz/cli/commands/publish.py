@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
+from mcpz.cli.common import RegistryOpt, TokenOpt, settings, token_for, with_client
 from mcpz.cli.output import out
 from mcpz.errors import UsageError
 from mcpz.names import AgentName
+
+if TYPE_CHECKING:
+    from mcpz.client.models import AgentInfo, Release
+    from mcpz.registry_client import RegistryClient
 
 
 def _name_and_version(spec: str) -> tuple[str, str | None]:
@@ -37,12 +41,13 @@ def push(
 ) -> None:
     """Push the current branch; publish the manifest's version if it is new, signed by your wallet."""
     from mcpz import publish
+    from mcpz.cli.prompts import prompt_for
+    from mcpz.wallet import wallet_key
 
     url = settings(registry).registry
     secret = token_for(url, token)
     output = out()
-    # Unlocked before pushing, so a missing passphrase stops the push instead of leaving it unsigned.
-    account = None if no_sign else _wallet_account()
+    signer = None if no_sign else wallet_key(prompt_for)
     if output.interactive:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -59,12 +64,10 @@ def push(
             def progress(_phase: str, done: int, total: int | None) -> None:
                 bar.update(task, completed=done, total=total)
 
-            result = publish.push(path, url, secret, force=force, progress=progress)
+            result = publish.push_signed(path, url, secret, signer=signer, force=force, progress=progress)
     else:
-        result = publish.push(path, url, secret, force=force)
-    if result.published and account is not None:
-        result = _sign(path, url, secret, result, account)
-    elif result.published:
+        result = publish.push_signed(path, url, secret, signer=signer, force=force)
+    if result.published and result.signer is None:
         why = "--no-sign" if no_sign else "no wallet (create one with `mcpz wallet create`)"
         output.warn(f"{result.name} {result.version} is not signed: {why}; nodes refuse unsigned releases")
 
@@ -83,41 +86,6 @@ def push(
             console.print(f"pushed {result.branch} ({result.commit[:12]})", markup=False)
 
     output.data(result.to_dict(), render)
-
-
-def _wallet_account() -> Any:
-    from mcpz.wallet import Wallet
-
-    if not Wallet.exists():
-        return None
-    from mcpz.cli.prompts import unlock_wallet
-
-    return unlock_wallet()
-
-
-def _sign(path: Path, url: str, token: str | None, result: Any, account: Any) -> Any:
-    """Sign the release just published; on failure say how to sign it later."""
-    import dataclasses
-
-    from mcpz import publish
-    from mcpz.errors import McpzError
-    from mcpz.registry_client import connect
-
-    statement = publish.release_statement(
-        url, result.name, result.version, result.commit, publish.manifest_bytes_at(path, result.commit)
-    )
-
-    async def call() -> dict[str, Any]:
-        async with connect(url, token) as client:
-            return await publish.sign_release(client, statement, account)
-
-    try:
-        run(call)
-    except McpzError as e:
-        e.message = f"published {result.name} {result.version}, but signing it failed: {e.message}"
-        e.hint = e.hint or f"sign it with `mcpz sign {result.name}@{result.version}`"
-        raise
-    return dataclasses.replace(result, signer=str(account.address))
 
 
 @app.command("clone")
@@ -155,17 +123,9 @@ def pull(
     out().data({"old": old, "new": new}, lambda c: c.print(message))
 
 
-def _fetch_agent(name: str, registry: str | None, token: str | None) -> dict[str, Any]:
-    from mcpz.registry_client import connect
-
+def _fetch_agent(name: str, registry: str | None, token: str | None) -> AgentInfo:
     AgentName.parse(name)
-    url = settings(registry).registry
-
-    async def fetch() -> dict[str, Any]:
-        async with connect(url, token_for(url, token)) as client:
-            return await client.agent(name)
-
-    return run(fetch)
+    return with_client(registry, token, lambda client: client.agent(name))
 
 
 @app.command("info")
@@ -178,17 +138,17 @@ def info(
     data = _fetch_agent(name, registry, token)
 
     def render(console: Console) -> None:
-        console.print(f"[bold]{data['name']}[/bold]  latest: {data['latest'] or '-'}")
-        if data["description"]:
-            console.print(data["description"], markup=False)
-        latest = next((v for v in data["versions"] if v["version"] == data["latest"]), None)
-        deps = (latest or (data["versions"][-1] if data["versions"] else {})).get("dependencies", {})
+        console.print(f"[bold]{data.name}[/bold]  latest: {data.latest or '-'}")
+        if data.description:
+            console.print(data.description, markup=False)
+        release = data.release()
+        deps = release.dependencies if release is not None else {}
         if deps:
             console.print("dependencies: " + ", ".join(f"{k} {v}" for k, v in deps.items()), markup=False)
-        listed = ", ".join(v["version"] + (" (yanked)" if v["yanked"] else "") for v in data["versions"])
+        listed = ", ".join(v.version + (" (yanked)" if v.yanked else "") for v in data.versions)
         console.print(f"versions: {listed or 'none'}", markup=False)
 
-    out().data(data, render)
+    out().data(data.to_dict(), render)
 
 
 @app.command("versions")
@@ -202,36 +162,31 @@ def versions(
 
     def render(console: Console) -> None:
         table = Table("version", "commit", "published", "yanked", box=None)
-        for v in data["versions"]:
+        for v in data.versions:
             table.add_row(
-                v["version"],
-                v["commit"][:12],
-                v["published_at"][:19],
-                v["yank_reason"] or ("yes" if v["yanked"] else ""),
+                v.version,
+                v.commit[:12],
+                str(v.raw.get("published_at", ""))[:19],
+                v.yank_reason or ("yes" if v.yanked else ""),
             )
         console.print(table)
 
-    out().data(data["versions"], render)
+    out().data([v.to_dict() for v in data.versions], render)
 
 
 def _set_yank(spec: str, registry: str | None, token: str | None, yanked: bool, reason: str) -> None:
-    from mcpz.registry_client import connect
-
     name, version = _name_and_version(spec)
     if version is None:
         raise UsageError(f'give the version: "{name}@VERSION"')
-    url = settings(registry).registry
-    secret = token_for(url, token)
 
-    async def call() -> dict[str, Any]:
-        async with connect(url, secret) as client:
-            if yanked:
-                return await client.yank(name, version, reason)
-            return await client.unyank(name, version)
+    async def call(client: RegistryClient) -> Release:
+        if yanked:
+            return await client.yank(name, version, reason)
+        return await client.unyank(name, version)
 
-    data = run(call)
+    data = with_client(registry, token, call)
     word = "yanked" if yanked else "unyanked"
-    out().data(data, lambda c: c.print(f"{word} {name} {version}", markup=False))
+    out().data(data.to_dict(), lambda c: c.print(f"{word} {name} {version}", markup=False))
 
 
 @app.command("yank")

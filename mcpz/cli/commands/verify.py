@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
+from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for, with_client
 from mcpz.cli.output import out
 from mcpz.errors import UsageError
 from mcpz.names import AgentName
@@ -80,16 +80,11 @@ def sign(
     """Sign a published release with your wallet (push does this for the releases it publishes)."""
     from mcpz import namespaces
     from mcpz.cli.prompts import unlock_wallet
-    from mcpz.registry_client import connect
 
     name, version = _spec(spec)
-    url = settings(registry).registry
     account = unlock_wallet()
-
-    async def call() -> dict[str, Any]:
-        async with connect(url, token_for(url, token)) as client:
-            return await namespaces.sign_published(client, name, version, path, account)
-
-    release = run(call)
-    data = {"name": name, "version": version, "commit": release["commit"], "signer": account.address}
+    release = with_client(
+        registry, token, lambda client: namespaces.sign_published(client, name, version, path, account)
+    )
+    data = {"name": name, "version": version, "commit": release.commit, "signer": account.address}
     out().data(data, lambda c: c.print(f"signed {name} {version} as {account.address}", markup=False))
