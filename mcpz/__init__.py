@@ -1,7 +1,8 @@
 """mcpz: version, resolve, publish, deploy and sell AI agents (MCP servers).
 
 The names in `__all__` are the public Python API; they are imported on first use so that
-`import mcpz` (and `mcpz --version`) stay fast.
+`import mcpz` (and `mcpz --version`) stay fast. `mcpz.Client` is the front door (docs/python-sdk.md);
+`mcpz.push` is `mcpz.publish.push_signed`, which signs the release it publishes as `mcpz push` does.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ _LAZY = {
     "ToolResult": "mcpz.local",
     "run_agent": "mcpz.local_process",
     "RegistryClient": "mcpz.registry_client",
-    "push": "mcpz.publish",
+    "Client": "mcpz.client.sdk",
+    "push": "mcpz.publish:push_signed",
     "clone": "mcpz.publish",
     "pull": "mcpz.publish",
     "SiweMessage": "mcpz.siwe",
@@ -45,7 +47,8 @@ __all__ = ["__version__", *sorted(_LAZY)]
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    where = _LAZY.get(name)
+    if where is None:
         raise AttributeError(f"module 'mcpz' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    module, _, attribute = where.partition(":")  # "module:attribute" where the name differs
+    return getattr(importlib.import_module(module), attribute or name)
