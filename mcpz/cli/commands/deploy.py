@@ -149,10 +149,14 @@ def _finish(view: Deployment, waited: bool) -> None:
     if waited and view.state == "failed":
         bad = [r for r in view.instances if r.status == "failed" and r.current]
         detail = f": {bad[0].detail}" if bad and bad[0].detail else ""
-        raise AgentError(
+        error = AgentError(
             f"{view.name} {view.version}: {len(bad)} replica(s) failed{detail}",
             hint=f"see `mcpz logs {view.name}`, or go back with `mcpz deploy rollback {view.name}`",
         )
+        # Not raised to the top-level printer: with --json it would add a second JSON document
+        # after the deployment already on stdout.
+        sys.stderr.write(f"error: {error.message} ({error.hint})\n")
+        raise typer.Exit(error.exit_code)
 
 
 @deploy_app.command("apply")
