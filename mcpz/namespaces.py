@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from eth_utils.address import is_address, to_checksum_address
 
 from mcpz import signing, trust
-from mcpz.client.models import NamespaceInfo, Release
+from mcpz.client.models import NamespaceInfo, Release, RotationResult
 from mcpz.config import data_dir
 from mcpz.errors import UsageError
 from mcpz.registry_client import RegistryClient
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from mcpz.ethkeys import LocalAccount
+    from mcpz.wallet import Wallet
 
 
 def trust_store(env: Mapping[str, str] | None = None) -> trust.TrustStore:
@@ -99,6 +100,52 @@ async def plan_rotation(
             signing.sign_statement(statement, new),
         )
     return PlannedRotation(str(new.address), signatures)
+
+
+@dataclass(frozen=True)
+class RotatedKey:
+    """A finished `rotate_wallet_key`: the registry's answer, and where the old keystore went."""
+
+    old_address: str
+    new_address: str
+    result: RotationResult
+    retired_keystore: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.result.to_dict(), "retired_keystore": str(self.retired_keystore)}
+
+
+async def rotate_wallet_key(client: RegistryClient, current: Wallet, passphrase: str) -> RotatedKey:
+    """`mcpz namespace rotate-key`: move the account to a new key, the old key signing the move of
+    every namespace it owns; the wallet then holds the new key (same passphrase), the old keystore
+    is kept as `retired-<address>.json`, and a passphrase kept in the keyring follows the new key.
+
+    The new key is written (`pending-<address>.json`) before the registry hears of it. If the
+    registry cannot be reached or fails, it may have applied the rotation, so that file is kept
+    and the error's hint names it; any other failure removes it.
+    """
+    from mcpz import wallet
+    from mcpz.errors import NetworkError, RemoteError
+    from mcpz.ethkeys import Account
+
+    old = current.unlock(passphrase)
+    new = Account.create()
+    staged = current.stage_successor(new, passphrase)
+    try:
+        owned = (await client.whoami()).namespaces
+        plan = await plan_rotation(client, owned, old, new)
+        result = await client.rotate_key(plan.new_address, plan.signatures)
+    except (NetworkError, RemoteError) as e:
+        kept = f"the new key is kept at {staged.path} in case the registry applied the rotation"
+        e.hint = f"{kept}; {e.hint}" if e.hint else kept
+        raise
+    except BaseException:
+        staged.path.unlink(missing_ok=True)
+        raise
+    _now, retired = current.replace_with(staged)
+    if wallet.forget_passphrase(current.address):
+        wallet.remember_passphrase(staged.address, passphrase)
+    return RotatedKey(current.address, staged.address, result, retired)
 
 
 async def sign_published(

@@ -10,8 +10,8 @@ from rich.console import Console
 
 from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for, with_client
 from mcpz.cli.output import out
-from mcpz.client.models import NamespaceInfo, RotationResult
-from mcpz.errors import AuthError, NetworkError, RemoteError, UsageError
+from mcpz.client.models import NamespaceInfo
+from mcpz.errors import AuthError, UsageError
 from mcpz.registry_client import RegistryClient
 
 # This module's commands; cli/app.py mounts them by name when one of them runs.
@@ -117,37 +117,15 @@ def rotate_key(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
     """
     from mcpz import namespaces, wallet
     from mcpz.cli.prompts import prompt_for
-    from mcpz.ethkeys import Account
 
     current = wallet.Wallet.load()
     passphrase = wallet.get_passphrase(current.address, prompt=prompt_for(current.address))
-    old = current.unlock(passphrase)
-    new = Account.create()
-    staged = current.stage_successor(new, passphrase)
-
-    async def rotate(client: RegistryClient) -> RotationResult:
-        owned = (await client.whoami()).namespaces
-        plan = await namespaces.plan_rotation(client, owned, old, new)
-        return await client.rotate_key(plan.new_address, plan.signatures)
-
-    try:
-        data = _with_client(registry, token, rotate)
-    except (NetworkError, RemoteError):
-        # The registry may have applied it: the new key must survive.
-        out().warn(f"the new key is kept at {staged.path} in case the registry applied the rotation")
-        raise
-    except BaseException:
-        staged.path.unlink(missing_ok=True)
-        raise
-    _now, retired = current.replace_with(staged)
-    if wallet.forget_passphrase(current.address):
-        wallet.remember_passphrase(staged.address, passphrase)
-    payload = {**data.to_dict(), "retired_keystore": str(retired)}
+    done = _with_client(registry, token, lambda c: namespaces.rotate_wallet_key(c, current, passphrase))
     out().data(
-        payload,
+        done.to_dict(),
         lambda c: c.print(
-            f"rotated {current.address} -> {staged.address} for {len(data.rotations)} namespace(s); "
-            f"old keystore kept at {retired}",
+            f"rotated {done.old_address} -> {done.new_address} for {len(done.result.rotations)} "
+            f"namespace(s); old keystore kept at {done.retired_keystore}",
             markup=False,
         ),
     )
