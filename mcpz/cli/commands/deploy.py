@@ -21,12 +21,11 @@ from typer.core import TyperGroup
 
 from mcpz.cli.common import RegistryOpt, TokenOpt, with_client
 from mcpz.cli.output import out
-from mcpz.client.models import Removal
 from mcpz.errors import AgentError
 from mcpz.names import AgentName
 
 if TYPE_CHECKING:
-    from mcpz.client.models import Deployment, LogLine
+    from mcpz.client.models import Deployment, LogLine, Removal
     from mcpz.ethkeys import LocalAccount
     from mcpz.registry_client import RegistryClient
 
@@ -366,6 +365,8 @@ def logs(
 
 
 def _render_status(console: Console, view: Deployment | Removal) -> None:
+    from mcpz.client.models import Removal
+
     if isinstance(view, Removal) or "instances" not in view.raw:
         console.print(f"{view.name}: {view.state}", markup=False)
         return
