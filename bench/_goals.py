@@ -10,7 +10,7 @@ A goal's verdict is one of four words, always computed from measurements, never 
   skipped; the goal is still printed, with why.
 
 `--smoke` (or `MCPZ_BENCH_SMOKE=1`) runs a benchmark at its smallest size, one round, with peers
-optional: tests/test_bench_smoke.py runs every script that way, so a broken script fails the suite.
+optional: tests/project/test_bench_smoke.py runs every script that way, so a broken script fails the suite.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _registry as rb
 
-from mcpz.templates import render_template
+from mcpz.repo.templates import render_template
 
 
 def start_registry(work: rb.Workdir, **env: str) -> rb.Registry:

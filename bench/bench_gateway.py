@@ -11,7 +11,7 @@ run`, capacity 4) and two agents, each deployed with 2 replicas on that node (4 
 Each agent is measured alone, the same way:
 
 - **latency**: `--calls` sequential `tools/call add` after `--warmup` calls, one client:
-  - direct: the agent's own command (`mcpz.local_process.agent_process`: `python server.py` in
+  - direct: the agent's own command (`mcpz.local.process.agent_process`: `python server.py` in
     the rendered folder) started by this script, raw newline-delimited JSON-RPC on its stdin and
     stdout (initialize, notifications/initialized, then the calls);
   - gateway: `POST {registry}/mcp/{name}` over one keep-alive HTTP/1.1 connection with a raw
@@ -76,7 +76,7 @@ import _goals as g
 import _mesh as mesh
 import _registry as rb
 
-from mcpz.local_process import agent_process
+from mcpz.local.process import agent_process
 
 NAME = "bench/gw"
 RAW_NAME = "bench/gw-raw"

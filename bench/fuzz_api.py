@@ -1,5 +1,5 @@
 """A longer schemathesis run against the registry's API than the suite's: the same test
-(tests/test_api_fuzz.py: in-process ASGI, with and without a token; no 5xx, every answer as the
+(tests/registry/test_api_fuzz.py: in-process ASGI, with and without a token; no 5xx, every answer as the
 OpenAPI document says), with more examples per operation and fresh random seeds each round.
 
 From a fresh clone:

@@ -10,7 +10,7 @@ The decoders, and the only error each may raise:
 
 - `json`: `mcpz.jsonlimits.loads` (request bodies, relayed JSON-RPC), JSONError;
 - `mesh`: `mcpz.mesh.decode` (hub, node and connector frames), ProtocolError;
-- `siwe`: `mcpz.siwe.SiweMessage.parse` (sign-in messages), MalformedMessage;
+- `siwe`: `mcpz.keys.siwe.SiweMessage.parse` (sign-in messages), MalformedMessage;
 - `pktline`: a fetch negotiation read as `git_http.upload_pack` reads it, GitProtocolError.
 
 Inputs are mutations of valid seeds (bit flips, inserted and deleted bytes, splices, truncation,
@@ -41,8 +41,8 @@ from dulwich.errors import GitProtocolError
 from dulwich.repo import Repo
 
 from mcpz import jsonlimits
+from mcpz.keys.siwe import MalformedMessage, SiweMessage
 from mcpz.mesh import Call, Heartbeat, Hello, ProtocolError, decode, encode
-from mcpz.siwe import MalformedMessage, SiweMessage
 from registry_server.git.pack_reuse import ReusingUploadPackHandler
 from registry_server.git.routes import GitProtocol, _Backend
 

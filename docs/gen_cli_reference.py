@@ -1,6 +1,6 @@
 """Write docs/cli.md from the typer app itself, so the reference never drifts from the code.
 
-Run: python docs/gen_cli_reference.py   (tests/test_project.py fails when the file is stale)
+Run: python docs/gen_cli_reference.py   (tests/project/test_project.py fails when the file is stale)
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 The names in `__all__` are the public Python API; they are imported on first use so that
 `import mcpz` (and `mcpz --version`) stay fast. `mcpz.Client` is the front door (docs/python-sdk.md);
-`mcpz.push` is `mcpz.publish.push_signed`, which signs the release it publishes as `mcpz push` does.
+`mcpz.push` is `mcpz.client.publish.push_signed`, which signs the release it publishes as `mcpz push`
+does.
 """
 
 from __future__ import annotations
@@ -25,22 +26,22 @@ _LAZY = {
     "load_manifest": "mcpz.manifest",
     "AgentName": "mcpz.names",
     "Settings": "mcpz.config",
-    "AgentRepo": "mcpz.repo",
-    "init_agent": "mcpz.repo",
-    "render_template": "mcpz.templates",
-    "list_tools": "mcpz.local",
-    "call_tool": "mcpz.local",
-    "open_agent": "mcpz.local",
-    "AgentSession": "mcpz.local",
-    "ToolInfo": "mcpz.local",
-    "ToolResult": "mcpz.local",
-    "run_agent": "mcpz.local_process",
-    "RegistryClient": "mcpz.registry_client",
+    "AgentRepo": "mcpz.repo.repository",
+    "init_agent": "mcpz.repo.repository",
+    "render_template": "mcpz.repo.templates",
+    "list_tools": "mcpz.local.session",
+    "call_tool": "mcpz.local.session",
+    "open_agent": "mcpz.local.session",
+    "AgentSession": "mcpz.local.session",
+    "ToolInfo": "mcpz.local.session",
+    "ToolResult": "mcpz.local.session",
+    "run_agent": "mcpz.local.process",
+    "RegistryClient": "mcpz.client.registry",
     "Client": "mcpz.client.sdk",
-    "push": "mcpz.publish:push_signed",
-    "clone": "mcpz.publish",
-    "pull": "mcpz.publish",
-    "SiweMessage": "mcpz.siwe",
+    "push": "mcpz.client.publish:push_signed",
+    "clone": "mcpz.client.publish",
+    "pull": "mcpz.client.publish",
+    "SiweMessage": "mcpz.keys.siwe",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

@@ -1,4 +1,5 @@
-"""Settings, resolved as flag > `MCPZ_*` variable > user config file > bundled `configs/` defaults.
+"""Settings, resolved as flag > `MCPZ_*` variable > the latest `mcpz login` (registry only) > user
+config file > bundled `configs/` defaults.
 
 Paths come from platformdirs and may each be moved by a variable (`MCPZ_CONFIG_DIR`,
 `MCPZ_DATA_DIR`, `MCPZ_CACHE_DIR`), which is also how tests keep to their own folders.
@@ -73,9 +74,14 @@ class Settings:
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
+        from mcpz.credentials import default_registry
+
+        remembered = default_registry(env)
         layers: list[tuple[str, Mapping[str, Any]]] = [
             ("default", _read_toml(bundled_path("configs") / "mcpz.toml")),
             ("user config", _read_toml(config_dir(env) / CONFIG_FILE)),
+            # The registry of the latest `mcpz login`: the user's most recent word on where to go.
+            ("login", {"registry": remembered} if remembered else {}),
             ("environment", {k: env[f"MCPZ_{k.upper()}"] for k in _KEYS if f"MCPZ_{k.upper()}" in env}),
             ("flag", {k: v for k, v in (flags or {}).items() if v is not None}),
         ]

@@ -161,14 +161,12 @@ NODES = ("demo-node-1", "demo-node-2")
 
 
 def step_node_key(ctx: DemoContext) -> None:
-    # A token the nodes connect with: scope `node` only, made by the operator command on the
-    # registry's host (a wallet's session has no node scope to hand on). Kept, never printed.
-    account = ctx.mcpz("whoami", json_out=True)["account"]
-    data = str(ctx.root / "registry")
-    made = ctx.mcpz("registry", "token", "create", "--account", account, "--scope", "node",
-                    "--name", "demo nodes", "--expires", "1d", "--data", data, json_out=True)  # fmt: skip
+    # A key the nodes connect with: scope `node` only, minted by the wallet's own session (a node
+    # runs only its account's namespaces, so no operator is needed). Kept, never printed.
+    made = ctx.mcpz("keys", "create", "--scope", "node", "--name", "demo nodes", "--expires-days", "1",
+                    json_out=True)  # fmt: skip
     ctx.node_token = made["token"]
-    ctx.show(f"created a token with scope node for {account}'s nodes")
+    ctx.show("created a key with scope node for this wallet's nodes")
 
 
 def _connected_nodes(ctx: DemoContext) -> list[str]:

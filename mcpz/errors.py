@@ -3,7 +3,7 @@
     McpzError                    exit 1: a handled error, printed as one line
     ├── UsageError               exit 2: the user's own mistake (arguments, names, versions)
     │   ├── ManifestError        exit 2: mcpz.toml is missing or invalid
-    │   └── StaleLockError       exit 9: mcpz.lock missing or stale (mcpz.deps)
+    │   └── StaleLockError       exit 9: mcpz.lock missing or stale (mcpz.lockfile)
     ├── RepositoryError          exit 1: the agent repository cannot do what was asked
     ├── NotFoundError            exit 5: an agent, version, revision or file does not exist
     ├── AuthError                exit 4: no credentials, or the registry refused them

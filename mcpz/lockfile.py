@@ -11,13 +11,15 @@ import hashlib
 import json
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
+from mcpz import exit_codes
 from mcpz.errors import UsageError
+from mcpz.manifest import MANIFEST_FILE
 from mcpz.names import name_problem
 from mcpz.resolve.index import parse_spec
 from mcpz.resolve.result import Requirer, Resolution, ResolvedPackage
@@ -309,3 +311,30 @@ def _check_closed(lock: Lock, source: str) -> None:
             raise _err(f"{where} depends on {name}, which is not locked", source)
         if not parse_spec(spec).contains(versions[name]):
             raise _err(f'{where} needs {name} "{spec}", but {versions[name]} is locked', source)
+
+
+class StaleLockError(UsageError):
+    """mcpz.lock is missing, or no longer matches mcpz.toml or the registry; `changes` says how."""
+
+    exit_code = exit_codes.LOCK_STALE
+
+    def __init__(self, message: str, *, changes: Sequence[str] = (), hint: str | None = None) -> None:
+        if changes:
+            message = f"{message}: " + "; ".join(changes)
+        super().__init__(message, hint=hint or "run `mcpz lock` and commit mcpz.lock")
+        self.changes = list(changes)
+
+
+def lock_problem(dependencies: Mapping[str, str], lock_text: str | None) -> StaleLockError | None:
+    """Why a lock (its text, None when absent) does not fit the manifest's dependencies; pure."""
+    if lock_text is None:
+        if not dependencies:
+            return None
+        return StaleLockError(f"{LOCK_FILE} is missing, and {MANIFEST_FILE} has dependencies")
+    lock = parse_lock(lock_text)
+    if is_stale(lock, dependencies):
+        return StaleLockError(
+            f"{LOCK_FILE} is out of date: the dependencies in {MANIFEST_FILE} changed since it was written",
+            changes=stale_changes(lock, dependencies),
+        )
+    return None

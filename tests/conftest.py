@@ -193,3 +193,16 @@ def mesh(tmp_path: Path) -> Iterator[Any]:
     finally:
         mesh.close()
         mesh.reg.stop()
+
+
+# --- the fast lane ----------------------------------------------------------------------------
+
+# Fixtures that start real processes or servers: a test that uses one is `slow` without saying so,
+# so `pytest -m "not slow"` (the inner loop, docs/development.md) stays under a minute.
+SLOW_FIXTURES = frozenset({"registry", "sqlite_registry", "postgres_url", "mesh"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

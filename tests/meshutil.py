@@ -22,7 +22,7 @@ import httpx2
 from conftest import LiveRegistry
 from gitutil import git
 
-from mcpz.templates import render_template
+from mcpz.repo.templates import render_template
 
 T = TypeVar("T")
 AGENT = "acme/tiny"
@@ -213,3 +213,26 @@ class Mesh:
     def close(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+def node_config(hub_url: str, data: Path, **overrides: object) -> object:
+    """A test node's settings: fast backoff, no liveness checks, unsigned releases allowed."""
+    from mcpz.node import NodeConfig, SupervisorSettings
+
+    settings = dict(
+        registry=hub_url,
+        token="node-token",
+        data_dir=data,
+        name="test-node",
+        labels={"zone": "a"},
+        capacity=2,
+        stop_grace=5.0,
+        supervisor=SupervisorSettings(liveness_interval=0),
+        backoff_base=0.01,
+        backoff_cap=0.05,
+        environ={"PATH": os.environ.get("PATH", os.defpath), "HOME": os.environ.get("HOME", "/")},
+        # These releases are unsigned: tests/signing/test_node_signatures.py checks signing.
+        allow_unsigned=True,
+    )
+    settings.update(overrides)
+    return NodeConfig(**settings)  # type: ignore[arg-type]

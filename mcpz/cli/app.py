@@ -3,8 +3,9 @@ commands.
 
 Registration points down (pip's `commands_dict` + `create_command`): `COMMANDS` names each command's
 module, and the module is imported only when that command runs (or its own help is asked for).
-`mcpz --help` is drawn from the table alone, so it imports no command module; tests/test_cli_registration.py
-checks the table against the modules, so a command cannot vanish with an "unused" import.
+`mcpz --help` is drawn from the table alone, so it imports no command module;
+tests/cli/test_cli_registration.py checks the table against the modules, so a command cannot
+vanish with an "unused" import.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import typer
 from mcpz.config import Settings
 
 if TYPE_CHECKING:
-    from mcpz.registry_client import RegistryClient
+    from mcpz.client.registry import RegistryClient
 
 T = TypeVar("T")
 
@@ -61,8 +61,8 @@ def with_client(
     need_token: bool = False,
 ) -> T:
     """`fn(client)` with a registry client for the resolved URL and token, in one event loop."""
+    from mcpz.client.registry import connect
     from mcpz.errors import AuthError
-    from mcpz.registry_client import connect
 
     url = settings(registry).registry
     secret = token_for(url, token)

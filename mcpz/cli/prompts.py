@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 from mcpz.errors import UsageError
 
 if TYPE_CHECKING:
-    from mcpz.ethkeys import LocalAccount
-    from mcpz.wallet import Wallet
+    from mcpz.keys.ethkeys import LocalAccount
+    from mcpz.keys.wallet import Wallet
 
 
 def interactive() -> bool:
@@ -20,7 +20,7 @@ def interactive() -> bool:
 
 def new_passphrase() -> str:
     """MCPZ_WALLET_PASSPHRASE, else a hidden prompt typed twice (only on a terminal)."""
-    from mcpz.wallet import PASSPHRASE_ENV, NoPassphrase
+    from mcpz.keys.wallet import PASSPHRASE_ENV, NoPassphrase
 
     if os.environ.get(PASSPHRASE_ENV):
         return os.environ[PASSPHRASE_ENV]
@@ -52,14 +52,14 @@ def prompt_for(address: str) -> Callable[[], str] | None:
 
 
 def load_wallet() -> Wallet:
-    from mcpz.wallet import Wallet
+    from mcpz.keys.wallet import Wallet
 
     return Wallet.load()
 
 
 def unlock_wallet(wallet: Wallet | None = None) -> LocalAccount:
     """The user's wallet, unlocked: passphrase from the environment, the keyring, or a prompt."""
-    from mcpz.wallet import get_passphrase
+    from mcpz.keys.wallet import get_passphrase
 
     wallet = wallet or load_wallet()
     return wallet.unlock(get_passphrase(wallet.address, prompt=prompt_for(wallet.address)))

@@ -17,11 +17,12 @@ from mcpz.cli.output import out
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from mcpz.repo import AgentRepo
+    from mcpz.client.remote_status import RemoteStatus
+    from mcpz.repo.repository import AgentRepo
 
 
 def open_repo() -> AgentRepo:
-    from mcpz.repo import AgentRepo
+    from mcpz.repo.repository import AgentRepo
 
     return AgentRepo.open(Path.cwd())
 
@@ -51,7 +52,8 @@ def _may_colour() -> bool:
     return bool(isatty and isatty())
 
 
-def status() -> None:
+def status(remote: RemoteStatus | None = None) -> None:
+    """The work tree's status; with `remote` (`status --remote`), where it stands on the registry too."""
     with open_repo() as repo:
         result = repo.status()
 
@@ -59,8 +61,15 @@ def status() -> None:
         head = result.branch or f"HEAD (detached at {(result.head or '')[:7]})"
         yield f"## {head}" + ("" if result.head else " (no commits yet)")
         yield from result.porcelain()
+        if remote is not None:
+            yield from (f"## {line}" for line in remote.summary())
 
-    out().lines(result.to_dict(), lines)
+    payload = result.to_dict()
+    if remote is not None:
+        payload["remote"] = remote.to_dict()
+        for warning in remote.warnings:
+            out().warn(warning)
+    out().lines(payload, lines)
     if result.clean:
         out().info("nothing to commit, working tree clean")
 

@@ -1,7 +1,7 @@
 """The table of commands: name -> (module, summary, topic), and the root help drawn from it.
 
 Kept free of typer (and of every command module) so that `mcpz --help` prints from it alone
-(cli/fast.py) and `cli/app.py` mounts each command by name when it runs. tests/test_cli_registration.py
+(cli/fast.py) and `cli/app.py` mounts each command by name when it runs. tests/cli/test_cli_registration.py
 checks every entry against the module it names.
 """
 
@@ -106,8 +106,19 @@ COMMANDS: dict[str, Entry] = {
         "Log in to a registry and keep the token (OS keyring; a 0600 file where there is none).",
         ACCOUNT,
     ),
-    "logout": Entry("auth", "Forget the stored token for a registry.", ACCOUNT),
-    "whoami": Entry("auth", "The account, its namespaces, and this token's scopes and expiry.", ACCOUNT),
+    "logout": Entry(
+        "auth",
+        "Forget the stored token for a registry (the default one unless --registry), or for all.",
+        ACCOUNT,
+    ),
+    "whoami": Entry(
+        "auth",
+        "The account, its namespaces, and this token's scopes and expiry; every registry logged into.",
+        ACCOUNT,
+    ),
+    "doctor": Entry(
+        "doctor", "Check the registry, your token and scopes, wallet, namespace, signing and nodes.", ACCOUNT
+    ),
     "keys": Entry("auth", "API keys of your account.", ACCOUNT),
     "wallet": Entry(
         "wallet",

@@ -1,1 +1,2 @@
-"""Talking to a registry: its typed JSON API, the index, git, publishing, deployments, the gateway."""
+"""Talking to a registry: its JSON API, the version index, git push/clone/pull, deployments, the gateway,
+and `mcpz doctor`."""

@@ -1,6 +1,6 @@
 """What the registry's JSON API answers, as typed values: frozen dataclasses with slots.
 
-`mcpz.registry_client.RegistryClient` returns these, never bare dictionaries. Each is built by
+`mcpz.client.registry.RegistryClient` returns these, never bare dictionaries. Each is built by
 `from_json`, which checks the type of every field it knows and raises `RemoteError` for an answer
 of the wrong shape (a registry of another version, or not a registry at all); keys it does not know
 are ignored, so a newer registry that adds fields still works. `to_dict()` gives back the JSON

@@ -1,11 +1,12 @@
 """`mcpz.Client`: the Python SDK's front door, one object for an agent's life on a registry.
 
 Each method does what the `mcpz` command of the same name does, with the same defaults, and
-returns a typed value (`mcpz.client.models`, `mcpz.publish.PushResult`, `mcpz.deps.LockResult`,
-`mcpz.local.ToolInfo` / `ToolResult`); errors are `mcpz.McpzError`s with the exit code the CLI
-would use. Methods are synchronous: each enters the event loop once, as a command does. Async code
-uses `Client.connect()`, the `RegistryClient` (whose methods are the async twins), and the async
-functions of `mcpz.deploy` and `mcpz.remote`.
+returns a typed value (`mcpz.client.models`, `mcpz.client.publish.PushResult`,
+`mcpz.deps.flows.LockResult`, `mcpz.local.session.ToolInfo` / `ToolResult`); errors are
+`mcpz.McpzError`s with the exit code the CLI would use. Methods are synchronous: each enters the
+event loop once, as a command does. Async code uses `Client.connect()`, the `RegistryClient`
+(whose methods are the async twins), and the async functions of `mcpz.client.deploy` and
+`mcpz.client.gateway`.
 
     client = mcpz.Client("https://registry.example", token=os.environ["MCPZ_TOKEN"])
     client.push("weather")                          # signed by your wallet, as `mcpz push`
@@ -29,12 +30,12 @@ from mcpz.errors import AuthError, UsageError
 
 if TYPE_CHECKING:
     from mcpz.client.models import AgentInfo, Deployment, Release, SessionToken, Usage, WhoAmI
-    from mcpz.deps import LockResult
-    from mcpz.ethkeys import LocalAccount
-    from mcpz.local import ToolInfo, ToolResult
-    from mcpz.publish import ProgressFn, PushResult
-    from mcpz.registry_client import RegistryClient
-    from mcpz.wallet import KeyProvider
+    from mcpz.client.publish import ProgressFn, PushResult
+    from mcpz.client.registry import RegistryClient
+    from mcpz.deps.flows import LockResult
+    from mcpz.keys.ethkeys import LocalAccount
+    from mcpz.keys.wallet import KeyProvider
+    from mcpz.local.session import ToolInfo, ToolResult
 
 __all__ = ["DEFAULT", "Client"]
 
@@ -42,7 +43,7 @@ T = TypeVar("T")
 
 
 class _Default:
-    """The `signer` default: the user's wallet (`mcpz.wallet.wallet_key()`), looked up when needed."""
+    """The `signer` default: the user's wallet (`mcpz.keys.wallet.wallet_key()`), looked up when needed."""
 
     def __repr__(self) -> str:
         return "DEFAULT"
@@ -95,12 +96,13 @@ class Client:
         self, token: str | None = None, *, wallet: LocalAccount | None = None, store: bool = False
     ) -> WhoAmI | SessionToken:
         """Use `token` (checked against the registry: `WhoAmI`), or sign in with `wallet`
-        (Sign-In with Ethereum: `SessionToken`); with `store`, keep the token as `mcpz login` does."""
+        (Sign-In with Ethereum: `SessionToken`); with `store`, keep the token and make this
+        registry the default, as `mcpz login` does."""
         if (token is None) == (wallet is None):
             raise UsageError("log in with a token or a wallet (one of them)")
         answer: WhoAmI | SessionToken
         if wallet is not None:
-            from mcpz.signin import sign_in
+            from mcpz.client.signin import sign_in
 
             session = self._run(lambda client: sign_in(client, wallet), token=None)
             secret, answer = session.token, session
@@ -110,9 +112,9 @@ class Client:
             answer = self._run(lambda client: client.whoami(), token=secret)
         self._token, self._token_looked_up = secret, True
         if store:
-            from mcpz.credentials import store_token
+            from mcpz.client.signin import finish_login
 
-            store_token(self.url, secret)
+            finish_login(self.url, secret, answer.account)
         return answer
 
     def whoami(self) -> WhoAmI:
@@ -130,7 +132,7 @@ class Client:
         progress: ProgressFn | None = None,
     ) -> PushResult:
         """`mcpz push`: push the current branch; publish the manifest's version if it is new, signed."""
-        from mcpz.publish import push_signed
+        from mcpz.client.publish import push_signed
 
         signer = self._key_provider() if sign else None
         return push_signed(Path(path), self.url, self.token, signer=signer, force=force, progress=progress)
@@ -160,8 +162,8 @@ class Client:
         """`mcpz lock`: resolve the agent's dependencies against this registry; write mcpz.lock."""
         import anyio
 
-        from mcpz import deps
         from mcpz.config import cache_dir
+        from mcpz.deps import flows as deps
 
         project = deps.open_project(Path(path))
         remote = deps.Remote(
@@ -198,7 +200,7 @@ class Client:
         `selector`: `{"region": "eu"}` or `["region=eu"]`; `memory`: bytes or `"512M"`. None
         leaves a setting as it is. A deployment that fails while waited for is returned, not raised
         (its `state` is "failed"), so the caller can read its replicas' `detail`."""
-        from mcpz import deploy
+        from mcpz.client import deploy
         from mcpz.names import AgentName
 
         name, _, version = spec.partition("@")
@@ -230,7 +232,7 @@ class Client:
         self, name: str, replicas: int, *, sign: bool = True, wait: bool = False, timeout: float = 300.0
     ) -> Deployment:
         """`mcpz deploy scale`: how many replicas run (a new revision, signed)."""
-        from mcpz import deploy
+        from mcpz.client import deploy
 
         account = self._account(sign)
 
@@ -250,7 +252,7 @@ class Client:
         timeout: float = 300.0,
     ) -> Deployment:
         """`mcpz deploy rollback`: back to `revision` (default: the previous one), signed."""
-        from mcpz import deploy
+        from mcpz.client import deploy
 
         account = self._account(sign)
 
@@ -274,7 +276,7 @@ class Client:
         """`mcpz tools NAME`: the tools of a deployed agent (`NAME[@VERSION]`), through the gateway."""
         import anyio
 
-        from mcpz.remote import list_remote_tools
+        from mcpz.client.gateway import list_remote_tools
 
         token = self._need_token()
         return anyio.run(
@@ -296,7 +298,7 @@ class Client:
         converted by the tool's input schema). With `check`, a tool error raises `AgentError`."""
         import anyio
 
-        from mcpz.remote import call_remote_tool
+        from mcpz.client.gateway import call_remote_tool
 
         token = self._need_token()
 
@@ -339,7 +341,7 @@ class Client:
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[RegistryClient]:
         """The async `RegistryClient` for this registry and token (its methods are the async twins)."""
-        from mcpz.registry_client import connect
+        from mcpz.client.registry import connect
 
         async with connect(self.url, self.token) as client:
             yield client
@@ -348,7 +350,7 @@ class Client:
 
     def _key_provider(self) -> KeyProvider | None:
         if self._signer is DEFAULT:
-            from mcpz.wallet import wallet_key
+            from mcpz.keys.wallet import wallet_key
 
             return wallet_key()
         signer: KeyProvider | None = self._signer
@@ -374,7 +376,7 @@ class Client:
     ) -> T:
         import anyio
 
-        from mcpz.registry_client import connect
+        from mcpz.client.registry import connect
 
         secret = (self._need_token() if need_token else self.token) if token is DEFAULT else token
         assert not isinstance(secret, _Default)

@@ -284,7 +284,7 @@ class Deploy(Frame):
     dependencies: Annotated[tuple[LockedDependency, ...], Items(MAX_DEPENDENCIES)] = ()
     signatures: Annotated[tuple[ReleaseSignature, ...], Items(MAX_SIGNATURES)] = ()
     namespace_keys: Annotated[str, Text(MAX_NAMESPACE_KEYS)] = ""  # GET /v1/namespaces/{ns}/keys's JSON
-    # The deployer's signed statement (mcpz.signing.DeploymentStatement) of the revision this runs,
+    # The deployer's signed statement (mcpz.keys.signing.DeploymentStatement) of the revision this runs,
     # and the signatures over it (the same shape as a release's); "" and () when unsigned.
     deployment_statement: Annotated[str, Text(MAX_TEXT, r"[\n -~]*")] = ""
     deployment_signatures: Annotated[tuple[ReleaseSignature, ...], Items(MAX_SIGNATURES)] = ()

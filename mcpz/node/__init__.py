@@ -18,14 +18,14 @@ from __future__ import annotations
 
 from mcpz.node.agent import Node, NodeConfig, close_action, http_base, mesh_url
 from mcpz.node.channel import StdioChannel
-from mcpz.node.checkout import CheckoutStats, Nested, checkout, plan
-from mcpz.node.errors import CheckoutRefused, FetchError, NodeReplaced, ReleaseError, StartError
+from mcpz.node.errors import FetchError, NodeReplaced, StartError
 from mcpz.node.fetch import FetchResult, ObjectCache
 from mcpz.node.health import HealthError, HealthReport, check_health, ping
 from mcpz.node.process import Limits, ProcessSpec, ReplicaProcess, start_process
 from mcpz.node.rules import DeployAction, StopAction, decide_deploy, decide_stop
 from mcpz.node.state import Assignment, NodeState
 from mcpz.node.supervisor import Supervisor, SupervisorSettings
+from mcpz.repo.checkout import CheckoutRefused, CheckoutStats, Nested, ReleaseError, checkout, plan
 
 __all__ = [
     "Assignment",

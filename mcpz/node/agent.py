@@ -38,6 +38,7 @@ import anyio
 
 from mcpz._version import __version__
 from mcpz.errors import AuthError, McpzError, NotFoundError, UsageError
+from mcpz.keys.trust import TrustStore, Verifier
 from mcpz.mesh import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
@@ -75,7 +76,6 @@ from mcpz.node.replicas import ReplicaManager
 from mcpz.node.state import Assignment, NodeState, lock_data_dir
 from mcpz.node.supervisor import SupervisorSettings
 from mcpz.node.sysinfo import SystemSampler
-from mcpz.trust import TrustStore, Verifier
 
 if TYPE_CHECKING:
     from websockets.exceptions import ConnectionClosed
@@ -83,7 +83,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MESH_PATH = "/v1/mesh"
-TRUST_FILE = "trust.json"  # in the data folder: the pinned namespace keys (mcpz.trust.TrustStore)
+TRUST_FILE = "trust.json"  # in the data folder: the pinned namespace keys (mcpz.keys.trust.TrustStore)
 WELCOME_TIMEOUT = 10.0
 
 

@@ -26,17 +26,6 @@ class FetchError(NetworkError):
     code = ErrorCode.FETCH_FAILED
 
 
-class ReleaseError(McpzError):
-    """What the registry served does not check out: a missing or corrupt object, a commit that is
-    not the one asked for, a manifest that names another agent or version."""
-
-    code = ErrorCode.VERIFY_FAILED
-
-
-class CheckoutRefused(ReleaseError):
-    """A tree holds a path that would escape its checkout (`..`, `/`, `.git`, an outward symlink)."""
-
-
 class StartError(AgentError):
     """The replica's process could not be started (no such program, a refused resource limit)."""
 

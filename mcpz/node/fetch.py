@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from mcpz.manifest import MANIFEST_FILE, parse_manifest
-from mcpz.node.checkout import CheckoutStats, Nested, checkout
-from mcpz.node.errors import FetchError, ReleaseError
+from mcpz.node.errors import FetchError
+from mcpz.repo.checkout import CheckoutStats, Nested, ReleaseError, checkout
 
 logger = logging.getLogger(__name__)
 

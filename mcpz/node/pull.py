@@ -3,7 +3,7 @@
 `pull_release` fetches the release's commit and each locked dependency's into the node's object
 cache (only what is missing), verifies them, and checks them out in one atomic step: the release
 at the folder's root, each dependency at `.mcpz/deps/{namespace}/{name}/` with the marker file
-`mcpz install` writes there (`mcpz.deps_install`), so an agent finds its dependencies the same
+`mcpz install` writes there (`mcpz.deps.install`), so an agent finds its dependencies the same
 way on a node as on a laptop. `process_spec` turns
 the assignment's `[run]` command and env into the exact process to start there.
 
@@ -28,16 +28,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mcpz.deps_install import DEPS_DIR as DEPS_PATH
-from mcpz.deps_install import MARKER
-from mcpz.local_process import agent_process
+from mcpz.deps.install import DEPS_DIR as DEPS_PATH
+from mcpz.deps.install import MARKER
+from mcpz.keys.trust import NamespaceKeys, VerifiedDeployment, VerifiedRelease, Verifier
+from mcpz.local.process import agent_process
 from mcpz.manifest import Manifest, RunSpec
-from mcpz.node.checkout import CheckoutStats, Nested
-from mcpz.node.errors import ReleaseError, StartError
+from mcpz.node.errors import StartError
 from mcpz.node.fetch import FetchResult, ObjectCache
 from mcpz.node.process import Limits, ProcessSpec
 from mcpz.node.state import Assignment
-from mcpz.trust import NamespaceKeys, VerifiedDeployment, VerifiedRelease, Verifier
+from mcpz.repo.checkout import CheckoutStats, Nested, ReleaseError
 
 logger = logging.getLogger(__name__)
 
@@ -164,8 +164,8 @@ def verify_deployment(assignment: Assignment, verifier: Verifier) -> VerifiedDep
     key, naming this deployment, agent, version and commit, at a revision not lower than the
     highest the node has seen (which it then remembers). ReleaseError (verify-failed) otherwise.
     None: an unsigned deploy, let through by --allow-unsigned."""
-    from mcpz import signing
     from mcpz.errors import McpzError
+    from mcpz.keys import signing
 
     deployment = assignment.deployment
     signatures = [signature for _signer, signature in assignment.deployment_signatures]

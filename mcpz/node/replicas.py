@@ -25,15 +25,16 @@ import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from mcpz.errors import McpzError
+from mcpz.keys.trust import Verifier
 from mcpz.mesh import Deploy, LogStream, ReplicaReport, ReplicaStatus, Stop
 from mcpz.node.channel import StdioChannel
-from mcpz.node.errors import FetchError, ReleaseError
+from mcpz.node.errors import FetchError
 from mcpz.node.fetch import ObjectCache
 from mcpz.node.pull import RegistryAccess, process_spec, pull_release
 from mcpz.node.rules import DeployAction, DeployDecision, StopAction, decide_deploy, decide_stop
 from mcpz.node.state import Assignment, NodeState, replica_folder
 from mcpz.node.supervisor import Supervisor, SupervisorSettings
-from mcpz.trust import Verifier
+from mcpz.repo.checkout import ReleaseError
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ The data folder's layout:
     node.lock              held (flock) by the running node: one node process per data folder
     objects.git/           the object cache shared by all replicas (mcpz.node.fetch)
     replicas/{id}/e{epoch} the checkout a replica runs in, dependencies in .mcpz/deps/
-    trust.json             pinned keys, highest deployment revisions, revocations (mcpz.trust)
+    trust.json             pinned keys, highest deployment revisions, revocations (mcpz.keys.trust)
 """
 
 from __future__ import annotations

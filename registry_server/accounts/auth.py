@@ -58,7 +58,9 @@ def require(
             "authentication required", hint="pass a token: --token, MCPZ_TOKEN or `mcpz login`"
         )
     if not principal.has(scope):
-        raise Forbidden(f'this token lacks the "{scope}" scope', hint=f"create a key with --scope {scope}")
+        raise Forbidden(
+            f'this token lacks the "{scope}" scope', hint=f"create one with: mcpz keys create --scope {scope}"
+        )
     if namespace is not None:
         from registry_server.accounts.namespaces import may_publish
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.responses import Response
 
-from mcpz import signing
+from mcpz.keys import signing
 from registry_server.accounts.auth import principal_from_headers
 from registry_server.accounts.models import ROLES
 from registry_server.accounts.service import Principal

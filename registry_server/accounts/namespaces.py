@@ -1,7 +1,7 @@
 """Namespaces and their keys: wallet accounts, members, transfers, key rotations.
 
 The operations behind the routes of `registry_server.accounts.routes`, each in the caller's session.
-Every signature is checked here with `mcpz.signing` before anything is stored: the registry keeps
+Every signature is checked here with `mcpz.keys.signing` before anything is stored: the registry keeps
 only statements that the namespace's key (or a member's) really signed, so what it serves to
 nodes can be checked by them without trusting it.
 """
@@ -16,8 +16,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mcpz import signing
 from mcpz.errors import NotFoundError, RefusedError, UsageError
+from mcpz.keys import signing
 from mcpz.names import part_problem
 from registry_server.accounts.auth import Forbidden
 from registry_server.accounts.models import (

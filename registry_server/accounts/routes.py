@@ -33,8 +33,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from sqlalchemy import delete
 
-from mcpz import signing, siwe
 from mcpz.errors import McpzError, NetworkError
+from mcpz.keys import signing, siwe
 from registry_server.accounts import namespaces, tokens
 from registry_server.accounts import service as accounts
 from registry_server.accounts.auth import require
@@ -144,7 +144,7 @@ def eip1271_check(rpc_url: str) -> siwe.ContractCheck:
             from web3 import Web3
             from web3.exceptions import ContractLogicError, Web3Exception
 
-            import mcpz.ethkeys  # noqa: F401  (before web3: it keeps py_ecc's recursion limit out)
+            import mcpz.keys.ethkeys  # noqa: F401  (before web3: it keeps py_ecc's recursion limit out)
         except ImportError as e:
             raise McpzError(
                 "contract-wallet sign-in needs web3, which is not installed",
@@ -268,7 +268,7 @@ class RotationOut(BaseModel):
     old_address: str
     new_address: str
     sequence: int
-    statement: str = Field(description="The canonical mcpz.signing.KeyRotationStatement text")
+    statement: str = Field(description="The canonical mcpz.keys.signing.KeyRotationStatement text")
     signature: str = Field(description="By old_address")
     created_at: datetime
 

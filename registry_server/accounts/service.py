@@ -126,17 +126,15 @@ class TokenRequest:
         return cls(scopes, lifetime)
 
 
-def issue_token(session: Session, account_name: str, request: TokenRequest, *, name: str = "") -> IssuedToken:
-    """The operator's `mcpz registry token create`: a token for the account named `account_name`."""
-    token, secret = create_token(
-        session,
-        account_by_name(session, account_name),
-        request.scopes,
-        expires_in=request.lifetime,
-        name=name,
-    )
+def issue_token(session: Session, account: str, request: TokenRequest, *, name: str = "") -> IssuedToken:
+    """The operator's `mcpz registry token create`: a token for `account`, named or given by its
+    wallet address (any case)."""
+    from registry_server.accounts.namespaces import find_account
+
+    owner = find_account(session, account)
+    token, secret = create_token(session, owner, request.scopes, expires_in=request.lifetime, name=name)
     return IssuedToken(
-        id=token.id, account=account_name, secret=secret, scopes=request.scopes, expires_at=token.expires_at
+        id=token.id, account=owner.name, secret=secret, scopes=request.scopes, expires_at=token.expires_at
     )
 
 

@@ -33,3 +33,18 @@ def parse_scopes(text: str | Iterable[str]) -> tuple[str, ...]:
     if not scopes:
         raise ValueError(f"no scopes given (known: {', '.join(SCOPES)})")
     return tuple(s for s in SCOPES if s in scopes)
+
+
+def beyond_grant(caller: Iterable[str], requested: Iterable[str]) -> set[str]:
+    """The scopes of `requested` a caller with scopes `caller` may not put on a new key. Pure.
+
+    A key never has a scope its creator lacks, with one exception: a caller with `admin` may mint
+    `node` keys. A node acts only for its token's account (it runs deployments of namespaces that
+    account owns or is a member of, unless its owner offers it with --shared), so a node key gives
+    nothing the account could not already do; this is how a wallet session, which carries no `node`
+    scope itself, starts its own nodes without an operator.
+    """
+    held = set(caller)
+    if "admin" in held:
+        held.add("node")
+    return set(requested) - held

@@ -106,7 +106,7 @@ class MeshCounter(Base):
 
 
 class DeploymentStatementRow(Base):
-    """The canonical `mcpz.signing.DeploymentStatement` of each revision, as it was made.
+    """The canonical `mcpz.keys.signing.DeploymentStatement` of each revision, as it was made.
 
     Kept when the deployment is removed (no foreign key): the highest revision ever made for a
     name is where its numbering goes on if it is deployed again, since nodes refuse a revision

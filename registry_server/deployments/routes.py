@@ -8,7 +8,7 @@ the reconciler has planned it: the replicas it created are in the answer, with t
 
 Deploy, scale and rollback are signed by the deployer's wallet (docs/signing.md): the body with
 `"prepare": true` changes nothing and answers the canonical deployment statement the change would
-make (`mcpz.signing.DeploymentStatement`: registry, deployment, release, commit, replicas, and a
+make (`mcpz.keys.signing.DeploymentStatement`: registry, deployment, release, commit, replicas, and a
 revision number that only grows); the same body with that `statement` and its `signature` makes
 the change. The signature must recover to the namespace's owner or a member (403
 `unexpected_signer`), and the statement must still be the one the change makes (409
@@ -29,8 +29,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from mcpz import signing
 from mcpz.errors import NotFoundError, UsageError
+from mcpz.keys import signing
 from mcpz.mesh import Deploy, ProtocolError, ReplicaStatus, ResourceLimits, encode
 from mcpz.names import name_problem
 from registry_server.accounts import namespaces

@@ -14,7 +14,7 @@ next. A periodic resync plans every deployment again, so nothing waits for an ev
 
 Every change of desired state that changes what runs or how many (deploy, scale, rollback) makes
 a new revision, whose number only grows — also across a removal and a new deployment of the same
-name — and whose canonical `mcpz.signing.DeploymentStatement` is kept with the deployers'
+name — and whose canonical `mcpz.keys.signing.DeploymentStatement` is kept with the deployers'
 signatures over it (`Change`, `Signed`). Deploy frames carry that statement, so nodes can check
 that the namespace's key asked for what they run, and refuse a revision older than one they saw.
 """
@@ -38,8 +38,8 @@ import anyio.to_thread
 from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from mcpz import signing
 from mcpz.errors import McpzError, NotFoundError, RefusedError, UsageError
+from mcpz.keys import signing
 from mcpz.mesh import Heartbeat, Hello, LockedDependency, Log, ReplicaStatus, Status
 from registry_server.accounts.models import Account, Namespace, NamespaceMember
 from registry_server.db import Database, chunks

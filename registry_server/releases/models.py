@@ -40,7 +40,7 @@ class Release(Base):
 
 
 class ReleaseSignature(Base):
-    """An EIP-191 signature over a release's `mcpz.signing.ReleaseStatement`, checked when stored."""
+    """An EIP-191 signature over a release's `mcpz.keys.signing.ReleaseStatement`, checked when stored."""
 
     __tablename__ = "release_signatures"
     __table_args__ = (UniqueConstraint("release_id", "signer", name="uq_release_signer"),)

@@ -15,9 +15,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mcpz import signing
 from mcpz._version import __version__
 from mcpz.errors import NotFoundError, UsageError
+from mcpz.keys import signing
 from mcpz.names import name_problem
 from registry_server.accounts import service as accounts
 from registry_server.accounts import tokens
@@ -452,7 +452,7 @@ def create_key(body: KeyIn, state: State, principal: Caller) -> NewKeyOut:
         scopes = tokens.parse_scopes(body.scopes)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    beyond = set(scopes) - principal.scopes
+    beyond = tokens.beyond_grant(principal.scopes, scopes)
     if beyond:
         raise Forbidden(f"a key cannot have scopes its creator lacks: {', '.join(sorted(beyond))}")
     days = body.expires_in_days or state.settings.default_token_days or None

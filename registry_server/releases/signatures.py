@@ -1,4 +1,4 @@
-"""Release signatures: each checked with `mcpz.signing` against the namespace's keys before it is
+"""Release signatures: each checked with `mcpz.keys.signing` against the namespace's keys before it is
 stored, so what the registry serves to nodes can be checked by them without trusting it."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mcpz import signing
 from mcpz.errors import NotFoundError, UsageError
+from mcpz.keys import signing
 from registry_server.accounts.namespaces import allowed_signers
 from registry_server.orm import utcnow
 from registry_server.releases.models import Agent, Release, ReleaseSignature

@@ -15,6 +15,7 @@ from mcpz.errors import UsageError
 
 if TYPE_CHECKING:
     from mcpz.client.models import SessionToken, WhoAmI
+    from mcpz.keys.wallet import Wallet
 
 # This module's commands; cli/app.py mounts them by name when one of them runs.
 app = typer.Typer()
@@ -38,20 +39,35 @@ def login(
     wallet: Annotated[
         bool, typer.Option("--wallet", help="Sign in with your wallet (Sign-In with Ethereum).")
     ] = False,
+    create_wallet: Annotated[
+        bool,
+        typer.Option(
+            "--create-wallet",
+            help="With --wallet: make a wallet first if there is none (passphrase from "
+            "MCPZ_WALLET_PASSPHRASE, else asked twice). On a terminal login offers this itself.",
+        ),
+    ] = False,
     registry: RegistryOpt = None,
 ) -> None:
-    """Log in to a registry and keep the token (OS keyring; a 0600 file where there is none)."""
-    from mcpz.credentials import store_token
-    from mcpz.registry_client import connect
+    """Log in to a registry and keep the token (OS keyring; a 0600 file where there is none).
+
+    Each registry keeps its own token, and the registry of the latest login becomes the default
+    for later commands (when neither --registry nor MCPZ_REGISTRY names one); `mcpz whoami` lists
+    every registry logged into. Example: `mcpz login --wallet --registry https://registry.example`.
+    """
+    from mcpz.client.registry import connect
+    from mcpz.client.signin import finish_login
 
     if token == wallet:
         raise UsageError(
             "say how to log in: --wallet or --token",
             hint="`mcpz login --wallet` signs in with your wallet; `--token` reads a token from stdin",
         )
+    if create_wallet and not wallet:
+        raise UsageError("--create-wallet goes with --wallet", hint="mcpz login --wallet --create-wallet")
     url = settings(registry).registry
     if wallet:
-        _login_with_wallet(url)
+        _login_with_wallet(url, create_wallet)
         return
     secret = _read_secret()
     if not secret:
@@ -62,33 +78,58 @@ def login(
             return await client.whoami()
 
     who = run(check)
-    where = store_token(url, secret, warn=out().warn)
+    where = finish_login(url, secret, who.account, warn=out().warn)
     out().data(
         {
             "registry": url,
             "account": who.account,
             "stored_in": "keyring" if where == "keyring" else "file",
+            "default": True,
         },
         lambda c: c.print(f"logged in to {url} as {who.account}", markup=False),
     )
 
 
-def _login_with_wallet(url: str) -> None:
-    from mcpz.cli.prompts import unlock_wallet
-    from mcpz.credentials import store_token
-    from mcpz.registry_client import connect
-    from mcpz.signin import sign_in
+def _wallet_for_login(create: bool) -> tuple[Wallet, str | None]:
+    """The user's wallet, made now if there is none and the user agrees (or passed --create-wallet);
+    with the passphrase when it was just chosen, so that login does not ask for it again."""
+    from mcpz.cli.prompts import interactive, new_passphrase
+    from mcpz.keys.wallet import Wallet, keystore_path
 
-    account = unlock_wallet()
+    if Wallet.exists():
+        return Wallet.load(), None
+    path = keystore_path()
+    if not create:
+        if not interactive():
+            raise UsageError(
+                f"no wallet at {path}",
+                hint="pass --create-wallet to make one now (passphrase from MCPZ_WALLET_PASSPHRASE), "
+                "or run `mcpz wallet create`",
+            )
+        if not typer.confirm(f"no wallet at {path}; create one now?", default=True, err=True):
+            raise UsageError("login needs a wallet", hint="create one with `mcpz wallet create`")
+    passphrase = new_passphrase()
+    made = Wallet.create(passphrase)
+    out().info(f"created wallet {made.address} ({made.path}); back it up with `mcpz wallet export`")
+    return made, passphrase
+
+
+def _login_with_wallet(url: str, create: bool) -> None:
+    from mcpz.cli.prompts import unlock_wallet
+    from mcpz.client.registry import connect
+    from mcpz.client.signin import finish_login, sign_in
+
+    found, passphrase = _wallet_for_login(create)
+    account = found.unlock(passphrase) if passphrase is not None else unlock_wallet(found)
 
     async def call() -> SessionToken:
         async with connect(url) as client:
             return await sign_in(client, account)
 
     answer = run(call)
-    where = store_token(url, answer.token, warn=out().warn)
+    where = finish_login(url, answer.token, answer.account, warn=out().warn)
     shown = {k: v for k, v in answer.to_dict().items() if k != "token"}
-    shown.update(registry=url, stored_in="keyring" if where == "keyring" else "file")
+    shown.update(registry=url, stored_in="keyring" if where == "keyring" else "file", default=True)
     out().data(
         shown,
         lambda c: c.print(f"logged in to {url} as {answer.account} ({answer.address})", markup=False),
@@ -96,30 +137,55 @@ def _login_with_wallet(url: str) -> None:
 
 
 @app.command("logout")
-def logout(registry: RegistryOpt = None) -> None:
-    """Forget the stored token for a registry."""
-    from mcpz.credentials import delete_token
+def logout(
+    registry: RegistryOpt = None,
+    all_: Annotated[bool, typer.Option("--all", help="Log out of every registry.")] = False,
+) -> None:
+    """Forget the stored token for a registry (the default one unless --registry), or for all.
 
-    url = settings(registry).registry
-    removed = delete_token(url)
-    out().data(
-        {"registry": url, "removed": removed},
-        lambda c: c.print(f"logged out of {url}" if removed else f"no stored token for {url}", markup=False),
-    )
+    Example: `mcpz logout --registry https://registry.example`.
+    """
+    from mcpz.client.signin import logout as forget
+    from mcpz.credentials import logins
+
+    urls = [login.registry for login in logins()] if all_ else [settings(registry).registry]
+    removed = {url: forget(url) for url in urls}
+
+    def render(console: Console) -> None:
+        for url, gone in removed.items():
+            console.print(f"logged out of {url}" if gone else f"no stored token for {url}", markup=False)
+        if not removed:
+            console.print("not logged in anywhere", markup=False)
+
+    out().data([{"registry": url, "removed": gone} for url, gone in removed.items()], render)
 
 
 @app.command("whoami")
 def whoami(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
-    """The account, its namespaces, and this token's scopes and expiry."""
-    data = with_client(registry, token, lambda c: c.whoami(), need_token=True)
+    """The account, its namespaces, and this token's scopes and expiry; every registry logged into.
+
+    Example: `mcpz whoami --registry https://registry.example`.
+    """
+    from mcpz.credentials import logins
+
+    data = with_client(registry, token, lambda c: c.whoami(), need_token=True).to_dict()
+    url = settings(registry).registry
+    data["registry"] = url
+    data["logins"] = [login.to_dict() for login in logins()]
 
     def render(console: Console) -> None:
-        console.print(f"account:    {data.account}", markup=False)
-        console.print(f"namespaces: {', '.join(data.namespaces) or '-'}", markup=False)
-        console.print(f"scopes:     {', '.join(data.scopes)}", markup=False)
-        console.print(f"expires:    {data.raw.get('expires_at') or 'never'}", markup=False)
+        console.print(f"registry:   {url}", markup=False)
+        console.print(f"account:    {data['account']}", markup=False)
+        console.print(f"namespaces: {', '.join(data['namespaces']) or '-'}", markup=False)
+        console.print(f"scopes:     {', '.join(data['scopes'])}", markup=False)
+        console.print(f"expires:    {data['expires_at'] or 'never'}", markup=False)
+        if data["logins"]:
+            console.print("logged in to:", markup=False)
+            for entry in data["logins"]:
+                mark = " (default)" if entry["default"] else ""
+                console.print(f"  {entry['registry']}  {entry['account']}{mark}", markup=False)
 
-    out().data(data.to_dict(), render)
+    out().data(data, render)
 
 
 @keys_app.command("create")
@@ -132,7 +198,12 @@ def keys_create(
     registry: RegistryOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Create an API key; its secret is printed once."""
+    """Create an API key; its secret is printed once.
+
+    A key has at most your own scopes, except `node`: a wallet session may mint node keys, as a
+    node runs only deployments of namespaces its account owns or is a member of. Example:
+    `mcpz keys create --scope node --name laptop-node --expires-days 30`.
+    """
     scopes = [s.strip() for s in scope.split(",") if s.strip()]
     data = with_client(registry, token, lambda c: c.create_key(scopes, name, expires_days), need_token=True)
     out().data(data.to_dict(), lambda c: c.print(data.token, markup=False))

@@ -37,7 +37,7 @@ def connect_command(
     """
     import anyio
 
-    from mcpz.connector import ConnectConfig, Connector, print_agent_line
+    from mcpz.node.connector import ConnectConfig, Connector, print_agent_line
 
     url = settings(registry).registry
     secret = token_for(url, token)
@@ -48,7 +48,7 @@ def connect_command(
         on_log=None if out().quiet else print_agent_line,
     )
     output = out()
-    handler = attach_log(output, "mcpz.connector")
+    handler = attach_log(output, "mcpz.node.connector")
 
     async def main() -> None:
         import signal
@@ -81,6 +81,6 @@ def connect_command(
         run(main, fast_loop=True)
     finally:
         if handler is not None:
-            logging.getLogger("mcpz.connector").removeHandler(handler)
+            logging.getLogger("mcpz.node.connector").removeHandler(handler)
     output.info(f"{connector.agent} detached")
     output.data({"agent": connector.agent, "url": connector.url, "detached": True})

@@ -3,7 +3,7 @@
 
 `deploy` is a group whose first word is either a subcommand or the NAME@VERSION to deploy: the
 group sends anything that is not a subcommand to `deploy apply`. Deploy, scale and rollback are
-signed by the user's wallet when one exists (`mcpz.deploy`); `--no-sign` makes them unsigned.
+signed by the user's wallet when one exists (`mcpz.client.deploy`); `--no-sign` makes them unsigned.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from mcpz.names import AgentName
 
 if TYPE_CHECKING:
     from mcpz.client.models import Deployment, LogLine, Removal
-    from mcpz.ethkeys import LocalAccount
-    from mcpz.registry_client import RegistryClient
+    from mcpz.client.registry import RegistryClient
+    from mcpz.keys.ethkeys import LocalAccount
 
 STATUSES = ("pending", "pulling", "starting", "running", "failed", "stopped")
 
@@ -75,7 +75,7 @@ def _signed_call(
     """`change(client, account)` (one of `mcpz.deploy`'s), signed by the wallet unless --no-sign
     (or there is none)."""
     from mcpz.cli.prompts import prompt_for
-    from mcpz.wallet import wallet_key
+    from mcpz.keys.wallet import wallet_key
 
     # Unlocked before anything changes: a missing passphrase stops here.
     account = None if no_sign else wallet_key(prompt_for)()
@@ -183,7 +183,7 @@ def apply(
     Without @VERSION an existing deployment keeps its version and a new one takes the newest
     release. A new version replaces replicas one at a time, each new one running before an old stops.
     """
-    from mcpz import deploy
+    from mcpz.client import deploy
 
     name, _, version = spec.partition("@")
     name = _name(name)
@@ -226,7 +226,7 @@ def scale(
     token: TokenOpt = None,
 ) -> None:
     """Change how many replicas run (a new revision; no replica is replaced)."""
-    from mcpz import deploy
+    from mcpz.client import deploy
 
     name = _name(name)
     view = _signed_call(
@@ -251,7 +251,7 @@ def rollback(
     token: TokenOpt = None,
 ) -> None:
     """Return to the previous revision (a new revision with its release, rolled out as any other)."""
-    from mcpz import deploy
+    from mcpz.client import deploy
 
     name = _name(name)
     view = _signed_call(

@@ -14,7 +14,7 @@ from mcpz.cli.output import out
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from mcpz.deps import LockChange, LockResult, Project, Remote
+    from mcpz.deps.flows import LockChange, LockResult, Project, Remote
     from mcpz.resolve import TreeLine
 
 PathOpt = Annotated[
@@ -28,7 +28,7 @@ NoLockOpt = Annotated[bool, typer.Option("--no-lock", help="Edit mcpz.toml only;
 
 def _remote(registry: str | None, token: str | None, offline: bool) -> Remote:
     from mcpz.config import cache_dir
-    from mcpz.deps import Remote
+    from mcpz.deps.flows import Remote
 
     url = settings(registry).registry
     explicit = token or os.environ.get("MCPZ_TOKEN") or None
@@ -42,7 +42,7 @@ def _remote(registry: str | None, token: str | None, offline: bool) -> Remote:
 
 
 def _project(path: Path) -> Project:
-    from mcpz.deps import open_project
+    from mcpz.deps.flows import open_project
 
     return open_project(path)
 
@@ -100,7 +100,7 @@ def add_command(
     token: TokenOpt = None,
 ) -> None:
     """Add a dependency to mcpz.toml (or change its specifier) and lock it."""
-    from mcpz import deps
+    from mcpz.deps import flows as deps
 
     project = _project(path)
     result = run(
@@ -134,7 +134,7 @@ def remove_command(
     token: TokenOpt = None,
 ) -> None:
     """Remove a dependency from mcpz.toml, and from mcpz.lock what only it needed."""
-    from mcpz import deps
+    from mcpz.deps import flows as deps
 
     project = _project(path)
     result = run(lambda: deps.remove(project, _remote(registry, token, offline), name, relock=not no_lock))
@@ -172,7 +172,7 @@ def lock_command(
     token: TokenOpt = None,
 ) -> None:
     """Resolve the dependencies of mcpz.toml against the registry; write mcpz.lock (exact commits)."""
-    from mcpz import deps
+    from mcpz.deps import flows as deps
 
     project = _project(path)
     remote = _remote(registry, token, offline)
@@ -202,9 +202,9 @@ def install_command(
     token: TokenOpt = None,
 ) -> None:
     """Fetch every agent of mcpz.lock at its exact commit into .mcpz/deps/, verified; remove the rest."""
-    from mcpz import deps
     from mcpz.config import cache_dir
-    from mcpz.deps_install import DEPS_DIR, InstallResult
+    from mcpz.deps import flows as deps
+    from mcpz.deps.install import DEPS_DIR, InstallResult
 
     project = _project(path)
     url = deps.install_registry(project, registry)
@@ -279,7 +279,7 @@ def _tree_prefixes(lines: list[TreeLine]) -> list[str]:
 @app.command("tree")
 def tree_command(path: PathOpt = Path(".")) -> None:
     """The locked dependency tree, with the specifier that pulled each agent in; cycles marked."""
-    from mcpz import deps_report
+    from mcpz.deps import report as deps_report
 
     report = deps_report.tree(_project(path))
     output = out()
@@ -306,7 +306,7 @@ def why_command(
     path: PathOpt = Path("."),
 ) -> None:
     """Why an agent is locked: the chains of dependencies from mcpz.toml to it."""
-    from mcpz import deps_report
+    from mcpz.deps import report as deps_report
 
     report = deps_report.why_report(_project(path), name)
     output = out()
@@ -335,7 +335,7 @@ def outdated_command(
     token: TokenOpt = None,
 ) -> None:
     """Locked agents with newer releases: locked, allowed (what `lock --upgrade` would take), latest."""
-    from mcpz import deps_report
+    from mcpz.deps import report as deps_report
 
     project = _project(path)
     rows = run(lambda: deps_report.outdated(project, _remote(registry, token, offline), all_agents=all_))

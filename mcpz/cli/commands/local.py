@@ -24,7 +24,7 @@ from mcpz.errors import UsageError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from mcpz.local import ToolInfo, ToolResult
+    from mcpz.local.session import ToolInfo, ToolResult
 
 LocalOpt = Annotated[
     bool,
@@ -80,7 +80,7 @@ def run_command(
     ] = None,
 ) -> None:
     """Run an agent in the foreground: MCP on stdin/stdout, its exit code passed through."""
-    from mcpz.local_process import run_agent
+    from mcpz.local.process import run_agent
 
     raise typer.Exit(run_agent(path, args or ()))
 
@@ -105,11 +105,11 @@ def tools_command(
 
     with _quiet_sdk():
         if local:
-            from mcpz.local import list_tools
+            from mcpz.local.session import list_tools
 
             tools = anyio.run(partial(list_tools, target or ".", timeout=timeout))
         else:
-            from mcpz.remote import list_remote_tools
+            from mcpz.client.gateway import list_remote_tools
 
             if target is None:
                 raise UsageError("missing the NAME of a deployed agent", hint="mcpz tools NAMESPACE/NAME")
@@ -120,7 +120,7 @@ def tools_command(
 def _render_tools(tools: list[ToolInfo], console: Console) -> None:
     from rich.table import Table
 
-    from mcpz.local_args import signature
+    from mcpz.local.args import signature
 
     if not tools:
         out().info("this agent offers no tools")
@@ -166,12 +166,12 @@ def call_command(
     """
     import anyio
 
-    from mcpz.local_args import parse_args_json
+    from mcpz.local.args import parse_args_json
 
     arguments = parse_args_json(args_json) if args_json is not None else None
     with _quiet_sdk():
         if local:
-            from mcpz.local import call_tool
+            from mcpz.local.session import call_tool
 
             # Click fills the positionals in order; which word is the PATH is decided here.
             given = [word for word in (target, tool) if word is not None] + (words or [])
@@ -180,7 +180,7 @@ def call_command(
                 partial(call_tool, path, name, arguments, key_values=key_values, timeout=timeout)
             )
         else:
-            from mcpz.remote import call_remote_tool
+            from mcpz.client.gateway import call_remote_tool
 
             usage = "mcpz call NAMESPACE/NAME TOOL [KEY=VALUE]..."
             if target is None or tool is None:

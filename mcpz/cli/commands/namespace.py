@@ -11,8 +11,8 @@ from rich.console import Console
 from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for, with_client
 from mcpz.cli.output import out
 from mcpz.client.models import NamespaceInfo
+from mcpz.client.registry import RegistryClient
 from mcpz.errors import AuthError, UsageError
-from mcpz.registry_client import RegistryClient
 
 # This module's commands; cli/app.py mounts them by name when one of them runs.
 app = typer.Typer()
@@ -24,7 +24,7 @@ T = TypeVar("T")
 
 
 def _with_client(registry: str | None, token: str | None, fn: Callable[[RegistryClient], Awaitable[T]]) -> T:
-    from mcpz.registry_client import connect
+    from mcpz.client.registry import connect
 
     url = settings(registry).registry
     secret = token_for(url, token)
@@ -98,9 +98,9 @@ def transfer(
     token: TokenOpt = None,
 ) -> None:
     """Hand the namespace to another account; your wallet signs the key rotation nodes will check."""
-    from mcpz import namespaces
     from mcpz.cli.prompts import prompt_for
-    from mcpz.wallet import wallet_key
+    from mcpz.client import namespaces
+    from mcpz.keys.wallet import wallet_key
 
     signer = wallet_key(prompt_for)()
     data = _with_client(registry, token, lambda c: namespaces.transfer(c, namespace, account, signer))
@@ -115,8 +115,9 @@ def rotate_key(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
     `retired-<address>.json` beside it. Nodes follow the signed rotation; the old key is listed
     as revoked.
     """
-    from mcpz import namespaces, wallet
     from mcpz.cli.prompts import prompt_for
+    from mcpz.client import namespaces
+    from mcpz.keys import wallet
 
     current = wallet.Wallet.load()
     passphrase = wallet.get_passphrase(current.address, prompt=prompt_for(current.address))

@@ -77,7 +77,8 @@ def run_node(
 ) -> None:
     """Connect to a registry and run the replicas it deploys here, until interrupted.
 
-    The token needs scope `node` (create one with `mcpz keys create --scope node`). The node runs
+    The token needs scope `node`: create one with `mcpz keys create --scope node` (a wallet login
+    may, for its own nodes) or, on the registry host, `mcpz registry token create`. The node runs
     only deployments of namespaces the token's account owns or is a member of, unless --shared (or
     the registry's shared pool) says otherwise. Ctrl-C or SIGTERM stops every replica (SIGTERM, then
     SIGKILL after --stop-grace) and disconnects.

@@ -16,7 +16,7 @@ from mcpz.names import AgentName
 
 if TYPE_CHECKING:
     from mcpz.client.models import AgentInfo, Release
-    from mcpz.registry_client import RegistryClient
+    from mcpz.client.registry import RegistryClient
 
 
 def _name_and_version(spec: str) -> tuple[str, str | None]:
@@ -40,9 +40,9 @@ def push(
     ] = False,
 ) -> None:
     """Push the current branch; publish the manifest's version if it is new, signed by your wallet."""
-    from mcpz import publish
     from mcpz.cli.prompts import prompt_for
-    from mcpz.wallet import wallet_key
+    from mcpz.client import publish
+    from mcpz.keys.wallet import wallet_key
 
     url = settings(registry).registry
     secret = token_for(url, token)
@@ -67,6 +67,8 @@ def push(
             result = publish.push_signed(path, url, secret, signer=signer, force=force, progress=progress)
     else:
         result = publish.push_signed(path, url, secret, signer=signer, force=force)
+    for warning in result.warnings:
+        output.warn(warning)
     if result.published and result.signer is None:
         why = "--no-sign" if no_sign else "no wallet (create one with `mcpz wallet create`)"
         output.warn(f"{result.name} {result.version} is not signed: {why}; nodes refuse unsigned releases")
@@ -98,7 +100,7 @@ def clone(
     token: TokenOpt = None,
 ) -> None:
     """Clone an agent from the registry."""
-    from mcpz import publish
+    from mcpz.client import publish
 
     name, version = _name_and_version(spec)
     url = settings(registry).registry
@@ -116,7 +118,7 @@ def pull(
     token: TokenOpt = None,
 ) -> None:
     """Fast-forward the current branch from the registry it was cloned from."""
-    from mcpz import publish
+    from mcpz.client import publish
 
     old, new = publish.pull(path, token)
     message = "already up to date" if old == new else f"updated {old[:12]}..{new[:12]}"

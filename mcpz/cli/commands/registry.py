@@ -93,7 +93,9 @@ def account_create(
 
 @token_app.command("create")
 def token_create(
-    account: Annotated[str, typer.Option("--account", help="Account the token acts for.")],
+    account: Annotated[
+        str, typer.Option("--account", help="Account the token acts for: its name, or its wallet address.")
+    ],
     scope: Annotated[
         str, typer.Option("--scope", help="Comma-separated: read,publish,deploy,call,node,admin.")
     ],

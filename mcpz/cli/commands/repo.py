@@ -1,6 +1,6 @@
 """Repository commands: init, commit, status, log, diff, show, release.
 
-Each parses its options, calls `mcpz.repo.AgentRepo` (imported when the command runs, so that
+Each parses its options, calls `mcpz.repo.repository.AgentRepo` (imported when the command runs, so that
 `mcpz --help` and other commands do not pay for dulwich), and renders the result: data on
 stdout (the `--json` payload with --json), talk on stderr.
 """
@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from mcpz.cli import repo_views
+from mcpz.cli.common import RegistryOpt, TokenOpt, settings, token_for
 from mcpz.cli.output import out
 from mcpz.cli.repo_views import decorated, open_repo, print_patch
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from mcpz.repo_model import CommitInfo, FileAtRev, ShowCommit
+    from mcpz.repo.model import CommitInfo, FileAtRev, ShowCommit
 
 _AUTHOR = typer.Option("--author", help='Commit as "Name <email>" (else MCPZ_AUTHOR, config, git config).')
 
@@ -58,7 +59,7 @@ def init(
     """Create an agent from a template, as a git repository with its first commit."""
     from mcpz.errors import UsageError
     from mcpz.names import name_problem
-    from mcpz.repo import init_agent
+    from mcpz.repo.repository import init_agent
 
     if name is None:
         # `mcpz init acme/weather` reads like a name; say how to write it rather than guess.
@@ -67,6 +68,11 @@ def init(
         example = given if path is not None and name_problem(given) is None else f"acme/{short}"
         raise UsageError("--name is required", hint=f"e.g. mcpz init {short} --name {example}")
     result = init_agent(path or Path.cwd(), name, template=template, force=force, author=_author(author))
+    if result.inside:
+        out().warn(
+            f"{result.path} is inside the repository at {result.inside}: the agent has a repository of its "
+            "own, which that one sees as a nested repository (its commits skip it)"
+        )
     commit = result.commit.commit
     out().info(
         f"Created {result.name} in {result.path} from the {result.template} template"
@@ -96,9 +102,29 @@ def commit(
 
 
 @app.command()
-def status() -> None:
-    """Show the branch and what changed since the last commit (git status --short style)."""
-    repo_views.status()
+def status(
+    remote: Annotated[
+        bool,
+        typer.Option(
+            "--remote",
+            help="Also ask the registry: ahead/behind its branch, and whether the manifest's version is "
+            "published (one request; plain `status` never leaves this machine).",
+        ),
+    ] = False,
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Show the branch and what changed since the last commit (git status --short style).
+
+    Example: `mcpz status --remote` (after `mcpz push`: up to date, and the version published).
+    """
+    found = None
+    if remote:
+        from mcpz.client.remote_status import remote_status
+
+        url = settings(registry).registry
+        found = remote_status(Path.cwd(), url, token_for(url, token))
+    repo_views.status(found)
 
 
 @app.command("log")
@@ -150,7 +176,7 @@ def show(
     spec: Annotated[str, typer.Argument(help="REV (a commit and its diff) or REV:PATH (a file).")] = "HEAD",
 ) -> None:
     """Show a commit with its diff, or a file's content at a revision (REV:PATH)."""
-    from mcpz.repo_model import ShowCommit
+    from mcpz.repo.model import ShowCommit
 
     with open_repo() as repo:
         shown = repo.show(spec)
@@ -173,7 +199,7 @@ def release(
 ) -> None:
     """Set the manifest version, commit, and tag the commit v{version}."""
     from mcpz.errors import UsageError
-    from mcpz.repo_model import BUMP_PARTS
+    from mcpz.repo.model import BUMP_PARTS
 
     part = next((p for p in BUMP_PARTS if p == bump), None)
     if bump is not None and part is None:

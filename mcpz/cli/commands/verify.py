@@ -39,8 +39,9 @@ def verify(
     token: TokenOpt = None,
 ) -> None:
     """Check that the namespace's owner key signed this release (the key is pinned on first use)."""
-    from mcpz import namespaces, trust
-    from mcpz.registry_client import connect
+    from mcpz.client import namespaces
+    from mcpz.client.registry import connect
+    from mcpz.keys import trust
 
     name, version = _spec(spec)
     url = settings(registry).registry
@@ -78,8 +79,8 @@ def sign(
     token: TokenOpt = None,
 ) -> None:
     """Sign a published release with your wallet (push does this for the releases it publishes)."""
-    from mcpz import namespaces
     from mcpz.cli.prompts import unlock_wallet
+    from mcpz.client import namespaces
 
     name, version = _spec(spec)
     account = unlock_wallet()

@@ -14,7 +14,7 @@ from mcpz.cli.prompts import interactive, load_wallet, new_passphrase, unlock_wa
 from mcpz.errors import UsageError
 
 if TYPE_CHECKING:
-    from mcpz.wallet import Wallet
+    from mcpz.keys.wallet import Wallet
 
 # This module's commands; cli/app.py mounts them by name when one of them runs.
 app = typer.Typer()
@@ -30,7 +30,7 @@ RememberOpt = Annotated[
 
 
 def _keep(wallet: Wallet, passphrase: str, remember: bool) -> bool:
-    from mcpz.wallet import remember_passphrase
+    from mcpz.keys.wallet import remember_passphrase
 
     if not remember:
         return False
@@ -50,7 +50,7 @@ def _report(wallet: Wallet, verb: str, kept: bool) -> None:
 @wallet_app.command("create")
 def create(remember: RememberOpt = False) -> None:
     """Make a new key, encrypted with a passphrase (asked twice, or MCPZ_WALLET_PASSPHRASE)."""
-    from mcpz.wallet import Wallet, WalletExists, keystore_path
+    from mcpz.keys.wallet import Wallet, WalletExists, keystore_path
 
     if Wallet.exists():
         raise WalletExists(f"a wallet exists already at {keystore_path()}", hint="see `mcpz wallet address`")
@@ -76,7 +76,7 @@ def import_(
     remember: RememberOpt = False,
 ) -> None:
     """Import a key: a JSON keystore file, or a private key read from the prompt or standard input."""
-    from mcpz.wallet import PASSPHRASE_ENV, NoPassphrase, Wallet
+    from mcpz.keys.wallet import PASSPHRASE_ENV, NoPassphrase, Wallet
 
     if keystore is not None:
         try:

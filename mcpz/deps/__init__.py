@@ -1,0 +1,1 @@
+"""Dependencies of an agent project: add, lock, install, tree/why/outdated."""

@@ -1,0 +1,1 @@
+"""Keys and signatures: the wallet, signed statements, Sign-In with Ethereum, what a node trusts."""

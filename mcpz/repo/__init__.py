@@ -1,0 +1,1 @@
+"""Agent repositories on dulwich: repository, store, model, history, worktree, diff, release, templates."""
