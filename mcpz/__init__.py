@@ -37,7 +37,7 @@ _LAZY = {
     "ToolResult": "mcpz.local.session",
     "run_agent": "mcpz.local.process",
     "RegistryClient": "mcpz.client.registry",
-    "Client": "mcpz.client.sdk",
+    "Client": "mcpz.sdk.client",
     "push": "mcpz.client.publish:push_signed",
     "clone": "mcpz.client.publish",
     "pull": "mcpz.client.publish",
