@@ -12,6 +12,7 @@ import typer
 from typer import _click
 
 from mcpz.cli.app import app
+from mcpz.cli.examples import EXAMPLES
 
 HEADER = """# Command reference
 
@@ -44,6 +45,9 @@ def _walk(command: _click.Command, path: list[str], out: list[str]) -> None:
                 rows.append(f"- `{record[0]}`: {record[1]}")
         if rows:
             out.append("\n".join(rows) + "\n")
+        example = EXAMPLES.get(" ".join(path[1:]))
+        if example:
+            out.append("Example:\n\n```\n" + "\n".join(example) + "\n```\n")
     if hasattr(command, "commands"):
         for name in sorted(getattr(command, "commands", {})):
             _walk(command.commands[name], [*path, name], out)  # type: ignore[attr-defined]

@@ -9,10 +9,14 @@
     ├── AuthError                exit 4: no credentials, or the registry refused them
     ├── NetworkError             exit 6: the registry could not be reached
     ├── RemoteError              exit 1: the registry answered with an error (keeps status, request id)
+    │   ├── InvalidRequest       exit 2: the registry found the request's input invalid (HTTP 400/422)
     │   └── RefusedError         exit 8: the registry refused a push or publish
     ├── ResolutionImpossible     exit 3: no set of versions satisfies the dependencies
     ├── AgentError               exit 7: the agent crashed, timed out, or a tool reported an error
     └── ProtocolError            exit 1: a mesh frame broke the protocol (mcpz.mesh)
+
+Every subclass elsewhere (mcpz.keys.wallet.NoPassphrase, mcpz.keys.trust.UnsignedRelease, ...) keeps its
+parent's code; docs/errors.md lists each one, and tests/cli/test_error_contract.py holds the two together.
 
 Third-party exceptions are translated where they enter (`raise ... from e`), so the CLI's
 single handler only ever needs to know this tree.
@@ -77,6 +81,12 @@ class RemoteError(McpzError):
         super().__init__(message, hint=hint)
         self.status = status
         self.request_id = request_id
+
+
+class InvalidRequest(RemoteError):
+    """The registry judged the request's input invalid (a bad name, scope or value): the user's to fix."""
+
+    exit_code = exit_codes.USAGE
 
 
 class RefusedError(RemoteError):

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from mcpz.errors import UsageError
 
 MAX_PART = 64
+LATEST = "latest"
+"""`NAME@latest`: the newest release that is not yanked nor a pre-release, wherever a version is
+accepted (on a call through the gateway: the version the deployment runs)."""
 _PART = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 
 
@@ -49,3 +52,33 @@ class AgentName:
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+def split_spec(spec: str, *, words: tuple[str, ...] = ()) -> tuple[str, str | None]:
+    """`NAME[@VERSION]` as (name, version or None): the name valid, the version exact ("1.2.0",
+    not a range like "1.x") or one of `words` (such as "dev"), and never empty after an "@"."""
+    from packaging.version import InvalidVersion, Version
+
+    name, at, version = spec.partition("@")
+    AgentName.parse(name)
+    if not at:
+        return name, None
+    if not version:
+        raise UsageError(
+            f'"{spec}" has an empty version after "@"', hint=f"write {name}@1.0.0, or just {name}"
+        )
+    if version in words or version == LATEST:
+        return name, version
+    try:
+        Version(version)
+    except InvalidVersion:
+        raise UsageError(
+            f'"{version}" is not an exact version',
+            hint=f"name one release, e.g. {name}@1.0.0 (`mcpz versions {name}` lists them)",
+        ) from None
+    return name, version
+
+
+def version_or_latest(version: str | None) -> str | None:
+    """The version asked for in `NAME@VERSION`, None for the newest (no version, or `latest`)."""
+    return None if not version or version == LATEST else version

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mcpz._version import __version__
+from mcpz import __version__
 from mcpz.errors import AuthError, McpzError, NotFoundError, RefusedError, UsageError
 from registry_server.accounts import routes as api_auth
 from registry_server.accounts.auth import Forbidden
@@ -29,11 +29,12 @@ from registry_server.git import routes as git_http
 from registry_server.git.recovery import recover
 from registry_server.http import error_response
 from registry_server.logs import request_id
-from registry_server.mesh import connector as connector_hub
 from registry_server.mesh import hub as mesh_hub
+from registry_server.mesh import routes as mesh_http
 from registry_server.openapi import use_error_model
 from registry_server.rate_limit import RateLimited, retry_after_header
 from registry_server.releases import routes as api
+from registry_server.releases.index import IndexCache
 from registry_server.settings import RegistrySettings
 from registry_server.state import RegistryState
 from registry_server.usage import routes as api_usage
@@ -133,7 +134,7 @@ def create_app(
         app.state.registry = RegistryState.open(settings) if own else state
         # Before serving: undo what a killed registry left half done (docs/registry.md).
         recover(app.state.registry.repos, app.state.registry.db)
-        app.state.index_cache = api.IndexCache()
+        app.state.index_cache = IndexCache()
         app.state.nonce_limiter = api_auth.nonce_limiter(settings)
         # Usage recording starts before the mesh and stops after it, so calls in flight at
         # shutdown still record their events.
@@ -161,8 +162,7 @@ def create_app(
     app.include_router(git_http.router)
     app.include_router(api_deploy.router)
     app.include_router(api_usage.router)
-    app.include_router(mesh_hub.router)
-    app.include_router(connector_hub.router)
+    app.include_router(mesh_http.router)
 
     @app.exception_handler(McpzError)
     async def _mcpz_error(request: Request, exc: McpzError) -> Response:

@@ -43,13 +43,18 @@ def error_response(
     return JSONResponse(error_body(message, hint, code=code), status_code=status, headers=headers)
 
 
-def agent_name(namespace: str, name: str) -> str:
-    """`namespace/name` from a path's two parts, or a UsageError (400) saying what is wrong with it."""
-    full = f"{namespace}/{name}"
+def checked_agent_name(full: str, *, what: str = "agent") -> str:
+    """`full` when it is a valid `namespace/name`, else a UsageError (400) saying what is wrong;
+    `what` names the thing in the message ("agent", "deployment")."""
     problem = name_problem(full)
     if problem:
-        raise UsageError(f'agent name "{full}" {problem}')
+        raise UsageError(f'{what} name "{full}" {problem}')
     return full
+
+
+def agent_name(namespace: str, name: str, *, what: str = "agent") -> str:
+    """`namespace/name` from a path's two parts, or a UsageError (400) saying what is wrong with it."""
+    return checked_agent_name(f"{namespace}/{name}", what=what)
 
 
 def repository_agent_name(namespace: str, name: str) -> str | None:

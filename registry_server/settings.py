@@ -11,6 +11,7 @@ from typing import Any
 
 from mcpz.bundled import bundled_path
 from mcpz.errors import UsageError
+from mcpz.keys.signing import canonical_registry_url
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,10 @@ class RegistrySettings:
     heartbeat_grace: float = 15.0
     resync_interval: float = 30.0
     hello_timeout: float = 10.0
+    # A failed replica is tried again after retry_base seconds, twice as long after each failure in
+    # a row, at most retry_cap (at once when its deployment is deployed again or a node joins).
+    retry_base: float = 5.0
+    retry_cap: float = 300.0
     # Who nodes serve: by default a node runs only deployments of namespaces its owner owns or is a
     # member of. `shared_nodes` makes every node serve every account; `shared_node_owners` makes
     # the nodes of those accounts a shared pool. `node_admins` (with an `admin` token) see every
@@ -56,6 +61,11 @@ class RegistrySettings:
     nonce_rate_window: float = 60.0
 
     @property
+    def base_url(self) -> str:
+        """The public URL as configured, else the address the registry listens on; no trailing `/`."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
     def repos_dir(self) -> Path:
         return self.data_dir / "repos"
 
@@ -73,6 +83,7 @@ class RegistrySettings:
         mesh = (
             "heartbeat_interval", "heartbeat_grace", "resync_interval", "hello_timeout",
             "shared_nodes", "shared_node_owners", "node_admins", "lost_node_retention",
+            "retry_base", "retry_cap",
         )  # fmt: skip
         gateway = ("call_timeout", "max_calls_in_flight", "allowed_origins", "usage_flush_interval")
         nonces = ("nonce_rate_limit", "nonce_rate_window")
@@ -108,6 +119,8 @@ class RegistrySettings:
                 heartbeat_grace=float(values.get("heartbeat_grace", 15.0)),
                 resync_interval=float(values.get("resync_interval", 30.0)),
                 hello_timeout=float(values.get("hello_timeout", 10.0)),
+                retry_base=float(values.get("retry_base", 5.0)),
+                retry_cap=float(values.get("retry_cap", 300.0)),
                 shared_nodes=_flag("shared_nodes", values.get("shared_nodes", False)),
                 shared_node_owners=_names(values.get("shared_node_owners", ())),
                 node_admins=_names(values.get("node_admins", ())),
@@ -150,6 +163,8 @@ _POSITIVE = (
     "heartbeat_grace",
     "resync_interval",
     "hello_timeout",
+    "retry_base",
+    "retry_cap",
     "call_timeout",
     "max_calls_in_flight",
     "usage_flush_interval",
@@ -187,3 +202,8 @@ def _origins(value: object) -> tuple[str, ...]:
     """Origins as a list (TOML) or a comma-separated string (environment)."""
     items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
     return tuple(str(item).strip().rstrip("/") for item in items if str(item).strip())
+
+
+def public_url(settings: RegistrySettings) -> str:
+    """This registry's public base URL, canonical: what clients sign in to and sign releases for."""
+    return canonical_registry_url(settings.base_url)

@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from typing import Annotated, Any
 
 import typer
 from typer import _click
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperArgument, TyperGroup, TyperOption
 
+from mcpz import exit_codes
 from mcpz._version import __version__
 from mcpz.cli.invocation import configure_logging, report_error, split_global_flags
 from mcpz.cli.output import out, set_output
-from mcpz.cli.table import COMMANDS, Entry
-from mcpz.errors import McpzError
+from mcpz.cli.table import COMMANDS
+from mcpz.errors import McpzError, UsageError
 
 COMMANDS_PACKAGE = "mcpz.cli.commands"
 
@@ -52,6 +53,7 @@ class LazyCommands(MutableMapping[str, _click.Command]):
         if command is None:
             # A table entry its module does not define: a defect of ours, not of the user's input.
             raise LookupError(f"{COMMANDS_PACKAGE}.{entry.module} defines no command {name!r}")
+        prepare_help(command, [name])
         return command
 
     def __setitem__(self, name: str, command: _click.Command) -> None:
@@ -67,9 +69,40 @@ class LazyCommands(MutableMapping[str, _click.Command]):
         return len(COMMANDS)
 
 
-def summary_command(name: str, entry: Entry) -> TyperCommand:
-    """A stand-in that lists a command in `mcpz --help` without importing its module."""
-    return TyperCommand(name, help=entry.summary, rich_help_panel=entry.topic)
+def prepare_help(command: _click.Command, path: list[str]) -> None:
+    """Plain help for `command` and its subcommands: no rich markup (which ate `[@version]`), no
+    type labels (a value's placeholder is its name), usage as docs write it, and the command's
+    example (cli/examples.py) as the epilog."""
+    from mcpz.cli.examples import epilog
+
+    if getattr(command, "_mcpz_prepared", False):
+        return
+    command._mcpz_prepared = True  # type: ignore[attr-defined]
+    command.rich_markup_mode = None  # type: ignore[attr-defined]
+    for param in command.params:
+        if isinstance(param, TyperOption) and not param.is_flag and param.metavar is None:
+            param.metavar = (param.name or "value").upper()
+        elif isinstance(param, TyperArgument):
+            if param.metavar is None:
+                param.metavar = (param.name or "arg").upper()
+            setattr(param, "display_type_rich", _no_type)  # noqa: B010 (an instance's own override)
+            setattr(param, "_usage_display_name", _usage_name(param))  # noqa: B010
+    command.epilog = epilog(" ".join(path)) or command.epilog
+    for name, sub in getattr(command, "commands", {}).items():
+        prepare_help(sub, [*path, name])
+
+
+def _no_type(ctx: _click.Context | None = None) -> None:
+    """No `<str>`/`<path>` beside an argument's name: its help says what it is."""
+    return None
+
+
+def _usage_name(param: TyperArgument) -> Callable[[], str]:
+    """An argument in the usage line as docs write it: `NAME`, `[NAME]`, `[ARGS]...`."""
+    name = param.metavar or (param.name or "arg").upper()
+    shown = name if param.required else f"[{name}]"
+    shown += "..." if param.nargs != 1 else ""
+    return lambda: shown
 
 
 class McpzGroup(TyperGroup):
@@ -77,11 +110,40 @@ class McpzGroup(TyperGroup):
         super().__init__(*a, **kw)
         self.commands = LazyCommands()
 
-    def main(self, args: Sequence[str] | None = None, *a: Any, **kw: Any) -> Any:
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **kw: Any,
+    ) -> Any:
+        """Run a command as `standalone_mode` would, but report click's own errors (usage errors,
+        Ctrl-C at a prompt) through the one printer of errors: one line on stderr, the JSON object
+        on stdout with --json, the exit code of docs/errors.md."""
         output, rest = split_global_flags(sys.argv[1:] if args is None else args)
         set_output(output)
         configure_logging(output)
-        return super().main(rest, *a, **kw)
+        try:
+            result = super().main(rest, prog_name, complete_var, standalone_mode=False, **kw)
+        except _click.exceptions.NoArgsIsHelpError as e:
+            e.show()  # `mcpz deploy` alone: its help, on stderr, exit 2 (as click does)
+            sys.exit(e.exit_code)
+        except _click.exceptions.UsageError as e:
+            report_error(usage_error(e), output)
+            sys.exit(e.exit_code)
+        except typer.Abort as e:
+            # click turns Ctrl-C at a prompt (and end of input) into Abort; Ctrl-C is 130 everywhere.
+            if isinstance(e.__context__, KeyboardInterrupt):
+                report_error(McpzError("interrupted"), output)
+                sys.exit(exit_codes.INTERRUPTED)
+            reason = "no input" if isinstance(e.__context__, EOFError) else "not confirmed"
+            report_error(McpzError(f"aborted: {reason}", hint="run it again"), output)
+            sys.exit(exit_codes.ERROR)
+        except _click.exceptions.ClickException as e:
+            report_error(McpzError(e.format_message()), output)
+            sys.exit(e.exit_code)
+        sys.exit(result if isinstance(result, int) else exit_codes.SUCCESS)
 
     def invoke(self, ctx: _click.Context) -> Any:
         try:
@@ -89,14 +151,20 @@ class McpzGroup(TyperGroup):
         except McpzError as e:
             report_error(e, out())
             raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(exit_codes.INTERRUPTED) from None
 
     def format_help(self, ctx: _click.Context, formatter: _click.HelpFormatter) -> None:
-        lazy = self.commands
-        self.commands = {name: summary_command(name, entry) for name, entry in COMMANDS.items()}
-        try:
-            super().format_help(ctx, formatter)
-        finally:
-            self.commands = lazy
+        """The root help is the table's (cli/table.py), the same text the fast path prints."""
+        from mcpz.cli.table import root_help
+
+        formatter.write(root_help(formatter.width or 80))
+
+
+def usage_error(error: _click.exceptions.UsageError) -> UsageError:
+    """click's usage error as ours, pointing at the help of the command it concerns."""
+    command = error.ctx.command_path if error.ctx is not None else "mcpz"
+    return UsageError(error.format_message().rstrip("."), hint=f"see `{command} --help`")
 
 
 def _version(value: bool) -> None:
@@ -111,7 +179,8 @@ app = typer.Typer(
     help="Version, publish, deploy and sell AI agents (MCP servers).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    rich_markup_mode=None,
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Every command also takes --json, -v/--verbose and -q/--quiet after its name.",
 )

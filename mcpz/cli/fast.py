@@ -109,6 +109,8 @@ def run(argv: Sequence[str]) -> int | None:
     except McpzError as e:
         report_error(e, output)
         return e.exit_code
+    except KeyboardInterrupt:
+        return 130  # as everywhere (docs/errors.md), without importing exit_codes for it
     except BrokenPipeError:
         # The reader went away (`mcpz log | head -1`): as click does, exit 1 without a traceback,
         # and point stdout at /dev/null so the interpreter's last flush cannot fail again.

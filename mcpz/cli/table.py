@@ -18,14 +18,16 @@ class Entry(NamedTuple):
     topic: str  # the panel of `mcpz --help` it is listed in
 
 
-REPO, DEPS, LOCAL, REGISTRY, ACCOUNT, MESH, OPERATE = (
-    "Agent repository",
+REPO, DEPS, PUBLISH, DEPLOY, CALL, MARKET, BILLING, ACCOUNT, OPERATE = TOPICS = (
+    "Repositories",
     "Dependencies",
-    "Run locally",
-    "Registry",
-    "Account and keys",
-    "Mesh",
-    "Operate",
+    "Publishing",
+    "Deploying",
+    "Calling",
+    "Market",
+    "Billing",
+    "Accounts",
+    "Operators",
 )
 
 COMMANDS: dict[str, Entry] = {
@@ -69,37 +71,37 @@ COMMANDS: dict[str, Entry] = {
         DEPS,
     ),
     "run": Entry(
-        "local", "Run an agent in the foreground: MCP on stdin/stdout, its exit code passed through.", LOCAL
+        "local", "Run an agent in the foreground: MCP on stdin/stdout, its exit code passed through.", CALL
     ),
     "tools": Entry(
-        "local", "List an agent's tools: name, arguments and description (input schemas with --json).", LOCAL
+        "local", "List an agent's tools: name, arguments and description (input schemas with --json).", CALL
     ),
-    "call": Entry("local", "Call one tool and print its result (text; the whole result with --json).", LOCAL),
+    "call": Entry("local", "Call one tool and print its result (text; the whole result with --json).", CALL),
     "push": Entry(
         "publish",
         "Push the current branch; publish the manifest's version if it is new, signed by your wallet.",
-        REGISTRY,
+        PUBLISH,
     ),
-    "clone": Entry("publish", "Clone an agent from the registry.", REGISTRY),
+    "clone": Entry("publish", "Clone an agent from the registry.", PUBLISH),
     "pull": Entry(
-        "publish", "Fast-forward the current branch from the registry it was cloned from.", REGISTRY
+        "publish", "Fast-forward the current branch from the registry it was cloned from.", PUBLISH
     ),
-    "info": Entry("publish", "Description, versions, yanked, dependencies, latest.", REGISTRY),
-    "versions": Entry("publish", "Every published version, oldest first.", REGISTRY),
-    "yank": Entry("publish", "Skip a version in new resolutions (exact locks still install it).", REGISTRY),
-    "unyank": Entry("publish", "Undo a yank.", REGISTRY),
+    "info": Entry("publish", "Description, versions, yanked, dependencies, latest.", PUBLISH),
+    "versions": Entry("publish", "Every published version, oldest first.", PUBLISH),
+    "yank": Entry("publish", "Skip a version in new resolutions (exact locks still install it).", PUBLISH),
+    "unyank": Entry("publish", "Undo a yank.", PUBLISH),
     "verify": Entry(
         "verify",
         "Check that the namespace's owner key signed this release (the key is pinned on first use).",
-        REGISTRY,
+        PUBLISH,
     ),
     "sign": Entry(
         "verify",
         "Sign a published release with your wallet (push does this for the releases it publishes).",
-        REGISTRY,
+        PUBLISH,
     ),
     "usage": Entry(
-        "usage", "Calls through the gateway, summed per agent and tool: calls, errors, time, bytes.", REGISTRY
+        "usage", "Calls through the gateway, summed per agent and tool: calls, errors, time, bytes.", CALL
     ),
     "login": Entry(
         "auth",
@@ -126,25 +128,26 @@ COMMANDS: dict[str, Entry] = {
         ACCOUNT,
     ),
     "namespace": Entry("namespace", "Namespaces: claim them, share them, hand them over.", ACCOUNT),
-    "deploy": Entry("deploy", "Deploy NAME@VERSION to the mesh, or manage a deployment.", MESH),
-    "deployments": Entry("deploy", "Deployments you can see, with replicas ready and their state.", MESH),
+    "deploy": Entry("deploy", "Deploy NAME@VERSION to the mesh, or manage a deployment.", DEPLOY),
+    "deployments": Entry("deploy", "Deployments you can see, with replicas ready and their state.", DEPLOY),
     "nodes": Entry(
         "deploy",
         "Nodes that may run your deployments (yours, your namespaces' members', shared ones): owner, state, "
         "labels, replicas and capacity, load.",
-        MESH,
+        DEPLOY,
     ),
     "logs": Entry(
         "deploy",
         "Log lines of a deployment's replicas (the registry keeps the last 1,000 per deployment).",
-        MESH,
+        DEPLOY,
     ),
-    "node": Entry("node", "Run a mesh node: the agents a registry deploys to this machine.", MESH),
+    "node": Entry("node", "Run a mesh node: the agents a registry deploys to this machine.", DEPLOY),
     "connect": Entry(
         "connect",
         "Run the agent in PATH on this machine and serve it through the gateway until interrupted.",
-        MESH,
+        CALL,
     ),
+    "config": Entry("config", "Read and change your settings (the user config file).", ACCOUNT),
     "registry": Entry("registry", "Run a registry, and bootstrap it on its own host.", OPERATE),
     "demo": Entry(
         "demo",
@@ -161,6 +164,8 @@ GLOBAL_OPTIONS = (
     ("--json", "Machine output on stdout."),
     ("-v, --verbose", "More detail (repeat for more)."),
     ("-q, --quiet", "Only results and errors."),
+    ("--install-completion", "Install tab completion for the current shell."),
+    ("--show-completion", "Print the completion script, to install it by hand."),
     ("-h, --help", "Show this message and exit."),
 )
 
@@ -183,11 +188,12 @@ def root_help(width: int = 80) -> str:
             out.extend(" " * (indent + column) + more for more in wrapped[1:])
         return out
 
-    topics: dict[str, list[tuple[str, str]]] = {}
+    topics: dict[str, list[tuple[str, str]]] = {topic: [] for topic in TOPICS}
     for name, entry in COMMANDS.items():
-        topics.setdefault(entry.topic, []).append((name, entry.summary))
+        topics[entry.topic].append((name, entry.summary))
     for topic, items in topics.items():
-        lines += [f"{topic}:", *rows(items, name_width), ""]
+        if items:
+            lines += [f"{topic}:", *rows(items, name_width), ""]
     lines += ["Options (also accepted after the command's name):", *rows(list(GLOBAL_OPTIONS), option_width)]
     lines += ["", "Run `mcpz COMMAND --help` for a command's options and an example.", f"mcpz {__version__}"]
     return "\n".join(lines) + "\n"

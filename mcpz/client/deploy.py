@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING
 
 from mcpz.client.models import Deployment, PreparedChange
 from mcpz.client.registry import RegistryClient, SignedChange
-from mcpz.errors import RefusedError, UsageError
+from mcpz.errors import AgentError, McpzError, RefusedError, UsageError
 from mcpz.keys import signing
 
 if TYPE_CHECKING:
     from mcpz.keys.ethkeys import LocalAccount
 
-__all__ = ["deploy", "parse_selector", "parse_size", "rollback", "scale"]
+__all__ = ["deploy", "not_ready", "parse_selector", "parse_size", "rollback", "scale"]
 
 _SIZE = re.compile(r"(\d+)\s*([kmgt]?)i?b?", re.IGNORECASE)
 
@@ -132,6 +132,31 @@ async def rollback(
         pass  # the registry picks the release to return to; the statement shows which
 
     return await _change(client, name, send, prepare, check, account)
+
+
+def not_ready(view: Deployment) -> McpzError:
+    """The error for a deployment view that is not ready (after `wait_deployment`): why, in one
+    line, and a next step that works for it (no rollback when there is no earlier revision)."""
+    name, reason = view.name, view.reason
+    if view.state != "failed":
+        return McpzError(
+            f"{name} {view.version} is not ready: {reason or view.state or 'unknown'}",
+            hint=f"see `mcpz nodes` for the nodes and their labels, and `mcpz deploy status {name}`",
+        )
+    bad = [r for r in view.instances if r.status == "failed" and r.current]
+    count = f"{len(bad)} of {view.replicas} replica(s)" if bad else "a replica"
+    reason = reason.removeprefix("replica failed: ")
+    steps = [f"see `mcpz logs {name}`"]
+    if "is not signed" in reason and "deployment" not in reason:
+        steps.append(f"sign the release with `mcpz sign {view.agent}@{view.version}` in its folder")
+    elif "is not signed" in reason:
+        steps.append(f"deploy again with a wallet (`mcpz wallet create`, then `mcpz deploy {name}`)")
+    steps.append(
+        f"retry now with `mcpz deploy restart {name}` (failed replicas are also retried on their own)"
+    )
+    if view.rollback_to:
+        steps.append(f"or go back with `mcpz deploy rollback {name}`")
+    return AgentError(f"{name} {view.version}: {count} failed: {reason}", hint="; ".join(steps))
 
 
 def _mismatch(statement: signing.DeploymentStatement, what: str) -> UsageError:

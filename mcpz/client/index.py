@@ -428,6 +428,12 @@ class IndexClient:
         if old is not None and self._own_client:
             await old.aclose()
 
+    async def reach(self) -> None:
+        """Ask the registry whether it is up (GET /healthz): a NetworkError when nobody answers.
+        For a lock with nothing to fetch, which must still not name a registry it never reached."""
+        if not self.offline:
+            await self._http().request("GET", "/healthz")
+
     def _http(self) -> RegistryClient:
         if self._client is None:
             self._client = RegistryClient(self.registry, self._token)

@@ -384,6 +384,14 @@ class Deployment(Payload):
     updated_at: datetime
     statement: str = ""
     signers: list[str] = dataclasses.field(default_factory=list)
+    reason: str = ""
+    """Why it is not ready, when the registry knows (no eligible node, ...)."""
+    stuck: bool = False
+    """Nodes are up, but none may take a replica."""
+    restarted: int = 0
+    """Replicas a restart tried again (the answer of `restart_deployment`)."""
+    rollback_to: int | None = None
+    """The revision `rollback` returns to by default (None: there is none)."""
     instances: list[Replica] = dataclasses.field(default_factory=list)
     revisions: list[Revision] = dataclasses.field(default_factory=list)
     raw: Mapping[str, Any] = _raw()

@@ -13,9 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mcpz.errors import AuthError, NetworkError, NotFoundError, RefusedError, RepositoryError, UsageError
+from mcpz.errors import (
+    AuthError,
+    McpzError,
+    NetworkError,
+    NotFoundError,
+    RefusedError,
+    RepositoryError,
+    UsageError,
+)
 from mcpz.manifest import MANIFEST_FILE, Manifest, parse_manifest
-from mcpz.names import AgentName
+from mcpz.names import LATEST, AgentName
 
 if TYPE_CHECKING:
     from mcpz.client.models import Release
@@ -70,14 +78,20 @@ def _client(registry: str, name: str, token: str | None) -> tuple[Any, str]:
     return client, ""
 
 
-def translate_transport(e: Exception, registry: str) -> Exception:
+def translate_transport(e: Exception, registry: str, token: str | None = None) -> Exception:
     """A dulwich transport error as the McpzError a user can act on."""
     from dulwich.client import HTTPUnauthorized
     from dulwich.errors import GitProtocolError, HangupException
 
     if isinstance(e, HTTPUnauthorized):
+        if token:
+            return AuthError(
+                f"the registry at {registry} rejected the token (unknown, revoked or expired)",
+                hint="log in again with `mcpz login`, or check MCPZ_TOKEN",
+            )
         return AuthError(
-            "the registry wants a token for this", hint="run `mcpz login --token` or set MCPZ_TOKEN"
+            f"the registry at {registry} wants a token for this",
+            hint="run `mcpz login` or set MCPZ_TOKEN",
         )
     text = str(e)
     if _unreachable(e):
@@ -121,7 +135,7 @@ def open_repo(path: Path) -> Any:
     try:
         return Repo.discover(str(path))
     except NotGitRepository:
-        raise RepositoryError(
+        raise UsageError(
             f"{path} is not inside an agent repository", hint="run `mcpz init` or cd into an agent"
         ) from None
 
@@ -173,11 +187,16 @@ def push(
     *,
     force: bool = False,
     progress: ProgressFn | None = None,
+    before_publish: Callable[[], None] | None = None,
+    sent: Callable[[int], None] | None = None,
 ) -> PushResult:
-    """Push the current branch and publish the manifest's version if it is new.
+    """Push the current branch and publish the manifest's version if it is new. `progress` hears
+    the objects packed, `sent(n)` each n bytes of pack data.
 
     Whether the version is already published is read from the refs the registry advertises at
-    the start of the push, so publishing costs no request beyond git's own.
+    the start of the push, so publishing costs no request beyond git's own. `before_publish` runs
+    only when this push publishes, before any object is sent (the CLI unlocks the wallet there: a
+    push that publishes nothing needs no passphrase, and a missing one stops the push unsent).
     """
     from dulwich.errors import GitProtocolError, HangupException
     from dulwich.objects import ZERO_SHA
@@ -201,7 +220,7 @@ def push(
             old = remote.get(branch)
             if old is not None and old != ZERO_SHA and old != commit_id.encode() and not force:
                 if old not in repo.object_store or not _is_ancestor(repo, old, commit_id.encode()):
-                    raise UsageError(
+                    raise RefusedError(
                         f"the registry's {branch.decode()} has commits you do not have",
                         hint="run `mcpz pull` first, or push with --force",
                     )
@@ -210,6 +229,8 @@ def push(
                 # Published already: by this very tag (a no-op) or by other code (bump to publish).
                 decision["already"] = True
             else:
+                if before_publish is not None:
+                    before_publish()
                 wanted[tag_ref] = local_tag or commit_id.encode()
                 decision["send_tag"] = True
                 from mcpz.client.remote_status import lower_than_published, published_versions
@@ -224,10 +245,11 @@ def push(
 
             def counted() -> Iterator[Any]:
                 for record in records:
+                    size = sum(len(c) for c in (record.comp_chunks or [])) or (record.decomp_len or 0)
                     counters["objects"] += 1
-                    counters["bytes"] += sum(len(c) for c in (record.comp_chunks or [])) or (
-                        record.decomp_len or 0
-                    )
+                    counters["bytes"] += size
+                    if sent is not None:
+                        sent(size)
                     if progress_cb is not None:
                         progress_cb("objects", counters["objects"], count)
                     yield record
@@ -248,12 +270,10 @@ def push(
                 generate_pack_data=generate,
                 progress=remote_progress,
             )
-        except UsageError:
-            raise
+        except McpzError:
+            raise  # ours, from update_refs: a refusal, or what `before_publish` raised
         except (GitProtocolError, HangupException, OSError, Exception) as e:
-            if isinstance(e, (UsageError, RefusedError)):
-                raise
-            raise translate_transport(e, registry) from e
+            raise translate_transport(e, registry, token) from e
         errors = {ref.decode(): err for ref, err in (result.ref_status or {}).items() if err}
         if errors:
             reasons = "; ".join(f"{ref}: {err}" for ref, err in errors.items())
@@ -286,12 +306,13 @@ def _is_ancestor(repo: Any, ancestor: bytes, descendant: bytes) -> bool:
     return bool(can_fast_forward(repo, ancestor, descendant))
 
 
-def _check_release(registry: str, name: str, version: str | None, token: str | None) -> None:
-    """Say "no such agent/release" plainly, before git would say it obscurely."""
+def _check_release(registry: str, name: str, version: str | None, token: str | None) -> str | None:
+    """Say "no such agent/release" plainly, before git would say it obscurely; returns the version
+    (`latest`: the newest release that is not yanked nor a pre-release)."""
     import httpx2
 
     from mcpz.client.models import AgentInfo
-    from mcpz.client.registry import error_from
+    from mcpz.client.registry import error_from_response
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
@@ -299,33 +320,62 @@ def _check_release(registry: str, name: str, version: str | None, token: str | N
     except httpx2.TransportError as e:
         raise NetworkError(f"cannot reach the registry at {registry}: {e}", hint="check --registry") from e
     if response.status_code >= 400:
-        raise error_from(response)
-    if version is not None and version not in {
-        v.version for v in AgentInfo.from_json(response.json()).versions
-    }:
+        raise error_from_response(response)
+    info = AgentInfo.from_json(response.json())
+    if version == LATEST:
+        if not info.latest:
+            raise NotFoundError(f"{name} has no release yet", hint=f"see `mcpz versions {name}`")
+        return info.latest
+    if version is not None and info.release(version) is None:
         raise NotFoundError(f"{name} has no release {version}", hint=f"see `mcpz versions {name}`")
+    return version
 
 
-def clone(registry: str, name: str, version: str | None, target: Path, token: str | None = None) -> str:
-    """Clone `name` (at release `version`, else its default branch) into `target`; return the commit."""
-    from dulwich import porcelain
+def clone(
+    registry: str,
+    name: str,
+    version: str | None,
+    target: Path,
+    token: str | None = None,
+    *,
+    received: Callable[[int], None] | None = None,
+) -> str:
+    """Clone `name` (at release `version`, `latest` for the newest, else its default branch) into
+    `target`; return the commit. `received(n)` hears each n bytes of pack data fetched."""
+    from dulwich.client import get_transport_and_path
 
     AgentName.parse(name)
     if target.exists() and any(target.iterdir()):
         raise UsageError(f"{target} exists and is not empty", hint="choose another folder")
-    _check_release(registry, name, version, token)
+    version = _check_release(registry, name, version, token)
+    url = repo_url(registry, name)
     try:
-        repo = porcelain.clone(
-            repo_url(registry, name),
+        # What `porcelain.clone` does, with the client at hand so the pack's bytes can be counted.
+        client, path = get_transport_and_path(url, username="mcpz" if token else None, password=token)
+        if received is not None:
+            fetch_pack = client.fetch_pack
+
+            def counted_fetch_pack(
+                path: Any, determine_wants: Any, graph_walker: Any, pack_data: Any, *args: Any, **kw: Any
+            ) -> Any:
+                def write(data: bytes) -> None:
+                    pack_data(data)
+                    received(len(data))
+
+                return fetch_pack(path, determine_wants, graph_walker, write, *args, **kw)
+
+            client.fetch_pack = counted_fetch_pack  # type: ignore[method-assign]
+        repo = client.clone(
+            path,
             str(target),
+            mkdir=not target.exists(),
             checkout=True,
-            errstream=io.BytesIO(),
-            branch=f"v{version}".encode() if version else None,
-            username="mcpz" if token else None,
-            password=token,
+            branch=f"v{version}" if version else None,
+            progress=lambda _data: None,
+            origin_url=url,
         )
     except Exception as e:  # dulwich raises many kinds; all are translated here
-        raise translate_transport(e, registry) from e
+        raise translate_transport(e, registry, token) from e
     try:
         return repo.head().decode()  # type: ignore[no-any-return]
     finally:
@@ -338,6 +388,7 @@ def pull(path: Path, token: str | None = None) -> tuple[str, str]:
 
     repo = open_repo(path)
     try:
+        _check_pullable(repo)
         old = repo.head().decode()
         try:
             porcelain.pull(
@@ -356,6 +407,23 @@ def pull(path: Path, token: str | None = None) -> tuple[str, str]:
         return old, repo.head().decode()
     finally:
         repo.close()
+
+
+def _check_pullable(repo: Any) -> None:
+    """A branch checked out, and a registry to pull from: else one line saying what to do."""
+    head = repo.refs.read_ref(b"HEAD") or b""
+    if not head.startswith(b"ref: "):
+        raise UsageError(
+            "HEAD is detached (a clone of a release is), so there is no branch to fast-forward",
+            hint="clone the agent without @VERSION to follow its branch, or switch to a branch with git",
+        )
+    try:
+        repo.get_config().get((b"remote", b"origin"), b"url")
+    except KeyError:
+        raise UsageError(
+            "this repository has no origin: it was not cloned from a registry",
+            hint="publish it with `mcpz push`; to follow an agent, `mcpz clone NAME`",
+        ) from None
 
 
 # --- signing releases --------------------------------------------------------------------------
@@ -414,16 +482,24 @@ def push_signed(
     signer: KeyProvider | None = None,
     force: bool = False,
     progress: ProgressFn | None = None,
+    sent: Callable[[int], None] | None = None,
 ) -> PushResult:
     """`push`, then sign the release it published with the key `signer` provides: `mcpz push`.
 
-    `signer` is called before anything is sent, so a wallet that cannot be unlocked stops the push
-    instead of leaving an unsigned release behind; when it answers None (no wallet), or there is no
-    `signer`, the release is published unsigned (`PushResult.signer` is None; nodes refuse it).
-    `mcpz.keys.wallet.wallet_key()` is the user's wallet, unlocked without prompting.
+    `signer` is called only when the push publishes a release, and then before any object is sent,
+    so a wallet that cannot be unlocked stops the push instead of leaving an unsigned release
+    behind (a push that publishes nothing needs no key). When it answers None (no wallet), or there
+    is no `signer`, the release is published unsigned (`PushResult.signer` is None; nodes refuse
+    it). `mcpz.keys.wallet.wallet_key()` is the user's wallet, unlocked without prompting.
     """
-    account = signer() if signer is not None else None
-    result = push(path, registry, token, force=force, progress=progress)
+    unlocked: list[LocalAccount | None] = []
+
+    def unlock() -> None:
+        if signer is not None:
+            unlocked.append(signer())
+
+    result = push(path, registry, token, force=force, progress=progress, sent=sent, before_publish=unlock)
+    account = unlocked[0] if unlocked else None
     if result.published and account is not None:
         result = sign_pushed(path, registry, token, result, account)
     return result

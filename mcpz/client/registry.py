@@ -34,12 +34,20 @@ from mcpz.client.models import (
     WhoAmI,
     from_json,
 )
-from mcpz.errors import AuthError, McpzError, NetworkError, NotFoundError, RefusedError, RemoteError
+from mcpz.errors import (
+    AuthError,
+    InvalidRequest,
+    McpzError,
+    NetworkError,
+    NotFoundError,
+    RefusedError,
+    RemoteError,
+)
 
 P = TypeVar("P", bound=Payload)
 
 
-def error_from(response: httpx2.Response) -> McpzError:
+def error_from_response(response: httpx2.Response) -> McpzError:
     request_id = response.headers.get("x-request-id")
     message = f"registry answered HTTP {response.status_code}"
     hint = None
@@ -58,6 +66,8 @@ def error_from(response: httpx2.Response) -> McpzError:
         return AuthError(message, hint=hint or "check the token: `mcpz whoami`")
     if response.status_code == 404:
         return NotFoundError(message, hint=hint)
+    if response.status_code in (400, 422):
+        return InvalidRequest(message, status=response.status_code, request_id=request_id, hint=hint)
     if response.status_code == 409:
         return RefusedError(message, status=409, request_id=request_id, hint=hint)
     return RemoteError(message, status=response.status_code, request_id=request_id, hint=hint)
@@ -83,7 +93,7 @@ class RegistryClient:
                 hint="check --registry / MCPZ_REGISTRY, or start one with `mcpz registry serve`",
             ) from e
         if response.status_code >= 400:
-            raise error_from(response)
+            raise error_from_response(response)
         return response
 
     async def json(self, method: str, path: str, **kw: Any) -> Any:
@@ -117,6 +127,18 @@ class RegistryClient:
         if response.status_code == 304:
             return None, etag
         return response.json(), response.headers.get("etag")
+
+    async def resolve_version(self, name: str, version: str | None) -> str:
+        """`version`, or for None and `latest` the newest release not yanked nor a pre-release."""
+        from mcpz.names import version_or_latest
+
+        exact = version_or_latest(version)
+        if exact is not None:
+            return exact
+        latest = (await self.agent(name)).latest
+        if not latest:
+            raise NotFoundError(f"{name} has no release yet", hint=f"see `mcpz versions {name}`")
+        return latest
 
     async def yank(self, name: str, version: str, reason: str) -> Release:
         path = f"/v1/agents/{name}/{version}/yank"
@@ -263,6 +285,10 @@ class RegistryClient:
         body = {"replicas": replicas, "prepare": True}
         return await self.typed(PreparedChange, "POST", f"/v1/deployments/{name}/scale", json=body)
 
+    async def restart_deployment(self, name: str) -> Deployment:
+        """Try the failed replicas of `name` again now; the view says how many (`restarted`)."""
+        return await self.typed(Deployment, "POST", f"/v1/deployments/{name}/restart")
+
     async def rollback(
         self, name: str, revision: int | None = None, *, signed: SignedChange | None = None
     ) -> Deployment:
@@ -311,7 +337,7 @@ class RegistryClient:
                         return
                     if response.status_code >= 400:
                         await response.aread()
-                        raise error_from(response)
+                        raise error_from_response(response)
                     async for text in response.aiter_lines():
                         if text.strip():
                             try:
@@ -331,14 +357,22 @@ class RegistryClient:
         timeout: float = 300.0,
         interval: float = 0.25,
         on_update: Callable[[Deployment], None] | None = None,
+        on_reason: Callable[[str], None] | None = None,
+        blocked_for: float = 5.0,
     ) -> Deployment:
         """Poll until the deployment is `ready` or `failed`; return its last view.
 
-        Raises McpzError when `timeout` seconds pass first.
+        `on_reason(reason)` hears, as soon as the registry knows it, each new reason why it is not
+        ready (e.g. "no node matches region=mars: ..."). When nodes are up but none may take a
+        replica (the view's `stuck`) for `blocked_for` seconds, the wait ends: a `progressing` view
+        is returned, whose `reason` says why. Waiting for a node to connect at all goes on (one may
+        be starting). Raises McpzError when `timeout` seconds pass first.
         """
         import anyio
 
         view: Deployment | None = None
+        reason = ""
+        since = 0.0
         with anyio.move_on_after(timeout):
             while True:
                 view = await self.deployment(name)
@@ -346,10 +380,20 @@ class RegistryClient:
                     on_update(view)
                 if view.settled:
                     return view
+                now = anyio.current_time()
+                if view.reason != reason:
+                    reason, since = view.reason, now
+                    if reason and on_reason is not None:
+                        on_reason(reason)
+                if not view.stuck:
+                    since = now
+                elif now - since >= blocked_for:
+                    return view
                 await anyio.sleep(interval)
         ready, wanted = (view.ready, view.replicas) if view is not None else (0, "?")
+        why = f": {reason}" if reason else ""
         raise McpzError(
-            f"{name} is not ready after {timeout:g} s ({ready}/{wanted} replicas running)",
+            f"{name} is not ready after {timeout:g} s ({ready}/{wanted} replicas running){why}",
             hint=f"see `mcpz deploy status {name}` and `mcpz nodes`",
         )
 

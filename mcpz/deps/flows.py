@@ -208,7 +208,9 @@ class LockResult:
         }
 
 
-async def fetch_snapshot(remote: Remote, names: Iterable[str]) -> Snapshot:
+async def fetch_snapshot(remote: Remote, names: Iterable[str], *, reach: bool = False) -> Snapshot:
+    """The index closure of `names`; with `reach`, the registry is contacted even when there is
+    nothing to fetch (a lock must not name a registry that was never reached)."""
     async with IndexClient(
         remote.registry,
         remote.token,
@@ -216,7 +218,10 @@ async def fetch_snapshot(remote: Remote, names: Iterable[str]) -> Snapshot:
         offline=remote.offline,
         token_lookup=remote.token_lookup,
     ) as client:
-        return await client.closure(names)
+        wanted = list(names)
+        if reach and not wanted:
+            await client.reach()
+        return await client.closure(wanted)
 
 
 def _check_roots_exist(dependencies: Mapping[str, str], snapshot: Snapshot, registry: str) -> None:
@@ -363,7 +368,8 @@ async def lock(
         if project.lock is None and dependencies:
             raise StaleLockError(f"{LOCK_FILE} is missing")
     wanted = _upgrade_set(project, upgrade, upgrade_packages)
-    snapshot = await fetch_snapshot(remote, dependencies)
+    new_registry = project.lock is None or not _same_registry(project.lock, remote)
+    snapshot = await fetch_snapshot(remote, dependencies, reach=new_registry)
     new, text, resolution, seconds = _resolve_lock(project, remote, dependencies, snapshot, upgrade=wanted)
     changes = diff_locks(project.lock, new)
     yanked = [f"{a.name} {a.version} is yanked" for a in new.agents if a.yanked]
@@ -588,8 +594,10 @@ async def install(
     offline: bool = False,
     reinstall: bool = False,
     progress: Any = None,
+    received: Callable[[int], None] | None = None,
 ) -> InstallResult:
-    """Fetch, verify and place every locked agent; never resolves. A stale lock is refused."""
+    """Fetch, verify and place every locked agent; never resolves. A stale lock is refused.
+    `received(n)` hears each n bytes of pack data fetched."""
     if project.lock_error is not None:
         raise project.lock_error
     problem = lock_problem(project.dependencies, project.lock_text)
@@ -610,4 +618,5 @@ async def install(
         offline=offline,
         reinstall=reinstall,
         progress=progress,
+        received=received,
     )

@@ -100,10 +100,13 @@ class ObjectStore:
     (one lock per process), since dulwich's shallow-file update is a read-modify-write.
     """
 
-    def __init__(self, path: Path, registry: str, token: str | None) -> None:
+    def __init__(
+        self, path: Path, registry: str, token: str | None, received: Callable[[int], None] | None = None
+    ) -> None:
         self.path = path
         self.registry = registry.rstrip("/")
         self.token = token
+        self.received = received  # hears each n bytes of pack data fetched (from worker threads)
         self._write_lock = threading.Lock()
         self._open()
 
@@ -165,14 +168,21 @@ class ObjectStore:
             heads = [sha for sha in heads if _is_commit(repo, sha)]
             walker = repo.get_graph_walker(heads=heads)
             spool = io.BytesIO()
+            received = self.received
+
+            def write(data: bytes) -> None:
+                spool.write(data)
+                if received is not None:
+                    received(len(data))
+
             try:
                 result = client.fetch_pack(
-                    f"/git/{agent.name}.git".encode(), determine_wants, walker, spool.write, depth=1
+                    f"/git/{agent.name}.git".encode(), determine_wants, walker, write, depth=1
                 )
             except McpzError:
                 raise
             except Exception as e:  # dulwich raises many kinds; all are translated here
-                raise translate_transport(e, self.registry) from e
+                raise translate_transport(e, self.registry, self.token) from e
             with self._write_lock:
                 if spool.tell():
                     spool.seek(0)
@@ -358,8 +368,10 @@ async def install_lock(
     reinstall: bool = False,
     concurrency: int = DEFAULT_CONCURRENCY,
     progress: ProgressFn | None = None,
+    received: Callable[[int], None] | None = None,
 ) -> InstallResult:
-    """Make `project/.mcpz/deps/` hold exactly the agents of `lock`, each verified."""
+    """Make `project/.mcpz/deps/` hold exactly the agents of `lock`, each verified; `received(n)`
+    hears each n bytes fetched."""
     deps_root = project / DEPS_DIR
     result = InstallResult(target=deps_root)
     result.removed = _remove_unlocked(deps_root, {agent.name for agent in lock.agents})
@@ -367,7 +379,7 @@ async def install_lock(
         return result
     try:
         store = await anyio.to_thread.run_sync(
-            ObjectStore, object_store_path(cache_root, registry), registry, token
+            ObjectStore, object_store_path(cache_root, registry), registry, token, received
         )
     except OSError as e:
         raise RepositoryError(f"cannot open the object cache under {cache_root}: {e}") from e

@@ -73,8 +73,8 @@ class WrongPassphrase(AuthError):
     pass
 
 
-class NoPassphrase(AuthError):
-    pass
+class NoPassphrase(UsageError):
+    """The passphrase was not given (no variable, keyring or terminal): the user's to supply."""
 
 
 def keystore_path(env: Mapping[str, str] | None = None) -> Path:

@@ -34,10 +34,53 @@ def build_arguments(
     key_values: Sequence[str],
     schema: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`arguments` with the `key=value` words merged over them (a word wins over the same key)."""
+    """`arguments` with the `key=value` words merged over them (a word wins over the same key),
+    checked against `schema` when there is one (`check_arguments`)."""
     merged = dict(arguments or {})
     merged.update(parse_key_values(key_values, schema))
+    if schema is not None:
+        check_arguments(merged, schema)
     return merged
+
+
+def check_arguments(arguments: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
+    """Refuse, before anything is sent, arguments the tool's input schema rules out: a required one
+    missing, one it does not name (unless it allows more), a value of a type it does not accept.
+    One line names the argument; the hint gives the tool's signature. Checks only what the schema
+    says plainly: anything subtler is the agent's own validation to report."""
+    if not isinstance(schema, Mapping):
+        return
+    properties = _properties(schema)
+    hint = f"its arguments: {signature(schema)}" if properties else "this tool takes no arguments"
+    required = schema.get("required", [])
+    for name in required if isinstance(required, list) else []:
+        if isinstance(name, str) and name not in arguments:
+            types = schema_types(properties.get(name), schema)
+            kind = f" ({'|'.join(sorted(types))})" if types else ""
+            raise UsageError(f'missing argument "{name}"{kind}', hint=hint)
+    extra = schema.get("additionalProperties", False if properties or "properties" in schema else True)
+    if extra is False:
+        for name in arguments:
+            if name not in properties:
+                import difflib
+
+                close = difflib.get_close_matches(name, list(properties), n=1)
+                guess = f'did you mean "{close[0]}"? ' if close else ""
+                raise UsageError(f'unknown argument "{name}"', hint=guess + hint)
+    for name, value in arguments.items():
+        prop = _resolve(properties.get(name), schema)
+        choices = prop.get("enum") if isinstance(prop, Mapping) else None
+        if isinstance(choices, list) and choices and value not in choices:
+            listed = ", ".join(json.dumps(c) for c in choices[:10])
+            raise UsageError(f'argument "{name}" must be one of {listed}, not {json.dumps(value)}', hint=hint)
+        types = schema_types(prop, schema)
+        if types is not None and not _accepts(types, value):
+            shown = json.dumps(value)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise UsageError(
+                f'argument "{name}" must be {" or ".join(sorted(types))}, not {_json_type(value)} {shown}',
+                hint=hint,
+            )
 
 
 def parse_key_values(words: Sequence[str], schema: Mapping[str, Any] | None = None) -> dict[str, Any]:

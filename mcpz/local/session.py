@@ -19,14 +19,12 @@ The `mcp` SDK is imported on first use: importing it costs most of a second.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -39,95 +37,20 @@ from mcpz.errors import AgentError, McpzError, UsageError
 from mcpz.local.args import build_arguments, split_key_values
 from mcpz.local.process import AgentProcess, agent_process
 from mcpz.manifest import MANIFEST_FILE
+from mcpz.tools import ToolInfo as ToolInfo  # re-exported: they were defined here
+from mcpz.tools import ToolResult as ToolResult
+from mcpz.tools import find_tool as find_tool
+from mcpz.tools import tool_failed as tool_failed
 
 if TYPE_CHECKING:
     from mcp import Client
     from mcp.client.session import IncomingMessage
-    from mcp.types import CallToolResult, Tool
 
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _STDERR_TAIL_BYTES = 64 * 1024
 _START_HINT = f"check that [run].command in {MANIFEST_FILE} starts an MCP server on stdio"
-
-
-@dataclass(frozen=True)
-class ToolInfo:
-    """One tool an agent offers, as its `tools/list` describes it."""
-
-    name: str
-    description: str
-    input_schema: dict[str, Any]
-    output_schema: dict[str, Any] | None = None
-    title: str | None = None
-
-    @classmethod
-    def from_mcp(cls, tool: Tool) -> ToolInfo:
-        return cls(
-            name=tool.name,
-            description=tool.description or "",
-            input_schema=dict(tool.input_schema),
-            output_schema=dict(tool.output_schema) if tool.output_schema is not None else None,
-            title=tool.title,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class ToolResult:
-    """What a `tools/call` returned: content blocks, structured content, and the error flag."""
-
-    tool: str
-    content: tuple[dict[str, Any], ...]
-    structured_content: dict[str, Any] | None = None
-    is_error: bool = False
-
-    @classmethod
-    def from_mcp(cls, tool: str, result: CallToolResult) -> ToolResult:
-        return cls(
-            tool=tool,
-            content=tuple(
-                block.model_dump(mode="json", by_alias=True, exclude_none=True) for block in result.content
-            ),
-            structured_content=result.structured_content,
-            is_error=bool(result.is_error),
-        )
-
-    @property
-    def text(self) -> str:
-        """The text content blocks, one per line."""
-        return "\n".join(block["text"] for block in self.content if block.get("type") == "text")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "tool": self.tool,
-            "is_error": self.is_error,
-            "text": self.text,
-            "content": list(self.content),
-            "structured_content": self.structured_content,
-        }
-
-
-def find_tool(tools: Mapping[str, ToolInfo], name: str, agent: str, list_command: str) -> ToolInfo:
-    """The tool called `name`; UsageError, naming the closest match, when there is none."""
-    if name in tools:
-        return tools[name]
-    close = difflib.get_close_matches(name, list(tools), n=1)
-    message = f'{agent} has no tool "{name}"'
-    if close:
-        message += f'; did you mean "{close[0]}"?'
-    raise UsageError(message, hint=f"list its tools with: {list_command}")
-
-
-def tool_failed(agent: str, tool: str, result: ToolResult) -> AgentError:
-    """The error for a call whose tool reported a failure (`mcpz call` exits non-zero on it)."""
-    detail = " ".join(result.text.split()) or "no message"
-    # The Python SDK words every tool error this way; the prefix says nothing new here.
-    detail = detail.removeprefix(f"Error executing tool {tool}: ")
-    return AgentError(f'{agent}: tool "{tool}" failed: {detail}')
 
 
 class ToolSession:

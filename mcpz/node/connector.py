@@ -12,9 +12,9 @@ welcomed, the agent answers at `{registry}/mcp/{namespace}/{name}@dev`, to its n
 and members. The socket is outbound only: the machine needs no open port.
 
 How it ends: `shutdown()` (Ctrl-C) closes the socket with 1000 and stops the agent; 401/403
-raise AuthError; close 4409 (the agent is connected from elsewhere) a RefusedError; an agent
-that keeps failing its health check an AgentError. Any other drop is retried with backoff, and
-the agent keeps running meanwhile.
+raise AuthError; a registry not reached at the first attempt a NetworkError; close 4409 (the
+agent is connected from elsewhere) a RefusedError; an agent that keeps failing its health check
+an AgentError. Any other drop is retried with backoff, and the agent keeps running meanwhile.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 import anyio
 
 from mcpz._version import __version__
-from mcpz.errors import AgentError, AuthError, NotFoundError, RefusedError, UsageError
+from mcpz.errors import AgentError, AuthError, NetworkError, NotFoundError, RefusedError, UsageError
 from mcpz.local.process import agent_process
 from mcpz.mesh import (
     CLOSE_NORMAL,
@@ -131,7 +131,7 @@ class Connector:
                 nonlocal failure
                 try:
                     await self._connect_loop()
-                except (AuthError, NotFoundError, RefusedError) as e:
+                except (AuthError, NetworkError, NotFoundError, RefusedError) as e:
                     failure = e
                 finally:
                     self._shutdown.set()
@@ -204,6 +204,13 @@ class Connector:
                 ) from None
             return False, f"HTTP {status}: {message}"
         except (OSError, TimeoutError, InvalidHandshake) as e:
+            if not self.attached.is_set():
+                # Never attached: a wrong URL or a registry that is not up. Say so now rather than
+                # retry forever; a connection that worked once is retried with backoff.
+                raise NetworkError(
+                    f"cannot reach the registry at {self.endpoint}: {str(e) or type(e).__name__}",
+                    hint="check --registry / MCPZ_REGISTRY, or start one with `mcpz registry serve`",
+                ) from None
             return False, str(e) or type(e).__name__
 
     def _closed(self, closed: object) -> tuple[bool, str]:

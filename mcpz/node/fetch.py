@@ -18,6 +18,7 @@ import hashlib
 import logging
 import tempfile
 import threading
+import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -166,6 +167,7 @@ class ObjectCache:
         heads = [c.encode() for c in self.cached_commits(agent) if c.encode() in store]
         walker = self.repo.get_graph_walker(heads=heads)
         received = _CountingSpool()
+        started = time.perf_counter()
         try:
             client.fetch_pack(urllib.parse.urlsplit(url).path, determine_wants, walker, received.write)
             if received.size:
@@ -185,9 +187,11 @@ class ObjectCache:
                 )
         if want not in store:
             raise ReleaseError(f"the registry did not send commit {commit} of {agent}")
+        seconds = max(time.perf_counter() - started, 1e-6)
         logger.info(
-            "fetched %s %s: %d objects, %d bytes", agent, commit[:12], received.objects, received.size
-        )
+            "fetched %s %s: %d objects, %d bytes in %.2f s (%.1f MB/s)",
+            agent, commit[:12], received.objects, received.size, seconds, received.size / seconds / 1e6,
+        )  # fmt: skip
         return FetchResult(commit, cached=False, objects=received.objects, bytes=received.size)
 
     def verify(self, commit: str, *, agent: str | None = None, version: str | None = None) -> Verified:

@@ -5,7 +5,8 @@ byte is written, and written so that a check it missed still cannot reach outsid
 
 - **Planned first.** `plan` walks the tree and refuses, naming the path: a name that is empty,
   `.`, `..`, holds `/` or NUL (an absolute or nested path smuggled into one entry), or is `.git`
-  in any spelling git itself refuses (`.GIT`, `.git.`, `git~1`); a name that appears twice in one
+  in any spelling git itself refuses (`.GIT`, `.git.`, `git~1`, `.g\u200cit`: `mcpz.gitpaths`, the
+  rule the registry applies to pushes too); a name that appears twice in one
   folder; a submodule or an unknown mode; a symlink whose target is absolute or climbs out of the
   checkout (`../../x`). Trees are read from their raw bytes, so a duplicate entry cannot hide
   behind a parser that keeps only one of them.
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mcpz.errors import McpzError
+from mcpz.gitpaths import is_dotgit
 from mcpz.mesh import ErrorCode
 
 
@@ -110,8 +112,7 @@ def name_problem(name: bytes) -> str | None:
         return "a path with '/' in one entry (an absolute or nested path)"
     if name in (b".", b".."):
         return f'the name "{name.decode()}"'
-    folded = name.lower().rstrip(b". ")
-    if folded in (b".git", b"git~1"):
+    if is_dotgit(name):
         return "a .git component"
     return None
 
@@ -127,7 +128,7 @@ def link_problem(parts: tuple[bytes, ...], target: bytes) -> str | None:
     resolved = posixpath.normpath(posixpath.join(b"/".join(parts[:-1]), target))
     if resolved == b".." or resolved.startswith(b"../"):
         return "a target outside the checkout"
-    if any(name_problem(part) == "a .git component" for part in resolved.split(b"/")):
+    if any(is_dotgit(part) for part in resolved.split(b"/")):
         return "a target inside .git"
     return None
 

@@ -73,9 +73,9 @@ class AgentRepo(RepoReader):
             if (folder / ".git").exists():
                 with translated(f"open the repository in {folder}"):
                     return cls(Repo(str(folder)), env)
-        raise RepositoryError(
+        raise UsageError(
             f"{start} is not inside an agent repository",
-            hint="create one with `mcpz init --name ns/name`, or cd into one",
+            hint="create one with `mcpz init ns/name`, or cd into one",
         )
 
     @classmethod
@@ -359,7 +359,7 @@ class AgentRepo(RepoReader):
         """Set the manifest's version, commit it, and tag the commit `v{version}` (annotated).
 
         The work tree must be clean apart from `mcpz.toml`, so the release is exactly what was
-        committed; the tag must not exist yet. See `mcpz.repo_release.release`.
+        committed; the tag must not exist yet. See `mcpz.repo.release.release`.
         """
         from mcpz.repo.release import release
 

@@ -1,5 +1,5 @@
-"""The accounts domain's HTTP surface for every domain's routes: who is calling, this registry's
-public URL (what statements are signed for), and how a refused signature answers."""
+"""The accounts domain's HTTP surface for every domain's routes: who is calling, and how a refused
+signature answers."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from registry_server.accounts.models import ROLES
 from registry_server.accounts.service import Principal
 from registry_server.accounts.tokens import SCOPES
 from registry_server.http import error_response, state_of
-from registry_server.settings import RegistrySettings
 
 # Documentation in the OpenAPI document; the routes' own checks answer a bad value with a 400.
 ROLE_SCHEMA: dict[str, Any] = {"enum": list(ROLES)}
@@ -26,11 +25,6 @@ def caller(request: Request) -> Principal | None:
 
 
 Caller = Annotated[Principal | None, Depends(caller)]
-
-
-def public_url(settings: RegistrySettings) -> str:
-    """This registry's public base URL, canonical: what clients sign in to and sign releases for."""
-    return signing.canonical_registry_url(settings.public_url or f"http://{settings.host}:{settings.port}")
 
 
 def signature_refusal(e: signing.SignatureError) -> Response:

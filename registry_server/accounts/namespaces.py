@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from eth_utils.address import to_checksum_address
 from sqlalchemy import func, select
@@ -241,6 +242,30 @@ def rotations(session: Session, namespace: str | None = None) -> list[KeyRotatio
     if namespace is not None:
         query = query.where(KeyRotation.namespace == namespace)
     return list(session.scalars(query))
+
+
+def rotation_document(row: KeyRotation) -> dict[str, Any]:
+    """One signed rotation as GET /v1/namespaces/{ns}/keys lists it."""
+    return {
+        "namespace": row.namespace,
+        "old_address": row.old_address,
+        "new_address": row.new_address,
+        "sequence": row.sequence,
+        "statement": row.statement,
+        "signature": row.signature,
+        "created_at": row.created_at,
+    }
+
+
+def keys_document(session: Session, namespace: str, registry: str) -> dict[str, Any]:
+    """The owner's key and the chain of signed rotations that led to it, for `registry` (its public
+    URL): what GET /v1/namespaces/{ns}/keys answers and what a deploy frame carries to a node."""
+    return {
+        "registry": registry,
+        "namespace": namespace,
+        "owner_address": owner_address(session, namespace),
+        "rotations": [rotation_document(r) for r in rotations(session, namespace)],
+    }
 
 
 def key_sequence(session: Session, namespace: str) -> int:

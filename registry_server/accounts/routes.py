@@ -1,4 +1,4 @@
-"""Wallet sign-in (EIP-4361), namespaces and members, release signatures, key rotations.
+"""Wallet sign-in (EIP-4361), namespaces and members, key rotations, API keys.
 
     POST   /v1/auth/nonce                               a single-use nonce, 5 minutes
     POST   /v1/auth/login                               {message, signature} -> session token
@@ -10,6 +10,8 @@
     GET    /v1/namespaces/{ns}/keys                     owner key and signed rotations (for nodes)
     POST   /v1/account/rotate-key                       move the caller's wallet key, per namespace
     GET    /v1/revoked-keys                             every rotated-away key, signed by itself
+    GET    /v1/whoami                                   the caller's account, namespaces, scopes
+    POST   /v1/keys, GET /v1/keys, DELETE /v1/keys/{id} the caller's API keys
 
 (Signing a release, POST /v1/agents/{ns}/{name}/{version}/signature, is releases/routes.py.)
 
@@ -31,40 +33,25 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
-from sqlalchemy import delete
 
-from mcpz.errors import McpzError, NetworkError
+from mcpz.errors import NetworkError, UsageError
 from mcpz.keys import signing, siwe
-from registry_server.accounts import namespaces, tokens
+from registry_server.accounts import namespaces, signin, tokens
 from registry_server.accounts import service as accounts
-from registry_server.accounts.auth import require
-from registry_server.accounts.http import ROLE_SCHEMA, Caller, public_url, signature_refusal
-from registry_server.accounts.models import Account, AuthNonce, KeyRotation
+from registry_server.accounts.auth import Forbidden, require
+from registry_server.accounts.http import ROLE_SCHEMA, SCOPE_SCHEMA, Caller, signature_refusal
+from registry_server.accounts.models import Account, KeyRotation
 from registry_server.http import State, error_response
 from registry_server.openapi import PART_SCHEMA, Namespace, errors
 from registry_server.orm import utcnow
 from registry_server.rate_limit import RateLimited, RateLimiter
-from registry_server.settings import RegistrySettings
+from registry_server.settings import RegistrySettings, public_url
 
 router = APIRouter()
 # The logger keeps its name from before the domain packages, so logging configs still match.
 log = logging.getLogger("registry_server.api_auth")
 
-NONCE_LIFETIME = timedelta(minutes=5)
-MESSAGE_MAX_AGE = timedelta(minutes=10)
-SESSION_LIFETIME = timedelta(days=30)
-SESSION_SCOPES = ("read", "publish", "deploy", "call", "admin")
 LOGIN_PATH = "/v1/auth/login"
-EIP1271_MAGIC = bytes.fromhex("1626ba7e")
-_EIP1271_ABI = [
-    {
-        "name": "isValidSignature",
-        "type": "function",
-        "stateMutability": "view",
-        "inputs": [{"name": "hash", "type": "bytes32"}, {"name": "signature", "type": "bytes"}],
-        "outputs": [{"name": "magicValue", "type": "bytes4"}],
-    }
-]
 
 
 def login_uri(settings: RegistrySettings) -> str:
@@ -119,116 +106,56 @@ def issue_nonce(request: Request, state: State, body: Annotated[NonceIn | None, 
     if wait:
         raise RateLimited("too many sign-in nonces requested from this address", wait)
     moment = utcnow()
-    nonce = siwe.generate_nonce()
     address = namespaces.checksum(body.address) if body is not None and body.address else None
     with state.db.session() as session:
-        session.execute(delete(AuthNonce).where(AuthNonce.expires_at <= moment))
-        session.add(
-            AuthNonce(nonce=nonce, address=address, created_at=moment, expires_at=moment + NONCE_LIFETIME)
-        )
+        nonce = signin.issue_nonce(session, address, moment)
     base = public_url(state.settings)
     return NonceOut(
         nonce=nonce,
         domain=urlsplit(base).netloc,
         uri=login_uri(state.settings),
         chain_id=state.settings.chain_id,
-        expires_at=moment + NONCE_LIFETIME,
+        expires_at=moment + signin.NONCE_LIFETIME,
     )
-
-
-def eip1271_check(rpc_url: str) -> siwe.ContractCheck:
-    """`isValidSignature(hash, signature)` on the contract at the signer's address, through web3."""
-
-    def check(address: str, message_hash: bytes, signature: bytes) -> bool:
-        try:
-            from web3 import Web3
-            from web3.exceptions import ContractLogicError, Web3Exception
-
-            import mcpz.keys.ethkeys  # noqa: F401  (before web3: it keeps py_ecc's recursion limit out)
-        except ImportError as e:
-            raise McpzError(
-                "contract-wallet sign-in needs web3, which is not installed",
-                hint="install the registry with the chain extra: pip install 'mcpz[chain]'",
-            ) from e
-        web3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 10}))
-        contract = web3.eth.contract(address=Web3.to_checksum_address(address), abi=_EIP1271_ABI)
-        try:
-            result = contract.functions.isValidSignature(message_hash, signature).call()
-        except (ContractLogicError, ValueError):
-            return False  # reverted, or no contract there: not a valid signature
-        except (Web3Exception, OSError) as e:
-            raise NetworkError(f"cannot ask the chain about contract wallet {address}: {e}") from e
-        except Exception as e:  # requests' and aiohttp's errors, from web3's providers
-            raise NetworkError(f"cannot ask the chain about contract wallet {address}: {e}") from e
-        return bytes(result) == EIP1271_MAGIC
-
-    return check
-
-
-def _nonce_address(session: Any, message: str) -> str | None:
-    """The address the message's nonce was issued to, if any (read only: consuming comes last)."""
-    try:
-        nonce = siwe.SiweMessage.parse(message).nonce
-    except siwe.SiweError:
-        return None  # verify refuses it, with the reason
-    row = session.get(AuthNonce, nonce)
-    return row.address if row is not None else None
 
 
 @router.post("/v1/auth/login", response_model=LoginOut, tags=["auth"], responses=errors(400, 401, 413, 422))
 def login(body: LoginIn, state: State) -> Response | LoginOut:
     """Sign in with a signed EIP-4361 message; the first sign-in creates the account."""
     settings = state.settings
-    contract_check = eip1271_check(settings.chain_rpc) if settings.chain_rpc else None
-    moment = utcnow()
-    with state.db.session() as session:
-        expected = _nonce_address(session, body.message)
-
-        def consume(nonce: str) -> bool:
-            # Called by verify only once everything else passed: a bad signature burns nothing.
-            result: Any = session.execute(
-                delete(AuthNonce).where(AuthNonce.nonce == nonce, AuthNonce.expires_at > moment)
-            )
-            return bool(result.rowcount == 1)
-
-        try:
-            address = siwe.verify(
+    contract_check = signin.eip1271_check(settings.chain_rpc) if settings.chain_rpc else None
+    try:
+        with state.db.session() as session:
+            done = signin.sign_in(
+                session,
                 body.message,
                 body.signature,
-                expected_domain=public_url(settings),
-                expected_uri=login_uri(settings),
-                expected_chain_id=settings.chain_id,
-                now=moment,
-                nonce=consume,
-                max_age=MESSAGE_MAX_AGE,
+                registry=public_url(settings),
+                uri=login_uri(settings),
+                chain_id=settings.chain_id,
+                now=utcnow(),
                 contract_check=contract_check,
-                expected_address=expected,
             )
-        except siwe.SiweError as e:
-            hint = e.hint
-            if contract_check is None and isinstance(e, siwe.TamperedMessage | siwe.MalformedSignature):
-                hint = (
-                    f"{hint + '; ' if hint else ''}contract-wallet (EIP-1271) signatures are refused: "
-                    "this registry has no chain RPC configured (MCPZ_REGISTRY_CHAIN_RPC)"
-                )
-            log.info("sign-in refused", extra={"code": e.code})
-            return error_response(401, e.message, hint, code=e.code)
-        except NetworkError as e:
-            return error_response(503, e.message, e.hint, code="chain_unavailable")
-        account = namespaces.account_for_address(session, address)
-        token, secret = accounts.create_token(
-            session, account, SESSION_SCOPES, expires_in=SESSION_LIFETIME, name="wallet sign-in"
-        )
-        owned = accounts.namespaces_of(session, account.id)
-        log.info("signed in", extra={"account": account.name})
-        return LoginOut(
-            token=secret,
-            account=account.name,
-            address=address,
-            namespaces=owned,
-            scopes=[s for s in tokens.SCOPES if s in SESSION_SCOPES],
-            expires_at=token.expires_at,
-        )
+    except siwe.SiweError as e:
+        hint = e.hint
+        if contract_check is None and isinstance(e, siwe.TamperedMessage | siwe.MalformedSignature):
+            hint = (
+                f"{hint + '; ' if hint else ''}contract-wallet (EIP-1271) signatures are refused: "
+                "this registry has no chain RPC configured (MCPZ_REGISTRY_CHAIN_RPC)"
+            )
+        log.info("sign-in refused", extra={"code": e.code})
+        return error_response(401, e.message, hint, code=e.code)
+    except NetworkError as e:
+        return error_response(503, e.message, e.hint, code="chain_unavailable")
+    log.info("signed in", extra={"account": done.account})
+    return LoginOut(
+        token=done.secret,
+        account=done.account,
+        address=done.address,
+        namespaces=done.namespaces,
+        scopes=list(done.scopes),
+        expires_at=done.expires_at,
+    )
 
 
 # -------------------------------------------------------------------------------- namespaces
@@ -309,15 +236,7 @@ class RevokedOut(BaseModel):
 
 
 def _rotation_out(row: KeyRotation) -> RotationOut:
-    return RotationOut(
-        namespace=row.namespace,
-        old_address=row.old_address,
-        new_address=row.new_address,
-        sequence=row.sequence,
-        statement=row.statement,
-        signature=row.signature,
-        created_at=row.created_at,
-    )
+    return RotationOut(**namespaces.rotation_document(row))
 
 
 def _namespace_out(state: Any, name: str) -> NamespaceOut:
@@ -334,13 +253,7 @@ def _namespace_out(state: Any, name: str) -> NamespaceOut:
 
 def _acting(state: Any, principal: Any, scope: str = "admin") -> Callable[[Any], Account]:
     principal = require(principal, scope, db=state.db)
-
-    def account_in(session: Any) -> Account:
-        account = session.get(Account, principal.account_id)
-        assert account is not None
-        return account  # type: ignore[no-any-return]
-
-    return account_in
+    return lambda session: accounts.account_by_id(session, principal.account_id)
 
 
 @router.post(
@@ -424,12 +337,7 @@ def transfer_namespace(
 def namespace_keys(namespace: Namespace, state: State) -> KeysOut:
     """The owner's key and the chain of signed rotations that led to it: what nodes check."""
     with state.db.session() as session:
-        return KeysOut(
-            registry=public_url(state.settings),
-            namespace=namespace,
-            owner_address=namespaces.owner_address(session, namespace),
-            rotations=[_rotation_out(r) for r in namespaces.rotations(session, namespace)],
-        )
+        return KeysOut(**namespaces.keys_document(session, namespace, public_url(state.settings)))
 
 
 @router.post(
@@ -477,4 +385,103 @@ def revoked_keys(state: State) -> RevokedOut:
     )
 
 
-# ------------------------------------------------------------------------ release signatures
+# ------------------------------------------------------------------------------ keys, whoami
+
+
+class KeyIn(BaseModel):
+    name: str = Field(default="", max_length=128)
+    scopes: list[str] = Field(json_schema_extra={**SCOPE_SCHEMA, "minItems": 1})
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class KeyOut(BaseModel):
+    id: int
+    name: str
+    prefix: str
+    scopes: list[str] = Field(json_schema_extra=SCOPE_SCHEMA)
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked: bool
+
+
+class NewKeyOut(KeyOut):
+    token: str = Field(description="The secret; shown once, never stored by the registry")
+
+
+class WhoAmI(BaseModel):
+    account: str
+    namespaces: list[str]
+    scopes: list[str] = Field(json_schema_extra=SCOPE_SCHEMA)
+    expires_at: datetime | None
+
+
+@router.get("/v1/whoami", response_model=WhoAmI, tags=["accounts"], responses=errors(401))
+def whoami(state: State, principal: Caller) -> WhoAmI:
+    if principal is None:
+        require(principal, "read", db=state.db)
+    assert principal is not None
+    with state.db.session() as session:
+        namespaces = accounts.namespaces_of(session, principal.account_id)
+    return WhoAmI(
+        account=principal.account_name,
+        namespaces=namespaces,
+        scopes=[s for s in tokens.SCOPES if s in principal.scopes],
+        expires_at=principal.expires_at,
+    )
+
+
+def _key_out(token: Any) -> dict[str, Any]:
+    return {
+        "id": token.id,
+        "name": token.name,
+        "prefix": token.prefix,
+        "scopes": token.scopes.split(","),
+        "created_at": token.created_at,
+        "expires_at": token.expires_at,
+        "last_used_at": token.last_used_at,
+        "revoked": token.revoked_at is not None,
+    }
+
+
+@router.post(
+    "/v1/keys",
+    response_model=NewKeyOut,
+    status_code=201,
+    tags=["accounts"],
+    responses=errors(400, 401, 403, 413, 422),
+)
+def create_key(body: KeyIn, state: State, principal: Caller) -> NewKeyOut:
+    """A new API key for the calling account, with at most the caller's own scopes."""
+    principal = require(principal, "admin", db=state.db)
+    try:
+        scopes = tokens.parse_scopes(body.scopes)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    beyond = tokens.beyond_grant(principal.scopes, scopes)
+    if beyond:
+        raise Forbidden(f"a key cannot have scopes its creator lacks: {', '.join(sorted(beyond))}")
+    days = body.expires_in_days or state.settings.default_token_days or None
+    with state.db.session() as session:
+        account = accounts.account_by_id(session, principal.account_id)
+        token, secret = accounts.create_token(
+            session, account, scopes, expires_in=timedelta(days=days) if days else None, name=body.name
+        )
+        out = _key_out(token)
+    return NewKeyOut(token=secret, **out)
+
+
+@router.get("/v1/keys", response_model=list[KeyOut], tags=["accounts"], responses=errors(401, 403))
+def list_keys(state: State, principal: Caller) -> list[KeyOut]:
+    principal = require(principal, "admin", db=state.db)
+    with state.db.session() as session:
+        return [KeyOut(**_key_out(t)) for t in accounts.list_tokens(session, principal.account_id)]
+
+
+@router.delete(
+    "/v1/keys/{key_id}", response_model=KeyOut, tags=["accounts"], responses=errors(401, 403, 404, 422)
+)
+def revoke_key(key_id: int, state: State, principal: Caller) -> KeyOut:
+    principal = require(principal, "admin", db=state.db)
+    with state.db.session() as session:
+        return KeyOut(**_key_out(accounts.revoke_token(session, principal.account_id, key_id)))

@@ -58,6 +58,14 @@ def account_by_name(session: Session, name: str) -> Account:
     return account
 
 
+def account_by_id(session: Session, account_id: int) -> Account:
+    """The account of an authenticated principal (it exists: tokens go with their account)."""
+    account = session.get(Account, account_id)
+    if account is None:
+        raise AuthError("the account of this token no longer exists", hint="sign in again")
+    return account
+
+
 def create_token(
     session: Session,
     account: Account,

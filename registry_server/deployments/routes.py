@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
@@ -32,27 +33,27 @@ from pydantic import BaseModel, Field
 from mcpz.errors import NotFoundError, UsageError
 from mcpz.keys import signing
 from mcpz.mesh import Deploy, ProtocolError, ReplicaStatus, ResourceLimits, encode
-from mcpz.names import name_problem
+from mcpz.names import LATEST
 from registry_server.accounts import namespaces
 from registry_server.accounts import service as accounts
 from registry_server.accounts.auth import Forbidden, require
-from registry_server.accounts.http import Caller, public_url, signature_refusal
+from registry_server.accounts.http import Caller, signature_refusal
 from registry_server.accounts.service import Principal
-from registry_server.deployments.service import (
-    MAX_REPLICAS,
+from registry_server.deployments.logbook import LogBook
+from registry_server.deployments.records import (
     Change,
-    DeploymentService,
     DeploymentState,
     Limits,
-    LogBook,
     NodeState,
     Signed,
     StatementChanged,
     Template,
-    release_template,
 )
-from registry_server.http import State, error_response
+from registry_server.deployments.service import MAX_REPLICAS, DeploymentService
+from registry_server.deployments.templates import release_template
+from registry_server.http import State, agent_name, checked_agent_name, error_response
 from registry_server.openapi import AGENT_SCHEMA, AgentPart, Namespace, errors
+from registry_server.settings import public_url
 from registry_server.state import RegistryState
 
 router = APIRouter(tags=["deployments"])
@@ -111,14 +112,6 @@ class RollbackIn(SigningIn):
 
 def service_of(request: Request) -> DeploymentService:
     return request.app.state.mesh.service  # type: ignore[no-any-return]
-
-
-def _deployment_name(namespace: str, name: str) -> str:
-    full = f"{namespace}/{name}"
-    problem = name_problem(full)
-    if problem:
-        raise UsageError(f'deployment name "{full}" {problem}')
-    return full
 
 
 async def _allow(state: RegistryState, principal: Principal | None, namespace: str, *, write: bool) -> None:
@@ -199,15 +192,20 @@ def _found(service: DeploymentService, name: str) -> DeploymentState:
     return deployment
 
 
+def _found_live(service: DeploymentService, name: str) -> DeploymentState:
+    deployment = _found(service, name)
+    if deployment.deleted:
+        raise NotFoundError(f"no deployment {name} (it is being removed)", hint="see `mcpz deployments`")
+    return deployment
+
+
 # --- routes -----------------------------------------------------------------------------------
 
 
 @router.post("/v1/deployments", status_code=201, responses=errors(400, 401, 403, 404, 409, 413, 422))
 async def deploy(body: DeployIn, request: Request, state: State, principal: Caller) -> Any:
     """Create a deployment of a release, or update it (a new revision rolls out one replica at a time)."""
-    problem = name_problem(body.agent)
-    if problem:
-        raise UsageError(f'agent name "{body.agent}" {problem}')
+    checked_agent_name(body.agent)
     namespace = body.agent.split("/")[0]
     await _allow(state, principal, namespace, write=True)
     service = service_of(request)
@@ -223,7 +221,8 @@ async def deploy(body: DeployIn, request: Request, state: State, principal: Call
         limits = Limits(body.limits.memory_bytes, body.limits.open_files)
     else:
         limits = current.template.limits if current is not None else Limits()
-    version = body.version or (current.template.version if current is not None else None)
+    asked = None if body.version == LATEST else body.version
+    version = asked or (current.template.version if current is not None else None)
     template = await anyio.to_thread.run_sync(
         lambda: release_template(state.db, state.repos, body.agent, version, limits=limits, selector=selector)
     )
@@ -261,7 +260,7 @@ async def list_deployments(request: Request, state: State, principal: Caller) ->
 async def get_deployment(
     namespace: Namespace, name: AgentPart, request: Request, state: State, principal: Caller
 ) -> Any:
-    full = _deployment_name(namespace, name)
+    full = agent_name(namespace, name, what="deployment")
     await _allow(state, principal, namespace, write=False)
     service = service_of(request)
     return JSONResponse(deployment_view(service, _found(service, full)))
@@ -271,7 +270,7 @@ async def get_deployment(
 async def scale(
     namespace: Namespace, name: AgentPart, body: ScaleIn, request: Request, state: State, principal: Caller
 ) -> Any:
-    full = _deployment_name(namespace, name)
+    full = agent_name(namespace, name, what="deployment")
     await _allow(state, principal, namespace, write=True)
     service = service_of(request)
 
@@ -293,7 +292,7 @@ async def rollback(
     body: RollbackIn | None = None,
 ) -> Any:
     """A new revision with the template of an earlier one (default: the one before the current)."""
-    full = _deployment_name(namespace, name)
+    full = agent_name(namespace, name, what="deployment")
     await _allow(state, principal, namespace, write=True)
     service = service_of(request)
     body = body or RollbackIn()
@@ -304,12 +303,27 @@ async def rollback(
     return await _change(request, state, namespace, full, body, make)
 
 
+@router.post("/v1/deployments/{namespace}/{name}/restart", responses=errors(400, 401, 403, 404, 422))
+async def restart(
+    namespace: Namespace, name: AgentPart, request: Request, state: State, principal: Caller
+) -> Any:
+    """Try every failed replica again now (their backoff forgotten); the revision does not change."""
+    full = agent_name(namespace, name, what="deployment")
+    await _allow(state, principal, namespace, write=True)
+    service = service_of(request)
+    _found_live(service, full)
+    restarted = await service.restart(full)
+    view = deployment_view(service, _found_live(service, full))
+    view["restarted"] = restarted
+    return view
+
+
 @router.delete("/v1/deployments/{namespace}/{name}", responses=errors(400, 401, 403, 404, 409))
 async def remove(
     namespace: Namespace, name: AgentPart, request: Request, state: State, principal: Caller
 ) -> Any:
     """Stop every replica; the deployment goes once its nodes confirm (state "deleting" until then)."""
-    full = _deployment_name(namespace, name)
+    full = agent_name(namespace, name, what="deployment")
     await _allow(state, principal, namespace, write=True)
     service = service_of(request)
     await service.remove(full)
@@ -332,7 +346,7 @@ async def logs(
 ) -> Any:
     """Recent log lines of the deployment's replicas; with `follow`, an NDJSON stream of new ones
     (a blank line every few seconds keeps it alive; it ends after a while: resume with `after`)."""
-    full = _deployment_name(namespace, name)
+    full = agent_name(namespace, name, what="deployment")
     await _allow(state, principal, namespace, write=False)
     service = service_of(request)
     _found(service, full)
@@ -449,7 +463,9 @@ def deployment_view(
     by_status = {s.value: 0 for s in ReplicaStatus}
     ready = updated = old = stopping = 0
     failed = False
+    failure = ""  # the first current failed replica's detail
     waiting = ""  # why unplaced replicas wait, worked out once
+    clock = time.monotonic()
     rows = []
     for replica in sorted(service.replicas_of(deployment.name), key=lambda r: r.replica_id):
         node = service.nodes.get(replica.node_id) if replica.node_id else None
@@ -461,6 +477,7 @@ def deployment_view(
                 detail = waiting = waiting or service.unplaced_reason(deployment)
         elif node is not None and not node.live:
             detail = detail or f"its node {node.name} is lost; waiting for an eligible node"
+        due = service.retries.due_at(replica.replica_id)
         rows.append(
             {
                 "id": replica.replica_id,
@@ -474,6 +491,11 @@ def deployment_view(
                 "stopping": replica.stopping,
                 "detail": detail,
                 "exit_code": replica.exit_code,
+                "retry_in": (
+                    round(max(0.0, due - clock), 1)
+                    if due is not None and replica.status is ReplicaStatus.FAILED
+                    else None
+                ),
             }
         )
         if replica.stopping:
@@ -486,7 +508,8 @@ def deployment_view(
         updated += 1
         if replica.status is ReplicaStatus.RUNNING and node is not None and node.live:
             ready += 1
-        failed = failed or replica.status is ReplicaStatus.FAILED
+        if replica.status is ReplicaStatus.FAILED and not failed:
+            failed, failure = True, replica.detail or "no detail"
     if deployment.deleted:
         phase = "deleting"
     elif failed:
@@ -495,6 +518,15 @@ def deployment_view(
         phase = "ready"
     else:
         phase = "progressing"
+    if phase == "failed":
+        reason = f"replica failed: {failure}"
+    elif phase == "progressing" and waiting:
+        reason = waiting
+    else:
+        reason = ""
+    # Stuck: nodes are up, yet none may take a replica (labels, owners, capacity); waiting for a
+    # node to connect at all is not stuck (one may be starting).
+    stuck = bool(waiting) and phase == "progressing" and service.any_node_up()
     current_revision = deployment.revisions[deployment.revision]
     view: dict[str, Any] = {
         "name": deployment.name,
@@ -509,6 +541,9 @@ def deployment_view(
         "selector": dict(template.selector),
         "limits": template.limits.to_dict(),
         "state": phase,
+        "reason": reason,
+        "stuck": stuck,
+        "rollback_to": deployment.rollback_target(),
         "ready": ready,
         "updated": updated,
         "old": old,

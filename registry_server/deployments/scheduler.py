@@ -210,15 +210,17 @@ def plan(
     next_epoch: int,
     new_id: Callable[[str], str],
     only: Collection[str] | None = None,
+    retry: Collection[str] = (),
 ) -> Plan:
     """The actions that bring the deployments named in `only` (default: all) towards `desired`.
 
     Replicas whose deployment has no `Desired` are treated as removed. `new_id(deployment)` names
-    a new replica; it must not return an id in use.
+    a new replica; it must not return an id in use. Failed replicas named in `retry` are placed
+    again at a new epoch (see `retries`); other failed replicas stay as they are.
     """
     if next_epoch < 1:
         raise ValueError(f"next_epoch must be >= 1, got {next_epoch}")
-    planner = _Planner({n.node_id: n for n in nodes}, next_epoch, new_id)
+    planner = _Planner({n.node_id: n for n in nodes}, next_epoch, new_id, retry)
     by_deployment: dict[str, list[Replica]] = defaultdict(list)
     for replica in replicas:
         by_deployment[replica.deployment].append(replica)
@@ -232,8 +234,15 @@ def plan(
 
 
 class _Planner:
-    def __init__(self, nodes: dict[str, NodeView], next_epoch: int, new_id: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        nodes: dict[str, NodeView],
+        next_epoch: int,
+        new_id: Callable[[str], str],
+        retry: Collection[str] = (),
+    ) -> None:
         self.nodes = nodes
+        self.retry = retry
         self.next_epoch = next_epoch
         self.new_id = new_id
         self.usage: Counter[str] = Counter()  # replicas (any deployment, stopping too) per node
@@ -363,9 +372,11 @@ class _Planner:
                 self.stop(replica, "scaled-down")
             current = ranked[len(current) - desired.replicas :]
 
-        # Move replicas off lost nodes, place unplaced ones, restart those that stopped on their own.
+        # Move replicas off lost nodes, place unplaced ones, restart those that stopped on their own,
+        # and try again the failed ones that are due.
         for replica in sorted(current, key=_by_id):
-            if self.reachable(replica) and replica.status is not ReplicaStatus.STOPPED:
+            retrying = replica.status is ReplicaStatus.FAILED and replica.replica_id in self.retry
+            if self.reachable(replica) and replica.status is not ReplicaStatus.STOPPED and not retrying:
                 continue
             self.release(replica)  # its own slot may be taken again
             node = self.pick(desired)
@@ -377,6 +388,8 @@ class _Planner:
                 reason = "placed"
             elif replica.status is ReplicaStatus.STOPPED and self.reachable(replica):
                 reason = "restarted: it stopped on its own"
+            elif retrying and self.reachable(replica):
+                reason = "retried: it had failed"
             else:
                 reason = f"moved off lost node {replica.node_id}"
             self.take(node.node_id)
@@ -427,7 +440,7 @@ def unplaced_reason(desired: Desired, nodes: Iterable[NodeView], usage: Mapping[
     matching = [n for n in allowed if n.matches(desired.selector)]
     if not matching:
         labels = ",".join(f"{k}={v}" for k, v in sorted(desired.selector.items()))
-        return f"waiting for a node with the labels {labels}: none of the nodes that may run it has them"
+        return f"no node matches {labels}: none of the nodes that may run it has these labels"
     if all(usage.get(n.node_id, 0) >= n.capacity for n in matching):
         return "waiting for capacity: every node that may run it is full"
     return "waiting for an eligible node"

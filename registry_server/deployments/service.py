@@ -23,245 +23,57 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import re
-import secrets
 import time
-from collections import defaultdict, deque
-from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import TypeVar
 
 import anyio.to_thread
-from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from mcpz.errors import McpzError, NotFoundError, RefusedError, UsageError
+from mcpz.errors import McpzError, NotFoundError, UsageError
 from mcpz.keys import signing
-from mcpz.mesh import Heartbeat, Hello, LockedDependency, Log, ReplicaStatus, Status
-from registry_server.accounts.models import Account, Namespace, NamespaceMember
+from mcpz.mesh import Heartbeat, Hello, Log, ReplicaStatus, Status
 from registry_server.db import Database, chunks
-from registry_server.deployments import scheduler
-from registry_server.deployments.models import (
-    EPOCH_COUNTER,
-    Deployment,
-    DeploymentRevision,
-    DeploymentSignature,
-    DeploymentStatementRow,
-    MeshCounter,
-    MeshNode,
-    MeshReplica,
+from registry_server.deployments import scheduler, store
+from registry_server.deployments.logbook import LogBook
+from registry_server.deployments.records import (
+    STOP_GRACE,
+    Change,
+    DeployIntent,
+    DeploymentState,
+    Intent,
+    NodeState,
+    Nowhere,
+    Revision,
+    Signed,
+    StatementChanged,
+    StopIntent,
+    Template,
+    Transport,
+    new_node_id,
+    new_replica_id,
+    statement_for,
 )
-from registry_server.deployments.scheduler import Desired, NodeView, Replica
+from registry_server.deployments.retries import Backoff, RetryBook
+from registry_server.deployments.scheduler import NodeView, Replica
 from registry_server.orm import utcnow
 
 log = logging.getLogger("registry_server.deployments")
 _T = TypeVar("_T")
 
-STOP_GRACE = 10.0
-"""Seconds a node gives a replica between SIGTERM and SIGKILL when the hub stops it."""
 MAX_REVISIONS = 10
 SLOW_ROUND = 0.1
 """A reconciliation round longer than this (seconds) is logged with the time of each phase."""
 MAX_REPLICAS = 10_000
+RETRY_TICK = 1.0
+"""How often (seconds) the ticker looks for failed replicas whose retry is due."""
 FIGURES_INTERVAL = 30.0
 """How often nodes' heartbeat figures (load, memory, last seen) are written to the database. The
 mirror always has the live ones; the database needs them only after a restart."""
-
-
-# --- the mirror's records ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    memory_bytes: int | None = None
-    open_files: int | None = None
-
-    def to_dict(self) -> dict[str, int | None]:
-        return {"memory_bytes": self.memory_bytes, "open_files": self.open_files}
-
-
-@dataclass(frozen=True, slots=True)
-class Template:
-    """What a revision's replicas run, and where they may run."""
-
-    agent: str
-    version: str
-    commit: str
-    command: tuple[str, ...]
-    env: Mapping[str, str] = field(default_factory=dict)
-    limits: Limits = Limits()
-    selector: Mapping[str, str] = field(default_factory=dict)
-    dependencies: tuple[LockedDependency, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Revision:
-    number: int
-    template: Template
-    created_at: datetime
-    statement: str = ""  # canonical DeploymentStatement text; "" for revisions made before 0005
-    signatures: tuple[tuple[str, str], ...] = ()  # (signer, signature), checked when kept
-
-
-@dataclass(frozen=True, slots=True)
-class DeploymentState:
-    name: str
-    namespace: str
-    revision: int
-    replicas: int
-    deleted: bool
-    created_at: datetime
-    updated_at: datetime
-    revisions: Mapping[int, Revision]
-
-    @property
-    def template(self) -> Template:
-        return self.revisions[self.revision].template
-
-    def desired(self, accounts: frozenset[int] | None = None) -> Desired:
-        """Desired state; `accounts`: those whose nodes may run it (None: any node's)."""
-        target = self.template
-        same = frozenset(n for n, r in self.revisions.items() if r.template == target)
-        return Desired(
-            self.name, self.revision, self.replicas, self.template.selector, same, self.deleted, accounts
-        )
-
-
-@dataclass
-class NodeState:
-    node_id: str
-    name: str
-    account_id: int
-    labels: dict[str, str]
-    capacity: int
-    software_version: str
-    state: str  # "ready" or "lost"
-    created_at: datetime
-    shared: bool = False  # it said `--shared` in its hello: it runs every account's deployments
-    last_seen_at: datetime | None = None
-    lost_at: datetime | None = None
-    cpu_percent: float = 0.0
-    memory_used: int = 0
-    memory_total: int = 0
-    load: float = 0.0
-    stale_frames: int = 0  # frames of epochs that are not current, dropped (since this hub started)
-
-    @property
-    def live(self) -> bool:
-        return self.state == "ready"
-
-
-# --- what the transport (the mesh hub) is asked to send ----------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class DeployIntent:
-    node_id: str
-    deployment: str
-    replica_id: str
-    epoch: int
-    template: Template
-    statement: str = ""  # the signed deployment statement the node checks (see `_statement_for`)
-    signatures: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class StopIntent:
-    node_id: str
-    deployment: str
-    replica_id: str
-    epoch: int
-    reason: str
-    grace: float = STOP_GRACE
-
-
-Intent = DeployIntent | StopIntent
-
-
-class Transport(Protocol):
-    def is_connected(self, node_id: str) -> bool: ...
-
-    def deliver(self, intents: Sequence[Intent]) -> None: ...
-
-
-class _Nowhere:
-    def is_connected(self, node_id: str) -> bool:
-        return False
-
-    def deliver(self, intents: Sequence[Intent]) -> None:
-        pass
-
-
-# --- logs --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class LogLine:
-    seq: int
-    ts: float
-    replica: str
-    stream: str
-    line: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "ts": self.ts,
-            "replica": self.replica,
-            "stream": self.stream,
-            "line": self.line,
-        }
-
-
-class LogBook:
-    """The last lines of each deployment's replicas, in memory, and live followers.
-
-    A follower's queue is bounded: when it cannot keep up, its oldest lines are dropped.
-    """
-
-    def __init__(self, max_lines: int = 1000, max_line: int = 4096, follower_queue: int = 1000) -> None:
-        self.max_lines = max_lines
-        self.max_line = max_line
-        self.follower_queue = follower_queue
-        self._lines: dict[str, deque[LogLine]] = {}
-        self._followers: dict[str, set[asyncio.Queue[LogLine]]] = defaultdict(set)
-        self._seq = 0
-
-    def append(self, deployment: str, replica_id: str, stream: str, lines: Iterable[str], ts: float) -> None:
-        buffer = self._lines.get(deployment)
-        if buffer is None:
-            buffer = self._lines[deployment] = deque(maxlen=self.max_lines)
-        followers = self._followers.get(deployment, ())
-        for text in lines:
-            self._seq += 1
-            entry = LogLine(self._seq, ts, replica_id, stream, text[: self.max_line])
-            buffer.append(entry)
-            for queue in followers:
-                if queue.full():
-                    queue.get_nowait()
-                queue.put_nowait(entry)
-
-    def tail(self, deployment: str, n: int, after: int = 0) -> list[LogLine]:
-        lines = [x for x in self._lines.get(deployment, ()) if x.seq > after]
-        return lines[-n:] if n > 0 else []
-
-    def subscribe(self, deployment: str) -> asyncio.Queue[LogLine]:
-        queue: asyncio.Queue[LogLine] = asyncio.Queue(self.follower_queue)
-        self._followers[deployment].add(queue)
-        return queue
-
-    def unsubscribe(self, deployment: str, queue: asyncio.Queue[LogLine]) -> None:
-        followers = self._followers.get(deployment)
-        if followers is not None:
-            followers.discard(queue)
-            if not followers:
-                del self._followers[deployment]
-
-    def forget(self, deployment: str) -> None:
-        self._lines.pop(deployment, None)
 
 
 # --- round inputs and outputs --------------------------------------------------------------------
@@ -284,66 +96,32 @@ class _StatusUpdate:
     exit_code: int | None = None
 
 
-@dataclass
-class _Changes:
-    """Everything one round writes, in one transaction."""
+@dataclass(slots=True)
+class _Round:
+    """One reconciliation round's working copy of the mirror, what it will write (`before`: nodes
+    and the epoch counter, durable before any frame leaves; `after`: replicas) and send."""
 
-    node_inserts: list[dict[str, Any]] = field(default_factory=list)
-    node_updates: list[dict[str, Any]] = field(default_factory=list)
-    node_deletes: list[str] = field(default_factory=list)
-    statuses: list[dict[str, Any]] = field(default_factory=list)
-    creates: list[dict[str, Any]] = field(default_factory=list)
-    assigns: list[dict[str, Any]] = field(default_factory=list)
-    stops: list[dict[str, Any]] = field(default_factory=list)
-    forgets: list[str] = field(default_factory=list)
-    drops: list[str] = field(default_factory=list)
-    epoch: tuple[int, int] | None = None  # (last used before, last used after)
+    started: float
+    now: datetime
+    clock: float  # monotonic, for retries
+    nodes: dict[str, NodeState]
+    replicas: dict[str, Replica]
+    deployments: dict[str, DeploymentState]
+    statuses: dict[str, _StatusUpdate]
+    dirty: set[str]
+    plan: scheduler.Plan
+    before: store.Changes = field(default_factory=store.Changes)
+    after: store.Changes = field(default_factory=store.Changes)
+    intents: list[Intent] = field(default_factory=list)
+    ready: list[tuple[_Registration, NodeState]] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)  # replicas whose node may have changed
+    planned: float = 0.0
+    reserved: float = 0.0
+    sent: float = 0.0
 
-    def __bool__(self) -> bool:
-        return any(
-            (
-                self.node_inserts,
-                self.node_updates,
-                self.node_deletes,
-                self.statuses,
-                self.creates,
-                self.assigns,
-                self.stops,
-                self.forgets,
-                self.drops,
-                self.epoch,
-            )
-        )
-
-
-class ConflictError(McpzError):
-    """Another process changed the mesh's tables under this one."""
-
-
-class StatementChanged(RefusedError):
-    """The statement signed is not the one the change makes now: the deployment moved meanwhile
-    (or the signer saw another registry URL). Prepare and sign again."""
-
-
-@dataclass(frozen=True, slots=True)
-class Signed:
-    """A deployer's signature over the statement of the change asked for; `signer` is the address
-    it recovers to, already checked to be the namespace's owner or a member."""
-
-    statement: str
-    signature: str
-    signer: str
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """What a change of desired state made (or, prepared, would make)."""
-
-    created: bool  # a new deployment
-    revision: int  # the revision the deployment is at afterwards
-    new_revision: bool  # False: nothing changed, the current revision stands
-    statement: str  # that revision's canonical statement ("" when no registry URL was given)
-    signers: tuple[str, ...]  # who signed that statement, this change included
+    @property
+    def welcomed(self) -> set[str]:
+        return {node.node_id for _, node in self.ready}
 
 
 # --- the service ---------------------------------------------------------------------------------
@@ -361,6 +139,7 @@ class DeploymentService:
         max_revisions: int = MAX_REVISIONS,
         shared_nodes: bool = False,
         shared_node_owners: Sequence[str] = (),
+        backoff: Backoff | None = None,
     ) -> None:
         self.db = db
         self.resync_interval = resync_interval
@@ -373,7 +152,7 @@ class DeploymentService:
         self.pool: frozenset[int] = frozenset()  # ids of the accounts named in shared_node_owners
         # Per namespace, the accounts whose nodes may run its deployments: read before each plan.
         self.access: dict[str, frozenset[int]] = {}
-        self.transport: Transport = _Nowhere()
+        self.transport: Transport = Nowhere()
         self.logs = LogBook()
         self.deployments: dict[str, DeploymentState] = {}
         self.replicas: dict[str, Replica] = {}
@@ -394,6 +173,9 @@ class DeploymentService:
         # Per deployment name, the highest revision ever made (kept in deployment_statements):
         # a name deployed again after removal numbers on from there.
         self._floors: dict[str, int] = {}
+        # Failed replicas are tried again: at once when what failed them may have changed, else
+        # after a backoff (see `retries`).
+        self.retries = RetryBook(backoff or Backoff())
 
     # -- life cycle
 
@@ -419,95 +201,13 @@ class DeploymentService:
             await self._flush_figures()
 
     def _load(self) -> None:
-        with self.db.session() as session:
-            revisions: dict[str, dict[int, Revision]] = defaultdict(dict)
-            same_revision = and_(
-                DeploymentStatementRow.deployment == DeploymentRevision.deployment,
-                DeploymentStatementRow.revision == DeploymentRevision.revision,
-            )
-            statements = {
-                (row.deployment, row.revision): row.statement
-                for row in session.scalars(
-                    select(DeploymentStatementRow).join(DeploymentRevision, same_revision)
-                )
-            }
-            signed: dict[tuple[str, int], list[tuple[str, str]]] = defaultdict(list)
-            signature_of_revision = and_(
-                DeploymentSignature.deployment == DeploymentRevision.deployment,
-                DeploymentSignature.revision == DeploymentRevision.revision,
-            )
-            for sig in session.scalars(
-                select(DeploymentSignature)
-                .join(DeploymentRevision, signature_of_revision)
-                .order_by(DeploymentSignature.id)
-            ):
-                signed[sig.deployment, sig.revision].append((sig.signer, sig.signature))
-            for row in session.scalars(select(DeploymentRevision)):
-                key = (row.deployment, row.revision)
-                revisions[row.deployment][row.revision] = Revision(
-                    row.revision,
-                    _template_of(row),
-                    row.created_at,
-                    statements.get(key, ""),
-                    tuple(signed[key]),
-                )
-            self._floors = {
-                name: int(top)
-                for name, top in session.execute(
-                    select(
-                        DeploymentStatementRow.deployment, func.max(DeploymentStatementRow.revision)
-                    ).group_by(DeploymentStatementRow.deployment)
-                )
-            }
-            self.deployments = {
-                row.name: DeploymentState(
-                    row.name,
-                    row.namespace,
-                    row.revision,
-                    row.replicas,
-                    row.deleted,
-                    row.created_at,
-                    row.updated_at,
-                    revisions[row.name],
-                )
-                for row in session.scalars(select(Deployment))
-            }
-            self.replicas = {
-                row.id: Replica(
-                    row.id,
-                    row.deployment,
-                    row.revision,
-                    row.node_id,
-                    row.epoch,
-                    ReplicaStatus(row.status),
-                    row.stopping,
-                    row.detail,
-                    row.exit_code,
-                )
-                for row in session.scalars(select(MeshReplica))
-            }
-            self.nodes = {
-                row.id: NodeState(
-                    row.id,
-                    row.name,
-                    row.account_id,
-                    json.loads(row.labels),
-                    row.capacity,
-                    row.software_version,
-                    row.state,
-                    row.created_at,
-                    row.shared,
-                    row.last_seen_at,
-                    row.lost_at,
-                    row.cpu_percent,
-                    row.memory_used,
-                    row.memory_total,
-                    row.load,
-                )
-                for row in session.scalars(select(MeshNode))
-            }
-            counter = session.get(MeshCounter, EPOCH_COUNTER)
-            self.next_epoch = (counter.value if counter else 0) + 1
+        mirror = store.load(self.db)
+        self.deployments, self.replicas, self.nodes = mirror.deployments, mirror.replicas, mirror.nodes
+        self.next_epoch, self._floors = mirror.next_epoch, mirror.floors
+        clock = time.monotonic()
+        for replica in self.replicas.values():
+            if replica.status is ReplicaStatus.FAILED and not self.retries.failures(replica.replica_id):
+                self.retries.failed(replica.replica_id, clock)
         self._reindex()
 
     def _reindex(self, old: Mapping[str, Replica] | None = None, touched: Iterable[str] = ()) -> None:
@@ -551,6 +251,10 @@ class DeploymentService:
             self.is_shared(node),
         )
 
+    def any_node_up(self) -> bool:
+        """Whether any node is live and connected now."""
+        return any(n.live and self.transport.is_connected(n.node_id) for n in self.nodes.values())
+
     def unplaced_reason(self, deployment: DeploymentState) -> str:
         """Why a replica of `deployment` waits for a node, in one line (as of the last round)."""
         usage = {node_id: len(held) for node_id, held in self._by_node.items()}
@@ -570,7 +274,7 @@ class DeploymentService:
         revision = deployment.revisions.get(replica.revision) if deployment else None
         if deployment is None or revision is None:
             return None
-        statement, signatures = _statement_for(deployment, revision.template)
+        statement, signatures = statement_for(deployment, revision.template)
         return DeployIntent(
             node_id, replica.deployment, replica.replica_id, epoch, revision.template, statement, signatures
         )
@@ -708,9 +412,29 @@ class DeploymentService:
                 state = self._with_template(current, template, now, force=wanted != current.replicas)
                 state = replace(state, replicas=wanted, deleted=False)
             change = await self._commit(current, state, registry, signed, prepare)
+            if not prepare:
+                # Deployed again (signed again, or its release signed meanwhile): what failed its
+                # replicas may have changed, so they are tried again now.
+                self.retries.force(self._failed_of(name), time.monotonic())
         if not prepare:
             await self.reconcile([name])
         return change
+
+    async def restart(self, name: str) -> int:
+        """Try every failed replica of `name` again now, its backoff forgotten; returns how many."""
+        async with self._lock:
+            self._existing(name)
+            failed = self._failed_of(name)
+            self.retries.force(failed, time.monotonic(), reset=True)
+        await self.reconcile([name])
+        return len(failed)
+
+    def _failed_of(self, name: str) -> list[str]:
+        return [
+            r.replica_id
+            for r in self.replicas_of(name)
+            if r.status is ReplicaStatus.FAILED and not r.stopping
+        ]
 
     async def scale(
         self,
@@ -751,17 +475,12 @@ class DeploymentService:
         async with self._lock:
             current = self._existing(name)
             if to_revision is None:
-                earlier = [
-                    n
-                    for n, r in current.revisions.items()
-                    if n < current.revision and r.template != current.template
-                ]
-                if not earlier:
+                to_revision = current.rollback_target()
+                if to_revision is None:
                     raise UsageError(
                         f"{name} has no earlier revision to roll back to",
                         hint=f"see its revisions with `mcpz deploy status {name}`",
                     )
-                to_revision = max(earlier)
             target = current.revisions.get(to_revision)
             if target is None:
                 kept = ", ".join(str(n) for n in sorted(current.revisions))
@@ -864,53 +583,8 @@ class DeploymentService:
         statement: str = "",
         signatures: Sequence[tuple[str, str]] = (),
     ) -> None:
-        await anyio.to_thread.run_sync(self._write_deployment, before, after, statement, signatures)
+        await anyio.to_thread.run_sync(store.write_deployment, self.db, before, after, statement, signatures)
         self.deployments[after.name] = after
-
-    def _write_deployment(
-        self,
-        before: DeploymentState | None,
-        after: DeploymentState,
-        statement: str = "",
-        signatures: Sequence[tuple[str, str]] = (),
-    ) -> None:
-        with self.db.session() as session:
-            row = session.get(Deployment, after.name)
-            if row is None:
-                row = Deployment(name=after.name, namespace=after.namespace, created_at=after.created_at)
-                session.add(row)
-            row.revision = after.revision
-            row.replicas = after.replicas
-            row.deleted = after.deleted
-            row.updated_at = after.updated_at
-            session.flush()
-            old = set(before.revisions) if before else set()
-            gone = old - set(after.revisions)
-            if gone:
-                session.execute(
-                    delete(DeploymentRevision).where(
-                        DeploymentRevision.deployment == after.name, DeploymentRevision.revision.in_(gone)
-                    )
-                )
-            for number in sorted(set(after.revisions) - old):
-                session.add(_revision_row(after.name, after.revisions[number]))
-            now = utcnow()
-            if statement:
-                session.add(
-                    DeploymentStatementRow(
-                        deployment=after.name, revision=after.revision, statement=statement, created_at=now
-                    )
-                )
-            for signer, signature in signatures:
-                session.add(
-                    DeploymentSignature(
-                        deployment=after.name,
-                        revision=after.revision,
-                        signer=signer,
-                        signature=signature,
-                        created_at=now,
-                    )
-                )
 
     # -- reconciliation
 
@@ -943,8 +617,16 @@ class DeploymentService:
         next_resync = loop.time() + self.resync_interval
         next_figures = loop.time() + FIGURES_INTERVAL
         while True:
-            await asyncio.sleep(max(0.01, min(next_resync, next_figures) - loop.time()))
+            await asyncio.sleep(
+                max(0.01, min(next_resync, next_figures, loop.time() + RETRY_TICK) - loop.time())
+            )
             now = loop.time()
+            due = self.retries.next_due()
+            if due is not None and due <= time.monotonic():
+                self._dirty.update(
+                    r.deployment for r in map(self.replicas.get, self.retries.due(time.monotonic())) if r
+                )
+                self._wake.set()
             if now >= next_resync:
                 next_resync = now + self.resync_interval
                 self._dirty.update(self.deployments)
@@ -957,17 +639,13 @@ class DeploymentService:
         """Write what heartbeats said (load, memory, last seen), in small transactions and outside
         the rounds: the mirror has the live figures, the database only needs them for a restart."""
         due, self._figures_due = self._figures_due, set()
-        rows = [_figures_row(self.nodes[n]) for n in sorted(due) if n in self.nodes]
+        rows = [store.figures_row(self.nodes[n]) for n in sorted(due) if n in self.nodes]
         for chunk in chunks(rows, 500):
             try:
-                await anyio.to_thread.run_sync(self._write_figures, chunk)
+                await anyio.to_thread.run_sync(store.write_figures, self.db, chunk)
             except SQLAlchemyError as e:
                 log.warning("cannot write node figures: %s", e)
                 return
-
-    def _write_figures(self, rows: Sequence[dict[str, Any]]) -> None:
-        with self.db.session() as session:
-            session.execute(update(MeshNode), list(rows))
 
     async def _round(self, *, plan_all: bool = True) -> None:
         async with self._lock:
@@ -995,64 +673,88 @@ class DeploymentService:
         plan_all: bool,
         prune: Iterable[str] = (),
     ) -> None:
-        """One round. Its writes go in two transactions: first the nodes and the epoch counter, then
-        (after the frames left) the replicas. An epoch is thus durable before any node sees it, so
-        none is ever used twice; should the process die between the two, a node holds an
-        assignment the database does not know, and the epoch rules stop it at its next report."""
-        started = time.perf_counter()
-        now = utcnow()
-        before, after = _Changes(), _Changes()
-        nodes = dict(self.nodes)
-        replicas = dict(self.replicas)
-        intents: list[Intent] = []
-        ready: list[tuple[_Registration, NodeState]] = []
-        touched: set[str] = set()  # replicas whose node may have changed
+        """One round, in named steps over a working copy of the mirror (`_Round`). Its writes go
+        in two transactions: first the nodes and the epoch counter, then (after the frames left)
+        the replicas. An epoch is thus durable before any node sees it, so none is ever used twice;
+        should the process die between the two, a node holds an assignment the database does not
+        know, and the epoch rules stop it at its next report."""
+        r = _Round(
+            started=time.perf_counter(),
+            now=utcnow(),
+            clock=time.monotonic(),
+            nodes=dict(self.nodes),
+            replicas=dict(self.replicas),
+            deployments=dict(self.deployments),
+            statuses=statuses,
+            dirty=dirty,
+            plan=scheduler.Plan((), self.next_epoch),
+        )
+        self._welcome(r, registrations)
+        self._lose(r, lost - r.welcomed)
+        self._prune_nodes(r, set(prune) - r.welcomed)
+        self._adopt_held(r)
+        self._take_statuses(r)
+        everything = plan_all and bool(registrations or lost - r.welcomed)
+        await self._plan(
+            r, everything=everything, retry_all=plan_all and bool(registrations), plan_all=plan_all
+        )
+        await self._publish(r)
+        self._log_if_slow(r, len(registrations))
 
-        # 1. Nodes: hellos, then losses (a node that said hello in this round is not lost).
+    def _welcome(self, r: _Round, registrations: list[_Registration]) -> None:
+        """Nodes that said hello: known ones updated, new ones given an id."""
         for registration in registrations:
-            node, created = self._registered(registration, nodes, now)
-            nodes[node.node_id] = node
-            ready.append((registration, node))
-            (before.node_inserts if created else before.node_updates).append(_node_row(node))
-        welcomed = {node.node_id for _, node in ready}
-        for node_id in lost - welcomed:
-            silent = nodes.get(node_id)
-            if silent is not None and silent.live:
-                nodes[node_id] = silent = replace(silent, state="lost", lost_at=now)
-                before.node_updates.append(_node_row(silent))
-                log.warning("node lost", extra={"node": node_id, "node_name": silent.name})
-        for node_id in sorted(set(prune) - welcomed):
-            silent = nodes.get(node_id)
-            if silent is not None and not silent.live:
-                del nodes[node_id]
-                before.node_deletes.append(node_id)
-                log.info("lost node pruned", extra={"node": node_id, "node_name": silent.name})
-                for replica_id in self._by_node.get(node_id, ()):
-                    replica = replicas.get(replica_id)
-                    if replica is None:
-                        continue
-                    # Unassigned, its epoch kept: a copy still running somewhere stays fenced off.
-                    replicas[replica_id] = replace(
-                        replica, node_id=None, status=ReplicaStatus.PENDING, detail="", exit_code=None
-                    )
-                    after.assigns.append(
-                        {
-                            "id": replica_id, "node_id": None, "epoch": replica.epoch,
-                            "status": ReplicaStatus.PENDING.value, "detail": "", "exit_code": None,
-                            "updated_at": now,
-                        }
-                    )  # fmt: skip
-                    touched.add(replica_id)
-                    dirty.add(replica.deployment)
+            node, created = self._registered(registration, r.nodes, r.now)
+            r.nodes[node.node_id] = node
+            r.ready.append((registration, node))
+            (r.before.node_inserts if created else r.before.node_updates).append(store.node_row(node))
 
-        # 2. What the welcomed nodes hold, by the epoch rules.
-        for registration, node in ready:
-            held = [self.replicas[r] for r in self._by_node.get(node.node_id, ()) if r in self.replicas]
+    def _lose(self, r: _Round, lost: Iterable[str]) -> None:
+        """Nodes silent past their grace (and that did not say hello in this round) are lost."""
+        for node_id in lost:
+            silent = r.nodes.get(node_id)
+            if silent is not None and silent.live:
+                r.nodes[node_id] = silent = replace(silent, state="lost", lost_at=r.now)
+                r.before.node_updates.append(store.node_row(silent))
+                log.warning("node lost", extra={"node": node_id, "node_name": silent.name})
+
+    def _prune_nodes(self, r: _Round, prune: set[str]) -> None:
+        """Lost nodes past their retention go; their replicas wait unplaced, their epochs kept."""
+        for node_id in sorted(prune):
+            silent = r.nodes.get(node_id)
+            if silent is None or silent.live:
+                continue
+            del r.nodes[node_id]
+            r.before.node_deletes.append(node_id)
+            log.info("lost node pruned", extra={"node": node_id, "node_name": silent.name})
+            for replica_id in self._by_node.get(node_id, ()):
+                replica = r.replicas.get(replica_id)
+                if replica is None:
+                    continue
+                # Unassigned, its epoch kept: a copy still running somewhere stays fenced off.
+                r.replicas[replica_id] = replace(
+                    replica, node_id=None, status=ReplicaStatus.PENDING, detail="", exit_code=None
+                )
+                r.after.assigns.append(
+                    {
+                        "id": replica_id, "node_id": None, "epoch": replica.epoch,
+                        "status": ReplicaStatus.PENDING.value, "detail": "", "exit_code": None,
+                        "updated_at": r.now,
+                    }
+                )  # fmt: skip
+                r.touched.add(replica_id)
+                r.dirty.add(replica.deployment)
+
+    def _adopt_held(self, r: _Round) -> None:
+        """What the welcomed nodes say they hold, by the epoch rules: stale copies stopped,
+        missing assignments sent again, the statuses of current ones adopted."""
+        for registration, node in r.ready:
+            held = [self.replicas[x] for x in self._by_node.get(node.node_id, ()) if x in self.replicas]
             outcome = scheduler.reconcile_reports(
-                node.node_id, registration.hello.replicas, replicas, held, complete=True
+                node.node_id, registration.hello.replicas, r.replicas, held, complete=True
             )
             for copy in outcome.stop:
-                intents.append(
+                r.intents.append(
                     StopIntent(
                         node.node_id,
                         copy.deployment,
@@ -1063,121 +765,156 @@ class DeploymentService:
                     )
                 )
             for replica_id in outcome.redeploy:
-                replica = replicas[replica_id]
+                replica = r.replicas[replica_id]
                 intent = self._deploy_intent(node.node_id, replica, replica.epoch, self.deployments)
                 if intent is not None:
-                    intents.append(intent)
+                    r.intents.append(intent)
             for replica_id, status in outcome.adopt:
-                statuses[replica_id] = _StatusUpdate(node.node_id, replicas[replica_id].epoch, status)
-                dirty.add(replicas[replica_id].deployment)
+                r.statuses[replica_id] = _StatusUpdate(node.node_id, r.replicas[replica_id].epoch, status)
+                r.dirty.add(r.replicas[replica_id].deployment)
             for replica_id in outcome.stopped:
-                epoch = replicas[replica_id].epoch
-                statuses[replica_id] = _StatusUpdate(node.node_id, epoch, ReplicaStatus.STOPPED)
-                dirty.add(replicas[replica_id].deployment)
+                epoch = r.replicas[replica_id].epoch
+                r.statuses[replica_id] = _StatusUpdate(node.node_id, epoch, ReplicaStatus.STOPPED)
+                r.dirty.add(r.replicas[replica_id].deployment)
 
-        # 3. Status reports, checked again against the epochs of now.
-        for replica_id, report in statuses.items():
-            row = replicas.get(replica_id)
-            if row is None or not scheduler.accepts(replicas, report.node_id, replica_id, report.epoch):
+    def _take_statuses(self, r: _Round) -> None:
+        """Status reports, checked again against the epochs of now; failures start a backoff."""
+        for replica_id, report in r.statuses.items():
+            row = r.replicas.get(replica_id)
+            if row is None or not scheduler.accepts(r.replicas, report.node_id, replica_id, report.epoch):
                 continue
             if row.stopping and report.status is ReplicaStatus.STOPPED:
-                del replicas[replica_id]
-                after.forgets.append(replica_id)
-                touched.add(replica_id)
-                dirty.add(row.deployment)
+                del r.replicas[replica_id]
+                r.after.forgets.append(replica_id)
+                r.touched.add(replica_id)
+                r.dirty.add(row.deployment)
+                self.retries.forget(replica_id)
                 continue
             if (row.status, row.detail, row.exit_code) == (report.status, report.detail, report.exit_code):
                 continue
-            replicas[replica_id] = replace(
+            if report.status is ReplicaStatus.FAILED and row.status is not ReplicaStatus.FAILED:
+                due = self.retries.failed(replica_id, r.clock)
+                log.info(
+                    "replica failed; retried later",
+                    extra={
+                        "replica": replica_id,
+                        "detail": report.detail,
+                        "retry_in_s": round(due - r.clock, 1),
+                    },
+                )
+            elif report.status is ReplicaStatus.RUNNING:
+                self.retries.running(replica_id, r.clock)
+            r.replicas[replica_id] = replace(
                 row, status=report.status, detail=report.detail, exit_code=report.exit_code
             )
-            after.statuses.append(
+            r.after.statuses.append(
                 {
                     "id": replica_id,
                     "status": report.status.value,
                     "detail": report.detail,
                     "exit_code": report.exit_code,
-                    "updated_at": now,
+                    "updated_at": r.now,
                 }
             )
 
-        # 4. Plan what is dirty (everything when nodes came or went).
-        deployments = dict(self.deployments)
-        result = scheduler.Plan((), self.next_epoch)
-        everything = plan_all and bool(registrations or lost - welcomed)
-        if everything or dirty:
-            planned_namespaces = {d.namespace for d in deployments.values() if everything or d.name in dirty}
-            access, self.pool = await anyio.to_thread.run_sync(self._read_access, planned_namespaces)
-            self.access.update(access)
-            views = [
-                self.node_view(n, connected=n.node_id in welcomed or self.transport.is_connected(n.node_id))
-                for n in nodes.values()
-            ]
-            taken: set[str] = set(replicas)
+    async def _plan(self, r: _Round, *, everything: bool, retry_all: bool, plan_all: bool) -> None:
+        """Plan what is dirty (`everything` when nodes came or went). Failed replicas are tried
+        again when due, and all of them when a node joined (`retry_all`: it may be the one they need)."""
+        retry = self.retries.due(r.clock)
+        if retry_all:
+            retry |= {x.replica_id for x in r.replicas.values() if x.status is ReplicaStatus.FAILED}
+        retry = {x for x in retry if x in r.replicas}
+        if plan_all:
+            r.dirty.update(r.replicas[x].deployment for x in retry)
+        if not (everything or r.dirty):
+            return
+        planned = {d.namespace for d in r.deployments.values() if everything or d.name in r.dirty}
+        access, self.pool = await anyio.to_thread.run_sync(
+            store.read_access, self.db, planned, self.shared_node_owners
+        )
+        self.access.update(access)
+        views = [
+            self.node_view(n, connected=n.node_id in r.welcomed or self.transport.is_connected(n.node_id))
+            for n in r.nodes.values()
+        ]
+        taken: set[str] = set(r.replicas)
 
-            def new_id(name: str) -> str:
-                replica_id = _new_replica_id(name, taken)
-                taken.add(replica_id)
-                return replica_id
+        def new_id(name: str) -> str:
+            replica_id = new_replica_id(name, taken)
+            taken.add(replica_id)
+            return replica_id
 
-            result = scheduler.plan(
-                [d.desired(self.access.get(d.namespace, frozenset())) for d in deployments.values()],
-                replicas.values(),
-                views,
-                next_epoch=self.next_epoch,
-                new_id=new_id,
-                only=None if everything else dirty,
-            )
-            self._record_plan(result, replicas, deployments, after, intents, now)
-            replicas = scheduler.apply(replicas, result.actions)
-            for action in result.actions:
-                if isinstance(action, scheduler.Create):
-                    touched.add(action.replica.replica_id)
-                elif not isinstance(action, scheduler.Drop):
-                    touched.add(action.replica_id)
-        if result.next_epoch != self.next_epoch:
-            before.epoch = (self.next_epoch - 1, result.next_epoch - 1)
+        r.plan = scheduler.plan(
+            [d.desired(self.access.get(d.namespace, frozenset())) for d in r.deployments.values()],
+            r.replicas.values(),
+            views,
+            next_epoch=self.next_epoch,
+            new_id=new_id,
+            only=None if everything else r.dirty,
+            retry=retry,
+        )
+        self._record_plan(r.plan, r.replicas, r.deployments, r.after, r.intents, r.now)
+        placed = {a.replica_id for a in r.plan.actions if isinstance(a, scheduler.Assign)}
+        for replica_id in retry:
+            if replica_id in placed:
+                self.retries.retried(replica_id)
+            else:
+                self.retries.postpone(replica_id, r.clock)
+        r.replicas = scheduler.apply(r.replicas, r.plan.actions)
+        for action in r.plan.actions:
+            if isinstance(action, scheduler.Create):
+                r.touched.add(action.replica.replica_id)
+            elif not isinstance(action, scheduler.Drop):
+                r.touched.add(action.replica_id)
+                if isinstance(action, scheduler.Forget):
+                    self.retries.forget(action.replica_id)
+        if r.plan.next_epoch != self.next_epoch:
+            r.before.epoch = (self.next_epoch - 1, r.plan.next_epoch - 1)
 
-        # 5. Nodes and epochs durable; then the mirror, welcome, the frames; then the replicas.
-        planned = time.perf_counter()
-        if before:
-            await anyio.to_thread.run_sync(self._write, before)
-        reserved = time.perf_counter()
+    async def _publish(self, r: _Round) -> None:
+        """Nodes and epochs made durable; then the mirror, the welcomes, the frames; then the
+        replicas written (a failure there reloads the mirror from the database)."""
+        r.planned = time.perf_counter()
+        if r.before:
+            await anyio.to_thread.run_sync(store.write_changes, self.db, r.before)
+        r.reserved = time.perf_counter()
         old = self.replicas
-        self.nodes = nodes
-        self.replicas = replicas
-        self.deployments = deployments
-        self.next_epoch = result.next_epoch
+        self.nodes = r.nodes
+        self.replicas = r.replicas
+        self.deployments = r.deployments
+        self.next_epoch = r.plan.next_epoch
         self.rounds += 1
-        self._reindex(old, touched)
-        for registration, node in ready:
+        self._reindex(old, r.touched)
+        for registration, node in r.ready:
             registration.on_ready(node)
             if not registration.future.done():
                 registration.future.set_result(node)
-        if intents:
-            self.transport.deliver(intents)
-        sent = time.perf_counter()
-        if after:
+        if r.intents:
+            self.transport.deliver(r.intents)
+        r.sent = time.perf_counter()
+        if r.after:
             try:
-                await anyio.to_thread.run_sync(self._write, after)
+                await anyio.to_thread.run_sync(store.write_changes, self.db, r.after)
             except (SQLAlchemyError, McpzError):
                 log.exception("cannot record a round's replicas; reloading from the database")
                 await anyio.to_thread.run_sync(self._load)
                 self._dirty.update(self.deployments)
                 self._wake.set()
+
+    def _log_if_slow(self, r: _Round, hellos: int) -> None:
         done = time.perf_counter()
-        if done - started > SLOW_ROUND:
+        if done - r.started > SLOW_ROUND:
             log.info(
                 "slow reconciliation round",
                 extra={
-                    "ms": round((done - started) * 1000, 1),
-                    "plan_ms": round((planned - started) * 1000, 1),
-                    "reserve_ms": round((reserved - planned) * 1000, 1),
-                    "send_ms": round((sent - reserved) * 1000, 1),
-                    "write_ms": round((done - sent) * 1000, 1),
-                    "actions": len(result.actions),
-                    "statuses": len(after.statuses),
-                    "hellos": len(registrations),
+                    "ms": round((done - r.started) * 1000, 1),
+                    "plan_ms": round((r.planned - r.started) * 1000, 1),
+                    "reserve_ms": round((r.reserved - r.planned) * 1000, 1),
+                    "send_ms": round((r.sent - r.reserved) * 1000, 1),
+                    "write_ms": round((done - r.sent) * 1000, 1),
+                    "actions": len(r.plan.actions),
+                    "statuses": len(r.after.statuses),
+                    "hellos": hellos,
                 },
             )
 
@@ -1193,7 +930,7 @@ class DeploymentService:
             )
             known = None
         node = NodeState(
-            node_id=known.node_id if known else _new_node_id(hello.node_name, nodes),
+            node_id=known.node_id if known else new_node_id(hello.node_name, nodes),
             name=hello.node_name,
             account_id=registration.account_id,
             labels=dict(hello.labels),
@@ -1219,14 +956,14 @@ class DeploymentService:
         result: scheduler.Plan,
         replicas: Mapping[str, Replica],
         deployments: dict[str, DeploymentState],
-        changes: _Changes,
+        changes: store.Changes,
         intents: list[Intent],
         now: datetime,
     ) -> None:
         for action in result.actions:
             if isinstance(action, scheduler.Create):
                 replica = action.replica
-                changes.creates.append(_replica_row(replica, now))
+                changes.creates.append(store.replica_row(replica, now))
                 if replica.node_id is not None:
                     intent = self._deploy_intent(replica.node_id, replica, replica.epoch, deployments)
                     if intent is not None:
@@ -1268,257 +1005,3 @@ class DeploymentService:
                 changes.drops.append(action.deployment)
                 deployments.pop(action.deployment, None)
                 self.logs.forget(action.deployment)
-
-    def _read_access(self, names: Collection[str]) -> tuple[dict[str, frozenset[int]], frozenset[int]]:
-        """Per namespace in `names`, its owner's and members' account ids; and the shared pool's."""
-        found: dict[str, set[int]] = {name: set() for name in names}
-        with self.db.session() as session:
-            for chunk in chunks(sorted(names), 500):
-                rows = session.execute(
-                    select(Namespace.name, Namespace.owner_id).where(Namespace.name.in_(chunk))
-                )
-                members = session.execute(
-                    select(NamespaceMember.namespace, NamespaceMember.account_id).where(
-                        NamespaceMember.namespace.in_(chunk)
-                    )
-                )
-                for name, account_id in [*rows, *members]:
-                    found[name].add(account_id)
-            pool: frozenset[int] = frozenset()
-            if self.shared_node_owners:
-                pool = frozenset(
-                    session.scalars(select(Account.id).where(Account.name.in_(self.shared_node_owners)))
-                )
-        return {name: frozenset(ids) for name, ids in found.items()}, pool
-
-    def _write(self, changes: _Changes) -> None:
-        with self.db.session() as session:
-            if changes.node_inserts:
-                session.execute(insert(MeshNode), changes.node_inserts)
-            if changes.node_updates:
-                session.execute(update(MeshNode), changes.node_updates)
-            for chunk in chunks(changes.node_deletes, 500):
-                session.execute(delete(MeshNode).where(MeshNode.id.in_(chunk)))
-            if changes.statuses:
-                session.execute(update(MeshReplica), changes.statuses)
-            if changes.creates:
-                session.execute(insert(MeshReplica), changes.creates)
-            if changes.assigns:
-                session.execute(update(MeshReplica), changes.assigns)
-            if changes.stops:
-                session.execute(update(MeshReplica), changes.stops)
-            for chunk in chunks(changes.forgets, 500):
-                session.execute(delete(MeshReplica).where(MeshReplica.id.in_(chunk)))
-            for name in changes.drops:
-                session.execute(delete(MeshReplica).where(MeshReplica.deployment == name))
-                session.execute(delete(DeploymentRevision).where(DeploymentRevision.deployment == name))
-                session.execute(delete(Deployment).where(Deployment.name == name))
-            if changes.epoch is not None:
-                before, after = changes.epoch
-                moved = session.execute(
-                    update(MeshCounter)
-                    .where(MeshCounter.name == EPOCH_COUNTER, MeshCounter.value == before)
-                    .values(value=after)
-                )
-                if moved.rowcount != 1:  # type: ignore[attr-defined]
-                    raise ConflictError(
-                        "the epoch counter moved under this registry: another process schedules on "
-                        "this database",
-                        hint="run one registry process per database: the mesh hub keeps its state in memory",
-                    )
-
-
-# --- releases as templates -------------------------------------------------------------------------
-
-
-def release_template(
-    db: Database,
-    repos: Any,
-    agent: str,
-    version: str | None,
-    *,
-    limits: Limits,
-    selector: Mapping[str, str],
-) -> Template:
-    """The template that runs release `agent` `version` (default: the newest that is not yanked
-    nor a pre-release), with the manifest's command and env and the release's locked dependencies."""
-    from packaging.version import Version
-
-    from mcpz.manifest import parse_manifest
-    from registry_server.releases.models import Agent, Release
-
-    with db.session() as session:
-        row = session.scalar(select(Agent).where(Agent.name == agent))
-        if row is None:
-            raise NotFoundError(f"no agent {agent} in this registry", hint="publish it with `mcpz push`")
-        releases = list(session.scalars(select(Release).where(Release.agent_id == row.id)))
-    if version is None:
-        candidates = [r for r in releases if not r.yanked and not Version(r.version).is_prerelease]
-        if not candidates:
-            raise NotFoundError(f"{agent} has no release to deploy", hint="name a version: NAME@VERSION")
-        release = max(candidates, key=lambda r: Version(r.version))
-    else:
-        found = [r for r in releases if r.version == version]
-        if not found:
-            raise NotFoundError(f"{agent} {version} is not published", hint=f"see `mcpz versions {agent}`")
-        release = found[0]
-    manifest = parse_manifest(release.manifest)
-    if manifest.run is None:
-        raise UsageError(f"{agent} is a {manifest.kind}, which is not run on its own; deploy an agent")
-    return Template(
-        agent=agent,
-        version=release.version,
-        commit=release.commit,
-        command=tuple(manifest.run.command),
-        env=dict(manifest.run.env),
-        limits=limits,
-        selector=dict(selector),
-        dependencies=_locked_dependencies(repos, agent, release.commit),
-    )
-
-
-def _locked_dependencies(repos: Any, agent: str, commit: str) -> tuple[LockedDependency, ...]:
-    """The agents in the release's `mcpz.lock`, if its tree has one."""
-    from dulwich.objects import Blob, Commit, Tree
-
-    from mcpz.lockfile import LOCK_FILE, parse_lock
-
-    repo = repos.open(agent)
-    if repo is None:
-        return ()
-    try:
-        obj = repo.object_store[commit.encode()]
-        tree = repo.object_store[obj.tree] if isinstance(obj, Commit) else None
-        if not isinstance(tree, Tree) or LOCK_FILE.encode() not in tree:
-            return ()
-        _mode, sha = tree[LOCK_FILE.encode()]
-        blob = repo.object_store[sha]
-        if not isinstance(blob, Blob):
-            return ()
-        text = blob.as_raw_string().decode("utf-8")
-    except (KeyError, UnicodeDecodeError) as e:
-        raise RefusedError(f"cannot read {LOCK_FILE} of {agent} at {commit[:12]}: {e}") from e
-    finally:
-        repo.close()
-    lock = parse_lock(text)
-    return tuple(LockedDependency(name=a.name, version=a.version, commit=a.commit) for a in lock.agents)
-
-
-# --- statements ------------------------------------------------------------------------------------
-
-
-def _statement_for(
-    deployment: DeploymentState, template: Template
-) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """The statement a deploy of `template` carries, with its signatures: that of the newest
-    revision with this template, preferring a signed one. A node that saw a newer revision
-    refuses it: what the deployer signed last is what runs."""
-    same = [r for r in deployment.revisions.values() if r.template == template and r.statement]
-    if not same:
-        return "", ()
-    best = max([r for r in same if r.signatures] or same, key=lambda r: r.number)
-    return best.statement, best.signatures
-
-
-# --- rows and ids ----------------------------------------------------------------------------------
-
-
-def _template_of(row: DeploymentRevision) -> Template:
-    limits = json.loads(row.limits)
-    return Template(
-        agent=row.agent,
-        version=row.version,
-        commit=row.commit,
-        command=tuple(json.loads(row.command)),
-        env=json.loads(row.env),
-        limits=Limits(limits.get("memory_bytes"), limits.get("open_files")),
-        selector=json.loads(row.selector),
-        dependencies=tuple(
-            LockedDependency(name=n, version=v, commit=c) for n, v, c in json.loads(row.dependencies)
-        ),
-    )
-
-
-def _revision_row(deployment: str, revision: Revision) -> DeploymentRevision:
-    t = revision.template
-    return DeploymentRevision(
-        deployment=deployment,
-        revision=revision.number,
-        agent=t.agent,
-        version=t.version,
-        commit=t.commit,
-        command=json.dumps(list(t.command)),
-        env=json.dumps(dict(t.env), sort_keys=True),
-        limits=json.dumps(t.limits.to_dict()),
-        selector=json.dumps(dict(t.selector), sort_keys=True),
-        dependencies=json.dumps([[d.name, d.version, d.commit] for d in t.dependencies]),
-        created_at=revision.created_at,
-    )
-
-
-def _node_row(node: NodeState) -> dict[str, Any]:
-    return {
-        "id": node.node_id,
-        "name": node.name,
-        "account_id": node.account_id,
-        "labels": json.dumps(node.labels, sort_keys=True),
-        "capacity": node.capacity,
-        "software_version": node.software_version,
-        "state": node.state,
-        "shared": node.shared,
-        "created_at": node.created_at,
-        "last_seen_at": node.last_seen_at,
-        "lost_at": node.lost_at,
-        "cpu_percent": node.cpu_percent,
-        "memory_used": node.memory_used,
-        "memory_total": node.memory_total,
-        "load": node.load,
-    }
-
-
-def _figures_row(node: NodeState) -> dict[str, Any]:
-    return {
-        "id": node.node_id,
-        "last_seen_at": node.last_seen_at,
-        "cpu_percent": node.cpu_percent,
-        "memory_used": node.memory_used,
-        "memory_total": node.memory_total,
-        "load": node.load,
-    }
-
-
-def _replica_row(replica: Replica, now: datetime) -> dict[str, Any]:
-    return {
-        "id": replica.replica_id,
-        "deployment": replica.deployment,
-        "revision": replica.revision,
-        "node_id": replica.node_id,
-        "epoch": replica.epoch,
-        "status": replica.status.value,
-        "stopping": replica.stopping,
-        "detail": replica.detail,
-        "exit_code": replica.exit_code,
-        "created_at": now,
-        "updated_at": now,
-    }
-
-
-_NOT_IDENT = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def _new_node_id(name: str, taken: Container[str]) -> str:
-    """`<name as an ident>-<6 hex>`: readable, a valid file name, and unique."""
-    base = _NOT_IDENT.sub("-", name).strip("-._")[:40] or "node"
-    while True:
-        node_id = f"{base}-{secrets.token_hex(3)}"
-        if node_id not in taken:
-            return node_id
-
-
-def _new_replica_id(deployment: str, taken: Container[str]) -> str:
-    """`<namespace>.<name>-<8 hex>`, e.g. `acme.weather-3f9a1c2b`."""
-    base = deployment.replace("/", ".")[:110]
-    while True:
-        replica_id = f"{base}-{secrets.token_hex(4)}"
-        if replica_id not in taken:
-            return replica_id

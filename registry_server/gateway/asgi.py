@@ -2,7 +2,7 @@
 
 Any MCP client reaches a deployed agent here (`/mcp/{namespace}/{name}@{version}` pins a version
 while a rollout runs two). The gateway terminates the client's session and relays each JSON-RPC
-request over the mesh to one replica (`gateway.calls.CallRouter`), which runs it on its agent's
+request over the mesh to one replica (`mesh.calls.CallRouter`), which runs it on its agent's
 warm stdio process. It follows the specification's Streamable HTTP transport (handshake era,
 2024-11-05 to 2025-11-25):
 
@@ -49,13 +49,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import Receive, Scope, Send
 
 from mcpz import jsonlimits
-from mcpz.errors import McpzError
+from mcpz.errors import McpzError, UsageError
 from mcpz.jsonlimits import JSONError
 from mcpz.mesh import MAX_FRAME_SIZE
-from mcpz.names import name_problem
+from mcpz.names import version_or_latest
 from registry_server.accounts.auth import Forbidden, Unauthenticated, principal_from_headers, require
 from registry_server.accounts.service import Principal
-from registry_server.gateway.calls import DEV_VERSION, Busy, CallFailed, PendingCall, Target
+from registry_server.http import agent_name
+from registry_server.mesh.calls import DEV_VERSION, Busy, CallFailed, PendingCall, Target
 from registry_server.usage.events import Outcome, UsageEvent
 
 if TYPE_CHECKING:
@@ -177,12 +178,13 @@ def parse_path(path: str) -> tuple[str, str | None] | None:
     if len(parts) != 2:
         return None
     name, _, version = parts[1].partition("@")
-    deployment = f"{parts[0]}/{name}"
-    if name_problem(deployment) is not None:
+    try:
+        deployment = agent_name(parts[0], name, what="deployment")
+    except UsageError:
         return None
     if version and (len(version) > 64 or not all(c.isalnum() or c in ".-+_" for c in version)):
         return None
-    return deployment, version or None
+    return deployment, version_or_latest(version)
 
 
 def _origin_of(url: str) -> str:
@@ -668,7 +670,16 @@ class Gateway:
         if deployment is None or deployment.deleted:
             message = f"no deployment {session.deployment}: create it with `mcpz deploy NAME@VERSION`"
             return GatewayError(404, UNAVAILABLE, message, request_id=request_id)
-        message = f"no healthy replica of {name} right now: see `mcpz status {session.deployment}`"
+        if session.version and session.version not in {
+            r.template.version for r in deployment.revisions.values()
+        }:
+            # A version this deployment never ran: not found (exit 5), not "try again shortly".
+            message = (
+                f"{session.deployment} has never run version {session.version} (it runs "
+                f"{deployment.template.version}): see `mcpz deploy status {session.deployment}`"
+            )
+            return GatewayError(404, UNAVAILABLE, message, request_id=request_id)
+        message = f"no healthy replica of {name} right now: see `mcpz deploy status {session.deployment}`"
         return GatewayError(503, UNAVAILABLE, message, request_id=request_id, retry_after=1)
 
     def _record(
@@ -716,7 +727,7 @@ class Gateway:
 
 
 def _shutdown() -> CallFailed:
-    from registry_server.gateway.calls import Shutdown
+    from registry_server.mesh.calls import Shutdown
 
     return Shutdown("the registry is shutting down")
 

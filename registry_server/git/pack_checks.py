@@ -53,6 +53,7 @@ from dulwich.objects import ShaFile
 from dulwich.pack import Pack
 
 from mcpz.errors import RepositoryError
+from mcpz.gitpaths import ascii_lower, is_hfs_dot, is_ntfs_dot, is_ntfs_dotgit
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -208,109 +209,6 @@ def human_size(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MiB" if n >= 1024 * 1024 else f"{n} bytes"
 
 
-# --- names git refuses (path.c is_ntfs_dotgit / is_ntfs_dot_generic, utf8.c is_hfs_dot_generic) ---
-
-_HFS_IGNORED = frozenset(
-    (*range(0x200C, 0x2010), *range(0x202A, 0x202F), *range(0x206A, 0x2070), 0xFEFF)
-)  # zero-width joiners, direction marks and overrides, shaping controls, BOM
-
-
-def _utf8_char(s: bytes, i: int) -> tuple[int, int] | None:
-    """One UTF-8 character at s[i]: (code point, next index), or None where git gives up."""
-    lead = s[i]
-    if lead < 0x80:
-        return lead, i + 1
-    n = 2 if 0xC2 <= lead <= 0xDF else 3 if 0xE0 <= lead <= 0xEF else 4 if 0xF0 <= lead <= 0xF4 else 0
-    try:
-        text = s[i : i + n].decode("utf-8") if n else ""
-    except UnicodeDecodeError:
-        return None
-    if len(text) != 1 or ord(text) in (0xFFFE, 0xFFFF):
-        return None
-    return ord(text), i + n
-
-
-def _next_hfs_char(s: bytes, i: int) -> tuple[int, int]:
-    """The next character HFS+ would not ignore; 0 at the end or on bad UTF-8, as git's next_hfs_char."""
-    while i < len(s):
-        got = _utf8_char(s, i)
-        if got is None:
-            return 0, len(s)
-        cp, i = got
-        if cp not in _HFS_IGNORED:
-            return cp, i
-    return 0, i
-
-
-def _lower(c: int) -> int:
-    return c | 0x20 if 0x41 <= c <= 0x5A else c
-
-
-def _is_hfs_dot(name: bytes, needle: bytes) -> bool:
-    c, i = _next_hfs_char(name, 0)
-    if c != 0x2E:
-        return False
-    for want in needle:
-        c, i = _next_hfs_char(name, i)
-        if c > 127 or _lower(c) != want:
-            return False
-    c, i = _next_hfs_char(name, i)
-    return c in (0, 0x2F)
-
-
-def _is_ntfs_dotgit(name: bytes) -> bool:
-    low = name[:5].lower()
-    if low.startswith(b".git"):
-        rest = name[4:]
-    elif low == b"git~1":
-        rest = name[5:]
-    else:
-        return False
-    for c in rest:
-        if c in b"/\\:":
-            return True
-        if c not in b". ":
-            return False
-    return True
-
-
-def _ntfs_tail_ok(name: bytes, i: int) -> bool:
-    for c in name[i:]:
-        if c == 0x3A:  # ':' starts an alternate data stream
-            return True
-        if c not in b" .":
-            return False
-    return True
-
-
-def _is_ntfs_dot(name: bytes, dotname: bytes, shortname: bytes) -> bool:
-    """git's is_ntfs_dot_generic: `.dotname`, `DOTNAM~1`..`~4`, or its hashed 8.3 short name."""
-    n = len(dotname)
-    if name[:1] == b"." and name[1 : 1 + n].lower() == dotname:
-        return _ntfs_tail_ok(name, n + 1)
-    if name[:6].lower() == dotname[:6] and name[6:7] == b"~" and name[7:8] in (b"1", b"2", b"3", b"4"):
-        return _ntfs_tail_ok(name, 8)
-    saw_tilde = False
-    i = 0
-    while i < 8:
-        c = name[i] if i < len(name) else 0
-        if c == 0:
-            return False
-        if saw_tilde:
-            if not 0x30 <= c <= 0x39:
-                return False
-        elif c == 0x7E:
-            i += 1
-            c = name[i] if i < len(name) else 0
-            if not 0x31 <= c <= 0x39:
-                return False
-            saw_tilde = True
-        elif i >= 6 or c & 0x80 or _lower(c) != shortname[i]:
-            return False
-        i += 1
-    return _ntfs_tail_ok(name, i)
-
-
 _DOTFILES = {
     "gitmodules": (b"gitmodules", b"gi7eba"),
     "gitattributes": (b"gitattributes", b"gi7d29"),
@@ -322,18 +220,18 @@ _DOTFILES = {
 def _special_names(name: bytes) -> set[str]:
     """Which of git, gitmodules, gitattributes, gitignore, mailmap this name could be checked out as."""
     kinds = set()
-    if _is_hfs_dot(name, b"git") or _is_ntfs_dotgit(name):
+    if is_hfs_dot(name, b"git") or is_ntfs_dotgit(name):
         kinds.add("git")
     for kind, (dotname, short) in _DOTFILES.items():
-        if _is_hfs_dot(name, dotname) or _is_ntfs_dot(name, dotname, short):
+        if is_hfs_dot(name, dotname) or is_ntfs_dot(name, dotname, short):
             kinds.add(kind)
     # NTFS takes a backslash for a directory separator: check what follows each one too.
     parts = name.split(b"\\")[1:]
     for part in parts:
-        if _is_ntfs_dotgit(part):
+        if is_ntfs_dotgit(part):
             kinds.add("git")
         for kind, (dotname, short) in _DOTFILES.items():
-            if _is_ntfs_dot(part, dotname, short):
+            if is_ntfs_dot(part, dotname, short):
                 kinds.add(kind)
     return kinds
 
@@ -623,7 +521,7 @@ class _ConfigReader:
 
 
 def _isalpha(c: int) -> bool:
-    return 0x61 <= _lower(c) <= 0x7A
+    return 0x61 <= ascii_lower(c) <= 0x7A
 
 
 def _iskeychar(c: int) -> bool:
@@ -658,7 +556,7 @@ def _config_entries(data: bytes) -> list[tuple[bytes, bytes | None]]:
             baselen = len(var)
         elif _isalpha(c):
             del var[baselen:]
-            var.append(_lower(c))
+            var.append(ascii_lower(c))
             value = _config_value(r, var)  # reads the rest of the key into var first
             out.append((bytes(var), value))
         else:
@@ -678,7 +576,7 @@ def _config_section(r: _ConfigReader, var: bytearray) -> None:
             break
         if not (_iskeychar(c) or c == ord(".")):
             raise r.error("bad section name")
-        var.append(_lower(c))
+        var.append(ascii_lower(c))
     # [section "subsection"]
     while c in _SPACE:
         if c == 0x0A:
@@ -710,7 +608,7 @@ def _config_value(r: _ConfigReader, var: bytearray) -> bytes | None:
         c = r.next()
         if r.eof or not _iskeychar(c):
             break
-        var.append(_lower(c))
+        var.append(ascii_lower(c))
     while c in b" \t":
         c = r.next()
     if c == 0x0A:
@@ -866,7 +764,7 @@ def _analyse_link(target: bytes, limits: Limits) -> _Link:
             climb += 1
         else:
             below = True
-            if _is_ntfs_dotgit(part) or _is_hfs_dot(part, b"git"):
+            if is_ntfs_dotgit(part) or is_hfs_dot(part, b"git"):
                 findings.append(
                     _Finding("symlinkPointsToGitDir", f"symbolic link to {shown} points into .git")
                 )

@@ -1,7 +1,7 @@
-"""The cloud connector's endpoint: an agent on a user's own machine, attached as a development
-deployment, `/v1/connect/{namespace}/{name}`.
+"""The cloud connector: an agent on a user's own machine, attached as a development deployment
+(its endpoint, `/v1/connect/{namespace}/{name}`, is in `registry_server.mesh.routes`).
 
-`mcpz connect` opens this WebSocket (a token with scope `deploy` in the namespace, as for a
+`mcpz connect` opens that WebSocket (a token with scope `deploy` in the namespace, as for a
 deployment) and speaks the mesh protocol as a node that runs exactly one replica and takes no
 deploys: `hello`, `welcome`, heartbeats, and `call`/`result`/`cancel`/`notify`. While it is
 connected, the gateway serves the agent at `/mcp/{namespace}/{name}@dev`, to the namespace's
@@ -16,33 +16,17 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from functools import partial
 from typing import Any
 
-from fastapi import APIRouter, WebSocket
-
 from mcpz.mesh import Frame, Heartbeat, Hello, Notify, Result, Welcome
-from mcpz.names import name_problem
-from registry_server.gateway.calls import DEV_VERSION, Target
-from registry_server.mesh.hub import MeshHub, NodeConnection
+from registry_server.mesh.calls import DEV_VERSION, Target
+from registry_server.mesh.hub import NodeConnection
 
 log = logging.getLogger("registry_server.connector")
-
-router = APIRouter()
 
 DEV_REPLICA = "dev"
 DEV_EPOCH = 1
 CLOSE_TAKEN = 4409
-
-
-@router.websocket("/v1/connect/{namespace}/{name}")
-async def connect_endpoint(websocket: WebSocket, namespace: str, name: str) -> None:
-    hub: MeshHub = websocket.app.state.mesh
-    agent = f"{namespace}/{name}"
-    if name_problem(agent) is not None:
-        await websocket.close(1008, "not an agent name")
-        return
-    await hub.serve(websocket, partial(ConnectorConnection, agent=agent), scope="deploy", namespace=namespace)
 
 
 class ConnectorConnection(NodeConnection):

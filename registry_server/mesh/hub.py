@@ -1,12 +1,14 @@
-"""The mesh hub: the WebSocket endpoint nodes connect to, `/v1/mesh`.
+"""The mesh hub: the registry's side of the node connections (their endpoint, `/v1/mesh`, is
+`registry_server.mesh.routes`; the hub sees each accepted socket through the `Socket` protocol and
+imports no web framework).
 
 One `NodeConnection` per socket: a reader task (decodes each binary message with the protocol's
 `decode`, checks it against the connection's `ConnectionState`, dispatches it) and a writer task
 draining a bounded send queue. A frame that breaks the protocol closes that connection with the
 `ProtocolError`'s close code and reason; nothing a node sends can stop the hub serving the others.
 
-The hub authenticates the upgrade (a token with scope `node` in `Authorization`; 401/403 before
-the upgrade otherwise), hands the hello to the deployment service, which registers the node and
+The hub checks the upgrade's token (scope `node` in `Authorization`; the endpoint answers 401/403
+before the upgrade otherwise), hands the hello to the deployment service, which registers the node and
 reconciles what it reports, and sends `welcome`. Liveness: a sweeper declares a node lost when no
 heartbeat came for `grace` seconds (counted from the hub's own start for nodes it has not heard
 from since), closes its connection with 4001 and tells the service, which moves its replicas. The
@@ -29,16 +31,15 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import anyio.to_thread
-from fastapi import APIRouter, WebSocket
+import pydantic_core
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.websockets import WebSocketDisconnect
 
 from mcpz.errors import McpzError
 from mcpz.mesh import (
@@ -71,16 +72,19 @@ from mcpz.mesh import (
     encode,
     truncate_reason,
 )
+from registry_server.accounts import namespaces
 from registry_server.accounts.auth import Forbidden, Unauthenticated, principal_from_headers, require
-from registry_server.deployments.service import DeployIntent, DeploymentService, Intent, NodeState
-from registry_server.gateway.calls import CallRouter
-from registry_server.http import error_response
+from registry_server.accounts.service import Principal
+from registry_server.deployments.records import DeployIntent, Intent, NodeState
+from registry_server.deployments.retries import Backoff
+from registry_server.deployments.service import DeploymentService
+from registry_server.mesh.calls import CallRouter
 from registry_server.orm import utcnow
+from registry_server.releases import signatures as release_signatures
+from registry_server.settings import public_url
 from registry_server.state import RegistryState
 
 log = logging.getLogger("registry_server.mesh")
-
-router = APIRouter()
 
 GOODBYES = (CLOSE_NORMAL, CLOSE_GOING_AWAY)
 CLOSE_SERVICE_RESTART = 1012
@@ -90,10 +94,18 @@ SEND_QUEUE_BYTES = 2 * MAX_FRAME_SIZE
 is closed with 1013: a node that reads nothing (stopped, or stuck) must not grow the hub's memory."""
 
 
-@router.websocket("/v1/mesh")
-async def mesh_endpoint(websocket: WebSocket) -> None:
-    hub: MeshHub = websocket.app.state.mesh
-    await hub.serve(websocket)
+class Socket(Protocol):
+    """An accepted WebSocket as the hub uses it. A socket whose peer is gone raises OSError (a
+    `ConnectionError`) from `send_bytes` and `close`; `receive` returns ASGI websocket messages."""
+
+    async def receive(self) -> Mapping[str, Any]: ...
+
+    async def send_bytes(self, data: bytes) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+ConnectionFactory = Callable[["MeshHub", Socket, int, str], "NodeConnection"]
 
 
 @dataclass
@@ -135,7 +147,8 @@ class MeshHub:
         self.last_beat: dict[str, float] = {}
         self.started = time.monotonic()
         self.stats = HubStats()
-        self._public_url = _public_url(state)
+        self.public_url = advertised_url(state)
+        """The URL nodes are told to fetch from; "" when each is told the one it connected to."""
         self._sweeper: asyncio.Task[None] | None = None
         self.calls = CallRouter(self, service)  # the gateway's calls, relayed over the connections
         service.transport = self
@@ -169,15 +182,15 @@ class MeshHub:
     def release_trust(self, agent: str, version: str) -> tuple[tuple[ReleaseSignature, ...], str]:
         """The release's signatures and its namespace's keys document (as GET
         /v1/namespaces/{ns}/keys serves it), for a deploy frame; nothing if they cannot be read."""
-        from registry_server.accounts.routes import namespace_keys
-        from registry_server.releases import signatures as release_signatures
-
         try:
             with self.state.db.session() as session:
                 release = release_signatures.find_release(session, agent, version)
                 rows = release_signatures.signatures_by_release(session, [release.id]).get(release.id, [])
                 signatures = tuple(ReleaseSignature(signer=r.signer, signature=r.signature) for r in rows)
-            keys = namespace_keys(agent.split("/")[0], self.state).model_dump_json()  # type: ignore[arg-type]
+                document = namespaces.keys_document(
+                    session, agent.split("/")[0], public_url(self.state.settings)
+                )
+            keys = pydantic_core.to_json(document).decode()
         except (McpzError, SQLAlchemyError) as e:
             log.warning("cannot read the signatures of %s %s: %s", agent, version, e)
             return (), ""
@@ -239,33 +252,32 @@ class MeshHub:
 
     # -- connections
 
-    async def serve(
-        self,
-        websocket: WebSocket,
-        connection: Callable[[MeshHub, WebSocket, int, str], NodeConnection] | None = None,
-        *,
-        scope: str = "node",
-        namespace: str | None = None,
-    ) -> None:
-        """Authenticate the upgrade (`scope`, in `namespace`), then run the connection until it ends."""
+    async def authenticate(
+        self, headers: Mapping[str, str], scope: str = "node", namespace: str | None = None
+    ) -> Principal:
+        """The upgrade's caller, with `scope` (in `namespace`): Unauthenticated or Forbidden if not,
+        McpzError when the tokens cannot be checked."""
         try:
-            principal = await anyio.to_thread.run_sync(
-                principal_from_headers, self.state.db, websocket.headers
-            )
-            principal = await anyio.to_thread.run_sync(
+            principal = await anyio.to_thread.run_sync(principal_from_headers, self.state.db, headers)
+            return await anyio.to_thread.run_sync(
                 lambda: require(principal, scope, namespace, db=self.state.db)
             )
-        except (Unauthenticated, Forbidden) as e:
-            await _refuse(websocket, 403 if isinstance(e, Forbidden) else 401, e)
-            return
+        except (Unauthenticated, Forbidden):
+            raise
         except (McpzError, SQLAlchemyError) as e:
             log.error("cannot check a node's token: %s", e)
-            await _refuse(websocket, 503, McpzError("the registry cannot check tokens right now"))
-            return
-        await websocket.accept()
-        conn = (connection or NodeConnection)(
-            self, websocket, principal.account_id, self._public_url or _url_of(websocket)
-        )
+            raise McpzError("the registry cannot check tokens right now") from e
+
+    async def attach(
+        self,
+        socket: Socket,
+        account_id: int,
+        url: str,
+        connection: ConnectionFactory | None = None,
+    ) -> None:
+        """Run an accepted socket of `account_id` until it ends; `url` is the registry's URL as the
+        node reached it (told to the node when no public URL is configured)."""
+        conn = (connection or NodeConnection)(self, socket, account_id, self.public_url or url)
         self.everyone.add(conn)
         try:
             await conn.run()
@@ -361,9 +373,9 @@ class MeshHub:
 class NodeConnection:
     """One node's socket: reader, writer, send queue, and what is outstanding on it."""
 
-    def __init__(self, hub: MeshHub, websocket: WebSocket, account_id: int, public_url: str) -> None:
+    def __init__(self, hub: MeshHub, socket: Socket, account_id: int, public_url: str) -> None:
         self.hub = hub
-        self.ws = websocket
+        self.ws = socket
         self.account_id = account_id
         self.public_url = public_url.rstrip("/")
         self.state = ConnectionState(Role.HUB)
@@ -442,7 +454,7 @@ class NodeConnection:
             self.state.close()
             if self.close_code:
                 # A stuck peer (its window full) must not hold the hub: bounded, then dropped.
-                with contextlib.suppress(TimeoutError, WebSocketDisconnect, OSError, RuntimeError):
+                with contextlib.suppress(TimeoutError, OSError, RuntimeError):
                     async with asyncio.timeout(1.0):
                         await self.ws.close(self.close_code, self.close_reason)
 
@@ -457,9 +469,9 @@ class NodeConnection:
                 while self._queue:
                     data = self._queue.popleft()
                     self._queued -= len(data)
-                    await self.ws.send({"type": "websocket.send", "bytes": data})
+                    await self.ws.send_bytes(data)
                 self._has_data.clear()
-        except (WebSocketDisconnect, OSError, RuntimeError):
+        except (OSError, RuntimeError):
             self._peer_closed()
 
     async def _read(self) -> None:
@@ -491,7 +503,7 @@ class NodeConnection:
         except (McpzError, SQLAlchemyError) as e:
             log.error("cannot register a node: %s", e, extra={"node": self.node_id})
             self.close(CLOSE_TRY_AGAIN_LATER, "the registry cannot register nodes right now")
-        except (WebSocketDisconnect, OSError):
+        except OSError:  # the peer went away (the socket's ConnectionError)
             self._peer_closed()
         except Exception:  # the boundary of one connection: a bug here must not end the hub
             log.exception("node connection failed", extra={"node": self.node_id})
@@ -517,27 +529,12 @@ class NodeConnection:
         return frame
 
 
-async def _refuse(websocket: WebSocket, status: int, error: McpzError) -> None:
-    """Answer the upgrade with an HTTP error (the node exits on 401/403 instead of retrying)."""
-    try:
-        await websocket.send_denial_response(error_response(status, error.message, error.hint))
-    except RuntimeError:  # a server without the denial-response extension: a plain 403
-        await websocket.close()
-
-
-def _public_url(state: RegistryState) -> str:
+def advertised_url(state: RegistryState) -> str:
     """The registry's public URL from the settings, or "" when it names a wildcard address (then
     each node is told the URL it connected to)."""
-    settings = state.settings
-    url = settings.public_url or f"http://{settings.host}:{settings.port}"
+    url = state.settings.base_url
     host = urlsplit(url).hostname or ""
-    return "" if host in ("0.0.0.0", "::", "") else url.rstrip("/")
-
-
-def _url_of(websocket: WebSocket) -> str:
-    url = websocket.url
-    scheme = "https" if url.scheme == "wss" else "http"
-    return f"{scheme}://{url.netloc}"
+    return "" if host in ("0.0.0.0", "::", "") else url
 
 
 async def start_mesh(state: RegistryState) -> MeshHub:
@@ -548,6 +545,7 @@ async def start_mesh(state: RegistryState) -> MeshHub:
         resync_interval=settings.resync_interval,
         shared_nodes=settings.shared_nodes,
         shared_node_owners=settings.shared_node_owners,
+        backoff=Backoff(settings.retry_base, max(settings.retry_cap, settings.retry_base)),
     )
     hub = MeshHub(
         state,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from dulwich.objects import Commit, ShaFile, Tag, Tree
 from dulwich.refs import check_ref_format
@@ -21,7 +20,11 @@ from sqlalchemy.orm import Session
 
 from mcpz.errors import ManifestError, NotFoundError, RefusedError
 from mcpz.manifest import MANIFEST_FILE, Manifest, parse_manifest
-from registry_server.releases.models import Agent, Release
+from registry_server.accounts.namespaces import owner_address
+from registry_server.accounts.service import names_of
+from registry_server.orm import utcnow
+from registry_server.releases.models import Agent, Release, ReleaseSignature
+from registry_server.releases.signatures import signatures_by_release
 
 ZERO = b"0" * 40
 Lookup = Callable[[bytes], ShaFile | None]
@@ -174,7 +177,7 @@ def record_releases(
                 manifest=planned.manifest_text,
                 dependencies=json.dumps(dict(planned.manifest.dependencies), sort_keys=True),
                 publisher_id=publisher_id,
-                published_at=datetime.now(UTC),
+                published_at=utcnow(),
                 yanked=False,
                 yank_reason="",
             )
@@ -188,6 +191,34 @@ def record_releases(
         raise RefusedError(
             "this version was published by a concurrent push; bump the version to publish"
         ) from e
+
+
+@dataclass(frozen=True)
+class AgentReleases:
+    """An agent with every release in version order, and what its listing shows beside them."""
+
+    agent: Agent
+    releases: list[Release]
+    publishers: dict[int, str]  # account id -> name
+    signatures: dict[int, list[ReleaseSignature]]  # release id -> its signatures
+    owner_address: str | None  # the namespace owner's key: its signature is shown first
+
+
+def agent_releases(session: Session, name: str) -> AgentReleases:
+    """`name` and its releases; NotFoundError when no such agent was ever pushed."""
+    agent = session.scalar(select(Agent).where(Agent.name == name))
+    if agent is None:
+        raise NotFoundError(f"no agent {name} in this registry")
+    releases = sorted(
+        session.scalars(select(Release).where(Release.agent_id == agent.id)), key=lambda r: Version(r.version)
+    )
+    return AgentReleases(
+        agent=agent,
+        releases=releases,
+        publishers=names_of(session, (r.publisher_id for r in releases)),
+        signatures=signatures_by_release(session, [r.id for r in releases]),
+        owner_address=owner_address(session, agent.namespace),
+    )
 
 
 def set_yanked(session: Session, name: str, version: str, yanked: bool, reason: str = "") -> Release:

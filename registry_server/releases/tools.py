@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from mcpz.errors import RefusedError
 from mcpz.tooldefs import canonical_bytes, tools_digest
+from registry_server.orm import utcnow
 from registry_server.releases.models import ReleaseTools
 
 
@@ -50,7 +51,7 @@ def record_tools(
         tools=data.decode(),
         digest=digest,
         observed=observed,
-        recorded_at=datetime.now(UTC),
+        recorded_at=utcnow(),
     )
     session.add(row)
     session.flush()

@@ -9,27 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 import anyio.to_thread
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
-from sqlalchemy import ColumnElement, case, func, select
 
-from mcpz.errors import NotFoundError, UsageError
 from mcpz.instants import parse_instant
-from mcpz.names import name_problem
-from registry_server.accounts.auth import Forbidden, require
+from registry_server.accounts.auth import require
 from registry_server.accounts.http import Caller
-from registry_server.accounts.models import Account, Namespace
-from registry_server.accounts.namespaces import role_of
 from registry_server.accounts.service import Principal
-from registry_server.http import State
+from registry_server.http import State, checked_agent_name
 from registry_server.openapi import AGENT_SCHEMA, errors
+from registry_server.orm import utcnow
 from registry_server.state import RegistryState
-from registry_server.usage.events import Outcome
-from registry_server.usage.models import UsageEventRow
+from registry_server.usage import report
 from registry_server.usage.service import UsageRecorder
 
 router = APIRouter(tags=["usage"])
@@ -86,82 +81,29 @@ def _allowed_scope(state: RegistryState, principal: Principal | None, agent: str
     principal = require(
         principal, "call" if principal is not None and principal.has("call") else "read", db=state.db
     )
-    if agent is None:
-        return "account"
-    namespace = agent.split("/")[0]
     with state.db.session() as session:
-        if session.get(Namespace, namespace) is None:
-            raise NotFoundError(f'no namespace "{namespace}"')
-        if role_of(session, principal.account_id, namespace) is None:
-            raise Forbidden(
-                f'account "{principal.account_name}" is neither owner nor member of the namespace '
-                f'"{namespace}"',
-                hint="without --agent you see your own calls of every agent",
-            )
-    return "agent"
+        return report.scope_for(session, principal, agent)
 
 
 def _query(
-    state: RegistryState,
-    principal: Principal,
-    scope: str,
-    agent: str | None,
-    since: int | None,
-    until: int | None,
-    events: int,
+    state: RegistryState, principal: Principal, query: report.Query
 ) -> tuple[list[UsageSum], list[UsageEventOut]]:
-    row = UsageEventRow
-    where: list[ColumnElement[bool]] = []
-    if scope == "account":
-        where.append(row.account_id == principal.account_id)
-    if agent is not None:
-        where.append(row.agent == agent)
-    if since is not None:
-        where.append(row.started_us >= since)
-    if until is not None:
-        where.append(row.started_us < until)
-    ok = func.coalesce(func.sum(case((row.outcome == Outcome.OK, 1), else_=0)), 0)
     with state.db.session() as session:
-        sums = session.execute(
-            select(
-                row.agent,
-                row.tool,
-                func.count(),
-                ok,
-                func.coalesce(func.sum(row.duration_us), 0),
-                func.coalesce(func.sum(row.bytes_in), 0),
-                func.coalesce(func.sum(row.bytes_out), 0),
-            )
-            .where(*where)
-            .group_by(row.agent, row.tool)
-            .order_by(row.agent, row.tool)
-        ).all()
-        newest = (
-            session.execute(
-                select(row, Account.name)
-                .join(Account, Account.id == row.account_id)
-                .where(*where)
-                .order_by(row.started_us.desc(), row.id)
-                .limit(events)
-            ).all()
-            if events
-            else []
-        )
-    # PostgreSQL sums BIGINTs as NUMERIC (Decimal): back to int for JSON.
+        totals, newest = report.usage(session, principal, query)
     summary = [
         UsageSum(
-            agent=agent_name,
-            tool=tool,
-            calls=int(calls),
-            ok=int(oks),
-            errors=int(calls) - int(oks),
-            duration_ms_total=int(duration_us) / 1000,
-            bytes_in=int(bytes_in),
-            bytes_out=int(bytes_out),
+            agent=t.agent,
+            tool=t.tool,
+            calls=t.calls,
+            ok=t.ok,
+            errors=t.errors,
+            duration_ms_total=t.duration_us / 1000,
+            bytes_in=t.bytes_in,
+            bytes_out=t.bytes_out,
         )
-        for agent_name, tool, calls, oks, duration_us, bytes_in, bytes_out in sums
+        for t in totals
     ]
-    raw = [UsageEventOut(account=name, **stored.event().to_dict()) for stored, name in newest]
+    raw = [UsageEventOut(account=name, **event.to_dict()) for event, name in newest]
     return summary, raw
 
 
@@ -191,11 +133,11 @@ async def usage(
     events: Annotated[int, Query(ge=0, le=MAX_EVENTS, description="Also return the newest N events")] = 0,
 ) -> UsageOut:
     """Calls summed per agent and tool: calls, ok, errors, total duration, bytes in and out."""
-    if agent is not None and name_problem(agent):
-        raise UsageError(f'agent name "{agent}" {name_problem(agent)}')
+    if agent is not None:
+        checked_agent_name(agent)
     scope = await anyio.to_thread.run_sync(lambda: _allowed_scope(state, principal, agent))
     assert principal is not None  # _allowed_scope refused anonymous callers
-    now = datetime.now(UTC)
+    now = utcnow()
     start = parse_instant(since, now) if since else None
     end = parse_instant(until, now) if until else None
     await _catch_up(request)
@@ -203,11 +145,13 @@ async def usage(
         lambda: _query(
             state,
             principal,
-            scope,
-            agent,
-            _micros(start) if start else None,
-            _micros(end) if end else None,
-            events,
+            report.Query(
+                scope=scope,
+                agent=agent,
+                since=_micros(start) if start else None,
+                until=_micros(end) if end else None,
+                events=events,
+            ),
         )
     )
     return UsageOut(scope=scope, agent=agent, since=start, until=end, summary=summary, events=raw)

@@ -33,7 +33,6 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,6 +43,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mcpz.errors import McpzError, UsageError
 from registry_server.db import Database, chunks
+from registry_server.orm import utcnow
 from registry_server.state import RegistryState
 from registry_server.usage.events import UsageEvent
 from registry_server.usage.models import UsageEventRow
@@ -391,7 +391,7 @@ class UsageRecorder:
         return RecordOutcome(len(inserted), duplicates, [event.id for event, _, _ in refused])
 
     def _keep_conflicts(self, refused: list[tuple[UsageEvent, str, str]]) -> None:
-        at = datetime.now(UTC).isoformat()
+        at = utcnow().isoformat()
         lines = []
         for event, digest, stored in refused:
             log.error(

@@ -143,6 +143,26 @@ def test_a_replica_that_stopped_on_its_own_is_restarted_at_a_new_epoch() -> None
     assert result.actions == (Assign("r1", "a", 6, "restarted: it stopped on its own"),)
 
 
+def test_a_failed_replica_is_placed_again_only_when_its_retry_is_due() -> None:
+    failed = Replica("r1", "x", 1, "a", 5, ReplicaStatus.FAILED, detail="verify-failed: not signed")
+    nodes = [NodeView("a"), NodeView("b")]
+    waiting = plan([Desired("x", 1, 1)], [failed], nodes, next_epoch=6, new_id=ids())
+    assert waiting.actions == ()
+    due = plan([Desired("x", 1, 1)], [failed], nodes, next_epoch=6, new_id=ids(), retry={"r1"})
+    assert due.actions == (Assign("r1", "a", 6, "retried: it had failed"),)
+    # Nowhere to go (its node is full of others' replicas, no other node is up): it stays failed.
+    busy = [Replica(f"o{i}", "other", 1, "a", i + 1, RUNNING) for i in range(2)]
+    full = plan(
+        [Desired("x", 1, 1), Desired("other", 1, 2)],
+        [failed, *busy],
+        [NodeView("a", capacity=2), NodeView("b", live=False)],
+        next_epoch=6,
+        new_id=ids(),
+        retry={"r1"},
+    )
+    assert full.actions == ()
+
+
 def test_a_lost_node_whose_replicas_could_not_move_is_adopted_when_back() -> None:
     replicas = {"r1": Replica("r1", "x", 1, "a", 7, RUNNING)}
     nodes = [NodeView("a", live=False, connected=False)]
@@ -221,7 +241,7 @@ def test_why_a_replica_waits_names_the_first_missing_condition() -> None:
     assert unplaced_reason(desired, [], {}) == "waiting for a node: none is connected"
     assert "none is connected" in unplaced_reason(desired, [NodeView("b", owner=BOB, live=False)], {})
     bob = NodeView("b", owner=BOB, capacity=1)
-    assert "labels gpu=a100" in unplaced_reason(desired, [bob], {})
+    assert unplaced_reason(desired, [bob], {}).startswith("no node matches gpu=a100: ")
     gpu = replace(bob, labels={"gpu": "a100"})
     assert "full" in unplaced_reason(desired, [gpu], {"b": 1})
 

@@ -291,12 +291,44 @@ def test_the_cli_lists_and_calls_tools_of_a_deployed_agent(one: Mesh) -> None:
     typo = mcpz("call", AGENT, "ad", "a=1", *where)
     assert typo.returncode == 2 and 'did you mean "add"' in typo.stderr
 
+    # Arguments are checked against the tool's input schema before anything is sent.
+    short = mcpz("call", AGENT, "add", "a=1", *where)
+    assert short.returncode == 2 and 'missing argument "b"' in short.stderr, short.stderr
+    unknown = mcpz("call", AGENT, "add", "a=1", "b=2", "c=3", *where)
+    assert unknown.returncode == 2 and 'unknown argument "c"' in unknown.stderr, unknown.stderr
+    latest = mcpz("call", f"{AGENT}@latest", "add", "a=1", "b=2", *where)
+    assert latest.returncode == 0 and latest.stdout.strip() == "3", latest.stderr
+
     missing = mcpz("call", "acme/nothing", "add", *where)
     assert missing.returncode == 5, missing.stderr
     assert "no deployment acme/nothing" in missing.stderr
 
     anonymous = mcpz("tools", AGENT, "--registry", mesh.reg.url, env={"MCPZ_TOKEN": "mcpz_wrong"})
     assert anonymous.returncode == 4, anonymous.stderr
+
+
+@pytest.mark.anyio
+async def test_the_cli_client_reads_json_and_sse_answers_and_ends_its_session(one: Mesh) -> None:
+    from mcpz.client.gateway import open_remote
+
+    token = caller(one)
+    async with open_remote(AGENT, registry=one.reg.url, token=token, timeout=30) as agent:
+        session = agent.session_id
+        assert session and agent.protocol_version
+        assert (await agent.call("add", {"a": 2, "b": 40})).text == "42"  # answered as JSON
+        # Asking for progress makes the gateway answer as an SSE stream; the answer is found in it.
+        streamed = await agent.request(
+            "tools/call", {"name": "add", "arguments": {"a": 1, "b": 2}, "_meta": {"progressToken": "p"}}
+        )
+        assert streamed["content"][0]["text"] == "3"
+    async with httpx2.AsyncClient(timeout=30) as http:
+        after = await http.post(
+            f"{one.reg.url}/mcp/{AGENT}",
+            headers={"Authorization": f"Bearer {token}", "Mcp-Session-Id": session,
+                     "Accept": "application/json", "Content-Type": "application/json"},
+            json={"jsonrpc": "2.0", "id": 9, "method": "tools/list"},
+        )  # fmt: skip
+    assert after.status_code == 404, after.text  # the session was ended on the way out
 
 
 def test_connect_serves_a_local_agent_at_dev_to_its_namespace_only(mesh: Mesh, tmp_path: Path) -> None:

@@ -227,7 +227,7 @@ def test_wallet_commands(
 ) -> None:
     # No terminal and no MCPZ_WALLET_PASSPHRASE: refused, not asked.
     refused = cli("wallet", "create")
-    assert refused.exit_code == 4 and "MCPZ_WALLET_PASSPHRASE" in refused.stderr
+    assert refused.exit_code == 2 and "MCPZ_WALLET_PASSPHRASE" in refused.stderr
     missing = cli("wallet", "address")
     assert missing.exit_code == 2 and "mcpz wallet create" in missing.stderr
 

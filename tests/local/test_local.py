@@ -116,8 +116,42 @@ def test_local_refs_are_followed() -> None:
 
 
 def test_key_values_win_over_args_json() -> None:
-    schema = {"properties": {"a": INTEGER, "b": INTEGER}}
+    schema = {"properties": {"a": INTEGER, "b": INTEGER}, "additionalProperties": True}
     assert build_arguments({"a": 1, "b": 5}, ["b=2", "note=x=y"], schema) == {"a": 1, "b": 2, "note": "x=y"}
+
+
+FORECAST = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "days": INTEGER, "units": {"enum": ["c", "f"]}},
+    "required": ["city"],
+}
+
+
+@pytest.mark.parametrize(
+    ("words", "message", "hint"),
+    [
+        (["days=2"], 'missing argument "city" (string)', "its arguments: city: string, days?: integer"),
+        (["city=Oslo", "dayz=2"], 'unknown argument "dayz"', 'did you mean "days"?'),
+        (["city=Oslo", "days=soon"], 'argument "days" must be integer, not string "soon"', "city: string"),
+        (["city=Oslo", "units=k"], 'argument "units" must be one of "c", "f", not "k"', "units?: string"),
+        (["city=Oslo", "--args-json-units"], 'argument "--args-json-units" is not key=value', "key=value"),
+    ],
+)
+def test_arguments_are_checked_against_the_input_schema_before_sending(
+    words: list[str], message: str, hint: str
+) -> None:
+    with pytest.raises(UsageError) as caught:
+        build_arguments(None, words, FORECAST)
+    assert caught.value.message.startswith(message) and caught.value.hint is not None
+    assert hint in caught.value.hint
+
+
+def test_arguments_the_schema_admits_pass_and_a_tool_without_arguments_takes_none() -> None:
+    assert build_arguments(None, ["city=Oslo", "days=3"], FORECAST) == {"city": "Oslo", "days": 3}
+    assert build_arguments({}, [], {"type": "object", "properties": {}}) == {}
+    with pytest.raises(UsageError, match='unknown argument "x"') as caught:
+        build_arguments({}, ["x=1"], {"type": "object", "properties": {}})
+    assert caught.value.hint == "this tool takes no arguments"
 
 
 @pytest.mark.parametrize("word", ["oops", "=1"])

@@ -1005,6 +1005,8 @@ def test_deploy_wait_reports_a_failed_replica_with_exit_code_7(cli, mesh: Mesh, 
         pending.result(timeout=10)
         assert failed.exit_code == 7, failed.stderr
         assert json.loads(failed.stdout)["state"] == "failed"
-        assert "1 replica(s) failed" in failed.stderr and "rollback" in failed.stderr
+        assert "1 of 1 replica(s) failed" in failed.stderr, failed.stderr
+        # Its first revision: the hint offers a restart, not a rollback to nothing.
+        assert "mcpz deploy restart acme/echo" in failed.stderr and "rollback" not in failed.stderr
     finally:
         sims.close()

@@ -56,9 +56,17 @@ def test_init_refusals(cli: Any, tmp_path: Path) -> None:
     forced = cli("init", str(tmp_path / "busy"), "--name", "acme/geo", "--force")
     assert forced.exit_code == 0
     assert "notes.txt" in git(tmp_path / "busy", "ls-files")
-    missing = cli("init", "acme/weather", cwd=tmp_path)
+    missing = cli("init", "folder", cwd=tmp_path)
     assert missing.exit_code == 2
-    assert "--name is required (e.g. mcpz init weather --name acme/weather)" in missing.stderr
+    assert "the agent needs a name (e.g. `mcpz init acme/folder`" in missing.stderr
+    assert not (tmp_path / "folder").exists()
+
+
+def test_init_takes_the_name_positionally_into_a_folder_of_its_own(cli: Any, tmp_path: Path) -> None:
+    made = cli("init", "acme/weather", "--json", cwd=tmp_path)
+    assert made.exit_code == 0, made.stderr
+    assert json.loads(made.stdout)["name"] == "acme/weather"
+    assert 'name = "acme/weather"' in (tmp_path / "weather" / "mcpz.toml").read_text()
     assert not (tmp_path / "acme").exists()
 
 
@@ -143,7 +151,7 @@ def test_status(cli: Any, agent: Path) -> None:
 
 def test_commands_outside_a_repository(cli: Any, tmp_path: Path) -> None:
     result = cli("status", cwd=tmp_path)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "not inside an agent repository" in result.stderr and "mcpz init" in result.stderr
 
 

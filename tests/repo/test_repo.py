@@ -553,7 +553,7 @@ def test_release_of_an_already_declared_version_tags_head(tmp_path: Path) -> Non
 
 
 def test_open_outside_a_repository(tmp_path: Path) -> None:
-    with pytest.raises(RepositoryError, match="not inside an agent repository"):
+    with pytest.raises(UsageError, match="not inside an agent repository"):
         AgentRepo.open(tmp_path)
 
 

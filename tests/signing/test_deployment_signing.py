@@ -54,7 +54,7 @@ def add_member(w: World, account: Any) -> None:
 
 
 async def deploy_as(w: World, version: str, account: Any, **kw: Any) -> Deployment:
-    """`mcpz.deploy.deploy` with the owner's token, signed by `account` (None: unsigned)."""
+    """`mcpz.client.deploy.deploy` with the owner's token, signed by `account` (None: unsigned)."""
     async with connect(w.reg.url, w.owner) as client:
         return await deploying.deploy(client, AGENT, version, account=account, **kw)
 

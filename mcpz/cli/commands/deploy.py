@@ -21,8 +21,7 @@ from typer.core import TyperGroup
 
 from mcpz.cli.common import RegistryOpt, TokenOpt, with_client
 from mcpz.cli.output import out
-from mcpz.errors import AgentError
-from mcpz.names import AgentName
+from mcpz.names import AgentName, version_or_latest
 
 if TYPE_CHECKING:
     from mcpz.client.models import Deployment, LogLine, Removal
@@ -98,12 +97,17 @@ def _wait(name: str, registry: str | None, token: str | None, timeout: float) ->
 
     async def wait(client: RegistryClient) -> Deployment:
         if not output.interactive:
-            return await client.wait_deployment(name, timeout=timeout)
+            return await client.wait_deployment(
+                name, timeout=timeout, on_reason=lambda why: output.info(f"{name}: {why}")
+            )
         from rich.live import Live
 
         with Live(console=output.stderr, transient=True, refresh_per_second=8) as live:
             return await client.wait_deployment(
-                name, timeout=timeout, on_update=lambda view: live.update(_progress(view))
+                name,
+                timeout=timeout,
+                on_update=lambda view: live.update(_progress(view)),
+                on_reason=lambda why: live.console.print(f"{name}: {why}", markup=False),
             )
 
     return with_client(registry, token, wait)
@@ -113,7 +117,7 @@ def _progress(view: Deployment) -> Group:
     counts = view.by_status
     head = Text(
         f"{view.name} {view.version} (revision {view.revision}): "
-        f"{view.ready}/{view.replicas} ready, {view.state}"
+        f"{view.ready}/{view.replicas} ready, {view.state}" + (f" ({view.reason})" if view.reason else "")
     )
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column("status")
@@ -143,15 +147,13 @@ def _settle(
 
 
 def _finish(view: Deployment, waited: bool) -> None:
-    """Print the deployment; after --wait, a failed replica makes the exit code 7."""
+    """Print the deployment; after --wait, one that is not ready is an error: a failed replica
+    exits 7, a deployment no node can take 1 (`mcpz.client.deploy.not_ready`)."""
+    from mcpz.client.deploy import not_ready
+
     out().data(view.to_dict(), lambda console: _render_status(console, view))
-    if waited and view.state == "failed":
-        bad = [r for r in view.instances if r.status == "failed" and r.current]
-        detail = f": {bad[0].detail}" if bad and bad[0].detail else ""
-        error = AgentError(
-            f"{view.name} {view.version}: {len(bad)} replica(s) failed{detail}",
-            hint=f"see `mcpz logs {view.name}`, or go back with `mcpz deploy rollback {view.name}`",
-        )
+    if waited and view.state != "ready":
+        error = not_ready(view)
         # Not raised to the top-level printer: with --json it would add a second JSON document
         # after the deployment already on stdout.
         sys.stderr.write(f"error: {error.message} ({error.hint})\n")
@@ -184,8 +186,9 @@ def apply(
     release. A new version replaces replicas one at a time, each new one running before an old stops.
     """
     from mcpz.client import deploy
+    from mcpz.names import split_spec
 
-    name, _, version = spec.partition("@")
+    name, version = split_spec(spec)
     name = _name(name)
     limits = None
     if memory is not None or open_files is not None:
@@ -196,7 +199,13 @@ def apply(
         token,
         no_sign,
         lambda client, account: deploy.deploy(
-            client, name, version or None, replicas=replicas, selector=nodes, limits=limits, account=account
+            client,
+            name,
+            version_or_latest(version),
+            replicas=replicas,
+            selector=nodes,
+            limits=limits,
+            account=account,
         ),
     )
     out().info(f"deploying {name} {view.version} (revision {view.revision}), {view.replicas} replica(s)")
@@ -258,6 +267,26 @@ def rollback(
         registry, token, no_sign, lambda client, account: deploy.rollback(client, name, to, account=account)
     )
     out().info(f"rolling {name} back to {view.version} (revision {view.revision})")
+    _settle(name, view, wait, timeout, registry, token)
+
+
+@deploy_app.command("restart")
+def restart(
+    name: Annotated[str, typer.Argument(help="Deployment (agent name).")],
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 300.0,
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Try its failed replicas again now, e.g. after fixing what failed them (same revision).
+
+    Failed replicas are also retried on their own: with a backoff, and at once when the
+    deployment is deployed again or a node joins.
+    """
+    name = _name(name)
+    view = with_client(registry, token, lambda client: client.restart_deployment(name))
+    n = view.restarted
+    out().info(f"restarting {n} failed replica(s) of {name}" if n else f"no replica of {name} had failed")
     _settle(name, view, wait, timeout, registry, token)
 
 
@@ -358,10 +387,8 @@ def logs(
         async for item in client.follow_logs(name, tail):
             show(item)
 
-    try:
-        with_client(registry, token, stream)
-    except KeyboardInterrupt:
-        pass
+    # Ctrl-C ends the stream; the root handler exits 130, as everywhere (docs/errors.md).
+    with_client(registry, token, stream)
 
 
 def _render_status(console: Console, view: Deployment | Removal) -> None:

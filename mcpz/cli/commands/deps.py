@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
 from mcpz.cli.output import out
+from mcpz.cli.transfer import transfer
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -88,7 +89,7 @@ def add_command(
     specifier: Annotated[
         str | None,
         typer.Argument(
-            metavar="[SPEC]",
+            metavar="SPEC",
             help='Version specifier, e.g. "^1.2", "~=1.4", ">=1.2,<2" (default: compatible with the latest).',
             show_default=False,
         ),
@@ -211,27 +212,27 @@ def install_command(
     secret = token_for(url, token) if url else token
     output = out()
 
-    async def go(progress: Any = None) -> InstallResult:
-        return await deps.install(
-            project,
-            registry=url,
-            token=secret,
-            cache_root=cache_dir(),
-            offline=offline,
-            reinstall=reinstall,
-            progress=progress,
-        )
-
     total = len(project.lock.agents) if project.lock is not None else 0
-    if output.interactive and total:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    with transfer("installing", "agents") as shown:
+        installed = [0]
 
-        with Progress(
-            TextColumn("installing"), BarColumn(), MofNCompleteColumn(), console=output.stderr, transient=True
-        ) as bar:
-            task = bar.add_task("install", total=total)
-            result = run(go, lambda _name, _action: bar.advance(task))
-    else:
+        def one_done(_name: str, _action: str) -> None:
+            installed[0] += 1
+            if shown.step is not None:
+                shown.step(installed[0], total)
+
+        async def go() -> InstallResult:
+            return await deps.install(
+                project,
+                registry=url,
+                token=secret,
+                cache_root=cache_dir(),
+                offline=offline,
+                reinstall=reinstall,
+                progress=one_done if shown.step is not None else None,
+                received=shown.moved,
+            )
+
         result = run(go)
 
     def render(console: Console) -> None:

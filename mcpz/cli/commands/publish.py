@@ -11,8 +11,9 @@ from rich.table import Table
 
 from mcpz.cli.common import RegistryOpt, TokenOpt, settings, token_for, with_client
 from mcpz.cli.output import out
+from mcpz.cli.transfer import transfer
 from mcpz.errors import UsageError
-from mcpz.names import AgentName
+from mcpz.names import split_spec
 
 if TYPE_CHECKING:
     from mcpz.client.models import AgentInfo, Release
@@ -20,9 +21,7 @@ if TYPE_CHECKING:
 
 
 def _name_and_version(spec: str) -> tuple[str, str | None]:
-    name, _, version = spec.partition("@")
-    AgentName.parse(name)
-    return name, version or None
+    return split_spec(spec)
 
 
 # This module's commands; cli/app.py mounts them by name when one of them runs.
@@ -47,26 +46,14 @@ def push(
     url = settings(registry).registry
     secret = token_for(url, token)
     output = out()
+    # The wallet is unlocked only when this push publishes a release, before any object is sent.
     signer = None if no_sign else wallet_key(prompt_for)
-    if output.interactive:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        with Progress(
-            TextColumn("pushing"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("objects"),
-            console=output.stderr,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("push", total=None)
-
-            def progress(_phase: str, done: int, total: int | None) -> None:
-                bar.update(task, completed=done, total=total)
-
-            result = publish.push_signed(path, url, secret, signer=signer, force=force, progress=progress)
-    else:
-        result = publish.push_signed(path, url, secret, signer=signer, force=force)
+    with transfer("pushing") as shown:
+        step = shown.step
+        progress = (lambda _phase, done, total: step(done, total)) if step is not None else None
+        result = publish.push_signed(
+            path, url, secret, signer=signer, force=force, progress=progress, sent=shown.moved
+        )
     for warning in result.warnings:
         output.warn(warning)
     if result.published and result.signer is None:
@@ -105,7 +92,8 @@ def clone(
     name, version = _name_and_version(spec)
     url = settings(registry).registry
     target = directory or Path(name.split("/")[1])
-    commit = publish.clone(url, name, version, target, token_for(url, token))
+    with transfer("cloning") as shown:
+        commit = publish.clone(url, name, version, target, token_for(url, token), received=shown.moved)
     out().data(
         {"name": name, "version": version, "commit": commit, "path": str(target)},
         lambda c: c.print(f"cloned {spec} into {target} ({commit[:12]})", markup=False),
@@ -126,7 +114,7 @@ def pull(
 
 
 def _fetch_agent(name: str, registry: str | None, token: str | None) -> AgentInfo:
-    AgentName.parse(name)
+    split_spec(name)
     return with_client(registry, token, lambda client: client.agent(name))
 
 
@@ -181,14 +169,17 @@ def _set_yank(spec: str, registry: str | None, token: str | None, yanked: bool, 
     if version is None:
         raise UsageError(f'give the version: "{name}@VERSION"')
 
+    asked = version
+
     async def call(client: RegistryClient) -> Release:
+        exact = await client.resolve_version(name, asked)
         if yanked:
-            return await client.yank(name, version, reason)
-        return await client.unyank(name, version)
+            return await client.yank(name, exact, reason)
+        return await client.unyank(name, exact)
 
     data = with_client(registry, token, call)
     word = "yanked" if yanked else "unyanked"
-    out().data(data.to_dict(), lambda c: c.print(f"{word} {name} {version}", markup=False))
+    out().data(data.to_dict(), lambda c: c.print(f"{word} {name} {data.version}", markup=False))
 
 
 @app.command("yank")

@@ -48,8 +48,12 @@ app = typer.Typer()
 
 @app.command()
 def init(
-    path: Annotated[
-        Path | None, typer.Argument(help="Folder to create the agent in (default: here).")
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="NAME|PATH",
+            help='The agent\'s name "namespace/name" (created in ./name), or a folder (then --name).',
+        ),
     ] = None,
     name: Annotated[str | None, typer.Option("--name", help='The agent\'s name, "namespace/name".')] = None,
     template: Annotated[str, typer.Option("--template", "-t", help="Template: python or plugin.")] = "python",
@@ -61,12 +65,17 @@ def init(
     from mcpz.names import name_problem
     from mcpz.repo.repository import init_agent
 
+    path = None if target is None else Path(target)
+    if name is None and target is not None and name_problem(target) is None:
+        # `mcpz init acme/weather`: the name, in a new folder named after it.
+        name, path = target, Path(target.split("/")[1])
     if name is None:
-        # `mcpz init acme/weather` reads like a name; say how to write it rather than guess.
-        given = str(path) if path is not None else ""
-        short = given.split("/")[-1] or "my-agent"
-        example = given if path is not None and name_problem(given) is None else f"acme/{short}"
-        raise UsageError("--name is required", hint=f"e.g. mcpz init {short} --name {example}")
+        given = target or ""
+        short = given.rstrip("/").split("/")[-1] or "my-agent"
+        raise UsageError(
+            "the agent needs a name",
+            hint=f"e.g. `mcpz init acme/{short}`, or `mcpz init {given or '.'} --name acme/{short}`",
+        )
     result = init_agent(path or Path.cwd(), name, template=template, force=force, author=_author(author))
     if result.inside:
         out().warn(

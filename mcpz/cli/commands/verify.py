@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for, with_client
 from mcpz.cli.output import out
 from mcpz.errors import UsageError
-from mcpz.names import AgentName
+from mcpz.names import split_spec
+
+if TYPE_CHECKING:
+    from mcpz.client.models import Release
+    from mcpz.client.registry import RegistryClient
 
 
 def _spec(spec: str) -> tuple[str, str]:
-    name, _, version = spec.partition("@")
-    AgentName.parse(name)
-    if not version:
+    name, version = split_spec(spec)
+    if version is None:
         raise UsageError(f'give the version: "{name}@VERSION"')
     return name, version
 
@@ -50,7 +53,9 @@ def verify(
         out().info(f"forgot the pinned key of {name.split('/')[0]}")
 
     async def call() -> trust.VerifiedRelease:
+        nonlocal version
         async with connect(url, token_for(url, token)) as client:
+            version = await client.resolve_version(name, version)
             return await namespaces.verify_published(client, verifier, name, version)
 
     result = run(call)
@@ -84,8 +89,13 @@ def sign(
 
     name, version = _spec(spec)
     account = unlock_wallet()
-    release = with_client(
-        registry, token, lambda client: namespaces.sign_published(client, name, version, path, account)
-    )
+    asked = version
+
+    async def call(client: RegistryClient) -> Release:
+        exact = await client.resolve_version(name, asked)
+        return await namespaces.sign_published(client, name, exact, path, account)
+
+    release = with_client(registry, token, call)
+    version = release.version
     data = {"name": name, "version": version, "commit": release.commit, "signer": account.address}
     out().data(data, lambda c: c.print(f"signed {name} {version} as {account.address}", markup=False))

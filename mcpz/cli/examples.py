@@ -1,0 +1,105 @@
+"""One example per command, shown at the end of its `--help` (and in docs/cli.md).
+
+Kept apart from the command modules so that the help of every command reads the same way and a
+test can check that no command is without one (tests/cli/test_cli_help.py). Keys are command paths
+without the leading `mcpz`; a group's example shows its commonest subcommand.
+"""
+
+from __future__ import annotations
+
+_TOKEN = "mcpz registry token create --account acme --scope read,publish --expires 30d"
+
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    # repositories
+    "init": ("mcpz init acme/weather", "mcpz init acme/weather --template plugin"),
+    "commit": ('mcpz commit -m "Add the forecast tool"',),
+    "status": ("mcpz status",),
+    "log": ("mcpz log -n 5",),
+    "diff": ("mcpz diff", "mcpz diff v1.0.0 HEAD"),
+    "show": ("mcpz show HEAD", "mcpz show v1.0.0:mcpz.toml"),
+    "release": ("mcpz release 1.0.0", "mcpz release --bump minor"),
+    # dependencies
+    "add": ('mcpz add acme/geo "^1.2"',),
+    "remove": ("mcpz remove acme/geo",),
+    "lock": ("mcpz lock", "mcpz lock --check"),
+    "install": ("mcpz install",),
+    "sync": ("mcpz sync",),
+    "tree": ("mcpz tree",),
+    "why": ("mcpz why acme/geo",),
+    "outdated": ("mcpz outdated",),
+    # calling
+    "run": ("mcpz run . -- --verbose",),
+    "tools": ("mcpz tools acme/weather", "mcpz tools --local ."),
+    "call": ("mcpz call acme/weather forecast city=Oslo days=3", "mcpz call --local . echo text=hi"),
+    "connect": ("mcpz connect .",),
+    "usage": ("mcpz usage --since 7d", "mcpz usage --agent acme/weather -n 20"),
+    # publishing
+    "push": ("mcpz push",),
+    "clone": ("mcpz clone acme/weather@1.0.0",),
+    "pull": ("mcpz pull",),
+    "info": ("mcpz info acme/weather",),
+    "versions": ("mcpz versions acme/weather",),
+    "yank": ("mcpz yank acme/weather@1.0.1",),
+    "unyank": ("mcpz unyank acme/weather@1.0.1",),
+    "verify": ("mcpz verify acme/weather@1.0.0",),
+    "sign": ("mcpz sign acme/weather@1.0.0",),
+    # deploying
+    "deploy": ("mcpz deploy acme/weather@1.0.0 --replicas 2 --wait",),
+    "deploy apply": ("mcpz deploy apply acme/weather@1.1.0 --wait",),
+    "deploy status": ("mcpz deploy status acme/weather",),
+    "deploy scale": ("mcpz deploy scale acme/weather 3",),
+    "deploy rollback": ("mcpz deploy rollback acme/weather",),
+    "deploy rm": ("mcpz deploy rm acme/weather",),
+    "deployments": ("mcpz deployments",),
+    "nodes": ("mcpz nodes",),
+    "logs": ("mcpz logs acme/weather -f",),
+    "node": ("mcpz node run --name laptop --label region=eu",),
+    "node run": ("mcpz node run --name laptop --label region=eu",),
+    # accounts
+    "login": ("mcpz login --wallet --registry https://registry.example.com", "mcpz login --token"),
+    "logout": ("mcpz logout",),
+    "whoami": ("mcpz whoami",),
+    "keys": ("mcpz keys list",),
+    "keys create": ("mcpz keys create --scope read,call --name ci --expires-days 30",),
+    "keys list": ("mcpz keys list",),
+    "keys revoke": ("mcpz keys revoke 12",),
+    "wallet": ("mcpz wallet create",),
+    "wallet create": ("mcpz wallet create",),
+    "wallet address": ("mcpz wallet address",),
+    "wallet export": ("mcpz wallet export > keystore.json",),
+    "wallet import": ("mcpz wallet import --keystore keystore.json",),
+    "namespace": ("mcpz namespace create acme",),
+    "namespace create": ("mcpz namespace create acme",),
+    "namespace show": ("mcpz namespace show acme",),
+    "namespace add-member": ("mcpz namespace add-member acme alice",),
+    "namespace remove-member": ("mcpz namespace remove-member acme alice",),
+    "namespace transfer": ("mcpz namespace transfer acme bob",),
+    "namespace rotate-key": ("mcpz namespace rotate-key",),
+    "config": ("mcpz config set registry https://registry.example.com",),
+    "config get": ("mcpz config get registry",),
+    "config set": ("mcpz config set call_timeout 60",),
+    "config unset": ("mcpz config unset call_timeout",),
+    "config list": ("mcpz config list",),
+    "config path": ("mcpz config path",),
+    # operators
+    "registry": ("mcpz registry serve --port 8080",),
+    "registry serve": ("mcpz registry serve --host 0.0.0.0 --port 8080",),
+    "registry migrate": ("mcpz registry migrate",),
+    "registry account": ("mcpz registry account create acme",),
+    "registry account create": ("mcpz registry account create acme",),
+    "registry token": (_TOKEN,),
+    "registry token create": (_TOKEN,),
+    "demo": ("mcpz demo",),
+}
+
+
+def epilog(path: str) -> str | None:
+    """The epilog of command `path` ("deploy apply"): its examples, kept as typed (`\\b`)."""
+    lines = EXAMPLES.get(path)
+    if not lines:
+        return None
+    example = "\b\nExample:\n" + "\n".join(f"  {line}" for line in lines)
+    return example + "\n\n" + GLOBAL_FLAGS
+
+
+GLOBAL_FLAGS = "Global options, anywhere on the line: --json (machine output), -v/--verbose, -q/--quiet."
