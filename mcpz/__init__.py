@@ -2,7 +2,7 @@
 
 The names in `__all__` are the public Python API; they are imported on first use so that
 `import mcpz` (and `mcpz --version`) stay fast. `mcpz.Client` is the front door (docs/python-sdk.md);
-`mcpz.push` is `mcpz.client.publish.push_signed`, which signs the release it publishes as `mcpz push`
+`mcpz.push` is `mcpz.client.publish.push`, which signs the release it publishes as `mcpz push`
 does.
 """
 
@@ -38,7 +38,7 @@ _LAZY = {
     "run_agent": "mcpz.local.process",
     "RegistryClient": "mcpz.client.registry",
     "Client": "mcpz.sdk.client",
-    "push": "mcpz.client.publish:push_signed",
+    "push": "mcpz.client.publish:push",
     "clone": "mcpz.client.publish",
     "pull": "mcpz.client.publish",
     "SiweMessage": "mcpz.keys.siwe",

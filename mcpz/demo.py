@@ -157,6 +157,17 @@ def step_info(ctx: DemoContext) -> None:
     ctx.mcpz("info", AGENT)
 
 
+def step_market(ctx: DemoContext) -> None:
+    """The published agent is listed: search finds it by its name's words."""
+    words = AGENT.split("/")[1]
+    found = ctx.mcpz("market", "search", words, json_out=True)
+    names = [item["name"] for item in found]
+    if AGENT not in names:
+        raise DemoFailed(f"`mcpz market search {words}` did not find {AGENT}: {names}")
+    ctx.results["market"] = next(item for item in found if item["name"] == AGENT)
+    ctx.mcpz("market", "search", words)
+
+
 NODES = ("demo-node-1", "demo-node-2")
 
 
@@ -284,6 +295,7 @@ STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("push", step_push),
     ("verify", step_verify),
     ("info", step_info),
+    ("market", step_market),
     ("node-key", step_node_key),
     ("nodes", step_nodes),
     ("deploy", step_deploy),

@@ -44,6 +44,28 @@ def canonical_tools(tools: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return result
 
 
+def definition_of(tool: Any) -> dict[str, Any]:
+    """One tool of the `mcp` SDK's `tools/list` result (a pydantic `Tool`) as its JSON object: what
+    the publisher pins and what a node compares are both made by this one function."""
+    return dict(tool.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+def changes(pinned: Iterable[Mapping[str, Any]], now: Iterable[Mapping[str, Any]]) -> str:
+    """A short description of what differs between two tool sets, for people: tools added,
+    removed and changed, by name ("" when their canonical forms are the same)."""
+    before = {str(t["name"]): t for t in canonical_tools(pinned)}
+    after = {str(t["name"]): t for t in canonical_tools(now)}
+    parts = []
+    added = sorted(after.keys() - before.keys())
+    removed = sorted(before.keys() - after.keys())
+    changed = sorted(n for n in before.keys() & after.keys() if before[n] != after[n])
+    for word, names in (("added", added), ("removed", removed), ("changed", changed)):
+        if names:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            parts.append(f"{word} {shown}")
+    return "; ".join(parts)
+
+
 def canonical_bytes(tools: Iterable[Mapping[str, Any]]) -> bytes:
     data = json.dumps(
         canonical_tools(tools), sort_keys=True, separators=(",", ":"), ensure_ascii=False

@@ -6,7 +6,7 @@ client library is imported here, so the fast remote path does not pay for one.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mcpz.errors import AgentError, UsageError
@@ -26,19 +26,26 @@ class ToolInfo:
     input_schema: dict[str, Any]
     output_schema: dict[str, Any] | None = None
     title: str | None = None
+    # The whole `tools/list` entry as JSON (annotations included): what `mcpz push` pins.
+    definition: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_mcp(cls, tool: Tool) -> ToolInfo:
+        from mcpz.tooldefs import definition_of
+
         return cls(
             name=tool.name,
             description=tool.description or "",
             input_schema=dict(tool.input_schema),
             output_schema=dict(tool.output_schema) if tool.output_schema is not None else None,
             title=tool.title,
+            definition=definition_of(tool),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        del data["definition"]
+        return data
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,8 @@ from registry_server.git import routes as git_http
 from registry_server.git.recovery import recover
 from registry_server.http import error_response
 from registry_server.logs import request_id
+from registry_server.market import routes as api_market
+from registry_server.market.upkeep import MarketUpkeep
 from registry_server.mesh import hub as mesh_hub
 from registry_server.mesh import routes as mesh_http
 from registry_server.openapi import use_error_model
@@ -39,6 +41,7 @@ from registry_server.settings import RegistrySettings
 from registry_server.state import RegistryState
 from registry_server.usage import routes as api_usage
 from registry_server.usage.service import UsageRecorder
+from registry_server.web import routes as web
 
 log = logging.getLogger("registry_server.http")
 
@@ -136,6 +139,7 @@ def create_app(
         recover(app.state.registry.repos, app.state.registry.db)
         app.state.index_cache = IndexCache()
         app.state.nonce_limiter = api_auth.nonce_limiter(settings)
+        app.state.market_limiter = api_market.market_limiter(settings)
         # Usage recording starts before the mesh and stops after it, so calls in flight at
         # shutdown still record their events.
         app.state.usage = UsageRecorder(app.state.registry, held_lock=usage_lock)
@@ -145,9 +149,13 @@ def create_app(
                 app.state.mesh = await mesh_hub.start_mesh(app.state.registry)
                 app.state.gateway = Gateway(app.state.registry, app.state.mesh, app.state.usage)
                 await app.state.gateway.start()
+                # Listings follow publishes (a listener on the state) and a periodic sweep.
+                app.state.market = MarketUpkeep(app.state.registry)
+                await app.state.market.start()
                 try:
                     yield
                 finally:
+                    await app.state.market.stop()
                     await app.state.gateway.stop()
                     await app.state.mesh.stop()
             finally:
@@ -163,6 +171,9 @@ def create_app(
     app.include_router(api_deploy.router)
     app.include_router(api_usage.router)
     app.include_router(mesh_http.router)
+    app.include_router(api_market.router)
+    # The web pages last: their paths (/, /search, /agents/...) are apart from the API's.
+    app.include_router(web.router)
 
     @app.exception_handler(McpzError)
     async def _mcpz_error(request: Request, exc: McpzError) -> Response:

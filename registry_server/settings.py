@@ -59,6 +59,12 @@ class RegistrySettings:
     # Sign-in nonces: at most nonce_rate_limit per client address in nonce_rate_window seconds.
     nonce_rate_limit: int = 30
     nonce_rate_window: float = 60.0
+    # The marketplace: accounts whose `admin` tokens decide on reported reviews, the reports that
+    # hide a review until they do, and how often listings are swept for missed publishes and
+    # their usage figures refreshed (seconds).
+    market_admins: tuple[str, ...] = ()
+    review_report_threshold: int = 3
+    market_refresh_interval: float = 30.0
 
     @property
     def base_url(self) -> str:
@@ -88,7 +94,8 @@ class RegistrySettings:
         gateway = ("call_timeout", "max_calls_in_flight", "allowed_origins", "usage_flush_interval")
         nonces = ("nonce_rate_limit", "nonce_rate_window")
         limits = ("max_json_bytes", "header_timeout", "max_sessions_per_account")
-        for key in (*keys, "public_url", "chain_id", "chain_rpc", *mesh, *gateway, *nonces, *limits):
+        market = ("market_admins", "review_report_threshold", "market_refresh_interval")
+        for key in (*keys, "public_url", "chain_id", "chain_rpc", *mesh, *gateway, *nonces, *limits, *market):
             var = f"MCPZ_REGISTRY_{key.upper()}"
             if env.get(var):
                 values[key] = env[var]
@@ -134,6 +141,9 @@ class RegistrySettings:
                 max_sessions_per_account=int(values.get("max_sessions_per_account", 64)),
                 nonce_rate_limit=int(values.get("nonce_rate_limit", 30)),
                 nonce_rate_window=float(values.get("nonce_rate_window", 60.0)),
+                market_admins=_names(values.get("market_admins", ())),
+                review_report_threshold=int(values.get("review_report_threshold", 3)),
+                market_refresh_interval=float(values.get("market_refresh_interval", 30.0)),
             )
         except (KeyError, ValueError) as e:
             raise UsageError(f"invalid registry setting: {e}", hint="check MCPZ_REGISTRY_* variables") from e
@@ -170,6 +180,8 @@ _POSITIVE = (
     "usage_flush_interval",
     "nonce_rate_limit",
     "nonce_rate_window",
+    "review_report_threshold",
+    "market_refresh_interval",
 )
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from mcpz.private import private_dir
 from registry_server.db import Database
@@ -18,6 +19,10 @@ class RegistryState:
     settings: RegistrySettings
     db: Database
     repos: RepoStore
+    # Called with an agent's name after its releases changed (published, yanked), once committed:
+    # domains that keep something derived from releases (the market's listings) register here in
+    # app.py, so the releases domain never imports them. A listener must not raise.
+    agent_listeners: list[Callable[[str], None]] = field(default_factory=list)
 
     @classmethod
     def open(cls, settings: RegistrySettings) -> RegistryState:
@@ -32,6 +37,11 @@ class RegistryState:
     def on_published(self, name: str, versions: list[str]) -> None:
         for version in versions:
             log.info("published", extra={"agent": name, "version": version})
+        self.agent_changed(name)
+
+    def agent_changed(self, name: str) -> None:
+        for listener in self.agent_listeners:
+            listener(name)
 
     def close(self) -> None:
         self.db.dispose()

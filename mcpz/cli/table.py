@@ -86,7 +86,11 @@ COMMANDS: dict[str, Entry] = {
     "pull": Entry(
         "publish", "Fast-forward the current branch from the registry it was cloned from.", PUBLISH
     ),
-    "info": Entry("publish", "Description, versions, yanked, dependencies, latest.", PUBLISH),
+    "info": Entry(
+        "publish",
+        "Description, versions, yanked, dependencies, latest; with @VERSION, that release's tools.",
+        PUBLISH,
+    ),
     "versions": Entry("publish", "Every published version, oldest first.", PUBLISH),
     "yank": Entry("publish", "Skip a version in new resolutions (exact locks still install it).", PUBLISH),
     "unyank": Entry("publish", "Undo a yank.", PUBLISH),
@@ -102,6 +106,9 @@ COMMANDS: dict[str, Entry] = {
     ),
     "usage": Entry(
         "usage", "Calls through the gateway, summed per agent and tool: calls, errors, time, bytes.", CALL
+    ),
+    "market": Entry(
+        "market", "The marketplace: search agents, read their listings, review the ones you used.", MARKET
     ),
     "login": Entry(
         "auth",

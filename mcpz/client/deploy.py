@@ -75,17 +75,34 @@ async def deploy(
     replicas: int | None = None,
     selector: Mapping[str, str] | None = None,
     limits: Mapping[str, int | None] | None = None,
+    allow_tool_drift: bool | None = None,
     account: LocalAccount | None = None,
 ) -> Deployment:
-    """Create or update the deployment of `name` (see `RegistryClient.deploy`), signed by `account`."""
+    """Create or update the deployment of `name` (see `RegistryClient.deploy`), signed by `account`.
+
+    `allow_tool_drift` (None: unchanged) lets replicas answer other tools than those signed with
+    the release; it is a line of the signed statement, so the registry cannot turn it on."""
 
     async def send(signed: SignedChange | None) -> Deployment:
         return await client.deploy(
-            name, version, replicas=replicas, selector=selector, limits=limits, signed=signed
+            name,
+            version,
+            replicas=replicas,
+            selector=selector,
+            limits=limits,
+            allow_tool_drift=allow_tool_drift,
+            signed=signed,
         )
 
     async def prepare() -> PreparedChange:
-        return await client.prepare_deploy(name, version, replicas=replicas, selector=selector, limits=limits)
+        return await client.prepare_deploy(
+            name,
+            version,
+            replicas=replicas,
+            selector=selector,
+            limits=limits,
+            allow_tool_drift=allow_tool_drift,
+        )
 
     def check(statement: signing.DeploymentStatement) -> None:
         if version is not None and statement.version != version:
@@ -94,6 +111,9 @@ async def deploy(
             raise _mismatch(statement, f"release {statement.release}, not one of {name}")
         if replicas is not None and statement.replicas != replicas:
             raise _mismatch(statement, f"{statement.replicas} replica(s), not {replicas}")
+        if allow_tool_drift is not None and statement.allow_tool_drift != allow_tool_drift:
+            drift = "allowed" if statement.allow_tool_drift else "not allowed"
+            raise _mismatch(statement, f"tool drift {drift}")
 
     return await _change(client, name, send, prepare, check, account)
 

@@ -183,6 +183,22 @@ class Release(Payload):
     signature: str | None = None
     signer: str | None = None
     signatures: list[Signature] = dataclasses.field(default_factory=list)
+    tools_digest: str | None = None
+    """The digest of the tools signed with it (`ReleaseTools`); None when none were pinned."""
+    raw: Mapping[str, Any] = _raw()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReleaseTools(Payload):
+    """The tool definitions pinned to a release: signed at publish, or `observed` from a replica."""
+
+    WHAT: ClassVar[str] = "release's tools"
+    name: str
+    version: str
+    tools: list[dict[str, Any]]
+    digest: str
+    observed: bool
+    recorded_at: datetime | None = None
     raw: Mapping[str, Any] = _raw()
 
 
@@ -384,6 +400,8 @@ class Deployment(Payload):
     updated_at: datetime
     statement: str = ""
     signers: list[str] = dataclasses.field(default_factory=list)
+    allow_tool_drift: bool = False
+    """Replicas may answer other tools than those signed with the release."""
     reason: str = ""
     """Why it is not ready, when the registry knows (no eligible node, ...)."""
     stuck: bool = False

@@ -16,7 +16,7 @@ from eth_utils.address import is_address, to_checksum_address
 from mcpz.client.models import NamespaceInfo, Release, RotationResult
 from mcpz.client.registry import RegistryClient
 from mcpz.config import data_dir
-from mcpz.errors import UsageError
+from mcpz.errors import RefusedError, UsageError
 from mcpz.keys import signing, trust
 
 if TYPE_CHECKING:
@@ -155,13 +155,25 @@ async def sign_published(
 
     The signature attests the commit and manifest as this machine sees them, not as the registry
     describes them; the registry keeps it if the wallet is the namespace owner's or a member's.
+    A release whose tools were pinned at publish is signed with their digest, recomputed here from
+    the definitions the registry serves (see them with `mcpz info NAME@VERSION`).
     """
     from mcpz.client import publish
+    from mcpz.tooldefs import tools_digest
 
     release = await client.release(name, version)
     commit = release.commit
     manifest = publish.manifest_bytes_at(repo, commit)
-    statement = publish.release_statement(client.url, name, version, commit, manifest)
+    digest = release.tools_digest or None
+    if digest is not None:
+        served = await client.release_tools(name, version)
+        if served.observed or tools_digest(served.tools) != digest:
+            raise RefusedError(
+                f"the registry's tool definitions of {name} {version} do not match the digest it says "
+                "was signed",
+                hint="do not sign: the registry's record of this release looks tampered with",
+            )
+    statement = publish.release_statement(client.url, name, version, commit, manifest, digest)
     return await publish.sign_release(client, statement, account)
 
 
@@ -183,6 +195,7 @@ async def verify_published(
         version=version,
         commit=release.commit,
         manifest_sha256=release.manifest_sha256,
+        tools=release.tools_digest or None,
     )
     signatures: list[str | None] = [s.signature for s in release.signatures]
     return verifier.verify_release_statement(statement, signatures, keys=keys)

@@ -3,6 +3,11 @@
 `push` sends the current branch and, when the manifest's version has no release yet, the tag
 `v{version}` on the branch's head: one command publishes. The local tag is only made once the
 registry has accepted it, so a refused push leaves nothing behind to trip over next time.
+
+Given a wallet account, `push` signs what it publishes. Before that it starts the agent from its
+folder (as `mcpz tools` does), records its `tools/list` and pins it to the release: the digest
+goes into the signed release statement (v2) and the definitions go up with the signature, so
+nodes can refuse a replica whose tools were swapped after publishing (`tools=False`: not pinned).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from mcpz.manifest import MANIFEST_FILE, Manifest, parse_manifest
 from mcpz.names import LATEST, AgentName
 
 if TYPE_CHECKING:
-    from mcpz.client.models import Release
+    from mcpz.client.models import Release, ReleaseTools
     from mcpz.client.registry import RegistryClient
     from mcpz.keys import signing
     from mcpz.keys.ethkeys import LocalAccount
@@ -49,6 +54,8 @@ class PushResult:
     remote_messages: list[str] = field(default_factory=list)
     signer: str | None = None  # the wallet that signed the release, once it is signed
     warnings: list[str] = field(default_factory=list)  # e.g. a version lower than one published
+    tools: tuple[str, ...] | None = None  # the names of the tools pinned with the signature
+    tools_digest: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +70,8 @@ class PushResult:
             "signed": self.signer is not None,
             "signer": self.signer,
             "warnings": list(self.warnings),
+            "tools": list(self.tools) if self.tools is not None else None,
+            "tools_digest": self.tools_digest,
         }
 
 
@@ -187,17 +196,123 @@ def push(
     *,
     force: bool = False,
     progress: ProgressFn | None = None,
-    before_publish: Callable[[], None] | None = None,
     sent: Callable[[int], None] | None = None,
+    account: LocalAccount | None = None,
+    signer: KeyProvider | None = None,
+    tools: bool = True,
+    tools_timeout: float | None = None,
 ) -> PushResult:
-    """Push the current branch and publish the manifest's version if it is new. `progress` hears
-    the objects packed, `sent(n)` each n bytes of pack data.
+    """Push the current branch and publish the manifest's version if it is new; with `account`
+    (or `signer`, the key provider that gives it), sign what it publishes, pinning the agent's tools
+    unless `tools` is False: `mcpz push`, and `mcpz.push`. `progress` hears the objects packed,
+    `sent(n)` each n bytes of pack data.
 
     Whether the version is already published is read from the refs the registry advertises at
-    the start of the push, so publishing costs no request beyond git's own. `before_publish` runs
-    only when this push publishes, before any object is sent (the CLI unlocks the wallet there: a
-    push that publishes nothing needs no passphrase, and a missing one stops the push unsent).
+    the start of the push, so publishing costs no request beyond git's own. Only when this push
+    publishes, and before any object is sent, `signer` is called (the CLI unlocks the wallet there:
+    a push that publishes nothing needs no passphrase) and the agent's tools are listed, so a
+    missing passphrase or an agent that cannot start stops the push instead of leaving a release
+    unsigned. When it answers None (no wallet), or there is neither `account` nor `signer`, the
+    release is published unsigned (`PushResult.signer` is None; nodes refuse it).
+    `mcpz.keys.wallet.wallet_key()` is the user's wallet, unlocked without prompting.
     """
+    chosen: list[LocalAccount | None] = [account] if account is not None or signer is None else []
+    pinned: list[list[dict[str, Any]]] = []
+
+    def get_signer() -> LocalAccount | None:
+        if not chosen:
+            chosen.append(signer() if signer is not None else None)
+        return chosen[0]
+
+    def publishing() -> None:
+        if get_signer() is not None and tools and not pinned:
+            pinned.append(list_tool_definitions(path, timeout=tools_timeout))
+
+    result = push_refs(
+        path, registry, token, force=force, progress=progress, sent=sent, before_publish=publishing
+    )
+    if not result.published:
+        return result
+    key = get_signer()
+    if key is None:
+        return result
+    if tools and not pinned:
+        pinned.append(list_tool_definitions(path, timeout=tools_timeout))
+    return sign_published(path, registry, token, result, key, pinned[0] if pinned else None)
+
+
+def list_tool_definitions(path: Path, *, timeout: float | None = None) -> list[dict[str, Any]]:
+    """Start the agent in `path` (as `mcpz tools` does), and return its `tools/list` definitions."""
+    import anyio
+
+    from mcpz.local.session import list_tools
+
+    async def listed() -> list[dict[str, Any]]:
+        return [tool.definition for tool in await list_tools(path, timeout=timeout)]
+
+    try:
+        return anyio.run(listed)
+    except McpzError as e:
+        e.message = f"cannot record the agent's tools to pin them: {e.message}"
+        e.hint = "fix it and push again, or publish without pinned tools: `mcpz push --no-tools`"
+        raise
+
+
+def sign_published(
+    path: Path,
+    registry: str,
+    token: str | None,
+    result: PushResult,
+    account: LocalAccount,
+    tools: list[dict[str, Any]] | None,
+) -> PushResult:
+    """Sign the release `result` just published (with `tools` pinned, if given); on failure the
+    error says how to sign it later."""
+    import dataclasses
+
+    import anyio
+
+    from mcpz.client.registry import connect
+    from mcpz.tooldefs import ToolDefinitionsError, canonical_tools, tools_digest
+
+    try:
+        digest = tools_digest(tools) if tools is not None else None
+    except ToolDefinitionsError as e:
+        raise UsageError(
+            f"published {result.name} {result.version}, but its tools cannot be pinned: {e}",
+            hint="fix the agent's tools/list, or sign without them: "
+            f"`mcpz sign {result.name}@{result.version}`",
+        ) from e
+    statement = release_statement(
+        registry, result.name, result.version, result.commit, manifest_bytes_at(path, result.commit), digest
+    )
+
+    async def call() -> Release:
+        async with connect(registry, token) as client:
+            return await sign_release(client, statement, account, tools=tools)
+
+    try:
+        anyio.run(call)
+    except McpzError as e:
+        e.message = f"published {result.name} {result.version}, but signing it failed: {e.message}"
+        e.hint = e.hint or f"sign it with `mcpz sign {result.name}@{result.version}`"
+        raise
+    names = tuple(str(t["name"]) for t in canonical_tools(tools)) if tools is not None else None
+    return dataclasses.replace(result, signer=str(account.address), tools=names, tools_digest=digest)
+
+
+def push_refs(
+    path: Path,
+    registry: str,
+    token: str | None,
+    *,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+    sent: Callable[[int], None] | None = None,
+    before_publish: Callable[[], None] | None = None,
+) -> PushResult:
+    """The git part of `push`: send the branch and, for a new version, its tag. Nothing is signed.
+    `before_publish` runs only when the push publishes, before any object is sent."""
     from dulwich.errors import GitProtocolError, HangupException
     from dulwich.objects import ZERO_SHA
 
@@ -331,6 +446,34 @@ def _check_release(registry: str, name: str, version: str | None, token: str | N
     return version
 
 
+@dataclass(frozen=True)
+class ReleaseInfo:
+    """A release as the registry serves it, and the tools pinned to it (None: none recorded yet)."""
+
+    release: Release
+    tools: ReleaseTools | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "release": self.release.to_dict(),
+            "tools": self.tools.to_dict() if self.tools is not None else None,
+        }
+
+
+async def release_info(registry: str, token: str | None, name: str, version: str) -> ReleaseInfo:
+    """A release as the registry serves it, and its pinned tools (`mcpz info NAME@VERSION`)."""
+    from mcpz.client.registry import connect
+
+    AgentName.parse(name)
+    async with connect(registry, token) as client:
+        release = await client.release(name, version)
+        try:
+            tools: ReleaseTools | None = await client.release_tools(name, version)
+        except NotFoundError:
+            tools = None
+    return ReleaseInfo(release, tools)
+
+
 def clone(
     registry: str,
     name: str,
@@ -447,9 +590,10 @@ def manifest_bytes_at(path: Path, commit: str) -> bytes:
 
 
 def release_statement(
-    registry: str, name: str, version: str, commit: str, manifest: bytes
+    registry: str, name: str, version: str, commit: str, manifest: bytes, tools: str | None = None
 ) -> signing.ReleaseStatement:
-    """What a release signature is over: see `mcpz.keys.signing.ReleaseStatement` and docs/signing.md."""
+    """What a release signature is over: see `mcpz.keys.signing.ReleaseStatement` and docs/signing.md.
+    `tools` is the digest of the tool definitions pinned with it (`mcpz.tooldefs.tools_digest`)."""
     from mcpz.keys import signing
 
     return signing.ReleaseStatement(
@@ -458,76 +602,23 @@ def release_statement(
         version=version,
         commit=commit,
         manifest_sha256=signing.sha256_hex(manifest),
+        tools=tools,
     )
 
 
 async def sign_release(
-    client: RegistryClient, statement: signing.ReleaseStatement, account: LocalAccount
+    client: RegistryClient,
+    statement: signing.ReleaseStatement,
+    account: LocalAccount,
+    *,
+    tools: list[dict[str, Any]] | None = None,
 ) -> Release:
     """Sign `statement` with the wallet and hand the signature to the registry, which checks and keeps it.
 
+    With `tools` (whose digest `statement.tools` must be), they are pinned to the release.
     Returns the release as the registry now serves it (with `signature` and `signer`).
     """
     from mcpz.keys import signing
 
     signature = signing.sign_statement(statement, account)
-    return await client.sign_release(statement.name, statement.version, signature)
-
-
-def push_signed(
-    path: Path,
-    registry: str,
-    token: str | None,
-    *,
-    signer: KeyProvider | None = None,
-    force: bool = False,
-    progress: ProgressFn | None = None,
-    sent: Callable[[int], None] | None = None,
-) -> PushResult:
-    """`push`, then sign the release it published with the key `signer` provides: `mcpz push`.
-
-    `signer` is called only when the push publishes a release, and then before any object is sent,
-    so a wallet that cannot be unlocked stops the push instead of leaving an unsigned release
-    behind (a push that publishes nothing needs no key). When it answers None (no wallet), or there
-    is no `signer`, the release is published unsigned (`PushResult.signer` is None; nodes refuse
-    it). `mcpz.keys.wallet.wallet_key()` is the user's wallet, unlocked without prompting.
-    """
-    unlocked: list[LocalAccount | None] = []
-
-    def unlock() -> None:
-        if signer is not None:
-            unlocked.append(signer())
-
-    result = push(path, registry, token, force=force, progress=progress, sent=sent, before_publish=unlock)
-    account = unlocked[0] if unlocked else None
-    if result.published and account is not None:
-        result = sign_pushed(path, registry, token, result, account)
-    return result
-
-
-def sign_pushed(
-    path: Path, registry: str, token: str | None, result: PushResult, account: LocalAccount
-) -> PushResult:
-    """Sign the release `result` just published; on failure the error says how to sign it later."""
-    import dataclasses
-
-    import anyio
-
-    from mcpz.client.registry import connect
-    from mcpz.errors import McpzError
-
-    statement = release_statement(
-        registry, result.name, result.version, result.commit, manifest_bytes_at(path, result.commit)
-    )
-
-    async def call() -> None:
-        async with connect(registry, token) as client:
-            await sign_release(client, statement, account)
-
-    try:
-        anyio.run(call)
-    except McpzError as e:
-        e.message = f"published {result.name} {result.version}, but signing it failed: {e.message}"
-        e.hint = e.hint or f"sign it with `mcpz sign {result.name}@{result.version}`"
-        raise
-    return dataclasses.replace(result, signer=str(account.address))
+    return await client.sign_release(statement.name, statement.version, signature, tools=tools)

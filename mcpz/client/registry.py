@@ -27,6 +27,7 @@ from mcpz.client.models import (
     Payload,
     PreparedChange,
     Release,
+    ReleaseTools,
     Removal,
     RotationResult,
     SessionToken,
@@ -220,9 +221,20 @@ class RegistryClient:
         which checks each one and skips the malformed or forged."""
         return await self.json("GET", "/v1/revoked-keys")  # type: ignore[no-any-return]
 
-    async def sign_release(self, name: str, version: str, signature: str) -> Release:
+    async def sign_release(
+        self, name: str, version: str, signature: str, tools: list[dict[str, Any]] | None = None
+    ) -> Release:
+        """Hand the registry a signature over the release's statement; with `tools`, pin them (the
+        statement signed must carry their digest)."""
         path = f"/v1/agents/{name}/{version}/signature"
-        return await self.typed(Release, "POST", path, json={"signature": signature})
+        body: dict[str, Any] = {"signature": signature}
+        if tools is not None:
+            body["tools"] = tools
+        return await self.typed(Release, "POST", path, json=body)
+
+    async def release_tools(self, name: str, version: str) -> ReleaseTools:
+        """The tool definitions pinned to a release; NotFoundError if it has none."""
+        return await self.typed(ReleaseTools, "GET", f"/v1/agents/{name}/releases/{version}/tools")
 
     # --- deployments and the mesh (registry_server/deployments/routes.py) ---------------------------------
 
@@ -233,12 +245,15 @@ class RegistryClient:
         replicas: int | None,
         selector: Mapping[str, str] | None,
         limits: Mapping[str, int | None] | None,
+        allow_tool_drift: bool | None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"agent": agent, "version": version, "replicas": replicas}
         if selector is not None:
             body["selector"] = dict(selector)
         if limits is not None:
             body["limits"] = dict(limits)
+        if allow_tool_drift is not None:
+            body["allow_tool_drift"] = allow_tool_drift
         return body
 
     async def deploy(
@@ -249,13 +264,15 @@ class RegistryClient:
         replicas: int | None = None,
         selector: Mapping[str, str] | None = None,
         limits: Mapping[str, int | None] | None = None,
+        allow_tool_drift: bool | None = None,
         signed: SignedChange | None = None,
     ) -> Deployment:
         """Create or update the deployment of `agent` (a new version rolls out one replica at a
         time); None leaves a setting as it is (a new deployment: the newest release, 1 replica).
 
+        `allow_tool_drift` lets replicas answer other tools than those signed with the release.
         `signed`: the statement `prepare_deploy` answered and its signature (`mcpz.client.deploy` signs)."""
-        body = self._deploy_body(agent, version, replicas, selector, limits)
+        body = self._deploy_body(agent, version, replicas, selector, limits, allow_tool_drift)
         return await self.typed(Deployment, "POST", "/v1/deployments", json={**body, **_signed(signed)})
 
     async def prepare_deploy(
@@ -266,9 +283,10 @@ class RegistryClient:
         replicas: int | None = None,
         selector: Mapping[str, str] | None = None,
         limits: Mapping[str, int | None] | None = None,
+        allow_tool_drift: bool | None = None,
     ) -> PreparedChange:
         """What `deploy` with these settings would make: the statement to sign; changes nothing."""
-        body = self._deploy_body(agent, version, replicas, selector, limits)
+        body = self._deploy_body(agent, version, replicas, selector, limits, allow_tool_drift)
         return await self.typed(PreparedChange, "POST", "/v1/deployments", json={**body, "prepare": True})
 
     async def deployments(self) -> list[Deployment]:

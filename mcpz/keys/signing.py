@@ -20,6 +20,14 @@ break, so one text means one statement and one statement has one text:
     replicas: 3
     revision: 7                           (only grows; a node refuses a lower one than it has seen)
 
+    mcpz release v2                       (v1 and one more line: the tools pinned at publish)
+    ...                                   (the five lines of v1)
+    tools: sha256:5e8c...                 (mcpz.tooldefs.tools_digest of the tools/list)
+
+    mcpz deployment v2                    (v1 and one more line; without it, no drift is allowed)
+    ...                                   (the six lines of v1)
+    allow-tool-drift: yes                 (nodes run replicas whose tools differ from those pinned)
+
     mcpz key-rotation v1
     registry: https://registry.example.com
     namespace: acme
@@ -235,6 +243,7 @@ def sha256_hex(data: bytes) -> str:
 
 _COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_TOOLS_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 _LINE = re.compile(r"[!-~](?:[ -~]*[!-~])?")
 _HOST = re.compile(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\]")
@@ -339,6 +348,13 @@ class Statement:
 
     HEADER: ClassVar[str]
     KEYS: ClassVar[tuple[str, ...]]
+    FORMATS: ClassVar[dict[str, tuple[str, ...]]] = {}
+    """Further formats this kind is read in (header -> keys), besides `HEADER` and `KEYS`: a newer
+    format version with more fields. Which one an instance is written in is `_format()`."""
+
+    def _format(self) -> tuple[str, tuple[str, ...]]:
+        """(header, keys) this statement is written with."""
+        return self.HEADER, self.KEYS
 
     def _values(self) -> tuple[str, ...]:
         raise NotImplementedError
@@ -346,7 +362,7 @@ class Statement:
     def _check_lines(self) -> None:
         # The field checks are strict already; this is the invariant the format rests on, kept
         # in one place (a `$` in a field's regular expression would let a trailing LF through).
-        for key, value in zip(self.KEYS, self._values(), strict=True):
+        for key, value in zip(self._format()[1], self._values(), strict=True):
             if not isinstance(value, str) or not _LINE.fullmatch(value):
                 raise StatementError(
                     f"{key} {value!r} must be printable ASCII without line breaks or surrounding spaces",
@@ -358,7 +374,8 @@ class Statement:
         raise NotImplementedError
 
     def to_text(self) -> str:
-        lines = [self.HEADER, *(f"{k}: {v}" for k, v in zip(self.KEYS, self._values(), strict=True))]
+        header, keys = self._format()
+        lines = [header, *(f"{k}: {v}" for k, v in zip(keys, self._values(), strict=True))]
         return "".join(line + "\n" for line in lines)
 
     def to_bytes(self) -> bytes:
@@ -376,14 +393,17 @@ class Statement:
         if not text.endswith("\n"):
             raise StatementError(f"a {cls.HEADER!r} statement ends with a line feed")
         lines = text[:-1].split("\n")
-        if lines[0] != cls.HEADER:
-            raise StatementError(f"expected the first line {cls.HEADER!r}, found {lines[0][:60]!r}")
-        if len(lines) != len(cls.KEYS) + 1:
+        formats = {cls.HEADER: cls.KEYS, **cls.FORMATS}
+        keys = formats.get(lines[0])
+        if keys is None:
+            expected = " or ".join(repr(h) for h in formats)
+            raise StatementError(f"expected the first line {expected}, found {lines[0][:60]!r}")
+        if len(lines) != len(keys) + 1:
             raise StatementError(
-                f"a {cls.HEADER!r} statement has {len(cls.KEYS)} field lines, found {len(lines) - 1}"
+                f"a {lines[0]!r} statement has {len(keys)} field lines, found {len(lines) - 1}"
             )
         values = []
-        for number, (key, line) in enumerate(zip(cls.KEYS, lines[1:], strict=True), start=2):
+        for number, (key, line) in enumerate(zip(keys, lines[1:], strict=True), start=2):
             prefix = f"{key}: "
             if not line.startswith(prefix):
                 raise StatementError(f"line {number}: expected {prefix!r}, found {line[:60]!r}", field=key)
@@ -404,16 +424,21 @@ def _int_field(value: str, field: str) -> int:
 
 @dataclass(frozen=True, kw_only=True)
 class ReleaseStatement(Statement):
-    """`name@version` is the commit `commit`, whose mcpz.toml has sha256 `manifest_sha256`."""
+    """`name@version` is the commit `commit`, whose mcpz.toml has sha256 `manifest_sha256`, and
+    (format v2) whose tools, as `tools/list` answered at publish, have the digest `tools`
+    (`mcpz.tooldefs.tools_digest`). A statement without `tools` is written as v1, as before."""
 
     registry: str
     name: str
     version: str
     commit: str
     manifest_sha256: str
+    tools: str | None = None
 
     HEADER: ClassVar[str] = "mcpz release v1"
     KEYS: ClassVar[tuple[str, ...]] = ("registry", "name", "version", "commit", "manifest-sha256")
+    HEADER_V2: ClassVar[str] = "mcpz release v2"
+    FORMATS: ClassVar[dict[str, tuple[str, ...]]] = {HEADER_V2: (*KEYS, "tools")}
 
     def __post_init__(self) -> None:
         self._check_lines()
@@ -422,21 +447,38 @@ class ReleaseStatement(Statement):
         _check_version(self.version)
         _check_hex(self.commit, _COMMIT, "commit", "a git commit id: 40 or 64 lower-case hex digits")
         _check_hex(self.manifest_sha256, _SHA256, "manifest-sha256", "64 lower-case hex digits")
+        if self.tools is not None:
+            _check_hex(self.tools, _TOOLS_DIGEST, "tools", "sha256: and 64 lower-case hex digits")
+
+    def _format(self) -> tuple[str, tuple[str, ...]]:
+        if self.tools is None:
+            return self.HEADER, self.KEYS
+        return self.HEADER_V2, self.FORMATS[self.HEADER_V2]
 
     def _values(self) -> tuple[str, ...]:
-        return (self.registry, self.name, self.version, self.commit, self.manifest_sha256)
+        values = (self.registry, self.name, self.version, self.commit, self.manifest_sha256)
+        return values if self.tools is None else (*values, self.tools)
 
     @classmethod
     def _from_values(cls, values: tuple[str, ...]) -> Self:
-        registry, name, version, commit, manifest_sha256 = values
+        registry, name, version, commit, manifest_sha256, *tools = values
         return cls(
-            registry=registry, name=name, version=version, commit=commit, manifest_sha256=manifest_sha256
+            registry=registry,
+            name=name,
+            version=version,
+            commit=commit,
+            manifest_sha256=manifest_sha256,
+            tools=tools[0] if tools else None,
         )
 
 
 @dataclass(frozen=True, kw_only=True)
 class DeploymentStatement(Statement):
-    """Deployment `deployment` runs `replicas` of `name@version` (= `commit`), as revision `revision`."""
+    """Deployment `deployment` runs `replicas` of `name@version` (= `commit`), as revision `revision`.
+
+    Format v2 adds the line `allow-tool-drift: yes`: nodes run its replicas even when their
+    `tools/list` differs from the tools signed with the release. Without it (and in every v1
+    statement) a replica whose tools changed is failed (`tools-changed`)."""
 
     registry: str
     deployment: str
@@ -445,9 +487,17 @@ class DeploymentStatement(Statement):
     commit: str
     replicas: int
     revision: int
+    allow_tool_drift: bool = False
 
     HEADER: ClassVar[str] = "mcpz deployment v1"
     KEYS: ClassVar[tuple[str, ...]] = ("registry", "deployment", "release", "commit", "replicas", "revision")
+    HEADER_V2: ClassVar[str] = "mcpz deployment v2"
+    FORMATS: ClassVar[dict[str, tuple[str, ...]]] = {HEADER_V2: (*KEYS, "allow-tool-drift")}
+
+    def _format(self) -> tuple[str, tuple[str, ...]]:
+        if not self.allow_tool_drift:
+            return self.HEADER, self.KEYS
+        return self.HEADER_V2, self.FORMATS[self.HEADER_V2]
 
     def __post_init__(self) -> None:
         self._check_lines()
@@ -458,13 +508,15 @@ class DeploymentStatement(Statement):
         _check_hex(self.commit, _COMMIT, "commit", "a git commit id: 40 or 64 lower-case hex digits")
         _check_count(self.replicas, "replicas", 0)
         _check_count(self.revision, "revision", 1)
+        if not isinstance(self.allow_tool_drift, bool):
+            raise StatementError("allow-tool-drift must be a bool", field="allow-tool-drift")
 
     @property
     def release(self) -> str:
         return f"{self.name}@{self.version}"
 
     def _values(self) -> tuple[str, ...]:
-        return (
+        values = (
             self.registry,
             self.deployment,
             self.release,
@@ -472,13 +524,19 @@ class DeploymentStatement(Statement):
             str(self.replicas),
             str(self.revision),
         )
+        return (*values, "yes") if self.allow_tool_drift else values
 
     @classmethod
     def _from_values(cls, values: tuple[str, ...]) -> Self:
-        registry, deployment, release, commit, replicas, revision = values
+        registry, deployment, release, commit, replicas, revision, *drift = values
         name, at, version = release.partition("@")
         if not at:
             raise StatementError(f"release {release!r} must be NAME@VERSION", field="release")
+        if drift and drift[0] != "yes":
+            raise StatementError(
+                f"allow-tool-drift {drift[0]!r} must be `yes` (a statement without it allows no drift)",
+                field="allow-tool-drift",
+            )
         return cls(
             registry=registry,
             deployment=deployment,
@@ -487,6 +545,7 @@ class DeploymentStatement(Statement):
             commit=commit,
             replicas=_int_field(replicas, "replicas"),
             revision=_int_field(revision, "revision"),
+            allow_tool_drift=bool(drift),
         )
 
 

@@ -583,11 +583,14 @@ class Verifier:
         manifest: bytes,
         signatures: str | Sequence[str | None] | None,
         keys: NamespaceKeys,
+        tools: str | None = None,
     ) -> VerifiedRelease:
         """Check that the namespace's key signed `name@version` at `commit` with this manifest.
 
         `commit` is the commit about to be run and `manifest` the exact bytes of its mcpz.toml, as
-        read from the fetched objects, never as the registry describes them.
+        read from the fetched objects, never as the registry describes them. `tools` is the digest
+        of the tool definitions the registry says were signed with the release (None: it says none
+        were): the signature covers it, so a registry that changes, adds or drops it is refused.
         """
         statement = signing.ReleaseStatement(
             registry=self.registry,
@@ -595,6 +598,7 @@ class Verifier:
             version=version,
             commit=commit,
             manifest_sha256=signing.sha256_hex(manifest),
+            tools=tools,
         )
         return self.verify_release_statement(statement, signatures, keys=keys)
 

@@ -44,6 +44,7 @@ from mcpz.mesh.frames import (
     Result,
     Status,
     Stop,
+    Tools,
     Welcome,
     truncate_reason,
 )
@@ -101,6 +102,7 @@ __all__ = [
     "Role",
     "Status",
     "Stop",
+    "Tools",
     "Welcome",
     "backoff",
     "decode",

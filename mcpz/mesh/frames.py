@@ -104,6 +104,7 @@ class ErrorCode(StrEnum):
     NO_CAPACITY = "no-capacity"
     FETCH_FAILED = "fetch-failed"  # the release's objects could not be fetched
     VERIFY_FAILED = "verify-failed"  # commit id, signature or checkout paths did not check out
+    TOOLS_CHANGED = "tools-changed"  # a replica's tools/list differs from the tools signed with the release
     INTERNAL = "internal"
 
 
@@ -288,6 +289,13 @@ class Deploy(Frame):
     # and the signatures over it (the same shape as a release's); "" and () when unsigned.
     deployment_statement: Annotated[str, Text(MAX_TEXT, r"[\n -~]*")] = ""
     deployment_signatures: Annotated[tuple[ReleaseSignature, ...], Items(MAX_SIGNATURES)] = ()
+    # The digest of the tool definitions signed with the release (the `tools` line of its signed
+    # statement, which the node checks it against), "" when none were signed. A replica whose
+    # `tools/list` has another digest fails (`tools-changed`), unless the deployment statement
+    # allows tool drift.
+    tools_digest: Annotated[str, Text(71, r"(?:sha256:[0-9a-f]{64})?")] = ""
+    # The release has no tool definitions recorded yet: send the first healthy `tools/list` (Tools).
+    report_tools: bool = False
 
 
 @_frame
@@ -314,6 +322,18 @@ class Status(Frame):
     status: ReplicaStatus
     detail: Message = ""
     exit_code: Annotated[int, Range(-(2**31), 2**31 - 1)] | None = None
+
+
+@_frame
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Tools(Frame):
+    """node -> hub, when a deploy asked (`report_tools`): the tools a replica listed at its first
+    healthy start, as the UTF-8 JSON array of its `tools/list` entries. Observed, never signed."""
+
+    TYPE: ClassVar[str] = "tools"
+    replica_id: Ident
+    epoch: Epoch
+    payload: Payload
 
 
 @_frame

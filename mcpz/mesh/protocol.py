@@ -50,6 +50,7 @@ from mcpz.mesh.frames import (
     Status,
     Stop,
     Text,
+    Tools,
     Welcome,
 )
 
@@ -550,7 +551,7 @@ LEGAL: Mapping[Phase, Mapping[Role, frozenset[_FrameKind]]] = {
     Phase.CONNECTING: {Role.NODE: frozenset({Hello}), Role.HUB: frozenset()},
     Phase.HELLO_SENT: {Role.NODE: frozenset(), Role.HUB: frozenset({Welcome, Error})},
     Phase.WELCOMED: {
-        Role.NODE: frozenset({Heartbeat, Status, Log, Result}) | _BOTH_WAYS,
+        Role.NODE: frozenset({Heartbeat, Status, Log, Result, Tools}) | _BOTH_WAYS,
         Role.HUB: frozenset({Deploy, Stop, Call, Cancel}) | _BOTH_WAYS,
     },
     Phase.CLOSED: {Role.NODE: frozenset(), Role.HUB: frozenset()},

@@ -69,13 +69,14 @@ from mcpz.mesh import (
 from mcpz.node.channel import StdioChannel
 from mcpz.node.errors import NodeReplaced
 from mcpz.node.fetch import ObjectCache
-from mcpz.node.outbox import AckItem, ErrorItem, Outbox, StatusItem
+from mcpz.node.outbox import AckItem, ErrorItem, Outbox, StatusItem, ToolsItem
 from mcpz.node.pull import RegistryAccess, base_environment
 from mcpz.node.relay import CallRelay
 from mcpz.node.replicas import ReplicaManager
 from mcpz.node.state import Assignment, NodeState, lock_data_dir
 from mcpz.node.supervisor import SupervisorSettings
 from mcpz.node.sysinfo import SystemSampler
+from mcpz.tooldefs import MAX_CANONICAL_BYTES
 
 if TYPE_CHECKING:
     from websockets.exceptions import ConnectionClosed
@@ -307,6 +308,7 @@ class Node:
             on_status=self._on_status,
             on_log=self._on_log,
             verifier=self.verifier,
+            on_tools=self._on_tools,
         )
         if self.config.allow_unsigned:
             logger.warning(
@@ -577,6 +579,17 @@ class Node:
 
     def _on_log(self, replica_id: str, epoch: int, stream: LogStream, line: str) -> None:
         self.outbox.log(replica_id, epoch, stream, line)
+
+    def _on_tools(self, assignment: Assignment, answered: list[dict[str, Any]]) -> None:
+        """Report a replica's tools, for a release the hub has none recorded of (observed ones)."""
+        payload = json.dumps(answered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(payload) > MAX_CANONICAL_BYTES:
+            logger.warning(
+                "%s: its tools/list is too large to report (%d bytes)", assignment.replica_id, len(payload)
+            )
+            return
+        if self._reporting:
+            self.outbox.put(ToolsItem(assignment.replica_id, assignment.epoch, payload))
 
 
 def body_message(body: bytes | bytearray) -> str:

@@ -6,18 +6,23 @@ notification), then `tools/list` with its pagination. An agent that passes it is
 client is closed afterwards, but the agent stays initialized: the channel keeps its
 `InitializeResult` for the sessions that come later.
 
-`ping` is the cheap liveness probe for an agent already running: one MCP `ping` request.
+`ping` is the cheap liveness probe for an agent already running: one MCP `ping` request;
+`list_tools` is the probe for one whose tools are pinned: `tools/list`, whose answer is compared.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 
 from mcpz._version import __version__
 from mcpz.errors import AgentError
 from mcpz.node.channel import StdioChannel
+from mcpz.tooldefs import definition_of
+
+MAX_TOOL_PAGES = 1000
 
 
 class HealthError(AgentError):
@@ -31,6 +36,8 @@ class HealthReport:
     protocol_version: str
     tools: tuple[str, ...]
     seconds: float
+    # Each tool's whole tools/list entry (mcpz.tooldefs.definition_of), to compare with a pinned set.
+    definitions: tuple[dict[str, Any], ...] = field(default=(), compare=False, repr=False)
 
 
 async def check_health(channel: StdioChannel, *, timeout: float = 30.0) -> HealthReport:
@@ -39,6 +46,7 @@ async def check_health(channel: StdioChannel, *, timeout: float = 30.0) -> Healt
 
     started = anyio.current_time()
     tools: list[str] = []
+    definitions: list[dict[str, Any]] = []
     client: Client | None = None
     try:
         with anyio.move_on_after(timeout) as scope:
@@ -50,9 +58,10 @@ async def check_health(channel: StdioChannel, *, timeout: float = 30.0) -> Healt
             )
             async with client:
                 cursor: str | None = None
-                for _ in range(1000):
+                for _ in range(MAX_TOOL_PAGES):
                     page = await client.list_tools(cursor=cursor)
                     tools.extend(tool.name for tool in page.tools)
+                    definitions.extend(definition_of(tool) for tool in page.tools)
                     cursor = page.next_cursor
                     if cursor is None:
                         break
@@ -75,7 +84,39 @@ async def check_health(channel: StdioChannel, *, timeout: float = 30.0) -> Healt
         protocol_version=protocol,
         tools=tuple(tools),
         seconds=anyio.current_time() - started,
+        definitions=tuple(definitions),
     )
+
+
+async def list_tools(channel: StdioChannel, *, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The agent's tools/list (every page), each entry as `check_health` reads it; HealthError if
+    it does not answer within `timeout` seconds, or answers something that is not a tool list."""
+    from mcp.types import ListToolsResult
+    from pydantic import ValidationError
+
+    definitions: list[dict[str, Any]] = []
+    cursor: str | None = None
+    with anyio.move_on_after(timeout) as scope:
+        for _ in range(MAX_TOOL_PAGES):
+            params = {"cursor": cursor} if cursor is not None else {}
+            response = await channel.request(
+                {"jsonrpc": "2.0", "id": 0, "method": "tools/list", "params": params}
+            )
+            if "error" in response:
+                error = response["error"]
+                message = error.get("message", error) if isinstance(error, dict) else error
+                raise HealthError(f"tools/list failed: {message}")
+            try:
+                page = ListToolsResult.model_validate(response.get("result"))
+            except ValidationError as e:
+                raise HealthError(f"tools/list answered an invalid result: {e.error_count()} errors") from e
+            definitions.extend(definition_of(tool) for tool in page.tools)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+    if scope.cancelled_caught:
+        raise HealthError(f"liveness check failed: no answer to tools/list within {timeout:g}s")
+    return definitions
 
 
 async def ping(channel: StdioChannel, *, timeout: float = 10.0) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from mcpz.mesh import Ack, Error, Log, LogStream, ReplicaStatus, Status
+from mcpz.mesh import Ack, Error, Log, LogStream, ReplicaStatus, Status, Tools
 from mcpz.mesh.frames import MAX_TEXT
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,17 @@ class ErrorItem:
         return Error(id=frame_id, code=self.code, message=_cut(self.message), ref=self.ref)
 
 
-ControlItem = StatusItem | AckItem | ErrorItem
+@dataclass(frozen=True, slots=True)
+class ToolsItem:
+    replica_id: str
+    epoch: int
+    payload: bytes  # the UTF-8 JSON array of the replica's tools/list entries
+
+    def frame(self, frame_id: int) -> Tools:
+        return Tools(id=frame_id, replica_id=self.replica_id, epoch=self.epoch, payload=self.payload)
+
+
+ControlItem = StatusItem | AckItem | ErrorItem | ToolsItem
 
 
 @dataclass(frozen=True, slots=True)

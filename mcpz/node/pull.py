@@ -239,6 +239,7 @@ def verify_signature(cache: ObjectCache, assignment: Assignment, verifier: Verif
             manifest=cache.manifest_bytes(assignment.commit),
             signatures=signatures,
             keys=keys,
+            tools=assignment.tools_digest or None,
         )
     except ReleaseError:
         raise

@@ -19,6 +19,7 @@ import logging
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -33,13 +34,15 @@ from mcpz.node.fetch import ObjectCache
 from mcpz.node.pull import RegistryAccess, process_spec, pull_release
 from mcpz.node.rules import DeployAction, DeployDecision, StopAction, decide_deploy, decide_stop
 from mcpz.node.state import Assignment, NodeState, replica_folder
-from mcpz.node.supervisor import Supervisor, SupervisorSettings
+from mcpz.node.supervisor import Supervisor, SupervisorSettings, ToolsCheck, ToolsSink
+from mcpz.node.toolpin import fetch_pinned_tools, pin_for, tools_changed
 from mcpz.repo.checkout import ReleaseError
 
 logger = logging.getLogger(__name__)
 
 StatusSink = Callable[[Assignment, "int | None"], None]
 LogSink = Callable[[str, int, LogStream, str], None]
+ToolsReport = Callable[[Assignment, "list[dict[str, Any]]"], None]
 
 
 class Replica:
@@ -76,6 +79,7 @@ class ReplicaManager:
         on_status: StatusSink | None = None,
         on_log: LogSink | None = None,
         verifier: Verifier | None = None,
+        on_tools: ToolsReport | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.state = state
@@ -87,6 +91,7 @@ class ReplicaManager:
         self.replace_grace = replace_grace
         self.on_status = on_status
         self.on_log = on_log
+        self.on_tools = on_tools  # a healthy tools/list of a release the hub has none recorded of
         self.verifier = verifier  # None: releases are not checked for signatures (tests only)
         self.live: dict[str, Replica] = {}
         self._tg: TaskGroup | None = None
@@ -252,9 +257,45 @@ class ReplicaManager:
             on_status=lambda status, detail, code: self._set(replica, status, detail, code),
             on_log=lambda stream, line: self._log(replica, stream, line),
             name=f"{assignment.replica_id}@{assignment.epoch}",
+            check_tools=self._tools_check(assignment),
+            on_tools=self._tools_sink(replica),
         )
         replica.supervisor = supervisor
         await supervisor.run()
+
+    def _tools_check(self, assignment: Assignment) -> ToolsCheck | None:
+        """The check of a replica's tools/list against those signed with its release, if any."""
+        pin = pin_for(assignment)
+        if pin is None:
+            return None
+        if pin.allow_drift:
+            logger.info(
+                "%s: tool drift allowed by the deployment; tools are not checked", assignment.deployment
+            )
+            return None
+        access = self.access
+
+        async def check(answered: list[dict[str, Any]]) -> str | None:
+            if tools_changed(pin, answered) is None:
+                return None
+            pinned = await anyio.to_thread.run_sync(
+                fetch_pinned_tools,
+                access.base_url,
+                access.token_for(access.base_url),
+                access.ca_file,
+                assignment.agent,
+                assignment.version,
+                pin.digest,
+            )
+            return tools_changed(pin, answered, pinned)
+
+        return check
+
+    def _tools_sink(self, replica: Replica) -> ToolsSink | None:
+        if not replica.assignment.report_tools or self.on_tools is None:
+            return None
+        sink = self.on_tools
+        return lambda answered: sink(replica.assignment, answered)
 
     async def _stop(self, replica: Replica, grace: float, reason: str) -> None:
         replica.stopping = True

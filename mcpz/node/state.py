@@ -62,6 +62,8 @@ class Assignment:
     namespace_keys: str = ""  # the JSON of GET /v1/namespaces/{ns}/keys, "" when the hub sent none
     deployment_statement: str = ""  # the deployer's signed DeploymentStatement, "" when unsigned
     deployment_signatures: tuple[tuple[str, str], ...] = ()  # (signer, signature) over it
+    tools_digest: str = ""  # digest of the tools signed with the release, "" when none were
+    report_tools: bool = False  # the hub asked for the first healthy tools/list (none recorded yet)
     status: ReplicaStatus = ReplicaStatus.PENDING
     detail: str = ""
 
@@ -84,6 +86,8 @@ class Assignment:
             namespace_keys=frame.namespace_keys,
             deployment_statement=frame.deployment_statement,
             deployment_signatures=tuple((s.signer, s.signature) for s in frame.deployment_signatures),
+            tools_digest=frame.tools_digest,
+            report_tools=frame.report_tools,
         )
 
     def with_status(self, status: ReplicaStatus, detail: str) -> Assignment:
@@ -128,6 +132,8 @@ class Assignment:
             deployment_signatures=tuple(
                 (str(s[0]), str(s[1])) for s in data.get("deployment_signatures") or ()
             ),
+            tools_digest=str(data.get("tools_digest") or ""),
+            report_tools=bool(data.get("report_tools", False)),
             status=ReplicaStatus(data.get("status", "pending")),
             detail=str(data.get("detail", "")),
         )

@@ -12,6 +12,11 @@ failures it is reported `failed` and left stopped. A run that stayed healthy for
 seconds resets the count. `stop(grace)` sends SIGTERM to the process group, then SIGKILL after
 `grace` seconds.
 
+Pinned tools: with `check_tools`, every `tools/list` the supervisor makes (the health check of each
+start, and then the liveness probe, which lists tools instead of pinging) goes through it; an
+answer it calls changed fails the replica at once (no restart: the code would answer the same).
+`on_tools` gets each healthy start's tools (for a release with none recorded yet).
+
 Stdio: the process's stdin and stdout belong to its `StdioChannel`, exposed as `channel` while
 the replica is running; the health check and, later, relayed gateway calls all go through it.
 Stderr lines go to `on_log`, as do stray non-MCP lines on stdout. Every status change goes to
@@ -23,22 +28,26 @@ from __future__ import annotations
 import logging
 import signal
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from mcpz.mesh import LogStream, ReplicaStatus
 from mcpz.node.channel import StdioChannel
 from mcpz.node.errors import StartError
-from mcpz.node.health import HealthError, HealthReport, check_health, ping
+from mcpz.node.health import HealthError, HealthReport, check_health, list_tools, ping
 from mcpz.node.process import ProcessSpec, ReplicaProcess, read_lines, start_process
 
 logger = logging.getLogger(__name__)
 
 StatusFn = Callable[[ReplicaStatus, str, "int | None"], None]
 LogFn = Callable[[LogStream, str], None]
+ToolsCheck = Callable[[list[dict[str, Any]]], Awaitable[str | None]]
+"""Given a tools/list answer, why it may not run (e.g. "tools-changed: ..."), or None."""
+ToolsSink = Callable[[list[dict[str, Any]]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +75,7 @@ class _Outcome:
     exit_code: int | None
     healthy_for: float | None
     reason: str
+    fatal: bool = False  # no restart: fail the replica now
 
 
 class Supervisor:
@@ -79,12 +89,16 @@ class Supervisor:
         on_status: StatusFn | None = None,
         on_log: LogFn | None = None,
         name: str = "",
+        check_tools: ToolsCheck | None = None,
+        on_tools: ToolsSink | None = None,
     ) -> None:
         self.spec = spec
         self.name = name or Path(spec.argv[0]).name
         self.settings = settings or SupervisorSettings()
         self.on_status = on_status
         self.on_log = on_log
+        self.check_tools = check_tools
+        self.on_tools = on_tools
         self.status = ReplicaStatus.PENDING
         self.detail = ""
         self.exit_code: int | None = None
@@ -116,6 +130,9 @@ class Supervisor:
                 if self._stopping:
                     self.exit_code = outcome.exit_code
                     break
+                if outcome.fatal:
+                    self._set(ReplicaStatus.FAILED, outcome.reason, outcome.exit_code)
+                    return ReplicaStatus.FAILED
                 if outcome.healthy_for is not None and outcome.healthy_for >= self.settings.reset_after:
                     failures = 0
                 failures += 1
@@ -178,6 +195,7 @@ class Supervisor:
         spawned = anyio.current_time()
         healthy_at: float | None = None
         self._reason = ""
+        self._fatal = False
         try:
             async with start_process(self.spec) as process:
                 self.process = process
@@ -188,6 +206,7 @@ class Supervisor:
                     if self._stopping:
                         await process.stop(self._grace)
                     else:
+                        healthy = False
                         try:
                             self.health = await check_health(channel, timeout=self.settings.health_timeout)
                         except HealthError as e:
@@ -195,6 +214,9 @@ class Supervisor:
                             if process.running and not self._stopping:
                                 await process.stop(self.settings.unhealthy_grace)
                         else:
+                            await self._check_tools(process, list(self.health.definitions))
+                            healthy = not self._fatal
+                        if healthy and self.health is not None:
                             healthy_at = anyio.current_time()
                             self.start_to_healthy = healthy_at - spawned
                             self.channel = channel
@@ -210,6 +232,8 @@ class Supervisor:
         finally:
             self.process = None
             self.channel = None
+        if self._fatal:
+            return _Outcome(code, None, self._reason, fatal=True)
         ended = self._describe_exit(code)
         if self._reason:
             ended = f"{self._reason} ({ended})"
@@ -233,13 +257,36 @@ class Supervisor:
             self._stderr_tail.append(line)
             self._log(LogStream.STDERR, line)
 
+    async def _check_tools(self, process: ReplicaProcess, definitions: list[dict[str, Any]]) -> None:
+        """Hand a tools/list answer to `check_tools`; one it refuses ends the process for good."""
+        if self.check_tools is not None:
+            changed = await self.check_tools(definitions)
+            if changed:
+                self._reason, self._fatal = changed, True
+                logger.warning("%s: %s", self.name, changed)
+                if process.running and not self._stopping:
+                    await process.stop(self.settings.unhealthy_grace)
+                return
+        if self.on_tools is not None:
+            self.on_tools(definitions)
+
     async def _liveness(self, channel: StdioChannel, process: ReplicaProcess) -> None:
         failed = 0
         settings = self.settings
         while process.running:
             await anyio.sleep(settings.liveness_interval)
             try:
-                await ping(channel, timeout=settings.liveness_timeout)
+                if self.check_tools is not None:
+                    definitions = await list_tools(channel, timeout=settings.liveness_timeout)
+                    changed = await self.check_tools(definitions)
+                    if changed:
+                        self._reason, self._fatal = changed, True
+                        logger.warning("%s: %s", self.name, changed)
+                        if process.running and not self._stopping:
+                            await process.stop(settings.unhealthy_grace)
+                        return
+                else:
+                    await ping(channel, timeout=settings.liveness_timeout)
                 failed = 0
             except HealthError as e:
                 failed += 1

@@ -130,12 +130,24 @@ class Client:
         sign: bool = True,
         force: bool = False,
         progress: ProgressFn | None = None,
+        tools: bool = True,
+        tools_timeout: float | None = None,
     ) -> PushResult:
-        """`mcpz push`: push the current branch; publish the manifest's version if it is new, signed."""
-        from mcpz.client.publish import push_signed
+        """`mcpz push`: push the current branch; publish the manifest's version if it is new, signed,
+        with the agent's tools pinned (`tools=False`: `--no-tools`)."""
+        from mcpz.client.publish import push
 
         signer = self._key_provider() if sign else None
-        return push_signed(Path(path), self.url, self.token, signer=signer, force=force, progress=progress)
+        return push(
+            Path(path),
+            self.url,
+            self.token,
+            signer=signer,
+            force=force,
+            progress=progress,
+            tools=tools,
+            tools_timeout=tools_timeout,
+        )
 
     def info(self, name: str) -> AgentInfo:
         """`mcpz info`: an agent's description and every published version."""

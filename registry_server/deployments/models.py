@@ -75,6 +75,8 @@ class DeploymentRevision(Base):
     limits: Mapped[str] = mapped_column(Text)  # JSON {"memory_bytes": int|null, "open_files": int|null}
     selector: Mapped[str] = mapped_column(Text)  # JSON object: labels a node must carry
     dependencies: Mapped[str] = mapped_column(Text)  # JSON list of [name, version, commit]
+    # Replicas may answer other tools than those signed with the release (`mcpz deploy --allow-tool-drift`).
+    allow_tool_drift: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 

@@ -43,6 +43,7 @@ class Template:
     limits: Limits = Limits()
     selector: Mapping[str, str] = field(default_factory=dict)
     dependencies: tuple[LockedDependency, ...] = ()
+    allow_tool_drift: bool = False  # replicas may answer other tools than those signed with the release
 
 
 @dataclass(frozen=True, slots=True)

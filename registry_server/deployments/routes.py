@@ -98,6 +98,11 @@ class DeployIn(SigningIn):
         default=None, description="Node labels required; default: unchanged"
     )
     limits: LimitsIn | None = Field(default=None, description="Default: unchanged, or none")
+    allow_tool_drift: bool | None = Field(
+        default=None,
+        description="Run replicas whose tools/list differs from the tools signed with the release "
+        "(part of the signed statement); default: unchanged, or false",
+    )
 
 
 class ScaleIn(SigningIn):
@@ -223,8 +228,20 @@ async def deploy(body: DeployIn, request: Request, state: State, principal: Call
         limits = current.template.limits if current is not None else Limits()
     asked = None if body.version == LATEST else body.version
     version = asked or (current.template.version if current is not None else None)
+    if body.allow_tool_drift is not None:
+        drift = body.allow_tool_drift
+    else:
+        drift = current.template.allow_tool_drift if current is not None else False
     template = await anyio.to_thread.run_sync(
-        lambda: release_template(state.db, state.repos, body.agent, version, limits=limits, selector=selector)
+        lambda: release_template(
+            state.db,
+            state.repos,
+            body.agent,
+            version,
+            limits=limits,
+            selector=selector,
+            allow_tool_drift=drift,
+        )
     )
     _check_deployable(template)
 
@@ -540,6 +557,7 @@ def deployment_view(
         "signers": [signer for signer, _ in current_revision.signatures],
         "selector": dict(template.selector),
         "limits": template.limits.to_dict(),
+        "allow_tool_drift": template.allow_tool_drift,
         "state": phase,
         "reason": reason,
         "stuck": stuck,

@@ -343,6 +343,14 @@ class DeploymentService:
             self._dirty.add(self.replicas[replica_id].deployment)
             self._wake.set()
 
+    def release_run_by(self, node_id: str, replica_id: str, epoch: int) -> tuple[str, str] | None:
+        """(agent, version) the replica runs, if `node_id` holds it at `epoch`; else None."""
+        if not scheduler.accepts(self.replicas, node_id, replica_id, epoch):
+            self._count_stale(node_id)
+            return None
+        template = self.template_of(self.replicas[replica_id])
+        return (template.agent, template.version) if template is not None else None
+
     def on_log(self, node_id: str, frame: Log) -> bool:
         """Keep a log frame's lines; False (and nothing kept) when its epoch is not current."""
         if not scheduler.accepts(self.replicas, node_id, frame.replica_id, frame.epoch):
@@ -544,6 +552,7 @@ class DeploymentService:
             statement = signing.DeploymentStatement(
                 registry=registry, deployment=after.name, name=t.agent, version=t.version,
                 commit=t.commit, replicas=after.replicas, revision=number,
+                allow_tool_drift=t.allow_tool_drift,
             ).to_text()  # fmt: skip
         signatures = revision.signatures
         if signed is not None:

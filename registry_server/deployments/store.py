@@ -305,6 +305,7 @@ def row_template(row: DeploymentRevision) -> Template:
         dependencies=tuple(
             LockedDependency(name=n, version=v, commit=c) for n, v, c in json.loads(row.dependencies)
         ),
+        allow_tool_drift=bool(row.allow_tool_drift),
     )
 
 
@@ -321,6 +322,7 @@ def revision_row(deployment: str, revision: Revision) -> DeploymentRevision:
         limits=json.dumps(t.limits.to_dict()),
         selector=json.dumps(dict(t.selector), sort_keys=True),
         dependencies=json.dumps([[d.name, d.version, d.commit] for d in t.dependencies]),
+        allow_tool_drift=t.allow_tool_drift,
         created_at=revision.created_at,
     )
 

@@ -23,6 +23,7 @@ def release_template(
     *,
     limits: Limits,
     selector: Mapping[str, str],
+    allow_tool_drift: bool = False,
 ) -> Template:
     """The template that runs release `agent` `version` (default: the newest that is not yanked
     nor a pre-release), with the manifest's command and env and the release's locked dependencies."""
@@ -58,6 +59,7 @@ def release_template(
         limits=limits,
         selector=dict(selector),
         dependencies=_locked_dependencies(repos, agent, release.commit),
+        allow_tool_drift=allow_tool_drift,
     )
 
 

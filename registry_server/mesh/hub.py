@@ -41,6 +41,7 @@ import anyio.to_thread
 import pydantic_core
 from sqlalchemy.exc import SQLAlchemyError
 
+from mcpz import jsonlimits
 from mcpz.errors import McpzError
 from mcpz.mesh import (
     CLOSE_GOING_AWAY,
@@ -67,11 +68,13 @@ from mcpz.mesh import (
     Role,
     Status,
     Stop,
+    Tools,
     Welcome,
     decode,
     encode,
     truncate_reason,
 )
+from mcpz.tooldefs import MAX_CANONICAL_BYTES, ToolDefinitionsError
 from registry_server.accounts import namespaces
 from registry_server.accounts.auth import Forbidden, Unauthenticated, principal_from_headers, require
 from registry_server.accounts.service import Principal
@@ -121,6 +124,16 @@ class HubStats:
     overflows: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class ReleaseTrust:
+    """What a deploy frame carries about its release besides the release itself."""
+
+    signatures: tuple[ReleaseSignature, ...]
+    keys: str  # the namespace's keys document, JSON
+    tools_digest: str  # of the tools signed with it; "" when none were
+    report_tools: bool  # no tools recorded yet: ask the node for the first healthy tools/list
+
+
 class MeshHub:
     def __init__(
         self,
@@ -150,6 +163,7 @@ class MeshHub:
         self.public_url = advertised_url(state)
         """The URL nodes are told to fetch from; "" when each is told the one it connected to."""
         self._sweeper: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Future[None]] = set()  # observed tools being recorded
         self.calls = CallRouter(self, service)  # the gateway's calls, relayed over the connections
         service.transport = self
 
@@ -179,9 +193,12 @@ class MeshHub:
         conn = self.connections.get(node_id)
         return conn is not None and conn.welcomed and not conn.closing
 
-    def release_trust(self, agent: str, version: str) -> tuple[tuple[ReleaseSignature, ...], str]:
-        """The release's signatures and its namespace's keys document (as GET
-        /v1/namespaces/{ns}/keys serves it), for a deploy frame; nothing if they cannot be read."""
+    def release_trust(self, agent: str, version: str) -> ReleaseTrust:
+        """The release's signatures, its namespace's keys document (as GET
+        /v1/namespaces/{ns}/keys serves it) and its tools' state, for a deploy frame; nothing if
+        they cannot be read."""
+        from registry_server.releases.tools import tools_for_releases
+
         try:
             with self.state.db.session() as session:
                 release = release_signatures.find_release(session, agent, version)
@@ -190,14 +207,45 @@ class MeshHub:
                 document = namespaces.keys_document(
                     session, agent.split("/")[0], public_url(self.state.settings)
                 )
+                pinned = tools_for_releases(session, [release.id]).get(release.id)
             keys = pydantic_core.to_json(document).decode()
         except (McpzError, SQLAlchemyError) as e:
             log.warning("cannot read the signatures of %s %s: %s", agent, version, e)
-            return (), ""
-        return signatures, keys
+            return ReleaseTrust((), "", "", False)
+        digest = pinned.digest if pinned is not None and not pinned.observed else ""
+        return ReleaseTrust(signatures, keys, digest, pinned is None)
+
+    def record_observed_tools(self, node_id: str, frame: Tools) -> None:
+        """A replica's first healthy tools/list, for a release that had none recorded: kept as
+        observed (not signed), in a worker thread; a frame of a replica the node does not hold at
+        that epoch, or that is not a JSON list, is dropped."""
+        from registry_server.releases.tools import record_observed
+
+        release = self.service.release_run_by(node_id, frame.replica_id, frame.epoch)
+        if release is None:
+            self.stats.stale_dropped += 1
+            return
+        try:
+            tools = jsonlimits.loads(frame.payload)
+        except ValueError:  # JSONError included: not JSON, or nested too deep
+            tools = None
+        if not isinstance(tools, list) or len(frame.payload) > MAX_CANONICAL_BYTES:
+            log.info("node sent unreadable tools", extra={"node": node_id, "replica": frame.replica_id})
+            return
+
+        def record() -> None:
+            try:
+                with self.state.db.session() as session:
+                    record_observed(session, release[0], release[1], tools)
+            except (McpzError, SQLAlchemyError, ToolDefinitionsError) as e:
+                log.warning("cannot record the observed tools of %s %s: %s", release[0], release[1], e)
+
+        task = asyncio.get_running_loop().create_task(anyio.to_thread.run_sync(record))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def deliver(self, intents: Sequence[Intent]) -> None:
-        trust: dict[tuple[str, str], tuple[tuple[ReleaseSignature, ...], str]] = {}  # once per round
+        trust: dict[tuple[str, str], ReleaseTrust] = {}  # once per round
         for intent in intents:
             conn = self.connections.get(intent.node_id)
             if conn is None or not conn.welcomed or conn.closing:
@@ -208,7 +256,7 @@ class MeshHub:
                 t = intent.template
                 if (t.agent, t.version) not in trust:
                     trust[t.agent, t.version] = self.release_trust(t.agent, t.version)
-                signatures, keys = trust[t.agent, t.version]
+                release = trust[t.agent, t.version]
                 frame = Deploy(
                     id=frame_id,
                     deployment=intent.deployment,
@@ -222,8 +270,10 @@ class MeshHub:
                     env=t.env,
                     limits=ResourceLimits(memory_bytes=t.limits.memory_bytes, open_files=t.limits.open_files),
                     dependencies=t.dependencies,
-                    signatures=signatures,
-                    namespace_keys=keys,
+                    signatures=release.signatures,
+                    namespace_keys=release.keys,
+                    tools_digest=release.tools_digest,
+                    report_tools=release.report_tools,
                     deployment_statement=intent.statement,
                     deployment_signatures=tuple(
                         ReleaseSignature(signer=signer, signature=signature)
@@ -330,6 +380,8 @@ class MeshHub:
         elif isinstance(frame, Log):
             if not self.service.on_log(node_id, frame):
                 self.stats.stale_dropped += 1
+        elif isinstance(frame, Tools):
+            self.record_observed_tools(node_id, frame)
         elif isinstance(frame, Ack):
             what = conn.outstanding.pop(frame.ref, None)
             if what is not None and what[0] == "stop":

@@ -8,8 +8,10 @@ from alembic import context
 # autogenerate compares the whole schema.
 import registry_server.accounts.models
 import registry_server.deployments.models
+import registry_server.market.models
 import registry_server.releases.models
-import registry_server.usage.models  # noqa: F401
+import registry_server.usage.models
+import registry_server.web.models  # noqa: F401
 from registry_server.orm import Base
 
 connection = context.config.attributes.get("connection")

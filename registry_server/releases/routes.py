@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from mcpz import __version__
 from mcpz.errors import NotFoundError, UsageError
 from mcpz.keys import signing
+from mcpz.tooldefs import MAX_TOOLS
 from registry_server.accounts.auth import require
 from registry_server.accounts.http import Caller, signature_refusal
 from registry_server.accounts.service import Principal
@@ -24,6 +25,7 @@ from registry_server.openapi import AGENT_SCHEMA, AgentPart, Namespace, VersionP
 from registry_server.releases import index, signatures
 from registry_server.releases.models import Release
 from registry_server.releases.service import AgentReleases, agent_releases, set_yanked
+from registry_server.releases.tools import tools_for_releases
 from registry_server.settings import public_url
 from registry_server.state import RegistryState
 
@@ -52,6 +54,11 @@ class ReleaseOut(BaseModel):
     )
     signer: str | None = None
     signatures: list[SignatureOut] = Field(default_factory=list)
+    tools_digest: str | None = Field(
+        default=None,
+        description="Digest of the tool definitions signed with the release (the `tools` line of its "
+        "statement); null when none were signed",
+    )
 
 
 class AgentOut(BaseModel):
@@ -85,7 +92,7 @@ def _latest(releases: list[Release]) -> str | None:
     return str(max(candidates)) if candidates else None
 
 
-def _release_out(listing: AgentReleases, release: Release) -> ReleaseOut:
+def _release_out(listing: AgentReleases, release: Release, tools: dict[int, str] | None = None) -> ReleaseOut:
     signatures = [
         SignatureOut(signer=r.signer, signature=r.signature, signed_at=r.created_at)
         for r in listing.signatures.get(release.id, [])
@@ -106,7 +113,14 @@ def _release_out(listing: AgentReleases, release: Release) -> ReleaseOut:
         signature=preferred.signature if preferred else None,
         signer=preferred.signer if preferred else None,
         signatures=signatures,
+        tools_digest=(tools or {}).get(release.id),
     )
+
+
+def _signed_tools(state: RegistryState, releases: list[Release]) -> dict[int, str]:
+    with state.db.session() as session:
+        found = tools_for_releases(session, [r.id for r in releases])
+    return {release_id: t.digest for release_id, t in found.items() if not t.observed}
 
 
 @router.get("/healthz", tags=["meta"])
@@ -121,11 +135,12 @@ def get_agent(namespace: Namespace, name: AgentPart, state: State) -> AgentOut:
     full = agent_name(namespace, name)
     with state.db.session() as session:
         listing = agent_releases(session, full)
+    tools = _signed_tools(state, listing.releases)
     return AgentOut(
         name=full,
         description=listing.agent.description,
         latest=_latest(listing.releases),
-        versions=[_release_out(listing, r) for r in listing.releases],
+        versions=[_release_out(listing, r, tools) for r in listing.releases],
     )
 
 
@@ -141,7 +156,7 @@ def get_release(namespace: Namespace, name: AgentPart, version: VersionPath, sta
         listing = agent_releases(session, full)
     for release in listing.releases:
         if release.version == version:
-            return _release_out(listing, release)
+            return _release_out(listing, release, _signed_tools(state, [release]))
     raise NotFoundError(f"{full} {version} is not published", hint=f"see `mcpz versions {full}`")
 
 
@@ -212,6 +227,7 @@ def _yank(
     require(principal, "publish", namespace, db=state.db)
     with state.db.session() as session:
         set_yanked(session, full, version, yanked, reason)
+    state.agent_changed(full)
     return get_release(namespace, name, version, state)
 
 
@@ -247,6 +263,23 @@ def unyank(
 
 class SignatureIn(BaseModel):
     signature: str = Field(max_length=4096)
+    tools: list[dict[str, Any]] | None = Field(
+        default=None,
+        max_length=MAX_TOOLS,
+        description="The agent's `tools/list` at publish, to pin with the first signature: the "
+        "statement signed must then be a v2 release statement carrying their digest",
+    )
+
+
+class ToolsOut(BaseModel):
+    name: str
+    version: str
+    tools: list[dict[str, Any]] = Field(description="The tool definitions, canonical form (mcpz.tooldefs)")
+    digest: str = Field(description="sha256: and the hex digest of their canonical JSON")
+    observed: bool = Field(
+        description="True: recorded from a running replica, not signed; false: signed at publish"
+    )
+    recorded_at: datetime
 
 
 @router.post(
@@ -267,7 +300,9 @@ def sign_release(
     require(principal, "publish", namespace, db=state.db)
     try:
         with state.db.session() as session:
-            signatures.sign_release(session, public_url(state.settings), full, version, body.signature)
+            signatures.sign_release(
+                session, public_url(state.settings), full, version, body.signature, tools=body.tools
+            )
     except signing.SignatureError as e:
         if isinstance(e, signing.UnexpectedSigner):
             e = signing.UnexpectedSigner(
@@ -279,3 +314,30 @@ def sign_release(
         return signature_refusal(e)
     release = get_release(namespace, name, version, state)
     return JSONResponse(release.model_dump(mode="json"))
+
+
+@router.get(
+    "/v1/agents/{namespace}/{name}/releases/{version}/tools",
+    response_model=ToolsOut,
+    tags=["index"],
+    responses=errors(400, 404),
+)
+def get_release_tools(namespace: Namespace, name: AgentPart, version: VersionPath, state: State) -> ToolsOut:
+    """The tool definitions pinned to a release: signed at publish, or observed from a replica."""
+    full = agent_name(namespace, name)
+    with state.db.session() as session:
+        release = signatures.find_release(session, full, version)
+        found = tools_for_releases(session, [release.id]).get(release.id)
+    if found is None:
+        raise NotFoundError(
+            f"{full} {version} has no tool definitions recorded",
+            hint="they are recorded at `mcpz push` (without --no-tools), or when a replica first runs",
+        )
+    return ToolsOut(
+        name=full,
+        version=version,
+        tools=found.tools,
+        digest=found.digest,
+        observed=found.observed,
+        recorded_at=found.recorded_at,
+    )

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from mcpz.errors import RefusedError
 from mcpz.tooldefs import canonical_bytes, tools_digest
 from registry_server.orm import utcnow
-from registry_server.releases.models import ReleaseTools
+from registry_server.releases.models import Agent, Release, ReleaseTools
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,21 @@ def record_tools(
     session.add(row)
     session.flush()
     return _to_set(row)
+
+
+def record_observed(
+    session: Session, name: str, version: str, tools: Iterable[Mapping[str, Any]]
+) -> ToolSet | None:
+    """Record a replica's tools/list for release `name` `version` as observed, if the release has
+    no tools yet (then the stored set is returned unchanged); None when there is no such release."""
+    release_id = session.scalar(
+        select(Release.id)
+        .join(Agent, Agent.id == Release.agent_id)
+        .where(Agent.name == name, Release.version == version)
+    )
+    if release_id is None:
+        return None
+    return record_tools(session, release_id, tools, observed=True)
 
 
 def tools_for_releases(session: Session, release_ids: Iterable[int]) -> dict[int, ToolSet]:

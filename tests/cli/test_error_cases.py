@@ -82,10 +82,17 @@ def test_a_refused_push_is_8_and_bad_input_to_the_registry_is_2(
     cli: Any, reg: LiveRegistry, tmp_path: Path
 ) -> None:
     token = reg.account("acme")
+    # Made in the same second from one template, the two inits are the very same commit; a commit
+    # on top of only one of them would make the other's push a fast-forward. Each gets its own
+    # commit on top, so the two branches diverge however the seconds fall.
     first = agent(cli, tmp_path / "one", "acme/clash")
+    (first / "README.md").write_text("one history\n")
+    assert cli("commit", "-m", "one", cwd=first).exit_code == 0
     pushed = cli("push", "--registry", reg.url, "--token", token, "--no-sign", cwd=first)
     assert pushed.exit_code == 0, pushed.stderr
     other = agent(cli, tmp_path / "two", "acme/clash")
+    (other / "README.md").write_text("another history\n")
+    assert cli("commit", "-m", "another", cwd=other).exit_code == 0
     refused = cli("push", "--registry", reg.url, "--token", token, "--json", cwd=other)
     one_line(refused, 8, "has commits you do not have", "`mcpz pull`")
     assert json.loads(refused.stdout)["error"]["exit_code"] == 8

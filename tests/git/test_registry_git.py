@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import httpx2
 import pytest
 from conftest import start_registry
 from gitutil import (
+    GIT,
     api,
     bare_path,
     commit,
@@ -27,6 +29,7 @@ from gitutil import (
 )
 
 NAME = "acme/x"
+ZERO = "0" * 40
 
 
 def _publish_first(registry, tmp_path: Path, token: str) -> tuple[Path, str]:  # type: ignore[no-untyped-def]
@@ -207,6 +210,69 @@ def test_identical_repush_of_a_release_is_a_no_op(registry, tmp_path: Path) -> N
     assert ls_remote(registry.git_url(NAME))["refs/tags/v0.1.0"] == first
     assert release_rows(registry, NAME) == [("0.1.0", first)]
     assert api(registry, "/v1/index", params={"name": NAME}).headers["etag"] == etag
+
+
+def _pkt(line: bytes) -> bytes:
+    return f"{len(line) + 4:04x}".encode() + line
+
+
+def _raw_push(registry, token: str, commands: list[tuple[str, str, str]], pack: bytes) -> bytes:  # type: ignore[no-untyped-def]
+    """A receive-pack request whose old values are what we say, not what the registry advertised:
+    a client that saw the refs before someone else pushed."""
+    lines = [f"{old} {new} {ref}".encode() for old, new, ref in commands]
+    lines[0] += b"\0report-status"
+    body = b"".join(_pkt(line + b"\n") for line in lines) + b"0000" + pack
+    response = httpx2.post(
+        f"{registry.url}/git/{NAME}.git/git-receive-pack",
+        content=body,
+        headers={
+            "Content-Type": "application/x-git-receive-pack-request",
+            "Authorization": f"Bearer {token}",
+        },
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    return response.content
+
+
+@pytest.mark.parametrize("claimed_old", ["absent", "elsewhere"])
+def test_a_branch_update_from_a_stale_view_is_refused_whole(  # type: ignore[no-untyped-def]
+    sqlite_registry, tmp_path: Path, claimed_old: str
+) -> None:
+    registry = sqlite_registry
+    token = registry.account("acme")
+    work, first = _publish_first(registry, tmp_path, token)
+    # A sibling of the published commit, meant as 0.2.0, pushed by a client whose view of main is
+    # stale: it saw no main at all, or main at a commit main is no longer at.
+    git("checkout", "-q", "--orphan", "sibling", cwd=work)
+    second = set_version(work, "0.2.0")
+    assert git("merge-base", "--is-ancestor", first, second, cwd=work, check=False).returncode != 0
+    pack = subprocess.run(
+        [GIT, "pack-objects", "--revs", "--stdout"],
+        cwd=work,
+        input=f"{second}\n".encode(),
+        capture_output=True,
+        check=True,
+    ).stdout
+    old = ZERO if claimed_old == "absent" else "1" * 40
+    answer = _raw_push(
+        registry, token, [(old, second, "refs/heads/main"), (ZERO, second, "refs/tags/v0.2.0")], pack
+    )
+    assert b"ng refs/heads/main stale info" in answer, answer
+    assert b"ng refs/tags/v0.2.0" in answer, answer  # all or nothing: the tag goes nowhere either
+    refs = ls_remote(registry.git_url(NAME))
+    assert refs["refs/heads/main"] == first
+    assert "refs/tags/v0.2.0" not in refs
+    assert release_rows(registry, NAME) == [("0.1.0", first)]
+    assert readable(registry, NAME, {second}) == []
+
+    # The same update naming the old value the registry holds goes through (a forced push).
+    answer = _raw_push(
+        registry, token, [(first, second, "refs/heads/main"), (ZERO, second, "refs/tags/v0.2.0")], pack
+    )
+    assert b"ok refs/heads/main" in answer and b"ok refs/tags/v0.2.0" in answer, answer
+    assert ls_remote(registry.git_url(NAME))["refs/heads/main"] == second
+    assert release_rows(registry, NAME) == [("0.1.0", first), ("0.2.0", second)]
 
 
 def test_concurrent_pushes_of_one_version_exactly_one_wins(registry, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

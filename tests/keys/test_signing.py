@@ -113,6 +113,8 @@ def _other_values() -> dict[str, Any]:
         "old_address": STRANGER.address,
         "new_address": STRANGER.address,
         "sequence": 2,
+        "tools": "sha256:" + "5" * 64,  # a v1 statement given a tools digest becomes v2
+        "allow_tool_drift": True,  # likewise a deployment statement that allows drift
     }
 
 
@@ -307,7 +309,9 @@ def test_parse_round_trip(statement: Statement) -> None:
         ),
         (DEPLOYMENT.to_text().replace("replicas: 3", "replicas:3"), "expected 'replicas: '"),
         (DEPLOYMENT.to_text().replace("\n", "\r\n"), "first line"),
-        (DEPLOYMENT.to_text().replace("mcpz deployment v1", "mcpz deployment v2"), "first line"),
+        (DEPLOYMENT.to_text().replace("mcpz deployment v1", "mcpz deployment v3"), "first line"),
+        # v2 exists (allow-tool-drift), but only with its extra line
+        (DEPLOYMENT.to_text().replace("mcpz deployment v1", "mcpz deployment v2"), "7 field lines"),
         (
             DEPLOYMENT.to_text().replace("deployment: acme/weather", "deployment: acme/weather "),
             "surrounding",

@@ -45,6 +45,7 @@ from mcpz.mesh import (
     Role,
     Status,
     Stop,
+    Tools,
     Welcome,
     backoff,
     decode,
@@ -159,6 +160,8 @@ STRATEGIES: dict[str, st.SearchStrategy[Frame]] = {
         dependencies=st.lists(
             st.builds(LockedDependency, name=agent_names, version=visible, commit=commits), max_size=3
         ).map(tuple),
+        tools_digest=st.just("") | st.binary(min_size=32, max_size=32).map(lambda b: "sha256:" + b.hex()),
+        report_tools=st.booleans(),
     ),
     "stop": st.builds(
         Stop,
@@ -187,6 +190,7 @@ STRATEGIES: dict[str, st.SearchStrategy[Frame]] = {
         lines=st.lists(any_text, min_size=1, max_size=5).map(tuple),
         timestamp=timestamps,
     ),
+    "tools": st.builds(Tools, id=ids, replica_id=idents, epoch=ids, payload=payloads),
     "ack": st.builds(Ack, id=ids, ref=ids),
     "error": st.builds(
         Error,
@@ -638,7 +642,7 @@ def test_a_connection_from_both_ends() -> None:
     assert {node.phase, hub.phase} == {Phase.WELCOMED}
     assert node.is_open and hub.is_open
 
-    from_node: list[type[Frame]] = [Heartbeat, Status, Log, Result, Ack, Error, Notify]
+    from_node: list[type[Frame]] = [Heartbeat, Status, Log, Result, Tools, Ack, Error, Notify]
     from_hub: list[type[Frame]] = [Deploy, Stop, Call, Cancel, Ack, Error, Notify]
     for cls in FRAME_TYPES.values():
         assert node.may_send(cls) == hub.may_receive(cls) == (cls in from_node)

@@ -20,7 +20,7 @@ def test_demo_runs_every_step_and_reports_them() -> None:
     assert result["ok"] is True
     assert result["steps"] == [
         "init", "commit", "log", "tools", "call", "registry",
-        "wallet", "login", "namespace", "push", "verify", "info",
+        "wallet", "login", "namespace", "push", "verify", "info", "market",
         "node-key", "nodes", "deploy", "status", "gateway", "usage", "stop-nodes",
     ]  # fmt: skip
     assert {"echo", "add"} <= set(result["tools"])
@@ -30,6 +30,7 @@ def test_demo_runs_every_step_and_reports_them() -> None:
     assert sorted(result["replicas"].values()) == ["demo-node-1", "demo-node-2"]  # spread over both
     assert "2/2 ready" in done.stderr
     assert "stopped 2 nodes" in done.stderr
+    assert result["market"]["name"] == "demo/weather" and result["market"]["version"] == "0.1.0"
     assert result["usage"] == {"add": 1}  # the one call through the gateway, metered once
     assert "mcpz_" not in done.stderr + done.stdout, "the demo must never print a token"
 

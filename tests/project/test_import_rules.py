@@ -58,6 +58,11 @@ PURE = (
     "registry_server.deployments.scheduler",
     "registry_server.usage.events",
     "registry_server.accounts.tokens",
+    "registry_server.deployments.retries",
+    "registry_server.market.ranking",
+    "registry_server.market.terms",
+    "registry_server.market.changelog",
+    "registry_server.market.readme",
 )
 IMPURE = (
     "sqlalchemy",

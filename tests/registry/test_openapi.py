@@ -14,6 +14,7 @@ from registry_server.accounts.http import caller
 from registry_server.accounts.models import ROLES
 from registry_server.accounts.tokens import SCOPES
 from registry_server.deployments import routes as api_deploy
+from registry_server.market import routes as api_market
 from registry_server.releases import routes as api_routes
 from registry_server.usage import routes as api_usage
 
@@ -70,7 +71,11 @@ def test_git_routes_document_text_errors(document: dict[str, Any]) -> None:
 
 def test_every_route_that_reads_a_token_documents_401(document: dict[str, Any]) -> None:
     checked = 0
-    routes = [r for module in (api_routes, api_auth, api_deploy, api_usage) for r in module.router.routes]
+    routes = [
+        r
+        for module in (api_routes, api_auth, api_deploy, api_usage, api_market)
+        for r in module.router.routes
+    ]
     for route in routes:
         calls = {d.call for d in getattr(getattr(route, "dependant", None), "dependencies", [])}
         if caller in calls:

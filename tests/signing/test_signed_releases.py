@@ -295,7 +295,8 @@ def test_push_signs_and_verify_checks_and_nothing_secret_is_shown(
     run("namespace", "create", "acme")
     work = tmp_path / "agent"
     first = init_agent(work, "acme/weather", "0.1.0")
-    pushed = json.loads(run("--json", "push", cwd=work).stdout)
+    # This agent is no MCP server, so no tools are pinned (tests/signing/test_tool_pinning.py pins them).
+    pushed = json.loads(run("--json", "push", "--no-tools", cwd=work).stdout)
     assert (pushed["published"], pushed["signed"], pushed["signer"]) == (True, True, address)
     verified = json.loads(run("--json", "verify", "acme/weather@0.1.0").stdout)
     assert (verified["commit"], verified["signer"], verified["verified"]) == (first, address, True)
@@ -343,7 +344,7 @@ def test_namespace_commands_and_rotate_key(cli: Any, user: LiveRegistry, tmp_pat
 
     work = tmp_path / "agent"
     init_agent(work, "acme/weather", "0.1.0")
-    assert cli("push", cwd=work).exit_code == 0
+    assert cli("push", "--no-tools", cwd=work).exit_code == 0
     node = trust.Verifier(reg.url, trust.TrustStore(tmp_path / "node.json"))
     assert node_check(reg, node, "acme/weather", "0.1.0").signer == old
 

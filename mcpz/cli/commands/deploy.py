@@ -174,6 +174,14 @@ def apply(
         str | None, typer.Option("--memory", help="Memory limit per replica, e.g. 512M.")
     ] = None,
     open_files: Annotated[int | None, typer.Option("--open-files", min=1, help="Open files limit.")] = None,
+    allow_tool_drift: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-tool-drift/--forbid-tool-drift",
+            help="Let replicas run whose tools/list differs from the tools signed with the release "
+            "(signed with the deployment; default: unchanged, or forbidden).",
+        ),
+    ] = None,
     wait: WaitOpt = False,
     timeout: TimeoutOpt = 300.0,
     no_sign: NoSignOpt = False,
@@ -205,6 +213,7 @@ def apply(
             replicas=replicas,
             selector=nodes,
             limits=limits,
+            allow_tool_drift=allow_tool_drift,
             account=account,
         ),
     )

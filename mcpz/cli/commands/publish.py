@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mcpz.cli.common import RegistryOpt, TokenOpt, settings, token_for, with_client
+from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for, with_client
 from mcpz.cli.output import out
 from mcpz.cli.transfer import transfer
 from mcpz.errors import UsageError
@@ -37,8 +37,23 @@ def push(
     no_sign: Annotated[
         bool, typer.Option("--no-sign", help="Publish without signing, even when a wallet exists.")
     ] = False,
+    no_tools: Annotated[
+        bool,
+        typer.Option(
+            "--no-tools",
+            help="Do not start the agent to pin its tools/list in the signed release (for an agent "
+            "that cannot start here); the first healthy replica's tools are then recorded as observed.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Seconds the agent has to start and list its tools.")
+    ] = None,
 ) -> None:
-    """Push the current branch; publish the manifest's version if it is new, signed by your wallet."""
+    """Push the current branch; publish the manifest's version if it is new, signed by your wallet.
+
+    Signing starts the agent here (as `mcpz tools --local` does) and pins its tools/list to the
+    release: nodes refuse replicas whose tools differ. --no-tools skips that.
+    """
     from mcpz.cli.prompts import prompt_for
     from mcpz.client import publish
     from mcpz.keys.wallet import wallet_key
@@ -51,8 +66,16 @@ def push(
     with transfer("pushing") as shown:
         step = shown.step
         progress = (lambda _phase, done, total: step(done, total)) if step is not None else None
-        result = publish.push_signed(
-            path, url, secret, signer=signer, force=force, progress=progress, sent=shown.moved
+        result = publish.push(
+            path,
+            url,
+            secret,
+            force=force,
+            progress=progress,
+            sent=shown.moved,
+            signer=signer,
+            tools=not no_tools,
+            tools_timeout=timeout,
         )
     for warning in result.warnings:
         output.warn(warning)
@@ -65,6 +88,10 @@ def push(
             console.print(f"published {result.name} {result.version} ({result.commit[:12]})", markup=False)
             if result.signer:
                 output.info(f"signed by {result.signer}")
+            if result.tools is not None:
+                output.info(f"tools pinned: {', '.join(result.tools) or '(none)'}")
+            elif result.signer:
+                output.info("no tools pinned (--no-tools): the first healthy replica's are recorded")
         elif result.already_published:
             console.print(
                 f"{result.name} {result.version} is already published; pushed {result.branch} "
@@ -120,11 +147,15 @@ def _fetch_agent(name: str, registry: str | None, token: str | None) -> AgentInf
 
 @app.command("info")
 def info(
-    name: Annotated[str, typer.Argument(help="Agent name, ns/name.")],
+    spec: Annotated[str, typer.Argument(metavar="NAME[@VERSION]", help="Agent name, ns/name[@version].")],
     registry: RegistryOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Description, versions, yanked, dependencies, latest."""
+    """Description, versions, yanked, dependencies, latest; with @VERSION, that release's tools."""
+    name, version = _name_and_version(spec)
+    if version is not None:
+        _release_info(name, version, registry, token)
+        return
     data = _fetch_agent(name, registry, token)
 
     def render(console: Console) -> None:
@@ -137,6 +168,29 @@ def info(
             console.print("dependencies: " + ", ".join(f"{k} {v}" for k, v in deps.items()), markup=False)
         listed = ", ".join(v.version + (" (yanked)" if v.yanked else "") for v in data.versions)
         console.print(f"versions: {listed or 'none'}", markup=False)
+
+    out().data(data.to_dict(), render)
+
+
+def _release_info(name: str, version: str, registry: str | None, token: str | None) -> None:
+    from mcpz.client.publish import release_info
+
+    url = settings(registry).registry
+    secret = token_for(url, token)
+    data = run(lambda: release_info(url, secret, name, version))
+
+    def render(console: Console) -> None:
+        release = data.release
+        yanked = " (yanked)" if release.yanked else ""
+        console.print(f"[bold]{name} {version}[/bold]{yanked}  commit {release.commit[:12]}")
+        console.print(f"signed by: {release.signer or 'nobody'}", markup=False)
+        tools = data.tools
+        if tools is None:
+            console.print("tools: none recorded yet", markup=False)
+            return
+        how = "observed from a replica, not signed" if tools.observed else "signed at publish"
+        names = [str(t.get("name")) for t in tools.tools]
+        console.print(f"tools ({how}, {tools.digest[:19]}): {', '.join(names) or '(none)'}", markup=False)
 
     out().data(data.to_dict(), render)
 

@@ -1,0 +1,1 @@
+"""The marketplace: listings, search, reviews, and the official MCP Registry API."""

@@ -1,0 +1,72 @@
+"""Keeping listings in step with the registry: after each publish or yank (a listener on the
+registry state), and every `market_refresh_interval` seconds a sweep that rebuilds listings that
+missed one and refreshes the usage figures search sorts by."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import anyio.to_thread
+from sqlalchemy.exc import SQLAlchemyError
+
+from mcpz.errors import McpzError
+from registry_server.market import service
+from registry_server.state import RegistryState
+
+log = logging.getLogger(__name__)
+
+SWEEP_BATCH = 1000
+"""Listings rebuilt per sweep at most (a first start on a large registry catches up over several)."""
+
+
+class MarketUpkeep:
+    def __init__(self, state: RegistryState) -> None:
+        self.state = state
+        self.interval = state.settings.market_refresh_interval
+        self._task: asyncio.Task[None] | None = None
+
+    def agent_changed(self, name: str) -> None:
+        """Rebuild `name`'s listing now; a failure is logged and left to the next sweep."""
+        try:
+            with self.state.db.session() as session:
+                service.refresh_listing(session, self.state.repos, name)
+        except (McpzError, SQLAlchemyError, OSError, ValueError) as e:
+            log.error("listing not refreshed, the next sweep retries: %s", e, extra={"agent": name})
+
+    def sweep(self) -> int:
+        """Rebuild stale listings and refresh usage figures; returns the listings rebuilt."""
+        with self.state.db.session() as session:
+            rebuilt = service.refresh_stale(session, self.state.repos, SWEEP_BATCH)
+        with self.state.db.session() as session:
+            service.refresh_usage(session)
+        return rebuilt
+
+    async def start(self) -> None:
+        self.state.agent_listeners.append(self.agent_changed)
+        await self._sweep_logged()
+        self._task = asyncio.create_task(self._run(), name="mcpz-market-upkeep")
+
+    async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.state.agent_listeners.remove(self.agent_changed)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self._sweep_logged()
+
+    async def _sweep_logged(self) -> None:
+        try:
+            rebuilt = await anyio.to_thread.run_sync(self.sweep)
+        except (McpzError, SQLAlchemyError, OSError, ValueError) as e:
+            log.error("market sweep failed, retried in %s s: %s", self.interval, e)
+            return
+        if rebuilt:
+            log.info("listings rebuilt", extra={"count": rebuilt})

@@ -1,0 +1,1 @@
+"""The marketplace's web pages: server-rendered HTML, wallet sign-in with browser sessions."""
