@@ -1,7 +1,9 @@
 """mcpz: version, resolve, publish, deploy and sell AI agents (MCP servers).
 
 The names in `__all__` are the public Python API; they are imported on first use so that
-`import mcpz` (and `mcpz --version`) stay fast.
+`import mcpz` (and `mcpz --version`) stay fast. `mcpz.Client` is the front door (docs/python-sdk.md);
+`mcpz.push` is `mcpz.client.publish.push`, which signs the release it publishes as `mcpz push`
+does.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ _LAZY = {
     "ToolResult": "mcpz.tools",
     "run_agent": "mcpz.local.process",
     "RegistryClient": "mcpz.client.registry",
-    "push": "mcpz.client.publish",
+    "Client": "mcpz.sdk.client",
+    "push": "mcpz.client.publish:push",
     "clone": "mcpz.client.publish",
     "pull": "mcpz.client.publish",
     "SiweMessage": "mcpz.keys.siwe",
@@ -45,7 +48,8 @@ __all__ = ["__version__", *sorted(_LAZY)]
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    where = _LAZY.get(name)
+    if where is None:
         raise AttributeError(f"module 'mcpz' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    module, _, attribute = where.partition(":")  # "module:attribute" where the name differs
+    return getattr(importlib.import_module(module), attribute or name)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 
 from mcpz.errors import UsageError
 
-__all__ = ["MAX_INSTANT_TEXT", "parse_instant"]
+__all__ = ["MAX_INSTANT_TEXT", "parse_instant", "parse_since"]
 
 MAX_INSTANT_TEXT = 64
 """Longest text taken: the longest ISO 8601 form is 32 characters."""
@@ -52,6 +52,16 @@ def parse_instant(text: str, now: datetime, *, naive: tzinfo | None = UTC) -> da
             f"{_shown(text)} is out of range: a time must fall between the years 1 and 9999 in UTC",
             hint=_FORMS,
         ) from None
+
+
+def parse_since(text: str, now: datetime | None = None) -> str:
+    """`30m`, `1h`, `7d` (before now), Unix seconds, or an ISO 8601 date/time -> an ISO 8601 instant
+    in UTC, as `GET /v1/usage?since=` takes it; UsageError (exit 2) for anything else.
+
+    Ages are turned into instants on the caller's side, so "the last hour" is the user's hour, not
+    the server's; a date or time without a zone is this machine's local time.
+    """
+    return parse_instant(text, now or datetime.now(UTC), naive=None).isoformat()
 
 
 def _shown(text: str) -> str:

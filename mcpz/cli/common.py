@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from mcpz.config import Settings
+
+if TYPE_CHECKING:
+    from mcpz.client.registry import RegistryClient
 
 T = TypeVar("T")
 
@@ -50,10 +53,14 @@ def run(fn: Callable[..., Awaitable[T]], *args: Any, fast_loop: bool = False) ->
     return anyio.run(fn, *args, backend_options=options)
 
 
-def call_registry(
-    registry: str | None, token: str | None, method: str, *args: Any, need_token: bool = False, **kw: Any
-) -> Any:
-    """Call one `RegistryClient` method with the resolved URL and token, in one event loop."""
+def with_client(
+    registry: str | None,
+    token: str | None,
+    fn: Callable[[RegistryClient], Awaitable[T]],
+    *,
+    need_token: bool = False,
+) -> T:
+    """`fn(client)` with a registry client for the resolved URL and token, in one event loop."""
     from mcpz.client.registry import connect
     from mcpz.errors import AuthError
 
@@ -62,8 +69,8 @@ def call_registry(
     if need_token and secret is None:
         raise AuthError(f"no token for {url}", hint="run `mcpz login` or set MCPZ_TOKEN")
 
-    async def call() -> Any:
+    async def call() -> T:
         async with connect(url, secret) as client:
-            return await getattr(client, method)(*args, **kw)
+            return await fn(client)
 
     return run(call)

@@ -19,22 +19,51 @@ Without an `account` the change is made unsigned (nodes that require signatures 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
-from mcpz.client.registry import RegistryClient
+from mcpz.client.models import Deployment, PreparedChange
+from mcpz.client.registry import RegistryClient, SignedChange
 from mcpz.errors import AgentError, McpzError, RefusedError, UsageError
 from mcpz.keys import signing
 
 if TYPE_CHECKING:
     from mcpz.keys.ethkeys import LocalAccount
 
-__all__ = ["deploy", "not_ready", "rollback", "scale"]
+__all__ = ["deploy", "not_ready", "parse_selector", "parse_size", "rollback", "scale"]
+
+_SIZE = re.compile(r"(\d+)\s*([kmgt]?)i?b?", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """`512M`, `2G`, `64k`, `1024` (bytes; binary units, an optional `i`/`B`) -> bytes; UsageError
+    for anything else, zero included."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise UsageError(f'"{text}" is not a size', hint='use e.g. "512M" or "2G"')
+    power = " kmgt".index(match.group(2).lower() or " ")
+    unit: int = 1024**power
+    return int(match.group(1)) * unit
+
+
+def parse_selector(items: Iterable[str]) -> dict[str, str]:
+    """`["region=eu", "gpu=yes"]` -> the node selector `{"region": "eu", "gpu": "yes"}`; a later
+    key wins; UsageError for an item that is not `k=v`."""
+    selector: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f'selector "{item}" is not k=v', hint="e.g. --selector region=eu")
+        selector[key] = value
+    return selector
+
 
 ATTEMPTS = 3
 """How many times a change is prepared and signed again when the deployment moved in between."""
 
-Send = Callable[..., Awaitable[dict[str, Any]]]
+Send = Callable[[SignedChange | None], Awaitable[Deployment]]
+Prepare = Callable[[], Awaitable[PreparedChange]]
 Check = Callable[[signing.DeploymentStatement], None]
 
 
@@ -48,13 +77,13 @@ async def deploy(
     limits: Mapping[str, int | None] | None = None,
     allow_tool_drift: bool | None = None,
     account: LocalAccount | None = None,
-) -> dict[str, Any]:
+) -> Deployment:
     """Create or update the deployment of `name` (see `RegistryClient.deploy`), signed by `account`.
 
     `allow_tool_drift` (None: unchanged) lets replicas answer other tools than those signed with
     the release; it is a line of the signed statement, so the registry cannot turn it on."""
 
-    async def send(**signed: Any) -> dict[str, Any]:
+    async def send(signed: SignedChange | None) -> Deployment:
         return await client.deploy(
             name,
             version,
@@ -62,7 +91,17 @@ async def deploy(
             selector=selector,
             limits=limits,
             allow_tool_drift=allow_tool_drift,
-            **signed,
+            signed=signed,
+        )
+
+    async def prepare() -> PreparedChange:
+        return await client.prepare_deploy(
+            name,
+            version,
+            replicas=replicas,
+            selector=selector,
+            limits=limits,
+            allow_tool_drift=allow_tool_drift,
         )
 
     def check(statement: signing.DeploymentStatement) -> None:
@@ -76,62 +115,68 @@ async def deploy(
             drift = "allowed" if statement.allow_tool_drift else "not allowed"
             raise _mismatch(statement, f"tool drift {drift}")
 
-    return await _change(client, name, send, check, account)
+    return await _change(client, name, send, prepare, check, account)
 
 
 async def scale(
     client: RegistryClient, name: str, replicas: int, *, account: LocalAccount | None = None
-) -> dict[str, Any]:
+) -> Deployment:
     """Set how many replicas of `name` run, signed by `account`."""
 
-    async def send(**signed: Any) -> dict[str, Any]:
-        return await client.scale(name, replicas, **signed)
+    async def send(signed: SignedChange | None) -> Deployment:
+        return await client.scale(name, replicas, signed=signed)
+
+    async def prepare() -> PreparedChange:
+        return await client.prepare_scale(name, replicas)
 
     def check(statement: signing.DeploymentStatement) -> None:
         if statement.replicas != replicas:
             raise _mismatch(statement, f"{statement.replicas} replica(s), not {replicas}")
 
-    return await _change(client, name, send, check, account)
+    return await _change(client, name, send, prepare, check, account)
 
 
 async def rollback(
     client: RegistryClient, name: str, revision: int | None = None, *, account: LocalAccount | None = None
-) -> dict[str, Any]:
+) -> Deployment:
     """A new revision of `name` with the release of `revision` (default: the previous one), signed by
     `account`."""
 
-    async def send(**signed: Any) -> dict[str, Any]:
-        return await client.rollback(name, revision, **signed)
+    async def send(signed: SignedChange | None) -> Deployment:
+        return await client.rollback(name, revision, signed=signed)
+
+    async def prepare() -> PreparedChange:
+        return await client.prepare_rollback(name, revision)
 
     def check(statement: signing.DeploymentStatement) -> None:
         pass  # the registry picks the release to return to; the statement shows which
 
-    return await _change(client, name, send, check, account)
+    return await _change(client, name, send, prepare, check, account)
 
 
-def not_ready(view: Mapping[str, Any]) -> McpzError:
+def not_ready(view: Deployment) -> McpzError:
     """The error for a deployment view that is not ready (after `wait_deployment`): why, in one
     line, and a next step that works for it (no rollback when there is no earlier revision)."""
-    name, reason = view["name"], str(view.get("reason") or "")
-    if view.get("state") != "failed":
+    name, reason = view.name, view.reason
+    if view.state != "failed":
         return McpzError(
-            f"{name} {view['version']} is not ready: {reason or view.get('state', 'unknown')}",
+            f"{name} {view.version} is not ready: {reason or view.state or 'unknown'}",
             hint=f"see `mcpz nodes` for the nodes and their labels, and `mcpz deploy status {name}`",
         )
-    bad = [r for r in view.get("instances", []) if r["status"] == "failed" and r["current"]]
-    count = f"{len(bad)} of {view['replicas']} replica(s)" if bad else "a replica"
+    bad = [r for r in view.instances if r.status == "failed" and r.current]
+    count = f"{len(bad)} of {view.replicas} replica(s)" if bad else "a replica"
     reason = reason.removeprefix("replica failed: ")
     steps = [f"see `mcpz logs {name}`"]
     if "is not signed" in reason and "deployment" not in reason:
-        steps.append(f"sign the release with `mcpz sign {view['agent']}@{view['version']}` in its folder")
+        steps.append(f"sign the release with `mcpz sign {view.agent}@{view.version}` in its folder")
     elif "is not signed" in reason:
         steps.append(f"deploy again with a wallet (`mcpz wallet create`, then `mcpz deploy {name}`)")
     steps.append(
         f"retry now with `mcpz deploy restart {name}` (failed replicas are also retried on their own)"
     )
-    if view.get("rollback_to"):
+    if view.rollback_to:
         steps.append(f"or go back with `mcpz deploy rollback {name}`")
-    return AgentError(f"{name} {view['version']}: {count} failed: {reason}", hint="; ".join(steps))
+    return AgentError(f"{name} {view.version}: {count} failed: {reason}", hint="; ".join(steps))
 
 
 def _mismatch(statement: signing.DeploymentStatement, what: str) -> UsageError:
@@ -142,15 +187,20 @@ def _mismatch(statement: signing.DeploymentStatement, what: str) -> UsageError:
 
 
 async def _change(
-    client: RegistryClient, name: str, send: Send, check: Check, account: LocalAccount | None
-) -> dict[str, Any]:
+    client: RegistryClient,
+    name: str,
+    send: Send,
+    prepare: Prepare,
+    check: Check,
+    account: LocalAccount | None,
+) -> Deployment:
     if account is None:
-        return await send()
+        return await send(None)
     registry = signing.canonical_registry_url(client.url)
     for attempt in range(1, ATTEMPTS + 1):
-        proposal = await send(prepare=True)
+        proposal = await prepare()
         try:
-            statement = signing.DeploymentStatement.parse(str(proposal.get("statement") or ""))
+            statement = signing.DeploymentStatement.parse(proposal.statement or "")
         except signing.StatementError as e:
             raise UsageError(
                 f"the registry answered no valid deployment statement for {name}: {e.message}",
@@ -164,11 +214,11 @@ async def _change(
         if statement.deployment != name:
             raise _mismatch(statement, f"the deployment {statement.deployment}")
         check(statement)
-        if not proposal.get("new_revision") and account.address in (proposal.get("signers") or ()):
-            return await send()  # nothing changes, and this wallet signed the revision already
+        if not proposal.new_revision and account.address in proposal.signers:
+            return await send(None)  # nothing changes, and this wallet signed the revision already
         signature = signing.sign_statement(statement, account)
         try:
-            return await send(statement=statement.to_text(), signature=signature)
+            return await send(SignedChange(statement.to_text(), signature))
         except RefusedError as e:
             if "[statement_changed]" not in e.message or attempt == ATTEMPTS:
                 raise

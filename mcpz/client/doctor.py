@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from mcpz import exit_codes
+from mcpz.client.models import NamespaceInfo
 from mcpz.client.registry import RegistryClient
 from mcpz.errors import AuthError, McpzError, NetworkError, NotFoundError
 
@@ -62,7 +63,7 @@ class Findings:
     namespaces: list[str] = field(default_factory=list)
     scopes: list[str] = field(default_factory=list)
     address: str | None = None  # the wallet's, when there is one
-    namespace: dict[str, Any] | None = None
+    namespace: NamespaceInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -155,10 +156,10 @@ async def check_token(client: RegistryClient, has_token: bool, found: Findings, 
             "log in again: `mcpz login --wallet` (or unset a stale MCPZ_TOKEN)",
             exit_codes.AUTH,
         )
-    found.account = str(who["account"])
-    found.namespaces = list(who.get("namespaces") or [])
-    found.scopes = list(who.get("scopes") or [])
-    expiry, soon = _expires(who.get("expires_at"), now)
+    found.account = who.account
+    found.namespaces = list(who.namespaces)
+    found.scopes = list(who.scopes)
+    expiry, soon = _expires(who.raw.get("expires_at"), now)
     message = f"logged in as {found.account}; scopes {','.join(found.scopes) or '-'}; {expiry}"
     if soon:
         return warn("token", message, "log in again soon: `mcpz login --wallet`")
@@ -211,15 +212,15 @@ async def check_namespace(client: RegistryClient, namespace: str | None, found: 
             exit_codes.NOT_FOUND,
         )
     found.namespace = info
-    if info.get("owner") == found.account:
+    if info.owner == found.account:
         return ok("namespace", f'you own "{namespace}"')
-    role = next((m.get("role") for m in info.get("members") or [] if m.get("account") == found.account), None)
+    role = next((m.role for m in info.members if m.account == found.account), None)
     if role:
-        owner = info.get("owner")
+        owner = info.owner
         return ok("namespace", f'you are a member of "{namespace}" ({role}); its owner is {owner}')
     return fail(
         "namespace",
-        f'"{namespace}" belongs to {info.get("owner")}, and you ({found.account}) are not a member',
+        f'"{namespace}" belongs to {info.owner}, and you ({found.account}) are not a member',
         f"ask its owner: `mcpz namespace add-member {namespace} {found.account}`, or pick another namespace",
         exit_codes.AUTH,
     )
@@ -233,8 +234,8 @@ def check_signing(found: Findings) -> Check:
     info = found.namespace
     if info is None:
         return warn("signing", "not checked: no namespace to check", "see the namespace check")
-    name = info.get("name", "")
-    owner_key = info.get("owner_address")
+    name = info.name
+    owner_key = info.owner_address
     if found.address is None:
         return warn(
             "signing",
@@ -244,7 +245,7 @@ def check_signing(found: Findings) -> Check:
     if not owner_key:
         return fail(
             "signing",
-            f'"{name}" has no owner key (its owner {info.get("owner")} has no wallet): nodes cannot '
+            f'"{name}" has no owner key (its owner {info.owner} has no wallet): nodes cannot '
             "verify its releases",
             f"its owner hands it to a wallet: `mcpz namespace transfer {name} {found.address}`",
             exit_codes.ERROR,
@@ -267,11 +268,11 @@ async def check_nodes(client: RegistryClient, found: Findings) -> Check:
         nodes = await client.nodes()
     except McpzError as e:
         return warn("nodes", f"cannot list nodes: {e.message}", e.hint or "see `mcpz nodes`")
-    connected = [n for n in nodes if n.get("connected")]
+    connected = [n for n in nodes if n.connected]
     if info is not None:
-        allowed = {info.get("owner")} | {m.get("account") for m in info.get("members") or []}
-        usable = [n for n in connected if n.get("shared") or n.get("owner") in allowed]
-        where = f'for "{info.get("name")}"'
+        allowed = {info.owner} | {m.account for m in info.members}
+        usable = [n for n in connected if n.shared or n.owner in allowed]
+        where = f'for "{info.name}"'
     else:
         usable = connected
         where = "for you"
@@ -281,7 +282,7 @@ async def check_nodes(client: RegistryClient, found: Findings) -> Check:
             f"no node connected {where}: deployments wait, pending",
             "start one: `MCPZ_TOKEN=$(mcpz keys create --scope node --name my-node) mcpz node run`",
         )
-    free = sum(int(n.get("free") or 0) for n in usable)
+    free = sum(n.free for n in usable)
     return ok("nodes", f"{len(usable)} node(s) connected {where}, {free} free replica slot(s)")
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from eth_utils.address import is_address, to_checksum_address
 
+from mcpz.client.models import NamespaceInfo, Release, RotationResult
 from mcpz.client.registry import RegistryClient
 from mcpz.config import data_dir
 from mcpz.errors import RefusedError, UsageError
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from mcpz.keys.ethkeys import LocalAccount
+    from mcpz.keys.wallet import Wallet
 
 
 def trust_store(env: Mapping[str, str] | None = None) -> trust.TrustStore:
@@ -33,11 +35,11 @@ def _checksum(address: str) -> str:
     return str(to_checksum_address(address))
 
 
-def _require_owner_key(info: Mapping[str, Any], account: LocalAccount, what: str) -> str:
-    owner = info.get("owner_address")
+def _require_owner_key(info: NamespaceInfo, account: LocalAccount, what: str) -> str:
+    owner = info.owner_address
     if owner and _checksum(owner) != account.address:
         raise UsageError(
-            f'{what}: "{info["name"]}" is owned by {owner}, but this wallet is {account.address}',
+            f'{what}: "{info.name}" is owned by {owner}, but this wallet is {account.address}',
             hint="only the namespace owner's wallet can sign this",
         )
     return str(owner) if owner else ""
@@ -45,11 +47,11 @@ def _require_owner_key(info: Mapping[str, Any], account: LocalAccount, what: str
 
 async def transfer(
     client: RegistryClient, namespace: str, to: str, account: LocalAccount | None
-) -> dict[str, Any]:
+) -> NamespaceInfo:
     """Hand `namespace` to `to`. When it has an owner key, that key signs the rotation to `to`'s key."""
     info = await client.namespace(namespace)
     signature = None
-    if info.get("owner_address"):
+    if info.owner_address:
         if account is None:
             raise UsageError("transferring a namespace with a key needs the owner's wallet")
         old = _require_owner_key(info, account, "transfer")
@@ -63,7 +65,7 @@ async def transfer(
             namespace=namespace,
             old_address=_checksum(old),
             new_address=_checksum(to),
-            sequence=int(info["key_sequence"]) + 1,
+            sequence=info.key_sequence + 1,
         )
         signature = signing.sign_statement(statement, account)
     return await client.transfer_namespace(namespace, to, signature)
@@ -91,7 +93,7 @@ async def plan_rotation(
             namespace=namespace,
             old_address=old.address,
             new_address=new.address,
-            sequence=int(info["key_sequence"]) + 1,
+            sequence=info.key_sequence + 1,
         )
         signatures[namespace] = (
             signing.sign_statement(statement, old),
@@ -100,9 +102,55 @@ async def plan_rotation(
     return PlannedRotation(str(new.address), signatures)
 
 
+@dataclass(frozen=True)
+class RotatedKey:
+    """A finished `rotate_wallet_key`: the registry's answer, and where the old keystore went."""
+
+    old_address: str
+    new_address: str
+    result: RotationResult
+    retired_keystore: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.result.to_dict(), "retired_keystore": str(self.retired_keystore)}
+
+
+async def rotate_wallet_key(client: RegistryClient, current: Wallet, passphrase: str) -> RotatedKey:
+    """`mcpz namespace rotate-key`: move the account to a new key, the old key signing the move of
+    every namespace it owns; the wallet then holds the new key (same passphrase), the old keystore
+    is kept as `retired-<address>.json`, and a passphrase kept in the keyring follows the new key.
+
+    The new key is written (`pending-<address>.json`) before the registry hears of it. If the
+    registry cannot be reached or fails, it may have applied the rotation, so that file is kept
+    and the error's hint names it; any other failure removes it.
+    """
+    from mcpz.errors import NetworkError, RemoteError
+    from mcpz.keys import wallet
+    from mcpz.keys.ethkeys import Account
+
+    old = current.unlock(passphrase)
+    new = Account.create()
+    staged = current.stage_successor(new, passphrase)
+    try:
+        owned = (await client.whoami()).namespaces
+        plan = await plan_rotation(client, owned, old, new)
+        result = await client.rotate_key(plan.new_address, plan.signatures)
+    except (NetworkError, RemoteError) as e:
+        kept = f"the new key is kept at {staged.path} in case the registry applied the rotation"
+        e.hint = f"{kept}; {e.hint}" if e.hint else kept
+        raise
+    except BaseException:
+        staged.path.unlink(missing_ok=True)
+        raise
+    _now, retired = current.replace_with(staged)
+    if wallet.forget_passphrase(current.address):
+        wallet.remember_passphrase(staged.address, passphrase)
+    return RotatedKey(current.address, staged.address, result, retired)
+
+
 async def sign_published(
     client: RegistryClient, name: str, version: str, repo: Path, account: LocalAccount
-) -> dict[str, Any]:
+) -> Release:
     """Sign a published release, reading its manifest from the commit in the local repository `repo`.
 
     The signature attests the commit and manifest as this machine sees them, not as the registry
@@ -114,12 +162,12 @@ async def sign_published(
     from mcpz.tooldefs import tools_digest
 
     release = await client.release(name, version)
-    commit = str(release["commit"])
+    commit = release.commit
     manifest = publish.manifest_bytes_at(repo, commit)
-    digest = release.get("tools_digest") or None
+    digest = release.tools_digest or None
     if digest is not None:
         served = await client.release_tools(name, version)
-        if served.get("observed") or tools_digest(served.get("tools") or []) != digest:
+        if served.observed or tools_digest(served.tools) != digest:
             raise RefusedError(
                 f"the registry's tool definitions of {name} {version} do not match the digest it says "
                 "was signed",
@@ -145,9 +193,9 @@ async def verify_published(
         registry=verifier.registry,
         name=name,
         version=version,
-        commit=str(release["commit"]),
-        manifest_sha256=str(release["manifest_sha256"]),
-        tools=release.get("tools_digest") or None,
+        commit=release.commit,
+        manifest_sha256=release.manifest_sha256,
+        tools=release.tools_digest or None,
     )
-    signatures = [s.get("signature") for s in release.get("signatures") or []]
+    signatures: list[str | None] = [s.signature for s in release.signatures]
     return verifier.verify_release_statement(statement, signatures, keys=keys)

@@ -31,9 +31,11 @@ from mcpz.manifest import MANIFEST_FILE, Manifest, parse_manifest
 from mcpz.names import LATEST, AgentName
 
 if TYPE_CHECKING:
+    from mcpz.client.models import Release, ReleaseTools
     from mcpz.client.registry import RegistryClient
     from mcpz.keys import signing
     from mcpz.keys.ethkeys import LocalAccount
+    from mcpz.keys.wallet import KeyProvider
 
 ProgressFn = Callable[[str, int, int | None], None]  # (phase, done, total)
 
@@ -196,27 +198,31 @@ def push(
     progress: ProgressFn | None = None,
     sent: Callable[[int], None] | None = None,
     account: LocalAccount | None = None,
-    unlock: Callable[[], LocalAccount | None] | None = None,
+    signer: KeyProvider | None = None,
     tools: bool = True,
     tools_timeout: float | None = None,
 ) -> PushResult:
     """Push the current branch and publish the manifest's version if it is new; with `account`
-    (or `unlock`, which gives it), sign what it publishes, pinning the agent's tools unless `tools`
-    is False. `progress` hears the objects packed, `sent(n)` each n bytes of pack data.
+    (or `signer`, the key provider that gives it), sign what it publishes, pinning the agent's tools
+    unless `tools` is False: `mcpz push`, and `mcpz.push`. `progress` hears the objects packed,
+    `sent(n)` each n bytes of pack data.
 
     Whether the version is already published is read from the refs the registry advertises at
     the start of the push, so publishing costs no request beyond git's own. Only when this push
-    publishes, and before any object is sent, `unlock` runs (the CLI unlocks the wallet there: a
-    push that publishes nothing needs no passphrase) and the agent's tools are listed, so a missing
-    passphrase or an agent that cannot start stops the push instead of leaving a release unsigned.
+    publishes, and before any object is sent, `signer` is called (the CLI unlocks the wallet there:
+    a push that publishes nothing needs no passphrase) and the agent's tools are listed, so a
+    missing passphrase or an agent that cannot start stops the push instead of leaving a release
+    unsigned. When it answers None (no wallet), or there is neither `account` nor `signer`, the
+    release is published unsigned (`PushResult.signer` is None; nodes refuse it).
+    `mcpz.keys.wallet.wallet_key()` is the user's wallet, unlocked without prompting.
     """
-    signer: list[LocalAccount | None] = [account] if account is not None or unlock is None else []
+    chosen: list[LocalAccount | None] = [account] if account is not None or signer is None else []
     pinned: list[list[dict[str, Any]]] = []
 
     def get_signer() -> LocalAccount | None:
-        if not signer:
-            signer.append(unlock() if unlock is not None else None)
-        return signer[0]
+        if not chosen:
+            chosen.append(signer() if signer is not None else None)
+        return chosen[0]
 
     def publishing() -> None:
         if get_signer() is not None and tools and not pinned:
@@ -227,12 +233,12 @@ def push(
     )
     if not result.published:
         return result
-    chosen = get_signer()
-    if chosen is None:
+    key = get_signer()
+    if key is None:
         return result
     if tools and not pinned:
         pinned.append(list_tool_definitions(path, timeout=tools_timeout))
-    return sign_published(path, registry, token, result, chosen, pinned[0] if pinned else None)
+    return sign_published(path, registry, token, result, key, pinned[0] if pinned else None)
 
 
 def list_tool_definitions(path: Path, *, timeout: float | None = None) -> list[dict[str, Any]]:
@@ -281,7 +287,7 @@ def sign_published(
         registry, result.name, result.version, result.commit, manifest_bytes_at(path, result.commit), digest
     )
 
-    async def call() -> dict[str, Any]:
+    async def call() -> Release:
         async with connect(registry, token) as client:
             return await sign_release(client, statement, account, tools=tools)
 
@@ -420,6 +426,7 @@ def _check_release(registry: str, name: str, version: str | None, token: str | N
     (`latest`: the newest release that is not yanked nor a pre-release)."""
     import httpx2
 
+    from mcpz.client.models import AgentInfo
     from mcpz.client.registry import error_from_response
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -429,29 +436,42 @@ def _check_release(registry: str, name: str, version: str | None, token: str | N
         raise NetworkError(f"cannot reach the registry at {registry}: {e}", hint="check --registry") from e
     if response.status_code >= 400:
         raise error_from_response(response)
-    body = response.json()
+    info = AgentInfo.from_json(response.json())
     if version == LATEST:
-        if not body.get("latest"):
+        if not info.latest:
             raise NotFoundError(f"{name} has no release yet", hint=f"see `mcpz versions {name}`")
-        return str(body["latest"])
-    if version is not None and version not in {v["version"] for v in body["versions"]}:
+        return info.latest
+    if version is not None and info.release(version) is None:
         raise NotFoundError(f"{name} has no release {version}", hint=f"see `mcpz versions {name}`")
     return version
 
 
-async def release_info(registry: str, token: str | None, name: str, version: str) -> dict[str, Any]:
-    """A release as the registry serves it, and its pinned tools: `{"release": {...}, "tools": {tools,
-    digest, observed, ...} or None}`."""
+@dataclass(frozen=True)
+class ReleaseInfo:
+    """A release as the registry serves it, and the tools pinned to it (None: none recorded yet)."""
+
+    release: Release
+    tools: ReleaseTools | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "release": self.release.to_dict(),
+            "tools": self.tools.to_dict() if self.tools is not None else None,
+        }
+
+
+async def release_info(registry: str, token: str | None, name: str, version: str) -> ReleaseInfo:
+    """A release as the registry serves it, and its pinned tools (`mcpz info NAME@VERSION`)."""
     from mcpz.client.registry import connect
 
     AgentName.parse(name)
     async with connect(registry, token) as client:
         release = await client.release(name, version)
         try:
-            tools: dict[str, Any] | None = await client.release_tools(name, version)
+            tools: ReleaseTools | None = await client.release_tools(name, version)
         except NotFoundError:
             tools = None
-    return {"release": release, "tools": tools}
+    return ReleaseInfo(release, tools)
 
 
 def clone(
@@ -592,7 +612,7 @@ async def sign_release(
     account: LocalAccount,
     *,
     tools: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
+) -> Release:
     """Sign `statement` with the wallet and hand the signature to the registry, which checks and keeps it.
 
     With `tools` (whose digest `statement.tools` must be), they are pinned to the release.

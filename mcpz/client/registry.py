@@ -1,15 +1,40 @@
-"""The registry's JSON API, from the client side (async, httpx2)."""
+"""The registry's JSON API, from the client side (async, httpx2).
+
+Every method answers a typed value of `mcpz.client.models` (frozen dataclasses), never a bare
+dictionary; errors are `McpzError`s that keep the registry's message, hint and request id.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import httpx2
 
 from mcpz._version import __version__
+from mcpz.client.models import (
+    AgentInfo,
+    ApiKey,
+    Challenge,
+    Deployment,
+    LogLine,
+    NamespaceInfo,
+    NewApiKey,
+    Node,
+    Payload,
+    PreparedChange,
+    Release,
+    ReleaseTools,
+    Removal,
+    RotationResult,
+    SessionToken,
+    Usage,
+    WhoAmI,
+    from_json,
+)
 from mcpz.errors import (
     AuthError,
     InvalidRequest,
@@ -19,6 +44,8 @@ from mcpz.errors import (
     RefusedError,
     RemoteError,
 )
+
+P = TypeVar("P", bound=Payload)
 
 
 def error_from_response(response: httpx2.Response) -> McpzError:
@@ -73,16 +100,27 @@ class RegistryClient:
     async def json(self, method: str, path: str, **kw: Any) -> Any:
         return (await self.request(method, path, **kw)).json()
 
-    async def agent(self, name: str) -> dict[str, Any]:
-        return await self.json("GET", f"/v1/agents/{name}")  # type: ignore[no-any-return]
+    async def typed(self, cls: type[P], method: str, path: str, **kw: Any) -> P:
+        """One request whose JSON answer is a `cls` (see `mcpz.client.models`)."""
+        return from_json(cls, await self.json(method, path, **kw))
 
-    async def release(self, name: str, version: str) -> dict[str, Any]:
-        return await self.json("GET", f"/v1/agents/{name}/{version}")  # type: ignore[no-any-return]
+    async def typed_list(self, cls: type[P], method: str, path: str, **kw: Any) -> list[P]:
+        """One request whose JSON answer is a list of `cls`."""
+        body = await self.json(method, path, **kw)
+        if not isinstance(body, list):
+            return [from_json(cls, body)]  # raises: not a list of objects
+        return [from_json(cls, item) for item in body]
+
+    async def agent(self, name: str) -> AgentInfo:
+        return await self.typed(AgentInfo, "GET", f"/v1/agents/{name}")
+
+    async def release(self, name: str, version: str) -> Release:
+        return await self.typed(Release, "GET", f"/v1/agents/{name}/{version}")
 
     async def index(
         self, names: list[str], etag: str | None = None
     ) -> tuple[dict[str, Any] | None, str | None]:
-        """The batch index; (None, etag) when `etag` still matches."""
+        """The batch index, parsed by `mcpz.index_client`; (None, etag) when `etag` still matches."""
         headers = {"If-None-Match": etag} if etag else {}
         response = await self.request(
             "GET", "/v1/index", params=[("name", n) for n in names], headers=headers
@@ -98,86 +136,125 @@ class RegistryClient:
         exact = version_or_latest(version)
         if exact is not None:
             return exact
-        latest = (await self.agent(name)).get("latest")
+        latest = (await self.agent(name)).latest
         if not latest:
             raise NotFoundError(f"{name} has no release yet", hint=f"see `mcpz versions {name}`")
-        return str(latest)
+        return latest
 
-    async def yank(self, name: str, version: str, reason: str) -> dict[str, Any]:
-        return await self.json("POST", f"/v1/agents/{name}/{version}/yank", json={"reason": reason})  # type: ignore[no-any-return]
+    async def yank(self, name: str, version: str, reason: str) -> Release:
+        path = f"/v1/agents/{name}/{version}/yank"
+        return await self.typed(Release, "POST", path, json={"reason": reason})
 
-    async def unyank(self, name: str, version: str) -> dict[str, Any]:
-        return await self.json("DELETE", f"/v1/agents/{name}/{version}/yank")  # type: ignore[no-any-return]
+    async def unyank(self, name: str, version: str) -> Release:
+        return await self.typed(Release, "DELETE", f"/v1/agents/{name}/{version}/yank")
 
-    async def whoami(self) -> dict[str, Any]:
-        return await self.json("GET", "/v1/whoami")  # type: ignore[no-any-return]
+    async def whoami(self) -> WhoAmI:
+        return await self.typed(WhoAmI, "GET", "/v1/whoami")
 
     async def create_key(
         self, scopes: list[str], name: str = "", expires_in_days: int | None = None
-    ) -> dict[str, Any]:
+    ) -> NewApiKey:
         body: Mapping[str, Any] = {"scopes": scopes, "name": name, "expires_in_days": expires_in_days}
-        return await self.json("POST", "/v1/keys", json=body)  # type: ignore[no-any-return]
+        return await self.typed(NewApiKey, "POST", "/v1/keys", json=body)
 
-    async def list_keys(self) -> list[dict[str, Any]]:
-        return await self.json("GET", "/v1/keys")  # type: ignore[no-any-return]
+    async def list_keys(self) -> list[ApiKey]:
+        return await self.typed_list(ApiKey, "GET", "/v1/keys")
 
-    async def revoke_key(self, key_id: int) -> dict[str, Any]:
-        return await self.json("DELETE", f"/v1/keys/{key_id}")  # type: ignore[no-any-return]
+    async def revoke_key(self, key_id: int) -> ApiKey:
+        return await self.typed(ApiKey, "DELETE", f"/v1/keys/{key_id}")
+
+    async def usage(
+        self,
+        *,
+        agent: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        events: int = 0,
+    ) -> Usage:
+        """Calls through the gateway, summed per agent and tool (`agent`: every caller of your
+        agent, else your own calls); `since`/`until` ISO 8601 (`mcpz.instants.parse_since`)."""
+        params: dict[str, Any] = {"events": events}
+        for key, value in (("agent", agent), ("since", since), ("until", until)):
+            if value is not None:
+                params[key] = value
+        return await self.typed(Usage, "GET", "/v1/usage", params=params)
 
     # --- wallet sign-in, namespaces, signatures (registry_server/accounts/routes.py) ---------------------
 
-    async def auth_nonce(self, address: str | None = None) -> dict[str, Any]:
+    async def auth_nonce(self, address: str | None = None) -> Challenge:
         body = {"address": address} if address else None
-        return await self.json("POST", "/v1/auth/nonce", json=body)  # type: ignore[no-any-return]
+        return await self.typed(Challenge, "POST", "/v1/auth/nonce", json=body)
 
-    async def auth_login(self, message: str, signature: str) -> dict[str, Any]:
+    async def auth_login(self, message: str, signature: str) -> SessionToken:
         body = {"message": message, "signature": signature}
-        return await self.json("POST", "/v1/auth/login", json=body)  # type: ignore[no-any-return]
+        return await self.typed(SessionToken, "POST", "/v1/auth/login", json=body)
 
-    async def namespace(self, name: str) -> dict[str, Any]:
-        return await self.json("GET", f"/v1/namespaces/{name}")  # type: ignore[no-any-return]
+    async def namespace(self, name: str) -> NamespaceInfo:
+        return await self.typed(NamespaceInfo, "GET", f"/v1/namespaces/{name}")
 
-    async def create_namespace(self, name: str) -> dict[str, Any]:
-        return await self.json("POST", "/v1/namespaces", json={"name": name})  # type: ignore[no-any-return]
+    async def create_namespace(self, name: str) -> NamespaceInfo:
+        return await self.typed(NamespaceInfo, "POST", "/v1/namespaces", json={"name": name})
 
-    async def set_member(self, namespace: str, account: str, role: str) -> dict[str, Any]:
+    async def set_member(self, namespace: str, account: str, role: str) -> NamespaceInfo:
         path = f"/v1/namespaces/{namespace}/members/{account}"
-        return await self.json("PUT", path, json={"role": role})  # type: ignore[no-any-return]
+        return await self.typed(NamespaceInfo, "PUT", path, json={"role": role})
 
-    async def remove_member(self, namespace: str, account: str) -> dict[str, Any]:
-        return await self.json("DELETE", f"/v1/namespaces/{namespace}/members/{account}")  # type: ignore[no-any-return]
+    async def remove_member(self, namespace: str, account: str) -> NamespaceInfo:
+        path = f"/v1/namespaces/{namespace}/members/{account}"
+        return await self.typed(NamespaceInfo, "DELETE", path)
 
-    async def transfer_namespace(self, namespace: str, account: str, signature: str | None) -> dict[str, Any]:
+    async def transfer_namespace(self, namespace: str, account: str, signature: str | None) -> NamespaceInfo:
         body = {"account": account, "signature": signature}
-        return await self.json("POST", f"/v1/namespaces/{namespace}/transfer", json=body)  # type: ignore[no-any-return]
+        return await self.typed(NamespaceInfo, "POST", f"/v1/namespaces/{namespace}/transfer", json=body)
 
-    async def namespace_keys(self, namespace: str) -> dict[str, Any]:
+    async def namespace_keys(self, namespace: str) -> Mapping[str, Any]:
+        """The signed key history of `namespace`: checked and parsed by `mcpz.trust.NamespaceKeys`,
+        which skips nothing and trusts nothing the registry says about it."""
         return await self.json("GET", f"/v1/namespaces/{namespace}/keys")  # type: ignore[no-any-return]
 
-    async def rotate_key(self, new_address: str, rotations: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    async def rotate_key(self, new_address: str, rotations: dict[str, tuple[str, str]]) -> RotationResult:
         body = {"new_address": new_address, "rotations": {k: list(v) for k, v in rotations.items()}}
-        return await self.json("POST", "/v1/account/rotate-key", json=body)  # type: ignore[no-any-return]
+        return await self.typed(RotationResult, "POST", "/v1/account/rotate-key", json=body)
 
-    async def revoked_keys(self) -> dict[str, Any]:
+    async def revoked_keys(self) -> Mapping[str, Any]:
+        """The registry's revoked keys: signed statements for `mcpz.trust.Verifier.learn_revocations`,
+        which checks each one and skips the malformed or forged."""
         return await self.json("GET", "/v1/revoked-keys")  # type: ignore[no-any-return]
 
     async def sign_release(
         self, name: str, version: str, signature: str, tools: list[dict[str, Any]] | None = None
-    ) -> dict[str, Any]:
+    ) -> Release:
         """Hand the registry a signature over the release's statement; with `tools`, pin them (the
         statement signed must carry their digest)."""
         path = f"/v1/agents/{name}/{version}/signature"
         body: dict[str, Any] = {"signature": signature}
         if tools is not None:
             body["tools"] = tools
-        return await self.json("POST", path, json=body)  # type: ignore[no-any-return]
+        return await self.typed(Release, "POST", path, json=body)
 
-    async def release_tools(self, name: str, version: str) -> dict[str, Any]:
-        """The tool definitions pinned to a release: `{tools, digest, observed, ...}`; NotFoundError
-        if it has none."""
-        return await self.json("GET", f"/v1/agents/{name}/releases/{version}/tools")  # type: ignore[no-any-return]
+    async def release_tools(self, name: str, version: str) -> ReleaseTools:
+        """The tool definitions pinned to a release; NotFoundError if it has none."""
+        return await self.typed(ReleaseTools, "GET", f"/v1/agents/{name}/releases/{version}/tools")
 
     # --- deployments and the mesh (registry_server/deployments/routes.py) ---------------------------------
+
+    @staticmethod
+    def _deploy_body(
+        agent: str,
+        version: str | None,
+        replicas: int | None,
+        selector: Mapping[str, str] | None,
+        limits: Mapping[str, int | None] | None,
+        allow_tool_drift: bool | None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"agent": agent, "version": version, "replicas": replicas}
+        if selector is not None:
+            body["selector"] = dict(selector)
+        if limits is not None:
+            body["limits"] = dict(limits)
+        if allow_tool_drift is not None:
+            body["allow_tool_drift"] = allow_tool_drift
+        return body
 
     async def deploy(
         self,
@@ -188,51 +265,76 @@ class RegistryClient:
         selector: Mapping[str, str] | None = None,
         limits: Mapping[str, int | None] | None = None,
         allow_tool_drift: bool | None = None,
-        **signing: Any,
-    ) -> dict[str, Any]:
+        signed: SignedChange | None = None,
+    ) -> Deployment:
         """Create or update the deployment of `agent` (a new version rolls out one replica at a
         time); None leaves a setting as it is (a new deployment: the newest release, 1 replica).
 
-        `signing`: `prepare=True` (answer the statement to sign, change nothing), or `statement`
-        and `signature` (see `mcpz.client.deploy`, which signs)."""
-        body: dict[str, Any] = {"agent": agent, "version": version, "replicas": replicas, **signing}
-        if selector is not None:
-            body["selector"] = dict(selector)
-        if limits is not None:
-            body["limits"] = dict(limits)
-        if allow_tool_drift is not None:
-            body["allow_tool_drift"] = allow_tool_drift
-        return await self.json("POST", "/v1/deployments", json=body)  # type: ignore[no-any-return]
+        `allow_tool_drift` lets replicas answer other tools than those signed with the release.
+        `signed`: the statement `prepare_deploy` answered and its signature (`mcpz.client.deploy` signs)."""
+        body = self._deploy_body(agent, version, replicas, selector, limits, allow_tool_drift)
+        return await self.typed(Deployment, "POST", "/v1/deployments", json={**body, **_signed(signed)})
 
-    async def deployments(self) -> list[dict[str, Any]]:
-        return await self.json("GET", "/v1/deployments")  # type: ignore[no-any-return]
+    async def prepare_deploy(
+        self,
+        agent: str,
+        version: str | None = None,
+        *,
+        replicas: int | None = None,
+        selector: Mapping[str, str] | None = None,
+        limits: Mapping[str, int | None] | None = None,
+        allow_tool_drift: bool | None = None,
+    ) -> PreparedChange:
+        """What `deploy` with these settings would make: the statement to sign; changes nothing."""
+        body = self._deploy_body(agent, version, replicas, selector, limits, allow_tool_drift)
+        return await self.typed(PreparedChange, "POST", "/v1/deployments", json={**body, "prepare": True})
 
-    async def deployment(self, name: str) -> dict[str, Any]:
-        return await self.json("GET", f"/v1/deployments/{name}")  # type: ignore[no-any-return]
+    async def deployments(self) -> list[Deployment]:
+        return await self.typed_list(Deployment, "GET", "/v1/deployments")
 
-    async def scale(self, name: str, replicas: int, **signing: Any) -> dict[str, Any]:
-        body = {"replicas": replicas, **signing}
-        return await self.json("POST", f"/v1/deployments/{name}/scale", json=body)  # type: ignore[no-any-return]
+    async def deployment(self, name: str) -> Deployment:
+        return await self.typed(Deployment, "GET", f"/v1/deployments/{name}")
 
-    async def rollback(self, name: str, revision: int | None = None, **signing: Any) -> dict[str, Any]:
-        body = {"revision": revision, **signing}
-        return await self.json("POST", f"/v1/deployments/{name}/rollback", json=body)  # type: ignore[no-any-return]
+    async def scale(self, name: str, replicas: int, *, signed: SignedChange | None = None) -> Deployment:
+        body = {"replicas": replicas, **_signed(signed)}
+        return await self.typed(Deployment, "POST", f"/v1/deployments/{name}/scale", json=body)
 
-    async def restart_deployment(self, name: str) -> dict[str, Any]:
+    async def prepare_scale(self, name: str, replicas: int) -> PreparedChange:
+        body = {"replicas": replicas, "prepare": True}
+        return await self.typed(PreparedChange, "POST", f"/v1/deployments/{name}/scale", json=body)
+
+    async def restart_deployment(self, name: str) -> Deployment:
         """Try the failed replicas of `name` again now; the view says how many (`restarted`)."""
-        return await self.json("POST", f"/v1/deployments/{name}/restart")  # type: ignore[no-any-return]
+        return await self.typed(Deployment, "POST", f"/v1/deployments/{name}/restart")
 
-    async def remove_deployment(self, name: str) -> dict[str, Any]:
-        return await self.json("DELETE", f"/v1/deployments/{name}")  # type: ignore[no-any-return]
+    async def rollback(
+        self, name: str, revision: int | None = None, *, signed: SignedChange | None = None
+    ) -> Deployment:
+        body = {"revision": revision, **_signed(signed)}
+        return await self.typed(Deployment, "POST", f"/v1/deployments/{name}/rollback", json=body)
 
-    async def nodes(self) -> list[dict[str, Any]]:
-        return await self.json("GET", "/v1/nodes")  # type: ignore[no-any-return]
+    async def prepare_rollback(self, name: str, revision: int | None = None) -> PreparedChange:
+        body = {"revision": revision, "prepare": True}
+        return await self.typed(PreparedChange, "POST", f"/v1/deployments/{name}/rollback", json=body)
 
-    async def logs(self, name: str, tail: int = 100) -> list[dict[str, Any]]:
+    async def remove_deployment(self, name: str) -> Deployment | Removal:
+        """Stop every replica: the deployment while they stop ("deleting"), or a `Removal` ("deleted")."""
+        body = await self.json("DELETE", f"/v1/deployments/{name}")
+        if isinstance(body, dict) and set(body) == {"name", "state"}:
+            return from_json(Removal, body)
+        return from_json(Deployment, body)
+
+    async def nodes(self) -> list[Node]:
+        return await self.typed_list(Node, "GET", "/v1/nodes")
+
+    async def logs(self, name: str, tail: int = 100) -> list[LogLine]:
         body = await self.json("GET", f"/v1/deployments/{name}/logs", params={"tail": tail})
-        return body["lines"]  # type: ignore[no-any-return]
+        lines = body.get("lines") if isinstance(body, dict) else None
+        if not isinstance(lines, list):
+            return [from_json(LogLine, body)]  # raises: not a log answer
+        return [from_json(LogLine, item) for item in lines]
 
-    async def follow_logs(self, name: str, tail: int = 100) -> AsyncIterator[dict[str, Any]]:
+    async def follow_logs(self, name: str, tail: int = 100) -> AsyncIterator[LogLine]:
         """The last `tail` lines, then new ones as they come, until the deployment is removed.
 
         The registry ends each follow response after a few seconds; this goes on from the last
@@ -254,10 +356,13 @@ class RegistryClient:
                     if response.status_code >= 400:
                         await response.aread()
                         raise error_from_response(response)
-                    async for line in response.aiter_lines():
-                        if line.strip():
-                            item = json.loads(line)
-                            after = max(after, int(item["seq"]))
+                    async for text in response.aiter_lines():
+                        if text.strip():
+                            try:
+                                item = from_json(LogLine, json.loads(text))
+                            except ValueError as e:
+                                raise RemoteError(f"the registry sent a malformed log line: {e}") from e
+                            after = max(after, item.seq)
                             yield item
             except httpx2.TransportError as e:
                 raise NetworkError(f"lost the log stream from {self.url}: {e}") from e
@@ -269,10 +374,10 @@ class RegistryClient:
         *,
         timeout: float = 300.0,
         interval: float = 0.25,
-        on_update: Callable[[dict[str, Any]], None] | None = None,
+        on_update: Callable[[Deployment], None] | None = None,
         on_reason: Callable[[str], None] | None = None,
         blocked_for: float = 5.0,
-    ) -> dict[str, Any]:
+    ) -> Deployment:
         """Poll until the deployment is `ready` or `failed`; return its last view.
 
         `on_reason(reason)` hears, as soon as the registry knows it, each new reason why it is not
@@ -283,7 +388,7 @@ class RegistryClient:
         """
         import anyio
 
-        view: dict[str, Any] = {}
+        view: Deployment | None = None
         reason = ""
         since = 0.0
         with anyio.move_on_after(timeout):
@@ -291,25 +396,36 @@ class RegistryClient:
                 view = await self.deployment(name)
                 if on_update is not None:
                     on_update(view)
-                if view.get("state") in ("ready", "failed"):
+                if view.settled:
                     return view
                 now = anyio.current_time()
-                latest = str(view.get("reason") or "")
-                if latest != reason:
-                    reason, since = latest, now
+                if view.reason != reason:
+                    reason, since = view.reason, now
                     if reason and on_reason is not None:
                         on_reason(reason)
-                if not view.get("stuck"):
+                if not view.stuck:
                     since = now
                 elif now - since >= blocked_for:
                     return view
                 await anyio.sleep(interval)
-        ready, wanted = view.get("ready", 0), view.get("replicas", "?")
+        ready, wanted = (view.ready, view.replicas) if view is not None else (0, "?")
         why = f": {reason}" if reason else ""
         raise McpzError(
             f"{name} is not ready after {timeout:g} s ({ready}/{wanted} replicas running){why}",
             hint=f"see `mcpz deploy status {name}` and `mcpz nodes`",
         )
+
+
+@dataclass(frozen=True, slots=True)
+class SignedChange:
+    """A deployment statement as the registry prepared it, and the wallet's signature over it."""
+
+    statement: str
+    signature: str
+
+
+def _signed(signed: SignedChange | None) -> dict[str, str]:
+    return {} if signed is None else {"statement": signed.statement, "signature": signed.signature}
 
 
 @asynccontextmanager

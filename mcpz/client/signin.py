@@ -7,11 +7,11 @@ signs it with EIP-191 `personal_sign`, and trades it for a session token (POST /
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from urllib.parse import urlsplit
 
+from mcpz.client.models import Challenge, SessionToken
 from mcpz.client.registry import RegistryClient
 from mcpz.errors import UsageError
 from mcpz.keys import siwe
@@ -21,9 +21,7 @@ STATEMENT = "Sign in to the mcpz registry"
 MESSAGE_LIFETIME = timedelta(minutes=5)
 
 
-def login_message(
-    registry_url: str, address: str, challenge: Mapping[str, Any], now: datetime
-) -> siwe.SiweMessage:
+def login_message(registry_url: str, address: str, challenge: Challenge, now: datetime) -> siwe.SiweMessage:
     """The EIP-4361 message for `challenge` (the nonce response), bound to `registry_url`. Pure."""
     parts = urlsplit(registry_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -33,15 +31,15 @@ def login_message(
         domain=parts.netloc.rpartition("@")[2],
         address=address,
         statement=STATEMENT,
-        uri=str(challenge["uri"]),
-        chain_id=int(challenge["chain_id"]),
-        nonce=str(challenge["nonce"]),
+        uri=challenge.uri,
+        chain_id=challenge.chain_id,
+        nonce=challenge.nonce,
         issued_at=now,
         expiration_time=now + MESSAGE_LIFETIME,
     )
 
 
-async def sign_in(client: RegistryClient, account: LocalAccount) -> dict[str, Any]:
+async def sign_in(client: RegistryClient, account: LocalAccount) -> SessionToken:
     """Sign in with `account`; returns the registry's answer, whose `token` is the session token."""
     challenge = await client.auth_nonce(str(account.address))
     message = login_message(client.url, str(account.address), challenge, datetime.now(UTC))

@@ -1,8 +1,8 @@
 """`mcpz tree | why | outdated`: reading what is locked, and what newer releases exist.
 
-`locked_resolution` and `why` read `mcpz.lock` alone (no network); `outdated` reads the index
-through the same client as `mcpz lock` (`deps.fetch_snapshot`) and asks the resolver what
-`mcpz lock --upgrade` would take.
+`tree`, `why_report` (their JSON is their `to_dict()`), `locked_resolution` and `why` read
+`mcpz.lock` alone (no network); `outdated` reads the index through the same client as
+`mcpz lock` (`deps.fetch_snapshot`) and asks the resolver what `mcpz lock --upgrade` would take.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from mcpz.deps.flows import Project, Remote, fetch_snapshot
 from mcpz.errors import NotFoundError, ResolutionImpossible
 from mcpz.lockfile import LOCK_FILE, StaleLockError, is_stale, stale_changes
 from mcpz.names import AgentName
-from mcpz.resolve import Requirer, Resolution, ResolvedPackage, resolve
+from mcpz.resolve import Requirer, Resolution, ResolvedPackage, TreeLine, resolve
 
 
 def locked_resolution(project: Project) -> tuple[Resolution, list[str]]:
@@ -42,6 +42,108 @@ def why(project: Project, name: str) -> tuple[ResolvedPackage, list[tuple[Requir
     if name not in resolution:
         raise NotFoundError(f"{name} is not in {LOCK_FILE}", hint="`mcpz tree` shows what is locked")
     return resolution[name], resolution.why(name), warnings
+
+
+@dataclass(frozen=True, slots=True)
+class TreeReport:
+    """`mcpz tree`: the locked tree in depth-first order (`lines`), its cycles, and warnings."""
+
+    name: str
+    version: str
+    lines: list[TreeLine]
+    cycles: list[list[str]]
+    warnings: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The nested JSON of `mcpz tree --json`: each agent with its own `dependencies`."""
+        roots: list[dict[str, Any]] = []
+        stack: list[list[dict[str, Any]]] = [roots]
+        for line in self.lines:
+            node: dict[str, Any] = {
+                "name": line.name,
+                "version": str(line.version),
+                "specifier": line.specifier,
+                "mark": line.mark,
+                "dependencies": [],
+            }
+            del stack[line.depth + 1 :]
+            stack[line.depth].append(node)
+            stack.append(node["dependencies"])
+        return {"name": self.name, "version": self.version, "dependencies": roots, "cycles": self.cycles}
+
+
+def tree(project: Project) -> TreeReport:
+    """The locked dependency tree of `project` (no network)."""
+    resolution, warnings = locked_resolution(project)
+    return TreeReport(
+        name=project.manifest.name,
+        version=project.manifest.version,
+        lines=resolution.tree(),
+        cycles=[list(c) for c in resolution.cycles()],
+        warnings=warnings,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WhyStep:
+    """One edge of a chain: `parent` asked for `name` with `specifier`, and `version` is locked."""
+
+    parent: str
+    name: str
+    version: str
+    specifier: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "parent": self.parent,
+            "name": self.name,
+            "version": self.version,
+            "specifier": self.specifier,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class WhyReport:
+    """`mcpz why NAME`: the locked agent and the chains from the manifest (`root`) to it."""
+
+    root: str
+    name: str
+    version: str
+    commit: str
+    paths: list[list[WhyStep]]
+    warnings: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "commit": self.commit,
+            "paths": [[step.to_dict() for step in chain] for chain in self.paths],
+        }
+
+
+def why_report(project: Project, name: str) -> WhyReport:
+    """Why `name` is locked, as chains of named steps (see `why`)."""
+    package, paths, warnings = why(project, name)
+    versions = {a.name: a.version for a in project.lock.agents} if project.lock else {}
+    root = project.manifest.name
+    return WhyReport(
+        root=root,
+        name=name,
+        version=str(package.version),
+        commit=package.commit,
+        paths=[_chain(p, name, versions, root) for p in paths],
+        warnings=warnings,
+    )
+
+
+def _chain(path: tuple[Requirer, ...], name: str, versions: dict[str, str], root: str) -> list[WhyStep]:
+    steps = []
+    for i, edge in enumerate(path):
+        child = path[i + 1].parent if i + 1 < len(path) else name
+        assert child is not None
+        steps.append(WhyStep(edge.parent or root, child, versions.get(child, ""), edge.specifier))
+    return steps
 
 
 @dataclass(frozen=True)

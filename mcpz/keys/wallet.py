@@ -35,6 +35,7 @@ __all__ = [
     "PASSPHRASE_ENV",
     "SCRYPT_N_ENV",
     "InvalidKeystore",
+    "KeyProvider",
     "NoPassphrase",
     "NoWallet",
     "Wallet",
@@ -44,6 +45,7 @@ __all__ = [
     "get_passphrase",
     "keystore_path",
     "remember_passphrase",
+    "wallet_key",
 ]
 
 KEYRING_SERVICE = "mcpz-wallet"
@@ -334,3 +336,28 @@ def forget_passphrase(address: str) -> bool:
     except (PasswordDeleteError, KeyringError):
         return False
     return True
+
+
+KeyProvider = Callable[[], LocalAccount | None]
+"""What signing workflows take instead of prompting: called once, before anything changes, it
+answers the unlocked key, or None for "no wallet: go on unsigned"."""
+
+
+def wallet_key(
+    prompt: Callable[[str], Callable[[], str] | None] | None = None,
+    *,
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> KeyProvider:
+    """The user's wallet as a key provider: None when there is none, else the key unlocked with
+    the passphrase from MCPZ_WALLET_PASSPHRASE, the OS keyring, or `prompt(address)` (the CLI
+    passes a terminal prompt; the library never asks). No passphrase raises `NoPassphrase`."""
+
+    def provide() -> LocalAccount | None:
+        if not Wallet.exists(path, env):
+            return None
+        wallet = Wallet.load(path, env)
+        asker = prompt(wallet.address) if prompt is not None else None
+        return wallet.unlock(get_passphrase(wallet.address, env=env, prompt=asker))
+
+    return provide

@@ -90,6 +90,62 @@ def create_token(
     return token, secret
 
 
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A token just created by the operator: `secret` is shown once and stored only as a hash."""
+
+    id: int
+    account: str
+    secret: str
+    scopes: tuple[str, ...]
+    expires_at: datetime | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "token": self.secret,
+            "id": self.id,
+            "account": self.account,
+            "scopes": list(self.scopes),
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRequest:
+    """What the operator asked for, checked before the database is opened."""
+
+    scopes: tuple[str, ...]
+    lifetime: timedelta | None
+
+    @classmethod
+    def parse(cls, scope_text: str, expires: str | None, default_days: int | None) -> TokenRequest:
+        """`--scope a,b` and `--expires` ("never", a duration such as "30d", or None for the
+        registry's default of `default_days`, none: never). UsageError for bad input."""
+        try:
+            scopes = tokens.parse_scopes(scope_text)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if expires == "never":
+            lifetime = None
+        elif expires:
+            lifetime = parse_duration(expires)
+        else:
+            lifetime = timedelta(days=default_days) if default_days else None
+        return cls(scopes, lifetime)
+
+
+def issue_token(session: Session, account: str, request: TokenRequest, *, name: str = "") -> IssuedToken:
+    """The operator's `mcpz registry token create`: a token for `account`, named or given by its
+    wallet address (any case)."""
+    from registry_server.accounts.namespaces import find_account
+
+    owner = find_account(session, account)
+    token, secret = create_token(session, owner, request.scopes, expires_in=request.lifetime, name=name)
+    return IssuedToken(
+        id=token.id, account=owner.name, secret=secret, scopes=request.scopes, expires_at=token.expires_at
+    )
+
+
 def authenticate(session: Session, secret: str) -> Principal:
     if not secret.startswith(tokens.PREFIX):
         raise AuthError("the token is not an mcpz token", hint="tokens start with mcpz_")

@@ -17,6 +17,7 @@ from eth_account import Account
 from gitutil import api
 from sqlalchemy import text
 
+from mcpz.client.models import Challenge
 from mcpz.client.signin import login_message
 from mcpz.keys import signing, siwe
 from registry_server.db import Database
@@ -25,10 +26,10 @@ ALICE = Account.from_key("0x" + "a1" * 32)
 BOB = Account.from_key("0x" + "b0" * 32)
 
 
-def nonce(reg: LiveRegistry, address: str | None = None) -> dict[str, Any]:
+def nonce(reg: LiveRegistry, address: str | None = None) -> Challenge:
     response = api(reg, "/v1/auth/nonce", method="POST", json={"address": address} if address else None)
     assert response.status_code == 200, response.text
-    return response.json()  # type: ignore[no-any-return]
+    return Challenge.from_json(response.json())
 
 
 def message(reg: LiveRegistry, account: Any = ALICE, **changes: Any) -> siwe.SiweMessage:
@@ -54,9 +55,9 @@ def stamp(moment: datetime) -> str:
 
 def test_sign_in_creates_the_account_and_its_address_namespace(registry: LiveRegistry) -> None:
     challenge = nonce(registry)
-    assert challenge["uri"] == registry.url + "/v1/auth/login"
-    assert challenge["domain"] == registry.url.removeprefix("http://")
-    assert challenge["chain_id"] == 1
+    assert challenge.uri == registry.url + "/v1/auth/login"
+    assert challenge.domain == registry.url.removeprefix("http://")
+    assert challenge.chain_id == 1
     signed = message(registry)
     status, body = login(registry, signed.to_text(), siwe.sign(signed, ALICE))
     assert status == 200, body

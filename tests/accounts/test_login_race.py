@@ -11,6 +11,7 @@ from conftest import LiveRegistry
 from eth_account import Account
 from gitutil import api
 
+from mcpz.client.models import Challenge
 from mcpz.client.signin import login_message
 from mcpz.keys import siwe
 
@@ -22,7 +23,8 @@ def test_concurrent_first_logins_of_one_wallet_all_succeed(registry: LiveRegistr
     # Every sign-in has its own nonce and signed message, made beforehand; then all are posted at once.
     bodies = []
     for _ in range(AT_ONCE):
-        challenge = api(registry, "/v1/auth/nonce", method="POST", json={"address": CAROL.address}).json()
+        answer = api(registry, "/v1/auth/nonce", method="POST", json={"address": CAROL.address})
+        challenge = Challenge.from_json(answer.json())
         message = login_message(registry.url, CAROL.address, challenge, datetime.now(UTC))
         bodies.append({"message": message.to_text(), "signature": siwe.sign(message, CAROL)})
     start = threading.Barrier(AT_ONCE)

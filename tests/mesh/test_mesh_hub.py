@@ -834,7 +834,7 @@ async def test_logs_recent_and_followed(mesh: Mesh, nodes: Callable[..., Awaitab
 
         async def follow() -> None:
             async for item in api.follow_logs(AGENT, tail=1):
-                seen.append(item["line"])
+                seen.append(item.line)
                 if len(seen) == 3:
                     return
 
@@ -844,7 +844,7 @@ async def test_logs_recent_and_followed(mesh: Mesh, nodes: Callable[..., Awaitab
                 await until(lambda: seen == ["two"])
                 await a.log(replica_id, "three", "four")
         assert seen == ["two", "three", "four"]
-        assert [x["line"] for x in await api.logs(AGENT, tail=10)] == ["one", "two", "three", "four"]
+        assert [x.line for x in await api.logs(AGENT, tail=10)] == ["one", "two", "three", "four"]
 
 
 # --- restart ------------------------------------------------------------------------------------

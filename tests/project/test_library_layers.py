@@ -1,9 +1,10 @@
 """The mcpz library's layers (DESIGN.md, "Where the parts live"), checked over the source's AST.
 
-cli -> demo -> node -> deps -> client -> local, repo, keys -> the kernel (flat modules, resolve/,
-mesh/). A module may import its own package and any lower layer, never a higher one nor a peer of
-its own rank; imports inside functions count too, since a lazy import hides a cycle rather than
-removing it. The registry's own rules are in test_import_rules.py, whose walker this reuses.
+cli -> demo -> node -> sdk -> deps -> client -> local, repo, keys -> the kernel (flat modules,
+resolve/, mesh/); sdk is `mcpz.Client`, the front door over deps and client. A module may import
+its own package and any lower layer, never a higher one nor a peer of its own rank; imports inside
+functions count too, since a lazy import hides a cycle rather than removing it. The registry's own
+rules are in test_import_rules.py, whose walker this reuses.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
     ("demo",),
     ("node",),
+    ("sdk",),
     ("deps",),
     ("client",),
     ("local", "repo", "keys"),

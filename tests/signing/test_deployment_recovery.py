@@ -102,7 +102,7 @@ def test_a_failed_replica_is_retried_when_deployed_again_restarted_or_a_node_joi
     # Its owner signs the release, and deploys again (same release, same revision): retried now.
     assert post_signature(w, "1.0.0", OWNER).status_code == 200
     again = signed_deploy(w, "1.0.0", OWNER)
-    assert again["revision"] == 1
+    assert again.revision == 1
     ran = until(lambda: c.instance("1.0.0", "running"), 30, "1.0.0 running after the deploy again")
     assert ran["id"] == bad["id"] and ran["epoch"] > bad["epoch"]  # the same replica, a new epoch
 

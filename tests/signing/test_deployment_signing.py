@@ -26,7 +26,8 @@ from test_node_signatures import AGENT, deploy, publish, set_version, token_for
 from test_signed_releases import MEMBER, OWNER, STRANGER, SUCCESSOR, World, post_signature, sign_in, sql
 
 from mcpz.client import deploy as deploying
-from mcpz.client.registry import connect
+from mcpz.client.models import Deployment
+from mcpz.client.registry import SignedChange, connect
 from mcpz.errors import AuthError, RefusedError
 from mcpz.keys import signing, trust
 from mcpz.repo.templates import render_template
@@ -46,13 +47,13 @@ def add_member(w: World, account: Any) -> None:
     assert added.status_code == 200, added.text
 
 
-async def deploy_as(w: World, version: str, account: Any, **kw: Any) -> dict[str, Any]:
+async def deploy_as(w: World, version: str, account: Any, **kw: Any) -> Deployment:
     """`mcpz.client.deploy.deploy` with the owner's token, signed by `account` (None: unsigned)."""
     async with connect(w.reg.url, w.owner) as client:
         return await deploying.deploy(client, AGENT, version, account=account, **kw)
 
 
-def signed_deploy(w: World, version: str, account: Any, **kw: Any) -> dict[str, Any]:
+def signed_deploy(w: World, version: str, account: Any, **kw: Any) -> Deployment:
     """`deploy_as` outside an event loop."""
     return anyio.run(lambda: deploy_as(w, version, account, **kw))
 
@@ -86,9 +87,10 @@ def world(sqlite_registry: LiveRegistry, tmp_path: Path) -> World:
 async def test_each_change_is_a_signed_revision_whose_number_only_grows(world: World) -> None:
     reg = world.reg
     async with connect(reg.url, world.owner) as client:
-        prepared = await client.deploy(AGENT, "1.0.0", replicas=2, prepare=True)
-        assert (prepared["revision"], prepared["new_revision"], prepared["created"]) == (1, True, True)
-        statement = signing.DeploymentStatement.parse(prepared["statement"])
+        prepared = await client.prepare_deploy(AGENT, "1.0.0", replicas=2)
+        assert (prepared.revision, prepared.new_revision, prepared.created) == (1, True, True)
+        assert prepared.statement is not None
+        statement = signing.DeploymentStatement.parse(prepared.statement)
         assert statement == signing.DeploymentStatement(
             registry=signing.canonical_registry_url(reg.url), deployment=AGENT, name=AGENT, version="1.0.0",
             commit=world.commits["1.0.0"], replicas=2, revision=1,
@@ -99,7 +101,7 @@ async def test_each_change_is_a_signed_revision_whose_number_only_grows(world: W
         by_stranger = signing.sign_statement(statement, STRANGER)
         with pytest.raises(AuthError, match=r"neither the owner nor a member.*\[unexpected_signer\]"):
             await client.deploy(
-                AGENT, "1.0.0", replicas=2, statement=prepared["statement"], signature=by_stranger
+                AGENT, "1.0.0", replicas=2, signed=SignedChange(prepared.statement, by_stranger)
             )
         later = dataclasses.replace(statement, revision=2)
         with pytest.raises(RefusedError, match=r"\[statement_changed\]"):
@@ -107,37 +109,32 @@ async def test_each_change_is_a_signed_revision_whose_number_only_grows(world: W
                 AGENT,
                 "1.0.0",
                 replicas=2,
-                statement=later.to_text(),
-                signature=signing.sign_statement(later, OWNER),
+                signed=SignedChange(later.to_text(), signing.sign_statement(later, OWNER)),
             )
         assert await client.deployments() == []
 
         view = await deploying.deploy(client, AGENT, "1.0.0", replicas=2, account=OWNER)
-        assert (view["revision"], view["signers"], view["statement"]) == (
-            1,
-            [OWNER.address],
-            prepared["statement"],
-        )
+        assert (view.revision, view.signers, view.statement) == (1, [OWNER.address], prepared.statement)
 
         # Scale, update and rollback: each a new revision, signed.
         view = await deploying.scale(client, AGENT, 3, account=OWNER)
-        assert (view["revision"], view["replicas"], view["version"]) == (2, 3, "1.0.0")
+        assert (view.revision, view.replicas, view.version) == (2, 3, "1.0.0")
         publish(world, "1.1.0")
         view = await deploying.deploy(client, AGENT, "1.1.0", account=OWNER)
-        assert (view["revision"], view["replicas"], view["version"]) == (3, 3, "1.1.0")
+        assert (view.revision, view.replicas, view.version) == (3, 3, "1.1.0")
         view = await deploying.rollback(client, AGENT, account=OWNER)
-        assert (view["revision"], view["version"]) == (4, "1.0.0")
-        rolled = signing.DeploymentStatement.parse(view["statement"])
+        assert (view.revision, view.version) == (4, "1.0.0")
+        rolled = signing.DeploymentStatement.parse(view.statement)
         assert (rolled.revision, rolled.release, rolled.replicas) == (4, f"{AGENT}@1.0.0", 3)
-        assert all(r["signers"] == [OWNER.address] for r in view["revisions"])
+        assert all(r.signers == [OWNER.address] for r in view.revisions)
         # Asking for what is already so makes no revision and signs nothing new.
         same = await deploying.deploy(client, AGENT, "1.0.0", replicas=3, account=OWNER)
-        assert (same["revision"], same["signers"]) == (4, [OWNER.address])
+        assert (same.revision, same.signers) == (4, [OWNER.address])
 
         # A member's signature is kept too (nodes, though, check the owner's key).
         add_member(world, MEMBER)
         view = await deploying.scale(client, AGENT, 1, account=MEMBER)
-        assert (view["revision"], view["signers"]) == (5, [MEMBER.address])
+        assert (view.revision, view.signers) == (5, [MEMBER.address])
 
         # Removed, then deployed again: the numbering goes on, so nodes that saw 5 accept it.
         await client.remove_deployment(AGENT)
@@ -145,7 +142,7 @@ async def test_each_change_is_a_signed_revision_whose_number_only_grows(world: W
             while await client.deployments():
                 await anyio.sleep(0.05)
         again = await deploying.deploy(client, AGENT, "1.0.0", account=OWNER)
-        assert (again["revision"], again["signers"]) == (6, [OWNER.address])
+        assert (again.revision, again.signers) == (6, [OWNER.address])
 
 
 def test_the_cli_signs_deploy_scale_and_rollback_with_the_wallet(
@@ -266,7 +263,7 @@ async def test_a_deploy_that_is_not_what_was_signed_is_refused(world: World, tmp
     publish(world, "1.1.0")
     for version in ("1.0.0", "1.1.0"):
         assert post_signature(world, version, OWNER).status_code == 200
-    assert (await deploy_as(world, "1.1.0", OWNER))["revision"] == 1  # no node yet: nothing runs it
+    assert (await deploy_as(world, "1.1.0", OWNER)).revision == 1  # no node yet: nothing runs it
     world.reg.stop()
     sql(
         world.reg,
@@ -351,9 +348,9 @@ def test_a_revision_lower_than_one_the_node_has_seen_is_refused(tmp_path: Path) 
             assert post_signature(w, version, OWNER).status_code == 200
         node = live = NodeProcess(reg, token_for(reg, OWNER.address, "node"), tmp_path / "node")
         until(lambda: any(n["connected"] for n in api(reg, "/v1/nodes", w.owner).json()), what="the node")
-        assert signed_deploy(w, "1.0.0", OWNER, replicas=1)["revision"] == 1
+        assert signed_deploy(w, "1.0.0", OWNER, replicas=1).revision == 1
         until(lambda: running(w, "1.0.0", live), what="revision 1 running")
-        assert signed_deploy(w, "1.1.0", OWNER)["revision"] == 2
+        assert signed_deploy(w, "1.1.0", OWNER).revision == 2
         until(lambda: running(w, "1.1.0", live), what="revision 2 running")
         node.stop()
         store = trust.TrustStore(tmp_path / "node" / "trust.json")

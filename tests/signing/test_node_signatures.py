@@ -111,7 +111,7 @@ async def deploy(
         with anyio.fail_after(30):
             await node.connected.wait()
         created = await deploying.deploy(client, AGENT, version, replicas=1, account=signer)
-        assert created["version"] == version, created
+        assert created.version == version, created
         assert node.manager is not None
         with anyio.fail_after(60):
             await node.manager.wait_until(

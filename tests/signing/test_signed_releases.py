@@ -17,6 +17,7 @@ from gitutil import api, commit, git, init_agent, open_bare, set_version
 from sqlalchemy import text
 
 from mcpz import credentials
+from mcpz.client.models import Challenge
 from mcpz.client.signin import login_message
 from mcpz.keys import signing, siwe, trust
 from registry_server.db import Database
@@ -28,7 +29,7 @@ SUCCESSOR = Account.from_key("0x" + "0d" * 32)
 
 
 def sign_in(reg: LiveRegistry, account: Any) -> str:
-    challenge = api(reg, "/v1/auth/nonce", method="POST").json()
+    challenge = Challenge.from_json(api(reg, "/v1/auth/nonce", method="POST").json())
     m = login_message(reg.url, account.address, challenge, datetime.now(UTC))
     body = {"message": m.to_text(), "signature": siwe.sign(m, account)}
     response = api(reg, "/v1/auth/login", method="POST", json=body)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from mcpz.cli.common import RegistryOpt, TokenOpt, call_registry, run, settings
+from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, with_client
 from mcpz.cli.output import out
 from mcpz.errors import UsageError
 
 if TYPE_CHECKING:
+    from mcpz.client.models import SessionToken, WhoAmI
     from mcpz.keys.wallet import Wallet
 
 # This module's commands; cli/app.py mounts them by name when one of them runs.
@@ -72,20 +73,20 @@ def login(
     if not secret:
         raise UsageError("no token given", hint="pipe it in: `echo $TOKEN | mcpz login --token`")
 
-    async def check() -> dict[str, Any]:
+    async def check() -> WhoAmI:
         async with connect(url, secret) as client:
             return await client.whoami()
 
     who = run(check)
-    where = finish_login(url, secret, str(who["account"]), warn=out().warn)
+    where = finish_login(url, secret, who.account, warn=out().warn)
     out().data(
         {
             "registry": url,
-            "account": who["account"],
+            "account": who.account,
             "stored_in": "keyring" if where == "keyring" else "file",
             "default": True,
         },
-        lambda c: c.print(f"logged in to {url} as {who['account']}", markup=False),
+        lambda c: c.print(f"logged in to {url} as {who.account}", markup=False),
     )
 
 
@@ -121,17 +122,17 @@ def _login_with_wallet(url: str, create: bool) -> None:
     found, passphrase = _wallet_for_login(create)
     account = found.unlock(passphrase) if passphrase is not None else unlock_wallet(found)
 
-    async def call() -> dict[str, Any]:
+    async def call() -> SessionToken:
         async with connect(url) as client:
             return await sign_in(client, account)
 
     answer = run(call)
-    where = finish_login(url, answer["token"], str(answer["account"]), warn=out().warn)
-    shown = {k: v for k, v in answer.items() if k != "token"}
+    where = finish_login(url, answer.token, answer.account, warn=out().warn)
+    shown = {k: v for k, v in answer.to_dict().items() if k != "token"}
     shown.update(registry=url, stored_in="keyring" if where == "keyring" else "file", default=True)
     out().data(
         shown,
-        lambda c: c.print(f"logged in to {url} as {answer['account']} ({answer['address']})", markup=False),
+        lambda c: c.print(f"logged in to {url} as {answer.account} ({answer.address})", markup=False),
     )
 
 
@@ -159,10 +160,6 @@ def logout(
     out().data([{"registry": url, "removed": gone} for url, gone in removed.items()], render)
 
 
-def _client_call(registry: str | None, token: str | None, method: str, *args: Any) -> Any:
-    return call_registry(registry, token, method, *args, need_token=True)
-
-
 @app.command("whoami")
 def whoami(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
     """The account, its namespaces, and this token's scopes and expiry; every registry logged into.
@@ -171,7 +168,7 @@ def whoami(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
     """
     from mcpz.credentials import logins
 
-    data = dict(_client_call(registry, token, "whoami"))
+    data = with_client(registry, token, lambda c: c.whoami(), need_token=True).to_dict()
     url = settings(registry).registry
     data["registry"] = url
     data["logins"] = [login.to_dict() for login in logins()]
@@ -208,30 +205,30 @@ def keys_create(
     `mcpz keys create --scope node --name laptop-node --expires-days 30`.
     """
     scopes = [s.strip() for s in scope.split(",") if s.strip()]
-    data = _client_call(registry, token, "create_key", scopes, name, expires_days)
-    out().data(data, lambda c: c.print(data["token"], markup=False))
+    data = with_client(registry, token, lambda c: c.create_key(scopes, name, expires_days), need_token=True)
+    out().data(data.to_dict(), lambda c: c.print(data.token, markup=False))
 
 
 @keys_app.command("list")
 def keys_list(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
     """Your keys (never their secrets)."""
-    data = _client_call(registry, token, "list_keys")
+    data = with_client(registry, token, lambda c: c.list_keys(), need_token=True)
 
     def render(console: Console) -> None:
         table = Table("id", "name", "prefix", "scopes", "expires", "last used", "state", box=None)
         for k in data:
             table.add_row(
-                str(k["id"]),
-                k["name"],
-                k["prefix"] + "...",
-                ",".join(k["scopes"]),
-                (k["expires_at"] or "never")[:19],
-                (k["last_used_at"] or "-")[:19],
-                "revoked" if k["revoked"] else "active",
+                str(k.id),
+                k.name,
+                k.prefix + "...",
+                ",".join(k.scopes),
+                (k.raw.get("expires_at") or "never")[:19],
+                (k.raw.get("last_used_at") or "-")[:19],
+                "revoked" if k.revoked else "active",
             )
         console.print(table)
 
-    out().data(data, render)
+    out().data([k.to_dict() for k in data], render)
 
 
 @keys_app.command("revoke")
@@ -241,5 +238,5 @@ def keys_revoke(
     token: TokenOpt = None,
 ) -> None:
     """Revoke a key: it stops working at once."""
-    data = _client_call(registry, token, "revoke_key", key_id)
-    out().data(data, lambda c: c.print(f"revoked key {key_id}"))
+    data = with_client(registry, token, lambda c: c.revoke_key(key_id), need_token=True)
+    out().data(data.to_dict(), lambda c: c.print(f"revoked key {key_id}"))

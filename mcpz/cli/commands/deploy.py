@@ -8,10 +8,9 @@ signed by the user's wallet when one exists (`mcpz.client.deploy`); `--no-sign` 
 
 from __future__ import annotations
 
-import re
 import sys
-from collections.abc import Sequence
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console, Group
@@ -20,10 +19,14 @@ from rich.text import Text
 from typer import _click
 from typer.core import TyperGroup
 
-from mcpz.cli.common import RegistryOpt, TokenOpt, call_registry, run, settings, token_for
+from mcpz.cli.common import RegistryOpt, TokenOpt, with_client
 from mcpz.cli.output import out
-from mcpz.errors import UsageError
 from mcpz.names import AgentName, version_or_latest
+
+if TYPE_CHECKING:
+    from mcpz.client.models import Deployment, LogLine, Removal
+    from mcpz.client.registry import RegistryClient
+    from mcpz.keys.ethkeys import LocalAccount
 
 STATUSES = ("pending", "pulling", "starting", "running", "failed", "stopped")
 
@@ -62,115 +65,72 @@ def _name(text: str) -> str:
     return str(AgentName.parse(text))
 
 
-def _selector(items: Sequence[str]) -> dict[str, str]:
-    selector: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f'selector "{item}" is not k=v', hint="e.g. --selector region=eu")
-        selector[key] = value
-    return selector
-
-
-_SIZE = re.compile(r"(\d+)\s*([kmgt]?)i?b?", re.IGNORECASE)
-
-
-def _bytes(text: str) -> int:
-    match = _SIZE.fullmatch(text.strip())
-    if not match or int(match.group(1)) == 0:
-        raise UsageError(f'"{text}" is not a size', hint='use e.g. "512M" or "2G"')
-    power: int = " kmgt".index(match.group(2).lower() or " ")
-    unit: int = 1024**power
-    return int(match.group(1)) * unit
-
-
-def _client_call(registry: str | None, token: str | None, method: str, *args: Any, **kw: Any) -> Any:
-    return call_registry(registry, token, method, *args, **kw)
-
-
 def _signed_call(
-    registry: str | None, token: str | None, no_sign: bool, method: str, *args: Any, **kw: Any
-) -> dict[str, Any]:
-    """Call `mcpz.client.deploy.<method>`, signed by the wallet unless --no-sign (or there is none)."""
-    from mcpz.client import deploy
-    from mcpz.client.registry import connect
+    registry: str | None,
+    token: str | None,
+    no_sign: bool,
+    change: Callable[[RegistryClient, LocalAccount | None], Awaitable[Deployment]],
+) -> Deployment:
+    """`change(client, account)` (one of `mcpz.deploy`'s), signed by the wallet unless --no-sign
+    (or there is none)."""
+    from mcpz.cli.prompts import prompt_for
+    from mcpz.keys.wallet import wallet_key
 
-    account = None
-    if not no_sign:
-        from mcpz.keys.wallet import Wallet
-
-        if Wallet.exists():
-            from mcpz.cli.prompts import unlock_wallet
-
-            account = unlock_wallet()  # before anything changes: a missing passphrase stops here
-    url = settings(registry).registry
-    secret = token_for(url, token)
-
-    async def call() -> dict[str, Any]:
-        async with connect(url, secret) as client:
-            result: dict[str, Any] = await getattr(deploy, method)(client, *args, account=account, **kw)
-            return result
-
-    view: dict[str, Any] = run(call)
+    # Unlocked before anything changes: a missing passphrase stops here.
+    account = None if no_sign else wallet_key(prompt_for)()
+    view = with_client(registry, token, lambda client: change(client, account))
     output = out()
     if account is not None:
-        output.info(f"revision {view['revision']} signed by {account.address}")
+        output.info(f"revision {view.revision} signed by {account.address}")
     else:
         why = "--no-sign" if no_sign else "no wallet (create one with `mcpz wallet create`)"
         output.warn(
-            f"{view['name']} revision {view['revision']} is not signed: {why}; "
+            f"{view.name} revision {view.revision} is not signed: {why}; "
             "nodes that require signatures (the default) refuse it"
         )
     return view
 
 
-def _wait(name: str, registry: str | None, token: str | None, timeout: float) -> dict[str, Any]:
+def _wait(name: str, registry: str | None, token: str | None, timeout: float) -> Deployment:
     """Poll until ready or failed, with a live display of replicas by status on a terminal."""
-    from mcpz.client.registry import connect
-
-    url = settings(registry).registry
-    secret = token_for(url, token)
     output = out()
 
-    async def wait() -> dict[str, Any]:
-        async with connect(url, secret) as client:
-            if not output.interactive:
-                return await client.wait_deployment(
-                    name, timeout=timeout, on_reason=lambda why: output.info(f"{name}: {why}")
-                )
-            from rich.live import Live
+    async def wait(client: RegistryClient) -> Deployment:
+        if not output.interactive:
+            return await client.wait_deployment(
+                name, timeout=timeout, on_reason=lambda why: output.info(f"{name}: {why}")
+            )
+        from rich.live import Live
 
-            with Live(console=output.stderr, transient=True, refresh_per_second=8) as live:
-                return await client.wait_deployment(
-                    name,
-                    timeout=timeout,
-                    on_update=lambda view: live.update(_progress(view)),
-                    on_reason=lambda why: live.console.print(f"{name}: {why}", markup=False),
-                )
+        with Live(console=output.stderr, transient=True, refresh_per_second=8) as live:
+            return await client.wait_deployment(
+                name,
+                timeout=timeout,
+                on_update=lambda view: live.update(_progress(view)),
+                on_reason=lambda why: live.console.print(f"{name}: {why}", markup=False),
+            )
 
-    view: dict[str, Any] = run(wait)
-    return view
+    return with_client(registry, token, wait)
 
 
-def _progress(view: dict[str, Any]) -> Group:
-    counts = view["by_status"]
+def _progress(view: Deployment) -> Group:
+    counts = view.by_status
     head = Text(
-        f"{view['name']} {view['version']} (revision {view['revision']}): "
-        f"{view['ready']}/{view['replicas']} ready, {view['state']}"
-        + (f" ({view['reason']})" if view.get("reason") else "")
+        f"{view.name} {view.version} (revision {view.revision}): "
+        f"{view.ready}/{view.replicas} ready, {view.state}" + (f" ({view.reason})" if view.reason else "")
     )
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column("status")
     table.add_column("n", justify="right")
     table.add_column("bar")
     table.add_column("replicas")
-    total = max(1, view["replicas"], sum(counts.values()))
-    rows = [(s, counts.get(s, 0)) for s in STATUSES] + [("stopping", view["stopping"])]
+    total = max(1, view.replicas, sum(counts.values()))
+    rows = [(s, counts.get(s, 0)) for s in STATUSES] + [("stopping", view.stopping)]
     for status, n in rows:
         ids = [
-            r["id"]
-            for r in view.get("instances", [])
-            if (r["stopping"] if status == "stopping" else r["status"] == status and not r["stopping"])
+            r.id
+            for r in view.instances
+            if (r.stopping if status == "stopping" else r.status == status and not r.stopping)
         ]
         shown = ", ".join(ids[:3]) + (f" +{len(ids) - 3}" if len(ids) > 3 else "")
         table.add_row(status, str(n), "█" * round(20 * n / total), shown)
@@ -178,7 +138,7 @@ def _progress(view: dict[str, Any]) -> Group:
 
 
 def _settle(
-    name: str, view: dict[str, Any], wait: bool, timeout: float, registry: str | None, token: str | None
+    name: str, view: Deployment, wait: bool, timeout: float, registry: str | None, token: str | None
 ) -> None:
     """With --wait, follow the deployment until it settles; then print it."""
     if wait:
@@ -186,14 +146,16 @@ def _settle(
     _finish(view, wait)
 
 
-def _finish(view: dict[str, Any], waited: bool) -> None:
+def _finish(view: Deployment, waited: bool) -> None:
     """Print the deployment; after --wait, one that is not ready is an error: a failed replica
     exits 7, a deployment no node can take 1 (`mcpz.client.deploy.not_ready`)."""
     from mcpz.client.deploy import not_ready
 
-    out().data(view, lambda console: _render_status(console, view))
-    if waited and view["state"] != "ready":
+    out().data(view.to_dict(), lambda console: _render_status(console, view))
+    if waited and view.state != "ready":
         error = not_ready(view)
+        # Not raised to the top-level printer: with --json it would add a second JSON document
+        # after the deployment already on stdout.
         sys.stderr.write(f"error: {error.message} ({error.hint})\n")
         raise typer.Exit(error.exit_code)
 
@@ -231,28 +193,31 @@ def apply(
     Without @VERSION an existing deployment keeps its version and a new one takes the newest
     release. A new version replaces replicas one at a time, each new one running before an old stops.
     """
+    from mcpz.client import deploy
     from mcpz.names import split_spec
 
     name, version = split_spec(spec)
     name = _name(name)
     limits = None
     if memory is not None or open_files is not None:
-        limits = {"memory_bytes": _bytes(memory) if memory else None, "open_files": open_files}
+        limits = {"memory_bytes": deploy.parse_size(memory) if memory else None, "open_files": open_files}
+    nodes = deploy.parse_selector(selector) if selector is not None else None
     view = _signed_call(
         registry,
         token,
         no_sign,
-        "deploy",
-        name,
-        version_or_latest(version),
-        replicas=replicas,
-        selector=_selector(selector) if selector is not None else None,
-        limits=limits,
-        allow_tool_drift=allow_tool_drift,
+        lambda client, account: deploy.deploy(
+            client,
+            name,
+            version_or_latest(version),
+            replicas=replicas,
+            selector=nodes,
+            limits=limits,
+            allow_tool_drift=allow_tool_drift,
+            account=account,
+        ),
     )
-    out().info(
-        f"deploying {name} {view['version']} (revision {view['revision']}), {view['replicas']} replica(s)"
-    )
+    out().info(f"deploying {name} {view.version} (revision {view.revision}), {view.replicas} replica(s)")
     _settle(name, view, wait, timeout, registry, token)
 
 
@@ -263,8 +228,9 @@ def status(
     token: TokenOpt = None,
 ) -> None:
     """A deployment: replicas by status, their nodes, and its revisions."""
-    view = _client_call(registry, token, "deployment", _name(name))
-    out().data(view, lambda console: _render_status(console, view))
+    name = _name(name)
+    view = with_client(registry, token, lambda client: client.deployment(name))
+    out().data(view.to_dict(), lambda console: _render_status(console, view))
 
 
 @deploy_app.command("scale")
@@ -278,8 +244,15 @@ def scale(
     token: TokenOpt = None,
 ) -> None:
     """Change how many replicas run (a new revision; no replica is replaced)."""
+    from mcpz.client import deploy
+
     name = _name(name)
-    view = _signed_call(registry, token, no_sign, "scale", name, replicas)
+    view = _signed_call(
+        registry,
+        token,
+        no_sign,
+        lambda client, account: deploy.scale(client, name, replicas, account=account),
+    )
     _settle(name, view, wait, timeout, registry, token)
 
 
@@ -296,9 +269,13 @@ def rollback(
     token: TokenOpt = None,
 ) -> None:
     """Return to the previous revision (a new revision with its release, rolled out as any other)."""
+    from mcpz.client import deploy
+
     name = _name(name)
-    view = _signed_call(registry, token, no_sign, "rollback", name, to)
-    out().info(f"rolling {name} back to {view['version']} (revision {view['revision']})")
+    view = _signed_call(
+        registry, token, no_sign, lambda client, account: deploy.rollback(client, name, to, account=account)
+    )
+    out().info(f"rolling {name} back to {view.version} (revision {view.revision})")
     _settle(name, view, wait, timeout, registry, token)
 
 
@@ -316,8 +293,8 @@ def restart(
     deployment is deployed again or a node joins.
     """
     name = _name(name)
-    view = _client_call(registry, token, "restart_deployment", name)
-    n = view.get("restarted", 0)
+    view = with_client(registry, token, lambda client: client.restart_deployment(name))
+    n = view.restarted
     out().info(f"restarting {n} failed replica(s) of {name}" if n else f"no replica of {name} had failed")
     _settle(name, view, wait, timeout, registry, token)
 
@@ -330,15 +307,15 @@ def remove(
 ) -> None:
     """Stop every replica and remove the deployment."""
     name = _name(name)
-    view = _client_call(registry, token, "remove_deployment", name)
-    message = f"removed {name}" if view["state"] == "deleted" else f"removing {name}: stopping its replicas"
-    out().data(view, lambda console: console.print(message, markup=False))
+    view = with_client(registry, token, lambda client: client.remove_deployment(name))
+    message = f"removed {name}" if view.state == "deleted" else f"removing {name}: stopping its replicas"
+    out().data(view.to_dict(), lambda console: console.print(message, markup=False))
 
 
 @app.command("deployments")
 def deployments(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
     """Deployments you can see, with replicas ready and their state."""
-    views = _client_call(registry, token, "deployments")
+    views = with_client(registry, token, lambda client: client.deployments())
 
     def render(console: Console) -> None:
         if not views:
@@ -346,19 +323,17 @@ def deployments(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
             return
         table = Table("name", "version", "revision", "ready", "state", box=None)
         for v in views:
-            table.add_row(
-                v["name"], v["version"], str(v["revision"]), f"{v['ready']}/{v['replicas']}", v["state"]
-            )
+            table.add_row(v.name, v.version, str(v.revision), f"{v.ready}/{v.replicas}", v.state)
         console.print(table)
 
-    out().data(views, render)
+    out().data([v.to_dict() for v in views], render)
 
 
 @app.command("nodes")
 def nodes(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
     """Nodes that may run your deployments (yours, your namespaces' members', shared ones): owner,
     state, labels, replicas and capacity, load."""
-    views = _client_call(registry, token, "nodes")
+    views = with_client(registry, token, lambda client: client.nodes())
 
     def render(console: Console) -> None:
         if not views:
@@ -366,26 +341,22 @@ def nodes(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
             return
         table = Table("id", "name", "owner", "state", "replicas", "labels", "cpu", "memory", box=None)
         for n in views:
-            state = n["state"] if n["connected"] or n["state"] == "lost" else f"{n['state']} (disconnected)"
-            labels = ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items()))
-            memory = (
-                f"{n['memory_used'] / 2**30:.1f}/{n['memory_total'] / 2**30:.1f}G"
-                if n["memory_total"]
-                else ""
-            )
+            state = n.state if n.connected or n.state == "lost" else f"{n.state} (disconnected)"
+            labels = ",".join(f"{k}={v}" for k, v in sorted(n.labels.items()))
+            memory = f"{n.memory_used / 2**30:.1f}/{n.memory_total / 2**30:.1f}G" if n.memory_total else ""
             table.add_row(
-                n["id"],
-                n["name"],
-                n.get("owner", "") + (" (shared)" if n.get("shared") else ""),
+                n.id,
+                n.name,
+                n.owner + (" (shared)" if n.shared else ""),
                 state,
-                f"{n['replicas']}/{n['capacity']}",
+                f"{n.replicas}/{n.capacity}",
                 labels,
-                f"{n['cpu_percent']:.0f}%",
+                f"{n.cpu_percent:.0f}%",
                 memory,
             )
         console.print(table)
 
-    out().data(views, render)
+    out().data([n.to_dict() for n in views], render)
 
 
 @app.command("logs")
@@ -402,71 +373,68 @@ def logs(
     """
     import json
 
-    from mcpz.client.registry import connect
-
     name = _name(name)
     output = out()
 
-    def show(item: dict[str, Any]) -> None:
+    def show(item: LogLine) -> None:
         if output.json:
-            sys.stdout.write(json.dumps(item) + "\n")
+            sys.stdout.write(json.dumps(item.to_dict()) + "\n")
             sys.stdout.flush()
         else:
-            output.line(f"{item['replica']} {item['line']}")
+            output.line(f"{item.replica} {item.line}")
 
     if not follow:
-        lines = _client_call(registry, token, "logs", name, tail)
+        lines = with_client(registry, token, lambda client: client.logs(name, tail))
         if output.json:
-            output.data(lines)
+            output.data([item.to_dict() for item in lines])
         else:
             for item in lines:
                 show(item)
         return
-    url = settings(registry).registry
-    secret = token_for(url, token)
 
-    async def stream() -> None:
-        async with connect(url, secret) as client:
-            async for item in client.follow_logs(name, tail):
-                show(item)
+    async def stream(client: RegistryClient) -> None:
+        async for item in client.follow_logs(name, tail):
+            show(item)
 
     # Ctrl-C ends the stream; the root handler exits 130, as everywhere (docs/errors.md).
-    run(stream)
+    with_client(registry, token, stream)
 
 
-def _render_status(console: Console, view: dict[str, Any]) -> None:
-    if "instances" not in view:
-        console.print(f"{view['name']}: {view['state']}", markup=False)
+def _render_status(console: Console, view: Deployment | Removal) -> None:
+    from mcpz.client.models import Removal
+
+    if isinstance(view, Removal) or "instances" not in view.raw:
+        console.print(f"{view.name}: {view.state}", markup=False)
         return
     console.print(
-        f"[bold]{view['name']}[/bold] {view['version']} (revision {view['revision']}, "
-        f"{view['commit'][:12]}): {view['ready']}/{view['replicas']} ready, {view['state']}",
+        f"[bold]{view.name}[/bold] {view.version} (revision {view.revision}, "
+        f"{view.commit[:12]}): {view.ready}/{view.replicas} ready, {view.state}",
         highlight=False,
     )
-    if view["selector"]:
-        console.print("selector: " + ",".join(f"{k}={v}" for k, v in view["selector"].items()), markup=False)
-    counts = ", ".join(f"{n} {s}" for s, n in view["by_status"].items() if n)
-    if view["stopping"]:
-        counts += (", " if counts else "") + f"{view['stopping']} stopping"
+    if view.selector:
+        console.print("selector: " + ",".join(f"{k}={v}" for k, v in view.selector.items()), markup=False)
+    counts = ", ".join(f"{n} {s}" for s, n in view.by_status.items() if n)
+    if view.stopping:
+        counts += (", " if counts else "") + f"{view.stopping} stopping"
     console.print(f"replicas: {counts or 'none'}", markup=False)
-    signers = view.get("signers") or []
+    signers = view.signers
     console.print(
         f"signed by: {', '.join(signers)}" if signers else "signed by: nobody (unsigned)", markup=False
     )
-    if view["instances"]:
+    if view.instances:
         table = Table("replica", "version", "node", "status", "epoch", "detail", box=None)
-        for r in view["instances"]:
-            status = r["status"] + (" (stopping)" if r["stopping"] else "")
+        for r in view.instances:
+            status = r.status + (" (stopping)" if r.stopping else "")
             table.add_row(
-                r["id"],
-                r["version"] or "",
-                r["node_name"] or "-",
+                r.id,
+                r.version or "",
+                r.node_name or "-",
                 status,
-                str(r["epoch"] or "-"),
-                Text(r["detail"] or ""),
+                str(r.epoch or "-"),
+                Text(r.detail or ""),
             )
         console.print(table)
     history = ", ".join(
-        f"{r['revision']}: {r['version']}" + (" (current)" if r["current"] else "") for r in view["revisions"]
+        f"{r.revision}: {r.version}" + (" (current)" if r.current else "") for r in view.revisions
     )
     console.print(f"revisions: {history}", markup=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from mcpz.deps.flows import LockChange, LockResult, Project, Remote
-    from mcpz.resolve import Requirer, TreeLine
+    from mcpz.resolve import TreeLine
 
 PathOpt = Annotated[
     Path, typer.Option("--path", "-C", help="The agent's folder (where mcpz.toml is).", show_default=False)
@@ -258,23 +258,6 @@ def install_command(
 app.command("sync", help="Alias of `mcpz install`.")(install_command)
 
 
-def _tree_json(lines: list[TreeLine]) -> list[dict[str, Any]]:
-    roots: list[dict[str, Any]] = []
-    stack: list[list[dict[str, Any]]] = [roots]
-    for line in lines:
-        node: dict[str, Any] = {
-            "name": line.name,
-            "version": str(line.version),
-            "specifier": line.specifier,
-            "mark": line.mark,
-            "dependencies": [],
-        }
-        del stack[line.depth + 1 :]
-        stack[line.depth].append(node)
-        stack.append(node["dependencies"])
-    return roots
-
-
 def _tree_prefixes(lines: list[TreeLine]) -> list[str]:
     """The box-drawing prefix of each line: a line is last when no sibling follows it."""
     last = [True] * len(lines)
@@ -299,23 +282,14 @@ def tree_command(path: PathOpt = Path(".")) -> None:
     """The locked dependency tree, with the specifier that pulled each agent in; cycles marked."""
     from mcpz.deps import report as deps_report
 
-    project = _project(path)
-    resolution, warnings = deps_report.locked_resolution(project)
+    report = deps_report.tree(_project(path))
     output = out()
-    for warning in warnings:
+    for warning in report.warnings:
         output.warn(warning)
-    lines = resolution.tree()
-    cycles = [list(c) for c in resolution.cycles()]
-    manifest = project.manifest
-    payload = {
-        "name": manifest.name,
-        "version": manifest.version,
-        "dependencies": _tree_json(lines),
-        "cycles": cycles,
-    }
+    lines, cycles = report.lines, report.cycles
 
     def render(console: Console) -> None:
-        text = [f"{manifest.name} {manifest.version}"]
+        text = [f"{report.name} {report.version}"]
         for prefix, line in zip(_tree_prefixes(lines), lines, strict=True):
             mark = {"seen": " (*)", "cycle": " (cycle)"}.get(line.mark, "")
             text.append(f"{prefix}{line.name} {line.version} ({line.specifier}){mark}")
@@ -324,25 +298,7 @@ def tree_command(path: PathOpt = Path(".")) -> None:
         text += ["cycle: " + " -> ".join([*cycle, cycle[0]]) for cycle in cycles]
         console.print("\n".join(text), markup=False, highlight=False)  # one call: rich is slow per line
 
-    output.data(payload, render)
-
-
-def _chain(
-    path: tuple[Requirer, ...], name: str, versions: dict[str, str], root: str
-) -> list[dict[str, str]]:
-    steps = []
-    for i, edge in enumerate(path):
-        child = path[i + 1].parent if i + 1 < len(path) else name
-        assert child is not None
-        steps.append(
-            {
-                "parent": edge.parent or root,
-                "name": child,
-                "version": versions.get(child, ""),
-                "specifier": edge.specifier,
-            }
-        )
-    return steps
+    output.data(report.to_dict(), render)
 
 
 @app.command("why")
@@ -353,25 +309,20 @@ def why_command(
     """Why an agent is locked: the chains of dependencies from mcpz.toml to it."""
     from mcpz.deps import report as deps_report
 
-    project = _project(path)
-    package, paths, warnings = deps_report.why(project, name)
+    report = deps_report.why_report(_project(path), name)
     output = out()
-    for warning in warnings:
+    for warning in report.warnings:
         output.warn(warning)
-    versions = {a.name: a.version for a in project.lock.agents} if project.lock else {}
-    root = project.manifest.name
-    chains = [_chain(p, name, versions, root) for p in paths]
-    payload = {"name": name, "version": str(package.version), "commit": package.commit, "paths": chains}
 
     def render(console: Console) -> None:
-        console.print(f"{name} {package.version} ({package.commit[:12]}) is locked because:", markup=False)
-        for chain in chains:
-            text = f"{root} (mcpz.toml)"
+        console.print(f"{name} {report.version} ({report.commit[:12]}) is locked because:", markup=False)
+        for chain in report.paths:
+            text = f"{report.root} (mcpz.toml)"
             for step in chain:
-                text += f" -> {step['name']} {step['version']} ({step['specifier']})"
+                text += f" -> {step.name} {step.version} ({step.specifier})"
             console.print("  " + text, markup=False)
 
-    output.data(payload, render)
+    output.data(report.to_dict(), render)
 
 
 @app.command("outdated")

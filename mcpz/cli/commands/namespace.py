@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
 
-from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
+from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for, with_client
 from mcpz.cli.output import out
+from mcpz.client.models import NamespaceInfo
 from mcpz.client.registry import RegistryClient
-from mcpz.errors import AuthError, NetworkError, RemoteError, UsageError
+from mcpz.errors import AuthError, UsageError
 
 # This module's commands; cli/app.py mounts them by name when one of them runs.
 app = typer.Typer()
@@ -19,11 +20,10 @@ namespace_app = typer.Typer(help="Namespaces: claim them, share them, hand them 
 app.add_typer(namespace_app, name="namespace")
 
 ROLES = ("owner", "publisher")
+T = TypeVar("T")
 
 
-def _with_client(
-    registry: str | None, token: str | None, fn: Callable[[RegistryClient], Awaitable[Any]]
-) -> Any:
+def _with_client(registry: str | None, token: str | None, fn: Callable[[RegistryClient], Awaitable[T]]) -> T:
     from mcpz.client.registry import connect
 
     url = settings(registry).registry
@@ -31,20 +31,20 @@ def _with_client(
     if secret is None:
         raise AuthError(f"no token for {url}", hint="run `mcpz login --wallet` first")
 
-    async def call() -> Any:
+    async def call() -> T:
         async with connect(url, secret) as client:
             return await fn(client)
 
     return run(call)
 
 
-def _render_namespace(data: dict[str, Any]) -> Callable[[Console], None]:
+def _render_namespace(data: NamespaceInfo) -> Callable[[Console], None]:
     def render(console: Console) -> None:
-        console.print(f"namespace: {data['name']}", markup=False)
-        console.print(f"owner:     {data['owner']} ({data['owner_address'] or 'no wallet'})", markup=False)
-        for member in data["members"][1:]:
-            console.print(f"  {member['role']:<10} {member['account']}", markup=False)
-        console.print(f"key rotations: {data['key_sequence']}", markup=False)
+        console.print(f"namespace: {data.name}", markup=False)
+        console.print(f"owner:     {data.owner} ({data.owner_address or 'no wallet'})", markup=False)
+        for member in data.members[1:]:
+            console.print(f"  {member.role:<10} {member.account}", markup=False)
+        console.print(f"key rotations: {data.key_sequence}", markup=False)
 
     return render
 
@@ -53,22 +53,14 @@ def _render_namespace(data: dict[str, Any]) -> Callable[[Console], None]:
 def create(name: str, registry: RegistryOpt = None, token: TokenOpt = None) -> None:
     """Claim a namespace for your account."""
     data = _with_client(registry, token, lambda c: c.create_namespace(name))
-    out().data(data, lambda c: c.print(f"created namespace {name}", markup=False))
+    out().data(data.to_dict(), lambda c: c.print(f"created namespace {name}", markup=False))
 
 
 @namespace_app.command("show")
 def show(name: str, registry: RegistryOpt = None, token: TokenOpt = None) -> None:
     """Owner, members and key history of a namespace."""
-    from mcpz.client.registry import connect
-
-    url = settings(registry).registry
-
-    async def call() -> dict[str, Any]:
-        async with connect(url, token_for(url, token)) as client:
-            return await client.namespace(name)
-
-    data = run(call)
-    out().data(data, _render_namespace(data))
+    data = with_client(registry, token, lambda c: c.namespace(name))
+    out().data(data.to_dict(), _render_namespace(data))
 
 
 @namespace_app.command("add-member")
@@ -83,7 +75,7 @@ def add_member(
     if role not in ROLES:
         raise UsageError(f'unknown role "{role}"', hint="use --role owner or --role publisher")
     data = _with_client(registry, token, lambda c: c.set_member(namespace, account, role))
-    out().data(data, lambda c: c.print(f"{account} is now {role} of {namespace}", markup=False))
+    out().data(data.to_dict(), lambda c: c.print(f"{account} is now {role} of {namespace}", markup=False))
 
 
 @namespace_app.command("remove-member")
@@ -95,7 +87,7 @@ def remove_member(
 ) -> None:
     """Remove a member."""
     data = _with_client(registry, token, lambda c: c.remove_member(namespace, account))
-    out().data(data, lambda c: c.print(f"removed {account} from {namespace}", markup=False))
+    out().data(data.to_dict(), lambda c: c.print(f"removed {account} from {namespace}", markup=False))
 
 
 @namespace_app.command("transfer")
@@ -106,13 +98,13 @@ def transfer(
     token: TokenOpt = None,
 ) -> None:
     """Hand the namespace to another account; your wallet signs the key rotation nodes will check."""
-    from mcpz.cli.prompts import unlock_wallet
+    from mcpz.cli.prompts import prompt_for
     from mcpz.client import namespaces
-    from mcpz.keys.wallet import Wallet
+    from mcpz.keys.wallet import wallet_key
 
-    signer = unlock_wallet() if Wallet.exists() else None
+    signer = wallet_key(prompt_for)()
     data = _with_client(registry, token, lambda c: namespaces.transfer(c, namespace, account, signer))
-    out().data(data, lambda c: c.print(f"{namespace} now belongs to {data['owner']}", markup=False))
+    out().data(data.to_dict(), lambda c: c.print(f"{namespace} now belongs to {data.owner}", markup=False))
 
 
 @namespace_app.command("rotate-key")
@@ -126,37 +118,15 @@ def rotate_key(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
     from mcpz.cli.prompts import prompt_for
     from mcpz.client import namespaces
     from mcpz.keys import wallet
-    from mcpz.keys.ethkeys import Account
 
     current = wallet.Wallet.load()
     passphrase = wallet.get_passphrase(current.address, prompt=prompt_for(current.address))
-    old = current.unlock(passphrase)
-    new = Account.create()
-    staged = current.stage_successor(new, passphrase)
-
-    async def rotate(client: RegistryClient) -> dict[str, Any]:
-        owned = (await client.whoami())["namespaces"]
-        plan = await namespaces.plan_rotation(client, owned, old, new)
-        return await client.rotate_key(plan.new_address, plan.signatures)
-
-    try:
-        data = _with_client(registry, token, rotate)
-    except (NetworkError, RemoteError):
-        # The registry may have applied it: the new key must survive.
-        out().warn(f"the new key is kept at {staged.path} in case the registry applied the rotation")
-        raise
-    except BaseException:
-        staged.path.unlink(missing_ok=True)
-        raise
-    _now, retired = current.replace_with(staged)
-    if wallet.forget_passphrase(current.address):
-        wallet.remember_passphrase(staged.address, passphrase)
-    data = {**data, "retired_keystore": str(retired)}
+    done = _with_client(registry, token, lambda c: namespaces.rotate_wallet_key(c, current, passphrase))
     out().data(
-        data,
+        done.to_dict(),
         lambda c: c.print(
-            f"rotated {current.address} -> {staged.address} for {len(data['rotations'])} namespace(s); "
-            f"old keystore kept at {retired}",
+            f"rotated {done.old_address} -> {done.new_address} for {len(done.result.rotations)} "
+            f"namespace(s); old keystore kept at {done.retired_keystore}",
             markup=False,
         ),
     )

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
+from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for, with_client
 from mcpz.cli.output import out
 from mcpz.cli.transfer import transfer
 from mcpz.errors import UsageError
 from mcpz.names import split_spec
+
+if TYPE_CHECKING:
+    from mcpz.client.models import AgentInfo, Release
+    from mcpz.client.registry import RegistryClient
 
 
 def _name_and_version(spec: str) -> tuple[str, str | None]:
@@ -50,15 +54,18 @@ def push(
     Signing starts the agent here (as `mcpz tools --local` does) and pins its tools/list to the
     release: nodes refuse replicas whose tools differ. --no-tools skips that.
     """
+    from mcpz.cli.prompts import prompt_for
     from mcpz.client import publish
+    from mcpz.keys.wallet import wallet_key
 
     url = settings(registry).registry
     secret = token_for(url, token)
     output = out()
+    # The wallet is unlocked only when this push publishes a release, before any object is sent.
+    signer = None if no_sign else wallet_key(prompt_for)
     with transfer("pushing") as shown:
         step = shown.step
         progress = (lambda _phase, done, total: step(done, total)) if step is not None else None
-        # The wallet is unlocked only when this push publishes a release, before anything is sent.
         result = publish.push(
             path,
             url,
@@ -66,7 +73,7 @@ def push(
             force=force,
             progress=progress,
             sent=shown.moved,
-            unlock=None if no_sign else _wallet_account,
+            signer=signer,
             tools=not no_tools,
             tools_timeout=timeout,
         )
@@ -95,16 +102,6 @@ def push(
             console.print(f"pushed {result.branch} ({result.commit[:12]})", markup=False)
 
     output.data(result.to_dict(), render)
-
-
-def _wallet_account() -> Any:
-    from mcpz.keys.wallet import Wallet
-
-    if not Wallet.exists():
-        return None
-    from mcpz.cli.prompts import unlock_wallet
-
-    return unlock_wallet()
 
 
 @app.command("clone")
@@ -143,17 +140,9 @@ def pull(
     out().data({"old": old, "new": new}, lambda c: c.print(message))
 
 
-def _fetch_agent(name: str, registry: str | None, token: str | None) -> dict[str, Any]:
-    from mcpz.client.registry import connect
-
+def _fetch_agent(name: str, registry: str | None, token: str | None) -> AgentInfo:
     split_spec(name)
-    url = settings(registry).registry
-
-    async def fetch() -> dict[str, Any]:
-        async with connect(url, token_for(url, token)) as client:
-            return await client.agent(name)
-
-    return run(fetch)
+    return with_client(registry, token, lambda client: client.agent(name))
 
 
 @app.command("info")
@@ -170,17 +159,17 @@ def info(
     data = _fetch_agent(name, registry, token)
 
     def render(console: Console) -> None:
-        console.print(f"[bold]{data['name']}[/bold]  latest: {data['latest'] or '-'}")
-        if data["description"]:
-            console.print(data["description"], markup=False)
-        latest = next((v for v in data["versions"] if v["version"] == data["latest"]), None)
-        deps = (latest or (data["versions"][-1] if data["versions"] else {})).get("dependencies", {})
+        console.print(f"[bold]{data.name}[/bold]  latest: {data.latest or '-'}")
+        if data.description:
+            console.print(data.description, markup=False)
+        release = data.release()
+        deps = release.dependencies if release is not None else {}
         if deps:
             console.print("dependencies: " + ", ".join(f"{k} {v}" for k, v in deps.items()), markup=False)
-        listed = ", ".join(v["version"] + (" (yanked)" if v["yanked"] else "") for v in data["versions"])
+        listed = ", ".join(v.version + (" (yanked)" if v.yanked else "") for v in data.versions)
         console.print(f"versions: {listed or 'none'}", markup=False)
 
-    out().data(data, render)
+    out().data(data.to_dict(), render)
 
 
 def _release_info(name: str, version: str, registry: str | None, token: str | None) -> None:
@@ -191,19 +180,19 @@ def _release_info(name: str, version: str, registry: str | None, token: str | No
     data = run(lambda: release_info(url, secret, name, version))
 
     def render(console: Console) -> None:
-        release = data["release"]
-        yanked = " (yanked)" if release["yanked"] else ""
-        console.print(f"[bold]{name} {version}[/bold]{yanked}  commit {release['commit'][:12]}")
-        console.print(f"signed by: {release['signer'] or 'nobody'}", markup=False)
-        tools = data["tools"]
+        release = data.release
+        yanked = " (yanked)" if release.yanked else ""
+        console.print(f"[bold]{name} {version}[/bold]{yanked}  commit {release.commit[:12]}")
+        console.print(f"signed by: {release.signer or 'nobody'}", markup=False)
+        tools = data.tools
         if tools is None:
             console.print("tools: none recorded yet", markup=False)
             return
-        how = "observed from a replica, not signed" if tools["observed"] else "signed at publish"
-        names = [str(t.get("name")) for t in tools["tools"]]
-        console.print(f"tools ({how}, {tools['digest'][:19]}): {', '.join(names) or '(none)'}", markup=False)
+        how = "observed from a replica, not signed" if tools.observed else "signed at publish"
+        names = [str(t.get("name")) for t in tools.tools]
+        console.print(f"tools ({how}, {tools.digest[:19]}): {', '.join(names) or '(none)'}", markup=False)
 
-    out().data(data, render)
+    out().data(data.to_dict(), render)
 
 
 @app.command("versions")
@@ -217,38 +206,34 @@ def versions(
 
     def render(console: Console) -> None:
         table = Table("version", "commit", "published", "yanked", box=None)
-        for v in data["versions"]:
+        for v in data.versions:
             table.add_row(
-                v["version"],
-                v["commit"][:12],
-                v["published_at"][:19],
-                v["yank_reason"] or ("yes" if v["yanked"] else ""),
+                v.version,
+                v.commit[:12],
+                str(v.raw.get("published_at", ""))[:19],
+                v.yank_reason or ("yes" if v.yanked else ""),
             )
         console.print(table)
 
-    out().data(data["versions"], render)
+    out().data([v.to_dict() for v in data.versions], render)
 
 
 def _set_yank(spec: str, registry: str | None, token: str | None, yanked: bool, reason: str) -> None:
-    from mcpz.client.registry import connect
-
     name, version = _name_and_version(spec)
     if version is None:
         raise UsageError(f'give the version: "{name}@VERSION"')
-    url = settings(registry).registry
-    secret = token_for(url, token)
 
-    async def call() -> dict[str, Any]:
-        nonlocal version
-        async with connect(url, secret) as client:
-            version = await client.resolve_version(name, version)
-            if yanked:
-                return await client.yank(name, version, reason)
-            return await client.unyank(name, version)
+    asked = version
 
-    data = run(call)
+    async def call(client: RegistryClient) -> Release:
+        exact = await client.resolve_version(name, asked)
+        if yanked:
+            return await client.yank(name, exact, reason)
+        return await client.unyank(name, exact)
+
+    data = with_client(registry, token, call)
     word = "yanked" if yanked else "unyanked"
-    out().data(data, lambda c: c.print(f"{word} {name} {version}", markup=False))
+    out().data(data.to_dict(), lambda c: c.print(f"{word} {name} {data.version}", markup=False))
 
 
 @app.command("yank")

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from mcpz.cli.output import out
-from mcpz.errors import UsageError
 
 if TYPE_CHECKING:
     from registry_server.settings import RegistrySettings
@@ -107,39 +106,16 @@ def token_create(
     data: DataOpt = None,
 ) -> None:
     """Create a token and print it (shown once; only its hash is stored)."""
-    from datetime import timedelta
-
     from registry_server.accounts import service as accounts
-    from registry_server.accounts import tokens
-    from registry_server.accounts.namespaces import find_account
     from registry_server.state import RegistryState
 
     settings = _settings(data)
-    try:
-        scopes = tokens.parse_scopes(scope)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    lifetime: timedelta | None
-    if expires == "never":
-        lifetime = None
-    elif expires:
-        lifetime = accounts.parse_duration(expires)
-    else:
-        lifetime = timedelta(days=settings.default_token_days) if settings.default_token_days else None
+    request = accounts.TokenRequest.parse(scope, expires, settings.default_token_days)
     state = RegistryState.open(settings)
     try:
         with state.db.session() as session:
-            owner = find_account(session, account)
-            row = accounts.create_token(session, owner, scopes, expires_in=lifetime, name=name)
-            token, secret = row
-            payload = {
-                "token": secret,
-                "id": token.id,
-                "account": owner.name,
-                "scopes": list(scopes),
-                "expires_at": token.expires_at.isoformat() if token.expires_at else None,
-            }
+            issued = accounts.issue_token(session, account, request, name=name)
     finally:
         state.close()
     # The secret is data the operator asked for: it goes to stdout, and nowhere else.
-    out().data(payload, lambda c: c.print(secret, markup=False))
+    out().data(issued.to_dict(), lambda c: c.print(issued.secret, markup=False))

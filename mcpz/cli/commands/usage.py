@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from mcpz.cli.common import RegistryOpt, TokenOpt, call_registry
+from mcpz.cli.common import RegistryOpt, TokenOpt, with_client
 from mcpz.cli.output import out
-from mcpz.instants import parse_instant
+from mcpz.instants import parse_since
 from mcpz.names import AgentName
 
-
-def parse_since(text: str, now: datetime | None = None) -> str:
-    """`30m`, `1h`, `7d` (before now), Unix seconds, or an ISO 8601 date/time -> an ISO 8601 instant
-    in UTC; UsageError (exit 2) for anything else, out-of-range times included.
-
-    Ages are turned into instants here, so "the last hour" is the user's hour, not the server's; a
-    date or time without a zone is the user's local time.
-    """
-    return parse_instant(text, now or datetime.now(UTC), naive=None).isoformat()
-
+if TYPE_CHECKING:
+    from mcpz.client.models import Usage
 
 # This module's commands; cli/app.py mounts them by name when one of them runs.
 app = typer.Typer()
@@ -48,23 +40,23 @@ def usage(
     token: TokenOpt = None,
 ) -> None:
     """Calls through the gateway, summed per agent and tool: calls, errors, time, bytes."""
-    params: dict[str, Any] = {"events": events}
-    if agent is not None:
-        params["agent"] = str(AgentName.parse(agent))
-    if since is not None:
-        params["since"] = parse_since(since)
-    if until is not None:
-        params["until"] = parse_since(until)
-    view: dict[str, Any] = call_registry(
-        registry, token, "json", "GET", "/v1/usage", params=params, need_token=True
+    who = str(AgentName.parse(agent)) if agent is not None else None
+    start = parse_since(since) if since is not None else None
+    end = parse_since(until) if until is not None else None
+    view = with_client(
+        registry,
+        token,
+        lambda c: c.usage(agent=who, since=start, until=end, events=events),
+        need_token=True,
     )
-    out().data(view, lambda console: _render(console, view))
+    out().data(view.to_dict(), lambda console: _render(console, view))
 
 
-def _render(console: Console, view: dict[str, Any]) -> None:
-    whose = f"every caller of {view['agent']}" if view["scope"] == "agent" else "your calls"
-    window = "".join(f" {key} {_moment(view[key])}" for key in ("since", "until") if view.get(key))
-    rows = view["summary"]
+def _render(console: Console, view: Usage) -> None:
+    whose = f"every caller of {view.agent}" if view.scope == "agent" else "your calls"
+    bounds = (("since", view.since), ("until", view.until))
+    window = "".join(f" {key} {_moment(moment)}" for key, moment in bounds if moment)
+    rows = view.summary
     if not rows:
         console.print(f"no usage ({whose}{window})", markup=False)
         return
@@ -74,53 +66,53 @@ def _render(console: Console, view: dict[str, Any]) -> None:
         column.justify = "right"
     for r in rows:
         table.add_row(
-            r["agent"],
-            r["tool"],
-            str(r["calls"]),
-            str(r["ok"]),
-            str(r["errors"]),
-            _duration(r["duration_ms_total"]),
-            _duration(r["duration_ms_total"] / r["calls"]) if r["calls"] else "-",
-            _size(r["bytes_in"]),
-            _size(r["bytes_out"]),
+            r.agent,
+            r.tool,
+            str(r.calls),
+            str(r.ok),
+            str(r.errors),
+            _duration(r.duration_ms_total),
+            _duration(r.duration_ms_total / r.calls) if r.calls else "-",
+            _size(r.bytes_in),
+            _size(r.bytes_out),
         )
     if len(rows) > 1:
-        calls = sum(r["calls"] for r in rows)
-        total_ms = sum(r["duration_ms_total"] for r in rows)
+        calls = sum(r.calls for r in rows)
+        total_ms = sum(r.duration_ms_total for r in rows)
         table.add_row(
             "total",
             "",
             str(calls),
-            str(sum(r["ok"] for r in rows)),
-            str(sum(r["errors"] for r in rows)),
+            str(sum(r.ok for r in rows)),
+            str(sum(r.errors for r in rows)),
             _duration(total_ms),
             _duration(total_ms / calls) if calls else "-",
-            _size(sum(r["bytes_in"] for r in rows)),
-            _size(sum(r["bytes_out"] for r in rows)),
+            _size(sum(r.bytes_in for r in rows)),
+            _size(sum(r.bytes_out for r in rows)),
             style="bold",
         )
     console.print(table)
-    if view.get("events"):
+    if view.events:
         console.print()
         calls_table = Table(
             "started (UTC)", "account", "agent", "tool", "version", "outcome", "time", box=None
         )
         calls_table.columns[0].no_wrap = True
-        for e in view["events"]:
+        for e in view.events:
             calls_table.add_row(
-                datetime.fromtimestamp(e["started_us"] / 1e6, UTC).strftime("%Y-%m-%d %H:%M:%S"),
-                e["account"],
-                e["agent"],
-                e["tool"],
-                e["version"],
-                e["outcome"],
-                _duration(e["duration_us"] / 1000),
+                datetime.fromtimestamp(e.started_us / 1e6, UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                e.account,
+                e.agent,
+                e.tool,
+                e.version,
+                e.outcome,
+                _duration(e.duration_us / 1000),
             )
         console.print(calls_table)
 
 
-def _moment(iso: str) -> str:
-    return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+def _moment(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _duration(ms: float) -> str:

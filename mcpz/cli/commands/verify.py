@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
+from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for, with_client
 from mcpz.cli.output import out
 from mcpz.errors import UsageError
 from mcpz.names import split_spec
+
+if TYPE_CHECKING:
+    from mcpz.client.models import Release
+    from mcpz.client.registry import RegistryClient
 
 
 def _spec(spec: str) -> tuple[str, str]:
@@ -82,18 +86,16 @@ def sign(
     """Sign a published release with your wallet (push does this for the releases it publishes)."""
     from mcpz.cli.prompts import unlock_wallet
     from mcpz.client import namespaces
-    from mcpz.client.registry import connect
 
     name, version = _spec(spec)
-    url = settings(registry).registry
     account = unlock_wallet()
+    asked = version
 
-    async def call() -> dict[str, Any]:
-        nonlocal version
-        async with connect(url, token_for(url, token)) as client:
-            version = await client.resolve_version(name, version)
-            return await namespaces.sign_published(client, name, version, path, account)
+    async def call(client: RegistryClient) -> Release:
+        exact = await client.resolve_version(name, asked)
+        return await namespaces.sign_published(client, name, exact, path, account)
 
-    release = run(call)
-    data = {"name": name, "version": version, "commit": release["commit"], "signer": account.address}
+    release = with_client(registry, token, call)
+    version = release.version
+    data = {"name": name, "version": version, "commit": release.commit, "signer": account.address}
     out().data(data, lambda c: c.print(f"signed {name} {version} as {account.address}", markup=False))

@@ -1,0 +1,1 @@
+"""The Python SDK: `mcpz.Client`, the front door over the client, deps, local and keys layers."""
