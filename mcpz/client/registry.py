@@ -120,7 +120,7 @@ class RegistryClient:
     async def index(
         self, names: list[str], etag: str | None = None
     ) -> tuple[dict[str, Any] | None, str | None]:
-        """The batch index, parsed by `mcpz.index_client`; (None, etag) when `etag` still matches."""
+        """The batch index, parsed by `mcpz.client.index`; (None, etag) when `etag` still matches."""
         headers = {"If-None-Match": etag} if etag else {}
         response = await self.request(
             "GET", "/v1/index", params=[("name", n) for n in names], headers=headers
@@ -208,7 +208,7 @@ class RegistryClient:
         return await self.typed(NamespaceInfo, "POST", f"/v1/namespaces/{namespace}/transfer", json=body)
 
     async def namespace_keys(self, namespace: str) -> Mapping[str, Any]:
-        """The signed key history of `namespace`: checked and parsed by `mcpz.trust.NamespaceKeys`,
+        """The signed key history of `namespace`: checked and parsed by `mcpz.keys.trust.NamespaceKeys`,
         which skips nothing and trusts nothing the registry says about it."""
         return await self.json("GET", f"/v1/namespaces/{namespace}/keys")  # type: ignore[no-any-return]
 
@@ -217,7 +217,7 @@ class RegistryClient:
         return await self.typed(RotationResult, "POST", "/v1/account/rotate-key", json=body)
 
     async def revoked_keys(self) -> Mapping[str, Any]:
-        """The registry's revoked keys: signed statements for `mcpz.trust.Verifier.learn_revocations`,
+        """The registry's revoked keys: signed statements for `mcpz.keys.trust.Verifier.learn_revocations`,
         which checks each one and skips the malformed or forged."""
         return await self.json("GET", "/v1/revoked-keys")  # type: ignore[no-any-return]
 

@@ -71,7 +71,7 @@ def _signed_call(
     no_sign: bool,
     change: Callable[[RegistryClient, LocalAccount | None], Awaitable[Deployment]],
 ) -> Deployment:
-    """`change(client, account)` (one of `mcpz.deploy`'s), signed by the wallet unless --no-sign
+    """`change(client, account)` (one of `mcpz.client.deploy`'s), signed by the wallet unless --no-sign
     (or there is none)."""
     from mcpz.cli.prompts import prompt_for
     from mcpz.keys.wallet import wallet_key
