@@ -463,10 +463,15 @@ def test_run_a_missing_command_is_one_line(cli: Any, tmp_path: Path) -> None:
 async def test_run_serves_mcp_on_stdio_to_any_client(calc: Path) -> None:
     import anyio
     from mcp import Client, StdioServerParameters
+    from mcp.client.stdio import stdio_client
 
     server = StdioServerParameters(command=sys.executable, args=["-m", "mcpz", "run", str(calc)])
+    # The SDK's default `errlog` is whatever sys.stderr was when it was first imported, which may be
+    # a test runner's buffer without a file descriptor: name the process's own stderr.
+    errlog = sys.__stderr__
+    assert errlog is not None
     with anyio.fail_after(60):
-        async with Client(server) as client:
+        async with Client(stdio_client(server, errlog=errlog)) as client:
             tools = await client.list_tools()
             result = await client.call_tool("add", {"a": 40, "b": 2})
     assert {tool.name for tool in tools.tools} == {"echo", "add", "divide"}

@@ -254,6 +254,14 @@ SCOPES: dict[tuple[str, str], tuple[str, bool]] = {
     ("POST", "/v1/deployments/{namespace}/{name}/scale"): ("deploy", True),
     ("POST", "/v1/deployments/{namespace}/{name}/rollback"): ("deploy", True),
     ("DELETE", "/v1/deployments/{namespace}/{name}"): ("deploy", True),
+    ("POST", "/v1/deployments/{namespace}/{name}/restart"): ("deploy", True),
+    ("POST", "/v1/market/agents/{namespace}/{name}/list"): ("publish", True),
+    ("POST", "/v1/market/agents/{namespace}/{name}/unlist"): ("publish", True),
+    # Any account that called the agent may review it; a review's reply is its agent's publishers'.
+    ("PUT", "/v1/market/agents/{namespace}/{name}/review"): ("call", False),
+    ("POST", "/v1/market/reviews/{review_id}/reply"): ("publish", False),
+    ("POST", "/v1/market/reviews/{review_id}/report"): ("read", False),
+    ("POST", "/v1/market/reviews/{review_id}/moderate"): ("admin", False),
 }
 # Routes whose success needs a wallet's signature or changes who owns what: refusals are checked
 # here, success in tests/accounts/test_login.py and tests/signing/test_signed_releases.py.
@@ -268,6 +276,12 @@ SUCCESS_ELSEWHERE = {
     ("POST", "/v1/deployments/{namespace}/{name}/scale"),
     ("POST", "/v1/deployments/{namespace}/{name}/rollback"),
     ("DELETE", "/v1/deployments/{namespace}/{name}"),
+    ("POST", "/v1/deployments/{namespace}/{name}/restart"),
+    # A review needs a metered call first, the others a review: tests/market/test_market_api.py.
+    ("PUT", "/v1/market/agents/{namespace}/{name}/review"),
+    ("POST", "/v1/market/reviews/{review_id}/reply"),
+    ("POST", "/v1/market/reviews/{review_id}/report"),
+    ("POST", "/v1/market/reviews/{review_id}/moderate"),
 }
 # POST routes that only read: a fetch negotiates with a POST.
 READ_ONLY_POSTS = {("POST", "/git/{namespace}/{name}/git-upload-pack")}
@@ -279,7 +293,9 @@ MUTATING = {"post", "put", "patch", "delete"}
 def _request(world: World, method: str, path: str, token: str | None, key_id: int):  # type: ignore[no-untyped-def]
     """One call of a route, with real values for its parameters and a valid body."""
     name = "matrix.git" if path.startswith("/git/") else "matrix"
-    url = path.format(namespace="acme", name=name, version="0.1.0", key_id=key_id, account="other")
+    url = path.format(
+        namespace="acme", name=name, version="0.1.0", key_id=key_id, account="other", review_id=1
+    )
     kw: dict[str, object] = {}
     bodies: dict[str, object] = {
         "/v1/namespaces": {"name": "matrix-ns"},
@@ -290,6 +306,10 @@ def _request(world: World, method: str, path: str, token: str | None, key_id: in
         # The version is explicit: the matrix yanks 0.1.0 earlier in the same test.
         "/v1/deployments": {"agent": "acme/matrix", "version": "0.1.0", "replicas": 0},
         "/v1/deployments/{namespace}/{name}/scale": {"replicas": 0},
+        "/v1/market/agents/{namespace}/{name}/review": {"stars": 5, "text": "matrix"},
+        "/v1/market/reviews/{review_id}/reply": {"text": "matrix"},
+        "/v1/market/reviews/{review_id}/report": {"reason": "matrix"},
+        "/v1/market/reviews/{review_id}/moderate": {"decision": "keep"},
     }
     if path in bodies and method != "DELETE":
         kw["json"] = bodies[path]
