@@ -200,9 +200,24 @@ def mesh(tmp_path: Path) -> Iterator[Any]:
 # Fixtures that start real processes or servers: a test that uses one is `slow` without saying so,
 # so `pytest -m "not slow"` (the inner loop, docs/development.md) stays under a minute.
 SLOW_FIXTURES = frozenset({"registry", "sqlite_registry", "postgres_url", "mesh"})
+# Modules whose module-scoped set-up starts real processes (registries, nodes, agents, mypy), or
+# that run seconds of property tests: measured with `pytest -m "not slow" --junitxml`, each over 2 s.
+SLOW_MODULES = frozenset(
+    {
+        "test_api_fuzz", "test_bench_smoke", "test_demo", "test_examples", "test_login",
+        "test_pack_reuse", "test_templates", "test_trust_revocations", "test_deployment_signing",
+        "test_deps_cli",
+        "test_file_modes", "test_gateway", "test_gateway_protocol", "test_gateway_restart",
+        "test_jsonlimits", "test_local", "test_mesh_e2e", "test_mesh_hub", "test_node_sharing",
+        "test_node_supervisor", "test_openapi", "test_project", "test_registry_api",
+        "test_registry_cli", "test_registry_git", "test_registry_refusals", "test_registry_startup",
+        "test_repo_recovery", "test_scheduler", "test_signed_releases", "test_usage_api",
+        "test_usage_recorder", "test_web_session",
+    }
+)  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        if item.path.stem in SLOW_MODULES or SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
