@@ -525,7 +525,9 @@ def deployment_view(
         updated += 1
         if replica.status is ReplicaStatus.RUNNING and node is not None and node.live:
             ready += 1
-        if replica.status is ReplicaStatus.FAILED and not failed:
+        if replica.status is ReplicaStatus.FAILED and not (failed and failure != "no detail"):
+            # The reason names a failure the node explained, when any did: a heartbeat may report a
+            # replica failed a moment before its status frame brings the detail.
             failed, failure = True, replica.detail or "no detail"
     if deployment.deleted:
         phase = "deleting"
