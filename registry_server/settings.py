@@ -65,6 +65,14 @@ class RegistrySettings:
     market_admins: tuple[str, ...] = ()
     review_report_threshold: int = 3
     market_refresh_interval: float = 30.0
+    # Billing: the platform's fee on every charge (basis points), the days a price increase waits
+    # before it applies, the days a creator's earnings stay pending (refundable) before payout, and
+    # the settlement token amounts are counted in.
+    platform_fee_bps: int = 2000
+    price_notice_days: float = 14.0
+    refund_window_days: float = 7.0
+    currency: str = "USDC"
+    currency_decimals: int = 6
 
     @property
     def base_url(self) -> str:
@@ -95,7 +103,16 @@ class RegistrySettings:
         nonces = ("nonce_rate_limit", "nonce_rate_window")
         limits = ("max_json_bytes", "header_timeout", "max_sessions_per_account")
         market = ("market_admins", "review_report_threshold", "market_refresh_interval")
-        for key in (*keys, "public_url", "chain_id", "chain_rpc", *mesh, *gateway, *nonces, *limits, *market):
+        billing = (
+            "platform_fee_bps",
+            "price_notice_days",
+            "refund_window_days",
+            "currency",
+            "currency_decimals",
+        )
+        for key in (
+            *keys, "public_url", "chain_id", "chain_rpc", *mesh, *gateway, *nonces, *limits, *market, *billing
+        ):  # fmt: skip
             var = f"MCPZ_REGISTRY_{key.upper()}"
             if env.get(var):
                 values[key] = env[var]
@@ -144,11 +161,26 @@ class RegistrySettings:
                 market_admins=_names(values.get("market_admins", ())),
                 review_report_threshold=int(values.get("review_report_threshold", 3)),
                 market_refresh_interval=float(values.get("market_refresh_interval", 30.0)),
+                platform_fee_bps=int(values.get("platform_fee_bps", 2000)),
+                price_notice_days=float(values.get("price_notice_days", 14.0)),
+                refund_window_days=float(values.get("refund_window_days", 7.0)),
+                currency=str(values.get("currency", "USDC")),
+                currency_decimals=int(values.get("currency_decimals", 6)),
             )
         except (KeyError, ValueError) as e:
             raise UsageError(f"invalid registry setting: {e}", hint="check MCPZ_REGISTRY_* variables") from e
 
     def __post_init__(self) -> None:
+        if not 0 <= self.platform_fee_bps <= 10_000:
+            raise UsageError(
+                f"invalid registry setting: platform_fee_bps {self.platform_fee_bps} is not 0 to 10000",
+                hint="set the platform fee in basis points: 2000 is 20 %",
+            )
+        if self.price_notice_days < 0 or self.refund_window_days < 0:
+            raise UsageError(
+                "invalid registry setting: price_notice_days and refund_window_days must not be negative",
+                hint="fix them in configs/registry.toml or MCPZ_REGISTRY_*",
+            )
         # A port out of range would be announced and then silently replaced by another one.
         if not 1 <= self.port <= 65535:
             raise UsageError(

@@ -7,6 +7,7 @@ from alembic import context
 # Imported for their side effect: every domain's tables register on Base.metadata, so
 # autogenerate compares the whole schema.
 import registry_server.accounts.models
+import registry_server.billing.models
 import registry_server.deployments.models
 import registry_server.market.models
 import registry_server.releases.models

@@ -43,11 +43,20 @@ class UsageEvent:
     outcome: str  # one of Outcome.ALL
     bytes_in: int  # the request's JSON-RPC message, as received
     bytes_out: int  # the response's JSON-RPC message, as sent
+    # Billing (registry_server.billing): what the call is charged, in base units, under which plan,
+    # from which hold. A free call keeps the defaults, which `to_dict` leaves out so that events
+    # journaled before billing keep their digests.
+    price: int = 0
+    plan: str = ""
+    hold: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         # Every field is a scalar, so this equals `asdict(self)` at a tenth of its cost (it runs on
         # the gateway's call path, inside `canonical()`).
-        return {name: getattr(self, name) for name in _FIELDS}
+        data = {name: getattr(self, name) for name in _FIELDS}
+        if not self.price and not self.plan and not self.hold:
+            del data["price"], data["plan"], data["hold"]
+        return data
 
     def canonical(self) -> bytes:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
@@ -57,7 +66,10 @@ class UsageEvent:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UsageEvent:
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        return cls(
+            **{name: data[name] for name in cls.__dataclass_fields__ if name in data or name not in _BILLING}
+        )
 
 
+_BILLING = frozenset({"price", "plan", "hold"})
 _FIELDS = tuple(f.name for f in fields(UsageEvent))

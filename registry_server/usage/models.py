@@ -6,7 +6,7 @@ key to accounts resolves. Rows are written only by `usage.UsageRecorder`, idempo
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from registry_server.orm import Base
@@ -20,6 +20,13 @@ class UsageEventRow(Base):
     __table_args__ = (
         Index("ix_usage_account_started", "account_id", "started_us"),
         Index("ix_usage_agent_started", "agent", "started_us"),
+        # Priced events not rated yet: what billing's rater claims (migration 0011).
+        Index(
+            "ix_usage_unrated",
+            "started_us",
+            sqlite_where=text("price > 0 AND rated IS NULL"),
+            postgresql_where=text("price > 0 AND rated IS NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -39,6 +46,12 @@ class UsageEventRow(Base):
     bytes_out: Mapped[int] = mapped_column(BigInteger)
     # sha256 of the event's canonical JSON (`UsageEvent.digest`).
     digest: Mapped[str] = mapped_column(String(64))
+    # Billing: the price the gateway captured (0: free, or not charged), its plan and hold, and the
+    # ledger transaction that rated it (None until rated; never set twice).
+    price: Mapped[int] = mapped_column(BigInteger, default=0)
+    plan: Mapped[str] = mapped_column(String(16), default="")
+    hold: Mapped[str] = mapped_column(String(64), default="")
+    rated: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
     def event(self) -> UsageEvent:
         return UsageEvent.from_dict({name: getattr(self, name) for name in UsageEvent.__dataclass_fields__})

@@ -367,7 +367,10 @@ class UsageRecorder:
         insert = postgresql.insert if self.db.engine.dialect.name == "postgresql" else sqlite.insert
         inserted: set[str] = set()
         with self.db.session() as session:
-            rows = [{**event.to_dict(), "digest": digests[event.id]} for event in unique.values()]
+            rows = [
+                {"price": 0, "plan": "", "hold": "", **event.to_dict(), "digest": digests[event.id]}
+                for event in unique.values()
+            ]
             # SQLAlchemy sends rows as multi-row INSERTs ("insertmanyvalues") and gathers the
             # RETURNING ids of those inserted. Each row count is a statement of its own, prepared
             # and kept in the driver's statement cache of every pooled connection (a few hundred
