@@ -22,6 +22,9 @@ from mcpz import __version__
 from mcpz.errors import AuthError, McpzError, NotFoundError, RefusedError, UsageError
 from registry_server.accounts import routes as api_auth
 from registry_server.accounts.auth import Forbidden
+from registry_server.billing import routes as api_billing
+from registry_server.billing.gate import BillingGate
+from registry_server.billing.worker import BillingWorker
 from registry_server.body_limits import BodyLimits
 from registry_server.deployments import routes as api_deploy
 from registry_server.gateway.asgi import GATEWAY_PREFIX, Gateway
@@ -146,18 +149,30 @@ def create_app(
         try:
             await app.state.usage.start()
             try:
-                app.state.mesh = await mesh_hub.start_mesh(app.state.registry)
-                app.state.gateway = Gateway(app.state.registry, app.state.mesh, app.state.usage)
-                await app.state.gateway.start()
-                # Listings follow publishes (a listener on the state) and a periodic sweep.
-                app.state.market = MarketUpkeep(app.state.registry)
-                await app.state.market.start()
+                # Billing rates what the replayed journal holds and gives back a stopped
+                # registry's holds before the gateway takes calls; it stops after the usage
+                # recorder, so the last events are rated and every hold is given back.
+                app.state.billing_gate = BillingGate(app.state.registry)
+                app.state.billing = BillingWorker(app.state.registry, app.state.billing_gate)
+                await app.state.billing.start()
                 try:
-                    yield
+                    app.state.mesh = await mesh_hub.start_mesh(app.state.registry)
+                    app.state.gateway = Gateway(
+                        app.state.registry, app.state.mesh, app.state.usage, app.state.billing_gate
+                    )
+                    await app.state.gateway.start()
+                    # Listings follow publishes (a listener on the state) and a periodic sweep.
+                    app.state.market = MarketUpkeep(app.state.registry)
+                    await app.state.market.start()
+                    try:
+                        yield
+                    finally:
+                        await app.state.market.stop()
+                        await app.state.gateway.stop()
+                        await app.state.mesh.stop()
                 finally:
-                    await app.state.market.stop()
-                    await app.state.gateway.stop()
-                    await app.state.mesh.stop()
+                    await app.state.usage.stop()
+                    await app.state.billing.stop()
             finally:
                 await app.state.usage.stop()
         finally:
@@ -172,6 +187,7 @@ def create_app(
     app.include_router(api_usage.router)
     app.include_router(mesh_http.router)
     app.include_router(api_market.router)
+    app.include_router(api_billing.router)
     # The web pages last: their paths (/, /search, /agents/...) are apart from the API's.
     app.include_router(web.router)
 

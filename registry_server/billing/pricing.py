@@ -147,7 +147,12 @@ def cheaper_of(old: Pricing, new: Pricing) -> Pricing:
     """What may apply at once: each of `new`'s decreases, none of its increases."""
     if old.free:
         return old
-    tools = {t: min(p, new.per_call_price(t) or p) for t, p in old.tools.items()}
+    tools: dict[str, int] = {}
+    if old.per_call is not None:
+        for tool in set(old.tools) | set(new.tools):
+            was, will = old.per_call_price(tool), new.per_call_price(tool)
+            if was is not None:
+                tools[tool] = was if will is None else min(was, will)
     return replace(
         old,
         per_call=_lower(old.per_call, new.per_call),

@@ -28,6 +28,11 @@ warm stdio process. It follows the specification's Streamable HTTP transport (ha
   not be idempotent. The session moves to a surviving replica for its next request.
 - **Metering**: every `tools/call` that reached a replica records one usage event when it ends,
   however it ends (`usage.events.Outcome`).
+- **Billing**: a `tools/call` of a paid agent is priced and its price reserved before it is
+  relayed (`billing.gate.BillingGate`); one that may not run (no balance, no subscription, a spend
+  cap) is answered with a JSON-RPC error (`BILLING_REFUSED`) naming the reason and the command
+  that fixes it, and never reaches the agent. The reservation is captured when the call succeeds
+  (its usage event carries the price) and released when it fails.
 """
 
 from __future__ import annotations
@@ -55,11 +60,13 @@ from mcpz.mesh import MAX_FRAME_SIZE
 from mcpz.names import version_or_latest
 from registry_server.accounts.auth import Forbidden, Unauthenticated, principal_from_headers, require
 from registry_server.accounts.service import Principal
+from registry_server.billing.gate import Authorization, Refusal
 from registry_server.http import agent_name
 from registry_server.mesh.calls import DEV_VERSION, Busy, CallFailed, PendingCall, Target
 from registry_server.usage.events import Outcome, UsageEvent
 
 if TYPE_CHECKING:
+    from registry_server.billing.gate import BillingGate
     from registry_server.mesh.hub import MeshHub
     from registry_server.state import RegistryState
     from registry_server.usage.service import UsageRecorder
@@ -81,6 +88,7 @@ PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 UNAVAILABLE = -32000  # no replica, replica lost, overloaded
 TIMED_OUT = -32001
+BILLING_REFUSED = -32020  # no balance, no subscription, a spend cap reached: `data` says the fix
 CANCELLED = -32800
 
 SESSION_HEADER = b"mcp-session-id"
@@ -193,11 +201,18 @@ def _origin_of(url: str) -> str:
 
 
 class Gateway:
-    def __init__(self, state: RegistryState, hub: MeshHub, usage: UsageRecorder | None) -> None:
+    def __init__(
+        self,
+        state: RegistryState,
+        hub: MeshHub,
+        usage: UsageRecorder | None,
+        billing: BillingGate | None = None,
+    ) -> None:
         self.state = state
         self.hub = hub
         self.router = hub.calls
         self.usage = usage
+        self.billing = billing
         settings = state.settings
         self.call_timeout = settings.call_timeout
         self.max_in_flight = settings.max_calls_in_flight
@@ -484,11 +499,19 @@ class Gateway:
         target = self.router.pick(session.deployment, session.version, prefer=session.target)
         if target is None:
             raise self._no_replica(session, request_id)
+        metered = message.get("method") == "tools/call"
+        billing = self.billing if metered and session.version != DEV_VERSION else None
+        auth: Authorization | None = None
+        if billing is not None:
+            admitted = await self._admit(billing, principal, target, message)
+            if isinstance(admitted, bytes):  # refused: the agent never sees it, no usage is recorded
+                return admitted, Outcome.RPC_ERROR
+            auth = admitted
         try:
             call = self.router.start(target, body, session.id, on_notify)
-        except Busy as e:
-            raise GatewayError(503, UNAVAILABLE, e.message, request_id=request_id, retry_after=1) from None
-        except CallFailed as e:
+        except (Busy, CallFailed) as e:
+            if billing is not None and auth is not None:
+                billing.finish(auth, Outcome.REPLICA_LOST)
             raise GatewayError(503, UNAVAILABLE, e.message, request_id=request_id, retry_after=1) from None
         if target != session.target:
             self.router.pin(target, session.target)
@@ -516,8 +539,14 @@ class Gateway:
             self.in_flight -= 1
             if session.calls.get(key) is call:
                 del session.calls[key]
-            if message.get("method") == "tools/call":
-                self._record(principal, target, message, started_us, clock, outcome, len(body), len(payload))
+            if metered:
+                price, plan, hold = (0, "", "")
+                if billing is not None and auth is not None:
+                    price, plan, hold = billing.finish(auth, outcome)
+                self._record(
+                    principal, target, message, started_us, clock, outcome, len(body), len(payload),
+                    price=price, plan=plan, hold=hold,
+                )  # fmt: skip
 
     async def _await(
         self, call: PendingCall, request_id: object, disconnect: asyncio.Future[Any] | None
@@ -682,6 +711,37 @@ class Gateway:
         message = f"no healthy replica of {name} right now: see `mcpz deploy status {session.deployment}`"
         return GatewayError(503, UNAVAILABLE, message, request_id=request_id, retry_after=1)
 
+    async def _admit(
+        self, billing: BillingGate, principal: Principal, target: Target, message: dict[str, Any]
+    ) -> Authorization | bytes | None:
+        """Price a tools/call and reserve it (None: it is free); or the JSON-RPC error refusing it."""
+        params = message.get("params")
+        tool = str(params.get("name", "")) if isinstance(params, dict) else ""
+        try:
+            admitted = await billing.authorize(principal, target.agent, tool)
+        except (McpzError, SQLAlchemyError) as e:
+            log.error("cannot price a call of %s: %s", target.agent, e)
+            raise GatewayError(
+                503,
+                UNAVAILABLE,
+                "the registry cannot check billing right now",
+                request_id=message["id"],
+                retry_after=1,
+            ) from None
+        if isinstance(admitted, Refusal):
+            log.info("billing refused a call", extra={"agent": target.agent, "reason": admitted.reason})
+            body = {
+                "jsonrpc": "2.0",
+                "id": message["id"],
+                "error": {
+                    "code": BILLING_REFUSED,
+                    "message": admitted.message,
+                    "data": {"reason": admitted.reason, "fix": admitted.fix, "agent": target.agent},
+                },
+            }
+            return json.dumps(body, separators=(",", ":")).encode()
+        return admitted
+
     def _record(
         self,
         principal: Principal,
@@ -692,6 +752,10 @@ class Gateway:
         outcome: str,
         bytes_in: int,
         bytes_out: int,
+        *,
+        price: int = 0,
+        plan: str = "",
+        hold: str = "",
     ) -> None:
         if self.usage is None:
             return
@@ -712,6 +776,9 @@ class Gateway:
             outcome=outcome,
             bytes_in=bytes_in,
             bytes_out=bytes_out,
+            price=price,
+            plan=plan,
+            hold=hold,
         )
         try:
             self.usage.record(event)

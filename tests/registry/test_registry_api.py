@@ -262,6 +262,14 @@ SCOPES: dict[tuple[str, str], tuple[str, bool]] = {
     ("POST", "/v1/market/reviews/{review_id}/reply"): ("publish", False),
     ("POST", "/v1/market/reviews/{review_id}/report"): ("read", False),
     ("POST", "/v1/market/reviews/{review_id}/moderate"): ("admin", False),
+    # Prices and splits are the namespace owner's; subscribing spends the caller's own balance;
+    # spend caps need `admin`, so that a key that may only call cannot lift its own cap.
+    ("PUT", "/v1/billing/plans/{namespace}/{name}"): ("publish", True),
+    ("PUT", "/v1/billing/splits/{namespace}/{name}"): ("publish", True),
+    ("POST", "/v1/billing/subscriptions"): ("call", False),
+    ("DELETE", "/v1/billing/subscriptions/{namespace}/{name}"): ("call", False),
+    ("PUT", "/v1/billing/caps"): ("admin", False),
+    ("DELETE", "/v1/billing/caps/{cap_id}"): ("admin", False),
 }
 # Routes whose success needs a wallet's signature or changes who owns what: refusals are checked
 # here, success in tests/accounts/test_login.py and tests/signing/test_signed_releases.py.
@@ -282,6 +290,11 @@ SUCCESS_ELSEWHERE = {
     ("POST", "/v1/market/reviews/{review_id}/reply"),
     ("POST", "/v1/market/reviews/{review_id}/report"),
     ("POST", "/v1/market/reviews/{review_id}/moderate"),
+    # A subscription needs a monthly plan and a balance, its end a subscription, a cap's removal a
+    # cap: tests/billing/test_billing_api.py.
+    ("POST", "/v1/billing/subscriptions"),
+    ("DELETE", "/v1/billing/subscriptions/{namespace}/{name}"),
+    ("DELETE", "/v1/billing/caps/{cap_id}"),
 }
 # POST routes that only read: a fetch negotiates with a POST.
 READ_ONLY_POSTS = {("POST", "/git/{namespace}/{name}/git-upload-pack")}
@@ -294,7 +307,7 @@ def _request(world: World, method: str, path: str, token: str | None, key_id: in
     """One call of a route, with real values for its parameters and a valid body."""
     name = "matrix.git" if path.startswith("/git/") else "matrix"
     url = path.format(
-        namespace="acme", name=name, version="0.1.0", key_id=key_id, account="other", review_id=1
+        namespace="acme", name=name, version="0.1.0", key_id=key_id, account="other", review_id=1, cap_id=1
     )
     kw: dict[str, object] = {}
     bodies: dict[str, object] = {
@@ -310,6 +323,10 @@ def _request(world: World, method: str, path: str, token: str | None, key_id: in
         "/v1/market/reviews/{review_id}/reply": {"text": "matrix"},
         "/v1/market/reviews/{review_id}/report": {"reason": "matrix"},
         "/v1/market/reviews/{review_id}/moderate": {"decision": "keep"},
+        "/v1/billing/plans/{namespace}/{name}": {"per_call": 1000},
+        "/v1/billing/splits/{namespace}/{name}": {"shares": [{"account": "acme", "bps": 10000}]},
+        "/v1/billing/subscriptions": {"agent": "acme/matrix", "plan": "monthly"},
+        "/v1/billing/caps": {"period": "day", "amount": 1000},
     }
     if path in bodies and method != "DELETE":
         kw["json"] = bodies[path]

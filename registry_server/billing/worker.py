@@ -1,0 +1,80 @@
+"""Billing's background work in a registry process: rate usage events as they are written, give
+back holds whose calls are rated, let earnings mature past the refund window, expire promotional
+credit. Every step is idempotent, so any number of registry processes may run it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import anyio.to_thread
+
+from registry_server.billing import service
+from registry_server.billing.gate import BillingGate
+from registry_server.state import RegistryState
+
+log = logging.getLogger("registry_server.billing")
+
+MAX_BACKOFF = 30.0
+
+
+class BillingWorker:
+    def __init__(self, state: RegistryState, gate: BillingGate) -> None:
+        self.state = state
+        self.gate = gate
+        self.interval = state.settings.usage_flush_interval
+        self.fee_bps = state.settings.platform_fee_bps
+        self.window_us = int(state.settings.refund_window_days * service.DAY_US)
+        self._task: asyncio.Task[None] | None = None
+        self.rated = 0
+
+    async def start(self) -> None:
+        """Rate what a stopped registry left (the usage journal was replayed before this), give back
+        this data folder's holds from before, then keep going in the background."""
+        await self.rate()
+        released = await anyio.to_thread.run_sync(self.gate.recover)
+        if released:
+            log.info("gave back holds a stopped registry left", extra={"holds": released})
+        self._task = asyncio.create_task(self._run(), name="billing")
+
+    async def stop(self) -> None:
+        """After the gateway and usage recorder stopped: rate the last events, give back every hold."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        try:
+            await self.rate()
+            self.gate.close_all()
+            await self.gate.release_ready()
+        except Exception:  # the next start recovers the holds
+            log.exception("billing could not finish its work at stop; the next start will")
+
+    async def rate(self) -> int:
+        done = await anyio.to_thread.run_sync(service.rate_all, self.state.db, self.fee_bps)
+        self.rated += done.events
+        return done.events
+
+    async def tick(self) -> None:
+        await self.rate()
+        await self.gate.release_ready()
+        await anyio.to_thread.run_sync(self._upkeep)
+
+    def _upkeep(self) -> None:
+        now = service.now_us()
+        with self.state.db.session() as session:
+            service.mature_earnings(session, self.window_us, now)
+            service.expire_credits(session, now)
+
+    async def _run(self) -> None:
+        backoff = self.interval
+        while True:
+            await asyncio.sleep(backoff)
+            try:
+                await self.tick()
+                backoff = self.interval
+            except Exception:
+                log.exception("billing work failed; trying again")
+                backoff = min(backoff * 2, MAX_BACKOFF)
