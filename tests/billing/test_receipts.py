@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -71,6 +73,13 @@ def test_the_signature_is_over_the_canonical_json_of_every_other_field() -> None
     signature = receipts.decode_b64url(RECEIPT.signature, 64)
     assert signature is not None
     KEY.public_key().verify(signature, expected)  # raises if not
+
+
+def test_the_example_of_docs_receipts_md_verifies() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "receipts.md").read_text(encoding="utf-8")
+    example = json.loads(re.findall(r"```json\n(.*?)```", doc, re.S)[0])
+    receipt = receipts.verify_result(example, PUBLIC, {"name": "forecast", "arguments": {"city": "Oslo"}})
+    assert receipt.key == PUBLIC and receipt.price == 1500
 
 
 def test_digests_are_sha256_of_canonical_json() -> None:
