@@ -98,7 +98,6 @@ async def verify_receipt(
         url = (registry or found.receipt.registry).rstrip("/")
         trusted, key_from = await receipt_key(url), url
     else:
-        receipts.parse_public_key(key)
         trusted, key_from = key, "given"
     params = _params(request_params)
     receipts.verify_document(found, trusted, params)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import stat
 from pathlib import Path
 
@@ -41,6 +42,17 @@ def test_the_key_is_made_once_privately_and_kept(tmp_path: Path, caplog: pytest.
     again = ReceiptSigner(settings, env={})
     assert again.public_key == first.public_key
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_the_key_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    old = os.umask(0)
+    try:
+        ReceiptSigner(settings, env={})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(key_path(settings).stat().st_mode) == 0o600
+    assert stat.S_IMODE(key_path(settings).parent.stat().st_mode) == 0o700
 
 
 def test_a_receipt_signed_by_the_signer_verifies_against_its_public_key(tmp_path: Path) -> None:

@@ -60,15 +60,23 @@ def verify_receipt(
     ],
     key: Annotated[
         str | None,
-        typer.Option("--key", help='The registry\'s receipt key ("ed25519:..."): check offline.'),
+        typer.Option(
+            "--key", metavar="KEY", help='The registry\'s receipt key ("ed25519:..."): check offline.'
+        ),
     ] = None,
     registry: Annotated[
         str | None,
-        typer.Option("--registry", help="Fetch the key from this registry (else the one the receipt names)."),
+        typer.Option(
+            "--registry",
+            metavar="URL",
+            help="Fetch the key from this registry (else the one the receipt names).",
+        ),
     ] = None,
     request: Annotated[
         str | None,
-        typer.Option("--request", help="JSON of the call's request (or its params): check it too."),
+        typer.Option(
+            "--request", metavar="FILE", help="JSON of the call's request (or its params): check it too."
+        ),
     ] = None,
 ) -> None:
     """Check a paid call's receipt: signed by the registry, for this result (and request)."""
