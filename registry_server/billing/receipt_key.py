@@ -78,6 +78,8 @@ class ReceiptSigner:
         self._private = _from_env(text) if text else _from_file(key_path(settings))
         self.public_key = receipts.public_key_text(self._private)
         self.registry = public_url(settings)
+        self.currency = settings.currency
+        self.decimals = settings.currency_decimals
         self.algorithm = ALGORITHM
         log.info("receipt key", extra={"key": self.public_key, "source": "env" if text else "file"})
 
@@ -92,22 +94,23 @@ class ReceiptSigner:
         version: str,
         tool: str,
         price: int,
-        currency: str,
-        decimals: int,
         time: int,
         request: str,
         response: str,
+        currency: str | None = None,
+        decimals: int | None = None,
     ) -> Receipt:
         """A receipt for one call. `request`/`response` are `mcpz.keys.receipts.request_digest`
-        of the call's params and `response_digest` of the agent's result, taken before `attach`."""
+        of the call's params and `response_digest` of the agent's result, taken before `attach`;
+        `price` is in base units of `currency` (default: the registry's settlement token)."""
         return receipts.sign(
             event=event,
             agent=agent,
             version=version,
             tool=tool,
             price=price,
-            currency=currency,
-            decimals=decimals,
+            currency=self.currency if currency is None else currency,
+            decimals=self.decimals if decimals is None else decimals,
             time=time,
             request=request,
             response=response,

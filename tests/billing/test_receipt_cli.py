@@ -135,6 +135,9 @@ def test_offline_with_key_no_registry_needed(cli: Any, tmp_path: Path) -> None:
     assert from_stdin.exit_code == 0, from_stdin.stderr
     assert "receipt alone" not in from_stdin.stderr
 
+    dear = _write(tmp_path / "dear.json", _signed(seed, "http://127.0.0.1:9", price=25_000_000).to_dict())
+    assert " 25.00 USDC, signed by " in cli("billing", "verify-receipt", dear, "--key", public).stdout
+
     stranger = receipts.public_key_text(receipts.private_key_from_seed(b"\x06" * 32))
     wrong = cli("billing", "verify-receipt", bare, "--key", stranger)
     assert wrong.exit_code == 4 and "not by the trusted key" in wrong.stderr

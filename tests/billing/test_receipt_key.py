@@ -63,13 +63,12 @@ def test_a_receipt_signed_by_the_signer_verifies_against_its_public_key(tmp_path
         version="1.0.0",
         tool="forecast",
         price=10,
-        currency="USDC",
-        decimals=6,
         time=1,
         request=receipts.request_digest({"name": "forecast"}),
         response=receipts.response_digest({"content": []}),
     )
     assert receipt.registry == "https://reg.example.com" and receipt.key == signer.public_key
+    assert (receipt.currency, receipt.decimals) == ("USDC", 6), "the registry's settlement token"
     receipts.verify(receipt, signer.public_key)
 
 
@@ -96,3 +95,17 @@ def test_a_bad_key_is_refused_without_showing_it(tmp_path: Path) -> None:
         ReceiptSigner(settings, env={})
     assert "\x02" not in str(refused.value)
     assert path.read_bytes() == b"\x02" * 33, "a bad key file is never overwritten"
+
+
+def test_receipts_are_in_the_registrys_settlement_token(tmp_path: Path) -> None:
+    settings = RegistrySettings.load(
+        data_dir=tmp_path / "data",
+        env={"MCPZ_REGISTRY_CURRENCY": "EURC", "MCPZ_REGISTRY_CURRENCY_DECIMALS": "2"},
+    )
+    signer = ReceiptSigner(settings, env={})
+    digest = receipts.digest_json({})
+    receipt = signer.sign(
+        event="ev-1", agent="acme/x", version="1", tool="t", price=5, time=1, request=digest, response=digest
+    )
+    assert (receipt.currency, receipt.decimals) == ("EURC", 2)
+    receipts.verify(receipt, signer.public_key)

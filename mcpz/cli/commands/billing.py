@@ -39,16 +39,6 @@ def _read_json(path: str, what: str) -> Any:
         raise UsageError(f"{what} {path} is not JSON: {e}") from None
 
 
-def _amount(price: int, decimals: int) -> str:
-    """Base units as a decimal number, at least two places (1500 at 6 decimals: "0.0015").
-
-    Integers only: a float would round a price. (A local helper until mcpz.money exists.)
-    """
-    whole, frac = divmod(price, 10**decimals)
-    digits = str(frac).rjust(decimals, "0").rstrip("0") if decimals else ""
-    return f"{whole}.{digits.ljust(2, '0')}"
-
-
 @billing_app.command("verify-receipt")
 def verify_receipt(
     file: Annotated[
@@ -81,6 +71,7 @@ def verify_receipt(
 ) -> None:
     """Check a paid call's receipt: signed by the registry, for this result (and request)."""
     from mcpz.client import billing
+    from mcpz.money import format_amount
 
     if file == "-" and request == "-":
         raise UsageError("FILE and --request cannot both be read from stdin")
@@ -93,7 +84,7 @@ def verify_receipt(
         o.info(f"key from {checked.key_from}")
     if not checked.response_checked:
         o.info("note: FILE holds the receipt alone: its signature is checked, not the result it is for")
-    amount = _amount(receipt.price, receipt.decimals)
+    amount = format_amount(receipt.price, decimals=receipt.decimals)
     o.lines(
         {**checked.to_json(), "amount": amount},
         lambda: [
