@@ -24,6 +24,7 @@ from registry_server.accounts import routes as api_auth
 from registry_server.accounts.auth import Forbidden
 from registry_server.billing import routes as api_billing
 from registry_server.billing.gate import BillingGate
+from registry_server.billing.receipt_key import ReceiptSigner
 from registry_server.billing.worker import BillingWorker
 from registry_server.body_limits import BodyLimits
 from registry_server.deployments import routes as api_deploy
@@ -141,6 +142,8 @@ def create_app(
         # Before serving: undo what a killed registry left half done (docs/registry.md).
         recover(app.state.registry.repos, app.state.registry.db)
         app.state.index_cache = IndexCache()
+        # The gateway signs paid calls' receipts with it; made (or read) once, before any call.
+        app.state.receipts = ReceiptSigner(app.state.registry.settings)
         app.state.nonce_limiter = api_auth.nonce_limiter(settings)
         app.state.market_limiter = api_market.market_limiter(settings)
         # Usage recording starts before the mesh and stops after it, so calls in flight at

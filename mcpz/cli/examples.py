@@ -74,6 +74,12 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "market report": ('mcpz market report 12 -m "spam"',),
     "market list": ("mcpz market list acme/weather",),
     "market unlist": ("mcpz market unlist acme/weather",),
+    # billing
+    "billing": ("mcpz billing verify-receipt result.json",),
+    "billing verify-receipt": (
+        "mcpz billing verify-receipt result.json",
+        "mcpz billing verify-receipt receipt.json --key ed25519:... --request request.json",
+    ),
     "keys": ("mcpz keys list",),
     "keys create": ("mcpz keys create --scope read,call --name ci --expires-days 30",),
     "keys list": ("mcpz keys list",),

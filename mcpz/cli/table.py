@@ -110,6 +110,9 @@ COMMANDS: dict[str, Entry] = {
     "market": Entry(
         "market", "The marketplace: search agents, read their listings, review the ones you used.", MARKET
     ),
+    "billing": Entry(
+        "billing", "Billing: what paid calls cost, and the signed receipts that prove it.", BILLING
+    ),
     "login": Entry(
         "auth",
         "Log in to a registry and keep the token (OS keyring; a 0600 file where there is none).",

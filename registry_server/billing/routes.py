@@ -1,4 +1,5 @@
-"""`/v1/billing/...`: prices, splits, subscriptions, balances, usage with amounts, spend caps.
+"""`/v1/billing/...`: prices, splits, subscriptions, balances, usage with amounts, spend caps, and
+the public key that signs receipts.
 
 Amounts are integers in the settlement token's base units (`currency`, `decimals` say which).
 Reading a listing's prices needs no token; everything else is the caller's own account: scope
@@ -10,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio.to_thread
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from mcpz.errors import UsageError
@@ -25,6 +26,7 @@ from registry_server.accounts.service import Principal
 from registry_server.billing import service
 from registry_server.billing.gate import BillingGate
 from registry_server.billing.pricing import Pricing
+from registry_server.billing.receipt_key import ReceiptSigner
 from registry_server.billing.worker import BillingWorker
 from registry_server.http import State, agent_name
 from registry_server.openapi import PART_PATTERN, errors
@@ -426,6 +428,26 @@ async def remove_cap(request: Request, state: State, principal: Caller, cap_id: 
     if gate is not None and principal is not None:
         gate.forget_account(principal.account_id)
     return out
+
+
+def receipt_signer(request: Request) -> ReceiptSigner:
+    return request.app.state.receipts  # type: ignore[no-any-return]
+
+
+Signer = Annotated[ReceiptSigner, Depends(receipt_signer)]
+
+
+class ReceiptKeyOut(BaseModel):
+    key: str = Field(description='The public key: "ed25519:" and its 32 bytes in base64url, unpadded')
+    registry: str = Field(description="The registry URL its receipts name")
+    algorithm: Literal["ed25519"]
+
+
+@router.get("/v1/billing/receipt-key", response_model=ReceiptKeyOut)
+async def receipt_key(signer: Signer) -> ReceiptKeyOut:
+    """The key that signs the receipts of paid calls: check one offline with
+    `mcpz billing verify-receipt FILE --key KEY` (docs/receipts.md)."""
+    return ReceiptKeyOut(key=signer.public_key, registry=signer.registry, algorithm="ed25519")
 
 
 __all__ = ["UsageError", "router"]
