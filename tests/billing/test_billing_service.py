@@ -8,12 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from billingutil import AGENT, World, open_world, usage_event
 
 from mcpz.errors import UsageError
 from registry_server.billing import ledger, service
 from registry_server.billing.pricing import Pricing
+from registry_server.usage.events import UsageEvent
 from registry_server.usage.service import UsageRecorder
-from tests.billing.billingutil import AGENT, World, open_world, usage_event
 
 FEE = 2000
 DAY = service.DAY_US
@@ -27,8 +28,8 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
     w.state.close()
 
 
-def record(world: World, events: list[object]) -> None:
-    UsageRecorder(world.state).record_many(events)  # type: ignore[arg-type]
+def record(world: World, events: list[UsageEvent]) -> None:
+    UsageRecorder(world.state).record_many(events)
 
 
 def balance(world: World, account_id: int) -> service.Balance:
