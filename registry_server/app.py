@@ -161,7 +161,11 @@ def create_app(
                 try:
                     app.state.mesh = await mesh_hub.start_mesh(app.state.registry)
                     app.state.gateway = Gateway(
-                        app.state.registry, app.state.mesh, app.state.usage, app.state.billing_gate
+                        app.state.registry,
+                        app.state.mesh,
+                        app.state.usage,
+                        app.state.billing_gate,
+                        app.state.receipts,
                     )
                     await app.state.gateway.start()
                     # Listings follow publishes (a listener on the state) and a periodic sweep.

@@ -145,7 +145,9 @@ class BillingGate:
             count = await anyio.to_thread.run_sync(self._plan_calls, account, agent, month)
             wallet.calls.setdefault((agent, month), count)
         if wallet.seeded_month != month:
-            await self._seed_spent(wallet, account, day, month)
+            async with wallet.lock:  # once: a second seeding would forget the first's reservations
+                if wallet.seeded_month != month:
+                    await self._seed_spent(wallet, account, day, month)
         if time.monotonic() - wallet.caps_at > CACHE_TTL:
             caps = await anyio.to_thread.run_sync(self._caps, account)
             wallet.caps, wallet.caps_at = caps, time.monotonic()
@@ -237,7 +239,7 @@ class BillingGate:
 
     async def _seed_spent(self, wallet: Wallet, account: int, day: int, month: int) -> None:
         rows = await anyio.to_thread.run_sync(self._spent_rows, account, month)
-        wallet.spent.clear()
+        wallet.spent = defaultdict(int, {k: v for k, v in wallet.spent.items() if k[0] >= month})
         for token, agent, started, price in rows:
             wallet.spent[(month, token or 0, agent)] += price
             if started >= day:

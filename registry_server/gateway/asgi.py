@@ -56,6 +56,7 @@ from starlette.types import Receive, Scope, Send
 from mcpz import jsonlimits
 from mcpz.errors import McpzError, UsageError
 from mcpz.jsonlimits import JSONError
+from mcpz.keys import receipts
 from mcpz.mesh import MAX_FRAME_SIZE
 from mcpz.names import version_or_latest
 from registry_server.accounts.auth import Forbidden, Unauthenticated, principal_from_headers, require
@@ -67,6 +68,7 @@ from registry_server.usage.events import Outcome, UsageEvent
 
 if TYPE_CHECKING:
     from registry_server.billing.gate import BillingGate
+    from registry_server.billing.receipt_key import ReceiptSigner
     from registry_server.mesh.hub import MeshHub
     from registry_server.state import RegistryState
     from registry_server.usage.service import UsageRecorder
@@ -207,12 +209,14 @@ class Gateway:
         hub: MeshHub,
         usage: UsageRecorder | None,
         billing: BillingGate | None = None,
+        receipts: ReceiptSigner | None = None,
     ) -> None:
         self.state = state
         self.hub = hub
         self.router = hub.calls
         self.usage = usage
         self.billing = billing
+        self.receipts = receipts
         settings = state.settings
         self.call_timeout = settings.call_timeout
         self.max_in_flight = settings.max_calls_in_flight
@@ -523,12 +527,18 @@ class Gateway:
         clock = time.perf_counter_ns()
         outcome = Outcome.OK
         payload = b""
+        event_id = secrets.token_hex(16)
+        charge = (0, "", "")
         try:
             payload, outcome = await self._await(call, request_id, disconnect)
             if outcome == Outcome.REPLICA_LOST:
                 self.router.suspect(target)
                 self.router.pin(None, session.target)
                 session.target = None
+            if billing is not None and auth is not None:
+                charge, auth = billing.finish(auth, outcome), None
+                if charge[0] and self.receipts is not None:
+                    payload = self._with_receipt(payload, message, target, event_id, charge[0], started_us)
             return payload, outcome
         except asyncio.CancelledError:
             # The server is stopping this request (shutdown): the node is told, the event recorded.
@@ -540,13 +550,45 @@ class Gateway:
             if session.calls.get(key) is call:
                 del session.calls[key]
             if metered:
-                price, plan, hold = (0, "", "")
-                if billing is not None and auth is not None:
-                    price, plan, hold = billing.finish(auth, outcome)
+                if billing is not None and auth is not None:  # ended by an exception
+                    charge = billing.finish(auth, outcome)
+                price, plan, hold = charge
                 self._record(
                     principal, target, message, started_us, clock, outcome, len(body), len(payload),
-                    price=price, plan=plan, hold=hold,
+                    event_id=event_id, price=price, plan=plan, hold=hold,
                 )  # fmt: skip
+
+    def _with_receipt(
+        self,
+        payload: bytes,
+        message: dict[str, Any],
+        target: Target,
+        event_id: str,
+        price: int,
+        started_us: int,
+    ) -> bytes:
+        """The response with a signed receipt in its result's `_meta` (docs/receipts.md)."""
+        assert self.receipts is not None
+        try:
+            response = jsonlimits.loads(payload)
+        except JSONError:
+            return payload
+        result = response.get("result") if isinstance(response, dict) else None
+        if not isinstance(result, dict):
+            return payload
+        params = message.get("params")
+        receipt = self.receipts.sign(
+            event=event_id,
+            agent=target.agent,
+            version=target.version,
+            tool=str(params.get("name", "")) if isinstance(params, dict) else "",
+            price=price,
+            time=started_us,
+            request=receipts.request_digest(params),
+            response=receipts.response_digest(result),
+        )
+        response["result"] = receipts.attach(result, receipt)
+        return json.dumps(response, separators=(",", ":"), ensure_ascii=False).encode()
 
     async def _await(
         self, call: PendingCall, request_id: object, disconnect: asyncio.Future[Any] | None
@@ -753,6 +795,7 @@ class Gateway:
         bytes_in: int,
         bytes_out: int,
         *,
+        event_id: str,
         price: int = 0,
         plan: str = "",
         hold: str = "",
@@ -762,7 +805,7 @@ class Gateway:
         params = message.get("params")
         tool = params.get("name") if isinstance(params, dict) else None
         event = UsageEvent(
-            id=secrets.token_hex(16),
+            id=event_id,
             account_id=principal.account_id,
             token_id=principal.token_id,
             agent=target.agent,
