@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -110,8 +111,6 @@ def gate_id(data_dir: Path) -> str:
     path = folder / "gate-id"
     if path.exists():
         return path.read_text().strip()
-    import secrets
-
     value = f"g{secrets.token_hex(8)}"
     write_atomic(path, value + "\n", mode=0o600)
     return value
@@ -127,6 +126,7 @@ class BillingGate:
         self.prices: dict[str, tuple[Pricing, float]] = {}
         self.wallets: dict[int, Wallet] = {}
         self.closed: list[HeldMoney] = []  # closed holds waiting for their calls to be rated
+        self.taken: set[str] = set()  # every hold this process took (never given back by `recover`)
 
     # -- admission
 
@@ -271,10 +271,13 @@ class BillingGate:
         return None
 
     async def _take_hold(self, wallet: Wallet, account: int, price: int) -> HeldMoney | None:
+        hold_id = f"h{secrets.token_hex(12)}"
+        self.taken.add(hold_id)  # before it exists: `recover`, in another thread, must never release it
+
         def take() -> HeldMoney | None:
             with self.db.session() as session:
                 row = service.take_hold(
-                    session, self.id, account, price * HOLD_CALLS, price, service.now_us()
+                    session, self.id, account, price * HOLD_CALLS, price, service.now_us(), hold_id
                 )
                 return None if row is None else HeldMoney(row.id, row.amount, row.amount)
 
@@ -324,7 +327,8 @@ class BillingGate:
         """After a restart (the usage journal replayed and rated): release this gate's old holds."""
         with self.db.session() as session:
             holds = service.open_holds(session, self.id)
-            ids = [h.id for h in holds]
+            # Holds of this run are in use: only those a stopped process left are given back.
+            ids = [h.id for h in holds if h.id not in self.taken]
         released = 0
         for hold_id in ids:
             with self.db.session() as session:

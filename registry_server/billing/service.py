@@ -379,7 +379,15 @@ def set_splits(session: Session, agent: str, shares: Sequence[tuple[int, int]]) 
 # -- holds
 
 
-def take_hold(session: Session, gate: str, account_id: int, want: int, least: int, at_us: int) -> Hold | None:
+def take_hold(
+    session: Session,
+    gate: str,
+    account_id: int,
+    want: int,
+    least: int,
+    at_us: int,
+    hold_id: str | None = None,
+) -> Hold | None:
     """Set aside up to `want` (at least `least`) of the account's available balance for `gate`; None
     when not even `least` is available. The balance row is locked for the check (PostgreSQL)."""
     name = ledger.consumer_available(account_id)

@@ -31,13 +31,16 @@ class BillingWorker:
         self.rated = 0
 
     async def start(self) -> None:
-        """Rate what a stopped registry left (the usage journal was replayed before this), give back
-        this data folder's holds from before, then keep going in the background."""
+        """In the background: rate what a stopped registry left (the usage journal was replayed
+        before this), give back this data folder's holds from before, then keep going. Serving
+        does not wait for a backlog: until then the old holds stay reserved, nothing more."""
+        self._task = asyncio.create_task(self._run(), name="billing")
+
+    async def _recover(self) -> None:
         await self.rate()
         released = await anyio.to_thread.run_sync(self.gate.recover)
         if released:
             log.info("gave back holds a stopped registry left", extra={"holds": released})
-        self._task = asyncio.create_task(self._run(), name="billing")
 
     async def stop(self) -> None:
         """After the gateway and usage recorder stopped: rate the last events, give back every hold."""
@@ -69,6 +72,15 @@ class BillingWorker:
             service.expire_credits(session, now)
 
     async def _run(self) -> None:
+        backoff = self.interval
+        while True:
+            try:
+                await self._recover()
+                break
+            except Exception:
+                log.exception("billing could not recover holds; trying again")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
         backoff = self.interval
         while True:
             await asyncio.sleep(backoff)

@@ -22,7 +22,10 @@ from mcpz.repo.templates import render_template
 from registry_server.billing import service
 from registry_server.db import Database
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="needs /proc and PR_SET_PDEATHSIG")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(sys.platform != "linux", reason="needs /proc and PR_SET_PDEATHSIG"),
+]
 
 PRICE = 2_000  # 0.002 USDC
 REFUSED = -32020
