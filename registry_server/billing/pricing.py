@@ -90,6 +90,53 @@ class Pricing:
 FREE = Pricing()
 
 
+def _amount(units: int, decimals: int) -> str:
+    whole, frac = divmod(units, 10**decimals)
+    digits = str(frac).rjust(decimals, "0").rstrip("0").ljust(min(2, decimals), "0")
+    return f"{whole}.{digits}" if digits else str(whole)
+
+
+def label(pricing: Pricing, decimals: int, currency: str) -> str:
+    """A listing's price in a few words (at most 32 characters): what search results show."""
+    if pricing.free:
+        return "free"
+    if pricing.per_call is not None:
+        cheapest = min([pricing.per_call, *pricing.tools.values()])
+        prefix = "from " if cheapest != max([pricing.per_call, *pricing.tools.values()]) else ""
+        text = f"{prefix}{_amount(cheapest, decimals)} {currency}/call"
+    else:
+        assert pricing.monthly_fee is not None
+        text = f"{_amount(pricing.monthly_fee, decimals)} {currency}/month"
+    return text[:32]
+
+
+def describe(pricing: Pricing, decimals: int, currency: str) -> list[str]:
+    """Each plan of a pricing as one line of text, for the agent's page and `mcpz billing plans`."""
+    if pricing.free:
+        return ["Free: every call."]
+    lines = []
+    if pricing.free_calls:
+        lines.append(f"The first {pricing.free_calls} calls each month are free.")
+    if pricing.per_call is not None:
+        lines.append(f"Per call: {_amount(pricing.per_call, decimals)} {currency}.")
+        for tool, price in sorted(pricing.tools.items()):
+            lines.append(f"Tool {tool}: {_amount(price, decimals)} {currency} per call.")
+    if pricing.monthly_fee is not None:
+        over = (
+            f"then {_amount(pricing.overage, decimals)} {currency} per call"
+            if pricing.overage is not None
+            else "no calls past them"
+        )
+        fee = _amount(pricing.monthly_fee, decimals)
+        lines.append(f"Monthly: {fee} {currency} with {pricing.included} calls included, {over}.")
+    lines.append(
+        "Calls that end in a tool error are charged too."
+        if pricing.charge_tool_errors
+        else "Only calls that succeed are charged."
+    )
+    return lines
+
+
 @dataclass(frozen=True)
 class Quote:
     """What a call will cost: `price` units under `plan`; or `refusal` says why it may not run."""

@@ -753,3 +753,19 @@ def remove_cap(session: Session, account_id: int, cap_id: int) -> None:
     if cap is None:
         raise NotFoundError(f"you have no spend cap {cap_id}", hint="see `mcpz billing caps`")
     session.delete(cap)
+
+
+def earnings_by_agent(session: Session, creator_id: int, since_us: int) -> dict[str, int]:
+    """A creator's earnings per agent since `since_us` (refunded charges excluded)."""
+    rows = session.execute(
+        select(Charge.agent, func.sum(Charge.earning))
+        .where(Charge.creator_id == creator_id, Charge.started_us >= since_us)
+        .where((Charge.settled.is_(None)) | (~Charge.settled.startswith("refund:")))
+        .group_by(Charge.agent)
+    ).all()
+    return {agent: int(total or 0) for agent, total in rows}
+
+
+def priced_agents(session: Session) -> list[str]:
+    """Agents that have, or had, a price: the ones whose listing label may need a refresh."""
+    return list(session.scalars(select(PriceChange.agent).distinct()))

@@ -10,9 +10,10 @@ import logging
 
 import anyio.to_thread
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from mcpz.errors import McpzError
-from registry_server.market import service
+from registry_server.market import prices, service
 from registry_server.state import RegistryState
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class MarketUpkeep:
         try:
             with self.state.db.session() as session:
                 service.refresh_listing(session, self.state.repos, name)
+                self._prices(session, [name])
         except (McpzError, SQLAlchemyError, OSError, ValueError) as e:
             log.error("listing not refreshed, the next sweep retries: %s", e, extra={"agent": name})
 
@@ -41,7 +43,15 @@ class MarketUpkeep:
             rebuilt = service.refresh_stale(session, self.state.repos, SWEEP_BATCH)
         with self.state.db.session() as session:
             service.refresh_usage(session)
+        with self.state.db.session() as session:
+            self._prices(session, None)
         return rebuilt
+
+    def _prices(self, session: Session, names: list[str] | None) -> None:
+        settings = self.state.settings
+        prices.refresh_pricing(
+            session, names, decimals=settings.currency_decimals, currency=settings.currency
+        )
 
     async def start(self) -> None:
         self.state.agent_listeners.append(self.agent_changed)

@@ -31,6 +31,7 @@ from markupsafe import Markup
 
 import mcpz.keys.siwe as siwe
 from mcpz.errors import AuthError, McpzError, UsageError
+from mcpz.money import format_amount
 from registry_server.accounts import namespaces, tokens
 from registry_server.accounts import service as accounts
 from registry_server.gateway.asgi import GATEWAY_PREFIX
@@ -296,6 +297,8 @@ def dashboard_page(request: Request) -> Response:
     with state.db.session() as session:
         agents = service.dashboard(session, user.account_id, now_us=time.time_ns() // 1000)
         owned = namespaces.owned_namespaces(session, user.account_id)
+        money = service.money_of(session, user.account_id)
+    settings = state.settings
     return render(
         request,
         "dashboard.html",
@@ -304,6 +307,9 @@ def dashboard_page(request: Request) -> Response:
         active="dashboard",
         agents=agents,
         namespaces=owned,
+        money=money,
+        amount=lambda units: format_amount(units, decimals=settings.currency_decimals),
+        currency=settings.currency,
     )
 
 
@@ -408,7 +414,13 @@ def agent_page(namespace: str, name: str, request: Request, reviewed: str = "") 
         full = agent_name(namespace, name)
         with state.db.session() as session:
             page = service.agent_page(
-                session, state.repos, full, user.account_id if user else None, cache=_page_cache(request)
+                session,
+                state.repos,
+                full,
+                user.account_id if user else None,
+                cache=_page_cache(request),
+                decimals=state.settings.currency_decimals,
+                currency=state.settings.currency,
             )
     except McpzError as e:
         return error_page(request, user, e)
@@ -441,6 +453,8 @@ def _agent(
         info=info,
         readme=Markup(info.readme_html),  # sanitised by market.readme when the listing was built
         reviews=page.reviews,
+        pricing=page.pricing,
+        pricing_pending=page.pricing_pending,
         mine=page.mine,
         review_blocked=page.review_blocked,
         chart=views.calls_chart(page.calls_per_day, title=f"Calls per day to {name}, last 30 days"),

@@ -13,8 +13,8 @@ import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,6 +26,8 @@ from mcpz.errors import AuthError
 from registry_server.accounts import namespaces
 from registry_server.accounts.models import Account, AuthNonce, Namespace, NamespaceMember
 from registry_server.accounts.service import owns_namespace
+from registry_server.billing import pricing
+from registry_server.billing import service as billing
 from registry_server.market import reviews, search
 from registry_server.market import service as market
 from registry_server.market.changelog import Changelog
@@ -191,6 +193,7 @@ class AgentFigures:
     callers: int
     mean_ms: float | None
     max_ms: float | None
+    earnings: int = 0  # base units: this account's part of the agent's charges, same period
 
     @property
     def error_rate(self) -> float | None:
@@ -233,6 +236,7 @@ def dashboard(session: Session, account_id: int, *, now_us: int, days: int = 30)
         .order_by(Release.id)
     ):
         latest[agent_id] = version  # the newest published, by order of publication
+    earned = billing.earnings_by_agent(session, account_id, since)
     out = []
     for agent_id, name in agents:
         row = figures.get(name)
@@ -245,9 +249,15 @@ def dashboard(session: Session, account_id: int, *, now_us: int, days: int = 30)
                 callers=int(row.callers) if row else 0,
                 mean_ms=float(row.mean_us) / 1000 if row and row.mean_us is not None else None,
                 max_ms=float(row.max_us) / 1000 if row and row.max_us is not None else None,
+                earnings=earned.get(name, 0),
             )
         )
     return out
+
+
+def money_of(session: Session, account_id: int) -> billing.Balance:
+    """The balance and earnings the dashboard shows."""
+    return billing.balance_of(session, account_id)
 
 
 # ---------------------------------------------------------------------------- market pages
@@ -296,6 +306,10 @@ class AgentPage:
     """The signed-in account's own review, to edit."""
     review_blocked: str | None
     """Why the signed-in account may not review (None: it may, or nobody is signed in)."""
+    pricing: list[str] = field(default_factory=list)
+    """The plans, a line each (billing.pricing.describe)."""
+    pricing_pending: list[tuple[str, list[str]]] = field(default_factory=list)
+    """Changes of price waiting for their notice: (the date they apply, their plans)."""
 
 
 def agent_page(
@@ -306,6 +320,8 @@ def agent_page(
     *,
     cache: PageCache,
     clock: float | None = None,
+    decimals: int = 6,
+    currency: str = "USDC",
 ) -> AgentPage:
     """Everything the agent's page shows; NotFoundError for no such published agent.
 
@@ -371,7 +387,22 @@ def agent_page(
                 f"Only accounts that called {name} may review it. Call one of its tools first "
                 f"(mcpz call {name} TOOL), then come back."
             )
-    return AgentPage(info=info, reviews=shown, calls_per_day=usage[1], mine=mine, review_blocked=blocked)
+    prices = billing.prices_of(session, name)
+    return AgentPage(
+        info=info,
+        reviews=shown,
+        calls_per_day=usage[1],
+        mine=mine,
+        review_blocked=blocked,
+        pricing=pricing.describe(prices.current, decimals, currency),
+        pricing_pending=[
+            (
+                datetime.fromtimestamp(at // 1_000_000, UTC).strftime("%Y-%m-%d"),
+                pricing.describe(p, decimals, currency),
+            )
+            for at, p in prices.pending
+        ],
+    )
 
 
 def _account_name(session: Session, account_id: int) -> str:
