@@ -12,6 +12,7 @@ from billingutil import AGENT, World, open_world, usage_event
 
 from mcpz.errors import UsageError
 from registry_server.billing import ledger, service
+from registry_server.billing.models import Credit
 from registry_server.billing.pricing import Pricing
 from registry_server.usage.events import UsageEvent
 from registry_server.usage.service import UsageRecorder
@@ -178,4 +179,32 @@ def test_a_subscription_charges_its_month_once(world: World) -> None:
         service.charge_fee(session, subscription, 5_000_000, FEE, 3)  # the same month again: nothing
     assert balance(world, world.consumer).available == 1_000_000
     assert balance(world, world.creator).pending == 4_000_000
+    check(world)
+
+
+def test_promotional_credit_expires_unspent_once(world: World) -> None:
+    with world.state.db.session() as session:
+        service.credit(session, world.consumer, 3_000_000, reason="paid")
+        service.credit(session, world.consumer, 1_000_000, reason="promo", expires_us=1_000 * DAY)
+        hold = service.take_hold(session, "g1", world.consumer, 400_000, 1, 1)
+        assert hold is not None
+        hold_id = hold.id
+    started = 999 * DAY  # spent before the expiry, after the grant
+    record(
+        world,
+        [
+            usage_event(n, world.consumer, price=100_000, hold=hold_id, started_us=started + n)
+            for n in range(3)
+        ],
+    )
+    service.rate_all(world.state.db, FEE)
+    with world.state.db.session() as session:
+        service.release_hold(session, hold_id, 3, 2)
+        for grant in session.query(Credit).all():
+            grant.created_us = 1  # the grants came before the calls
+    with world.state.db.session() as session:
+        assert service.expire_credits(session, 999 * DAY) == 0  # not yet
+        assert service.expire_credits(session, 1_000 * DAY) == 700_000  # 1.00 promo, 0.30 of it spent
+        assert service.expire_credits(session, 1_001 * DAY) == 0  # once
+    assert balance(world, world.consumer).available == 4_000_000 - 300_000 - 700_000
     check(world)
