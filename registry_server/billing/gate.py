@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio.to_thread
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from mcpz.atomic import write_atomic
 from mcpz.money import format_amount
@@ -238,23 +238,25 @@ class BillingGate:
         return None
 
     async def _seed_spent(self, wallet: Wallet, account: int, day: int, month: int) -> None:
-        rows = await anyio.to_thread.run_sync(self._spent_rows, account, month)
+        rows = await anyio.to_thread.run_sync(self._spent_rows, account, month, day)
         wallet.spent = defaultdict(int, {k: v for k, v in wallet.spent.items() if k[0] >= month})
-        for token, agent, started, price in rows:
-            wallet.spent[(month, token or 0, agent)] += price
-            if started >= day:
-                wallet.spent[(day, token or 0, agent)] += price
+        for since, token, agent, spent in rows:
+            wallet.spent[(since, token, agent)] += spent
         wallet.seeded_month = month
 
-    def _spent_rows(self, account: int, month: int) -> list[tuple[int, str, int, int]]:
+    def _spent_rows(self, account: int, month: int, day: int) -> list[tuple[int, int, str, int]]:
+        """(window start, token, agent, spent) this month and today, summed by the database."""
         u = UsageEventRow
+        rows: list[tuple[int, int, str, int]] = []
         with self.db.session() as session:
-            rows = session.execute(
-                select(u.token_id, u.agent, u.started_us, u.price).where(
-                    u.account_id == account, u.started_us >= month, u.price > 0
-                )
-            ).all()
-        return [(t or 0, a, s, p) for t, a, s, p in rows]
+            for since in (month, day):
+                for token, agent, total in session.execute(
+                    select(u.token_id, u.agent, func.sum(u.price))
+                    .where(u.account_id == account, u.started_us >= since, u.price > 0)
+                    .group_by(u.token_id, u.agent)
+                ):
+                    rows.append((since, token or 0, agent, int(total or 0)))
+        return rows
 
     def _caps(self, account: int) -> list[SpendCap]:
         with self.db.session() as session:

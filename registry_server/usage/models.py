@@ -27,6 +27,8 @@ class UsageEventRow(Base):
             sqlite_where=text("price > 0 AND rated IS NULL"),
             postgresql_where=text("price > 0 AND rated IS NULL"),
         ),
+        # The calls paid from one hold: what releasing it counts.
+        Index("ix_usage_hold", "hold", sqlite_where=text("hold != ''"), postgresql_where=text("hold != ''")),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -31,6 +31,13 @@ def upgrade() -> None:
         sqlite_where=sa.text(UNRATED),
         postgresql_where=sa.text(UNRATED),
     )
+    op.create_index(
+        "ix_usage_hold",
+        "usage_events",
+        ["hold"],
+        sqlite_where=sa.text("hold != ''"),
+        postgresql_where=sa.text("hold != ''"),
+    )
     op.create_table(
         "billing_prices",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -169,6 +176,7 @@ def downgrade() -> None:
         "billing_prices",
     ):
         op.drop_table(table)
+    op.drop_index("ix_usage_hold", "usage_events")
     op.drop_index("ix_usage_unrated", "usage_events")
     with op.batch_alter_table("usage_events") as batch:
         for column in ("rated", "hold", "plan", "price"):
