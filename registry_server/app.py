@@ -22,6 +22,8 @@ from mcpz import __version__
 from mcpz.errors import AuthError, McpzError, NotFoundError, RefusedError, UsageError
 from registry_server.accounts import routes as api_auth
 from registry_server.accounts.auth import Forbidden
+from registry_server.billing import tier_routes as api_tiers
+from registry_server.billing.quotas import Quotas
 from registry_server.body_limits import BodyLimits
 from registry_server.deployments import routes as api_deploy
 from registry_server.gateway.asgi import GATEWAY_PREFIX, Gateway
@@ -147,7 +149,10 @@ def create_app(
             await app.state.usage.start()
             try:
                 app.state.mesh = await mesh_hub.start_mesh(app.state.registry)
-                app.state.gateway = Gateway(app.state.registry, app.state.mesh, app.state.usage)
+                app.state.quotas = Quotas(app.state.registry)
+                app.state.gateway = Gateway(
+                    app.state.registry, app.state.mesh, app.state.usage, app.state.quotas
+                )
                 await app.state.gateway.start()
                 # Listings follow publishes (a listener on the state) and a periodic sweep.
                 app.state.market = MarketUpkeep(app.state.registry)
@@ -172,6 +177,7 @@ def create_app(
     app.include_router(api_usage.router)
     app.include_router(mesh_http.router)
     app.include_router(api_market.router)
+    app.include_router(api_tiers.router)
     # The web pages last: their paths (/, /search, /agents/...) are apart from the API's.
     app.include_router(web.router)
 
