@@ -60,7 +60,7 @@ def _counted(state: RegistryState, account_id: int) -> MonthCounter:
         )
 
 
-@router.get("/v1/billing/tier", response_model=TierOut, responses=errors(401, 403, 404))
+@router.get("/v1/billing/tier", response_model=TierOut, responses=errors(401, 403))
 async def tier(request: Request, state: State, principal: Caller) -> TierOut:
     """The caller's tier, its limits, and its calls this month."""
     view = await anyio.to_thread.run_sync(lambda: _view(state, principal))

@@ -74,7 +74,9 @@ def test_a_steady_caller_at_the_rate_is_never_refused_and_the_bucket_does_not_dr
 
 
 @given(st.lists(st.integers(min_value=0, max_value=3 * SECOND), min_size=1, max_size=60), st.integers(1, 20))
-def test_no_window_of_one_second_passes_more_than_the_burst_plus_the_refill(gaps: list[int], rate: int) -> None:
+def test_no_window_of_one_second_passes_more_than_the_burst_plus_the_refill(
+    gaps: list[int], rate: int
+) -> None:
     tier = Tier("t", calls_per_second=rate)
     bucket = TokenBucket.full(rate, T0)
     counter = MonthCounter.seeded(T0, 0)
@@ -186,7 +188,11 @@ def test_tiers_come_from_the_settings_and_the_default_tier_from_the_environment(
     ("tables", "default", "says"),
     [
         ({"free": {}}, "gold", "default_tier 'gold' is not a tier (tiers: free)"),
-        ({"free": {"calls_per_second": -1}}, "free", "tiers.free.calls_per_second must be a whole number >= 0"),
+        (
+            {"free": {"calls_per_second": -1}},
+            "free",
+            "tiers.free.calls_per_second must be a whole number >= 0",
+        ),
         ({"free": {"sessions": 1.5}}, "free", "tiers.free.sessions must be a whole number"),
         ({"free": {"calls_per_day": 3}}, "free", "tiers.free has unknown keys calls_per_day"),
         ({}, "free", "[tiers] must define at least one tier"),
