@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio.to_thread
+from sqlalchemy.exc import SQLAlchemyError
 
+from mcpz.errors import McpzError
 from registry_server.billing import service_tiers
 from registry_server.billing.tiers import (
     SECOND,
@@ -56,6 +58,11 @@ QUOTA_EXCEEDED = -32029
 """The JSON-RPC error code of a call or session refused by a tier's limit."""
 
 
+class QuotasUnavailable(McpzError):
+    """The database could not say an account's tier or its calls this month: the gateway answers
+    503 rather than guess (a guess would let calls past a quota, or refuse calls within it)."""
+
+
 @dataclass(frozen=True)
 class Grant:
     """A call or a session allowed: the RateLimit fields to answer with, and what to give back if
@@ -72,12 +79,15 @@ class Grant:
 
 
 class Quotas:
-    def __init__(self, state: RegistryState, *, ttl: float = TIER_TTL) -> None:
+    def __init__(
+        self, state: RegistryState, *, ttl: float = TIER_TTL, max_buckets: int = MAX_BUCKETS
+    ) -> None:
         self.state = state
         self.tiers = state.settings.tiers
         self.default = state.settings.default_tier
         self.ttl = ttl
-        self._tier: dict[int, tuple[Tier, float]] = {}
+        self.max_buckets = max_buckets
+        self._tier: dict[int, tuple[Tier, float]] = {}  # by account: the tier, when it was read
         self._loading: dict[int, asyncio.Future[Tier]] = {}
         self._buckets: dict[int, TokenBucket] = {}
         self._months: dict[int, MonthCounter] = {}
@@ -96,7 +106,7 @@ class Quotas:
         if tier.calls_per_second:
             bucket = self._buckets.get(principal.token_id)
             if bucket is None:
-                if len(self._buckets) >= MAX_BUCKETS:
+                if len(self._buckets) >= self.max_buckets:
                     self._forget_full_buckets(now_ns)
                 bucket = self._buckets[principal.token_id] = TokenBucket.full(tier.calls_per_second, now_ns)
         verdict = take_call(tier, bucket, counter, now_ns)
@@ -155,9 +165,14 @@ class Quotas:
 
     # -- state
 
+    @property
+    def buckets(self) -> int:
+        """Keys with a bucket held: those that called within the last second or so."""
+        return len(self._buckets)
+
     async def tier(self, account_id: int) -> Tier:
         hit = self._tier.get(account_id)
-        if hit is not None and hit[1] > time.monotonic():
+        if hit is not None and hit[1] + self.ttl > time.monotonic():
             return hit[0]
         loading = self._loading.get(account_id)
         if loading is None:
@@ -165,7 +180,14 @@ class Quotas:
             loading = asyncio.ensure_future(anyio.to_thread.run_sync(self._read_tier, account_id))
             self._loading[account_id] = loading
             loading.add_done_callback(lambda done: self._loaded(account_id, done))
-        return await asyncio.shield(loading)
+        try:
+            return await asyncio.shield(loading)
+        except (SQLAlchemyError, McpzError) as e:
+            if hit is not None:  # the tier read before: better than refusing every call
+                log.warning("cannot read an account's tier; using the last one read: %s", e)
+                return hit[0]
+            log.error("cannot read an account's tier: %s", e)
+            raise QuotasUnavailable("the registry cannot check tiers right now") from None
 
     def _read_tier(self, account_id: int) -> Tier:
         with self.state.db.session() as session:
@@ -182,7 +204,7 @@ class Quotas:
         if self._loading.get(account_id) is done:
             del self._loading[account_id]
         if not done.cancelled() and done.exception() is None:
-            self._tier[account_id] = (done.result(), time.monotonic() + self.ttl)
+            self._tier[account_id] = (done.result(), time.monotonic())
 
     async def _counter(self, account_id: int) -> MonthCounter:
         counter = self._months.get(account_id)
@@ -193,7 +215,11 @@ class Quotas:
             seeding = asyncio.ensure_future(self._seed(account_id))
             self._seeding[account_id] = seeding
             seeding.add_done_callback(lambda _: self._seeding.pop(account_id, None))
-        return await asyncio.shield(seeding)
+        try:
+            return await asyncio.shield(seeding)
+        except (SQLAlchemyError, McpzError) as e:  # not kept: the next call counts again
+            log.error("cannot count an account's calls this month: %s", e)
+            raise QuotasUnavailable("the registry cannot count calls right now") from None
 
     async def _seed(self, account_id: int) -> MonthCounter:
         now_ns = time.time_ns()

@@ -59,7 +59,7 @@ from mcpz.names import version_or_latest
 from registry_server.accounts.auth import Forbidden, Unauthenticated, principal_from_headers, require
 from registry_server.accounts.service import Principal
 from registry_server.billing import quotas
-from registry_server.billing.quotas import Grant, Quotas
+from registry_server.billing.quotas import Grant, Quotas, QuotasUnavailable
 from registry_server.billing.tiers import Refusal
 from registry_server.http import agent_name
 from registry_server.mesh.calls import DEV_VERSION, Busy, CallFailed, PendingCall, Target
@@ -705,7 +705,10 @@ class Gateway:
         """A `tools/call` within the caller's tier is counted; past it, 429. Other methods count not."""
         if message.get("method") != "tools/call":
             return None
-        verdict = await self.quotas.check_call(principal)
+        try:
+            verdict = await self.quotas.check_call(principal)
+        except QuotasUnavailable as e:
+            raise GatewayError(503, UNAVAILABLE, e.message, request_id=message["id"], retry_after=1) from None
         if isinstance(verdict, Refusal):
             raise quota_refused(verdict, message["id"])
         return verdict
@@ -718,7 +721,10 @@ class Gateway:
             mine = self._accounts.get(principal.account_id, {}).values()
             return [s.last_used + SESSION_IDLE - now for s in mine]
 
-        verdict = await self.quotas.check_session(principal, idle_ends)
+        try:
+            verdict = await self.quotas.check_session(principal, idle_ends)
+        except QuotasUnavailable as e:
+            raise GatewayError(503, UNAVAILABLE, e.message, request_id=request_id, retry_after=1) from None
         if isinstance(verdict, Refusal):
             raise quota_refused(verdict, request_id)
         return verdict
