@@ -1,6 +1,6 @@
-"""The gateway's tier enforcer (`billing.quotas.Quotas`) on a real SQLite database: the month seeded
-from usage events, exactness when many calls and sessions arrive together, refunds, a changed tier,
-and a database that cannot answer."""
+"""The gateway's tier enforcer (`billing.quotas.Quotas`) on real databases (SQLite, PostgreSQL): the
+month seeded from usage events, exactness when many calls and sessions arrive together, refunds, a
+changed tier, and a database that cannot answer."""
 
 from __future__ import annotations
 
@@ -31,9 +31,14 @@ TIERS = {
 }
 
 
-@pytest.fixture
-def state(tmp_path: Path) -> Iterator[RegistryState]:
-    settings = RegistrySettings.load(data_dir=tmp_path / "registry", env={}, tiers=TIERS, default_tier="open")
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RegistryState]:
+    env = (
+        {"MCPZ_DATABASE_URL": request.getfixturevalue("postgres_url")} if request.param == "postgres" else {}
+    )
+    settings = RegistrySettings.load(
+        data_dir=tmp_path / "registry", env=env, tiers=TIERS, default_tier="open"
+    )
     opened = RegistryState.open(settings)
     yield opened
     opened.close()
