@@ -273,3 +273,31 @@ def test_mcpz_registry_tier_changes_an_accounts_limits_within_the_cache_ttl(mesh
     assert_refused(answer, "calls_per_month", "pro")
     view = tier_view(mesh, token)
     assert view["tier"] == "pro" and view["calls_this_month"] == usage_calls(mesh, token) >= 7
+
+
+def test_a_streamed_call_carries_the_ratelimit_fields_and_is_refused_before_its_stream(
+    mesh: Mesh, cli: Any
+) -> None:
+    _, token = account(mesh, cli, "pro")
+
+    async def main() -> list[httpx2.Response]:
+        async with httpx2.AsyncClient(timeout=60) as http:
+            session = await open_session(http, mesh, token)
+            headers = {
+                "Accept": "text/event-stream, application/json",
+                "Authorization": f"Bearer {token}",
+                "Mcp-Session-Id": session,
+            }
+            answers = []
+            for i in range(8):
+                body = call_body(i, "streamed")
+                body["params"]["_meta"] = {"progressToken": f"p{i}"}
+                answers.append(await http.post(url(mesh), json=body, headers=headers))
+            return answers
+
+    answers = anyio.run(main)
+    assert [a.status_code for a in answers] == [200] * 7 + [429]
+    assert answers[0].headers["content-type"].startswith("text/event-stream")
+    assert answers[0].headers["ratelimit"].startswith('"calls_per_month";r=6;t=')
+    assert answers[6].headers["ratelimit"].startswith('"calls_per_month";r=0;t=')
+    assert_refused(answers[7], "calls_per_month", "pro")
