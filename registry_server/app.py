@@ -23,7 +23,9 @@ from mcpz.errors import AuthError, McpzError, NotFoundError, RefusedError, Usage
 from registry_server.accounts import routes as api_auth
 from registry_server.accounts.auth import Forbidden
 from registry_server.billing import routes as api_billing
+from registry_server.billing import tier_routes as api_tiers
 from registry_server.billing.gate import BillingGate
+from registry_server.billing.quotas import Quotas
 from registry_server.billing.receipt_key import ReceiptSigner
 from registry_server.billing.worker import BillingWorker
 from registry_server.body_limits import BodyLimits
@@ -160,12 +162,14 @@ def create_app(
                 await app.state.billing.start()
                 try:
                     app.state.mesh = await mesh_hub.start_mesh(app.state.registry)
+                    app.state.quotas = Quotas(app.state.registry)
                     app.state.gateway = Gateway(
                         app.state.registry,
                         app.state.mesh,
                         app.state.usage,
-                        app.state.billing_gate,
-                        app.state.receipts,
+                        tiers=app.state.quotas,
+                        billing=app.state.billing_gate,
+                        receipts=app.state.receipts,
                     )
                     await app.state.gateway.start()
                     # Listings follow publishes (a listener on the state) and a periodic sweep.
@@ -195,6 +199,7 @@ def create_app(
     app.include_router(mesh_http.router)
     app.include_router(api_market.router)
     app.include_router(api_billing.router)
+    app.include_router(api_tiers.router)
     # The web pages last: their paths (/, /search, /agents/...) are apart from the API's.
     app.include_router(web.router)
 

@@ -12,6 +12,7 @@ from typing import Any
 from mcpz.bundled import bundled_path
 from mcpz.errors import UsageError
 from mcpz.keys.signing import canonical_registry_url
+from registry_server.tier_settings import Tier, parse_tiers
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,9 @@ class RegistrySettings:
     refund_window_days: float = 7.0
     currency: str = "USDC"
     currency_decimals: int = 6
+    # Platform tiers (docs/tiers.md): their limits, and the tier of accounts not given another.
+    tiers: tuple[Tier, ...] = (Tier("free"),)
+    default_tier: str = "free"
 
     @property
     def base_url(self) -> str:
@@ -109,6 +113,7 @@ class RegistrySettings:
             "refund_window_days",
             "currency",
             "currency_decimals",
+            "default_tier",
         )
         for key in (
             *keys, "public_url", "chain_id", "chain_rpc", *mesh, *gateway, *nonces, *limits, *market, *billing
@@ -125,6 +130,7 @@ class RegistrySettings:
             data_dir = user_data_dir(env) / "registry"
         data_dir = data_dir.expanduser().resolve()
         database_url = env.get("MCPZ_DATABASE_URL") or f"sqlite:///{data_dir / 'registry.db'}"
+        tiers, default_tier = parse_tiers(values.get("tiers"), str(values.get("default_tier", "")))
         try:
             return cls(
                 data_dir=data_dir,
@@ -166,6 +172,8 @@ class RegistrySettings:
                 refund_window_days=float(values.get("refund_window_days", 7.0)),
                 currency=str(values.get("currency", "USDC")),
                 currency_decimals=int(values.get("currency_decimals", 6)),
+                tiers=tiers,
+                default_tier=default_tier,
             )
         except (KeyError, ValueError) as e:
             raise UsageError(f"invalid registry setting: {e}", hint="check MCPZ_REGISTRY_* variables") from e

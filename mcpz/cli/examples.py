@@ -110,6 +110,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "registry account create": ("mcpz registry account create acme",),
     "registry token": (_TOKEN,),
     "registry token create": (_TOKEN,),
+    "registry tier": ("mcpz registry tier acme", "mcpz registry tier acme pro"),
     "demo": ("mcpz demo",),
 }
 

@@ -23,6 +23,9 @@ warm stdio process. It follows the specification's Streamable HTTP transport (ha
   least recently used idle session ends), bodies up to the mesh frame size (JSON nested at most
   `mcpz.jsonlimits.MAX_DEPTH` deep); a call waits at most
   `call_timeout` seconds, then the agent is told to cancel and the client gets an error.
+- **Tiers**: the caller's platform tier (`billing.quotas`) bounds its `tools/call`s per second
+  per key and per month, and its open sessions: past one, 429 with Retry-After, RateLimit fields
+  and a JSON-RPC error (-32029) naming the limit; answers within it carry the RateLimit fields.
 - **Failures are answers**: no healthy replica, a replica that dies mid-call, a timeout, each is a
   JSON-RPC error naming what happened. Nothing is retried on another replica: a `tools/call` may
   not be idempotent. The session moves to a surviving replica for its next request.
@@ -61,7 +64,11 @@ from mcpz.mesh import MAX_FRAME_SIZE
 from mcpz.names import version_or_latest
 from registry_server.accounts.auth import Forbidden, Unauthenticated, principal_from_headers, require
 from registry_server.accounts.service import Principal
-from registry_server.billing.gate import Authorization, Refusal
+from registry_server.billing import quotas
+from registry_server.billing.gate import Authorization
+from registry_server.billing.gate import Refusal as BillingRefusal
+from registry_server.billing.quotas import Grant, Quotas, QuotasUnavailable
+from registry_server.billing.tiers import Refusal
 from registry_server.http import agent_name
 from registry_server.mesh.calls import DEV_VERSION, Busy, CallFailed, PendingCall, Target
 from registry_server.usage.events import Outcome, UsageEvent
@@ -108,16 +115,37 @@ class GatewayError(Exception):
         *,
         request_id: object = None,
         retry_after: int | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        data: object = None,
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.request_id = request_id
         self.retry_after = retry_after
+        self.headers = headers or []  # more HTTP header fields of the answer
+        self.data = data  # the JSON-RPC error's `data`, when not None
 
 
-def rpc_error(request_id: object, code: int, message: str) -> bytes:
-    body = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+def rpc_error(request_id: object, code: int, message: str, data: object = None) -> bytes:
+    error: dict[str, object] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    body = {"jsonrpc": "2.0", "id": request_id, "error": error}
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def quota_refused(refusal: Refusal, request_id: object) -> GatewayError:
+    """429 for a call or session past the caller's tier: Retry-After, RateLimit fields, and the
+    JSON-RPC error MCP clients see, naming the limit, the tier and when it resets."""
+    return GatewayError(
+        429,
+        quotas.QUOTA_EXCEEDED,
+        quotas.refusal_message(refusal),
+        request_id=request_id,
+        retry_after=refusal.retry_after,
+        headers=quotas.refusal_headers(refusal),
+        data=quotas.refusal_data(refusal),
+    )
 
 
 @dataclass(eq=False)
@@ -208,10 +236,13 @@ class Gateway:
         state: RegistryState,
         hub: MeshHub,
         usage: UsageRecorder | None,
+        *,
+        tiers: Quotas | None = None,
         billing: BillingGate | None = None,
         receipts: ReceiptSigner | None = None,
     ) -> None:
         self.state = state
+        self.quotas = tiers or Quotas(state)
         self.hub = hub
         self.router = hub.calls
         self.usage = usage
@@ -283,13 +314,14 @@ class Gateway:
                 extra.append((b"allow", b"GET, POST, DELETE"))
             if e.retry_after is not None:
                 extra.append((b"retry-after", str(e.retry_after).encode()))
+            extra.extend(e.headers)
             # Refusals are logged; 503s only at debug: under overload there are thousands a second.
             log.log(
                 logging.DEBUG if e.status == 503 else logging.INFO,
                 "gateway refused a request",
                 extra={"status": e.status, "path": scope.get("path"), "error": e.message},
             )
-            await _respond(send, e.status, rpc_error(e.request_id, e.code, e.message), extra)
+            await _respond(send, e.status, rpc_error(e.request_id, e.code, e.message, e.data), extra)
 
     def _check_origin(self, headers: Mapping[str, str]) -> None:
         origin = headers.get("origin")
@@ -376,8 +408,13 @@ class Gateway:
         if method == "initialize":
             await self._initialize(where, principal, message, body, accept, send)
             return
-        session = self._session(where, principal, headers)
-        await self._request(session, principal, message, body, accept, receive, send)
+        grant = await self._check_call(principal, message)
+        try:
+            session = self._session(where, principal, headers)
+            await self._request(session, principal, message, body, accept, receive, send, grant)
+        except GatewayError:
+            self.quotas.refund(grant)  # the month counts calls that reached an agent
+            raise
 
     async def _initialize(
         self,
@@ -394,6 +431,7 @@ class Gateway:
             )
         if where[1] == DEV_VERSION:
             await self._check_member(principal, where[0], message["id"])
+        grant = await self._check_session(principal, message["id"])
         params = message.get("params")
         offered = params.get("protocolVersion", "") if isinstance(params, dict) else ""
         session = Session(
@@ -405,10 +443,13 @@ class Gateway:
             protocol_version=str(offered),
             last_used=time.monotonic(),
         )
-        payload, _ = await self._relay(session, principal, message, body, None)
+        try:
+            payload, _ = await self._relay(session, principal, message, body, None)
+        finally:
+            self.quotas.release(grant)
         if _outcome_of(payload) == Outcome.OK:
             self._add_session(session)
-            await _respond(send, 200, payload, [(SESSION_HEADER, session.id.encode())])
+            await _respond(send, 200, payload, [(SESSION_HEADER, session.id.encode()), *grant.headers])
         else:
             self.router.pin(None, session.target)  # no session came of it
             await _respond(send, 200, payload)
@@ -422,6 +463,7 @@ class Gateway:
         accept: str,
         receive: Receive,
         send: Send,
+        grant: Grant | None = None,
     ) -> None:
         key = json.dumps(message["id"])
         if key in session.calls:
@@ -431,7 +473,7 @@ class Gateway:
         params = message.get("params")
         meta = params.get("_meta") if isinstance(params, dict) else None
         if isinstance(meta, dict) and meta.get("progressToken") is not None and "text/event-stream" in accept:
-            await self._request_streamed(session, principal, message, body, send)
+            await self._request_streamed(session, principal, message, body, send, grant)
             return
         disconnect = asyncio.ensure_future(receive())
         try:
@@ -439,10 +481,16 @@ class Gateway:
         finally:
             disconnect.cancel()
         if payload:  # nothing when the client went away
-            await _respond(send, 200, payload)
+            await _respond(send, 200, payload, grant.headers if grant else None)
 
     async def _request_streamed(
-        self, session: Session, principal: Principal, message: dict[str, Any], body: bytes, send: Send
+        self,
+        session: Session,
+        principal: Principal,
+        message: dict[str, Any],
+        body: bytes,
+        send: Send,
+        grant: Grant | None = None,
     ) -> None:
         """Answer with an SSE stream: the call's progress notifications, then its response."""
         queue: asyncio.Queue[bytes] = asyncio.Queue(STREAM_QUEUE)
@@ -459,6 +507,7 @@ class Gateway:
                     (b"content-type", b"text/event-stream"),
                     (b"cache-control", b"no-cache"),
                     (SESSION_HEADER, session.id.encode()),
+                    *(grant.headers if grant else ()),
                 ],
             }
         )
@@ -472,6 +521,7 @@ class Gateway:
         try:
             payload, _ = await self._relay(session, principal, message, body, on_notify)
         except GatewayError as e:  # the stream has begun: the error is its last event
+            self.quotas.refund(grant)
             payload = rpc_error(message["id"], e.code, e.message)
         finally:
             pumping.cancel()
@@ -506,11 +556,8 @@ class Gateway:
         metered = message.get("method") == "tools/call"
         billing = self.billing if metered and session.version != DEV_VERSION else None
         auth: Authorization | None = None
-        if billing is not None:
-            admitted = await self._admit(billing, principal, target, message)
-            if isinstance(admitted, bytes):  # refused: the agent never sees it, no usage is recorded
-                return admitted, Outcome.RPC_ERROR
-            auth = admitted
+        if billing is not None:  # refused: GatewayError, before the agent sees it; no usage is recorded
+            auth = await self._admit(billing, principal, target, message)
         try:
             call = self.router.start(target, body, session.id, on_notify)
         except (Busy, CallFailed) as e:
@@ -723,6 +770,34 @@ class Gateway:
             with contextlib.suppress(asyncio.QueueFull):
                 session.stream.put_nowait(None)
 
+    async def _check_call(self, principal: Principal, message: dict[str, Any]) -> Grant | None:
+        """A `tools/call` within the caller's tier is counted; past it, 429. Other methods count not."""
+        if message.get("method") != "tools/call":
+            return None
+        try:
+            verdict = await self.quotas.check_call(principal)
+        except QuotasUnavailable as e:
+            raise GatewayError(503, UNAVAILABLE, e.message, request_id=message["id"], retry_after=1) from None
+        if isinstance(verdict, Refusal):
+            raise quota_refused(verdict, message["id"])
+        return verdict
+
+    async def _check_session(self, principal: Principal, request_id: object) -> Grant:
+        """A slot for one more session of the caller's account within its tier; past it, 429."""
+
+        def idle_ends() -> list[float]:  # seconds until each of the account's sessions ends idle
+            now = time.monotonic()
+            mine = self._accounts.get(principal.account_id, {}).values()
+            return [s.last_used + SESSION_IDLE - now for s in mine]
+
+        try:
+            verdict = await self.quotas.check_session(principal, idle_ends)
+        except QuotasUnavailable as e:
+            raise GatewayError(503, UNAVAILABLE, e.message, request_id=request_id, retry_after=1) from None
+        if isinstance(verdict, Refusal):
+            raise quota_refused(verdict, request_id)
+        return verdict
+
     async def _check_member(self, principal: Principal, agent: str, request_id: object) -> None:
         """A development agent (`mcpz connect`) answers its namespace's owner and members only."""
         namespace = agent.split("/")[0]
@@ -755,8 +830,8 @@ class Gateway:
 
     async def _admit(
         self, billing: BillingGate, principal: Principal, target: Target, message: dict[str, Any]
-    ) -> Authorization | bytes | None:
-        """Price a tools/call and reserve it (None: it is free); or the JSON-RPC error refusing it."""
+    ) -> Authorization | None:
+        """Price a tools/call and reserve it (None: it is free); GatewayError when it may not run."""
         params = message.get("params")
         tool = str(params.get("name", "")) if isinstance(params, dict) else ""
         try:
@@ -770,18 +845,15 @@ class Gateway:
                 request_id=message["id"],
                 retry_after=1,
             ) from None
-        if isinstance(admitted, Refusal):
-            log.info("billing refused a call", extra={"agent": target.agent, "reason": admitted.reason})
-            body = {
-                "jsonrpc": "2.0",
-                "id": message["id"],
-                "error": {
-                    "code": BILLING_REFUSED,
-                    "message": admitted.message,
-                    "data": {"reason": admitted.reason, "fix": admitted.fix, "agent": target.agent},
-                },
-            }
-            return json.dumps(body, separators=(",", ":")).encode()
+        if isinstance(admitted, BillingRefusal):
+            # An answer, not a transport failure (HTTP 200): MCP clients show the error's message.
+            raise GatewayError(
+                200,
+                BILLING_REFUSED,
+                admitted.message,
+                request_id=message["id"],
+                data={"reason": admitted.reason, "fix": admitted.fix, "agent": target.agent},
+            )
         return admitted
 
     def _record(

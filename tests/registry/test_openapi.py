@@ -13,6 +13,7 @@ from registry_server.accounts import routes as api_auth
 from registry_server.accounts.http import caller
 from registry_server.accounts.models import ROLES
 from registry_server.accounts.tokens import SCOPES
+from registry_server.billing import tier_routes as api_tiers
 from registry_server.deployments import routes as api_deploy
 from registry_server.market import routes as api_market
 from registry_server.releases import routes as api_routes
@@ -48,6 +49,7 @@ def _errors(document: dict[str, Any], method: str, path: str) -> dict[str, Any]:
         ("post", "/v1/namespaces", {"400", "401", "403", "409", "413", "422"}),
         ("post", "/v1/deployments", {"400", "401", "403", "404", "409", "413", "422"}),
         ("get", "/v1/usage", {"400", "401", "403", "404", "422"}),
+        ("get", "/v1/billing/tier", {"401", "403"}),
     ],
 )
 def test_json_routes_document_their_errors_with_the_error_body(
@@ -73,7 +75,7 @@ def test_every_route_that_reads_a_token_documents_401(document: dict[str, Any]) 
     checked = 0
     routes = [
         r
-        for module in (api_routes, api_auth, api_deploy, api_usage, api_market)
+        for module in (api_routes, api_auth, api_deploy, api_usage, api_market, api_tiers)
         for r in module.router.routes
     ]
     for route in routes:

@@ -119,3 +119,38 @@ def token_create(
         state.close()
     # The secret is data the operator asked for: it goes to stdout, and nowhere else.
     out().data(issued.to_dict(), lambda c: c.print(issued.secret, markup=False))
+
+
+@registry_app.command("tier")
+def tier(
+    account: Annotated[str, typer.Argument(help="The account: its name, or its wallet address.")],
+    tier: Annotated[
+        str | None, typer.Argument(help="The tier to give it (a [tiers.NAME] of the settings); none: show.")
+    ] = None,
+    data: DataOpt = None,
+) -> None:
+    """Show an account's platform tier and its limits, or set it (the gateway applies it within seconds)."""
+    from registry_server.billing import service_tiers
+    from registry_server.state import RegistryState
+
+    settings = _settings(data)
+    state = RegistryState.open(settings)
+    try:
+        with state.db.session() as session:
+            if tier is None:
+                view = service_tiers.show_tier(session, account, settings.tiers, settings.default_tier)
+            else:
+                view = service_tiers.set_tier(session, account, tier, settings.tiers, settings.default_tier)
+    finally:
+        state.close()
+    limits = view.tier.to_dict()
+    del limits["name"]
+    payload = {"account": view.account, "tier": view.tier.name, "assigned": view.assigned, "limits": limits}
+
+    def render(c: Any) -> None:
+        shown = ", ".join(f"{k.replace('_', ' ')} {v or 'unlimited'}" for k, v in limits.items())
+        verb = "now has" if tier is not None else "has"
+        default = "" if view.assigned else " (the default)"
+        c.print(f"{view.account} {verb} tier {view.tier.name}{default}: {shown}", markup=False)
+
+    out().data(payload, render)
