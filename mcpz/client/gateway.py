@@ -22,7 +22,16 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from mcpz._version import __version__
-from mcpz.errors import AgentError, AuthError, McpzError, NetworkError, NotFoundError, RemoteError, UsageError
+from mcpz.errors import (
+    AgentError,
+    AuthError,
+    McpzError,
+    NetworkError,
+    NotFoundError,
+    RefusedError,
+    RemoteError,
+    UsageError,
+)
 from mcpz.jsonlimits import loads as load_json
 from mcpz.local.args import build_arguments, split_key_values
 from mcpz.names import name_problem, version_or_latest
@@ -99,6 +108,9 @@ class RemoteSession:
         error = answer.get("error")
         if status >= 400 or error is not None:
             text = error.get("message") if isinstance(error, dict) else None
+            refused = _refusal(self.name, error, status, what)
+            if refused is not None:
+                raise refused
             raise _error(self.name, str(text or f"HTTP {status}"), status, what)
         result = answer.get("result")
         if not isinstance(result, dict):
@@ -253,6 +265,31 @@ async def _answer_in_stream(response: httpx2.Response, request_id: int) -> dict[
             if message.get("id") == request_id and ("result" in message or "error" in message):
                 return message
     raise AgentError("the gateway's event stream ended without an answer")
+
+
+class CallRefused(RefusedError):
+    """The registry would not relay a call: its billing (no balance, no subscription, a spend cap) or
+    the caller's tier (429: too many calls). The hint says what fixes it or when to try again."""
+
+
+BILLING_REFUSED = -32020
+TIER_REFUSED = -32029
+
+
+def _refusal(name: str, error: object, status: int, what: str) -> CallRefused | None:
+    if not isinstance(error, dict) or error.get("code") not in (BILLING_REFUSED, TIER_REFUSED):
+        return None
+    data = error.get("data") if isinstance(error.get("data"), dict) else {}
+    assert isinstance(data, dict)
+    message = str(error.get("message") or "refused")
+    if error.get("code") == BILLING_REFUSED:
+        reason = str(data.get("reason") or message)
+        return CallRefused(
+            f"{name} refused {what}: {reason}", status=status, hint=str(data.get("fix") or "") or None
+        )
+    retry = data.get("retry_after")
+    hint = f"try again in {retry} s, or ask the operator for a higher tier" if retry is not None else None
+    return CallRefused(f"{name} refused {what}: {message}", status=status, hint=hint)
 
 
 def _error(name: str, message: str, status: int, what: str) -> McpzError:

@@ -229,3 +229,27 @@ def test_a_spend_cap_holds_under_twenty_concurrent_callers(paid: tuple[Mesh, Pat
     mine = balance(mesh, token)
     assert mine["available"] + mine["reserved"] == 1_000_000 - 5 * PRICE
     until(lambda: api(mesh.reg, "/v1/billing/usage", token).json()["total"] == 5 * PRICE, what="5 charges")
+
+
+def test_mcpz_call_says_why_a_paid_call_was_refused_and_what_fixes_it(
+    paid: tuple[Mesh, Path], tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+
+    mesh, log = paid
+    token, _ = consumer(mesh)
+    env = {**os.environ, "MCPZ_CONFIG_DIR": str(tmp_path / "config"), "MCPZ_DATA_DIR": str(tmp_path / "data")}
+    marker = f"cli-{secrets.token_hex(4)}"
+    argv = [sys.executable, "-m", "mcpz", "call", AGENT, "note", f"text={marker}"]
+    done = subprocess.run(
+        [*argv, "--registry", mesh.reg.url, "--token", token],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 8, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "balance does not cover" in line and "add funds" in line and "Traceback" not in done.stderr
+    assert marker not in calls_logged(log)
