@@ -25,6 +25,7 @@ from registry_server.accounts.namespaces import find_account, role_of
 from registry_server.accounts.service import Principal
 from registry_server.billing import service
 from registry_server.billing.gate import BillingGate
+from registry_server.billing.models import Subscription
 from registry_server.billing.pricing import Pricing
 from registry_server.billing.receipt_key import ReceiptSigner
 from registry_server.billing.worker import BillingWorker
@@ -189,6 +190,17 @@ def _gate(request: Request) -> BillingGate | None:
     return getattr(request.app.state, "billing_gate", None)
 
 
+def _forget_account(request: Request, principal: Principal | None) -> None:
+    """The caller's caps or subscriptions changed: the gateway looks again at its next call."""
+    gate = _gate(request)
+    if gate is not None and principal is not None:
+        gate.forget_account(principal.account_id)
+
+
+def _subscription_out(s: Subscription) -> SubscriptionOut:
+    return SubscriptionOut(agent=s.agent, plan=s.plan, started_us=s.started_us, paid_through=s.paid_through)
+
+
 async def _catch_up(request: Request) -> None:
     """Let calls made before this request be written and rated, so a caller sees its own charges."""
     recorder: UsageRecorder | None = getattr(request.app.state, "usage", None)
@@ -311,12 +323,7 @@ async def subscriptions(state: State, principal: Caller) -> list[SubscriptionOut
         who = _reader(state, principal)
         with state.db.session() as session:
             rows = service.active_subscriptions(session, who.account_id)
-            return [
-                SubscriptionOut(
-                    agent=s.agent, plan=s.plan, started_us=s.started_us, paid_through=s.paid_through
-                )
-                for s in rows
-            ]
+            return [_subscription_out(s) for s in rows]
 
     return await anyio.to_thread.run_sync(run)
 
@@ -339,14 +346,10 @@ async def subscribe(request: Request, state: State, principal: Caller, body: Sub
             s = service.subscribe(
                 session, who.account_id, agent, body.plan, state.settings.platform_fee_bps, service.now_us()
             )
-            return SubscriptionOut(
-                agent=s.agent, plan=s.plan, started_us=s.started_us, paid_through=s.paid_through
-            )
+            return _subscription_out(s)
 
     out = await anyio.to_thread.run_sync(run)
-    gate = _gate(request)
-    if gate is not None and principal is not None:
-        gate.forget_account(principal.account_id)
+    _forget_account(request, principal)
     return out
 
 
@@ -365,14 +368,10 @@ async def unsubscribe(
         who = require(principal, "call", db=state.db)
         with state.db.session() as session:
             s = service.unsubscribe(session, who.account_id, agent, service.now_us())
-            return SubscriptionOut(
-                agent=s.agent, plan=s.plan, started_us=s.started_us, paid_through=s.paid_through
-            )
+            return _subscription_out(s)
 
     out = await anyio.to_thread.run_sync(run)
-    gate = _gate(request)
-    if gate is not None and principal is not None:
-        gate.forget_account(principal.account_id)
+    _forget_account(request, principal)
     return out
 
 
@@ -409,9 +408,7 @@ async def set_cap(request: Request, state: State, principal: Caller, body: CapIn
         return _caps(state, who.account_id)
 
     out = await anyio.to_thread.run_sync(run)
-    gate = _gate(request)
-    if gate is not None and principal is not None:
-        gate.forget_account(principal.account_id)
+    _forget_account(request, principal)
     return out
 
 
@@ -424,9 +421,7 @@ async def remove_cap(request: Request, state: State, principal: Caller, cap_id: 
         return _caps(state, who.account_id)
 
     out = await anyio.to_thread.run_sync(run)
-    gate = _gate(request)
-    if gate is not None and principal is not None:
-        gate.forget_account(principal.account_id)
+    _forget_account(request, principal)
     return out
 
 
