@@ -210,3 +210,11 @@ def test_price_needs_something_to_charge(cli: Any, reg: LiveRegistry, tokens: di
     assert "--per-call AMOUNT, --monthly AMOUNT, or --free" in one_line_error(nothing)
     both = billing(cli, reg, tokens["acme"], "price", "acme/weather", "--free", "--per-call", "1")
     assert "--free takes no prices" in one_line_error(both)
+
+
+def test_plans_without_a_name_lists_the_agents_of_your_namespaces(
+    cli: Any, reg: LiveRegistry, tokens: dict[str, str]
+) -> None:
+    # Only published (listed) agents are found; carol has none.
+    assert billing(cli, reg, tokens["carol"], "plans").stdout == "no agents in your namespaces\n"
+    assert as_json(cli, reg, tokens["carol"], "plans") == []

@@ -1,5 +1,5 @@
-"""`mcpz billing plans | price | split | subscribe | unsubscribe | subscriptions | balance | usage |
-caps | verify-receipt`."""
+"""`mcpz billing ...`: plans, price, split, subscribe, unsubscribe, subscriptions, balance, usage,
+caps (set, remove), and verify-receipt."""
 
 from __future__ import annotations
 
