@@ -175,7 +175,7 @@ def test_subscribing_needs_the_balance_and_operator_credit_provides_it(
     assert (usage["total"], usage["calls"]) == (10_000_000, 1)
     assert usage["charges"][0]["plan"] == "monthly"
     shown = billing(cli, reg, bob, "usage")
-    assert shown.stdout.splitlines()[0] == "charged 10.00 USDC for 1 calls this month"
+    assert shown.stdout.splitlines()[0] == "charged 10.00 USDC for 1 call this month"
 
     ended = billing(cli, reg, bob, "unsubscribe", "acme/maps")
     assert ended.stdout == "unsubscribed from acme/maps (monthly)\n"

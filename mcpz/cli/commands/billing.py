@@ -380,7 +380,8 @@ def usage(
 
     def lines() -> list[str]:
         window = f"since {since}" if since else "this month"
-        shown = [f"charged {m(found.total)} for {found.calls} calls {window}"]
+        calls = "1 call" if found.calls == 1 else f"{found.calls} calls"
+        shown = [f"charged {m(found.total)} for {calls} {window}"]
         for c in found.charges:
             what = c.tool or "(monthly fee)"
             shown.append(f"  {_when(c.started_us)}  {c.agent}  {what}  {c.plan}  {m(c.price)}")
