@@ -43,16 +43,22 @@ class DemoContext:
     nodes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def mcpz(
-        self, *args: str, cwd: Path | None = None, input: str | None = None, json_out: bool = False
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        input: str | None = None,
+        json_out: bool = False,
+        token: str | None = None,
     ) -> Any:
-        """Run `mcpz ARGS` as the user would; show it; fail the demo on a non-zero exit."""
+        """Run `mcpz ARGS` as the user would; show it; fail the demo on a non-zero exit. `token`:
+        act as another account (through MCPZ_TOKEN, so the shown command never holds it)."""
         argv = [*args, "--json"] if json_out else list(args)
         shown = " ".join(shlex.quote(a) for a in ["mcpz", *argv])
-        self.say(f"$ {shown}")
+        self.say(f"$ {shown}" if token is None else f"$ MCPZ_TOKEN=... {shown}")
         done = subprocess.run(
             [sys.executable, "-m", "mcpz", *argv],
             cwd=cwd or self.root,
-            env=self.env,
+            env=self.env if token is None else {**self.env, "MCPZ_TOKEN": token},
             input=input,
             capture_output=True,
             text=True,
@@ -117,7 +123,8 @@ def step_registry(ctx: DemoContext) -> None:
     if not logging.getLogger("mcpz").isEnabledFor(logging.INFO):
         server_log.addHandler(logging.NullHandler())
         server_log.propagate = False
-    settings = RegistrySettings.load(data_dir=data, env=ctx.env, port=free_port())
+    # No notice period: the billing step's price applies at once (a real registry gives 14 days).
+    settings = RegistrySettings.load(data_dir=data, env=ctx.env, port=free_port(), price_notice_days=0.0)
     ctx.registry_handle = start_in_thread(settings)
     ctx.registry_url = ctx.registry_handle.url
     ctx.env["MCPZ_REGISTRY"] = ctx.registry_url
@@ -256,6 +263,84 @@ def step_usage(ctx: DemoContext) -> None:
     ctx.mcpz("usage", "--agent", AGENT)
 
 
+PRICE = "0.002"
+CREDIT = "1"
+PAID_CALLS = 3
+CALLER = "demo-caller"
+
+
+def _balance(ctx: DemoContext, token: str) -> dict[str, Any]:
+    import httpx2
+
+    response = httpx2.get(
+        f"{ctx.registry_url}/v1/billing/balance", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+    response.raise_for_status()
+    found: dict[str, Any] = response.json()
+    return found
+
+
+def _caller_token(ctx: DemoContext) -> str:
+    """A second account, the one that pays, and a key for it to call with: made directly in the
+    embedded registry (`mcpz registry account create` and `token create` would do the same)."""
+    from datetime import timedelta
+
+    from registry_server.accounts import service as accounts
+    from registry_server.accounts import tokens
+    from registry_server.db import Database
+
+    db = Database(ctx.registry_handle.settings.database_url)
+    try:
+        with db.session() as session:
+            account = accounts.create_account(session, CALLER)
+            _row, secret = accounts.create_token(
+                session, account, tokens.parse_scopes("read,call"), expires_in=timedelta(days=1), name="demo"
+            )
+    finally:
+        db.dispose()
+    ctx.say(f"made a second account, {CALLER}, with a key that may call (kept, never printed)")
+    return secret
+
+
+def step_billing(ctx: DemoContext) -> None:
+    """The creator prices the agent per call, the operator credits a second account, that account
+    calls, and pays: its balance goes down by the calls' price, the creator's earnings go up."""
+    import time
+
+    from mcpz.money import format_amount, parse_amount
+
+    assert ctx.registry_handle is not None
+    data = str(ctx.root / "registry")
+    ctx.mcpz("billing", "price", AGENT, "--per-call", PRICE)
+    caller = _caller_token(ctx)
+    ctx.mcpz("registry", "credit", CALLER, CREDIT, "--reason", "demo credit", "--data", data)
+    ctx.say(f"{CALLER} calls {AGENT} {PAID_CALLS} times at {PRICE} a call")
+    for _ in range(PAID_CALLS):
+        answer = ctx.mcpz("call", AGENT, "add", "a=2", "b=40", token=caller)
+        if answer.strip() != "42":
+            raise DemoFailed(f"the paid call answered {answer!r}, not 42")
+    # Rating is asynchronous; the balance route catches up on it, so a few looks suffice.
+    spent = PAID_CALLS * parse_amount(PRICE)
+    left = parse_amount(CREDIT) - spent
+    deadline = time.monotonic() + 30
+    while (found := _balance(ctx, caller))["available"] + found["reserved"] != left:
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"{CALLER}'s balance did not go down by {spent} units within 30 s: {found}")
+        time.sleep(0.2)
+    ctx.mcpz("billing", "balance", token=caller)
+    ctx.show(
+        f"{CALLER} paid {format_amount(spent)} USDC for {PAID_CALLS} calls; what is reserved is held for "
+        "its next calls and returns to available when it stops calling"
+    )
+    earned = ctx.mcpz("billing", "balance", json_out=True)["earnings"]
+    ctx.mcpz("billing", "balance")
+    ctx.results["billing"] = {
+        "caller": found["available"] + found["reserved"],
+        "spent": spent,
+        "earned": earned,
+    }
+
+
 def _stop_nodes(ctx: DemoContext, timeout: float = 30) -> list[int | None]:
     import signal
 
@@ -302,6 +387,7 @@ STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("status", step_status),
     ("gateway", step_gateway),
     ("usage", step_usage),
+    ("billing", step_billing),
     ("stop-nodes", step_stop_nodes),
 ]
 

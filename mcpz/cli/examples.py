@@ -75,7 +75,24 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "market list": ("mcpz market list acme/weather",),
     "market unlist": ("mcpz market unlist acme/weather",),
     # billing
-    "billing": ("mcpz billing verify-receipt result.json",),
+    "billing": ("mcpz billing balance",),
+    "billing plans": ("mcpz billing plans acme/weather",),
+    "billing price": (
+        "mcpz billing price acme/weather --per-call 0.002 --tool forecast=0.005",
+        "mcpz billing price acme/weather --monthly 10 --included 10000 --overage 0.001",
+    ),
+    "billing split": ("mcpz billing split acme/weather acme=70% bob=30%",),
+    "billing subscribe": ("mcpz billing subscribe acme/weather monthly",),
+    "billing unsubscribe": ("mcpz billing unsubscribe acme/weather",),
+    "billing subscriptions": ("mcpz billing subscriptions",),
+    "billing balance": ("mcpz billing balance", "mcpz billing balance --json"),
+    "billing usage": ("mcpz billing usage --since 7d",),
+    "billing caps": ("mcpz billing caps",),
+    "billing caps set": (
+        "mcpz billing caps set 5 --per day",
+        "mcpz billing caps set 50 --per month --agent acme/weather",
+    ),
+    "billing caps remove": ("mcpz billing caps remove 3",),
     "billing verify-receipt": (
         "mcpz billing verify-receipt result.json",
         "mcpz billing verify-receipt receipt.json --key ed25519:... --request request.json",
@@ -111,6 +128,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "registry token": (_TOKEN,),
     "registry token create": (_TOKEN,),
     "registry tier": ("mcpz registry tier acme", "mcpz registry tier acme pro"),
+    "registry credit": (
+        'mcpz registry credit acme 25 --reason "welcome credit" --expires 30d',
+        "mcpz registry credit 0x8ba1f109551bD432803012645Ac136ddd64DBA72 100 --key deposit-42",
+    ),
     "demo": ("mcpz demo",),
 }
 

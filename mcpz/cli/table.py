@@ -111,7 +111,9 @@ COMMANDS: dict[str, Entry] = {
         "market", "The marketplace: search agents, read their listings, review the ones you used.", MARKET
     ),
     "billing": Entry(
-        "billing", "Billing: what paid calls cost, and the signed receipts that prove it.", BILLING
+        "billing",
+        "Billing: prices, balance, usage with amounts, spend caps, and the receipts of paid calls.",
+        BILLING,
     ),
     "login": Entry(
         "auth",

@@ -1,16 +1,23 @@
-"""Billing from the client side: the registry's receipt key, and checking a paid call's receipt.
+"""Billing from the client side: prices, splits, balance, usage with amounts, subscriptions, spend
+caps (the `/v1/billing/...` API), the registry's receipt key, and checking a paid call's receipt.
 
     key = await receipt_key("https://registry.example.com")          # "ed25519:..."
     checked = await verify_receipt(json.load(f), key=key)            # offline: no request made
     print(checked.receipt.price, checked.key_from)
 
-The format, and what its digests cover, are in `mcpz.keys.receipts` and docs/receipts.md.
+    async with connect(url, token) as client:
+        found = await balance(client)                                # integers in base units
+        print(format_amount(found.available, decimals=found.decimals, currency=found.currency))
+
+Amounts are integers in the settlement token's base units everywhere; the functions that take
+amounts as text (`pricing_from_text`, `cap_amount`) parse them with the registry's own decimals.
+The receipt format, and what its digests cover, are in `mcpz.keys.receipts` and docs/receipts.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from mcpz.client.models import Payload
@@ -18,8 +25,41 @@ from mcpz.client.registry import RegistryClient, connect
 from mcpz.errors import RemoteError, UsageError
 from mcpz.keys import receipts
 from mcpz.keys.receipts import Receipt
+from mcpz.money import format_amount, parse_amount, parse_bps
+from mcpz.names import AgentName
 
-__all__ = ["ReceiptKey", "VerifiedReceipt", "fetch_receipt_key", "receipt_key", "verify_receipt"]
+__all__ = [
+    "Balance",
+    "BillingUsage",
+    "Charge",
+    "Earnings",
+    "PendingPricing",
+    "Plans",
+    "Pricing",
+    "ReceiptKey",
+    "Share",
+    "SpendCap",
+    "Subscription",
+    "VerifiedReceipt",
+    "balance",
+    "cap",
+    "caps",
+    "fetch_receipt_key",
+    "parse_shares",
+    "plans",
+    "price",
+    "pricing_from_text",
+    "receipt_key",
+    "remove_cap",
+    "set_cap",
+    "set_prices",
+    "set_splits",
+    "subscribe",
+    "subscriptions",
+    "unsubscribe",
+    "usage",
+    "verify_receipt",
+]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -109,3 +149,302 @@ def _params(request: Any) -> Any:
     if isinstance(request, Mapping) and "jsonrpc" in request and "method" in request:
         return request.get("params")
     return request
+
+
+# --- prices, splits, balance, usage, subscriptions, spend caps (/v1/billing/...) -----------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Pricing(Payload):
+    """A listing's whole pricing, amounts in base units; a plan that is None is not offered."""
+
+    WHAT: ClassVar[str] = "pricing"
+    per_call: int | None
+    tools: dict[str, int]
+    monthly_fee: int | None
+    included: int
+    overage: int | None
+    free_calls: int
+    charge_tool_errors: bool
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def free(self) -> bool:
+        return self.per_call is None and self.monthly_fee is None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PendingPricing(Payload):
+    """A change of price waiting for its notice period: it applies at `effective_us`."""
+
+    WHAT: ClassVar[str] = "pending pricing"
+    effective_us: int
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def pricing(self) -> Pricing:
+        return Pricing.from_json(dict(self.raw))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Share(Payload):
+    """One creator's part of every charge, in basis points of what the platform fee leaves."""
+
+    WHAT: ClassVar[str] = "share"
+    account: str
+    bps: int
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Plans(Payload):
+    """`GET /v1/billing/plans/{name}`: what an agent costs now, what it will cost, who earns."""
+
+    WHAT: ClassVar[str] = "plans"
+    agent: str
+    current: Pricing
+    pending: list[PendingPricing]
+    platform_fee_bps: int
+    notice_days: float
+    splits: list[Share]
+    currency: str
+    decimals: int
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Earnings(Payload):
+    WHAT: ClassVar[str] = "earnings"
+    pending: int
+    """Earned inside the refund window: not yet payable."""
+    available: int
+    """Past the refund window: ready for payout."""
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Balance(Payload):
+    """`GET /v1/billing/balance`: the caller's money, after its calls so far are rated."""
+
+    WHAT: ClassVar[str] = "balance"
+    account: str
+    available: int
+    reserved: int
+    """Held for calls in flight or not yet rated: comes back to `available` when unused."""
+    earnings: Earnings
+    currency: str
+    decimals: int
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """What `mcpz billing balance --json` prints: integers in base units, and their token."""
+        return {
+            "available": self.available,
+            "reserved": self.reserved,
+            "earnings": {"pending": self.earnings.pending, "available": self.earnings.available},
+            "currency": self.currency,
+            "decimals": self.decimals,
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Charge(Payload):
+    """One charged call (or a subscription's month, with tool "")."""
+
+    WHAT: ClassVar[str] = "charge"
+    event: str
+    agent: str
+    version: str
+    tool: str
+    plan: str
+    started_us: int
+    price: int
+    fee: int
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BillingUsage(Payload):
+    """`GET /v1/billing/usage`: what the caller was charged since a time, and the newest charges."""
+
+    WHAT: ClassVar[str] = "billing usage"
+    total: int
+    calls: int
+    charges: list[Charge]
+    currency: str
+    decimals: int
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Subscription(Payload):
+    WHAT: ClassVar[str] = "subscription"
+    agent: str
+    plan: str
+    started_us: int
+    paid_through: str
+    """The last month paid for, YYYY-MM."""
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SpendCap(Payload):
+    """At most `amount` per `period` ("day" or "month"), on one agent or all (""), on one key or
+    the whole account (`token_id` 0)."""
+
+    WHAT: ClassVar[str] = "spend cap"
+    id: int
+    period: str
+    amount: int
+    agent: str
+    token_id: int
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+
+PERIODS = ("day", "month")
+
+
+def _agent(name: str) -> str:
+    return str(AgentName.parse(name))
+
+
+def _tool_price(text: str, decimals: int) -> tuple[str, int]:
+    tool, sep, amount = text.partition("=")
+    if not sep or not tool.strip():
+        raise UsageError(f'--tool "{text}" is not TOOL=AMOUNT', hint="e.g. --tool forecast=0.005")
+    return tool.strip(), parse_amount(amount, decimals=decimals, what=f"the price of tool {tool.strip()}")
+
+
+def pricing_from_text(
+    *,
+    decimals: int,
+    per_call: str | None = None,
+    tools: Sequence[str] = (),
+    monthly: str | None = None,
+    included: int = 0,
+    overage: str | None = None,
+    free_calls: int = 0,
+    charge_tool_errors: bool = False,
+    free: bool = False,
+) -> dict[str, Any]:
+    """A whole pricing from amounts typed as decimal text (`"0.002"`), as `set_prices` sends it."""
+    priced = per_call is not None or monthly is not None or bool(tools)
+    if free and (priced or overage is not None or included):
+        raise UsageError("--free takes no prices", hint="drop --free, or the prices")
+    if not free and not priced:
+        raise UsageError(
+            "say what to charge: --per-call AMOUNT, --monthly AMOUNT, or --free",
+            hint="e.g. `mcpz billing price acme/weather --per-call 0.002`",
+        )
+    if included < 0 or free_calls < 0:
+        raise UsageError("--included and --free-calls must not be negative")
+    prices = dict(_tool_price(t, decimals) for t in tools)
+    if len(prices) != len(tools):
+        raise UsageError("a tool is priced twice with --tool")
+
+    def amount(text: str | None, what: str) -> int | None:
+        return None if text is None else parse_amount(text, decimals=decimals, what=what)
+
+    return {
+        "per_call": amount(per_call, "--per-call"),
+        "tools": prices,
+        "monthly_fee": amount(monthly, "--monthly"),
+        "included": included,
+        "overage": amount(overage, "--overage"),
+        "free_calls": free_calls,
+        "charge_tool_errors": charge_tool_errors,
+    }
+
+
+def parse_shares(items: Sequence[str]) -> list[tuple[str, int]]:
+    """`["alice=70%", "bob=3000"]` -> [("alice", 7000), ("bob", 3000)]: basis points summing to 10,000."""
+    if not items:
+        raise UsageError("name at least one ACCOUNT=SHARE", hint="e.g. alice=70% bob=30%")
+    shares: list[tuple[str, int]] = []
+    for item in items:
+        account, sep, share = item.partition("=")
+        if not sep or not account.strip():
+            raise UsageError(f'"{item}" is not ACCOUNT=SHARE', hint="e.g. alice=70% bob=30%")
+        shares.append((account.strip(), parse_bps(share, what=f"the share of {account.strip()}")))
+    total = sum(bps for _, bps in shares)
+    if total != 10_000:
+        raise UsageError(
+            f"the shares sum to {format_amount(total, decimals=2)}%, not 100%",
+            hint="give every creator's share so that they add up to 100%",
+        )
+    return shares
+
+
+async def plans(client: RegistryClient, name: str) -> Plans:
+    return await client.typed(Plans, "GET", f"/v1/billing/plans/{_agent(name)}")
+
+
+async def set_prices(client: RegistryClient, name: str, pricing: Mapping[str, Any]) -> Plans:
+    """Replace an agent's pricing (base units, as `pricing_from_text` builds it). A decrease applies
+    at once, an increase after the registry's notice period: see the answer's `pending`."""
+    return await client.typed(Plans, "PUT", f"/v1/billing/plans/{_agent(name)}", json=dict(pricing))
+
+
+async def price(client: RegistryClient, name: str, **text: Any) -> Plans:
+    """`set_prices` from amounts as text (the arguments of `pricing_from_text`), parsed with the
+    decimals of the registry's own token."""
+    found = await plans(client, name)
+    return await set_prices(client, name, pricing_from_text(decimals=found.decimals, **text))
+
+
+async def set_splits(client: RegistryClient, name: str, shares: Sequence[tuple[str, int]]) -> Plans:
+    body = {"shares": [{"account": account, "bps": bps} for account, bps in shares]}
+    return await client.typed(Plans, "PUT", f"/v1/billing/splits/{_agent(name)}", json=body)
+
+
+async def balance(client: RegistryClient) -> Balance:
+    return await client.typed(Balance, "GET", "/v1/billing/balance")
+
+
+async def usage(client: RegistryClient, *, since: str | None = None, limit: int = 100) -> BillingUsage:
+    """Charges since `since` (ISO 8601, Unix seconds or an age such as 7d; default: this month)."""
+    params: dict[str, Any] = {"limit": limit}
+    if since is not None:
+        params["since"] = since
+    return await client.typed(BillingUsage, "GET", "/v1/billing/usage", params=params)
+
+
+async def subscriptions(client: RegistryClient) -> list[Subscription]:
+    return await client.typed_list(Subscription, "GET", "/v1/billing/subscriptions")
+
+
+async def subscribe(client: RegistryClient, name: str, plan: str = "monthly") -> Subscription:
+    """Subscribe to an agent's monthly plan: the registry takes this month's fee from the balance."""
+    body = {"agent": _agent(name), "plan": plan}
+    return await client.typed(Subscription, "POST", "/v1/billing/subscriptions", json=body)
+
+
+async def unsubscribe(client: RegistryClient, name: str) -> Subscription:
+    return await client.typed(Subscription, "DELETE", f"/v1/billing/subscriptions/{_agent(name)}")
+
+
+async def caps(client: RegistryClient) -> list[SpendCap]:
+    return await client.typed_list(SpendCap, "GET", "/v1/billing/caps")
+
+
+async def set_cap(
+    client: RegistryClient, period: str, amount: int, *, agent: str = "", token_id: int = 0
+) -> list[SpendCap]:
+    """Set a spend cap of `amount` base units per `period`; one that exists changes its amount."""
+    if period not in PERIODS:
+        raise UsageError(f'a spend cap is per "day" or "month", not "{period}"')
+    body = {"period": period, "amount": amount, "agent": _agent(agent) if agent else "", "token_id": token_id}
+    return await client.typed_list(SpendCap, "PUT", "/v1/billing/caps", json=body)
+
+
+async def cap(
+    client: RegistryClient, period: str, amount: str, *, agent: str = "", token_id: int = 0
+) -> list[SpendCap]:
+    """`set_cap` with the amount as decimal text, parsed with the registry's token decimals."""
+    decimals = (await balance(client)).decimals
+    units = parse_amount(amount, decimals=decimals, what="the cap")
+    return await set_cap(client, period, units, agent=agent, token_id=token_id)
+
+
+async def remove_cap(client: RegistryClient, cap_id: int) -> list[SpendCap]:
+    return await client.typed_list(SpendCap, "DELETE", f"/v1/billing/caps/{cap_id}")

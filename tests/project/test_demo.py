@@ -21,7 +21,7 @@ def test_demo_runs_every_step_and_reports_them() -> None:
     assert result["steps"] == [
         "init", "commit", "log", "tools", "call", "registry",
         "wallet", "login", "namespace", "push", "verify", "info", "market",
-        "node-key", "nodes", "deploy", "status", "gateway", "usage", "stop-nodes",
+        "node-key", "nodes", "deploy", "status", "gateway", "usage", "billing", "stop-nodes",
     ]  # fmt: skip
     assert {"echo", "add"} <= set(result["tools"])
     assert "published demo/weather 0.1.0" in done.stderr
@@ -32,6 +32,14 @@ def test_demo_runs_every_step_and_reports_them() -> None:
     assert "stopped 2 nodes" in done.stderr
     assert result["market"]["name"] == "demo/weather" and result["market"]["version"] == "0.1.0"
     assert result["usage"] == {"add": 1}  # the one call through the gateway, metered once
+    # The caller paid 3 calls at 0.002 from a credit of 1; the creator earned 80 % of it, pending.
+    assert result["billing"] == {
+        "caller": 994_000,
+        "spent": 6_000,
+        "earned": {"pending": 4_800, "available": 0},
+    }
+    assert "credited 1.00 USDC to demo-caller: available 1.00 USDC" in done.stdout + done.stderr
+    assert "earnings   0.0048 USDC pending (refund window), 0.00 USDC available" in done.stderr
     assert "mcpz_" not in done.stderr + done.stdout, "the demo must never print a token"
 
 

@@ -1,20 +1,29 @@
-"""`mcpz billing verify-receipt`."""
+"""`mcpz billing ...`: plans, price, split, subscribe, unsubscribe, subscriptions, balance, usage,
+caps (set, remove), and verify-receipt."""
 
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from mcpz.cli.common import run
+from mcpz.cli.common import RegistryOpt, TokenOpt, run, with_client
 from mcpz.cli.output import out
 from mcpz.errors import NotFoundError, UsageError
+
+if TYPE_CHECKING:
+    from mcpz.client.billing import Plans, Pricing, SpendCap
+    from mcpz.client.registry import RegistryClient
+
+T = TypeVar("T")
 
 # This module's commands; cli/app.py mounts them by name when one of them runs.
 app = typer.Typer()
 billing_app = typer.Typer(
-    help="Billing: what paid calls cost, and the signed receipts that prove it.",
+    help="Billing: prices, balance, usage with amounts, spend caps, and the receipts of paid calls.",
     no_args_is_help=True,
 )
 app.add_typer(billing_app, name="billing")
@@ -91,4 +100,371 @@ def verify_receipt(
             f"receipt valid: {receipt.event} {receipt.agent}@{receipt.version} {receipt.tool} "
             f"{amount} {receipt.currency}, signed by {receipt.key}"
         ],
+    )
+
+
+# --- prices, balance, usage, subscriptions, spend caps ------------------------------------------
+
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help="The agent: namespace/name.")]
+
+
+def _billing(
+    registry: str | None,
+    token: str | None,
+    fn: Callable[[RegistryClient], Awaitable[T]],
+    *,
+    need_token: bool = True,
+) -> T:
+    return with_client(registry, token, fn, need_token=need_token)
+
+
+def _money(units: int, decimals: int, currency: str) -> str:
+    from mcpz.money import format_amount
+
+    return format_amount(units, decimals=decimals, currency=currency)
+
+
+def _when(us: int) -> str:
+    return datetime.fromtimestamp(us / 1_000_000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _describe(pricing: Pricing, decimals: int, currency: str) -> str:
+    """One line of what a pricing charges, in the words of `mcpz billing price`'s options."""
+
+    def m(units: int) -> str:
+        return _money(units, decimals, currency)
+
+    parts: list[str] = []
+    if pricing.free:
+        parts.append("free")
+    if pricing.per_call is not None:
+        parts.append(f"{m(pricing.per_call)} per call")
+        parts += [f"{tool} {m(units)} per call" for tool, units in sorted(pricing.tools.items())]
+    if pricing.monthly_fee is not None:
+        monthly = f"monthly {m(pricing.monthly_fee)} with {pricing.included} calls"
+        overage = (
+            "no calls past them" if pricing.overage is None else f"{m(pricing.overage)} per call past them"
+        )
+        parts.append(f"{monthly}, {overage}")
+    if pricing.free_calls:
+        parts.append(f"{pricing.free_calls} free calls a month")
+    if pricing.charge_tool_errors and not pricing.free:
+        parts.append("tool errors charged")
+    return "; ".join(parts)
+
+
+def _plan_lines(found: Plans) -> list[str]:
+    lines = [f"{found.agent}", f"  now: {_describe(found.current, found.decimals, found.currency)}"]
+    lines += [
+        f"  from {_when(p.effective_us)}: {_describe(p.pricing, found.decimals, found.currency)}"
+        for p in found.pending
+    ]
+    shares = ", ".join(f"{s.account} {s.bps / 100:g}%" for s in found.splits)
+    lines.append(f"  earnings: {shares} of what the platform fee ({found.platform_fee_bps / 100:g}%) leaves")
+    return lines
+
+
+@billing_app.command("plans")
+def plans(
+    name: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[NAME]", help="The agent: namespace/name (none: the agents of your namespaces)."
+        ),
+    ] = None,
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """An agent's prices: now, a change waiting for its notice (and its date), the revenue split."""
+    from mcpz.client import billing
+
+    if name is not None:
+        one = _billing(registry, token, lambda c: billing.plans(c, name), need_token=False)
+        out().lines(one.to_dict(), lambda: _plan_lines(one))
+        return
+    found = _billing(registry, token, _own_plans)
+    out().lines(
+        [p.to_dict() for p in found],
+        lambda: [line for p in found for line in _plan_lines(p)] or ["no agents in your namespaces"],
+    )
+
+
+async def _own_plans(client: RegistryClient) -> list[Plans]:
+    """The plans of every listed agent in the namespaces the caller belongs to."""
+    from mcpz.client import billing
+    from mcpz.client.market import MAX_LIMIT, Market
+
+    market = Market(client)
+    names: list[str] = []
+    for namespace in (await client.whoami()).namespaces:
+        found = await market.search(namespace=namespace, limit=MAX_LIMIT)
+        names += [item.name for item in found.results if item.name.startswith(f"{namespace}/")]
+    return [await billing.plans(client, name) for name in sorted(set(names))]
+
+
+@billing_app.command("price")
+def price(
+    name: NameArg,
+    per_call: Annotated[
+        str | None, typer.Option("--per-call", metavar="AMOUNT", help="Price of one call, e.g. 0.002.")
+    ] = None,
+    tool: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tool", metavar="TOOL=AMOUNT", help="Price of one tool's calls (repeatable); needs --per-call."
+        ),
+    ] = None,
+    monthly: Annotated[
+        str | None, typer.Option("--monthly", metavar="AMOUNT", help="A monthly plan's fee.")
+    ] = None,
+    included: Annotated[
+        int, typer.Option("--included", metavar="N", min=0, help="Calls the monthly fee includes.")
+    ] = 0,
+    overage: Annotated[
+        str | None,
+        typer.Option(
+            "--overage", metavar="AMOUNT", help="Price per call past the included ones (else refused)."
+        ),
+    ] = None,
+    free_calls: Annotated[
+        int, typer.Option("--free-calls", metavar="N", min=0, help="Free calls per caller per month.")
+    ] = 0,
+    charge_tool_errors: Annotated[
+        bool, typer.Option("--charge-tool-errors", help="Charge calls that end in a tool error too.")
+    ] = False,
+    free: Annotated[bool, typer.Option("--free", help="Make the agent free.")] = False,
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Price an agent (owner). A decrease applies at once; an increase after the notice period.
+
+    Amounts are decimal text in the registry's token (0.002 is 2,000 base units of USDC). The
+    pricing given replaces the whole pricing: a plan not given is no longer offered.
+    """
+    from mcpz.client import billing
+
+    found = _billing(
+        registry,
+        token,
+        lambda c: billing.price(
+            c,
+            name,
+            per_call=per_call,
+            tools=tool or [],
+            monthly=monthly,
+            included=included,
+            overage=overage,
+            free_calls=free_calls,
+            charge_tool_errors=charge_tool_errors,
+            free=free,
+        ),
+    )
+    o = out()
+    for pending in found.pending:
+        o.info(
+            f"the change raises a price: it applies on {_when(pending.effective_us)}, after "
+            f"{found.notice_days:g} days' notice (what it lowers applies now)"
+        )
+    o.lines(found.to_dict(), lambda: _plan_lines(found))
+
+
+@billing_app.command("split")
+def split(
+    name: NameArg,
+    shares: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="ACCOUNT=SHARE...",
+            help="Accounts (name or wallet) and their shares, e.g. alice=70% bob=30%; sum 100%.",
+        ),
+    ],
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Divide the creators' part of every charge among accounts (owner)."""
+    from mcpz.client import billing
+
+    parsed = billing.parse_shares(shares)
+    found = _billing(registry, token, lambda c: billing.set_splits(c, name, parsed))
+    out().lines(found.to_dict(), lambda: _plan_lines(found))
+
+
+@billing_app.command("subscribe")
+def subscribe(
+    name: NameArg,
+    plan: Annotated[str, typer.Argument(metavar="PLAN", help='The plan: "monthly".')] = "monthly",
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Subscribe to an agent's monthly plan: this month's fee is paid from your balance now."""
+    from mcpz.client import billing
+
+    found = _billing(registry, token, lambda c: billing.subscribe(c, name, plan))
+    out().lines(
+        found.to_dict(),
+        lambda: [f"subscribed to {found.agent} ({found.plan}), paid through {found.paid_through}"],
+    )
+
+
+@billing_app.command("unsubscribe")
+def unsubscribe(name: NameArg, registry: RegistryOpt = None, token: TokenOpt = None) -> None:
+    """End a subscription now (the month paid for is not refunded)."""
+    from mcpz.client import billing
+
+    found = _billing(registry, token, lambda c: billing.unsubscribe(c, name))
+    out().lines(found.to_dict(), lambda: [f"unsubscribed from {found.agent} ({found.plan})"])
+
+
+@billing_app.command("subscriptions")
+def subscriptions(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
+    """Your subscriptions, and the month each is paid through."""
+    from mcpz.client import billing
+
+    found = _billing(registry, token, billing.subscriptions)
+    out().lines(
+        [s.to_dict() for s in found],
+        lambda: (
+            [f"{s.agent}  {s.plan}  paid through {s.paid_through}" for s in found] or ["no subscriptions"]
+        ),
+    )
+
+
+@billing_app.command("balance")
+def balance(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
+    """Your balance (available, reserved for calls in flight) and, as a creator, your earnings.
+
+    With --json: integers in base units, and the token's currency and decimals.
+    """
+    from mcpz.client import billing
+
+    found = _billing(registry, token, billing.balance)
+
+    def m(units: int) -> str:
+        return _money(units, found.decimals, found.currency)
+
+    out().lines(
+        found.to_json(),
+        lambda: [
+            f"account {found.account}",
+            f"available  {m(found.available)}",
+            f"reserved   {m(found.reserved)}",
+            f"earnings   {m(found.earnings.pending)} pending (refund window), "
+            f"{m(found.earnings.available)} available",
+        ],
+    )
+
+
+@billing_app.command("usage")
+def usage(
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since", help="Charges since: 30m, 1h, 7d, or an ISO date/time (default: this month)."
+        ),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", metavar="N", min=1, max=1000, help="List the newest N charges.")
+    ] = 20,
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """What your calls cost: the total and count since a time, and the newest charges."""
+    from mcpz.client import billing
+    from mcpz.instants import parse_since
+
+    start = parse_since(since) if since is not None else None
+    found = _billing(registry, token, lambda c: billing.usage(c, since=start, limit=limit))
+
+    def m(units: int) -> str:
+        return _money(units, found.decimals, found.currency)
+
+    def lines() -> list[str]:
+        window = f"since {since}" if since else "this month"
+        calls = "1 call" if found.calls == 1 else f"{found.calls} calls"
+        shown = [f"charged {m(found.total)} for {calls} {window}"]
+        for c in found.charges:
+            what = c.tool or "(monthly fee)"
+            shown.append(f"  {_when(c.started_us)}  {c.agent}  {what}  {c.plan}  {m(c.price)}")
+        return shown
+
+    out().lines(found.to_dict(), lines)
+
+
+caps_app = typer.Typer(
+    help="Your spend caps: at most an amount per day or month, on every agent or one, per key or all.",
+    invoke_without_command=True,
+)
+billing_app.add_typer(caps_app, name="caps")
+
+
+def _cap_lines(found: list[SpendCap], decimals: int, currency: str) -> list[str]:
+    lines = []
+    for c in found:
+        scope = f"on {c.agent}" if c.agent else "on every agent"
+        key = f", key {c.token_id}" if c.token_id else ""
+        lines.append(f"{c.id}  {_money(c.amount, decimals, currency)} per {c.period} {scope}{key}")
+    return lines or ["no spend caps"]
+
+
+async def _caps_with_money(
+    client: RegistryClient, change: Callable[[RegistryClient], Awaitable[list[SpendCap]]]
+) -> tuple[list[SpendCap], int, str]:
+    from mcpz.client import billing
+
+    found = await change(client)
+    money = await billing.balance(client)
+    return found, money.decimals, money.currency
+
+
+def _show_caps(found: tuple[list[SpendCap], int, str]) -> None:
+    caps, decimals, currency = found
+    out().lines([c.to_dict() for c in caps], lambda: _cap_lines(caps, decimals, currency))
+
+
+@caps_app.callback()
+def caps(ctx: typer.Context, registry: RegistryOpt = None, token: TokenOpt = None) -> None:
+    """Your spend caps: at most an amount per day or month, on every agent or one, per key or all."""
+    from mcpz.client import billing
+
+    if ctx.invoked_subcommand is not None:
+        return
+    _show_caps(_billing(registry, token, lambda c: _caps_with_money(c, billing.caps)))
+
+
+@caps_app.command("set")
+def caps_set(
+    amount: Annotated[str, typer.Argument(metavar="AMOUNT", help="At most this much, e.g. 5 or 0.50.")],
+    per: Annotated[str, typer.Option("--per", metavar="day|month", help="The period: day or month.")],
+    agent: Annotated[
+        str | None, typer.Option("--agent", metavar="NAME", help="Only calls of this agent.")
+    ] = None,
+    key: Annotated[
+        int | None,
+        typer.Option(
+            "--key", metavar="ID", min=1, help="Only calls made with this API key (`mcpz keys list`)."
+        ),
+    ] = None,
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Set a spend cap (a token with scope admin); setting one that exists changes its amount."""
+    from mcpz.client import billing
+
+    def change(c: RegistryClient) -> Awaitable[list[SpendCap]]:
+        return billing.cap(c, per, amount, agent=agent or "", token_id=key or 0)
+
+    _show_caps(_billing(registry, token, lambda c: _caps_with_money(c, change)))
+
+
+@caps_app.command("remove")
+def caps_remove(
+    cap_id: Annotated[int, typer.Argument(metavar="ID", help="The cap's id (see `mcpz billing caps`).")],
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Remove a spend cap."""
+    from mcpz.client import billing
+
+    _show_caps(
+        _billing(registry, token, lambda c: _caps_with_money(c, lambda c2: billing.remove_cap(c2, cap_id)))
     )

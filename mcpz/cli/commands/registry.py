@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -154,3 +155,101 @@ def tier(
         c.print(f"{view.account} {verb} tier {view.tier.name}{default}: {shown}", markup=False)
 
     out().data(payload, render)
+
+
+def _expiry_us(text: str, now: datetime) -> int:
+    """`30d` (from now) or an ISO 8601 date/time -> Unix microseconds; it must lie in the future."""
+    import re
+
+    from mcpz.errors import UsageError
+    from mcpz.instants import parse_instant
+
+    age = re.fullmatch(r"(\d+)\s*([hdw])", text.strip().lower())
+    if age:
+        hours = int(age[1]) * {"h": 1, "d": 24, "w": 168}[age[2]]
+        try:
+            moment = now + timedelta(hours=hours)
+        except OverflowError:
+            raise UsageError(f'--expires "{text}" is too far away') from None
+    else:
+        moment = parse_instant(text, now)
+    if moment <= now:
+        raise UsageError(
+            f'--expires "{text}" is in the past', hint="give a lifetime such as 30d, or a later date"
+        )
+    return round(moment.timestamp()) * 1_000_000
+
+
+@registry_app.command("credit")
+def credit(
+    account: Annotated[
+        str, typer.Argument(metavar="ACCOUNT", help="The account: its name or wallet address.")
+    ],
+    amount: Annotated[
+        str, typer.Argument(metavar="AMOUNT", help="How much, in the token's units, e.g. 25 or 0.50.")
+    ],
+    reason: Annotated[str, typer.Option("--reason", help="Why: kept with the credit.")] = "",
+    expires: Annotated[
+        str | None,
+        typer.Option(
+            "--expires", metavar="30d|DATE", help="Promotional credit: what is unspent is taken back then."
+        ),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key", metavar="KEY", help="Idempotency key: a second credit with it changes nothing."
+        ),
+    ] = None,
+    data: DataOpt = None,
+) -> None:
+    """Credit an account's balance (operator, on the registry host); prints the new balance."""
+    from mcpz.errors import UsageError
+    from mcpz.money import format_amount, parse_amount
+    from registry_server.accounts.namespaces import find_account
+    from registry_server.billing import service
+    from registry_server.billing.ledger import LedgerError
+    from registry_server.state import RegistryState
+
+    settings = _settings(data)
+    units = parse_amount(amount, decimals=settings.currency_decimals)
+    if units == 0:
+        raise UsageError("a credit must be more than 0")
+    expires_us = _expiry_us(expires, datetime.now(UTC)) if expires is not None else None
+    state = RegistryState.open(settings)
+    try:
+        with state.db.session() as session:
+            found = find_account(session, account)
+            try:
+                used_key, new = service.credit(
+                    session, found.id, units, reason=reason, key=key, expires_us=expires_us
+                )
+            except LedgerError:
+                raise UsageError(
+                    f'--key "{key}" was already used for another credit or amount',
+                    hint="give each credit a key of its own",
+                ) from None
+            now = service.balance_of(session, found.id)
+            name = found.name
+    finally:
+        state.close()
+
+    def money(units: int) -> str:
+        return format_amount(units, decimals=settings.currency_decimals, currency=settings.currency)
+
+    o = out()
+    if not new:
+        o.info(f"credit {used_key} was already made: nothing changed")
+    payload = {
+        "account": name,
+        "credited": units if new else 0,
+        "key": used_key,
+        "expires_us": expires_us,
+        "available": now.available,
+        "currency": settings.currency,
+        "decimals": settings.currency_decimals,
+    }
+    o.lines(
+        payload,
+        lambda: [f"credited {money(units if new else 0)} to {name}: available {money(now.available)}"],
+    )
