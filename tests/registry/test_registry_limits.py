@@ -232,3 +232,24 @@ def test_a_limit_of_zero_is_a_clear_setting_error(key: str, tmp_path: Path) -> N
 
     with pytest.raises(UsageError, match=key.lower()):
         RegistrySettings.load(data_dir=tmp_path, env={f"MCPZ_REGISTRY_{key}": "0"})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [
+        ("PLATFORM_FEE_BPS", "10001", "platform_fee_bps"),
+        ("PLATFORM_FEE_BPS", "-1", "platform_fee_bps"),
+        ("PRICE_NOTICE_DAYS", "-1", "price_notice_days"),
+        ("REFUND_WINDOW_DAYS", "-2", "refund_window_days"),
+    ],
+)
+def test_billing_settings_out_of_range_are_clear_setting_errors(
+    key: str, value: str, said: str, tmp_path: Path
+) -> None:
+    from mcpz.errors import UsageError
+    from registry_server.settings import RegistrySettings
+
+    with pytest.raises(UsageError, match=said):
+        RegistrySettings.load(data_dir=tmp_path, env={f"MCPZ_REGISTRY_{key}": value})
+    fine = RegistrySettings.load(data_dir=tmp_path, env={f"MCPZ_REGISTRY_{key}": "0"})
+    assert getattr(fine, said) == 0
