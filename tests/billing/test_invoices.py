@@ -246,3 +246,41 @@ def test_invoice_lines_are_stored_as_json_that_reads_back(world: World) -> None:
         "calls": 1,
         "amount": 3,
     }
+
+
+def test_a_refund_racing_the_close_lands_on_the_invoice_or_on_a_credit_note_never_both(world: World) -> None:
+    calls(world, [usage_event(n, world.consumer, price=10_000, plan="per-call") for n in range(3)])
+    barrier = threading.Barrier(2)
+    failed: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            barrier.wait(timeout=30)
+            with world.state.db.session() as session:
+                invoices.close_period(session, JANUARY, IN_FEBRUARY)
+        except BaseException as e:
+            failed.append(e)
+
+    def refund() -> None:
+        try:
+            barrier.wait(timeout=30)
+            with world.state.db.session() as session:
+                refunds.refund(session, "ev-0000002", 60 * DAY, at_us=IN_FEBRUARY)
+        except BaseException as e:
+            failed.append(e)
+
+    threads = [threading.Thread(target=close), threading.Thread(target=refund)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not failed, failed
+    with world.state.db.session() as session:
+        issued = invoices.invoices_of(session, world.consumer)
+        assert invoices.all_numbers(session) == list(range(1, len(issued) + 1))
+    invoice = next(i for i in issued if i.kind == "invoice")
+    notes = [i for i in issued if i.kind == "credit-note"]
+    refund_lines = [x for x in invoice.lines if x.kind == "refund"]
+    assert len(notes) + len(refund_lines) == 1  # the refund is recorded exactly once
+    assert invoice.total + sum(n.total for n in notes) == 20_000
+    ledger_ok(world)

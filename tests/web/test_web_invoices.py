@@ -16,6 +16,7 @@ import pytest
 from conftest import LiveRegistry, isolate, start_registry
 from test_web_session import sign_in
 
+import mcpz.keys.siwe as siwe
 from mcpz.keys.ethkeys import Account
 from registry_server.billing import invoices, service
 from registry_server.billing.pricing import Pricing
@@ -107,16 +108,19 @@ def test_the_invoice_page_is_accessible_and_prints_without_the_site_chrome(world
         _missing("axe-core (tests/web/node_modules)")
     from playwright.sync_api import sync_playwright
 
-    with httpx2.Client(base_url=world.reg.url, timeout=30) as erin:
-        sign_in(erin, ERIN)
-        cookies = [{"name": c.name, "value": c.value or "", "url": world.reg.url} for c in erin.cookies.jar]
     with sync_playwright() as p:
         chromium = p.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"]
         )
         try:
             context = chromium.new_context(base_url=world.reg.url, bypass_csp=True)
-            context.add_cookies(cookies)
+            # Signed in as the wallet page would: the session cookie lands in this context.
+            issued = context.request.post("/sign-in/message", data={"address": ERIN.address}).json()
+            signature = siwe.sign(issued["message"], ERIN.key)
+            done = context.request.post(
+                "/sign-in", data={"message": issued["message"], "signature": signature}
+            )
+            assert done.ok, done.text()
             page = context.new_page()
             for path in (f"/billing/invoices/{world.number}", "/billing/invoices"):
                 answer = page.goto(path)
