@@ -284,3 +284,38 @@ def test_a_refund_racing_the_close_lands_on_the_invoice_or_on_a_credit_note_neve
     assert len(notes) + len(refund_lines) == 1  # the refund is recorded exactly once
     assert invoice.total + sum(n.total for n in notes) == 20_000
     ledger_ok(world)
+
+
+def test_two_operator_processes_closing_at_once_make_one_invoice_each(world: World) -> None:
+    import os
+    import subprocess
+    import sys
+
+    october = invoices.period_bounds("2026-10")[0] + DAY
+    consumers = [world.consumer] + [new_account(world, f"proc{i}") for i in range(4)]
+    calls(
+        world,
+        [
+            usage_event(0, who, id=f"ev-p{i}", price=1_000, plan="per-call", started_us=october)
+            for i, who in enumerate(consumers)
+        ],
+    )
+    env = dict(os.environ)
+    env.pop("MCPZ_DATABASE_URL", None)
+    if world.database_url:
+        env["MCPZ_DATABASE_URL"] = world.database_url
+    argv = [sys.executable, "-m", "mcpz", "--json", "registry", "close-period", "2026-10", "--data"]
+    procs = [
+        subprocess.Popen(
+            [*argv, str(world.data_dir)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    made = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+        made.append(json.loads(out)["invoices"])
+    assert sorted(n for numbers in made for n in numbers) == list(range(1, len(consumers) + 1))
+    with world.state.db.session() as session:
+        assert invoices.all_numbers(session) == list(range(1, len(consumers) + 1))
