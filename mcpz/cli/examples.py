@@ -97,6 +97,9 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "mcpz billing verify-receipt result.json",
         "mcpz billing verify-receipt receipt.json --key ed25519:... --request request.json",
     ),
+    "billing invoices": ("mcpz billing invoices",),
+    "billing invoice": ("mcpz billing invoice draft", "mcpz billing invoice 12 --json"),
+    "billing statement": ("mcpz billing statement --period 2026-11",),
     "keys": ("mcpz keys list",),
     "keys create": ("mcpz keys create --scope read,call --name ci --expires-days 30",),
     "keys list": ("mcpz keys list",),
@@ -132,6 +135,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         'mcpz registry credit acme 25 --reason "welcome credit" --expires 30d',
         "mcpz registry credit 0x8ba1f109551bD432803012645Ac136ddd64DBA72 100 --key deposit-42",
     ),
+    "registry refund": ('mcpz registry refund 01JD0S... --reason "agent was down"',),
+    "registry close-period": ("mcpz registry close-period 2026-11",),
     "demo": ("mcpz demo",),
 }
 

@@ -33,18 +33,26 @@ __all__ = [
     "BillingUsage",
     "Charge",
     "Earnings",
+    "Invoice",
+    "InvoiceLine",
+    "InvoiceList",
+    "InvoiceSummary",
     "PendingPricing",
     "Plans",
     "Pricing",
     "ReceiptKey",
     "Share",
     "SpendCap",
+    "Statement",
+    "StatementLine",
     "Subscription",
     "VerifiedReceipt",
     "balance",
     "cap",
     "caps",
     "fetch_receipt_key",
+    "invoice",
+    "invoices",
     "parse_shares",
     "plans",
     "price",
@@ -54,6 +62,7 @@ __all__ = [
     "set_cap",
     "set_prices",
     "set_splits",
+    "statement",
     "subscribe",
     "subscriptions",
     "unsubscribe",
@@ -448,3 +457,118 @@ async def cap(
 
 async def remove_cap(client: RegistryClient, cap_id: int) -> list[SpendCap]:
     return await client.typed_list(SpendCap, "DELETE", f"/v1/billing/caps/{cap_id}")
+
+
+# -- invoices, credit notes and creator statements (docs/invoices.md)
+#
+#     async with connect(url, token) as client:
+#         for row in (await invoices(client)).invoices: ...
+#         draft = await invoice(client, "draft")          # this month so far
+#         earned = await statement(client, "2026-11")     # as a creator
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InvoiceLine(Payload):
+    """Charges of one agent's tool under one plan (kind "charge"), or what was refunded of them."""
+
+    kind: str
+    agent: str
+    tool: str
+    plan: str
+    calls: int
+    amount: int
+    event: str = ""
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Invoice(Payload):
+    """`GET /v1/billing/invoices/{number}` or `/draft`: a month's charges, paid from the balance."""
+
+    WHAT: ClassVar[str] = "invoice"
+    number: int | None
+    kind: str
+    status: str
+    account: str
+    period: str
+    total: int
+    lines: list[InvoiceLine]
+    finalized_us: int | None
+    refers_to: int | None
+    paid: bool
+    paid_from: str
+    amount_due: int
+    currency: str
+    decimals: int
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InvoiceSummary(Payload):
+    number: int
+    kind: str
+    period: str
+    total: int
+    finalized_us: int
+    refers_to: int | None
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InvoiceList(Payload):
+    """`GET /v1/billing/invoices`: the caller's invoices and credit notes, newest first."""
+
+    WHAT: ClassVar[str] = "invoice list"
+    invoices: list[InvoiceSummary]
+    currency: str
+    decimals: int
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StatementLine(Payload):
+    agent: str
+    tool: str
+    plan: str
+    calls: int
+    earnings: int
+    fees: int
+    refunds: int
+    net: int
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Statement(Payload):
+    """`GET /v1/billing/statement`: a creator's month: earnings, fees, refunds, payouts."""
+
+    WHAT: ClassVar[str] = "statement"
+    account: str
+    period: str
+    lines: list[StatementLine]
+    earnings: int
+    fees: int
+    refunds: int
+    net: int
+    payouts: int
+    payouts_note: str
+    currency: str
+    decimals: int
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+
+async def invoices(client: RegistryClient) -> InvoiceList:
+    return await client.typed(InvoiceList, "GET", "/v1/billing/invoices")
+
+
+async def invoice(client: RegistryClient, number: int | str) -> Invoice:
+    """Invoice or credit note `number`, or "draft": the running month so far."""
+    if number != "draft" and not (isinstance(number, int) or str(number).isdigit()):
+        raise UsageError(f'"{number}" is not an invoice: give its number or "draft"')
+    return await client.typed(Invoice, "GET", f"/v1/billing/invoices/{number}")
+
+
+async def statement(client: RegistryClient, period: str | None = None) -> Statement:
+    """The caller's creator statement for `period` (YYYY-MM; default: this month)."""
+    params = {"period": period} if period else {}
+    return await client.typed(Statement, "GET", "/v1/billing/statement", params=params)

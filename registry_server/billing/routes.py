@@ -445,4 +445,63 @@ async def receipt_key(signer: Signer) -> ReceiptKeyOut:
     return ReceiptKeyOut(key=signer.public_key, registry=signer.registry, algorithm="ed25519")
 
 
+# -- invoices, credit notes and creator statements (billing/invoices.py, docs/invoices.md)
+
+from registry_server.billing import invoice_api  # noqa: E402
+
+
+@router.get("/v1/billing/invoices", response_model=invoice_api.InvoiceListOut, responses=errors(401, 403))
+async def list_invoices(state: State, principal: Caller) -> invoice_api.InvoiceListOut:
+    """The caller's finalized invoices and credit notes, newest first."""
+
+    def run() -> invoice_api.InvoiceListOut:
+        return invoice_api.list_invoices(state, _reader(state, principal).account_id)
+
+    return await anyio.to_thread.run_sync(run)
+
+
+@router.get("/v1/billing/invoices/draft", response_model=invoice_api.InvoiceOut, responses=errors(401, 403))
+async def draft_invoice(request: Request, state: State, principal: Caller) -> invoice_api.InvoiceOut:
+    """This month so far: what its invoice would say if the month ended now."""
+    who = await anyio.to_thread.run_sync(lambda: _reader(state, principal))
+    await _catch_up(request)
+    return await anyio.to_thread.run_sync(
+        lambda: invoice_api.draft_invoice(state, who.account_id, who.account_name)
+    )
+
+
+@router.get(
+    "/v1/billing/invoices/{number}",
+    response_model=invoice_api.InvoiceOut,
+    responses=errors(401, 403, 404, 422),
+)
+async def invoice(
+    state: State, principal: Caller, number: Annotated[int, Path(ge=1)]
+) -> invoice_api.InvoiceOut:
+    """One of the caller's invoices or credit notes; another account's is not found."""
+
+    def run() -> invoice_api.InvoiceOut:
+        who = _reader(state, principal)
+        return invoice_api.one_invoice(state, who.account_id, who.account_name, number)
+
+    return await anyio.to_thread.run_sync(run)
+
+
+@router.get(
+    "/v1/billing/statement", response_model=invoice_api.StatementOut, responses=errors(400, 401, 403, 422)
+)
+async def statement(
+    request: Request,
+    state: State,
+    principal: Caller,
+    period: Annotated[str | None, Query(description="YYYY-MM; default: this month")] = None,
+) -> invoice_api.StatementOut:
+    """The caller's earnings as a creator in one month: per agent and tool, fees, refunds, payouts."""
+    who = await anyio.to_thread.run_sync(lambda: _reader(state, principal))
+    await _catch_up(request)
+    return await anyio.to_thread.run_sync(
+        lambda: invoice_api.creator_statement(state, who.account_id, who.account_name, period)
+    )
+
+
 __all__ = ["UsageError", "router"]

@@ -1,6 +1,7 @@
 """Billing's background work in a registry process: rate usage events as they are written, give
 back holds whose calls are rated, let earnings mature past the refund window, expire promotional
-credit. Every step is idempotent, so any number of registry processes may run it at once.
+credit, renew monthly subscriptions and close the month that ended (billing/periods.py). Every
+step is idempotent, so any number of registry processes may run it at once.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 
 import anyio.to_thread
 
-from registry_server.billing import service
+from registry_server.billing import invoices, periods, service
 from registry_server.billing.gate import BillingGate
 from registry_server.state import RegistryState
 
@@ -29,6 +30,7 @@ class BillingWorker:
         self.window_us = int(state.settings.refund_window_days * service.DAY_US)
         self._task: asyncio.Task[None] | None = None
         self.rated = 0
+        self.closed: str | None = None  # the last month this process closed (or found closed)
 
     async def start(self) -> None:
         """In the background: rate what a stopped registry left (the usage journal was replayed
@@ -70,6 +72,20 @@ class BillingWorker:
         with self.state.db.session() as session:
             service.mature_earnings(session, self.window_us, now)
             service.expire_credits(session, now)
+        self._month_turn(now)
+
+    def _month_turn(self, now: int) -> None:
+        """Renew subscriptions into this month; close the month before, once per process."""
+        with self.state.db.session() as session:
+            periods.renew_subscriptions(session, self.fee_bps, now)
+        due = periods.month_closing_due(now)
+        if due is None or due == self.closed:
+            return
+        with self.state.db.session() as session:
+            numbers = invoices.close_period(session, due, now)
+        if numbers:
+            log.info("closed a month", extra={"period": due, "invoices": len(numbers)})
+        self.closed = due
 
     async def _run(self) -> None:
         backoff = self.interval

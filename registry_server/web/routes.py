@@ -12,6 +12,8 @@
     GET  /dashboard                      one's agents: calls, errors, latency      signed in
     GET  /keys   POST /keys              API keys: list, create                    signed in, CSRF
     POST /keys/{id}/revoke                                                          signed in, CSRF
+    GET  /billing/invoices               one's invoices and credit notes           signed in
+    GET  /billing/invoices/{n|draft}     one invoice, printable; others' are 404   signed in
     GET  /static/{file}                  hashed names: a year's cache; plain names: ETag
 
 None of these is in the OpenAPI document: they answer HTML (the JSON of the market is /v1/market).
@@ -30,10 +32,11 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from markupsafe import Markup
 
 import mcpz.keys.siwe as siwe
-from mcpz.errors import AuthError, McpzError, UsageError
+from mcpz.errors import AuthError, McpzError, NotFoundError, UsageError
 from mcpz.money import format_amount
 from registry_server.accounts import namespaces, tokens
 from registry_server.accounts import service as accounts
+from registry_server.billing import invoices
 from registry_server.gateway.asgi import GATEWAY_PREFIX
 from registry_server.http import agent_name, error_response, state_of
 from registry_server.market import reviews, search
@@ -525,3 +528,70 @@ def creator_page(namespace: str, request: Request) -> Response:
         address=page.address,
         agents=page.agents,
     )
+
+
+# ---------------------------------------------------------------------- invoices (printable)
+
+
+@router.get("/billing/invoices")
+def invoices_page(request: Request) -> Response:
+    user = current_user(request)
+    if user is None:
+        return error_page(request, None, SignInNeeded("sign in to see your invoices"))
+    state = state_of(request)
+    with state.db.session() as session:
+        found = invoices.invoices_of(session, user.account_id)
+        draft = invoices.draft(session, user.account_id)
+    return render(
+        request,
+        "invoices.html",
+        user=user,
+        title="Invoices",
+        active="invoices",
+        invoices=found,
+        draft=draft,
+        amount=_amount(state),
+    )
+
+
+@router.get("/billing/invoices/{number}")
+def invoice_page(request: Request, number: str) -> Response:
+    """One invoice, credit note or the draft, laid out to print; another account's is not found."""
+    user = current_user(request)
+    if user is None:
+        return error_page(request, None, SignInNeeded("sign in to see your invoices"))
+    state = state_of(request)
+    try:
+        with state.db.session() as session:
+            if number == "draft":
+                found = invoices.draft(session, user.account_id)
+            elif number.isdigit() and len(number) <= 12:
+                found = invoices.invoice_by_number(session, user.account_id, int(number))
+            else:
+                raise NotFoundError(f"no invoice {number[:40]}")
+    except McpzError as e:
+        return error_page(request, user, e)
+    title = {"draft": "Draft invoice", "credit-note": "Credit note"}.get(found.kind, "Invoice")
+    return render(
+        request,
+        "invoice.html",
+        user=user,
+        title=f"{title} {found.number}" if found.number is not None else title,
+        active="invoices",
+        invoice=found,
+        heading=title,
+        amount=_amount(state),
+        registry=public_url(state.settings),
+        issued=_day(found.finalized_us),
+    )
+
+
+def _amount(state: RegistryState) -> Any:
+    settings = state.settings
+    return lambda units: format_amount(units, decimals=settings.currency_decimals, currency=settings.currency)
+
+
+def _day(us: int | None) -> str:
+    from datetime import UTC, datetime
+
+    return "" if us is None else datetime.fromtimestamp(us // 1_000_000, UTC).strftime("%Y-%m-%d")

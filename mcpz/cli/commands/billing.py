@@ -1,5 +1,5 @@
 """`mcpz billing ...`: plans, price, split, subscribe, unsubscribe, subscriptions, balance, usage,
-caps (set, remove), and verify-receipt."""
+caps (set, remove), verify-receipt, and invoices, invoice, statement."""
 
 from __future__ import annotations
 
@@ -468,3 +468,138 @@ def caps_remove(
     _show_caps(
         _billing(registry, token, lambda c: _caps_with_money(c, lambda c2: billing.remove_cap(c2, cap_id)))
     )
+
+
+# -- invoices and creator statements (docs/invoices.md)
+
+from rich.console import Console  # noqa: E402
+
+if TYPE_CHECKING:
+    from mcpz.client.billing import Invoice
+
+
+def _issued(us: int | None) -> str:
+    return "-" if us is None else _when(us)
+
+
+@billing_app.command("invoices")
+def invoices_command(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
+    """Your invoices and credit notes, newest first (`mcpz billing invoice draft`: this month so far)."""
+    from rich.table import Table
+
+    from mcpz.client import billing
+    from mcpz.money import format_amount
+
+    found = with_client(registry, token, billing.invoices, need_token=True)
+
+    def render(console: Console) -> None:
+        if not found.invoices:
+            console.print("no invoices yet: a month's invoice is issued when it ends", markup=False)
+            return
+        table = Table("number", "kind", "period", "total", "issued", box=None)
+        table.columns[3].justify = "right"
+        for row in found.invoices:
+            kind = row.kind if row.refers_to is None else f"{row.kind} (on {row.refers_to})"
+            total = format_amount(row.total, decimals=found.decimals, currency=found.currency)
+            table.add_row(str(row.number), kind, row.period, total, _issued(row.finalized_us))
+        console.print(table)
+
+    out().data([row.to_dict() for row in found.invoices], render)
+
+
+@billing_app.command("invoice")
+def invoice_command(
+    number: Annotated[
+        str, typer.Argument(metavar="ID", help='An invoice\'s number, or "draft" (this month).')
+    ],
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """One invoice or credit note with its lines; "draft" shows the running month."""
+    from mcpz.client import billing
+
+    found = with_client(registry, token, lambda c: billing.invoice(c, number), need_token=True)
+    out().data(found.to_dict(), lambda console: _render_invoice(console, found))
+
+
+def _render_invoice(console: Console, found: Invoice) -> None:
+    from rich.table import Table
+
+    from mcpz.money import format_amount
+
+    def money(units: int) -> str:
+        return format_amount(units, decimals=found.decimals, currency=found.currency)
+
+    title = {"draft": "draft invoice", "credit-note": "credit note"}.get(found.kind, found.kind)
+    head = f"{title} {found.number}" if found.number is not None else title
+    console.print(f"{head} - {found.account} - {found.period}", markup=False)
+    if found.refers_to is not None:
+        console.print(f"corrects invoice {found.refers_to}", markup=False)
+    if found.number is not None:
+        console.print(f"issued {_issued(found.finalized_us)}", markup=False)
+    table = Table("agent", "tool", "plan", "calls", "amount", box=None)
+    for column in table.columns[3:]:
+        column.justify = "right"
+    for line in found.lines:
+        what = line.tool or "(monthly fee)"
+        if line.kind == "refund":
+            what = f"{what} refund" + (f" {line.event}" if line.event else "")
+        table.add_row(line.agent, what, line.plan, str(line.calls), money(line.amount))
+    table.add_row("total", "", "", "", money(found.total), style="bold")
+    console.print(table)
+    console.print(f"paid from the balance; amount due {money(found.amount_due)}", markup=False)
+
+
+@billing_app.command("statement")
+def statement_command(
+    period: Annotated[
+        str | None, typer.Option("--period", metavar="YYYY-MM", help="The month (default: this one).")
+    ] = None,
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Your earnings as a creator in a month: per agent and tool, fees, refunds, payouts."""
+    from rich.table import Table
+
+    from mcpz.client import billing
+    from mcpz.money import format_amount
+
+    found = with_client(registry, token, lambda c: billing.statement(c, period), need_token=True)
+
+    def money(units: int) -> str:
+        return format_amount(units, decimals=found.decimals, currency=found.currency)
+
+    def render(console: Console) -> None:
+        console.print(f"statement - {found.account} - {found.period}", markup=False)
+        if not found.lines:
+            console.print("no earnings this month", markup=False)
+        else:
+            table = Table("agent", "tool", "plan", "calls", "earnings", "fees", "refunds", "net", box=None)
+            for column in table.columns[3:]:
+                column.justify = "right"
+            for line in found.lines:
+                table.add_row(
+                    line.agent,
+                    line.tool or "(monthly fee)",
+                    line.plan,
+                    str(line.calls),
+                    money(line.earnings),
+                    money(line.fees),
+                    money(line.refunds),
+                    money(line.net),
+                )
+            table.add_row(
+                "total",
+                "",
+                "",
+                "",
+                money(found.earnings),
+                money(found.fees),
+                money(found.refunds),
+                money(found.net),
+                style="bold",
+            )
+            console.print(table)
+        console.print(found.payouts_note, markup=False)
+
+    out().data(found.to_dict(), render)

@@ -253,3 +253,59 @@ def credit(
         payload,
         lambda: [f"credited {money(units if new else 0)} to {name}: available {money(now.available)}"],
     )
+
+
+# -- billing: refunds and closing a month (operator commands; docs/invoices.md)
+
+
+@registry_app.command("refund")
+def refund(
+    event: Annotated[
+        str, typer.Argument(metavar="EVENT_ID", help="The charge's event id (`mcpz billing usage`).")
+    ],
+    reason: Annotated[str, typer.Option("--reason", help="Why, kept with the ledger transaction.")] = "",
+    data: DataOpt = None,
+) -> None:
+    """Refund one charge while its earnings are pending (inside the refund window); a credit note
+    is issued when its month was already invoiced. Refunding again changes nothing."""
+    from mcpz.money import format_amount
+    from registry_server.billing import refunds
+    from registry_server.billing.service import DAY_US
+    from registry_server.state import RegistryState
+
+    settings = _settings(data)
+    state = RegistryState.open(settings)
+    try:
+        with state.db.session() as session:
+            done = refunds.refund(session, event, int(settings.refund_window_days * DAY_US), reason=reason)
+    finally:
+        state.close()
+    amount = format_amount(done.amount, decimals=settings.currency_decimals, currency=settings.currency)
+    note = f"; credit note {done.credit_note}" if done.credit_note is not None else ""
+    said = f"refunded {event}: {amount}{note}" if done.new else f"{event} was refunded before{note}"
+    out().data(done.to_dict(), lambda c: c.print(said, markup=False))
+
+
+@registry_app.command("close-period")
+def close_period(
+    period: Annotated[
+        str | None, typer.Argument(metavar="[YYYY-MM]", help="A past month (default: last month).")
+    ] = None,
+    data: DataOpt = None,
+) -> None:
+    """Finalize a past month's invoices now (the registry does it itself after the month ends)."""
+    from registry_server.billing import invoices
+    from registry_server.billing.service import now_us
+    from registry_server.state import RegistryState
+
+    month = period or invoices.previous_period(now_us())
+    state = RegistryState.open(_settings(data))
+    try:
+        with state.db.session() as session:
+            numbers = invoices.close_period(session, month)
+    finally:
+        state.close()
+    said = (
+        f"closed {month}: invoices {numbers[0]}-{numbers[-1]}" if numbers else f"{month} was closed already"
+    )
+    out().data({"period": month, "invoices": numbers}, lambda c: c.print(said, markup=False))
