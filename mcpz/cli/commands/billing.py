@@ -15,6 +15,8 @@ from mcpz.cli.output import out
 from mcpz.errors import NotFoundError, UsageError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from mcpz.client.billing import Plans, Pricing, SpendCap
     from mcpz.client.registry import RegistryClient
 
@@ -471,8 +473,6 @@ def caps_remove(
 
 
 # -- invoices and creator statements (docs/invoices.md)
-
-from rich.console import Console  # noqa: E402
 
 if TYPE_CHECKING:
     from mcpz.client.billing import Invoice
