@@ -470,10 +470,10 @@ def rate_pending(db: Database, fee_bps: int, limit: int = RATE_BATCH) -> Rated:
         return rate_batch(session, fee_bps, limit)
 
 
-def rate_all(db: Database, fee_bps: int) -> Rated:
+def rate_all(db: Database, fee_bps: int, limit: int = RATE_BATCH) -> Rated:
     events = amount = 0
     while True:
-        done = rate_pending(db, fee_bps)
+        done = rate_pending(db, fee_bps, limit)
         events, amount = events + done.events, amount + done.amount
         if done.events == 0:
             return Rated(events, amount)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 
 import anyio.to_thread
 
@@ -19,6 +20,9 @@ from registry_server.state import RegistryState
 log = logging.getLogger("registry_server.billing")
 
 MAX_BACKOFF = 30.0
+# Test-only: events per rating batch (tests that kill a registry mid-rating make batches small, so a
+# backlog takes many of them). Read once, at import; unset, the service's own size.
+_TEST_BATCH = int(os.environ.get("MCPZ_TEST_RATE_BATCH") or service.RATE_BATCH)
 
 
 class BillingWorker:
@@ -58,7 +62,7 @@ class BillingWorker:
             log.exception("billing could not finish its work at stop; the next start will")
 
     async def rate(self) -> int:
-        done = await anyio.to_thread.run_sync(service.rate_all, self.state.db, self.fee_bps)
+        done = await anyio.to_thread.run_sync(service.rate_all, self.state.db, self.fee_bps, _TEST_BATCH)
         self.rated += done.events
         return done.events
 

@@ -101,7 +101,10 @@ def test_a_registry_killed_while_rating_loses_and_doubles_nothing(
     try:
         count = 60_000
         hold_id, total = backlog(world, count)
-        registry = RegistryProcess(data, tmp_path / "registry.log", database=url)
+        # Small batches: the backlog takes hundreds of transactions, so a kill lands between two.
+        registry = RegistryProcess(
+            data, tmp_path / "registry.log", database=url, env={"MCPZ_TEST_RATE_BATCH": "100"}
+        )
         at_kills: list[int] = []
         for _ in range(3):  # each time: killed once part of the backlog is rated
             before = rated(world)
