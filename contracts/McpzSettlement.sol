@@ -6,7 +6,7 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {IERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/IERC20Permit.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
-import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
@@ -18,7 +18,9 @@ import {BitMaps} from "@openzeppelin/contracts/utils/structs/BitMaps.sol";
 /// over leaves (index, account, amount) in OpenZeppelin's StandardMerkleTree form, so any creator can
 /// check their leaf against the committed root without trusting the registry.
 /// The contract never commits more than it holds unallocated, and pays each leaf at most once.
-contract McpzSettlement is AccessControl, Pausable, ReentrancyGuard, EIP712 {
+/// Gas: the guard is the transient-storage one (cancun), and Pausable comes last among the bases so
+/// that its `_paused` flag and our `outstanding` share one slot, read together by every claim.
+contract McpzSettlement is AccessControl, EIP712, ReentrancyGuardTransient, Pausable {
     using SafeERC20 for IERC20;
     using BitMaps for BitMaps.BitMap;
 
@@ -44,10 +46,11 @@ contract McpzSettlement is AccessControl, Pausable, ReentrancyGuard, EIP712 {
         bytes32[] proof;
     }
 
-    IERC20 public immutable token;
-
     /// Sum over all batches of (total - claimed): tokens promised to creators and not yet paid.
-    uint256 public outstanding;
+    /// (Declared first: it packs with Pausable's flag. Each total fits uint128; the sum is checked.)
+    uint128 public outstanding;
+
+    IERC20 public immutable token;
 
     mapping(uint256 batchId => Batch) private _batches;
     mapping(uint256 batchId => BitMaps.BitMap) private _claimed;
@@ -124,8 +127,9 @@ contract McpzSettlement is AccessControl, Pausable, ReentrancyGuard, EIP712 {
         if (_batches[batchId].root != bytes32(0)) revert BatchExists(batchId);
         uint256 free = unallocated();
         if (total > free) revert InsufficientUnallocated(total, free);
-        _batches[batchId] = Batch({root: root, total: SafeCast.toUint128(total), claimed: 0});
-        outstanding += total;
+        uint128 total128 = SafeCast.toUint128(total);
+        _batches[batchId] = Batch({root: root, total: total128, claimed: 0});
+        outstanding += total128;
         emit BatchCommitted(batchId, root, total);
     }
 
@@ -202,9 +206,9 @@ contract McpzSettlement is AccessControl, Pausable, ReentrancyGuard, EIP712 {
         // A root whose leaves sum past its total would otherwise pay out of other batches' money.
         if (claimed > batch.total) revert BatchOverdrawn(batchId);
         _claimed[batchId].set(index);
-        // claimed <= total, which fit in uint128 when committed.
+        // claimed <= total, which fit in uint128 when committed; so does amount.
         batch.claimed = uint128(claimed);
-        outstanding -= amount;
+        outstanding -= uint128(amount);
         emit Claimed(batchId, index, account, amount);
     }
 
