@@ -195,11 +195,34 @@ def mesh(tmp_path: Path) -> Iterator[Any]:
         mesh.reg.stop()
 
 
+# --- a local chain -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def anvil() -> Iterator[Any]:
+    """anvil on a free loopback port for the module (tests/chainutil.py); skips when not installed."""
+    from chainutil import start_anvil
+
+    chain = start_anvil()
+    try:
+        yield chain
+    finally:
+        chain.stop()
+
+
+@pytest.fixture
+def settlement(anvil: Any) -> Any:
+    """A fresh TestToken and McpzSettlement on the module's anvil (chainutil.Settlement)."""
+    from chainutil import deploy_settlement
+
+    return deploy_settlement(anvil)
+
+
 # --- the fast lane ----------------------------------------------------------------------------
 
 # Fixtures that start real processes or servers: a test that uses one is `slow` without saying so,
 # so `pytest -m "not slow"` (the inner loop, docs/development.md) stays under a minute.
-SLOW_FIXTURES = frozenset({"registry", "sqlite_registry", "postgres_url", "mesh"})
+SLOW_FIXTURES = frozenset({"registry", "sqlite_registry", "postgres_url", "mesh", "anvil", "settlement"})
 # Modules whose module-scoped set-up starts real processes (registries, nodes, agents, mypy), or
 # that run seconds of property tests: measured with `pytest -m "not slow" --junitxml`, each over 2 s.
 SLOW_MODULES = frozenset(
