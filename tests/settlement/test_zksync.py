@@ -145,7 +145,8 @@ def node() -> Iterator[FakeZkSync]:
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}/v2/secret-api-key"
+    # Credentials and an API key where hosted RPC URLs carry them: no error message may show them.
+    fake.url = f"http://user:secret-pass@127.0.0.1:{server.server_address[1]}/v2/secret-api-key"
     try:
         yield fake
     finally:
@@ -229,7 +230,20 @@ def test_an_rpc_error_object_is_a_remote_error_naming_method_and_message(node: F
     message = str(caught.value)
     assert "zks_getTransactionDetails" in message and "Method not found" in message and "-32601" in message
     assert "\n" not in message
-    assert "secret-api-key" not in message, "the URL's path (a hosted RPC's API key) leaked"
+    assert "secret" not in message, "the URL's credentials or path (a hosted RPC's API key) leaked"
+
+
+def test_an_rpc_error_from_a_later_call_stops_finality(node: FakeZkSync) -> None:
+    at_stage(node, "included", BATCH, 1)
+    node.answers["zks_getL1BatchDetails"] = lambda params: {
+        "error": {"code": -32602, "message": "Invalid params\nsecond line"}
+    }
+    with pytest.raises(RemoteError) as caught:
+        finality(node.url)
+    host = node.url.split("@")[1].split("/")[0]
+    assert str(caught.value) == (
+        f"the chain RPC at http://{host} refused zks_getL1BatchDetails: Invalid params (code -32602)"
+    )
 
 
 @pytest.mark.parametrize(
