@@ -19,8 +19,9 @@ three read-only calls).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import httpx2
@@ -30,8 +31,9 @@ from mcpz.errors import NetworkError, RemoteError
 Finality = Literal["unknown", "included", "committed", "proven", "executed"]
 FINALITIES: tuple[Finality, ...] = ("unknown", "included", "committed", "proven", "executed")
 
+T = TypeVar("T")
 TX_STATUSES = frozenset({"pending", "included", "verified", "failed"})
-HINT = "check the settlement chain's RPC URL and that it is a zkSync node"
+HINT = "check the settlement chain's RPC URL and that its node runs (zks_ methods need a zkSync node)"
 
 
 class MalformedAnswer(ValueError):
@@ -256,7 +258,7 @@ class ChainRpc:
         result: object = answer["result"]
         return result
 
-    async def _parsed(self, method: str, params: list[Any], parse: Any) -> Any:
+    async def _parsed(self, method: str, params: list[Any], parse: Callable[[object], T]) -> T:
         result = await self.call(method, params)
         try:
             return parse(result)
@@ -267,22 +269,15 @@ class ChainRpc:
 
     async def transaction_details(self, tx_hash: str) -> TransactionDetails | None:
         """`zks_getTransactionDetails`: None for a transaction the node does not know."""
-        details: TransactionDetails | None = await self._parsed(
-            "zks_getTransactionDetails", [tx_hash], parse_transaction_details
-        )
-        return details
+        return await self._parsed("zks_getTransactionDetails", [tx_hash], parse_transaction_details)
 
     async def l1_batch_number(self, tx_hash: str) -> int | None:
         """The L1 batch holding `tx_hash` (from its receipt); None before the batch is sealed."""
-        number: int | None = await self._parsed("eth_getTransactionReceipt", [tx_hash], parse_receipt_batch)
-        return number
+        return await self._parsed("eth_getTransactionReceipt", [tx_hash], parse_receipt_batch)
 
     async def l1_batch_details(self, batch_number: int) -> BatchDetails | None:
         """`zks_getL1BatchDetails`: None for a batch the node does not have yet."""
-        batch: BatchDetails | None = await self._parsed(
-            "zks_getL1BatchDetails", [batch_number], parse_batch_details
-        )
-        return batch
+        return await self._parsed("zks_getL1BatchDetails", [batch_number], parse_batch_details)
 
     async def finality(self, tx_hash: str) -> Finality:
         """unknown, included, committed, proven or executed (= final: its L1 batch executed on L1)."""
@@ -302,9 +297,8 @@ class ChainRpc:
     async def finalized_block(self) -> int | None:
         """The number of the newest `finalized` block (chains other than zkSync); None if there is none
         yet. A transaction in a block at or below it is final."""
-        number: int | None = await self._parsed(
+        return await self._parsed(
             "eth_getBlockByNumber",
             ["finalized", False],
             lambda result: parse_block_number(result, "finalized"),
         )
-        return number
