@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import Table, and_, any_, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from mcpz.errors import NotFoundError, UsageError
 from registry_server.accounts.models import Account, Namespace
@@ -479,7 +480,7 @@ def rate_batch(session: Session, fee_bps: int, limit: int = RATE_BATCH, at_us: i
     c = table.c
     postgres = session.get_bind().dialect.name == "postgresql"
     pick = select(c.id).where(c.price > 0, c.rated.is_(None)).order_by(c.started_us).limit(limit)
-    chosen = c.id.in_(pick.scalar_subquery())
+    chosen: ColumnElement[bool] = c.id.in_(pick.scalar_subquery())
     if postgres:  # two raters split the work instead of queueing on each other's rows
         pick = pick.with_for_update(skip_locked=True)
         # `= ANY(ARRAY(...))`: the picked ids are found by primary key. With `IN (...)` PostgreSQL
