@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import secrets
@@ -300,6 +301,7 @@ def rating(
             started = time.perf_counter()
             world = populate(state, count)
             stored = time.perf_counter() - started
+            gc.collect()  # what earlier runs left behind is not this run's to collect
             started = time.perf_counter()
             if method == "ours":
                 done = service.rate_all(state.db, FEE_BPS).events
