@@ -7,8 +7,8 @@ to a call through the gateway, and the time to verify a ledger of 1,000,000 entr
   database transaction claims a batch of events with one UPDATE, posts one ledger transaction and
   writes the batch's charges) is timed, `--rounds` times on fresh databases (the median shown).
   Beside it, on another fresh database with `--naive-events` of the same events, once, a naive
-  rater: one database transaction per event (read
-  the event, claim it, post its own ledger transaction, write its charges, update the balances).
+  rater: one database transaction per event (read the event, claim it, post its own ledger
+  transaction, write its charges, update the balances).
   After each run it is checked that every event was rated once (no unrated event, one charge row
   per event and creator, the prices summed), that the ledger verifies in SQL, that money was only
   moved (consumers' reserved money down by the total, fees + earnings up by it) and that rating
