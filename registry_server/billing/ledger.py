@@ -84,6 +84,9 @@ def transaction(key: str, kind: str, legs: Iterable[tuple[str, int]], memo: str 
     """A checked transaction from (account, amount) legs: legs of one account merge, zeros drop."""
     merged: dict[str, int] = defaultdict(int)
     for account, amount in legs:
+        # Checked before merging: 0 + True is the int 1, and the bool would pass `check` unseen.
+        if type(amount) is not int:
+            raise LedgerError(f"transaction {key}: amounts must be integers of base units")
         merged[account] += amount
     txn = Transaction(key, kind, tuple(Entry(a, v) for a, v in sorted(merged.items()) if v != 0), memo)
     txn.check()

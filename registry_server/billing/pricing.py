@@ -205,7 +205,10 @@ def cheaper_of(old: Pricing, new: Pricing) -> Pricing:
         per_call=_lower(old.per_call, new.per_call),
         tools=tools,
         monthly_fee=_lower(old.monthly_fee, new.monthly_fee),
-        included=max(old.included, new.included) if new.monthly_fee is not None else old.included,
+        # More included calls only where a monthly plan stays: without one, `included` is invalid.
+        included=max(old.included, new.included)
+        if old.monthly_fee is not None and new.monthly_fee is not None
+        else old.included,
         overage=_lower(old.overage, new.overage),
         free_calls=max(old.free_calls, new.free_calls),
         charge_tool_errors=old.charge_tool_errors and new.charge_tool_errors,
