@@ -56,6 +56,9 @@ class ToolResult:
     content: tuple[dict[str, Any], ...]
     structured_content: dict[str, Any] | None = None
     is_error: bool = False
+    # The result object exactly as a registry's gateway returned it (None from a local agent): what a
+    # paid call's signed receipt covers, kept so `mcpz billing verify-receipt` can check it.
+    result: dict[str, Any] | None = None
 
     @classmethod
     def from_mcp(cls, tool: str, result: CallToolResult) -> ToolResult:
@@ -80,6 +83,7 @@ class ToolResult:
             "text": self.text,
             "content": list(self.content),
             "structured_content": self.structured_content,
+            **({"result": self.result} if self.result is not None else {}),
         }
 
 

@@ -213,6 +213,7 @@ class RemoteSession:
             content=tuple(content),
             structured_content=structured if isinstance(structured, dict) else None,
             is_error=bool(result.get("isError")),
+            result=result,
         )
 
 

@@ -441,7 +441,10 @@ def read_document(document: Any) -> ReceiptDocument:
     """The receipt in a bare receipt object, a tool result, or a whole JSON-RPC response."""
     if isinstance(document, Mapping) and "signature" in document and "key" in document:
         return ReceiptDocument(Receipt.from_dict(document), None)
-    if isinstance(document, Mapping) and "jsonrpc" in document:
+    # A JSON-RPC response, or `mcpz call --json`'s output: the receipt is in its `result`.
+    if isinstance(document, Mapping) and (
+        "jsonrpc" in document or ("tool" in document and "result" in document)
+    ):
         if not isinstance(document.get("result"), Mapping):
             raise MissingReceipt("the JSON-RPC response has no result, so no receipt (an error?)")
         document = document["result"]

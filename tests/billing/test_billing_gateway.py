@@ -253,3 +253,33 @@ def test_mcpz_call_says_why_a_paid_call_was_refused_and_what_fixes_it(
     (line,) = done.stderr.strip().splitlines()
     assert "balance does not cover" in line and "add funds" in line and "Traceback" not in done.stderr
     assert marker not in calls_logged(log)
+
+
+def test_the_receipt_of_mcpz_call_json_verifies_offline(paid: tuple[Mesh, Path], tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    mesh, _ = paid
+    token, _ = consumer(mesh, credit=100_000)
+    env = {**os.environ, "MCPZ_CONFIG_DIR": str(tmp_path / "config"), "MCPZ_DATA_DIR": str(tmp_path / "data")}
+    argv = [sys.executable, "-m", "mcpz", "call", AGENT, "note", "text=receipt", "--json"]
+    done = subprocess.run(
+        [*argv, "--registry", mesh.reg.url, "--token", token],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    saved = tmp_path / "call.json"
+    saved.write_text(done.stdout)
+    key = api(mesh.reg, "/v1/billing/receipt-key").json()["key"]
+    verify = [sys.executable, "-m", "mcpz", "billing", "verify-receipt", str(saved), "--key", key]
+    checked = subprocess.run(verify, capture_output=True, text=True, env=env, timeout=60)
+    assert checked.returncode == 0, checked.stderr
+    assert "receipt valid" in checked.stdout and "0.002 USDC" in checked.stdout
+    forged = json.loads(done.stdout)
+    forged["result"]["content"][0]["text"] = "forged"
+    saved.write_text(json.dumps(forged))
+    refused = subprocess.run(verify, capture_output=True, text=True, env=env, timeout=60)
+    assert refused.returncode == 4, refused.stdout + refused.stderr
