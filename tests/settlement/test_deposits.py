@@ -1,0 +1,172 @@
+"""Deposits on a real anvil, credited to the ledger after confirmations, exactly once; reorganised
+deposits never; deposits naming no account kept and reported."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from billingutil import World, open_world
+from chainutil import CHAIN_ID, Settlement
+
+from registry_server.billing import ledger, service
+from registry_server.settlement import deposits
+from registry_server.settlement.chain import SettlementChain
+from registry_server.settlement.models import CREDITED, DROPPED, SEEN, UNKNOWN_ACCOUNT
+
+pytestmark = pytest.mark.slow
+
+USDC = 1_000_000
+CONFIRMATIONS = 3
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def world(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    w = open_world(tmp_path / "registry", url)
+    yield w
+    w.state.close()
+
+
+def chain_of(s: Settlement) -> SettlementChain:
+    return SettlementChain(s.anvil.rpc_url, s.contract.address, CHAIN_ID)
+
+
+def mine(s: Settlement, blocks: int) -> None:
+    s.anvil.w3.provider.make_request("anvil_mine", [hex(blocks)])
+
+
+def snapshot(s: Settlement) -> str:
+    return str(s.anvil.w3.provider.make_request("evm_snapshot", [])["result"])
+
+
+def revert(s: Settlement, snap: str) -> None:
+    assert s.anvil.w3.provider.make_request("evm_revert", [snap])["result"] is True
+
+
+def available(w: World, account_id: int) -> int:
+    with w.state.db.session() as session:
+        return service.balance_of(session, account_id).available
+
+
+def states(w: World) -> list[str]:
+    with w.state.db.session() as session:
+        return [d.state for d in deposits.deposits_of(session, CHAIN_ID)]
+
+
+def scan(w: World, s: Settlement, **kw: Any) -> deposits.Scanned:
+    return deposits.scan(w.state.db, chain_of(s), CONFIRMATIONS, **kw)
+
+
+def test_a_deposit_is_credited_once_after_its_confirmations(world: World, settlement: Settlement) -> None:
+    settlement.deposit(settlement.user, "bob", 5 * USDC)  # its block is its first confirmation
+    first = scan(world, settlement)
+    assert first.seen == 1 and first.credited == []
+    assert states(world) == [SEEN] and available(world, world.consumer) == 0
+    mine(settlement, CONFIRMATIONS - 2)
+    assert scan(world, settlement).credited == []
+    assert available(world, world.consumer) == 0
+    mine(settlement, 1)
+    done = scan(world, settlement)
+    assert len(done.credited) == 1 and done.credited[0].startswith(f"deposit:{CHAIN_ID}:0x")
+    assert available(world, world.consumer) == 5 * USDC
+    mine(settlement, 5)
+    assert scan(world, settlement).credited == []
+    assert available(world, world.consumer) == 5 * USDC
+    assert states(world) == [CREDITED]
+    with world.state.db.session() as session:
+        assert service.balances(session, [ledger.CHAIN_DEPOSITS]) == {ledger.CHAIN_DEPOSITS: -5 * USDC}
+        assert service.verify_ledger(session).ok
+
+
+def test_two_scanners_at_once_credit_once(world: World, settlement: Settlement) -> None:
+    for amount in (1, 2, 3):
+        settlement.deposit(settlement.user, "bob", amount * USDC)
+    mine(settlement, CONFIRMATIONS)
+    results: list[deposits.Scanned] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(scan(world, settlement))
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sum(len(r.credited) for r in results) == 3
+    assert available(world, world.consumer) == 6 * USDC
+    assert states(world) == [CREDITED] * 3
+
+
+def test_a_bounded_range_catches_up_over_several_scans(world: World, settlement: Settlement) -> None:
+    mine(settlement, 10)
+    settlement.deposit(settlement.user, "bob", USDC)
+    mine(settlement, CONFIRMATIONS)
+    head = settlement.anvil.w3.eth.block_number
+    calls, credited = 0, 0
+    while True:
+        calls += 1
+        result = scan(world, settlement, max_range=4)
+        assert result.scanned_to - (result.rewound_to or 0) <= head
+        credited += len(result.credited)
+        if result.caught_up:
+            break
+    assert calls == (head + 1 + 3) // 4  # blocks 0..head, four a call
+    assert credited == 1 and available(world, world.consumer) == USDC
+
+
+def test_a_reorganised_deposit_is_never_credited(world: World, settlement: Settlement) -> None:
+    before = snapshot(settlement)
+    settlement.deposit(settlement.user, "bob", 7 * USDC)
+    assert scan(world, settlement).seen == 1
+    revert(settlement, before)  # the deposit's blocks are gone; new ones take their heights
+    mine(settlement, CONFIRMATIONS + 2)
+    result = scan(world, settlement)
+    assert len(result.dropped) == 1 and result.rewound_to is not None
+    assert states(world) == [DROPPED]
+    mine(settlement, 10)
+    assert scan(world, settlement).credited == []
+    assert available(world, world.consumer) == 0
+    # A deposit made on the chain as it now is still counts.
+    settlement.deposit(settlement.user, "bob", 2 * USDC)
+    mine(settlement, CONFIRMATIONS)
+    assert len(scan(world, settlement).credited) == 1
+    assert available(world, world.consumer) == 2 * USDC
+
+
+def test_a_deposit_in_blocks_rescanned_after_a_reorganisation_is_found(
+    world: World, settlement: Settlement
+) -> None:
+    s = settlement
+    s.mint(s.user.address, 4 * USDC)
+    s.send(s.token.functions.approve(s.contract.address, 4 * USDC), s.user)
+    before = snapshot(s)
+    mine(s, CONFIRMATIONS - 1)
+    scanned = scan(world, s).scanned_to  # the cursor is at a height the new chain reuses
+    revert(s, before)
+    receipt = s.send(s.contract.functions.deposit("bob", 4 * USDC), s.user)
+    assert receipt["blockNumber"] <= scanned  # below the cursor: found only if it moves back
+    mine(s, CONFIRMATIONS)
+    result = scan(world, s)
+    assert result.rewound_to is not None and result.rewound_to < receipt["blockNumber"]
+    assert len(result.credited) == 1
+    assert available(world, world.consumer) == 4 * USDC
+
+
+def test_a_deposit_to_an_unknown_account_is_kept_and_reported(world: World, settlement: Settlement) -> None:
+    settlement.deposit(settlement.user, "nobody-here", 3 * USDC)
+    mine(settlement, CONFIRMATIONS)
+    result = scan(world, settlement)
+    assert result.credited == [] and len(result.unknown) == 1
+    with world.state.db.session() as session:
+        (kept,) = deposits.deposits_of(session, CHAIN_ID, UNKNOWN_ACCOUNT)
+        assert (kept.account, kept.amount, kept.account_id) == ("nobody-here", 3 * USDC, None)
+        assert kept.sender == settlement.user.address
+        assert service.balances(session, [ledger.CHAIN_DEPOSITS]) == {ledger.CHAIN_DEPOSITS: 0}
