@@ -85,6 +85,7 @@ class RegistrySettings:
     settlement_contract: str = ""
     settlement_confirmations: int = 12
     settlement_operator_keystore: str = ""
+    settlement_poll_interval: float = 3.0
 
     @property
     def base_url(self) -> str:
@@ -129,7 +130,7 @@ class RegistrySettings:
         )
         settlement = (
             "settlement_rpc", "settlement_chain_id", "settlement_contract", "settlement_confirmations",
-            "settlement_operator_keystore",
+            "settlement_operator_keystore", "settlement_poll_interval",
         )  # fmt: skip
         for key in (
             *keys, "public_url", "chain_id", "chain_rpc", *mesh, *gateway, *nonces, *limits, *market,
@@ -196,6 +197,7 @@ class RegistrySettings:
                 settlement_contract=str(values.get("settlement_contract", "")),
                 settlement_confirmations=int(values.get("settlement_confirmations", 12)),
                 settlement_operator_keystore=str(values.get("settlement_operator_keystore", "")),
+                settlement_poll_interval=float(values.get("settlement_poll_interval", 3.0)),
             )
         except (KeyError, ValueError) as e:
             raise UsageError(f"invalid registry setting: {e}", hint="check MCPZ_REGISTRY_* variables") from e
@@ -257,6 +259,7 @@ _POSITIVE = (
     "nonce_rate_window",
     "review_report_threshold",
     "market_refresh_interval",
+    "settlement_poll_interval",
 )
 
 

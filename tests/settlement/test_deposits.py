@@ -10,11 +10,15 @@ from typing import Any
 import pytest
 from billingutil import World, open_world
 from chainutil import CHAIN_ID, Settlement
+from conftest import start_registry
+from gitutil import api
+from meshutil import until
 
 from registry_server.billing import ledger, service
+from registry_server.db import Database
 from registry_server.settlement import deposits
 from registry_server.settlement.chain import SettlementChain
-from registry_server.settlement.models import CREDITED, DROPPED, SEEN, UNKNOWN_ACCOUNT
+from registry_server.settlement.models import CREDITED, DROPPED, SEEN, UNKNOWN_ACCOUNT, Cursor
 
 pytestmark = pytest.mark.slow
 
@@ -170,3 +174,69 @@ def test_a_deposit_to_an_unknown_account_is_kept_and_reported(world: World, sett
         assert (kept.account, kept.amount, kept.account_id) == ("nobody-here", 3 * USDC, None)
         assert kept.sender == settlement.user.address
         assert service.balances(session, [ledger.CHAIN_DEPOSITS]) == {ledger.CHAIN_DEPOSITS: 0}
+
+
+# --- a live registry watching the chain -------------------------------------------------------
+
+
+def test_a_live_registry_credits_a_deposit_to_the_balance(tmp_path: Path, settlement: Settlement) -> None:
+    reg = start_registry(
+        tmp_path / "registry",
+        settlement_rpc=settlement.anvil.rpc_url,
+        settlement_chain_id=CHAIN_ID,
+        settlement_contract=settlement.contract.address,
+        settlement_confirmations=CONFIRMATIONS,
+        settlement_poll_interval=0.1,
+    )
+    try:
+        token = reg.account("carol")
+        info = api(reg, "/v1/billing/settlement").json()
+        assert info == {
+            "chain_id": CHAIN_ID,
+            "contract": settlement.contract.address,
+            "token": settlement.token.address,
+            "decimals": 6,
+            "confirmations": CONFIRMATIONS,
+        }
+        settlement.deposit(settlement.user, "carol", 9 * USDC)
+
+        def balance() -> int:
+            answer = api(reg, "/v1/billing/balance", token)
+            assert answer.status_code == 200, answer.text
+            return int(answer.json()["available"])
+
+        # Seen, not yet confirmed: not spendable.
+        until(lambda: _states(reg) == [SEEN], what="the deposit seen")
+        assert balance() == 0
+        mine(settlement, CONFIRMATIONS - 1)
+        assert until(balance, what="the deposit credited") == 9 * USDC
+        mine(settlement, 3)
+        until(lambda: _cursor(reg) >= settlement.anvil.w3.eth.block_number, what="the cursor at the head")
+        assert balance() == 9 * USDC
+    finally:
+        reg.stop()
+
+
+def test_settlement_is_404_when_not_configured(sqlite_registry: Any) -> None:
+    answer = api(sqlite_registry, "/v1/billing/settlement")
+    assert answer.status_code == 404
+    assert answer.json()["error"]["message"] == "settlement is not configured on this registry"
+
+
+def _states(reg: Any) -> list[str]:
+    db = Database(reg.database_url)
+    try:
+        with db.session() as session:
+            return [d.state for d in deposits.deposits_of(session, CHAIN_ID)]
+    finally:
+        db.dispose()
+
+
+def _cursor(reg: Any) -> int:
+    db = Database(reg.database_url)
+    try:
+        with db.session() as session:
+            cursor = session.get(Cursor, CHAIN_ID)
+            return -1 if cursor is None else cursor.block
+    finally:
+        db.dispose()
