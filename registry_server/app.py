@@ -46,6 +46,7 @@ from registry_server.releases.index import IndexCache
 from registry_server.settings import RegistrySettings
 from registry_server.settlement import routes as api_settlement
 from registry_server.settlement.chain import SettlementChain
+from registry_server.settlement.operator import load_operator
 from registry_server.settlement.worker import SettlementWorker
 from registry_server.state import RegistryState
 from registry_server.usage import routes as api_usage
@@ -78,7 +79,7 @@ def _settlement_worker(state: RegistryState) -> SettlementWorker | None:
     if not config.settlement_on:
         return None
     chain = SettlementChain(config.settlement_rpc, config.settlement_contract, config.settlement_chain_id)
-    return SettlementWorker(state, chain)
+    return SettlementWorker(state, chain, load_operator(config))
 
 
 class RequestLogMiddleware:

@@ -84,6 +84,7 @@ class RegistrySettings:
     settlement_chain_id: int = 0
     settlement_contract: str = ""
     settlement_confirmations: int = 12
+    settlement_start_block: int = 0  # the contract's deployment block: nothing before it is read
     settlement_operator_keystore: str = ""
     settlement_poll_interval: float = 3.0
 
@@ -130,7 +131,7 @@ class RegistrySettings:
         )
         settlement = (
             "settlement_rpc", "settlement_chain_id", "settlement_contract", "settlement_confirmations",
-            "settlement_operator_keystore", "settlement_poll_interval",
+            "settlement_start_block", "settlement_operator_keystore", "settlement_poll_interval",
         )  # fmt: skip
         for key in (
             *keys, "public_url", "chain_id", "chain_rpc", *mesh, *gateway, *nonces, *limits, *market,
@@ -196,6 +197,7 @@ class RegistrySettings:
                 settlement_chain_id=int(values.get("settlement_chain_id", 0)),
                 settlement_contract=str(values.get("settlement_contract", "")),
                 settlement_confirmations=int(values.get("settlement_confirmations", 12)),
+                settlement_start_block=int(values.get("settlement_start_block", 0)),
                 settlement_operator_keystore=str(values.get("settlement_operator_keystore", "")),
                 settlement_poll_interval=float(values.get("settlement_poll_interval", 3.0)),
             )
@@ -225,6 +227,11 @@ class RegistrySettings:
                 "settlement_contract",
                 hint="set MCPZ_REGISTRY_SETTLEMENT_CHAIN_ID and MCPZ_REGISTRY_SETTLEMENT_CONTRACT "
                 "(`mcpz chain dev` prints them for a local chain)",
+            )
+        if self.settlement_start_block < 0:
+            raise UsageError(
+                f"invalid registry setting: settlement_start_block {self.settlement_start_block} is negative",
+                hint="set MCPZ_REGISTRY_SETTLEMENT_START_BLOCK to the contract's deployment block, or 0",
             )
         if self.settlement_confirmations < 1:
             raise UsageError(

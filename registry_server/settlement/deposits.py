@@ -61,10 +61,12 @@ def scan(
     chain: SettlementChain,
     confirmations: int,
     *,
+    start_block: int = 0,
     max_range: int = MAX_RANGE,
     at_us: int | None = None,
 ) -> Scanned:
-    """One step of the watcher: notice reorganisations, read new logs, credit confirmed deposits."""
+    """One step of the watcher: notice reorganisations, read new logs, credit confirmed deposits.
+    A chain never scanned before is read from `start_block` (the contract's deployment block)."""
     chain_id = chain.chain_id
     at = service.now_us() if at_us is None else at_us
     head = chain.head()
@@ -77,16 +79,16 @@ def scan(
 
     with db.session() as session:
         cursor = session.get(Cursor, chain_id)
-        last = cursor.block if cursor is not None else -1
+        last = cursor.block if cursor is not None else start_block - 1
         last_hash = cursor.block_hash if cursor is not None else ""
         seen = _seen(session, chain_id)
     result = Scanned(head=head, scanned_to=last)
     fork = last
-    if last >= 0 and hash_at(last) != last_hash:
-        fork = max(-1, min(last, head) - confirmations)
+    if cursor is not None and last >= start_block and hash_at(last) != last_hash:
+        fork = max(start_block - 1, min(last, head) - confirmations)
     gone = [d for d in seen if hash_at(d.block_number) != d.block_hash]
     if gone:
-        fork = min(fork, min(d.block_number for d in gone) - 1)
+        fork = max(start_block - 1, min(fork, min(d.block_number for d in gone) - 1))
         with db.session() as session:
             _drop(session, [d.id for d in gone], at)
         result.dropped += [ledger_key(chain_id, d.tx_hash, d.log_index) for d in gone]

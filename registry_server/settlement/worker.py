@@ -13,6 +13,7 @@ import anyio.to_thread
 
 from registry_server.settlement import deposits
 from registry_server.settlement.chain import SettlementChain, TokenInfo
+from registry_server.settlement.operator import Operator
 from registry_server.state import RegistryState
 
 log = logging.getLogger("registry_server.settlement")
@@ -22,10 +23,16 @@ CATCH_UP_ROUNDS = 20  # scans one tick may make to work off a backlog before it 
 
 
 class SettlementWorker:
-    def __init__(self, state: RegistryState, chain: SettlementChain) -> None:
+    def __init__(
+        self, state: RegistryState, chain: SettlementChain, operator: Operator | None = None
+    ) -> None:
         self.state = state
         self.chain = chain
+        # Not needed for deposits; loaded at start so that a wrong key or passphrase stops the
+        # registry now, not at its first payout.
+        self.operator = operator
         self.confirmations = state.settings.settlement_confirmations
+        self.start_block = state.settings.settlement_start_block
         self.interval = state.settings.settlement_poll_interval
         self._token: TokenInfo | None = None
         self._task: asyncio.Task[None] | None = None
@@ -49,7 +56,9 @@ class SettlementWorker:
     async def tick(self) -> None:
         for _ in range(CATCH_UP_ROUNDS):
             done = await anyio.to_thread.run_sync(
-                lambda: deposits.scan(self.state.db, self.chain, self.confirmations)
+                lambda: deposits.scan(
+                    self.state.db, self.chain, self.confirmations, start_block=self.start_block
+                )
             )
             self.credited += len(done.credited)
             if done.caught_up:

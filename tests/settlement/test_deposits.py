@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 from billingutil import World, open_world
-from chainutil import CHAIN_ID, Settlement
+from chainutil import CHAIN_ID, Settlement, _free_port
 from conftest import start_registry
 from gitutil import api
 from meshutil import until
 
+from mcpz.errors import NetworkError, UsageError
 from registry_server.billing import ledger, service
 from registry_server.db import Database
 from registry_server.settlement import deposits
@@ -164,6 +165,45 @@ def test_a_deposit_in_blocks_rescanned_after_a_reorganisation_is_found(
     assert available(world, world.consumer) == 4 * USDC
 
 
+def test_a_deposit_mined_again_after_a_reorganisation_is_credited_once(
+    world: World, settlement: Settlement
+) -> None:
+    s = settlement
+    s.mint(s.user.address, 6 * USDC)
+    s.send(s.token.functions.approve(s.contract.address, 6 * USDC), s.user)
+    w3 = s.anvil.w3
+    tx = s.contract.functions.deposit("bob", 6 * USDC).build_transaction(
+        {"from": s.user.address, "nonce": w3.eth.get_transaction_count(s.user.address), "chainId": CHAIN_ID}
+    )
+    raw = s.user.sign_transaction(tx).raw_transaction
+    before = snapshot(s)
+    first = w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(raw))
+    assert scan(world, s).seen == 1
+    revert(s, before)
+    mine(s, 1)  # the same transaction lands one block later, in a block of another hash
+    again = w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(raw))
+    assert again["transactionHash"] == first["transactionHash"]
+    assert again["blockNumber"] == first["blockNumber"] + 1
+    mine(s, CONFIRMATIONS)
+    result = scan(world, s)
+    assert len(result.dropped) == 1 and len(result.credited) == 1
+    assert result.dropped == result.credited  # the same (transaction, log index): one deposit
+    with world.state.db.session() as session:
+        (row,) = deposits.deposits_of(session, CHAIN_ID)
+        assert (row.state, row.block_number) == (CREDITED, again["blockNumber"])
+    assert available(world, world.consumer) == 6 * USDC
+
+
+def test_blocks_before_the_start_block_are_not_read(world: World, settlement: Settlement) -> None:
+    settlement.deposit(settlement.user, "bob", USDC)
+    start = settlement.anvil.w3.eth.block_number + 1
+    settlement.deposit(settlement.user, "bob", 2 * USDC)
+    mine(settlement, CONFIRMATIONS)
+    result = scan(world, settlement, start_block=start)
+    assert len(result.credited) == 1
+    assert available(world, world.consumer) == 2 * USDC
+
+
 def test_a_deposit_to_an_unknown_account_is_kept_and_reported(world: World, settlement: Settlement) -> None:
     settlement.deposit(settlement.user, "nobody-here", 3 * USDC)
     mine(settlement, CONFIRMATIONS)
@@ -240,3 +280,37 @@ def _cursor(reg: Any) -> int:
             return -1 if cursor is None else cursor.block
     finally:
         db.dispose()
+
+
+def test_chain_failures_are_one_line_errors(settlement: Settlement) -> None:
+    down = SettlementChain(
+        f"http://127.0.0.1:{_free_port()}", settlement.contract.address, CHAIN_ID, timeout=2
+    )
+    with pytest.raises(NetworkError, match="failed on eth_blockNumber") as caught:
+        down.head()
+    assert "\n" not in str(caught.value)
+    wrong = SettlementChain(settlement.anvil.rpc_url, settlement.contract.address, 1)
+    with pytest.raises(UsageError, match="is chain 31337, not settlement_chain_id 1"):
+        wrong.check()
+    not_a_contract = SettlementChain(settlement.anvil.rpc_url, settlement.user.address, CHAIN_ID)
+    with pytest.raises(UsageError, match="could not answer token"):
+        not_a_contract.token()
+    with pytest.raises(UsageError, match="is not an address"):
+        SettlementChain(settlement.anvil.rpc_url, "0x1234", CHAIN_ID)
+
+
+def test_a_registry_whose_chain_is_down_answers_503_and_keeps_serving(tmp_path: Path) -> None:
+    reg = start_registry(
+        tmp_path / "registry",
+        settlement_rpc=f"http://127.0.0.1:{_free_port()}",
+        settlement_chain_id=CHAIN_ID,
+        settlement_contract="0x" + "11" * 20,
+        settlement_poll_interval=0.1,
+    )
+    try:
+        answer = api(reg, "/v1/billing/settlement")
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "chain_unavailable"
+        token = reg.account("dave")
+        assert api(reg, "/v1/billing/balance", token).json()["available"] == 0
+    finally:
+        reg.stop()
