@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from mcpz.contracts import SETTLEMENT, TEST_TOKEN, load_artifact
 from mcpz.errors import NetworkError, UsageError
@@ -48,6 +49,8 @@ class SettlementChain:
                 hint="pip install 'mcpz[chain]', or unset settlement_rpc",
             ) from None
         self.rpc_url = rpc_url
+        # Hosted nodes put their API key in the URL's path or query: errors and logs show only this.
+        self.endpoint = _endpoint(rpc_url)
         self.chain_id = chain_id
         self._w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
         if not Web3.is_address(contract):
@@ -60,7 +63,16 @@ class SettlementChain:
         self._token_abi = load_artifact(TEST_TOKEN).abi  # only its ERC-20 part is used
 
     def __repr__(self) -> str:
-        return f"SettlementChain(rpc={self.rpc_url!r}, contract={self.address!r})"
+        return f"SettlementChain(rpc={self.endpoint!r}, contract={self.address!r})"
+
+    def _scrub(self, text: str) -> str:
+        """`text` without the URL's path, query or user (requests quotes them in its errors)."""
+        parts = urlsplit(self.rpc_url)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        for secret in (self.rpc_url, path if path not in ("", "/") else "", parts.username or ""):
+            if secret:
+                text = text.replace(secret, "...")
+        return text
 
     def _call(self, what: str, read: Callable[[], T]) -> T:
         from web3.exceptions import BadFunctionCallOutput, ContractLogicError
@@ -74,7 +86,7 @@ class SettlementChain:
             ) from None
         except Exception as e:  # requests' errors, web3's, a node answering garbage
             raise NetworkError(
-                f"the settlement chain at {self.rpc_url} failed on {what}: {_first_line(e)}",
+                f"the settlement chain at {self.endpoint} failed on {what}: {self._scrub(_first_line(e))}",
                 hint="check that the node is up and settlement_rpc points at it",
             ) from None
 
@@ -83,7 +95,7 @@ class SettlementChain:
         got = self._call("eth_chainId", lambda: int(self._w3.eth.chain_id))
         if got != self.chain_id:
             raise UsageError(
-                f"settlement_rpc {self.rpc_url} is chain {got}, not settlement_chain_id {self.chain_id}",
+                f"settlement_rpc {self.endpoint} is chain {got}, not settlement_chain_id {self.chain_id}",
                 hint="point settlement_rpc at the right node or fix settlement_chain_id",
             )
 
@@ -139,6 +151,13 @@ def _deposit(log: Any) -> DepositLog:
         account=str(args["account"]),
         amount=int(args["amount"]),
     )
+
+
+def _endpoint(url: str) -> str:
+    """`scheme://host[:port]` of `url`, without user, path or query."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
 
 
 def _first_line(e: Exception) -> str:

@@ -35,6 +35,7 @@ class SettlementWorker:
         self.start_block = state.settings.settlement_start_block
         self.interval = state.settings.settlement_poll_interval
         self._token: TokenInfo | None = None
+        self._checked = False
         self._task: asyncio.Task[None] | None = None
         self.credited = 0
 
@@ -54,6 +55,10 @@ class SettlementWorker:
         return self._token
 
     async def tick(self) -> None:
+        if not self._checked:
+            # A node of another chain would have its blocks taken for ours; nothing is read until it is right.
+            await anyio.to_thread.run_sync(self.chain.check)
+            self._checked = True
         for _ in range(CATCH_UP_ROUNDS):
             done = await anyio.to_thread.run_sync(
                 lambda: deposits.scan(

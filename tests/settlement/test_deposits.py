@@ -314,3 +314,13 @@ def test_a_registry_whose_chain_is_down_answers_503_and_keeps_serving(tmp_path: 
         assert api(reg, "/v1/billing/balance", token).json()["available"] == 0
     finally:
         reg.stop()
+
+
+def test_an_api_key_in_the_rpc_url_stays_out_of_errors(settlement: Settlement) -> None:
+    url = f"http://user:pass@127.0.0.1:{_free_port()}/v3/secret-api-key?token=hidden"
+    down = SettlementChain(url, settlement.contract.address, CHAIN_ID, timeout=2)
+    with pytest.raises(NetworkError) as caught:
+        down.head()
+    shown = str(caught.value) + repr(down)
+    assert "secret-api-key" not in shown and "hidden" not in shown and "pass" not in shown
+    assert "http://127.0.0.1:" in shown
