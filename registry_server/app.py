@@ -44,6 +44,10 @@ from registry_server.rate_limit import RateLimited, retry_after_header
 from registry_server.releases import routes as api
 from registry_server.releases.index import IndexCache
 from registry_server.settings import RegistrySettings
+from registry_server.settlement import routes as api_settlement
+from registry_server.settlement.chain import SettlementChain
+from registry_server.settlement.operator import load_operator
+from registry_server.settlement.worker import SettlementWorker
 from registry_server.state import RegistryState
 from registry_server.usage import routes as api_usage
 from registry_server.usage.service import UsageRecorder
@@ -66,6 +70,16 @@ def _status_for(error: McpzError) -> int:
     if isinstance(error, UsageError):
         return 400
     return 500
+
+
+def _settlement_worker(state: RegistryState) -> SettlementWorker | None:
+    """The deposit watcher, when settlement is configured. The chain is not asked here: a node down
+    at start-up delays deposits, not serving."""
+    config = state.settings
+    if not config.settlement_on:
+        return None
+    chain = SettlementChain(config.settlement_rpc, config.settlement_contract, config.settlement_chain_id)
+    return SettlementWorker(state, chain, load_operator(config))
 
 
 class RequestLogMiddleware:
@@ -175,9 +189,14 @@ def create_app(
                     # Listings follow publishes (a listener on the state) and a periodic sweep.
                     app.state.market = MarketUpkeep(app.state.registry)
                     await app.state.market.start()
+                    app.state.settlement = _settlement_worker(app.state.registry)
+                    if app.state.settlement is not None:
+                        await app.state.settlement.start()
                     try:
                         yield
                     finally:
+                        if app.state.settlement is not None:
+                            await app.state.settlement.stop()
                         await app.state.market.stop()
                         await app.state.gateway.stop()
                         await app.state.mesh.stop()
@@ -200,6 +219,7 @@ def create_app(
     app.include_router(api_market.router)
     app.include_router(api_billing.router)
     app.include_router(api_tiers.router)
+    app.include_router(api_settlement.router)
     # The web pages last: their paths (/, /search, /agents/...) are apart from the API's.
     app.include_router(web.router)
 

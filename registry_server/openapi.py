@@ -54,6 +54,7 @@ _MEANING = {
     415: "The request body has the wrong Content-Type",
     422: "The request does not match this operation's parameters or body",
     429: "Too many requests from this client address; see Retry-After",
+    503: "A service the registry depends on (such as the settlement chain) cannot be reached",
 }
 
 

@@ -77,11 +77,25 @@ class RegistrySettings:
     # Platform tiers (docs/tiers.md): their limits, and the tier of accounts not given another.
     tiers: tuple[Tier, ...] = (Tier("free"),)
     default_tier: str = "free"
+    # Settlement on chain (docs/settlement.md), apart from sign-in's chain: "" rpc = off. The
+    # operator's key is no setting: registry_server/settlement/operator.py reads it from the
+    # environment or `settlement_operator_keystore`, so it never reaches this repr or a log.
+    settlement_rpc: str = ""
+    settlement_chain_id: int = 0
+    settlement_contract: str = ""
+    settlement_confirmations: int = 12
+    settlement_start_block: int = 0  # the contract's deployment block: nothing before it is read
+    settlement_operator_keystore: str = ""
+    settlement_poll_interval: float = 3.0
 
     @property
     def base_url(self) -> str:
         """The public URL as configured, else the address the registry listens on; no trailing `/`."""
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def settlement_on(self) -> bool:
+        return bool(self.settlement_rpc)
 
     @property
     def repos_dir(self) -> Path:
@@ -115,8 +129,13 @@ class RegistrySettings:
             "currency_decimals",
             "default_tier",
         )
+        settlement = (
+            "settlement_rpc", "settlement_chain_id", "settlement_contract", "settlement_confirmations",
+            "settlement_start_block", "settlement_operator_keystore", "settlement_poll_interval",
+        )  # fmt: skip
         for key in (
-            *keys, "public_url", "chain_id", "chain_rpc", *mesh, *gateway, *nonces, *limits, *market, *billing
+            *keys, "public_url", "chain_id", "chain_rpc", *mesh, *gateway, *nonces, *limits, *market,
+            *billing, *settlement,
         ):  # fmt: skip
             var = f"MCPZ_REGISTRY_{key.upper()}"
             if env.get(var):
@@ -174,6 +193,13 @@ class RegistrySettings:
                 currency_decimals=int(values.get("currency_decimals", 6)),
                 tiers=tiers,
                 default_tier=default_tier,
+                settlement_rpc=str(values.get("settlement_rpc", "")),
+                settlement_chain_id=int(values.get("settlement_chain_id", 0)),
+                settlement_contract=str(values.get("settlement_contract", "")),
+                settlement_confirmations=int(values.get("settlement_confirmations", 12)),
+                settlement_start_block=int(values.get("settlement_start_block", 0)),
+                settlement_operator_keystore=str(values.get("settlement_operator_keystore", "")),
+                settlement_poll_interval=float(values.get("settlement_poll_interval", 3.0)),
             )
         except (KeyError, ValueError) as e:
             raise UsageError(f"invalid registry setting: {e}", hint="check MCPZ_REGISTRY_* variables") from e
@@ -194,6 +220,24 @@ class RegistrySettings:
             raise UsageError(
                 f"invalid registry setting: port {self.port} is not between 1 and 65535",
                 hint="pass --port or MCPZ_REGISTRY_PORT with a port in that range",
+            )
+        if self.settlement_rpc and not (self.settlement_chain_id > 0 and self.settlement_contract):
+            raise UsageError(
+                "invalid registry setting: settlement_rpc is set without settlement_chain_id and "
+                "settlement_contract",
+                hint="set MCPZ_REGISTRY_SETTLEMENT_CHAIN_ID and MCPZ_REGISTRY_SETTLEMENT_CONTRACT "
+                "(`mcpz chain dev` prints them for a local chain)",
+            )
+        if self.settlement_start_block < 0:
+            raise UsageError(
+                f"invalid registry setting: settlement_start_block {self.settlement_start_block} is negative",
+                hint="set MCPZ_REGISTRY_SETTLEMENT_START_BLOCK to the contract's deployment block, or 0",
+            )
+        if self.settlement_confirmations < 1:
+            raise UsageError(
+                f"invalid registry setting: settlement_confirmations {self.settlement_confirmations} "
+                "is below 1",
+                hint="set MCPZ_REGISTRY_SETTLEMENT_CONFIRMATIONS to the blocks a deposit waits (12)",
             )
         for key in _POSITIVE:
             if not getattr(self, key) > 0:
@@ -222,6 +266,7 @@ _POSITIVE = (
     "nonce_rate_window",
     "review_report_threshold",
     "market_refresh_interval",
+    "settlement_poll_interval",
 )
 
 

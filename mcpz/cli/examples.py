@@ -74,6 +74,9 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "market report": ('mcpz market report 12 -m "spam"',),
     "market list": ("mcpz market list acme/weather",),
     "market unlist": ("mcpz market unlist acme/weather",),
+    # settlement
+    "chain": ("mcpz chain dev",),
+    "chain dev": ("mcpz chain dev --port 8545", "mcpz chain dev --json > chain.json"),
     # billing
     "billing": ("mcpz billing balance",),
     "billing plans": ("mcpz billing plans acme/weather",),

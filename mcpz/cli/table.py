@@ -161,6 +161,7 @@ COMMANDS: dict[str, Entry] = {
     ),
     "config": Entry("config", "Read and change your settings (the user config file).", ACCOUNT),
     "registry": Entry("registry", "Run a registry, and bootstrap it on its own host.", OPERATE),
+    "chain": Entry("chain", "A local settlement chain for development.", OPERATE),
     "demo": Entry(
         "demo",
         "Run the whole loop for real: init ... call, registry, wallet, login, namespace, push, verify, info.",

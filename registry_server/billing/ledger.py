@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 PLATFORM_FEES = "platform:fees"
 PLATFORM_CREDIT = "platform:credit"  # operator credit issued: negative by what was credited
+CHAIN_DEPOSITS = "chain:deposits"  # confirmed deposits on chain: negative by what was credited
 
 
 def consumer_available(account_id: int) -> str:

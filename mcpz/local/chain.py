@@ -1,0 +1,244 @@
+"""A local settlement chain for development: anvil with the test token and McpzSettlement deployed.
+
+`start_dev_chain` starts anvil (npm `@foundry-rs/anvil`) on loopback with its well-known development
+accounts, deploys TestToken and McpzSettlement from the committed artifacts (account 0 is admin and
+operator), and mints test tokens to the first accounts. Everything is plain JSON-RPC over httpx2:
+anvil's accounts are unlocked, so it signs the transactions itself and no key library is needed,
+and the keys come from anvil's own `--config-out`. Never point this at a chain with real money: the
+keys are public.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from mcpz.bundled import bundled_path
+from mcpz.contracts import SETTLEMENT, TEST_TOKEN, load_artifact
+from mcpz.errors import McpzError, NetworkError, UsageError
+
+CHAIN_ID = 31337
+DEFAULT_PORT = 8545
+TEST_ACCOUNTS = 3
+MINT = 10_000 * 10**6  # test tokens per account, in base units (6 decimals)
+CONFIRMATIONS = 2  # what a local chain needs: it mines a block per transaction and never reorganises
+INSTALL_HINT = (
+    "install it with `npm ci --prefix contracts` in an mcpz checkout, or set MCPZ_ANVIL to its path"
+)
+START_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class TestKey:
+    address: str
+    private_key: str
+    tokens: int  # test tokens minted to it, base units
+
+
+@dataclass
+class DevChain:
+    rpc_url: str
+    chain_id: int
+    contract: str
+    token: str
+    operator: str
+    keys: list[TestKey]
+    _process: subprocess.Popen[bytes] = field(repr=False)
+
+    def settings(self) -> dict[str, Any]:
+        """What `mcpz chain dev --json` prints: the chain, the contracts, the funded test keys."""
+        return {
+            "rpc_url": self.rpc_url,
+            "chain_id": self.chain_id,
+            "contract": self.contract,
+            "token": self.token,
+            "decimals": 6,
+            "operator": self.operator,
+            "confirmations": CONFIRMATIONS,
+            "keys": [
+                {"address": k.address, "private_key": k.private_key, "tokens": k.tokens} for k in self.keys
+            ],
+            "env": self.env(),
+        }
+
+    def env(self) -> dict[str, str]:
+        """The registry settings that watch this chain (the operator key is anvil's account 0)."""
+        return {
+            "MCPZ_REGISTRY_SETTLEMENT_RPC": self.rpc_url,
+            "MCPZ_REGISTRY_SETTLEMENT_CHAIN_ID": str(self.chain_id),
+            "MCPZ_REGISTRY_SETTLEMENT_CONTRACT": self.contract,
+            "MCPZ_REGISTRY_SETTLEMENT_CONFIRMATIONS": str(CONFIRMATIONS),
+            "MCPZ_REGISTRY_SETTLEMENT_OPERATOR_KEY": self.keys[0].private_key,
+        }
+
+    def running(self) -> bool:
+        return self._process.poll() is None
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+
+def find_anvil(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Path | None:
+    """anvil from MCPZ_ANVIL, PATH, or contracts/node_modules (of the current folder, then of mcpz's
+    own checkout)."""
+    env = os.environ if env is None else env
+    if env.get("MCPZ_ANVIL"):
+        return Path(env["MCPZ_ANVIL"])
+    found = shutil.which("anvil", path=env.get("PATH"))
+    if found:
+        return Path(found)
+    for contracts in ((cwd or Path.cwd()) / "contracts", bundled_path("contracts")):
+        modules = contracts / "node_modules"
+        # The platform package's binary, not node_modules/.bin/anvil: that is a node wrapper, and
+        # stopping the wrapper could leave the chain running.
+        for candidate in sorted(modules.glob("@foundry-rs/anvil-*/bin/anvil")):
+            if os.access(candidate, os.X_OK):
+                return candidate
+    return None
+
+
+def start_dev_chain(
+    port: int = DEFAULT_PORT, *, accounts: int = TEST_ACCOUNTS, env: Mapping[str, str] | None = None
+) -> DevChain:
+    """Start anvil on 127.0.0.1:`port`, deploy the contracts, fund `accounts` test keys. The caller
+    stops it (`DevChain.stop`)."""
+    binary = find_anvil(env)
+    if binary is None:
+        raise UsageError("anvil is not installed", hint=INSTALL_HINT)
+    if not os.access(binary, os.X_OK):
+        raise UsageError(f"anvil is not installed at {binary} (MCPZ_ANVIL)", hint=INSTALL_HINT)
+    # anvil's errors go to a file, not a pipe: nobody reads a pipe while the chain runs, and a full
+    # one would stall it.
+    errors = tempfile.TemporaryFile()
+    with tempfile.TemporaryDirectory(prefix="mcpz-chain-") as tmp:
+        config = Path(tmp) / "anvil.json"
+        try:
+            process = subprocess.Popen(
+                [str(binary), "--host", "127.0.0.1", "--port", str(port), "--chain-id", str(CHAIN_ID),
+                 "--accounts", str(max(accounts, 1)), "--silent", "--config-out", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+            )  # fmt: skip
+        except OSError as e:
+            raise UsageError(f"cannot run anvil at {binary}: {e.strerror}", hint=INSTALL_HINT) from None
+        try:
+            rpc = _Rpc(f"http://127.0.0.1:{port}")
+            _wait_ready(process, rpc, config, port, errors)
+            anvil = json.loads(config.read_text(encoding="utf-8"))
+            return _deploy(process, rpc, anvil, accounts)
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        finally:
+            errors.close()
+
+
+class _Rpc:
+    def __init__(self, url: str) -> None:
+        import httpx2
+
+        self.url = url
+        self._client = httpx2.Client(timeout=30)
+        self._id = 0
+
+    def __call__(self, method: str, *params: Any) -> Any:
+        import httpx2
+
+        self._id += 1
+        try:
+            answer = self._client.post(
+                self.url, json={"jsonrpc": "2.0", "id": self._id, "method": method, "params": list(params)}
+            )
+            body = answer.json()
+        except (httpx2.HTTPError, ValueError) as e:
+            raise NetworkError(f"the local chain at {self.url} failed on {method}: {e}") from None
+        if "error" in body:
+            message = body["error"].get("message", body["error"])
+            raise McpzError(f"the local chain refused {method}: {message}")
+        return body.get("result")
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _wait_ready(
+    process: subprocess.Popen[bytes], rpc: _Rpc, config: Path, port: int, errors: IO[bytes]
+) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            errors.seek(0)
+            err = errors.read().decode(errors="replace")
+            if "in use" in err.lower():
+                raise UsageError(f"port {port} is in use", hint="pass another one with --port")
+            last = err.strip().splitlines()[-1] if err.strip() else f"exit code {process.returncode}"
+            raise McpzError(f"anvil stopped at start: {last[:200]}")
+        if config.exists() and config.stat().st_size > 0:
+            try:
+                if int(rpc("eth_chainId"), 16) == CHAIN_ID:
+                    return
+            except (McpzError, ValueError, TypeError):
+                pass  # not listening yet
+        time.sleep(0.05)
+    raise McpzError(f"anvil did not answer on port {port} within {START_TIMEOUT:g} s")
+
+
+def _send(rpc: _Rpc, sender: str, data: str, to: str | None = None) -> dict[str, Any]:
+    tx: dict[str, Any] = {"from": sender, "data": data}
+    if to is not None:
+        tx["to"] = to
+    tx_hash = rpc("eth_sendTransaction", tx)
+    for _ in range(200):  # anvil mines each transaction at once; the receipt may trail by a moment
+        receipt = rpc("eth_getTransactionReceipt", tx_hash)
+        if receipt is not None:
+            if int(receipt["status"], 16) != 1:
+                raise McpzError(f"a set-up transaction of the local chain reverted: {tx_hash}")
+            return receipt  # type: ignore[no-any-return]
+        time.sleep(0.02)
+    raise McpzError(f"the local chain mined no receipt for {tx_hash}")
+
+
+def _deploy(process: subprocess.Popen[bytes], rpc: _Rpc, anvil: dict[str, Any], accounts: int) -> DevChain:
+    from eth_abi.abi import encode
+    from eth_utils.address import to_checksum_address
+    from eth_utils.crypto import keccak
+
+    addresses = [to_checksum_address(a) for a in anvil["available_accounts"]]
+    private_keys = list(anvil["private_keys"])
+    admin = addresses[0]
+    token_receipt = _send(rpc, admin, load_artifact(TEST_TOKEN).bytecode)
+    token = to_checksum_address(token_receipt["contractAddress"])
+    args = encode(["address", "address", "address"], [token, admin, admin])
+    settlement_receipt = _send(rpc, admin, load_artifact(SETTLEMENT).bytecode + args.hex())
+    contract = to_checksum_address(settlement_receipt["contractAddress"])
+    mint = keccak(text="mint(address,uint256)")[:4]
+    keys = []
+    for address, key in list(zip(addresses, private_keys, strict=True))[:accounts]:
+        _send(rpc, admin, "0x" + (mint + encode(["address", "uint256"], [address, MINT])).hex(), to=token)
+        keys.append(TestKey(address=address, private_key=key, tokens=MINT))
+    rpc.close()
+    return DevChain(
+        rpc_url=rpc.url,
+        chain_id=CHAIN_ID,
+        contract=contract,
+        token=token,
+        operator=admin,
+        keys=keys,
+        _process=process,
+    )

@@ -1,0 +1,81 @@
+"""Settlement's background work in a registry process: watch the chain for deposits and credit them
+once confirmed (settlement/deposits.py). Every step is idempotent, so any number of registry
+processes may run it at once; a chain that cannot be reached is tried again with a growing pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import anyio.to_thread
+
+from registry_server.settlement import deposits
+from registry_server.settlement.chain import SettlementChain, TokenInfo
+from registry_server.settlement.operator import Operator
+from registry_server.state import RegistryState
+
+log = logging.getLogger("registry_server.settlement")
+
+MAX_BACKOFF = 60.0
+CATCH_UP_ROUNDS = 20  # scans one tick may make to work off a backlog before it yields
+
+
+class SettlementWorker:
+    def __init__(
+        self, state: RegistryState, chain: SettlementChain, operator: Operator | None = None
+    ) -> None:
+        self.state = state
+        self.chain = chain
+        # Not needed for deposits; loaded at start so that a wrong key or passphrase stops the
+        # registry now, not at its first payout.
+        self.operator = operator
+        self.confirmations = state.settings.settlement_confirmations
+        self.start_block = state.settings.settlement_start_block
+        self.interval = state.settings.settlement_poll_interval
+        self._token: TokenInfo | None = None
+        self._checked = False
+        self._task: asyncio.Task[None] | None = None
+        self.credited = 0
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="settlement")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def token(self) -> TokenInfo:
+        """The settlement token, read from the contract once."""
+        if self._token is None:
+            self._token = await anyio.to_thread.run_sync(self.chain.token)
+        return self._token
+
+    async def tick(self) -> None:
+        if not self._checked:
+            # A node of another chain would have its blocks taken for ours; nothing is read until it is right.
+            await anyio.to_thread.run_sync(self.chain.check)
+            self._checked = True
+        for _ in range(CATCH_UP_ROUNDS):
+            done = await anyio.to_thread.run_sync(
+                lambda: deposits.scan(
+                    self.state.db, self.chain, self.confirmations, start_block=self.start_block
+                )
+            )
+            self.credited += len(done.credited)
+            if done.caught_up:
+                return
+
+    async def _run(self) -> None:
+        backoff = self.interval
+        while True:
+            try:
+                await self.tick()
+                backoff = self.interval
+            except Exception as e:  # the chain is down or the database busy: the next tick catches up
+                log.warning("settlement scan failed; trying again", extra={"error": str(e)[:300]})
+                backoff = min(backoff * 2, MAX_BACKOFF)
+            await asyncio.sleep(backoff)
