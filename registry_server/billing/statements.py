@@ -81,7 +81,7 @@ def statement(session: Session, account_id: int, period: str) -> Statement:
     mine = aliased(Charge)
     head = aliased(Charge)  # the charge's seq-0 row: its price and fee
     share = mine.earning
-    fee = func.coalesce((head.fee * share) / func.nullif(head.price - head.fee, 0), 0)
+    fee = func.coalesce((head.fee * share) // func.nullif(head.price - head.fee, 0), 0)
     refunded = case((mine.settled.like(f"{REFUND_PREFIX}%"), share), else_=0)
     group = (mine.agent, mine.tool, mine.plan)
     rows = session.execute(

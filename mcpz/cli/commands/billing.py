@@ -161,9 +161,15 @@ def _plan_lines(found: Plans) -> list[str]:
         f"  from {_when(p.effective_us)}: {_describe(p.pricing, found.decimals, found.currency)}"
         for p in found.pending
     ]
-    shares = ", ".join(f"{s.account} {s.bps / 100:g}%" for s in found.splits)
-    lines.append(f"  earnings: {shares} of what the platform fee ({found.platform_fee_bps / 100:g}%) leaves")
+    shares = ", ".join(f"{s.account} {_percent(s.bps)}" for s in found.splits)
+    lines.append(f"  earnings: {shares} of what the platform fee ({_percent(found.platform_fee_bps)}) leaves")
     return lines
+
+
+def _percent(bps: int) -> str:
+    """Basis points as a percentage, exactly: 2000 -> "20%", 1250 -> "12.5%"."""
+    whole, part = divmod(bps, 100)
+    return f"{whole}.{part:02d}".rstrip("0").rstrip(".") + "%" if part else f"{whole}%"
 
 
 @billing_app.command("plans")
