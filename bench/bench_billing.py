@@ -40,9 +40,6 @@ import argparse
 import asyncio
 import gc
 import json
-import os
-import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -57,47 +54,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _goals as g
 import _mesh as mesh
 import _registry as rb
+from _postgres import postgres_base, scratch_database
 from bench_gateway import GatewaySession, add_request, cpu_seconds
 
 GOAL_EVENTS_PER_S = 50_000
 GOAL_ADDED_P50_MS = 0.5
 FEE_BPS = 2000
 PRICE = 2_000  # 0.002 USDC
-POSTGRES_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 CONSUMERS = 10
 AGENTS = ("acme/alpha", "acme/beta", "acme/gamma")  # gamma's creator share is split in two
 
 
 # --- databases ------------------------------------------------------------------------------------
-
-
-def postgres_base() -> str | None:
-    url = os.environ.get("MCPZ_TEST_POSTGRES_URL")
-    if url:
-        return url
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        if s.connect_ex(("127.0.0.1", 5432)) != 0:
-            return None
-    return POSTGRES_DEFAULT
-
-
-@contextmanager
-def postgres_database(base: str) -> Iterator[str]:
-    """A fresh PostgreSQL database on `base`'s server, dropped afterwards."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    name = f"mcpz_bench_billing_{secrets.token_hex(4)}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @contextmanager
@@ -112,7 +80,7 @@ def fresh_state(work: rb.Workdir, backend: str, pg_base: str | None, tag: str) -
     def url() -> Iterator[str | None]:
         if backend == "postgres":
             assert pg_base is not None
-            with postgres_database(pg_base) as pg:
+            with scratch_database(pg_base, "billing") as pg:
                 yield pg
         else:
             yield None

@@ -31,14 +31,11 @@ dropped. Without it its rows print as unmeasured.
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import secrets
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,10 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _goals as g
 import _registry as rb
+from _postgres import postgres_base, scratch_database
 
 GOAL_P99_MS = 20.0
 LIMIT = 20
-POSTGRES_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 SERVICES = """
 github gitlab jira notion slack discord gmail outlook calendar drive dropbox figma linear asana
@@ -112,42 +109,22 @@ def corpus(size: int, seed: int = 14) -> list[Item]:
     return items
 
 
-def postgres_base() -> str | None:
-    url = os.environ.get("MCPZ_TEST_POSTGRES_URL")
-    if url:
-        return url
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        if s.connect_ex(("127.0.0.1", 5432)) != 0:
-            return None
-    return POSTGRES_DEFAULT
-
-
 @contextmanager
 def postgres_database() -> Iterator[str | None]:
-    from sqlalchemy import create_engine, text
+    """A scratch database, or None (said why) when no PostgreSQL is usable."""
     from sqlalchemy.engine import make_url
 
     base = postgres_base()
     if base is None:
         yield None
         return
-    name = f"mcpz_bench_market_{secrets.token_hex(4)}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as e:
-        print(f"PostgreSQL at {make_url(base).render_as_string(hide_password=True)} is not usable: {e}")
-        admin.dispose()
-        yield None
-        return
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with ExitStack() as stack:
+        url: str | None = None
+        try:
+            url = stack.enter_context(scratch_database(base, "market"))
+        except Exception as e:
+            print(f"PostgreSQL at {make_url(base).render_as_string(hide_password=True)} is not usable: {e}")
+        yield url
 
 
 def build(url: str, items: list[Item]) -> tuple[Any, float, float]:
