@@ -100,7 +100,7 @@ def test_the_invoice_pages_show_ones_own_invoices_and_no_one_elses(world: World)
 
 
 def test_the_invoice_page_is_accessible_and_prints_without_the_site_chrome(world: World) -> None:
-    from test_web_browser import AXE, CHROMIUM, _missing
+    from test_web_browser import AXE, CHROMIUM, SHOTS, _missing
 
     if not Path(CHROMIUM).exists():
         _missing(f"chromium ({CHROMIUM})")
@@ -132,7 +132,10 @@ def test_the_invoice_page_is_accessible_and_prints_without_the_site_chrome(world
                 )
                 assert [v for v in violations if v["impact"] in ("serious", "critical")] == []
             page.goto(f"/billing/invoices/{world.number}")
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SHOTS / "11-invoice.png"), full_page=True)
             page.emulate_media(media="print")
+            page.screenshot(path=str(SHOTS / "12-invoice-print.png"), full_page=True)
             assert not page.locator("header.site").is_visible()
             assert page.locator("article.invoice").is_visible()
             context.close()
