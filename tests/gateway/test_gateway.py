@@ -366,7 +366,7 @@ def test_connect_serves_a_local_agent_at_dev_to_its_namespace_only(mesh: Mesh, t
         assert refused.returncode == 4 and "neither owner nor member" in refused.stderr
     finally:
         connector.send_signal(signal.SIGINT)
-        rest, _ = connector.communicate(timeout=20)
+        rest, _ = connector.communicate(timeout=60)  # a loaded CI machine is slow to stop the agent
     assert connector.returncode == 0, rest
     assert "detached" in rest
     gone = mcpz("tools", "acme/local@dev", "--registry", mesh.reg.url, "--token", owner)
