@@ -36,7 +36,7 @@ from mcpz.private import private_dir
 from registry_server.accounts.service import Principal
 from registry_server.billing import service
 from registry_server.billing.models import SpendCap
-from registry_server.billing.pricing import FREE, Pricing, quote
+from registry_server.billing.pricing import Pricing, quote
 from registry_server.state import RegistryState
 from registry_server.usage.events import Outcome
 from registry_server.usage.models import UsageEventRow
@@ -390,6 +390,3 @@ class BillingGate:
 
     def _show(self, units: int) -> str:
         return format_amount(units, decimals=self.decimals, currency=self.currency)
-
-
-__all__ = ["FREE", "Authorization", "BillingGate", "Refusal"]

@@ -17,7 +17,6 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
-from mcpz.errors import UsageError
 from mcpz.instants import parse_instant
 from registry_server.accounts.auth import Forbidden, require
 from registry_server.accounts.http import Caller
@@ -502,6 +501,3 @@ async def statement(
     return await anyio.to_thread.run_sync(
         lambda: invoice_api.creator_statement(state, who.account_id, who.account_name, period)
     )
-
-
-__all__ = ["UsageError", "router"]
