@@ -113,6 +113,16 @@ def _author(value: object, source: str = "setting") -> str:
     return value
 
 
+def _chain_rpc(value: object, source: str = "setting") -> str:
+    text = value.strip() if isinstance(value, str) else ""
+    if text and not text.startswith(("http://", "https://")):
+        raise UsageError(
+            f"chain_rpc ({source}) is not an http(s) URL",
+            hint="e.g. `mcpz config set chain_rpc https://rpc.example/...` (your node or provider)",
+        )
+    return text
+
+
 class Key(NamedTuple):
     """A setting: how its text is read (and checked), and what it means."""
 
@@ -124,6 +134,7 @@ KEYS: dict[str, Key] = {
     "registry": Key(registry_url, "Registry URL commands talk to."),
     "call_timeout": Key(_timeout, "Seconds to wait for an agent to answer one request."),
     "author": Key(_author, 'Commit author, "Name <email>" (empty: git\'s own).'),
+    "chain_rpc": Key(_chain_rpc, "JSON-RPC URL of the settlement chain, for `mcpz billing deposit`."),
 }
 
 
@@ -174,6 +185,7 @@ class Settings:
     registry: str
     call_timeout: float
     author: str
+    chain_rpc: str = ""
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -206,6 +218,7 @@ class Settings:
             registry=str(typed.get("registry", "http://127.0.0.1:8080")),
             call_timeout=float(typed.get("call_timeout", 30)),  # type: ignore[arg-type]
             author=str(typed.get("author", "")),
+            chain_rpc=str(typed.get("chain_rpc", "")),
             sources=sources,
         )
 

@@ -23,7 +23,8 @@ from typing import IO, Any
 
 from mcpz.bundled import bundled_path
 from mcpz.contracts import SETTLEMENT, TEST_TOKEN, load_artifact
-from mcpz.errors import McpzError, NetworkError, UsageError
+from mcpz.errors import McpzError, UsageError
+from mcpz.jsonrpc import JsonRpc
 
 CHAIN_ID = 31337
 DEFAULT_PORT = 8545
@@ -149,32 +150,9 @@ def start_dev_chain(
             errors.close()
 
 
-class _Rpc:
+class _Rpc(JsonRpc):
     def __init__(self, url: str) -> None:
-        import httpx2
-
-        self.url = url
-        self._client = httpx2.Client(timeout=30)
-        self._id = 0
-
-    def __call__(self, method: str, *params: Any) -> Any:
-        import httpx2
-
-        self._id += 1
-        try:
-            answer = self._client.post(
-                self.url, json={"jsonrpc": "2.0", "id": self._id, "method": method, "params": list(params)}
-            )
-            body = answer.json()
-        except (httpx2.HTTPError, ValueError) as e:
-            raise NetworkError(f"the local chain at {self.url} failed on {method}: {e}") from None
-        if "error" in body:
-            message = body["error"].get("message", body["error"])
-            raise McpzError(f"the local chain refused {method}: {message}")
-        return body.get("result")
-
-    def close(self) -> None:
-        self._client.close()
+        super().__init__(url, f"the local chain at {url}")
 
 
 def _wait_ready(

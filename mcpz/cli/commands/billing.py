@@ -12,12 +12,12 @@ import typer
 
 from mcpz.cli.common import RegistryOpt, TokenOpt, run, with_client
 from mcpz.cli.output import out
-from mcpz.errors import NotFoundError, UsageError
+from mcpz.errors import NetworkError, NotFoundError, UsageError
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from mcpz.client.billing import Plans, Pricing, SpendCap
+    from mcpz.client.billing import Balance, Plans, Pricing, SpendCap
     from mcpz.client.registry import RegistryClient
 
 T = TypeVar("T")
@@ -609,3 +609,104 @@ def statement_command(
         console.print(found.payouts_note, markup=False)
 
     out().data(found.to_dict(), render)
+
+
+# --- deposit on chain ----------------------------------------------------------------------------
+
+DEPOSIT_WAIT = 900.0  # seconds to wait for the registry to credit: confirmations on a slow chain
+
+
+@billing_app.command("deposit")
+def deposit_command(
+    amount: Annotated[
+        str, typer.Argument(metavar="AMOUNT", help="Tokens to deposit, e.g. 5 or 0.25 (not base units).")
+    ],
+    account: Annotated[
+        str | None,
+        typer.Option("--account", metavar="NAME", help="The account to credit (default: the logged-in one)."),
+    ] = None,
+    rpc: Annotated[
+        str | None,
+        typer.Option(
+            "--rpc", metavar="URL", help="JSON-RPC URL of the chain (else MCPZ_CHAIN_RPC, config chain_rpc)."
+        ),
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait/--no-wait", help="Wait until the registry credits the deposit."),
+    ] = True,
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Deposit tokens from your wallet into the registry's settlement contract, credited to your balance.
+
+    Signs with your wallet (`mcpz wallet create`): one depositWithPermit transaction when the token takes
+    permits, else approve then deposit. The registry credits it after its confirmations.
+    """
+    import time
+
+    from mcpz.cli.prompts import unlock_wallet
+    from mcpz.client import billing
+    from mcpz.client.chain import SettlementInfo, deposit
+    from mcpz.config import Settings
+    from mcpz.money import format_amount, parse_amount
+
+    async def ask(client: RegistryClient) -> tuple[SettlementInfo, Balance]:
+        try:
+            info = SettlementInfo.from_json(await client.json("GET", "/v1/billing/settlement"))
+        except NotFoundError:
+            raise UsageError(
+                "this registry does not take deposits (settlement is not configured)",
+                hint="deposit on a registry whose operator set up settlement (docs/settlement.md)",
+            ) from None
+        return info, await billing.balance(client)
+
+    parse_amount(amount)  # refuse a bad amount before asking anyone anything
+    url = rpc or Settings.load().chain_rpc
+    if not url:
+        raise UsageError(
+            "no chain RPC URL to send the deposit through",
+            hint="pass --rpc URL, set MCPZ_CHAIN_RPC, or `mcpz config set chain_rpc URL`",
+        )
+    info, before = _billing(registry, token, ask)
+    units = parse_amount(amount, decimals=info.decimals)
+    if units <= 0:
+        raise UsageError("the amount to deposit must be more than 0")
+    to = account or before.account
+    key = unlock_wallet()
+
+    def money(n: int) -> str:
+        return format_amount(n, decimals=info.decimals, currency=before.currency)
+
+    done = deposit(url, info, key, to, units, on_sent=lambda h: out().info(f"sent {h}"))
+    out().info(
+        f"mined in block {done.block}; the registry credits it after {info.confirmations} confirmations"
+    )
+    result: dict[str, Any] = {
+        "tx_hash": done.tx_hash,
+        "block": done.block,
+        "from": done.sender,
+        "account": to,
+        "amount": units,
+        "method": done.method,
+        "decimals": info.decimals,
+        "credited": False,
+    }
+    # The balance is only ours to read when crediting the logged-in account.
+    if wait and to == before.account:
+        deadline = time.monotonic() + DEPOSIT_WAIT
+        while True:
+            now = _billing(registry, token, billing.balance)
+            if now.available >= before.available + units:
+                result.update(credited=True, available=now.available)
+                break
+            if time.monotonic() > deadline:
+                raise NetworkError(
+                    f"the registry has not credited {done.tx_hash} within {DEPOSIT_WAIT:g} s",
+                    hint="it will once the chain confirms it; see `mcpz billing balance`",
+                )
+            time.sleep(1.0)
+    lines = [f"deposited {money(units)} to {to}: {done.tx_hash}"]
+    if result["credited"]:
+        lines.append(f"credited; available {money(result['available'])}")
+    out().lines(result, lambda: lines)
