@@ -92,7 +92,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "billing usage": ("mcpz billing usage --since 7d",),
     "billing deposit": (
         "mcpz billing deposit 5 --rpc http://127.0.0.1:8545",
-        "MCPZ_CHAIN_RPC=https://rpc.example mcpz billing deposit 20 --no-wait --json",
+        "mcpz billing deposit 20 --account acme --no-wait --json",
     ),
     "billing caps": ("mcpz billing caps",),
     "billing caps set": (

@@ -661,7 +661,8 @@ def deposit_command(
             ) from None
         return info, await billing.balance(client)
 
-    parse_amount(amount)  # refuse a bad amount before asking anyone anything
+    if parse_amount(amount) <= 0:  # refuse a bad amount before asking anyone anything
+        raise UsageError("the amount to deposit must be more than 0")
     url = rpc or Settings.load().chain_rpc
     if not url:
         raise UsageError(
@@ -670,8 +671,6 @@ def deposit_command(
         )
     info, before = _billing(registry, token, ask)
     units = parse_amount(amount, decimals=info.decimals)
-    if units <= 0:
-        raise UsageError("the amount to deposit must be more than 0")
     to = account or before.account
     key = unlock_wallet()
 
