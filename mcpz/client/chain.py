@@ -278,9 +278,11 @@ def deposit(
     *,
     on_sent: Callable[[str], None] | None = None,
     receipt_timeout: float = RECEIPT_TIMEOUT,
+    permit: bool = True,
 ) -> Deposited:
     """Move `amount` tokens (base units) from `key`'s wallet into the settlement contract for
-    `account`; returns once the deposit transaction is mined. `on_sent` hears each hash as it is sent."""
+    `account`; returns once the deposit transaction is mined. `on_sent` hears each hash as it is sent.
+    `permit=False` approves then deposits even when the token takes permits."""
     from eth_utils.address import to_checksum_address
 
     if amount <= 0:
@@ -310,7 +312,7 @@ def deposit(
                 on_sent(tx_hash)
             return tx_hash
 
-        domain = chain.permit_domain(token, info.chain_id)
+        domain = chain.permit_domain(token, info.chain_id) if permit else None
         if domain is not None:
             method = "permit"
             deadline = int(time.time()) + PERMIT_LIFETIME

@@ -15,6 +15,9 @@ from conftest import LiveRegistry, start_registry
 from gitutil import api
 
 from mcpz import exit_codes
+from mcpz.client import chain
+from mcpz.client.chain import SettlementInfo
+from mcpz.errors import UsageError
 from mcpz.keys.ethkeys import Account, LocalAccount
 from mcpz.keys.wallet import Wallet
 
@@ -176,3 +179,50 @@ def test_an_unreachable_chain_is_a_network_error(
     assert result.exit_code == exit_codes.NETWORK
     assert "cannot reach the chain at http://127.0.0.1:" in result.stderr
     assert "secret" not in result.stderr and "api-key" not in result.stderr
+
+
+# --- the library under the command ------------------------------------------------------------
+
+
+def info_of(settlement: Settlement, chain_id: int = CHAIN_ID) -> SettlementInfo:
+    return SettlementInfo(chain_id, settlement.contract.address, settlement.token.address, 6, CONFIRMATIONS)
+
+
+def test_approve_then_deposit_when_permits_are_not_used(settlement: Settlement) -> None:
+    user = settlement.new_account()
+    settlement.mint(user.address, 3 * USDC)
+    sent: list[str] = []
+    done = chain.deposit(
+        settlement.anvil.rpc_url,
+        info_of(settlement),
+        user,
+        "kim",
+        2 * USDC,
+        on_sent=sent.append,
+        permit=False,
+    )
+    assert done.method == "approve" and len(sent) == 2 and sent[-1] == done.tx_hash
+    receipt = settlement.anvil.w3.eth.get_transaction_receipt(done.tx_hash)
+    [event] = settlement.events(receipt, "Deposited")
+    assert (event.args.account, event.args.amount) == ("kim", 2 * USDC)
+    assert settlement.balance(user.address) == USDC
+
+
+def test_the_permit_path_is_one_transaction(settlement: Settlement) -> None:
+    user = settlement.new_account()
+    settlement.mint(user.address, USDC)
+    sent: list[str] = []
+    done = chain.deposit(
+        settlement.anvil.rpc_url, info_of(settlement), user, "lou", USDC, on_sent=sent.append
+    )
+    assert done.method == "permit" and sent == [done.tx_hash]
+    assert settlement.balance(user.address) == 0
+
+
+def test_a_node_on_another_chain_is_refused(settlement: Settlement) -> None:
+    user = settlement.new_account()
+    settlement.mint(user.address, USDC)
+    with pytest.raises(UsageError) as caught:
+        chain.deposit(settlement.anvil.rpc_url, info_of(settlement, chain_id=324), user, "max", USDC)
+    assert str(caught.value).endswith(f"is chain {CHAIN_ID}, but the registry settles on chain 324")
+    assert settlement.balance(user.address) == USDC
