@@ -313,6 +313,7 @@ class Chain:
     pool: dict[int, Tx] = field(default_factory=dict)  # by nonce
     rivals: list[Tx] = field(default_factory=list)  # another process's commits, which it keeps re-sending
     serial: int = 0
+    finalized_mark: int = -1
 
     def _fresh(self) -> str:
         self.serial += 1
@@ -335,7 +336,9 @@ class Chain:
 
     @property
     def finalized(self) -> int | None:
-        return self.head - self.lag if self.head >= self.lag else None
+        # Never moves back: a reorganisation that shortens the chain leaves the finalized block as it was.
+        self.finalized_mark = max(self.finalized_mark, self.head - self.lag)
+        return self.finalized_mark if self.finalized_mark >= 0 else None
 
     def submit(self, tx: Tx) -> None:
         nonce = self.replay()[0]
@@ -363,7 +366,8 @@ class Chain:
         self.blocks.append((self._fresh(), [tx]))
 
     def reorg(self, depth: int) -> None:
-        keep = max(len(self.blocks) - depth, (self.finalized or -1) + 1, 0)
+        finalized = self.finalized
+        keep = max(len(self.blocks) - depth, 0 if finalized is None else finalized + 1)
         for _, txs in self.blocks[keep:]:
             for tx in txs:
                 self.pool.setdefault(tx.nonce, tx)
