@@ -342,7 +342,9 @@ def apply(batch: Batch, event: Event) -> Batch:
         case ReorgedEvent():
             if batch.receipt is None:
                 raise TransitionError(f"batch {batch.id} has no receipt to lose")
-            return replace(batch, state=BatchState.SUBMITTED, receipt=None)
+            # An adopted commit leaves no attempt behind: with nothing signed the batch is pending again.
+            state = BatchState.SUBMITTED if batch.attempts else BatchState.PENDING
+            return replace(batch, state=state, receipt=None)
     raise TransitionError(f"unknown event {event!r}")
 
 

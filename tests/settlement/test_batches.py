@@ -179,6 +179,23 @@ def test_a_batch_the_contract_holds_with_its_root_is_committed_whatever_our_reco
     assert "0xelse" in hashes_to_look_up(adopted)
 
 
+def test_an_adopted_commit_reorganised_away_leaves_the_batch_pending_to_sign() -> None:
+    adopted = apply(pending(), Adopted(receipt("0xelse", block=8)))
+    assert adopted.state is BatchState.SUBMITTED and adopted.nonce is None
+    back = apply(adopted, ReorgedEvent())
+    assert back.state is BatchState.PENDING and back.receipt is None
+    assert next_step(back, view(head=20), 0, POLICY) == Sign(4, 100, 2)
+
+
+def test_a_finalized_receipt_is_confirmed_even_before_the_confirmation_count() -> None:
+    r = receipt("0xa", block=10)
+    batch = apply(sent(pending(), "0xa"), MinedEvent(r))
+    strict = Policy(confirmations=100, stuck_after=60)
+    assert next_step(batch, view(head=20, finalized=10, receipts={"0xa": r}), 1, strict) == Confirmed(
+        "0xa", 10
+    )
+
+
 def test_our_reverted_attempt_against_a_commit_with_our_root_is_already_committed() -> None:
     batch = sent(pending(), "0xa")
     ours = receipt("0xa", block=9, status=0)
