@@ -65,6 +65,7 @@ PURE = (
     "registry_server.market.changelog",
     "registry_server.market.readme",
     "registry_server.billing.tiers",
+    "registry_server.settlement.batches",
     "registry_server.tier_settings",
 )
 IMPURE = (
@@ -77,6 +78,8 @@ IMPURE = (
     "websockets",
     "dulwich",
     "uvicorn",
+    "web3",
+    "eth_account",
 )
 
 # The one place the library starts a registry: the demo's embedded one, and `mcpz registry`, the
