@@ -20,7 +20,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from mcpz.client.models import Payload
+from mcpz.client.models import Payload, raw_field
 from mcpz.client.registry import RegistryClient, connect
 from mcpz.errors import RemoteError, UsageError
 from mcpz.keys import receipts
@@ -79,7 +79,7 @@ class ReceiptKey(Payload):
     key: str
     registry: str
     algorithm: str
-    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = raw_field()
 
 
 async def fetch_receipt_key(client: RegistryClient) -> ReceiptKey:
@@ -175,7 +175,7 @@ class Pricing(Payload):
     overage: int | None
     free_calls: int
     charge_tool_errors: bool
-    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = raw_field()
 
     @property
     def free(self) -> bool:
@@ -188,7 +188,7 @@ class PendingPricing(Payload):
 
     WHAT: ClassVar[str] = "pending pricing"
     effective_us: int
-    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = raw_field()
 
     @property
     def pricing(self) -> Pricing:
@@ -202,7 +202,7 @@ class Share(Payload):
     WHAT: ClassVar[str] = "share"
     account: str
     bps: int
-    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -218,7 +218,7 @@ class Plans(Payload):
     splits: list[Share]
     currency: str
     decimals: int
-    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -228,7 +228,7 @@ class Earnings(Payload):
     """Earned inside the refund window: not yet payable."""
     available: int
     """Past the refund window: ready for payout."""
-    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -243,7 +243,7 @@ class Balance(Payload):
     earnings: Earnings
     currency: str
     decimals: int
-    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = raw_field()
 
     def to_json(self) -> dict[str, Any]:
         """What `mcpz billing balance --json` prints: integers in base units, and their token."""
@@ -269,7 +269,7 @@ class Charge(Payload):
     started_us: int
     price: int
     fee: int
-    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -282,7 +282,7 @@ class BillingUsage(Payload):
     charges: list[Charge]
     currency: str
     decimals: int
-    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -293,7 +293,7 @@ class Subscription(Payload):
     started_us: int
     paid_through: str
     """The last month paid for, YYYY-MM."""
-    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -307,7 +307,7 @@ class SpendCap(Payload):
     amount: int
     agent: str
     token_id: int
-    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = raw_field()
 
 
 PERIODS = ("day", "month")
@@ -478,7 +478,7 @@ class InvoiceLine(Payload):
     calls: int
     amount: int
     event: str = ""
-    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -500,7 +500,7 @@ class Invoice(Payload):
     amount_due: int
     currency: str
     decimals: int
-    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -511,7 +511,7 @@ class InvoiceSummary(Payload):
     total: int
     finalized_us: int
     refers_to: int | None
-    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -522,7 +522,7 @@ class InvoiceList(Payload):
     invoices: list[InvoiceSummary]
     currency: str
     decimals: int
-    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -535,7 +535,7 @@ class StatementLine(Payload):
     fees: int
     refunds: int
     net: int
-    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -554,7 +554,7 @@ class Statement(Payload):
     payouts_note: str
     currency: str
     decimals: int
-    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, Any] = raw_field()
 
 
 async def invoices(client: RegistryClient) -> InvoiceList:

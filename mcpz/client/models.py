@@ -67,7 +67,8 @@ class Payload:
         return dict(self.raw)
 
 
-def _raw() -> Any:
+def raw_field() -> Any:
+    """A payload's `raw` field: the JSON as served, left out of equality and repr."""
     return dataclasses.field(default_factory=dict, repr=False, compare=False)
 
 
@@ -163,7 +164,7 @@ class Signature(Payload):
     signer: str
     signature: str
     signed_at: datetime
-    raw: Mapping[str, Any] = _raw()
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -185,7 +186,7 @@ class Release(Payload):
     signatures: list[Signature] = dataclasses.field(default_factory=list)
     tools_digest: str | None = None
     """The digest of the tools signed with it (`ReleaseTools`); None when none were pinned."""
-    raw: Mapping[str, Any] = _raw()
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -199,7 +200,7 @@ class ReleaseTools(Payload):
     digest: str
     observed: bool
     recorded_at: datetime | None = None
-    raw: Mapping[str, Any] = _raw()
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -211,7 +212,7 @@ class AgentInfo(Payload):
     description: str
     latest: str | None
     versions: list[Release]
-    raw: Mapping[str, Any] = _raw()
+    raw: Mapping[str, Any] = raw_field()
 
     def release(self, version: str | None = None) -> Release | None:
         """The release `version` (default: `latest`, else the newest one), or None."""
@@ -232,7 +233,7 @@ class WhoAmI(Payload):
     namespaces: list[str]
     scopes: list[str]
     expires_at: datetime | None
-    raw: Mapping[str, Any] = _raw()
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -248,7 +249,7 @@ class ApiKey(Payload):
     expires_at: datetime | None
     last_used_at: datetime | None
     revoked: bool
-    raw: Mapping[str, Any] = _raw()
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -263,7 +264,7 @@ class NewApiKey(Payload):
     created_at: datetime
     expires_at: datetime | None
     token: str
-    raw: Mapping[str, Any] = _raw()
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -276,7 +277,7 @@ class Challenge(Payload):
     uri: str
     chain_id: int
     expires_at: datetime
-    raw: Mapping[str, Any] = _raw()
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -290,7 +291,7 @@ class SessionToken(Payload):
     namespaces: list[str]
     scopes: list[str]
     expires_at: datetime | None
-    raw: Mapping[str, Any] = _raw()
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -298,7 +299,7 @@ class Member(Payload):
     account: str
     address: str | None
     role: str
-    raw: Mapping[str, Any] = _raw()
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -311,7 +312,7 @@ class NamespaceInfo(Payload):
     owner_address: str | None
     members: list[Member]
     key_sequence: int
-    raw: Mapping[str, Any] = _raw()
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -323,7 +324,7 @@ class Rotation(Payload):
     statement: str
     signature: str
     created_at: datetime
-    raw: Mapping[str, Any] = _raw()
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -332,7 +333,7 @@ class RotationResult(Payload):
     account: str
     address: str
     rotations: list[Rotation]
-    raw: Mapping[str, Any] = _raw()
+    raw: Mapping[str, Any] = raw_field()
 
 
 # --- deployments and nodes (/v1/deployments, /v1/nodes) -----------------------------------------
@@ -342,7 +343,7 @@ class RotationResult(Payload):
 class Limits(Payload):
     memory_bytes: int | None = None
     open_files: int | None = None
-    raw: Mapping[str, Any] = _raw()
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -358,7 +359,7 @@ class Replica(Payload):
     stopping: bool
     detail: str
     exit_code: int | None = None
-    raw: Mapping[str, Any] = _raw()
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -369,7 +370,7 @@ class Revision(Payload):
     created_at: datetime
     current: bool
     signers: list[str] = dataclasses.field(default_factory=list)
-    raw: Mapping[str, Any] = _raw()
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -412,7 +413,7 @@ class Deployment(Payload):
     """The revision `rollback` returns to by default (None: there is none)."""
     instances: list[Replica] = dataclasses.field(default_factory=list)
     revisions: list[Revision] = dataclasses.field(default_factory=list)
-    raw: Mapping[str, Any] = _raw()
+    raw: Mapping[str, Any] = raw_field()
 
     @property
     def settled(self) -> bool:
@@ -427,7 +428,7 @@ class Removal(Payload):
     WHAT: ClassVar[str] = "removal"
     name: str
     state: str
-    raw: Mapping[str, Any] = _raw()
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -441,7 +442,7 @@ class PreparedChange(Payload):
     new_revision: bool
     statement: str | None
     signers: list[str] = dataclasses.field(default_factory=list)
-    raw: Mapping[str, Any] = _raw()
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -468,7 +469,7 @@ class Node(Payload):
     created_at: datetime | None = None
     last_seen_at: datetime | None = None
     lost_at: datetime | None = None
-    raw: Mapping[str, Any] = _raw()
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -481,7 +482,7 @@ class LogLine(Payload):
     replica: str
     stream: str
     line: str
-    raw: Mapping[str, Any] = _raw()
+    raw: Mapping[str, Any] = raw_field()
 
 
 # --- usage (GET /v1/usage) -------------------------------------------------------------------------
@@ -499,7 +500,7 @@ class UsageRow(Payload):
     duration_ms_total: float
     bytes_in: int
     bytes_out: int
-    raw: Mapping[str, Any] = _raw()
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -521,7 +522,7 @@ class UsageEvent(Payload):
     node_id: str = ""
     account_id: int | None = None
     token_id: int | None = None
-    raw: Mapping[str, Any] = _raw()
+    raw: Mapping[str, Any] = raw_field()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -535,7 +536,7 @@ class Usage(Payload):
     until: datetime | None
     summary: list[UsageRow]
     events: list[UsageEvent] = dataclasses.field(default_factory=list)
-    raw: Mapping[str, Any] = _raw()
+    raw: Mapping[str, Any] = raw_field()
 
     @property
     def calls(self) -> int:
