@@ -21,14 +21,14 @@ from mcpz.instants import parse_instant
 from registry_server.accounts.auth import Forbidden, require
 from registry_server.accounts.http import Caller
 from registry_server.accounts.namespaces import find_account, role_of
-from registry_server.accounts.service import Principal
+from registry_server.accounts.service import Principal, names_of
 from registry_server.billing import service
 from registry_server.billing.gate import BillingGate
 from registry_server.billing.models import Subscription
 from registry_server.billing.pricing import Pricing
 from registry_server.billing.receipt_key import ReceiptSigner
 from registry_server.billing.worker import BillingWorker
-from registry_server.http import State, agent_name
+from registry_server.http import State, agent_name, checked_agent_name
 from registry_server.openapi import PART_PATTERN, errors
 from registry_server.orm import utcnow
 from registry_server.state import RegistryState
@@ -157,8 +157,6 @@ def _plans(state: RegistryState, agent: str) -> PlansOut:
     with state.db.session() as session:
         prices = service.prices_of(session, agent)
         shares = service.splits_of(session, [agent])[agent]
-        from registry_server.accounts.service import names_of
-
         names = names_of(session, [a for a, _ in shares])
     return PlansOut(
         **_money(state),
@@ -335,8 +333,6 @@ async def subscriptions(state: State, principal: Caller) -> list[SubscriptionOut
 )
 async def subscribe(request: Request, state: State, principal: Caller, body: SubscribeIn) -> SubscriptionOut:
     """Subscribe to an agent's monthly plan: this month's fee is paid from the balance now."""
-    from registry_server.http import checked_agent_name
-
     agent = checked_agent_name(body.agent)
 
     def run() -> SubscriptionOut:
@@ -397,8 +393,6 @@ async def set_cap(request: Request, state: State, principal: Caller, body: CapIn
     def run() -> list[CapOut]:
         who = require(principal, "admin", db=state.db)
         if body.agent:
-            from registry_server.http import checked_agent_name
-
             checked_agent_name(body.agent)
         with state.db.session() as session:
             if body.token_id:

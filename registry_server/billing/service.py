@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from mcpz.errors import NotFoundError, UsageError
-from registry_server.accounts.models import Account, Namespace
+from registry_server.accounts.models import Account, Namespace, Token
 from registry_server.billing import ledger
 from registry_server.billing.ledger import LedgerError, Transaction
 from registry_server.billing.models import (
@@ -739,8 +739,6 @@ def charges_of(
 
 
 def own_token(session: Session, account_id: int, token_id: int) -> None:
-    from registry_server.accounts.models import Token
-
     if session.scalar(select(Token.id).where(Token.id == token_id, Token.account_id == account_id)) is None:
         raise NotFoundError(f"you have no key {token_id}", hint="see `mcpz keys list`")
 
