@@ -125,6 +125,9 @@ def test_the_invoice_page_is_accessible_and_prints_without_the_site_chrome(world
             for path in (f"/billing/invoices/{world.number}", "/billing/invoices"):
                 answer = page.goto(path)
                 assert answer is not None and answer.status == 200
+                if path == "/billing/invoices":
+                    SHOTS.mkdir(parents=True, exist_ok=True)
+                    page.screenshot(path=str(SHOTS / "13-invoices.png"), full_page=True)
                 page.add_script_tag(content=AXE.read_text(encoding="utf-8"))
                 violations: list[dict[str, Any]] = page.evaluate(
                     """async () => (await axe.run(document, { resultTypes: ["violations"] })).violations
