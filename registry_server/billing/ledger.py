@@ -22,6 +22,14 @@ from dataclasses import dataclass
 PLATFORM_FEES = "platform:fees"
 PLATFORM_CREDIT = "platform:credit"  # operator credit issued: negative by what was credited
 CHAIN_DEPOSITS = "chain:deposits"  # confirmed deposits on chain: negative by what was credited
+# Settlement's money on its way out. A payout batch takes creators' available earnings into
+# `settlement:payouts` when it is built and moves them to `chain:payouts` once its commit is final; a
+# withdrawal voucher holds a consumer's amount in `settlement:withdrawals` until the chain shows it used
+# (then `chain:withdrawals`) or it expires unused (then back to the consumer).
+SETTLEMENT_PAYOUTS = "settlement:payouts"
+CHAIN_PAYOUTS = "chain:payouts"
+SETTLEMENT_WITHDRAWALS = "settlement:withdrawals"
+CHAIN_WITHDRAWALS = "chain:withdrawals"
 
 
 def consumer_available(account_id: int) -> str:

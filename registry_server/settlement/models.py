@@ -1,12 +1,15 @@
-"""Settlement's tables: deposits seen on chain, and how far the chain has been scanned.
+"""Settlement's tables: deposits seen on chain and how far the chain has been scanned (migration 0012);
+payout batches, their leaves and signed transactions, and withdrawal vouchers (migration 0013).
 
-Migration 0012 creates them. A deposit is one `Deposited` log, unique by (chain, transaction, log
-index); its amount is BigInteger base units of the settlement token.
+A deposit is one `Deposited` log, unique by (chain, transaction, log index); amounts are BigInteger
+base units of the settlement token. A payout batch is keyed by (chain, batch id), the id it has on
+chain; its state is batches.py's, and `version` counts its writes so that two drivers never both
+apply a step decided on the same state.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from registry_server.orm import Base
@@ -50,3 +53,83 @@ class Cursor(Base):
     chain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     block: Mapped[int] = mapped_column(BigInteger)
     block_hash: Mapped[str] = mapped_column(String(66))  # to notice when that block is replaced
+
+
+class PayoutBatch(Base):
+    __tablename__ = "settlement_payout_batches"
+
+    chain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    batch_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    contract: Mapped[str] = mapped_column(String(42))
+    root: Mapped[str] = mapped_column(String(66))
+    total: Mapped[int] = mapped_column(BigInteger)
+    leaves: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))  # batches.BatchState
+    nonce: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The committing transaction once mined (ours, or adopted from the chain).
+    receipt_tx: Mapped[str | None] = mapped_column(String(66), nullable=True)
+    receipt_block: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    receipt_block_hash: Mapped[str | None] = mapped_column(String(66), nullable=True)
+    note: Mapped[str] = mapped_column(Text, default="")  # why it waits or what an operator must look at
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    created_us: Mapped[int] = mapped_column(BigInteger)
+    updated_us: Mapped[int] = mapped_column(BigInteger)
+    final_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class PayoutLeaf(Base):
+    """One creator's payout in a batch: the Merkle leaf (index, address, amount)."""
+
+    __tablename__ = "settlement_payout_leaves"
+    __table_args__ = (Index("ix_settlement_payout_leaves_account", "account_id", "chain_id", "batch_id"),)
+
+    chain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    batch_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    address: Mapped[str] = mapped_column(String(42))
+    amount: Mapped[int] = mapped_column(BigInteger)
+
+
+class PayoutAttempt(Base):
+    """A signed commitBatch transaction, recorded before it is broadcast (the write-ahead rule)."""
+
+    __tablename__ = "settlement_payout_attempts"
+    __table_args__ = (Index("ix_settlement_payout_attempts_batch", "chain_id", "batch_id"),)
+
+    tx_hash: Mapped[str] = mapped_column(String(66), primary_key=True)
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    batch_id: Mapped[int] = mapped_column(BigInteger)
+    raw: Mapped[str] = mapped_column(Text)  # the signed transaction, hex: what a restart broadcasts again
+    max_fee: Mapped[int] = mapped_column(BigInteger)
+    priority_fee: Mapped[int] = mapped_column(BigInteger)
+    sent_us: Mapped[int] = mapped_column(BigInteger)
+
+
+VOUCHER_ISSUED = "issued"  # signed and handed out; the amount is held off the account's balance
+VOUCHER_WITHDRAWN = "withdrawn"  # used on chain (a confirmed Withdrawn event)
+VOUCHER_EXPIRED = "expired"  # past its expiry unused: the amount went back to the account
+VOUCHER_STATES = (VOUCHER_ISSUED, VOUCHER_WITHDRAWN, VOUCHER_EXPIRED)
+
+
+class Withdrawal(Base):
+    """An EIP-712 withdrawal voucher the operator signed for a consumer; its id is the voucher's nonce."""
+
+    __tablename__ = "settlement_withdrawals"
+    __table_args__ = (
+        Index("ix_settlement_withdrawals_account", "account_id"),
+        Index("ix_settlement_withdrawals_state", "chain_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    contract: Mapped[str] = mapped_column(String(42))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    address: Mapped[str] = mapped_column(String(42))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    expiry: Mapped[int] = mapped_column(BigInteger)  # unix seconds, as the contract compares it
+    signature: Mapped[str] = mapped_column(String(132))
+    state: Mapped[str] = mapped_column(String(16))
+    tx_hash: Mapped[str | None] = mapped_column(String(66), nullable=True)
+    created_us: Mapped[int] = mapped_column(BigInteger)
+    settled_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
