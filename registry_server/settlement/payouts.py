@@ -108,9 +108,12 @@ def plan(session: Session, minimum: int) -> Plan:
         )
     ).all()
     amounts = {int(account.split(":")[1]): int(balance) for account, balance in rows}
-    addresses = dict(
-        session.execute(select(Account.id, Account.address).where(Account.id.in_(list(amounts)))).tuples()
-    )
+    addresses: dict[int, str | None] = {
+        account_id: address
+        for account_id, address in session.execute(
+            select(Account.id, Account.address).where(Account.id.in_(list(amounts)))
+        )
+    }
     payable = [
         Candidate(account_id, str(addresses[account_id]), amount)
         for account_id, amount in sorted(amounts.items())
@@ -351,6 +354,7 @@ def drive(
     """Take the batch as far as the chain allows now; stops at a wait, at final, or at a failure."""
     chain_id = chain.chain_id
     progress = Progress(batch_id, "")
+    sent = False
     for _ in range(MAX_STEPS):
         with db.session() as session:
             row, batch = _load(session, chain_id, batch_id)
@@ -366,6 +370,10 @@ def drive(
         progress.state = batch.state.value
         view = read_view(chain, batch, operator.address, start_block)
         step = batches.next_step(batch, view, now(), policy)
+        if sent and isinstance(step, Replace | Broadcast):
+            # Sent in this drive already: the chain needs time before anything is sent again.
+            progress.note = "sent; waiting for the chain"
+            return progress
         progress.steps.append(type(step).__name__)
         match step:
             case Final():
@@ -399,6 +407,7 @@ def drive(
                 ):
                     continue  # another driver moved the batch: look again
                 _checkpoint("signed")
+                sent = True
                 chain.broadcast(signed.raw)
                 log.info(
                     "sent a payout batch's commit",
@@ -407,6 +416,7 @@ def drive(
                 )  # fmt: skip
                 _checkpoint("sent")
             case Broadcast(tx_hash=tx_hash):
+                sent = True
                 chain.broadcast(raws[tx_hash])
                 _checkpoint("sent")
             case Mined(receipt=receipt):
@@ -456,11 +466,13 @@ class _Trees:
 
     def __init__(self, size: int = 8) -> None:
         self.size = size
-        self._trees: OrderedDict[tuple[int, int], MerkleTree] = OrderedDict()
+        self._trees: OrderedDict[tuple[int, int, str], MerkleTree] = OrderedDict()
         self._lock = Lock()
 
-    def get(self, session: Session, chain_id: int, batch_id: int) -> MerkleTree:
-        key = (chain_id, batch_id)
+    def get(self, session: Session, chain_id: int, batch_id: int, root: str) -> MerkleTree:
+        # The root is in the key: another database (a test's, a restored backup's) may hold another
+        # batch under the same id.
+        key = (chain_id, batch_id, root)
         with self._lock:
             if key in self._trees:
                 self._trees.move_to_end(key)
@@ -471,6 +483,8 @@ class _Trees:
             .order_by(PayoutLeaf.idx)
         ).all()
         tree = MerkleTree([Leaf(idx, address, amount) for idx, address, amount in rows])
+        if to_hex(tree.root) != root:
+            raise ValueError(f"payout batch {batch_id}'s leaves do not give its root {root}")
         with self._lock:
             self._trees[key] = tree
             while len(self._trees) > self.size:
@@ -495,7 +509,7 @@ def payouts_of(session: Session, chain_id: int, account_id: int, *, limit: int =
     ).all()
     out = []
     for leaf, batch in rows:
-        tree = _trees.get(session, chain_id, batch.batch_id)
+        tree = _trees.get(session, chain_id, batch.batch_id, batch.root)
         out.append(
             Payout(
                 batch_id=batch.batch_id,

@@ -56,17 +56,13 @@ async def settlement(request: Request) -> SettlementOut | Response:
 
 class PayoutOut(BaseModel):
     batch_id: int
-    index: int = Field(
-        description="The leaf's index in the batch: the bit the contract marks once paid"
-    )
+    index: int = Field(description="The leaf's index in the batch: the bit the contract marks once paid")
     address: str = Field(description="The wallet the leaf pays")
     amount: int = Field(description="Base units of the settlement token")
     state: str = Field(description="The batch's state: pending, submitted, confirmed or final")
     root: str = Field(description="The batch's Merkle root, as committed on chain")
     tx_hash: str | None = Field(description="The transaction that committed the batch, once mined")
-    proof: list[str] = Field(
-        description="Sibling hashes, leaf to root (OpenZeppelin MerkleProof)"
-    )
+    proof: list[str] = Field(description="Sibling hashes, leaf to root (OpenZeppelin MerkleProof)")
 
 
 class PayoutsOut(BaseModel):
