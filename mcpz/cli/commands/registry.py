@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mcpz.cli.commands.registry_payouts import payouts_app
 from mcpz.cli.output import out
+from mcpz.cli.registry_payouts import payouts_app
 
 if TYPE_CHECKING:
     from registry_server.settings import RegistrySettings

@@ -1,4 +1,5 @@
-"""`mcpz registry payouts ...`: the operator's payout batches, on the registry host (docs/settlement.md)."""
+"""`mcpz registry payouts ...` (mounted by cli/commands/registry.py): the operator's payout batches,
+on the registry host (docs/settlement.md)."""
 
 from __future__ import annotations
 
