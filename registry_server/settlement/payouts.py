@@ -34,7 +34,7 @@ from threading import Lock
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from mcpz.merkle import Leaf, MerkleTree, to_hex
+from mcpz.merkle import Leaf, MerkleTree, from_hex, to_hex
 from registry_server.accounts.models import Account
 from registry_server.billing import ledger, service
 from registry_server.billing.models import LedgerBalance
@@ -523,6 +523,20 @@ def payouts_of(session: Session, chain_id: int, account_id: int, *, limit: int =
             )
         )
     return out
+
+
+def claim_calldata(payout: Payout) -> str:
+    """The contract call that pays `payout`: what the dashboard's claim button has the browser's
+    wallet send (any sender may; the tokens go to the leaf's address)."""
+    from eth_abi.abi import encode
+    from eth_utils.crypto import keccak
+
+    selector = keccak(text="claim(uint256,uint256,address,uint256,bytes32[])")[:4]
+    args = encode(
+        ["uint256", "uint256", "address", "uint256", "bytes32[]"],
+        [payout.batch_id, payout.index, payout.address, payout.amount, [from_hex(h) for h in payout.proof]],
+    )
+    return "0x" + (selector + args).hex()
 
 
 def batch_row(session: Session, chain_id: int, batch_id: int) -> PayoutBatch | None:

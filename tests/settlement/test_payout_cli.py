@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chainutil import CHAIN_ID, Settlement
+from chainutil import CHAIN_ID, Miner, Settlement
 from conftest import LiveRegistry, start_registry
-from test_deposit_cli import PASSPHRASE, Miner
+from test_deposit_cli import PASSPHRASE
 
 from mcpz import exit_codes
 from mcpz.client import chain
