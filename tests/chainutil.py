@@ -84,7 +84,7 @@ def start_anvil() -> Anvil:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(INSTALL_HINT)
         pytest.skip(INSTALL_HINT)
-    web3 = pytest.importorskip("web3", reason="settlement tests need web3 (the chain or test extra)")
+    web3 = pytest.importorskip("web3", reason="settlement tests need web3 (a dependency of mcpz)")
     last_error: Exception | None = None
     for _attempt in range(3):  # another process may take the free port between probe and bind
         port = _free_port()
