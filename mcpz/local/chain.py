@@ -162,7 +162,7 @@ def start_dev_chain(
     if name == "anvil":
         command = [str(binary), *options, "--silent"]
     else:
-        command = [sys.executable, "-m", "mcpz.local.evm", *options]
+        command = [sys.executable, "-m", "mcpz.local.evmserver", *options]
     # The chain's errors go to a file, not a pipe: nobody reads a pipe while the chain runs, and a
     # full one would stall it.
     errors = tempfile.TemporaryFile()
