@@ -10,10 +10,9 @@ land at the same addresses on either engine): never use them where tokens are wo
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
-
-import mcpz.keys.ethkeys  # noqa: F401  (before eth_tester: it keeps py_ecc's recursion limit out)
 
 CHAIN_ID = 31337
 # anvil's default mnemonic and derivation path: the same keys, the same contract addresses.
@@ -163,10 +162,18 @@ class Node:
     """The chain and its JSON-RPC methods. Not thread-safe: the server calls it under one lock."""
 
     def __init__(self, accounts: int = 10, chain_id: int = CHAIN_ID) -> None:
-        from eth_tester import EthereumTester
+        # py-evm's precompiles import py_ecc, which sets a recursion limit of 100,000 (deep input could
+        # then crash the process instead of raising); mcpz.keys.ethkeys undoes it for the library, and
+        # this for the EVM's own process.
+        limit = sys.getrecursionlimit()
+        try:
+            from eth_tester import EthereumTester
 
+            backend = _backend(max(accounts, 1), chain_id)
+        finally:
+            sys.setrecursionlimit(limit)
         self.chain_id = chain_id
-        self.tester = EthereumTester(_backend(max(accounts, 1), chain_id), auto_mine_transactions=True)
+        self.tester = EthereumTester(backend, auto_mine_transactions=True)
         self._logs: dict[str, list[dict[str, Any]]] = {}  # by block hash: a block's logs never change
         self.methods: dict[str, Callable[..., Any]] = {
             "web3_clientVersion": self.client_version,

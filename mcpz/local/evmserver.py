@@ -17,6 +17,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from mcpz import jsonlimits
 from mcpz.local.evm import CHAIN_ID, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR, Node, RpcFailure
 
 MAX_BODY = 16 * 2**20
@@ -25,8 +26,8 @@ MAX_BODY = 16 * 2**20
 def answer(node: Node, lock: threading.Lock, body: bytes) -> Any:
     """The JSON-RPC answer to `body` (one request or a batch); None when it asks for none."""
     try:
-        request = json.loads(body)
-    except ValueError:
+        request = jsonlimits.loads(body)
+    except ValueError:  # jsonlimits.JSONError too: nested past its bound
         return _error(None, RpcFailure(PARSE_ERROR, "Parse error"))
     if isinstance(request, list):
         if not request:
