@@ -402,6 +402,15 @@ class Node:
             raise _reverted(e.data) from None
 
     def send_raw_transaction(self, raw: str) -> str:
+        # py-evm takes a transaction signed for any chain; anvil, like every node, refuses it.
+        tx = self.tester.backend.chain.get_vm().get_transaction_builder().decode(_data(raw))
+        chain_id = getattr(tx, "chain_id", None)
+        if chain_id is None and getattr(tx, "v", 0) >= 35:  # a legacy EIP-155 signature
+            chain_id = (tx.v - 35) // 2
+        if chain_id is not None and chain_id != self.chain_id:
+            raise RpcFailure(
+                SERVER_ERROR, f"invalid chain id for signer: have {chain_id}, want {self.chain_id}"
+            )
         return str(self.tester.send_raw_transaction(raw))
 
     def send_transaction(self, tx: dict[str, Any]) -> str:
@@ -436,6 +445,15 @@ class Node:
     def _mine(self, blocks: int) -> None:
         if blocks > 0:
             self.tester.mine_blocks(blocks)
+
+
+def _data(value: Any) -> bytes:
+    if isinstance(value, str) and value.startswith("0x"):
+        try:
+            return bytes.fromhex(value[2:])
+        except ValueError:
+            pass
+    raise RpcFailure(INVALID_PARAMS, "invalid params: expected 0x-prefixed hex data")
 
 
 def _address(value: Any) -> str:

@@ -58,6 +58,25 @@ def test_reverts_carry_their_data_like_anvil(evm: Anvil) -> None:
         answer = post(evm, {"jsonrpc": "2.0", "id": 1, "method": method, "params": [call, "latest"]}).json()
         assert answer["error"]["code"] == 3 and answer["error"]["message"].startswith("execution reverted")
         assert answer["error"]["data"] == selector + f"{200:064x}"
+    # Sent anyway (its gas given, so nothing estimates it first): mined in a block, status 0.
+    w3 = evm.w3
+    params = {"from": s.user.address, "gas": 200_000, "chainId": CHAIN_ID}
+    tx = s.contract.functions.deposit("x" * 200, 1).build_transaction(
+        {**params, "nonce": w3.eth.get_transaction_count(s.user.address)}
+    )
+    receipt = w3.eth.wait_for_transaction_receipt(
+        w3.eth.send_raw_transaction(s.user.sign_transaction(tx).raw_transaction)
+    )
+    assert receipt["status"] == 0 and receipt["blockNumber"] == w3.eth.block_number
+    # A transaction signed for another chain is refused, as every node refuses it.
+    other = s.user.sign_transaction({**tx, "chainId": 1, "nonce": tx["nonce"] + 1}).raw_transaction
+    refused = post(
+        evm, {"jsonrpc": "2.0", "id": 1, "method": "eth_sendRawTransaction", "params": ["0x" + other.hex()]}
+    )
+    assert refused.json()["error"] == {
+        "code": -32000,
+        "message": "invalid chain id for signer: have 1, want 31337",
+    }
     # A call needs no balance for its gas, as on anvil: from an empty address, at no fee.
     token = {"to": s.contract.address, "data": s.contract.encode_abi("token", [])}
     assert rpc(evm, "eth_call", token, "latest")[-40:] == s.token.address[2:].lower()
