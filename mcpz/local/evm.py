@@ -62,6 +62,10 @@ def _backend(accounts: int, chain_id: int) -> Any:
 
         def _prepare(self, transaction: dict[str, Any], block_number: Any) -> tuple[Any, Any]:
             state = _get_vm_for_block_number(self.chain, block_number).state
+            # A zero fee (some tools send one with their calls) means none: anvil runs such calls too.
+            for key in ("gas_price", "max_fee_per_gas", "max_priority_fee_per_gas"):
+                if transaction.get(key) == 0:
+                    del transaction[key]
             if not {"gas_price", "max_fee_per_gas"} & transaction.keys():
                 base_fee = state.execution_context.base_fee_per_gas
                 transaction = {**transaction, "max_fee_per_gas": base_fee, "max_priority_fee_per_gas": 0}
@@ -77,8 +81,7 @@ def _backend(accounts: int, chain_id: int) -> Any:
         def call(self, transaction: dict[str, Any], block_number: Any = "latest") -> bytes:
             state, spoofed = self._prepare(dict(transaction), block_number)
             computation = state.apply_transaction(spoofed)
-            if computation.is_error:
-                raise Reverted(bytes(computation.output))
+            _raise_error(computation)
             return bytes(computation.output)
 
         def estimate_gas(self, transaction: dict[str, Any], block_number: Any = "latest") -> int:
@@ -95,10 +98,7 @@ def _backend(accounts: int, chain_id: int) -> Any:
                     state.revert(snapshot)
 
             first = run(limit)
-            if first.is_error:
-                if isinstance(first.error, Revert):
-                    raise Reverted(bytes(first.output))
-                raise RpcFailure(SERVER_ERROR, f"execution failed: {first.error!r}")
+            _raise_error(first)
             used = limit - first.get_gas_remaining()
             for guess in (used, used * 64 // 63 + 5000):
                 if guess < limit and not run(guess).is_error:
@@ -108,6 +108,12 @@ def _backend(accounts: int, chain_id: int) -> Any:
                 middle = (low + high) // 2
                 low, high = (low, middle) if not run(middle).is_error else (middle, high)
             return int(high)
+
+    def _raise_error(computation: Any) -> None:
+        if computation.is_error:
+            if isinstance(computation.error, Revert):
+                raise Reverted(bytes(computation.output))
+            raise RpcFailure(SERVER_ERROR, f"execution failed: {type(computation.error).__name__}")
 
     backend = Backend.from_mnemonic(MNEMONIC, num_accounts=accounts, hd_path=HD_PATH)
     # eth-tester fixes its chain id on the chain class it makes for each backend; set on the class, it
