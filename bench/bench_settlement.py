@@ -24,7 +24,7 @@ Goals (issue 16): the platform's cost per batch independent of the number of cre
 bitmap word already in use; the other claims are printed beside it).
 
 anvil comes from `npm ci --prefix contracts --ignore-scripts` (or MCPZ_ANVIL names the binary); web3
-from the test extra. Without them the benchmark stops, saying so; a smoke run prints the gas goals as
+is a dependency of mcpz. Without them the benchmark stops, saying so; a smoke run prints the gas goals as
 unmeasured and still times the tree.
 
     python bench/bench_settlement.py [--creators 1000] [--batches 10] [--push 100] [--tree 10000] [--smoke]
@@ -286,7 +286,7 @@ def chain_missing() -> str | None:
     try:
         import web3  # noqa: F401
     except ImportError:
-        return "web3 is not installed: install the test extra (`pip install -e '.[test]'`)"
+        return "web3 is not installed: reinstall mcpz (`pip install -e '.[test]'`)"
     return None
 
 

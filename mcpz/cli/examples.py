@@ -76,7 +76,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "market unlist": ("mcpz market unlist acme/weather",),
     # settlement
     "chain": ("mcpz chain dev",),
-    "chain dev": ("mcpz chain dev --port 8545", "mcpz chain dev --json > chain.json"),
+    "chain dev": (
+        "mcpz chain dev --port 8545",
+        "mcpz chain dev --json > chain.json",
+        "mcpz chain dev --engine evm",
+    ),
     # billing
     "billing": ("mcpz billing balance",),
     "billing plans": ("mcpz billing plans acme/weather",),

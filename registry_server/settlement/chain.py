@@ -85,7 +85,7 @@ class SettlementChain:
         except ImportError:
             raise UsageError(
                 "settlement needs web3, which is not installed",
-                hint="pip install 'mcpz[chain]', or unset settlement_rpc",
+                hint="reinstall mcpz (web3 is one of its dependencies), or unset settlement_rpc",
             ) from None
         self.rpc_url = rpc_url
         # Hosted nodes put their API key in the URL's path or query: errors and logs show only this.

@@ -149,7 +149,8 @@ def test_a_creator_claims_a_payout_from_the_dashboard_with_the_browser_wallet(
         answer = w3.provider.make_request(method, json.loads(params_json))
         return json.dumps(answer.get("result"))
 
-    person = Person(browser, _World(chain_registry), request, viewport={"width": 1280, "height": 900})
+    world: Any = _World(chain_registry)  # Person reads only `.reg` of its world
+    person = Person(browser, world, request, viewport={"width": 1280, "height": 900})
     try:
         page = person.page
         person.context.expose_function("mcpzTestSign", sign)
