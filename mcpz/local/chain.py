@@ -88,6 +88,32 @@ class DevChain:
             "MCPZ_REGISTRY_SETTLEMENT_OPERATOR_KEY": self.keys[0].private_key,
         }
 
+    def give(self, address: str, *, wei: int = 0, tokens: int = 0) -> None:
+        """Send `wei` of gas money from the admin account and mint `tokens` test tokens (base units)
+        to `address`: what a faucet does on a test network."""
+        from eth_abi.abi import encode
+        from eth_utils.address import to_checksum_address
+        from eth_utils.crypto import keccak
+
+        rpc = _Rpc(self.rpc_url)
+        try:
+            to = to_checksum_address(address)
+            if wei:
+                _send(rpc, self.operator, "0x", to=to, value=wei)
+            if tokens:
+                mint = keccak(text="mint(address,uint256)")[:4] + encode(["address", "uint256"], [to, tokens])
+                _send(rpc, self.operator, "0x" + mint.hex(), to=self.token)
+        finally:
+            rpc.close()
+
+    def mine(self, blocks: int) -> None:
+        """Mine `blocks` empty blocks: what a live chain does over time, for confirmations and finality."""
+        rpc = _Rpc(self.rpc_url)
+        try:
+            rpc("anvil_mine", hex(blocks))
+        finally:
+            rpc.close()
+
     def running(self) -> bool:
         return self._process.poll() is None
 
@@ -221,10 +247,12 @@ def _label(engine: str) -> str:
     return "anvil" if engine == "anvil" else "the embedded EVM"
 
 
-def _send(rpc: _Rpc, sender: str, data: str, to: str | None = None) -> dict[str, Any]:
+def _send(rpc: _Rpc, sender: str, data: str, to: str | None = None, value: int = 0) -> dict[str, Any]:
     tx: dict[str, Any] = {"from": sender, "data": data}
     if to is not None:
         tx["to"] = to
+    if value:
+        tx["value"] = hex(value)
     tx_hash = rpc("eth_sendTransaction", tx)
     for _ in range(200):  # the chain mines each transaction at once; the receipt may trail by a moment
         receipt = rpc("eth_getTransactionReceipt", tx_hash)
