@@ -123,8 +123,8 @@ def step_chain(ctx: DemoContext) -> None:
 
     ctx.say("$ mcpz chain dev &   (a local chain with the token and the settlement contract)")
     ctx.chain = start_dev_chain(free_port())
-    engine = "anvil" if ctx.chain.engine == "anvil" else "the embedded EVM (anvil is not installed)"
-    ctx.show(f"chain {ctx.chain.chain_id} on {ctx.chain.rpc_url} ({engine}); contract {ctx.chain.contract}")
+    engine = "anvil" if ctx.chain.engine == "anvil" else "the embedded EVM: anvil is not installed"
+    ctx.show(f"chain {ctx.chain.chain_id} on {ctx.chain.rpc_url} ({engine}), contract {ctx.chain.contract}")
     # The user's commands reach the chain here; the operator's (`mcpz registry payouts`) with these.
     ctx.env["MCPZ_CHAIN_RPC"] = ctx.chain.rpc_url
     for name, value in ctx.chain.env().items():

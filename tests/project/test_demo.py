@@ -13,15 +13,16 @@ import pytest
 
 def test_demo_runs_every_step_and_reports_them() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "mcpz", "demo", "--json"], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "mcpz", "demo", "--json"], capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["ok"] is True
     assert result["steps"] == [
-        "init", "commit", "log", "tools", "call", "registry",
+        "init", "commit", "log", "tools", "call", "chain", "registry",
         "wallet", "login", "namespace", "push", "verify", "info", "market",
-        "node-key", "nodes", "deploy", "status", "gateway", "usage", "billing", "stop-nodes",
+        "node-key", "nodes", "deploy", "status", "gateway", "usage", "billing",
+        "payout", "claim", "reconcile", "stop-nodes",
     ]  # fmt: skip
     assert {"echo", "add"} <= set(result["tools"])
     assert "published demo/weather 0.1.0" in done.stderr
@@ -32,14 +33,22 @@ def test_demo_runs_every_step_and_reports_them() -> None:
     assert "stopped 2 nodes" in done.stderr
     assert result["market"]["name"] == "demo/weather" and result["market"]["version"] == "0.1.0"
     assert result["usage"] == {"add": 1}  # the one call through the gateway, metered once
-    # The caller paid 3 calls at 0.002 from a credit of 1; the creator earned 80 % of it, pending.
+    # The caller paid 3 calls at 0.002 from a deposit of 1; the creator earned 80 % of it, ready for
+    # payout at once (the demo's registry has no refund window).
     assert result["billing"] == {
         "caller": 994_000,
         "spent": 6_000,
-        "earned": {"pending": 4_800, "available": 0},
+        "earned": {"pending": 0, "available": 4_800},
     }
-    assert "credited 1.00 USDC to demo-caller: available 1.00 USDC" in done.stdout + done.stderr
-    assert "earnings   0.0048 USDC pending (refund window), 0.00 USDC available" in done.stderr
+    assert result["chain"]["engine"] in ("anvil", "evm")
+    assert "the registry saw the deposit on chain and credited demo-caller 1 USDC" in done.stderr
+    assert "earnings   0.00 USDC pending (refund window), 0.0048 USDC available" in done.stderr
+    # The money loop: one batch of the creator's 4,800 units, final, claimed, verified, reconciled.
+    assert result["payout"]["batch"] == 1 and result["payout"]["total"] == 4_800
+    assert result["claim"]["amount"] == 4_800 and result["claim"]["claimed"] == [1]
+    assert "verified on chain: 0.0048 USDC to" in done.stderr
+    assert "nothing to claim" in done.stderr
+    assert result["reconcile"] == {"deposits": 0, "payouts committed": 0, "withdrawals": 0}
     assert "mcpz_" not in done.stderr + done.stdout, "the demo must never print a token"
 
 
