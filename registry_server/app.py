@@ -23,6 +23,7 @@ from mcpz.errors import AuthError, McpzError, NotFoundError, RefusedError, Usage
 from registry_server.accounts import routes as api_auth
 from registry_server.accounts.auth import Forbidden
 from registry_server.billing import routes as api_billing
+from registry_server.billing import service as billing_service
 from registry_server.billing import tier_routes as api_tiers
 from registry_server.billing.gate import BillingGate
 from registry_server.billing.quotas import Quotas
@@ -30,6 +31,7 @@ from registry_server.billing.receipt_key import ReceiptSigner
 from registry_server.billing.worker import BillingWorker
 from registry_server.body_limits import BodyLimits
 from registry_server.deployments import routes as api_deploy
+from registry_server.deployments import store as deployment_store
 from registry_server.gateway.asgi import GATEWAY_PREFIX, Gateway
 from registry_server.git import routes as git_http
 from registry_server.git.recovery import recover
@@ -44,6 +46,7 @@ from registry_server.rate_limit import RateLimited, retry_after_header
 from registry_server.releases import routes as api
 from registry_server.releases.index import IndexCache
 from registry_server.settings import RegistrySettings
+from registry_server.settlement import payouts
 from registry_server.settlement import routes as api_settlement
 from registry_server.settlement.chain import chain_of
 from registry_server.settlement.operator import load_operator
@@ -81,6 +84,72 @@ def _settlement_worker(state: RegistryState) -> SettlementWorker | None:
     return SettlementWorker(state, chain_of(config), load_operator(config))
 
 
+def _register_gauges(app: FastAPI) -> None:
+    """The gauges read at each scrape: what the mesh, deployments, usage, billing and settlement hold."""
+    state: RegistryState = app.state.registry
+    metrics = state.metrics
+
+    def nodes() -> dict[tuple[str, ...], float]:
+        with state.db.session() as session:
+            by_state, _ = deployment_store.counts_for_metrics(session)
+        out: dict[tuple[str, ...], float] = {(k,): v for k, v in by_state.items()}
+        out[("connected",)] = len(app.state.mesh.connections)
+        return out
+
+    def replicas() -> dict[tuple[str, ...], float]:
+        with state.db.session() as session:
+            _, by_status = deployment_store.counts_for_metrics(session)
+        return {(k,): v for k, v in by_status.items()}
+
+    def usage() -> dict[tuple[str, ...], float]:
+        stats = app.state.usage.stats
+        return {
+            ("pending",): stats.pending,
+            ("recorded",): stats.recorded,
+            ("journal_errors",): stats.journal_errors,
+        }
+
+    def rating() -> dict[tuple[str, ...], float]:
+        with state.db.session() as session:
+            count, age = billing_service.rating_lag(session)
+        return {("events",): count, ("oldest_seconds",): age}
+
+    def settlement() -> dict[tuple[str, ...], float]:
+        worker = app.state.settlement
+        if worker is None:
+            return {}
+        with state.db.session() as session:
+            batches, deposits = payouts.counts_for_metrics(session, worker.chain.chain_id)
+        out: dict[tuple[str, ...], float] = {("batch", k): v for k, v in batches.items()}
+        out.update({("deposit", k): v for k, v in deposits.items()})
+        return out
+
+    metrics.gauge_family(
+        "mcpz_mesh_nodes", "Nodes by state; `connected`: sockets on this registry.", ["state"], nodes
+    )
+    metrics.gauge_family(
+        "mcpz_replicas", "Replicas by the status their nodes last reported.", ["status"], replicas
+    )
+    metrics.gauge_family(
+        "mcpz_gateway_sessions",
+        "Open MCP sessions on the gateway.",
+        [],
+        lambda: {(): len(app.state.gateway.sessions)},
+    )
+    metrics.gauge_family(
+        "mcpz_usage_events",
+        "The usage recorder: events pending a flush, recorded, lost to the journal.",
+        ["kind"],
+        usage,
+    )
+    metrics.gauge_family(
+        "mcpz_billing_unrated", "Priced calls not rated yet, and the oldest one's age.", ["what"], rating
+    )
+    metrics.gauge_family(
+        "mcpz_settlement", "Payout batches and deposits by state.", ["kind", "state"], settlement
+    )
+
+
 class RequestLogMiddleware:
     """Gives each request an id (X-Request-Id) and logs it as one JSON line when it ends.
 
@@ -110,13 +179,19 @@ class RequestLogMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            seconds = time.perf_counter() - started
+            registry = getattr(getattr(scope.get("app"), "state", None), "registry", None)
+            if registry is not None:
+                # The route's template, never the path: paths hold names without bound.
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                registry.metrics.request(scope["method"], route, status, seconds)
             log.info(
                 "request",
                 extra={
                     "method": scope["method"],
                     "path": scope["path"],
                     "status": status,
-                    "ms": round((time.perf_counter() - started) * 1000, 2),
+                    "ms": round(seconds * 1000, 2),
                 },
             )
             request_id.reset(token)
@@ -191,9 +266,15 @@ def create_app(
                     app.state.settlement = _settlement_worker(app.state.registry)
                     if app.state.settlement is not None:
                         await app.state.settlement.start()
+                    _register_gauges(app)
+                    metrics = app.state.registry.metrics
+                    if settings.metrics_port:
+                        bound = metrics.serve(settings.metrics_host, settings.metrics_port)
+                        log.info("metrics", extra={"url": f"http://{settings.metrics_host}:{bound}/metrics"})
                     try:
                         yield
                     finally:
+                        metrics.stop()
                         if app.state.settlement is not None:
                             await app.state.settlement.stop()
                         await app.state.market.stop()

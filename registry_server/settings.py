@@ -95,6 +95,11 @@ class RegistrySettings:
     settlement_stuck_after: float = 300.0
     settlement_max_fee_gwei: int = 500
 
+    # Prometheus metrics (registry_server/metrics.py) on a port of their own, apart from the API:
+    # 0 = off. The host is loopback unless the operator's Prometheus scrapes from elsewhere.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+
     @property
     def base_url(self) -> str:
         """The public URL as configured, else the address the registry listens on; no trailing `/`."""
@@ -128,6 +133,7 @@ class RegistrySettings:
         nonces = ("nonce_rate_limit", "nonce_rate_window")
         limits = ("max_json_bytes", "header_timeout", "max_sessions_per_account")
         market = ("market_admins", "review_report_threshold", "market_refresh_interval")
+        metrics = ("metrics_host", "metrics_port")
         billing = (
             "platform_fee_bps",
             "price_notice_days",
@@ -144,7 +150,7 @@ class RegistrySettings:
         )  # fmt: skip
         for key in (
             *keys, "public_url", "chain_id", "chain_rpc", *mesh, *gateway, *nonces, *limits, *market,
-            *billing, *settlement,
+            *billing, *settlement, *metrics,
         ):  # fmt: skip
             var = f"MCPZ_REGISTRY_{key.upper()}"
             if env.get(var):
@@ -213,6 +219,8 @@ class RegistrySettings:
                 settlement_payout_minimum=int(values.get("settlement_payout_minimum", 1_000_000)),
                 settlement_stuck_after=float(values.get("settlement_stuck_after", 300.0)),
                 settlement_max_fee_gwei=int(values.get("settlement_max_fee_gwei", 500)),
+                metrics_host=str(values.get("metrics_host", "127.0.0.1")),
+                metrics_port=int(values.get("metrics_port", 0)),
             )
         except (KeyError, ValueError) as e:
             raise UsageError(f"invalid registry setting: {e}", hint="check MCPZ_REGISTRY_* variables") from e
@@ -251,6 +259,11 @@ class RegistrySettings:
                 f"invalid registry setting: settlement_confirmations {self.settlement_confirmations} "
                 "is below 1",
                 hint="set MCPZ_REGISTRY_SETTLEMENT_CONFIRMATIONS to the blocks a deposit waits (12)",
+            )
+        if not 0 <= self.metrics_port <= 65535:
+            raise UsageError(
+                f"invalid registry setting: metrics_port {self.metrics_port} is not between 0 and 65535",
+                hint="set MCPZ_REGISTRY_METRICS_PORT to a free port, or 0 for no metrics",
             )
         if self.settlement_payout_interval < 0:
             raise UsageError(

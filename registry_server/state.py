@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from mcpz.private import private_dir
 from registry_server.db import Database
+from registry_server.metrics import RegistryMetrics
 from registry_server.settings import RegistrySettings
 from registry_server.storage import RepoStore
 
@@ -23,6 +24,8 @@ class RegistryState:
     # domains that keep something derived from releases (the market's listings) register here in
     # app.py, so the releases domain never imports them. A listener must not raise.
     agent_listeners: list[Callable[[str], None]] = field(default_factory=list)
+    # This registry's Prometheus metrics (registry_server/metrics.py); served when metrics_port is set.
+    metrics: RegistryMetrics = field(default_factory=RegistryMetrics)
 
     @classmethod
     def open(cls, settings: RegistrySettings) -> RegistryState:

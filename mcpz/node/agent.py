@@ -108,6 +108,8 @@ class NodeConfig:
     environ: Mapping[str, str] | None = field(default=None, repr=False)  # replicas' base (os.environ)
     allow_unsigned: bool = False  # run releases without signatures (a wrong signature is still refused)
     shared: bool = False  # offer this node to every account's deployments, not only its owner's
+    metrics_port: int | None = None  # serve Prometheus metrics on 127.0.0.1:port (0: any free port)
+    metrics_host: str = "127.0.0.1"
 
 
 def mesh_url(registry: str) -> str:
@@ -315,6 +317,23 @@ class Node:
                 "WARNING: this node runs UNSIGNED releases and deployments (--allow-unsigned): "
                 "for development only"
             )
+        metrics_server: Any = None
+        if self.config.metrics_port is not None:
+            from mcpz.node import metrics
+
+            metrics_server, bound = metrics.serve(
+                self.manager, self.config.metrics_host, self.config.metrics_port
+            )
+            logger.info("metrics on http://%s:%d/metrics", self.config.metrics_host, bound)
+        try:
+            await self._run_manager(handle_signals)
+        finally:
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
+
+    async def _run_manager(self, handle_signals: bool) -> None:
+        assert self.manager is not None
         failure: McpzError | None = None
         async with anyio.create_task_group() as tg:
             if handle_signals:

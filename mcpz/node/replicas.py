@@ -94,6 +94,8 @@ class ReplicaManager:
         self.on_tools = on_tools  # a healthy tools/list of a release the hub has none recorded of
         self.verifier = verifier  # None: releases are not checked for signatures (tests only)
         self.live: dict[str, Replica] = {}
+        self.fetched_bytes = 0  # release bytes fetched from the registry since the node started
+        self.fetches = 0
         self._tg: TaskGroup | None = None
         self._ready = anyio.Event()
         self._changed = anyio.Event()
@@ -244,6 +246,8 @@ class ReplicaManager:
                 self._set(replica, ReplicaStatus.FAILED, f"{e.code.value}: {e.message}", None)
                 return
             replica.pulled_objects, replica.pulled_bytes = pulled.objects, pulled.bytes
+            self.fetches += 1
+            self.fetched_bytes += pulled.bytes
         try:
             spec = process_spec(assignment, folder, self.base_env)
         except McpzError as e:

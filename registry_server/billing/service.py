@@ -797,3 +797,14 @@ def earnings_by_agent(session: Session, creator_id: int, since_us: int) -> dict[
 def priced_agents(session: Session) -> list[str]:
     """Agents that have, or had, a price: the ones whose listing label may need a refresh."""
     return list(session.scalars(select(PriceChange.agent).distinct()))
+
+
+def rating_lag(session: Session, at_us: int | None = None) -> tuple[int, float]:
+    """(priced usage events not rated yet, age in seconds of the oldest of them): the rating lag."""
+    at = now_us() if at_us is None else at_us
+    count, oldest = session.execute(
+        select(func.count(), func.min(UsageEventRow.started_us)).where(
+            UsageEventRow.price > 0, UsageEventRow.rated.is_(None)
+        )
+    ).one()
+    return int(count), (max(0, at - int(oldest)) / 1e6 if oldest is not None else 0.0)

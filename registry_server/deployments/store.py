@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.orm import Session
 
 from mcpz.mesh import LockedDependency, ReplicaStatus
 from registry_server.accounts.models import Account, Namespace, NamespaceMember
@@ -372,3 +373,10 @@ def replica_row(replica: Replica, now: datetime) -> dict[str, Any]:
         "created_at": now,
         "updated_at": now,
     }
+
+
+def counts_for_metrics(session: Session) -> tuple[dict[str, int], dict[str, int]]:
+    """(nodes by state, replicas by status): what the metrics' gauges show at each scrape."""
+    nodes = session.execute(select(MeshNode.state, func.count()).group_by(MeshNode.state))
+    replicas = session.execute(select(MeshReplica.status, func.count()).group_by(MeshReplica.status))
+    return {str(k): int(v) for k, v in nodes}, {str(k): int(v) for k, v in replicas}

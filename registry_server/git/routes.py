@@ -263,12 +263,22 @@ async def upload_pack(namespace: Namespace, name: AgentPart, request: Request) -
         return Response(status_code=400)
 
     def run(write: Callable[[bytes], int]) -> None:
+        sent = 0
+
+        def counted(data: bytes) -> int:
+            nonlocal sent
+            sent += len(data)
+            return write(data)
+
+        outcome = "error"
         try:
-            proto = GitProtocol(body.read, write)
+            proto = GitProtocol(body.read, counted)
             ReusingUploadPackHandler(_Backend(repo), [agent], proto, stateless_rpc=True).handle()
+            outcome = "ok"
         finally:
             repo.close()
             body.close()
+            state.metrics.git("fetch", outcome, sent)
 
     return GitResponse("application/x-git-upload-pack-result", run)
 
@@ -312,15 +322,20 @@ async def receive_pack(namespace: Namespace, name: AgentPart, request: Request) 
     def run(write: Callable[[bytes], int]) -> None:
         # Made only once the whole body is here, so a client that goes away leaves nothing behind;
         # held while in use, so that another push's clean-up below leaves it alone.
+        received = body.seek(0, 2)
+        body.seek(0)
+        outcome = "error"
         state.repos.hold(agent)
         try:
             repo = state.repos.create(agent)
             try:
                 proto = GitProtocol(body.read, write)
                 RegistryReceivePack(_Backend(repo), [agent], proto, ctx=ctx, stateless_rpc=True).handle()
+                outcome = "ok"
             finally:
                 repo.close()
         finally:
+            state.metrics.git("push", outcome, received)
             body.close()
             state.repos.release(agent)
             # A refused or broken push to a new name leaves no empty repository behind.

@@ -594,3 +594,18 @@ def run(
     return drive(
         db, chain, operator, batch_id, policy_of(settings), start_block=settings.settlement_start_block
     )
+
+
+def counts_for_metrics(session: Session, chain_id: int) -> tuple[dict[str, int], dict[str, int]]:
+    """(payout batches by state, deposits by state) on the chain: the metrics' settlement gauges."""
+    from registry_server.settlement.models import Deposit
+
+    batch_rows = session.execute(
+        select(PayoutBatch.state, func.count())
+        .where(PayoutBatch.chain_id == chain_id)
+        .group_by(PayoutBatch.state)
+    )
+    deposit_rows = session.execute(
+        select(Deposit.state, func.count()).where(Deposit.chain_id == chain_id).group_by(Deposit.state)
+    )
+    return {str(k): int(v) for k, v in batch_rows}, {str(k): int(v) for k, v in deposit_rows}

@@ -100,6 +100,7 @@ class UsageRecorder:
         """`held_lock`: the data folder's lock, already taken with `take_data_lock` (it is then
         this recorder's to release)."""
         self.db: Database = state.db
+        self.metrics = state.metrics
         self.directory = state.settings.data_dir / "usage"
         self.interval = state.settings.usage_flush_interval
         self.batch_size = batch_size
@@ -132,6 +133,9 @@ class UsageRecorder:
         Cheap and non-blocking (one `write` to the page cache), for the gateway's call path.
         """
         line = event.canonical() + b"\n"
+        self.metrics.call(
+            event.agent, event.tool, event.outcome, event.duration_us / 1e6, event.bytes_in, event.bytes_out
+        )
         with self._lock:
             if self._fd is None:
                 raise McpzError("the usage recorder is not running", hint="await UsageRecorder.start() first")

@@ -74,6 +74,16 @@ def run_node(
             "through this machine.",
         ),
     ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics at http://127.0.0.1:PORT/metrics (replicas, restarts, CPU, "
+            "memory, fetched bytes); 0 picks a free port, named in the log.",
+        ),
+    ] = None,
 ) -> None:
     """Connect to a registry and run the replicas it deploys here, until interrupted.
 
@@ -106,6 +116,7 @@ def run_node(
         stop_grace=stop_grace,
         allow_unsigned=allow_unsigned,
         shared=shared,
+        metrics_port=metrics_port,
     )
     node = Node(config)
     output = out()

@@ -1,0 +1,136 @@
+"""Prometheus metrics move when things happen: a live registry with its metrics port, a real node
+with its own, a push, a deploy and calls through the gateway; the exposition is parsed with
+prometheus_client's parser. The Grafana dashboard and the alert rules in configs/ use only metrics
+that exist."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+import yaml
+from conftest import start_registry
+from meshutil import AGENT, FAST, Mesh, until
+
+from registry_server.metrics import OTHER, BoundedValues
+from registry_server.serve import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="needs /proc")]
+
+ROOT = Path(__file__).resolve().parents[2]
+CALLS = 3
+
+
+def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Samples by name: [(labels, value)]."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx2.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        out.setdefault(family.name, [])  # a family with no samples yet (settlement off) still exists
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
+    return out
+
+
+def value(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
+    return sum(v for found, v in samples.get(name, []) if all(found.get(k) == x for k, x in labels.items()))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, int, int]]:
+    tmp = tmp_path_factory.mktemp("metrics")
+    registry_port, node_port = free_port(), free_port()
+    mesh = Mesh(tmp, start_registry(tmp / "registry", metrics_port=registry_port, **FAST))
+    try:
+        mesh.publish("1.0.0")
+        mesh.node("node-0", "--metrics-port", str(node_port))
+        mesh.connected(1)
+        mesh.deploy("1.0.0", replicas=1)
+        mesh.settled(1, "1.0.0")
+        token = mesh.reg.account("caller", "read,call")
+        for _ in range(CALLS):
+            done = subprocess.run(
+                [sys.executable, "-m", "mcpz", "call", AGENT, "add", "a=2", "b=40",
+                 "--registry", mesh.reg.url, "--token", token],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert done.returncode == 0 and done.stdout.strip() == "42", done.stderr
+        yield mesh, registry_port, node_port
+    finally:
+        mesh.close()
+        mesh.reg.stop()
+
+
+def test_the_registry_counts_pushes_requests_calls_and_nodes(world: tuple[Mesh, int, int]) -> None:
+    _mesh, port, _ = world
+
+    def counted() -> dict[str, list[tuple[dict[str, str], float]]] | None:
+        found = scrape(port)
+        return found if value(found, "mcpz_gateway_calls_total", agent=AGENT) >= CALLS else None
+
+    samples = until(counted, what="the calls in the registry's metrics")
+    assert value(samples, "mcpz_gateway_calls_total", agent=AGENT, tool="add", outcome="ok") == CALLS
+    assert value(samples, "mcpz_gateway_call_seconds_count", agent=AGENT) == CALLS
+    assert value(samples, "mcpz_gateway_bytes_total", direction="in") > 0
+    assert value(samples, "mcpz_git_operations_total", operation="push", outcome="ok") >= 1
+    assert value(samples, "mcpz_git_bytes_total", operation="push") > 0
+    assert value(samples, "mcpz_git_operations_total", operation="fetch", outcome="ok") >= 1  # the node's
+    # Requests by route template, never by path.
+    routes = {labels["route"] for labels, _ in samples["mcpz_http_requests_total"]}
+    assert "/git/{namespace}/{name}/git-receive-pack" in routes
+    assert not any(AGENT in route for route in routes)
+    assert value(samples, "mcpz_mesh_nodes", state="connected") == 1
+    assert value(samples, "mcpz_mesh_nodes", state="ready") == 1
+    assert value(samples, "mcpz_replicas", status="running") == 1
+    assert "mcpz_usage_events" in samples and "mcpz_billing_unrated" in samples
+
+
+def test_the_node_reports_its_replicas_fetches_and_processes(world: tuple[Mesh, int, int]) -> None:
+    _mesh, _, port = world
+    samples = scrape(port)
+    assert value(samples, "mcpz_node_replicas", status="running") == 1
+    assert value(samples, "mcpz_node_fetches_total") == 1
+    assert value(samples, "mcpz_node_fetch_bytes_total") > 0
+    assert value(samples, "mcpz_node_replica_memory_bytes", deployment=AGENT) > 1_000_000
+    assert value(samples, "mcpz_node_replica_cpu_seconds_total", deployment=AGENT) > 0
+    assert value(samples, "mcpz_node_replica_restarts_total", deployment=AGENT) == 0
+
+
+def _metric_names(expr: str) -> set[str]:
+    # PromQL: identifiers followed by `{`, `[`, `)` or whitespace; functions and keywords are not ours.
+    return set(re.findall(r"\b(mcpz_[a-z0-9_]+)", expr))
+
+
+def test_the_dashboard_and_alerts_use_only_metrics_that_exist(world: tuple[Mesh, int, int]) -> None:
+    _mesh, registry_port, node_port = world
+    exposed = set(scrape(registry_port)) | set(scrape(node_port))
+    dashboard = json.loads((ROOT / "configs" / "grafana-dashboard.json").read_text(encoding="utf-8"))
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    rules = yaml.safe_load((ROOT / "configs" / "prometheus-alerts.yml").read_text(encoding="utf-8"))
+    exprs += [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    used = set().union(*(_metric_names(e) for e in exprs))
+    assert used, "no metric found in the dashboard and rules"
+    missing = sorted(used - exposed)
+    assert missing == [], f"used in configs/ but not exposed: {missing}"
+
+
+def test_label_values_are_bounded() -> None:
+    bounded = BoundedValues(limit=2)
+    assert [bounded(v) for v in ("a", "b", "c", "a", "d")] == ["a", "b", OTHER, "a", OTHER]
+
+
+def test_metrics_are_off_unless_a_port_is_set(tmp_path: Path) -> None:
+    reg = start_registry(tmp_path / "registry")
+    try:
+        answer = httpx2.get(f"{reg.url}/metrics", timeout=10)
+        assert answer.status_code == 404  # never on the public API port
+    finally:
+        reg.stop()
