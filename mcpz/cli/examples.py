@@ -33,6 +33,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "call": ("mcpz call acme/weather forecast city=Oslo days=3", "mcpz call --local . echo text=hi"),
     "connect": ("mcpz connect .",),
     "usage": ("mcpz usage --since 7d", "mcpz usage --agent acme/weather -n 20"),
+    "top": ("mcpz top", "mcpz top --window 300 --interval 5", "mcpz --json top"),
     # publishing
     "push": ("mcpz push",),
     "clone": ("mcpz clone acme/weather@1.0.0",),

@@ -107,6 +107,9 @@ COMMANDS: dict[str, Entry] = {
     "usage": Entry(
         "usage", "Calls through the gateway, summed per agent and tool: calls, errors, time, bytes.", CALL
     ),
+    "top": Entry(
+        "top", "Your nodes, deployments and agents' calls per second, errors and latency, live.", DEPLOY
+    ),
     "market": Entry(
         "market", "The marketplace: search agents, read their listings, review the ones you used.", MARKET
     ),

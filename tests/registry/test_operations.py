@@ -134,3 +134,24 @@ def test_metrics_are_off_unless_a_port_is_set(tmp_path: Path) -> None:
         assert answer.status_code == 404  # never on the public API port
     finally:
         reg.stop()
+
+
+def test_mcpz_top_shows_nodes_deployments_and_calls(world: tuple[Mesh, int, int]) -> None:
+    mesh, _, _ = world
+    args = ["--registry", mesh.reg.url, "--token", mesh.token]
+    done = subprocess.run(
+        [sys.executable, "-m", "mcpz", "--json", "top", "--window", "600", *args],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    snap = json.loads(done.stdout)
+    assert [n["name"] for n in snap["nodes"]] == ["node-0"] and snap["nodes"][0]["connected"]
+    assert [(d["name"], d["ready"], d["replicas"]) for d in snap["deployments"]] == [(AGENT, 1, 1)]
+    (agent,) = snap["agents"]
+    assert (agent["agent"], agent["calls"], agent["errors"]) == (AGENT, CALLS, 0)
+    assert agent["calls_per_second"] == pytest.approx(CALLS / 600) and agent["mean_ms"] > 0
+    plain = subprocess.run(
+        [sys.executable, "-m", "mcpz", "top", "--once", *args], capture_output=True, text=True, timeout=60
+    )
+    assert plain.returncode == 0, plain.stderr
+    assert "node-0" in plain.stdout and AGENT in plain.stdout and "Calls, last 60 s" in plain.stdout
