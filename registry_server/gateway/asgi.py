@@ -16,8 +16,15 @@ warm stdio process. It follows the specification's Streamable HTTP transport (ha
 - **Auth**: a token with scope `call` on every request (401 without, 403 without the scope), and
   the session's own account: a session id alone authorizes nothing. Tokens are checked against the
   database at most every `TOKEN_TTL` seconds per token (a revoked token stops working within that).
-- **Origin**: a browser's `Origin` must be the registry's own or one of `allowed_origins` (403
-  otherwise): a web page must not drive a user's agents through DNS rebinding.
+- **Origin and Host**: a browser's `Origin` must be the registry's own or one of `allowed_origins`
+  (403 otherwise), and the `Host` a request names must be the registry's own (its `public_url`'s),
+  a loopback name, or one of `allowed_hosts` (421 otherwise): a web page must not drive a user's
+  agents through DNS rebinding. A registry whose `public_url` is a wildcard address (0.0.0.0)
+  cannot know its own name and checks no Host.
+- **Protocol version**: `initialize` is answered with the version the client offered when the
+  gateway speaks it (`HANDSHAKE_VERSIONS`), whatever the node's health check negotiated with the
+  agent (the agent was initialized once, for every session); otherwise with the agent's own when
+  the gateway speaks that, else the latest the gateway speaks.
 - **Bounds**: at most `max_calls_in_flight` calls at once (then 503 with Retry-After), 256 per
   replica, `MAX_SESSIONS` sessions, `max_sessions_per_account` per account (past it, the account's
   least recently used idle session ends), bodies up to the mesh frame size (JSON nested at most
@@ -99,6 +106,10 @@ UNAVAILABLE = -32000  # no replica, replica lost, overloaded
 TIMED_OUT = -32001
 BILLING_REFUSED = -32020  # no balance, no subscription, a spend cap reached: `data` says the fix
 CANCELLED = -32800
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+MISDIRECTED = 421  # RFC 9110 15.5.20: a request for a name this server does not answer for
 
 SESSION_HEADER = b"mcp-session-id"
 VERSION_HEADER = b"mcp-protocol-version"
@@ -225,6 +236,15 @@ def parse_path(path: str) -> tuple[str, str | None] | None:
     return deployment, version_or_latest(version)
 
 
+def host_name(host: str) -> str:
+    """The name in a Host header, without its port or an IPv6 literal's brackets, lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    name, colon, port = host.rpartition(":")
+    return name if colon and port.isdigit() else host
+
+
 def _origin_of(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}".lower() if parts.scheme and parts.netloc else ""
@@ -252,6 +272,12 @@ class Gateway:
         self.call_timeout = settings.call_timeout
         self.max_in_flight = settings.max_calls_in_flight
         self.origins = {o.lower() for o in (_origin_of(settings.public_url), *settings.allowed_origins) if o}
+        own = (urlsplit(settings.public_url).hostname or "").lower()
+        self.hosts: frozenset[str] | None = (
+            None  # listening on every address under no name of its own: no Host is checked
+            if own in WILDCARD_HOSTS
+            else frozenset({own, *LOOPBACK_HOSTS, *(host_name(h) for h in settings.allowed_hosts)})
+        )
         self.tokens = TokenCache(state)
         self.sessions: dict[str, Session] = {}
         self.max_sessions_per_account = settings.max_sessions_per_account
@@ -289,6 +315,7 @@ class Gateway:
                 raise GatewayError(
                     404, INVALID_REQUEST, "no such endpoint: use /mcp/{namespace}/{name}[@{version}]"
                 )
+            self._check_host(headers)
             self._check_origin(headers)
             principal = await self._authenticate(headers)
             if self.closing:
@@ -328,6 +355,17 @@ class Gateway:
         if origin is not None and origin.rstrip("/").lower() not in self.origins:
             raise GatewayError(
                 403, INVALID_REQUEST, f"origin {origin} may not call this gateway (see allowed_origins)"
+            )
+
+    def _check_host(self, headers: Mapping[str, str]) -> None:
+        host = headers.get("host")
+        if self.hosts is None or host is None:  # HTTP/1.0 sends none: nothing was re-pointed
+            return
+        if host_name(host) not in self.hosts:
+            raise GatewayError(
+                MISDIRECTED,
+                INVALID_REQUEST,
+                f"host {host} is not this registry's (see allowed_hosts)",
             )
 
     async def _authenticate(self, headers: Mapping[str, str]) -> Principal:
@@ -448,11 +486,34 @@ class Gateway:
         finally:
             self.quotas.release(grant)
         if _outcome_of(payload) == Outcome.OK:
+            payload = self._negotiated(session, payload)
             self._add_session(session)
             await _respond(send, 200, payload, [(SESSION_HEADER, session.id.encode()), *grant.headers])
         else:
             self.router.pin(None, session.target)  # no session came of it
             await _respond(send, 200, payload)
+
+    def _negotiated(self, session: Session, payload: bytes) -> bytes:
+        """The agent's InitializeResult, answering the version this session's client offered."""
+        try:
+            response = jsonlimits.loads(payload)
+        except JSONError:
+            return payload
+        result = response.get("result") if isinstance(response, dict) else None
+        if not isinstance(result, dict):
+            return payload
+        agents = result.get("protocolVersion")
+        if session.protocol_version in HANDSHAKE_VERSIONS:
+            version = session.protocol_version
+        elif agents in HANDSHAKE_VERSIONS:
+            version = str(agents)
+        else:
+            version = HANDSHAKE_VERSIONS[-1]
+        session.protocol_version = version
+        if version == agents:
+            return payload
+        response["result"] = {**result, "protocolVersion": version}
+        return json.dumps(response, separators=(",", ":"), ensure_ascii=False).encode()
 
     async def _request(
         self,

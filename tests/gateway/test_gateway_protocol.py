@@ -325,6 +325,44 @@ def test_malformed_posts_get_the_statuses_the_transport_names(main: Site) -> Non
         assert raw.post(listed).json()["result"]["tools"]
 
 
+def test_initialize_answers_the_version_the_client_offered(main: Site) -> None:
+    """The node's health check initialized the agent once, at the version it negotiated; each
+    session is answered with the version its own client offered, when the gateway speaks it."""
+    with httpx2.Client(timeout=30) as http:
+        raw = Raw(main, http)
+        for offered, answered in (
+            ("2024-11-05", "2024-11-05"),
+            ("2025-06-18", "2025-06-18"),
+            ("2025-11-25", "2025-11-25"),
+            ("2099-01-01", "2025-11-25"),  # unknown: the latest the gateway speaks
+        ):
+            body = initialize_body()
+            body["params"]["protocolVersion"] = offered
+            response = http.post(main.url, json=body, headers=raw.headers())
+            assert response.status_code == 200, response.text
+            result = response.json()["result"]
+            assert result["protocolVersion"] == answered, offered
+            assert result["serverInfo"]["name"] == "acme/tiny"
+            session = {"Mcp-Session-Id": response.headers["mcp-session-id"]}
+            assert http.delete(main.url, headers={**raw.headers(), **session}).status_code == 200
+
+
+def test_a_host_that_is_not_the_registrys_is_refused_dns_rebinding(main: Site) -> None:
+    """A page whose own name was re-pointed at the registry sends that name as Host: 421, before
+    the token is even looked at; loopback names and the registry's own pass."""
+    port = main.mesh.reg.url.rsplit(":", 1)[1]
+    with httpx2.Client(timeout=30) as http:
+        raw = Raw(main, http)
+        evil = http.post(main.url, json=initialize_body(), headers={**raw.headers(), "Host": "evil.example"})
+        assert evil.status_code == 421
+        assert "evil.example" in evil.json()["error"]["message"]
+        anonymous = http.post(main.url, json=initialize_body(), headers={"Host": f"evil.example:{port}"})
+        assert anonymous.status_code == 421  # not 401: nothing about the token is told
+        for name in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST"):
+            ok = http.post(main.url, json=initialize_body(), headers={**raw.headers(), "Host": name})
+            assert ok.status_code == 200, (name, ok.text)
+
+
 def test_one_account_cannot_fill_the_session_table_its_oldest_idle_session_ends(main: Site) -> None:
     cap = 64  # max_sessions_per_account, by default
     listed = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
