@@ -11,7 +11,13 @@ warm stdio process. It follows the specification's Streamable HTTP transport (ha
   starts again). A request is answered with JSON, or with an SSE stream when it asked for progress
   (a `progressToken`) and accepts `text/event-stream`; notifications and responses get 202.
 - **GET** opens the session's stream for messages that answer nothing: the agent's list-changed
-  notifications. One per session (409 for a second).
+  notifications, and `notifications/resources/updated` for the URIs this session subscribed to.
+  One per session (409 for a second).
+- **Subscriptions** on a process that many sessions share: each session's URIs are kept here;
+  `resources/subscribe` is relayed (it is idempotent at the agent), `resources/unsubscribe` only
+  when no other session on that replica still subscribes to the URI (else answered here), and a
+  session that ends or moves to another replica unsubscribes or re-subscribes for itself. An
+  update goes only to the sessions that subscribed to its URI.
 - **DELETE** ends the session: its calls are cancelled, its stream closes.
 - **Auth**: a token with scope `call` on every request (401 without, 403 without the scope), and
   the session's own account: a session id alone authorizes nothing. Tokens are checked against the
@@ -111,6 +117,8 @@ LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 MISDIRECTED = 421  # RFC 9110 15.5.20: a request for a name this server does not answer for
 
+RESOURCE_UPDATED = "notifications/resources/updated"
+
 SESSION_HEADER = b"mcp-session-id"
 VERSION_HEADER = b"mcp-protocol-version"
 
@@ -170,6 +178,7 @@ class Session:
     last_used: float
     stream: asyncio.Queue[bytes | None] | None = None
     calls: dict[str, PendingCall] = field(default_factory=dict)  # by the request's JSON id
+    subscriptions: set[str] = field(default_factory=set)  # resource URIs (resources/subscribe)
 
 
 class TokenCache:
@@ -449,7 +458,10 @@ class Gateway:
         grant = await self._check_call(principal, message)
         try:
             session = self._session(where, principal, headers)
-            await self._request(session, principal, message, body, accept, receive, send, grant)
+            if method in ("resources/subscribe", "resources/unsubscribe"):
+                await self._subscription(session, principal, message, body, receive, send)
+            else:
+                await self._request(session, principal, message, body, accept, receive, send, grant)
         except GatewayError:
             self.quotas.refund(grant)  # the month counts calls that reached an agent
             raise
@@ -544,6 +556,76 @@ class Gateway:
         if payload:  # nothing when the client went away
             await _respond(send, 200, payload, grant.headers if grant else None)
 
+    async def _subscription(
+        self,
+        session: Session,
+        principal: Principal,
+        message: dict[str, Any],
+        body: bytes,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """resources/subscribe and unsubscribe, kept per session on a process sessions share."""
+        if json.dumps(message["id"]) in session.calls:
+            raise GatewayError(
+                400, INVALID_REQUEST, "a request with this id is in flight", request_id=message["id"]
+            )
+        params = message.get("params")
+        uri = params.get("uri") if isinstance(params, dict) else None
+        subscribe = message["method"] == "resources/subscribe"
+        if isinstance(uri, str) and not subscribe:
+            session.subscriptions.discard(uri)
+            if self._watched_by_another(session, uri):
+                # The agent keeps the URI for another session on the same process.
+                ok = {"jsonrpc": "2.0", "id": message["id"], "result": {}}
+                await _respond(send, 200, json.dumps(ok, separators=(",", ":")).encode())
+                return
+        disconnect = asyncio.ensure_future(receive())
+        try:
+            payload, outcome = await self._relay(session, principal, message, body, None, disconnect)
+        finally:
+            disconnect.cancel()
+        if subscribe and isinstance(uri, str) and outcome == Outcome.OK:
+            session.subscriptions.add(uri)
+        if payload:
+            await _respond(send, 200, payload)
+
+    def _watched_by_another(self, session: Session, uri: str) -> bool:
+        target = session.target
+        if target is None:
+            return False
+        return any(
+            other is not session and other.target == target and uri in other.subscriptions
+            for other in self.sessions.values()
+        )
+
+    def _resubscribe(self, session: Session, old: Target | None, new: Target | None) -> None:
+        """A session moved (or ended: `new` None): its URIs follow it to the new replica's agent,
+        and the old agent drops those no other session there still watches."""
+        for uri in sorted(session.subscriptions):
+            if old is not None and self.router.alive(old):
+                if not any(
+                    o is not session and o.target == old and uri in o.subscriptions
+                    for o in self.sessions.values()
+                ):
+                    self._send_unanswered(old, "resources/unsubscribe", uri, session.id)
+            if new is not None:
+                self._send_unanswered(new, "resources/subscribe", uri, session.id)
+
+    def _send_unanswered(self, target: Target, method: str, uri: str, session_id: str) -> None:
+        """A request of the gateway's own, whose answer nobody waits for."""
+        request = {
+            "jsonrpc": "2.0",
+            "id": f"mcpz-{secrets.token_hex(6)}",
+            "method": method,
+            "params": {"uri": uri},
+        }
+        try:
+            call = self.router.start(target, json.dumps(request).encode(), session_id)
+        except CallFailed:
+            return  # the replica is busy or gone: nothing there to keep in step
+        call.future.add_done_callback(lambda f: f.cancelled() or f.exception())
+
     async def _request_streamed(
         self,
         session: Session,
@@ -627,6 +709,8 @@ class Gateway:
             raise GatewayError(503, UNAVAILABLE, e.message, request_id=request_id, retry_after=1) from None
         if target != session.target:
             self.router.pin(target, session.target)
+            if session.subscriptions:
+                self._resubscribe(session, session.target, target)
             session.target = target
         key = json.dumps(request_id)
         session.calls[key] = call
@@ -795,11 +879,15 @@ class Gateway:
                 session.stream = None
 
     def _broadcast(self, replica: Target | tuple[str, int], payload: bytes) -> None:
-        """A notification for every session on a replica (a list changed): to their streams."""
+        """A notification for the sessions on a replica, to their streams: a list changed (all of
+        them), a resource updated (those that subscribed to its URI)."""
         key = replica if isinstance(replica, tuple) else (replica.replica_id, replica.epoch)
+        uri = _updated_uri(payload)
         for session in self.sessions.values():
             target = session.target
             if target is None or session.stream is None or (target.replica_id, target.epoch) != key:
+                continue
+            if uri is not None and uri not in session.subscriptions:
                 continue
             with contextlib.suppress(asyncio.QueueFull):
                 session.stream.put_nowait(payload)
@@ -825,6 +913,8 @@ class Gateway:
             del self._accounts[session.account_id]
         if self.sessions.pop(session.id, None) is not None:
             self.router.pin(None, session.target)
+            if session.subscriptions and not self.closing:
+                self._resubscribe(session, session.target, None)
         for call in list(session.calls.values()):
             self._cancel(call, "the session ended")
         if session.stream is not None:
@@ -992,6 +1082,25 @@ def _outcome_of(payload: bytes) -> str:
     if isinstance(result, dict) and result.get("isError") is True:
         return Outcome.TOOL_ERROR
     return Outcome.OK
+
+
+def _updated_uri(payload: bytes) -> str | None:
+    """The URI of a `notifications/resources/updated` (None for any other message)."""
+    if RESOURCE_UPDATED.encode() not in payload:
+        return None
+    try:
+        message = jsonlimits.loads(payload)
+    except JSONError:
+        return None
+    params = message.get("params") if isinstance(message, dict) else None
+    if (
+        not isinstance(message, dict)
+        or message.get("method") != RESOURCE_UPDATED
+        or not isinstance(params, dict)
+    ):
+        return None
+    uri = params.get("uri")
+    return uri if isinstance(uri, str) else ""  # "": an update of no URI reaches nobody
 
 
 def _sse(payload: bytes) -> bytes:

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import EmptyResult, SubscribeRequestParams, UnsubscribeRequestParams
 
 mcp = MCPServer("acme/tiny", version="1.0.0")
 
@@ -84,6 +85,31 @@ async def grow(name: str, ctx: Context) -> str:
     mcp.add_tool(_grown, name=name)
     await ctx.request_context.session.send_tool_list_changed()
     return name
+
+
+WATCHED: set[str] = set()  # the URIs subscribed to: the process's, for every session at once
+
+
+async def _subscribe(ctx, params):
+    WATCHED.add(str(params.uri))
+    return EmptyResult()
+
+
+async def _unsubscribe(ctx, params):
+    WATCHED.discard(str(params.uri))
+    return EmptyResult()
+
+
+mcp._lowlevel_server.add_request_handler("resources/subscribe", SubscribeRequestParams, _subscribe)
+mcp._lowlevel_server.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, _unsubscribe)
+
+
+@mcp.tool()
+async def touch(uri: str, ctx: Context) -> list[str]:
+    """Announce that `uri` changed, if anyone subscribed to it; the URIs subscribed to."""
+    if uri in WATCHED:
+        await ctx.request_context.session.send_resource_updated(uri)
+    return sorted(WATCHED)
 
 
 if __name__ == "__main__":
@@ -559,6 +585,73 @@ def test_a_tool_list_change_reaches_the_sessions_get_stream(main: Site) -> None:
     assert "grown_tool" in names
 
 
+def test_a_resource_update_reaches_only_the_sessions_subscribed_to_it(main: Site) -> None:
+    """One agent process, three sessions: each update goes to the sessions that subscribed to its
+    URI; one session unsubscribing does not stop another's updates, the last one does; a session
+    that ends takes its subscriptions with it."""
+
+    def subscription(request_id: int, method: str, uri: str) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "id": request_id, "method": f"resources/{method}", "params": {"uri": uri}}
+
+    async def run() -> None:
+        async with httpx2.AsyncClient(timeout=30) as http:
+            raws = []
+            for _ in range(3):
+                raw = Raw(main)
+                response = await http.post(main.url, json=initialize_body(), headers=raw.headers())
+                raw.session_id = response.headers["mcp-session-id"]
+                raws.append(raw)
+            a, b, c = raws
+            for raw, uri in ((a, "test://x"), (b, "test://x"), (c, "test://y")):
+                done = await http.post(
+                    main.url, json=subscription(2, "subscribe", uri), headers=raw.headers()
+                )
+                assert done.status_code == 200 and done.json()["result"] == {}, done.text
+
+            async def touched(uri: str) -> list[str]:
+                call = await http.post(
+                    main.url, json=tool_call(3, "touch", {"uri": uri}), headers=a.headers()
+                )
+                assert call.status_code == 200, call.text
+                return call.json()["result"]["structuredContent"]["result"]  # type: ignore[no-any-return]
+
+            async with (
+                http.stream("GET", main.url, headers=a.headers(Accept="text/event-stream")) as sa,
+                http.stream("GET", main.url, headers=b.headers(Accept="text/event-stream")) as sb,
+                http.stream("GET", main.url, headers=c.headers(Accept="text/event-stream")) as sc,
+            ):
+                la, lb, lc = (stream.aiter_lines() for stream in (sa, sb, sc))
+                assert await touched("test://x") == ["test://x", "test://y"]
+                await touched("test://y")
+                with anyio.fail_after(10):
+                    assert (await _next_line_message(la))["params"] == {"uri": "test://x"}
+                    assert (await _next_line_message(lb))["params"] == {"uri": "test://x"}
+                    assert (await _next_line_message(lc))["params"] == {"uri": "test://y"}
+                # a leaves test://x: b still watches it, so the agent keeps it.
+                gone = await http.post(
+                    main.url, json=subscription(4, "unsubscribe", "test://x"), headers=a.headers()
+                )
+                assert gone.json()["result"] == {}
+                assert await touched("test://x") == ["test://x", "test://y"]
+                with anyio.fail_after(10):
+                    assert (await _next_line_message(lb))["params"] == {"uri": "test://x"}
+                # b ends: nobody watches test://x, and the agent is told.
+                await http.delete(main.url, headers=b.headers())
+                with anyio.fail_after(10):
+                    while await touched("test://x") != ["test://y"]:
+                        await anyio.sleep(0.05)
+                # a never saw a second test://x update, nor c any test://x one: the next message on
+                # each is the one this touch of test://y sends (to c only) or none.
+                await touched("test://y")
+                with anyio.fail_after(10):
+                    assert (await _next_line_message(lc))["params"] == {"uri": "test://y"}
+                await http.delete(main.url, headers=a.headers())
+                await http.delete(main.url, headers=c.headers())
+                assert [line async for line in la if line.startswith("data:")] == []  # nothing more
+
+    anyio.run(run)
+
+
 # --- helpers --------------------------------------------------------------------------------------
 
 
@@ -566,6 +659,14 @@ async def _wait_for_file(path: Path, timeout: float) -> None:
     with anyio.fail_after(timeout):
         while not path.exists():
             await anyio.sleep(0.02)
+
+
+async def _next_line_message(lines: AsyncIterator[str]) -> dict[str, Any]:
+    """The next JSON-RPC message from an SSE stream's lines (one iterator kept per stream)."""
+    async for line in lines:
+        if line.startswith("data:"):
+            return json.loads(line[5:])  # type: ignore[no-any-return]
+    raise AssertionError("the stream ended without a message")
 
 
 async def _next_sse_message(stream: httpx2.Response) -> dict[str, Any]:
