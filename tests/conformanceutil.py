@@ -39,10 +39,11 @@ def missing() -> str | None:
 
 
 def run_suite(url: str, *, timeout: float = 300.0) -> dict[str, bool]:
-    """Every active server scenario of the suite against `url`: scenario -> passed."""
+    """Every server scenario of the suite (the active ones and the pending, `--suite all`) against
+    `url`: scenario -> passed."""
     with tempfile.TemporaryDirectory(prefix="mcpz-conformance-") as out:
         done = subprocess.run(
-            [str(NODE), str(CLI), "server", "--url", url, "--output-dir", out],
+            [str(NODE), str(CLI), "server", "--url", url, "--suite", "all", "--output-dir", out],
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -65,6 +65,7 @@ TOOLS = [
     _tool("test_tool_with_logging", "Sends three log messages while it runs."),
     _tool("test_tool_with_progress", "Reports progress 0, 50 and 100 of 100 while it runs."),
     _tool("test_error_handling", "Always fails, as a tool error."),
+    _tool("test_reconnection", "Closes its SSE stream mid-call where the transport can resume it (SEP-1699)."),
     _tool(
         "test_sampling",
         "Asks the client's model to answer a prompt (sampling).",
@@ -208,6 +209,11 @@ class Everything:
             }
             answer = await self.elicit(ctx, "Please pick some options", schema)
             return _text(f"Elicitation completed: action={answer.get('action')}, content={answer.get('content')}")
+        if name == "test_reconnection":
+            if ctx.close_sse_stream is not None:  # only a transport with an event store resumes
+                await ctx.close_sse_stream()
+            await anyio.sleep(0.1)
+            return _text("Reconnection test completed")
         if name == "json_schema_2020_12_tool":
             return _text(f"Received {json.dumps(args, sort_keys=True)}")
         return types.CallToolResult(content=[types.TextContent(text=f"no tool named {name}")], is_error=True)
