@@ -38,12 +38,13 @@ def missing() -> str | None:
     return None
 
 
-def run_suite(url: str, *, timeout: float = 300.0) -> dict[str, bool]:
-    """Every server scenario of the suite (the active ones and the pending, `--suite all`) against
-    `url`: scenario -> passed."""
+def run_suite(url: str, *, scenario: str | None = None, timeout: float = 300.0) -> dict[str, bool]:
+    """Every server scenario of the suite (the active ones and the pending, `--suite all`), or only
+    `scenario`, against `url`: scenario -> passed."""
+    which = ["--scenario", scenario] if scenario else ["--suite", "all"]
     with tempfile.TemporaryDirectory(prefix="mcpz-conformance-") as out:
         done = subprocess.run(
-            [str(NODE), str(CLI), "server", "--url", url, "--suite", "all", "--output-dir", out],
+            [str(NODE), str(CLI), "server", "--url", url, *which, "--output-dir", out],
             capture_output=True,
             text=True,
             timeout=timeout,
