@@ -12,7 +12,11 @@ warm stdio process. It follows the specification's Streamable HTTP transport (ha
   (a `progressToken`) and accepts `text/event-stream`; notifications and responses get 202.
 - **GET** opens the session's stream for messages that answer nothing: the agent's list-changed
   notifications, and `notifications/resources/updated` for the URIs this session subscribed to.
-  One per session (409 for a second).
+  One per session (409 for a second, unless it resumes: see below). Resumable: each event has an
+  id (per session); the last `REPLAY_EVENTS` are kept, also while no stream is open, and a GET
+  with `Last-Event-ID` gets those after it first (and takes over a stream the gateway still
+  thinks open). A client of 2025-11-25 or later gets a priming event (an id, `retry`, no data)
+  when nothing is replayed. Streams of POST answers (progress) have no ids: they are not resumed.
 - **Subscriptions** on a process that many sessions share: each session's URIs are kept here;
   `resources/subscribe` is relayed (it is idempotent at the agent), `resources/unsubscribe` only
   when no other session on that replica still subscribes to the URI (else answered here), and a
@@ -60,6 +64,7 @@ import json
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -102,6 +107,9 @@ MAX_SESSIONS = 10_000
 SESSION_IDLE = 3600.0  # seconds without a request before a session is forgotten
 STREAM_QUEUE = 256  # messages waiting for one SSE stream before the oldest are dropped
 KEEPALIVE = 15.0  # seconds between comments on an idle SSE stream (proxies close silent ones)
+REPLAY_EVENTS = 64  # a session's last GET-stream events kept for a client that reconnects
+RETRY_MS = 1000  # the `retry` a priming event tells a client to wait before reconnecting
+PRIMING_SINCE = "2025-11-25"  # clients of older revisions may not expect an event without data
 TOKEN_TTL = 5.0
 MAX_CACHED_TOKENS = 10_000
 
@@ -176,9 +184,12 @@ class Session:
     target: Target | None
     protocol_version: str
     last_used: float
-    stream: asyncio.Queue[bytes | None] | None = None
+    stream: asyncio.Queue[tuple[int, bytes] | None] | None = None
     calls: dict[str, PendingCall] = field(default_factory=dict)  # by the request's JSON id
     subscriptions: set[str] = field(default_factory=set)  # resource URIs (resources/subscribe)
+    # The GET stream's last events, by id, for a client that reconnects with Last-Event-ID.
+    sent: deque[tuple[int, bytes]] = field(default_factory=lambda: deque(maxlen=REPLAY_EVENTS))
+    last_event: int = 0
 
 
 class TokenCache:
@@ -839,13 +850,21 @@ class Gateway:
                 406, INVALID_REQUEST, "GET opens an SSE stream: Accept must include text/event-stream"
             )
         session = self._session(where, principal, headers)
+        last = headers.get("last-event-id", "").strip()
+        resumed = int(last) if last.isdigit() else None
         if session.stream is not None:
-            raise GatewayError(409, INVALID_REQUEST, "this session has a stream open already")
+            if resumed is None:
+                raise GatewayError(409, INVALID_REQUEST, "this session has a stream open already")
+            # A client resuming: the stream it lost may not have been noticed gone yet.
+            with contextlib.suppress(asyncio.QueueFull):
+                session.stream.put_nowait(None)
         await _read_body(
             receive, 64 * 1024, headers
         )  # from here on, receive() says only when the client goes
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_QUEUE)
+        queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue(STREAM_QUEUE)
         session.stream = queue
+        # Taken with the queue in place: every later event goes to the queue, none twice.
+        replay = [item for item in session.sent if resumed is not None and item[0] > resumed]
         disconnect = asyncio.ensure_future(receive())
         try:
             await send(
@@ -855,6 +874,12 @@ class Gateway:
                     "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
                 }
             )
+            if replay:
+                body = b"".join(_sse(payload, event_id) for event_id, payload in replay)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            elif session.protocol_version >= PRIMING_SINCE:
+                priming = f"id: {session.last_event}\nretry: {RETRY_MS}\ndata: \n\n".encode()
+                await send({"type": "http.response.body", "body": priming, "more_body": True})
             while not disconnect.done():
                 getting = asyncio.ensure_future(queue.get())
                 done, _ = await asyncio.wait(
@@ -870,7 +895,7 @@ class Gateway:
                 item = getting.result()
                 if item is None:
                     break
-                await send({"type": "http.response.body", "body": _sse(item), "more_body": True})
+                await send({"type": "http.response.body", "body": _sse(item[1], item[0]), "more_body": True})
             if not disconnect.done():
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
@@ -885,12 +910,21 @@ class Gateway:
         uri = _updated_uri(payload)
         for session in self.sessions.values():
             target = session.target
-            if target is None or session.stream is None or (target.replica_id, target.epoch) != key:
+            if target is None or (target.replica_id, target.epoch) != key:
                 continue
             if uri is not None and uri not in session.subscriptions:
                 continue
+            self._to_stream(session, payload)
+
+    @staticmethod
+    def _to_stream(session: Session, payload: bytes) -> None:
+        """An event for the session's GET stream: numbered, kept for a reconnect, sent if open."""
+        session.last_event += 1
+        item = (session.last_event, payload)
+        session.sent.append(item)
+        if session.stream is not None:
             with contextlib.suppress(asyncio.QueueFull):
-                session.stream.put_nowait(payload)
+                session.stream.put_nowait(item)
 
     def _add_session(self, session: Session) -> None:
         """Opens `session`; one account past its cap loses its least recently used idle session
@@ -1103,8 +1137,9 @@ def _updated_uri(payload: bytes) -> str | None:
     return uri if isinstance(uri, str) else ""  # "": an update of no URI reaches nobody
 
 
-def _sse(payload: bytes) -> bytes:
-    return b"event: message\ndata: " + payload.replace(b"\n", b"") + b"\n\n"
+def _sse(payload: bytes, event_id: int | None = None) -> bytes:
+    event = b"event: message\ndata: " + payload.replace(b"\n", b"") + b"\n\n"
+    return event if event_id is None else b"id: %d\n" % event_id + event
 
 
 async def _read_body(receive: Receive, limit: int, headers: Mapping[str, str]) -> bytes:

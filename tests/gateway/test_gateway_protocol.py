@@ -652,6 +652,57 @@ def test_a_resource_update_reaches_only_the_sessions_subscribed_to_it(main: Site
     anyio.run(run)
 
 
+def test_the_get_stream_resumes_from_last_event_id(main: Site) -> None:
+    """Events on a session's GET stream have ids; one sent while no stream was open is replayed to
+    the client that comes back with the last id it saw; a client of 2025-11-25 gets a priming
+    event (an id and `retry`, no data) when there is nothing to replay."""
+
+    async def run() -> None:
+        async with httpx2.AsyncClient(timeout=30) as http:
+            raw = Raw(main)
+            body = initialize_body()
+            body["params"]["protocolVersion"] = "2025-11-25"
+            response = await http.post(main.url, json=body, headers=raw.headers())
+            raw.session_id = response.headers["mcp-session-id"]
+            get = raw.headers(Accept="text/event-stream")
+
+            async def grow(name: str) -> None:
+                grown = await http.post(
+                    main.url, json=tool_call(5, "grow", {"name": name}), headers=raw.headers()
+                )
+                assert grown.status_code == 200, grown.text
+
+            async with http.stream("GET", main.url, headers=get) as stream:
+                events = _sse_events(stream.aiter_lines())
+                with anyio.fail_after(10):
+                    priming = await anext(events)
+                assert priming["data"] == "" and priming["retry"] == "1000"
+                await grow("resumed_a")
+                with anyio.fail_after(10):
+                    first = await anext(events)
+                assert json.loads(first["data"])["method"] == "notifications/tools/list_changed"
+                assert int(first["id"]) > int(priming["id"])
+            await grow("resumed_b")  # no stream open: kept for the client that comes back
+            with anyio.fail_after(10):
+                while main.gateway.sessions[raw.session_id].last_event <= int(first["id"]):
+                    await anyio.sleep(0.02)
+            resume = {**get, "Last-Event-ID": first["id"]}
+            async with http.stream("GET", main.url, headers=resume) as stream:
+                events = _sse_events(stream.aiter_lines())
+                with anyio.fail_after(10):
+                    missed = await anext(events)
+                assert int(missed["id"]) == int(first["id"]) + 1
+                assert json.loads(missed["data"])["method"] == "notifications/tools/list_changed"
+            async with http.stream("GET", main.url, headers=get) as stream:  # no id: nothing replayed
+                events = _sse_events(stream.aiter_lines())
+                with anyio.fail_after(10):
+                    again = await anext(events)
+                assert again["data"] == "" and again["id"] == missed["id"]
+            await http.delete(main.url, headers=raw.headers())
+
+    anyio.run(run)
+
+
 # --- helpers --------------------------------------------------------------------------------------
 
 
@@ -659,6 +710,19 @@ async def _wait_for_file(path: Path, timeout: float) -> None:
     with anyio.fail_after(timeout):
         while not path.exists():
             await anyio.sleep(0.02)
+
+
+async def _sse_events(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, str]]:
+    """SSE events as {field: value} (comments skipped), from a stream's lines."""
+    event: dict[str, str] = {}
+    async for line in lines:
+        if not line:
+            if event:
+                yield event
+            event = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            event[name] = value.removeprefix(" ")
 
 
 async def _next_line_message(lines: AsyncIterator[str]) -> dict[str, Any]:
