@@ -50,10 +50,12 @@ class RegistrySettings:
     node_admins: tuple[str, ...] = ()
     lost_node_retention: float = 86400.0
     # The gateway (/mcp/...): how long one call may take, how many may be in flight (then 503),
-    # which browser origins may call it, and how often usage events are written to the database.
+    # which browser origins and Host names may call it besides the registry's own (DNS
+    # rebinding), and how often usage events are written to the database.
     call_timeout: float = 120.0
     max_calls_in_flight: int = 1000
     allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     usage_flush_interval: float = 1.0
     # Gateway sessions one account may hold; past it its oldest idle session ends.
     max_sessions_per_account: int = 64
@@ -129,7 +131,9 @@ class RegistrySettings:
             "shared_nodes", "shared_node_owners", "node_admins", "lost_node_retention",
             "retry_base", "retry_cap",
         )  # fmt: skip
-        gateway = ("call_timeout", "max_calls_in_flight", "allowed_origins", "usage_flush_interval")
+        gateway = (
+            "call_timeout", "max_calls_in_flight", "allowed_origins", "allowed_hosts", "usage_flush_interval",
+        )  # fmt: skip
         nonces = ("nonce_rate_limit", "nonce_rate_window")
         limits = ("max_json_bytes", "header_timeout", "max_sessions_per_account")
         market = ("market_admins", "review_report_threshold", "market_refresh_interval")
@@ -194,6 +198,7 @@ class RegistrySettings:
                 call_timeout=float(values.get("call_timeout", 120.0)),
                 max_calls_in_flight=int(values.get("max_calls_in_flight", 1000)),
                 allowed_origins=_origins(values.get("allowed_origins", ())),
+                allowed_hosts=tuple(o.lower() for o in _origins(values.get("allowed_hosts", ()))),
                 usage_flush_interval=float(values.get("usage_flush_interval", 1.0)),
                 max_sessions_per_account=int(values.get("max_sessions_per_account", 64)),
                 nonce_rate_limit=int(values.get("nonce_rate_limit", 30)),

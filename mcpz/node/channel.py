@@ -192,9 +192,14 @@ class StdioChannel:
         elif message.get("method") == "ping":
             await self._write({"jsonrpc": "2.0", "id": message["id"], "result": {}})
         else:
-            await self._write(
-                error_response(message["id"], METHOD_NOT_FOUND, "no MCP client is attached to this agent")
+            # The gateway's sessions share this process, and a request over stdio says nothing of
+            # the call that caused it: refused, never guessed onto one client (docs/gateway.md).
+            method = message.get("method")
+            text = (
+                f"{method} cannot reach a client: this agent's process is shared by every gateway "
+                "session, and over stdio a request from it cannot be tied to the call that caused it"
             )
+            await self._write(error_response(message["id"], METHOD_NOT_FOUND, text))
 
     def _broadcast(self, message: JSON) -> None:
         if message.get("method") == "notifications/progress" and self._progress:

@@ -13,10 +13,11 @@ process) and answers with exactly one `result` frame, unless the hub cancelled t
 - **`cancel`** cancels the relaying task; the channel tells the agent (`notifications/cancelled`)
   and no result is sent.
 - **Progress** the agent reports for a call goes back as `notify` frames carrying the call's id;
-  list-changed notifications go back without one (they concern every session). Other messages
-  the agent sends unprompted (log messages, resource updates) are not relayed: over stdio they
-  cannot be tied to the session they belong to, and sending them to every session would leak one
-  client's data to another.
+  list-changed notifications and resource updates go back without one: the gateway sends a list
+  change to every session on the replica, and an update only to the sessions that subscribed to
+  its URI (it keeps each session's subscriptions). Other messages the agent sends unprompted (log
+  messages) are not relayed: over stdio they cannot be tied to the session they belong to, and
+  sending them to every session would leak one client's data to another.
 - **Bounded**: at most `max_calls` calls in flight per connection; past that a call is answered
   with an error at once rather than queued.
 
@@ -52,6 +53,8 @@ LIST_CHANGED = frozenset(
         "notifications/resources/list_changed",
     }
 )
+# What goes to the gateway without a call id: it knows which sessions each concerns.
+FOR_SESSIONS = LIST_CHANGED | {"notifications/resources/updated"}
 
 ChannelLookup = Callable[[str, int], StdioChannel | None]
 Send = Callable[[Frame], Awaitable[None]]
@@ -181,13 +184,14 @@ class CallRelay:
             tg.start_soon(self._emit, notify)
 
     def _watch(self, channel: StdioChannel, replica_id: str, epoch: int) -> None:
-        """Forward the agent's list-changed notifications once a replica is called through the gateway."""
+        """Forward the agent's list changes and resource updates once a replica is called through the
+        gateway."""
         if channel.on_message is not None:
             return
 
         def on_message(message: JSON) -> None:
             tg = self._tg
-            if tg is None or message.get("method") not in LIST_CHANGED:
+            if tg is None or message.get("method") not in FOR_SESSIONS:
                 return
             notify = Notify(id=self._next_id(), replica_id=replica_id, epoch=epoch, payload=dumps(message))
             tg.start_soon(self._emit, notify)

@@ -11,13 +11,30 @@ warm stdio process. It follows the specification's Streamable HTTP transport (ha
   starts again). A request is answered with JSON, or with an SSE stream when it asked for progress
   (a `progressToken`) and accepts `text/event-stream`; notifications and responses get 202.
 - **GET** opens the session's stream for messages that answer nothing: the agent's list-changed
-  notifications. One per session (409 for a second).
+  notifications, and `notifications/resources/updated` for the URIs this session subscribed to.
+  One per session (409 for a second, unless it resumes: see below). Resumable: each event has an
+  id (per session); the last `REPLAY_EVENTS` are kept, also while no stream is open, and a GET
+  with `Last-Event-ID` gets those after it first (and takes over a stream the gateway still
+  thinks open). A client of 2025-11-25 or later gets a priming event (an id, `retry`, no data)
+  when nothing is replayed. Streams of POST answers (progress) have no ids: they are not resumed.
+- **Subscriptions** on a process that many sessions share: each session's URIs are kept here;
+  `resources/subscribe` is relayed (it is idempotent at the agent), `resources/unsubscribe` only
+  when no other session on that replica still subscribes to the URI (else answered here), and a
+  session that ends or moves to another replica unsubscribes or re-subscribes for itself. An
+  update goes only to the sessions that subscribed to its URI.
 - **DELETE** ends the session: its calls are cancelled, its stream closes.
 - **Auth**: a token with scope `call` on every request (401 without, 403 without the scope), and
   the session's own account: a session id alone authorizes nothing. Tokens are checked against the
   database at most every `TOKEN_TTL` seconds per token (a revoked token stops working within that).
-- **Origin**: a browser's `Origin` must be the registry's own or one of `allowed_origins` (403
-  otherwise): a web page must not drive a user's agents through DNS rebinding.
+- **Origin and Host**: a browser's `Origin` must be the registry's own or one of `allowed_origins`
+  (403 otherwise), and the `Host` a request names must be the registry's own (its `public_url`'s),
+  a loopback name, or one of `allowed_hosts` (421 otherwise): a web page must not drive a user's
+  agents through DNS rebinding. A registry whose `public_url` is a wildcard address (0.0.0.0)
+  cannot know its own name and checks no Host.
+- **Protocol version**: `initialize` is answered with the version the client offered when the
+  gateway speaks it (`HANDSHAKE_VERSIONS`), whatever the node's health check negotiated with the
+  agent (the agent was initialized once, for every session); otherwise with the agent's own when
+  the gateway speaks that, else the latest the gateway speaks.
 - **Bounds**: at most `max_calls_in_flight` calls at once (then 503 with Retry-After), 256 per
   replica, `MAX_SESSIONS` sessions, `max_sessions_per_account` per account (past it, the account's
   least recently used idle session ends), bodies up to the mesh frame size (JSON nested at most
@@ -47,6 +64,7 @@ import json
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -89,6 +107,9 @@ MAX_SESSIONS = 10_000
 SESSION_IDLE = 3600.0  # seconds without a request before a session is forgotten
 STREAM_QUEUE = 256  # messages waiting for one SSE stream before the oldest are dropped
 KEEPALIVE = 15.0  # seconds between comments on an idle SSE stream (proxies close silent ones)
+REPLAY_EVENTS = 64  # a session's last GET-stream events kept for a client that reconnects
+RETRY_MS = 1000  # the `retry` a priming event tells a client to wait before reconnecting
+PRIMING_SINCE = "2025-11-25"  # clients of older revisions may not expect an event without data
 TOKEN_TTL = 5.0
 MAX_CACHED_TOKENS = 10_000
 
@@ -99,6 +120,12 @@ UNAVAILABLE = -32000  # no replica, replica lost, overloaded
 TIMED_OUT = -32001
 BILLING_REFUSED = -32020  # no balance, no subscription, a spend cap reached: `data` says the fix
 CANCELLED = -32800
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+MISDIRECTED = 421  # RFC 9110 15.5.20: a request for a name this server does not answer for
+
+RESOURCE_UPDATED = "notifications/resources/updated"
 
 SESSION_HEADER = b"mcp-session-id"
 VERSION_HEADER = b"mcp-protocol-version"
@@ -157,8 +184,12 @@ class Session:
     target: Target | None
     protocol_version: str
     last_used: float
-    stream: asyncio.Queue[bytes | None] | None = None
+    stream: asyncio.Queue[tuple[int, bytes] | None] | None = None
     calls: dict[str, PendingCall] = field(default_factory=dict)  # by the request's JSON id
+    subscriptions: set[str] = field(default_factory=set)  # resource URIs (resources/subscribe)
+    # The GET stream's last events, by id, for a client that reconnects with Last-Event-ID.
+    sent: deque[tuple[int, bytes]] = field(default_factory=lambda: deque(maxlen=REPLAY_EVENTS))
+    last_event: int = 0
 
 
 class TokenCache:
@@ -225,6 +256,15 @@ def parse_path(path: str) -> tuple[str, str | None] | None:
     return deployment, version_or_latest(version)
 
 
+def host_name(host: str) -> str:
+    """The name in a Host header, without its port or an IPv6 literal's brackets, lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    name, colon, port = host.rpartition(":")
+    return name if colon and port.isdigit() else host
+
+
 def _origin_of(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}".lower() if parts.scheme and parts.netloc else ""
@@ -252,6 +292,12 @@ class Gateway:
         self.call_timeout = settings.call_timeout
         self.max_in_flight = settings.max_calls_in_flight
         self.origins = {o.lower() for o in (_origin_of(settings.public_url), *settings.allowed_origins) if o}
+        own = (urlsplit(settings.public_url).hostname or "").lower()
+        self.hosts: frozenset[str] | None = (
+            None  # listening on every address under no name of its own: no Host is checked
+            if own in WILDCARD_HOSTS
+            else frozenset({own, *LOOPBACK_HOSTS, *(host_name(h) for h in settings.allowed_hosts)})
+        )
         self.tokens = TokenCache(state)
         self.sessions: dict[str, Session] = {}
         self.max_sessions_per_account = settings.max_sessions_per_account
@@ -289,6 +335,7 @@ class Gateway:
                 raise GatewayError(
                     404, INVALID_REQUEST, "no such endpoint: use /mcp/{namespace}/{name}[@{version}]"
                 )
+            self._check_host(headers)
             self._check_origin(headers)
             principal = await self._authenticate(headers)
             if self.closing:
@@ -328,6 +375,17 @@ class Gateway:
         if origin is not None and origin.rstrip("/").lower() not in self.origins:
             raise GatewayError(
                 403, INVALID_REQUEST, f"origin {origin} may not call this gateway (see allowed_origins)"
+            )
+
+    def _check_host(self, headers: Mapping[str, str]) -> None:
+        host = headers.get("host")
+        if self.hosts is None or host is None:  # HTTP/1.0 sends none: nothing was re-pointed
+            return
+        if host_name(host) not in self.hosts:
+            raise GatewayError(
+                MISDIRECTED,
+                INVALID_REQUEST,
+                f"host {host} is not this registry's (see allowed_hosts)",
             )
 
     async def _authenticate(self, headers: Mapping[str, str]) -> Principal:
@@ -411,7 +469,10 @@ class Gateway:
         grant = await self._check_call(principal, message)
         try:
             session = self._session(where, principal, headers)
-            await self._request(session, principal, message, body, accept, receive, send, grant)
+            if method in ("resources/subscribe", "resources/unsubscribe"):
+                await self._subscription(session, principal, message, body, receive, send)
+            else:
+                await self._request(session, principal, message, body, accept, receive, send, grant)
         except GatewayError:
             self.quotas.refund(grant)  # the month counts calls that reached an agent
             raise
@@ -448,11 +509,34 @@ class Gateway:
         finally:
             self.quotas.release(grant)
         if _outcome_of(payload) == Outcome.OK:
+            payload = self._negotiated(session, payload)
             self._add_session(session)
             await _respond(send, 200, payload, [(SESSION_HEADER, session.id.encode()), *grant.headers])
         else:
             self.router.pin(None, session.target)  # no session came of it
             await _respond(send, 200, payload)
+
+    def _negotiated(self, session: Session, payload: bytes) -> bytes:
+        """The agent's InitializeResult, answering the version this session's client offered."""
+        try:
+            response = jsonlimits.loads(payload)
+        except JSONError:
+            return payload
+        result = response.get("result") if isinstance(response, dict) else None
+        if not isinstance(result, dict):
+            return payload
+        agents = result.get("protocolVersion")
+        if session.protocol_version in HANDSHAKE_VERSIONS:
+            version = session.protocol_version
+        elif agents in HANDSHAKE_VERSIONS:
+            version = str(agents)
+        else:
+            version = HANDSHAKE_VERSIONS[-1]
+        session.protocol_version = version
+        if version == agents:
+            return payload
+        response["result"] = {**result, "protocolVersion": version}
+        return json.dumps(response, separators=(",", ":"), ensure_ascii=False).encode()
 
     async def _request(
         self,
@@ -482,6 +566,76 @@ class Gateway:
             disconnect.cancel()
         if payload:  # nothing when the client went away
             await _respond(send, 200, payload, grant.headers if grant else None)
+
+    async def _subscription(
+        self,
+        session: Session,
+        principal: Principal,
+        message: dict[str, Any],
+        body: bytes,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """resources/subscribe and unsubscribe, kept per session on a process sessions share."""
+        if json.dumps(message["id"]) in session.calls:
+            raise GatewayError(
+                400, INVALID_REQUEST, "a request with this id is in flight", request_id=message["id"]
+            )
+        params = message.get("params")
+        uri = params.get("uri") if isinstance(params, dict) else None
+        subscribe = message["method"] == "resources/subscribe"
+        if isinstance(uri, str) and not subscribe:
+            session.subscriptions.discard(uri)
+            if self._watched_by_another(session, uri):
+                # The agent keeps the URI for another session on the same process.
+                ok = {"jsonrpc": "2.0", "id": message["id"], "result": {}}
+                await _respond(send, 200, json.dumps(ok, separators=(",", ":")).encode())
+                return
+        disconnect = asyncio.ensure_future(receive())
+        try:
+            payload, outcome = await self._relay(session, principal, message, body, None, disconnect)
+        finally:
+            disconnect.cancel()
+        if subscribe and isinstance(uri, str) and outcome == Outcome.OK:
+            session.subscriptions.add(uri)
+        if payload:
+            await _respond(send, 200, payload)
+
+    def _watched_by_another(self, session: Session, uri: str) -> bool:
+        target = session.target
+        if target is None:
+            return False
+        return any(
+            other is not session and other.target == target and uri in other.subscriptions
+            for other in self.sessions.values()
+        )
+
+    def _resubscribe(self, session: Session, old: Target | None, new: Target | None) -> None:
+        """A session moved (or ended: `new` None): its URIs follow it to the new replica's agent,
+        and the old agent drops those no other session there still watches."""
+        for uri in sorted(session.subscriptions):
+            if old is not None and self.router.alive(old):
+                if not any(
+                    o is not session and o.target == old and uri in o.subscriptions
+                    for o in self.sessions.values()
+                ):
+                    self._send_unanswered(old, "resources/unsubscribe", uri, session.id)
+            if new is not None:
+                self._send_unanswered(new, "resources/subscribe", uri, session.id)
+
+    def _send_unanswered(self, target: Target, method: str, uri: str, session_id: str) -> None:
+        """A request of the gateway's own, whose answer nobody waits for."""
+        request = {
+            "jsonrpc": "2.0",
+            "id": f"mcpz-{secrets.token_hex(6)}",
+            "method": method,
+            "params": {"uri": uri},
+        }
+        try:
+            call = self.router.start(target, json.dumps(request).encode(), session_id)
+        except CallFailed:
+            return  # the replica is busy or gone: nothing there to keep in step
+        call.future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def _request_streamed(
         self,
@@ -566,6 +720,8 @@ class Gateway:
             raise GatewayError(503, UNAVAILABLE, e.message, request_id=request_id, retry_after=1) from None
         if target != session.target:
             self.router.pin(target, session.target)
+            if session.subscriptions:
+                self._resubscribe(session, session.target, target)
             session.target = target
         key = json.dumps(request_id)
         session.calls[key] = call
@@ -694,13 +850,21 @@ class Gateway:
                 406, INVALID_REQUEST, "GET opens an SSE stream: Accept must include text/event-stream"
             )
         session = self._session(where, principal, headers)
+        last = headers.get("last-event-id", "").strip()
+        resumed = int(last) if last.isdigit() else None
         if session.stream is not None:
-            raise GatewayError(409, INVALID_REQUEST, "this session has a stream open already")
+            if resumed is None:
+                raise GatewayError(409, INVALID_REQUEST, "this session has a stream open already")
+            # A client resuming: the stream it lost may not have been noticed gone yet.
+            with contextlib.suppress(asyncio.QueueFull):
+                session.stream.put_nowait(None)
         await _read_body(
             receive, 64 * 1024, headers
         )  # from here on, receive() says only when the client goes
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_QUEUE)
+        queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue(STREAM_QUEUE)
         session.stream = queue
+        # Taken with the queue in place: every later event goes to the queue, none twice.
+        replay = [item for item in session.sent if resumed is not None and item[0] > resumed]
         disconnect = asyncio.ensure_future(receive())
         try:
             await send(
@@ -710,6 +874,12 @@ class Gateway:
                     "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
                 }
             )
+            if replay:
+                body = b"".join(_sse(payload, event_id) for event_id, payload in replay)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            elif session.protocol_version >= PRIMING_SINCE:
+                priming = f"id: {session.last_event}\nretry: {RETRY_MS}\ndata: \n\n".encode()
+                await send({"type": "http.response.body", "body": priming, "more_body": True})
             while not disconnect.done():
                 getting = asyncio.ensure_future(queue.get())
                 done, _ = await asyncio.wait(
@@ -725,7 +895,7 @@ class Gateway:
                 item = getting.result()
                 if item is None:
                     break
-                await send({"type": "http.response.body", "body": _sse(item), "more_body": True})
+                await send({"type": "http.response.body", "body": _sse(item[1], item[0]), "more_body": True})
             if not disconnect.done():
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
@@ -734,14 +904,27 @@ class Gateway:
                 session.stream = None
 
     def _broadcast(self, replica: Target | tuple[str, int], payload: bytes) -> None:
-        """A notification for every session on a replica (a list changed): to their streams."""
+        """A notification for the sessions on a replica, to their streams: a list changed (all of
+        them), a resource updated (those that subscribed to its URI)."""
         key = replica if isinstance(replica, tuple) else (replica.replica_id, replica.epoch)
+        uri = _updated_uri(payload)
         for session in self.sessions.values():
             target = session.target
-            if target is None or session.stream is None or (target.replica_id, target.epoch) != key:
+            if target is None or (target.replica_id, target.epoch) != key:
                 continue
+            if uri is not None and uri not in session.subscriptions:
+                continue
+            self._to_stream(session, payload)
+
+    @staticmethod
+    def _to_stream(session: Session, payload: bytes) -> None:
+        """An event for the session's GET stream: numbered, kept for a reconnect, sent if open."""
+        session.last_event += 1
+        item = (session.last_event, payload)
+        session.sent.append(item)
+        if session.stream is not None:
             with contextlib.suppress(asyncio.QueueFull):
-                session.stream.put_nowait(payload)
+                session.stream.put_nowait(item)
 
     def _add_session(self, session: Session) -> None:
         """Opens `session`; one account past its cap loses its least recently used idle session
@@ -764,6 +947,8 @@ class Gateway:
             del self._accounts[session.account_id]
         if self.sessions.pop(session.id, None) is not None:
             self.router.pin(None, session.target)
+            if session.subscriptions and not self.closing:
+                self._resubscribe(session, session.target, None)
         for call in list(session.calls.values()):
             self._cancel(call, "the session ended")
         if session.stream is not None:
@@ -933,8 +1118,28 @@ def _outcome_of(payload: bytes) -> str:
     return Outcome.OK
 
 
-def _sse(payload: bytes) -> bytes:
-    return b"event: message\ndata: " + payload.replace(b"\n", b"") + b"\n\n"
+def _updated_uri(payload: bytes) -> str | None:
+    """The URI of a `notifications/resources/updated` (None for any other message)."""
+    if RESOURCE_UPDATED.encode() not in payload:
+        return None
+    try:
+        message = jsonlimits.loads(payload)
+    except JSONError:
+        return None
+    params = message.get("params") if isinstance(message, dict) else None
+    if (
+        not isinstance(message, dict)
+        or message.get("method") != RESOURCE_UPDATED
+        or not isinstance(params, dict)
+    ):
+        return None
+    uri = params.get("uri")
+    return uri if isinstance(uri, str) else ""  # "": an update of no URI reaches nobody
+
+
+def _sse(payload: bytes, event_id: int | None = None) -> bytes:
+    event = b"event: message\ndata: " + payload.replace(b"\n", b"") + b"\n\n"
+    return event if event_id is None else b"id: %d\n" % event_id + event
 
 
 async def _read_body(receive: Receive, limit: int, headers: Mapping[str, str]) -> bytes:

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import EmptyResult, SubscribeRequestParams, UnsubscribeRequestParams
 
 mcp = MCPServer("acme/tiny", version="1.0.0")
 
@@ -84,6 +85,31 @@ async def grow(name: str, ctx: Context) -> str:
     mcp.add_tool(_grown, name=name)
     await ctx.request_context.session.send_tool_list_changed()
     return name
+
+
+WATCHED: set[str] = set()  # the URIs subscribed to: the process's, for every session at once
+
+
+async def _subscribe(ctx, params):
+    WATCHED.add(str(params.uri))
+    return EmptyResult()
+
+
+async def _unsubscribe(ctx, params):
+    WATCHED.discard(str(params.uri))
+    return EmptyResult()
+
+
+mcp._lowlevel_server.add_request_handler("resources/subscribe", SubscribeRequestParams, _subscribe)
+mcp._lowlevel_server.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, _unsubscribe)
+
+
+@mcp.tool()
+async def touch(uri: str, ctx: Context) -> list[str]:
+    """Announce that `uri` changed, if anyone subscribed to it; the URIs subscribed to."""
+    if uri in WATCHED:
+        await ctx.request_context.session.send_resource_updated(uri)
+    return sorted(WATCHED)
 
 
 if __name__ == "__main__":
@@ -325,6 +351,44 @@ def test_malformed_posts_get_the_statuses_the_transport_names(main: Site) -> Non
         assert raw.post(listed).json()["result"]["tools"]
 
 
+def test_initialize_answers_the_version_the_client_offered(main: Site) -> None:
+    """The node's health check initialized the agent once, at the version it negotiated; each
+    session is answered with the version its own client offered, when the gateway speaks it."""
+    with httpx2.Client(timeout=30) as http:
+        raw = Raw(main, http)
+        for offered, answered in (
+            ("2024-11-05", "2024-11-05"),
+            ("2025-06-18", "2025-06-18"),
+            ("2025-11-25", "2025-11-25"),
+            ("2099-01-01", "2025-11-25"),  # unknown: the latest the gateway speaks
+        ):
+            body = initialize_body()
+            body["params"]["protocolVersion"] = offered
+            response = http.post(main.url, json=body, headers=raw.headers())
+            assert response.status_code == 200, response.text
+            result = response.json()["result"]
+            assert result["protocolVersion"] == answered, offered
+            assert result["serverInfo"]["name"] == "acme/tiny"
+            session = {"Mcp-Session-Id": response.headers["mcp-session-id"]}
+            assert http.delete(main.url, headers={**raw.headers(), **session}).status_code == 200
+
+
+def test_a_host_that_is_not_the_registrys_is_refused_dns_rebinding(main: Site) -> None:
+    """A page whose own name was re-pointed at the registry sends that name as Host: 421, before
+    the token is even looked at; loopback names and the registry's own pass."""
+    port = main.mesh.reg.url.rsplit(":", 1)[1]
+    with httpx2.Client(timeout=30) as http:
+        raw = Raw(main, http)
+        evil = http.post(main.url, json=initialize_body(), headers={**raw.headers(), "Host": "evil.example"})
+        assert evil.status_code == 421
+        assert "evil.example" in evil.json()["error"]["message"]
+        anonymous = http.post(main.url, json=initialize_body(), headers={"Host": f"evil.example:{port}"})
+        assert anonymous.status_code == 421  # not 401: nothing about the token is told
+        for name in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST"):
+            ok = http.post(main.url, json=initialize_body(), headers={**raw.headers(), "Host": name})
+            assert ok.status_code == 200, (name, ok.text)
+
+
 def test_one_account_cannot_fill_the_session_table_its_oldest_idle_session_ends(main: Site) -> None:
     cap = 64  # max_sessions_per_account, by default
     listed = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
@@ -521,6 +585,124 @@ def test_a_tool_list_change_reaches_the_sessions_get_stream(main: Site) -> None:
     assert "grown_tool" in names
 
 
+def test_a_resource_update_reaches_only_the_sessions_subscribed_to_it(main: Site) -> None:
+    """One agent process, three sessions: each update goes to the sessions that subscribed to its
+    URI; one session unsubscribing does not stop another's updates, the last one does; a session
+    that ends takes its subscriptions with it."""
+
+    def subscription(request_id: int, method: str, uri: str) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "id": request_id, "method": f"resources/{method}", "params": {"uri": uri}}
+
+    async def run() -> None:
+        async with httpx2.AsyncClient(timeout=30) as http:
+            raws = []
+            for _ in range(3):
+                raw = Raw(main)
+                response = await http.post(main.url, json=initialize_body(), headers=raw.headers())
+                raw.session_id = response.headers["mcp-session-id"]
+                raws.append(raw)
+            a, b, c = raws
+            for raw, uri in ((a, "test://x"), (b, "test://x"), (c, "test://y")):
+                done = await http.post(
+                    main.url, json=subscription(2, "subscribe", uri), headers=raw.headers()
+                )
+                assert done.status_code == 200 and done.json()["result"] == {}, done.text
+
+            async def touched(uri: str) -> list[str]:
+                call = await http.post(
+                    main.url, json=tool_call(3, "touch", {"uri": uri}), headers=a.headers()
+                )
+                assert call.status_code == 200, call.text
+                return call.json()["result"]["structuredContent"]["result"]  # type: ignore[no-any-return]
+
+            async with (
+                http.stream("GET", main.url, headers=a.headers(Accept="text/event-stream")) as sa,
+                http.stream("GET", main.url, headers=b.headers(Accept="text/event-stream")) as sb,
+                http.stream("GET", main.url, headers=c.headers(Accept="text/event-stream")) as sc,
+            ):
+                la, lb, lc = (stream.aiter_lines() for stream in (sa, sb, sc))
+                assert await touched("test://x") == ["test://x", "test://y"]
+                await touched("test://y")
+                with anyio.fail_after(10):
+                    assert (await _next_line_message(la))["params"] == {"uri": "test://x"}
+                    assert (await _next_line_message(lb))["params"] == {"uri": "test://x"}
+                    assert (await _next_line_message(lc))["params"] == {"uri": "test://y"}
+                # a leaves test://x: b still watches it, so the agent keeps it.
+                gone = await http.post(
+                    main.url, json=subscription(4, "unsubscribe", "test://x"), headers=a.headers()
+                )
+                assert gone.json()["result"] == {}
+                assert await touched("test://x") == ["test://x", "test://y"]
+                with anyio.fail_after(10):
+                    assert (await _next_line_message(lb))["params"] == {"uri": "test://x"}
+                # b ends: nobody watches test://x, and the agent is told.
+                await http.delete(main.url, headers=b.headers())
+                with anyio.fail_after(10):
+                    while await touched("test://x") != ["test://y"]:
+                        await anyio.sleep(0.05)
+                # a never saw a second test://x update, nor c any test://x one: the next message on
+                # each is the one this touch of test://y sends (to c only) or none.
+                await touched("test://y")
+                with anyio.fail_after(10):
+                    assert (await _next_line_message(lc))["params"] == {"uri": "test://y"}
+                await http.delete(main.url, headers=a.headers())
+                await http.delete(main.url, headers=c.headers())
+                assert [line async for line in la if line.startswith("data:")] == []  # nothing more
+
+    anyio.run(run)
+
+
+def test_the_get_stream_resumes_from_last_event_id(main: Site) -> None:
+    """Events on a session's GET stream have ids; one sent while no stream was open is replayed to
+    the client that comes back with the last id it saw; a client of 2025-11-25 gets a priming
+    event (an id and `retry`, no data) when there is nothing to replay."""
+
+    async def run() -> None:
+        async with httpx2.AsyncClient(timeout=30) as http:
+            raw = Raw(main)
+            body = initialize_body()
+            body["params"]["protocolVersion"] = "2025-11-25"
+            response = await http.post(main.url, json=body, headers=raw.headers())
+            raw.session_id = response.headers["mcp-session-id"]
+            get = raw.headers(Accept="text/event-stream")
+
+            async def grow(name: str) -> None:
+                grown = await http.post(
+                    main.url, json=tool_call(5, "grow", {"name": name}), headers=raw.headers()
+                )
+                assert grown.status_code == 200, grown.text
+
+            async with http.stream("GET", main.url, headers=get) as stream:
+                events = _sse_events(stream.aiter_lines())
+                with anyio.fail_after(10):
+                    priming = await anext(events)
+                assert priming["data"] == "" and priming["retry"] == "1000"
+                await grow("resumed_a")
+                with anyio.fail_after(10):
+                    first = await anext(events)
+                assert json.loads(first["data"])["method"] == "notifications/tools/list_changed"
+                assert int(first["id"]) > int(priming["id"])
+            await grow("resumed_b")  # no stream open: kept for the client that comes back
+            with anyio.fail_after(10):
+                while main.gateway.sessions[raw.session_id].last_event <= int(first["id"]):
+                    await anyio.sleep(0.02)
+            resume = {**get, "Last-Event-ID": first["id"]}
+            async with http.stream("GET", main.url, headers=resume) as stream:
+                events = _sse_events(stream.aiter_lines())
+                with anyio.fail_after(10):
+                    missed = await anext(events)
+                assert int(missed["id"]) == int(first["id"]) + 1
+                assert json.loads(missed["data"])["method"] == "notifications/tools/list_changed"
+            async with http.stream("GET", main.url, headers=get) as stream:  # no id: nothing replayed
+                events = _sse_events(stream.aiter_lines())
+                with anyio.fail_after(10):
+                    again = await anext(events)
+                assert again["data"] == "" and again["id"] == missed["id"]
+            await http.delete(main.url, headers=raw.headers())
+
+    anyio.run(run)
+
+
 # --- helpers --------------------------------------------------------------------------------------
 
 
@@ -528,6 +710,27 @@ async def _wait_for_file(path: Path, timeout: float) -> None:
     with anyio.fail_after(timeout):
         while not path.exists():
             await anyio.sleep(0.02)
+
+
+async def _sse_events(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, str]]:
+    """SSE events as {field: value} (comments skipped), from a stream's lines."""
+    event: dict[str, str] = {}
+    async for line in lines:
+        if not line:
+            if event:
+                yield event
+            event = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            event[name] = value.removeprefix(" ")
+
+
+async def _next_line_message(lines: AsyncIterator[str]) -> dict[str, Any]:
+    """The next JSON-RPC message from an SSE stream's lines (one iterator kept per stream)."""
+    async for line in lines:
+        if line.startswith("data:"):
+            return json.loads(line[5:])  # type: ignore[no-any-return]
+    raise AssertionError("the stream ended without a message")
 
 
 async def _next_sse_message(stream: httpx2.Response) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from mcpz.local.session import open_agent
 from mcpz.manifest import load_manifest
 
 EXAMPLES = bundled_path("templates").parent / "examples"
-AGENTS = {"weather": "acme/weather", "notes": "acme/notes"}
+AGENTS = {"weather": "acme/weather", "notes": "acme/notes", "everything": "acme/everything"}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def anyio_backend() -> str:
 def test_every_example_has_a_valid_manifest() -> None:
     folders = [p.parent for p in EXAMPLES.glob("*/mcpz.toml")]
     names = {folder.name: load_manifest(folder) for folder in folders}
-    assert {"geo", "weather", "notes"} <= set(names)
+    assert {"geo", "weather", "notes", "everything"} <= set(names)
     assert names["geo"].kind == "plugin" and names["geo"].run is None
     assert names["weather"].dependencies == {"acme/geo": "^0.1"}
     assert names["notes"].run is not None and names["notes"].run.env == {"NOTES_FILE": "notes.json"}
@@ -94,3 +94,18 @@ async def test_notes_keeps_notes_in_its_file(examples: Path) -> None:
     assert found.structured_content == {"result": [added.structured_content]}
     assert missing.is_error and "no note with id 99" in missing.text
     assert (folder / "notes.json").is_file()  # NOTES_FILE from [run] env, in the agent's folder
+
+
+@pytest.mark.anyio
+async def test_everything_answers_the_conformance_suites_tools_over_stdio(examples: Path) -> None:
+    """The agent tests/conformance/ runs the official suite against; here only what needs no client
+    capability (the suite itself covers the rest, over HTTP)."""
+    async with open_agent(examples / "everything", timeout=60) as agent:
+        tools = {t.name for t in await agent.list_tools()}
+        text = await agent.call("test_simple_text", {})
+        error = await agent.call("test_error_handling", {})
+        progress = await agent.call("test_tool_with_progress", {})
+    assert {"test_simple_text", "test_sampling", "test_elicitation", "json_schema_2020_12_tool"} <= tools
+    assert text.text == "This is a simple text response for testing."
+    assert error.is_error and "intentionally" in error.text
+    assert not progress.is_error
