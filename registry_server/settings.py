@@ -87,6 +87,9 @@ class RegistrySettings:
     settlement_start_block: int = 0  # the contract's deployment block: nothing before it is read
     settlement_operator_keystore: str = ""
     settlement_poll_interval: float = 3.0
+    # Seconds a withdrawal voucher stays usable on chain; its amount is held off the balance until
+    # it is used or has expired.
+    settlement_voucher_ttl: int = 86400
 
     @property
     def base_url(self) -> str:
@@ -132,6 +135,7 @@ class RegistrySettings:
         settlement = (
             "settlement_rpc", "settlement_chain_id", "settlement_contract", "settlement_confirmations",
             "settlement_start_block", "settlement_operator_keystore", "settlement_poll_interval",
+            "settlement_voucher_ttl",
         )  # fmt: skip
         for key in (
             *keys, "public_url", "chain_id", "chain_rpc", *mesh, *gateway, *nonces, *limits, *market,
@@ -200,6 +204,7 @@ class RegistrySettings:
                 settlement_start_block=int(values.get("settlement_start_block", 0)),
                 settlement_operator_keystore=str(values.get("settlement_operator_keystore", "")),
                 settlement_poll_interval=float(values.get("settlement_poll_interval", 3.0)),
+                settlement_voucher_ttl=int(values.get("settlement_voucher_ttl", 86400)),
             )
         except (KeyError, ValueError) as e:
             raise UsageError(f"invalid registry setting: {e}", hint="check MCPZ_REGISTRY_* variables") from e
@@ -267,6 +272,7 @@ _POSITIVE = (
     "review_report_threshold",
     "market_refresh_interval",
     "settlement_poll_interval",
+    "settlement_voucher_ttl",
 )
 
 

@@ -11,7 +11,7 @@ import logging
 
 import anyio.to_thread
 
-from registry_server.settlement import deposits
+from registry_server.settlement import deposits, withdrawals
 from registry_server.settlement.chain import SettlementChain, TokenInfo
 from registry_server.settlement.operator import Operator
 from registry_server.state import RegistryState
@@ -38,6 +38,9 @@ class SettlementWorker:
         self._checked = False
         self._task: asyncio.Task[None] | None = None
         self.credited = 0
+        self.withdrawals = withdrawals.Watcher(
+            state.db, chain, self.confirmations, start_block=self.start_block
+        )
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="settlement")
@@ -59,6 +62,7 @@ class SettlementWorker:
             # A node of another chain would have its blocks taken for ours; nothing is read until it is right.
             await anyio.to_thread.run_sync(self.chain.check)
             self._checked = True
+        await anyio.to_thread.run_sync(self.withdrawals.step)
         for _ in range(CATCH_UP_ROUNDS):
             done = await anyio.to_thread.run_sync(
                 lambda: deposits.scan(
