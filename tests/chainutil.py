@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -202,3 +203,24 @@ def deploy_settlement(anvil: Anvil) -> Settlement:
     token = deploy(anvil, admin, TEST_TOKEN)
     contract = deploy(anvil, admin, SETTLEMENT, token.address, admin.address, operator.address)
     return Settlement(anvil, token, contract, admin, operator, user, abi=load_artifact(SETTLEMENT).abi)
+
+
+class Miner:
+    """Mines a block every few moments while the command waits, as a live chain would."""
+
+    def __init__(self, settlement: Settlement) -> None:
+        self.settlement = settlement
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.2):
+            self.settlement.anvil.w3.provider.make_request("anvil_mine", ["0x1"])
+
+    def __enter__(self) -> Miner:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join()

@@ -94,6 +94,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "mcpz billing deposit 5 --rpc http://127.0.0.1:8545",
         "mcpz billing deposit 20 --account acme --no-wait --json",
     ),
+    "billing withdraw": (
+        "mcpz billing withdraw 5 --rpc http://127.0.0.1:8545",
+        "mcpz billing withdraw --voucher 12 --json",
+    ),
+    "billing withdrawals": ("mcpz billing withdrawals", "mcpz billing withdrawals --json"),
     "billing caps": ("mcpz billing caps",),
     "billing caps set": (
         "mcpz billing caps set 5 --per day",

@@ -117,11 +117,11 @@ def _settlement_of(request: Request) -> SettlementWorker:
 async def withdraw(request: Request, state: State, principal: Caller, body: WithdrawIn) -> WithdrawalOut:
     """A voucher to take `amount` of the available balance back to the account's wallet on chain: the
     amount is held until the voucher is used (`withdraw(amount, nonce, expiry, signature)`) or expires."""
+    who = await anyio.to_thread.run_sync(lambda: require(principal, "call", db=state.db))
     worker = _settlement_of(request)
     domain = withdrawals.VoucherDomain(worker.chain.chain_id, worker.chain.address)
 
     def run() -> WithdrawalOut:
-        who = require(principal, "call", db=state.db)
         with state.db.session() as session:
             row = withdrawals.issue(
                 session,
@@ -149,11 +149,11 @@ async def list_withdrawals(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[WithdrawalOut]:
     """The caller's withdrawal vouchers on this registry's chain, newest first, with their states."""
+    scope = "call" if principal is not None and principal.has("call") else "read"
+    who = await anyio.to_thread.run_sync(lambda: require(principal, scope, db=state.db))
     worker = _settlement_of(request)
 
     def run() -> list[WithdrawalOut]:
-        scope = "call" if principal is not None and principal.has("call") else "read"
-        who = require(principal, scope, db=state.db)
         with state.db.session() as session:
             rows = withdrawals.vouchers_of(session, who.account_id, worker.chain.chain_id, limit)
             return [_voucher_out(r) for r in rows]

@@ -4,13 +4,12 @@ the contract and credits the deposit after its confirmations."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from chainutil import CHAIN_ID, Settlement, _free_port
+from chainutil import CHAIN_ID, Miner, Settlement, _free_port
 from conftest import LiveRegistry, start_registry
 from gitutil import api
 
@@ -51,27 +50,6 @@ def wallet(monkeypatch: pytest.MonkeyPatch, settlement: Settlement) -> LocalAcco
     Wallet.import_key(key.key.hex(), PASSPHRASE)
     settlement.anvil.fund(key.address)
     return key
-
-
-class Miner:
-    """Mines a block every few moments while the command waits, as a live chain would."""
-
-    def __init__(self, settlement: Settlement) -> None:
-        self.settlement = settlement
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self) -> None:
-        while not self.stopped.wait(0.2):
-            self.settlement.anvil.w3.provider.make_request("anvil_mine", ["0x1"])
-
-    def __enter__(self) -> Miner:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopped.set()
-        self.thread.join()
 
 
 def available(reg: LiveRegistry, token: str) -> int:
