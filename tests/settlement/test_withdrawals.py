@@ -3,6 +3,7 @@ the watcher at confirmed blocks; an expired one's amount returns to the consumer
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -295,3 +296,32 @@ def test_a_withdrawal_matching_no_voucher_is_reported_not_settled(
     assert done.withdrawn == [] and len(done.unmatched) == 2
     assert state_of(world, v.id) == VOUCHER_ISSUED
     assert balances(world, me) == {"available": USDC, "held": USDC, "out": 0}
+
+
+def test_two_watchers_at_once_settle_each_voucher_once(world: World, settlement: Settlement) -> None:
+    s = settlement
+    key, me = wallet_account(world, s, 5 * USDC)
+    used = issue(world, s, me, 2 * USDC)
+    unused = issue(world, s, me, USDC)
+    use(s, key, used)
+    s.anvil.set_next_timestamp(unused.expiry + 1)
+    mine(s, CONFIRMATIONS)
+    watchers = [withdrawals.Watcher(world.state.db, chain_of(s), CONFIRMATIONS) for _ in range(2)]
+    results: list[withdrawals.Watched] = []
+    errors: list[BaseException] = []
+
+    def run(watcher: withdrawals.Watcher) -> None:
+        try:
+            results.append(watcher.step())
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in watchers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(k for r in results for k in r.withdrawn) == [f"withdrawn:{CHAIN_ID}:{used.id}"]
+    assert sorted(k for r in results for k in r.expired) == [f"withdraw-expired:{CHAIN_ID}:{unused.id}"]
+    assert balances(world, me) == {"available": 3 * USDC, "held": 0, "out": 2 * USDC}
