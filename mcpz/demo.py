@@ -41,6 +41,7 @@ class DemoContext:
     results: dict[str, Any] = field(default_factory=dict)
     node_token: str | None = None  # never shown
     nodes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    chain: Any = None  # mcpz.local.chain.DevChain, once started
 
     def mcpz(
         self,
@@ -112,19 +113,49 @@ def step_call(ctx: DemoContext) -> None:
         raise DemoFailed(f"add 2 40 on the local agent answered {answer!r}, not 42")
 
 
+OPERATOR_KEY = "MCPZ_REGISTRY_SETTLEMENT_OPERATOR_KEY"
+
+
+def step_chain(ctx: DemoContext) -> None:
+    """A local settlement chain: anvil where it is installed, else the embedded EVM."""
+    from mcpz.local.chain import start_dev_chain
+    from registry_server.serve import free_port
+
+    ctx.say("$ mcpz chain dev &   (a local chain with the token and the settlement contract)")
+    ctx.chain = start_dev_chain(free_port())
+    engine = "anvil" if ctx.chain.engine == "anvil" else "the embedded EVM (anvil is not installed)"
+    ctx.show(f"chain {ctx.chain.chain_id} on {ctx.chain.rpc_url} ({engine}); contract {ctx.chain.contract}")
+    # The user's commands reach the chain here; the operator's (`mcpz registry payouts`) with these.
+    ctx.env["MCPZ_CHAIN_RPC"] = ctx.chain.rpc_url
+    for name, value in ctx.chain.env().items():
+        ctx.env[name] = value
+    # One confirmation: the local chain never reorganises (a real registry waits 12 blocks).
+    ctx.env["MCPZ_REGISTRY_SETTLEMENT_CONFIRMATIONS"] = "1"
+    ctx.env["MCPZ_REGISTRY_SETTLEMENT_PAYOUT_MINIMUM"] = "1"
+    ctx.env["MCPZ_REGISTRY_SETTLEMENT_PAYOUT_INTERVAL"] = "0"
+    ctx.results["chain"] = {"engine": ctx.chain.engine, "contract": ctx.chain.contract}
+
+
 def step_registry(ctx: DemoContext) -> None:
     from registry_server.serve import free_port, start_in_thread
     from registry_server.settings import RegistrySettings
 
     data = ctx.root / "registry"
-    ctx.say("starting an embedded registry (SQLite, in this process)")
+    ctx.say("starting an embedded registry (SQLite, in this process), settling on the local chain")
     # Its log lines would interleave with the steps' output; `mcpz -v demo` keeps them.
     server_log = logging.getLogger("registry_server")
     if not logging.getLogger("mcpz").isEnabledFor(logging.INFO):
         server_log.addHandler(logging.NullHandler())
         server_log.propagate = False
-    # No notice period: the billing step's price applies at once (a real registry gives 14 days).
-    settings = RegistrySettings.load(data_dir=data, env=ctx.env, port=free_port(), price_notice_days=0.0)
+    # No notice period: the billing step's price applies at once (a real registry gives 14 days); no
+    # refund window, so the creator's earnings are ready for payout at once (a real registry: 7 days).
+    settings = RegistrySettings.load(
+        data_dir=data, env=ctx.env, port=free_port(), price_notice_days=0.0, refund_window_days=0.0,
+        settlement_poll_interval=0.2,
+    )  # fmt: skip
+    # The registry runs in this process and reads the operator key from its environment (never from
+    # settings); it is the local chain's public development key, and leaves with the demo.
+    os.environ[OPERATOR_KEY] = ctx.env[OPERATOR_KEY]
     ctx.registry_handle = start_in_thread(settings)
     ctx.registry_url = ctx.registry_handle.url
     ctx.env["MCPZ_REGISTRY"] = ctx.registry_url
@@ -309,11 +340,20 @@ def step_billing(ctx: DemoContext) -> None:
 
     from mcpz.money import format_amount, parse_amount
 
-    assert ctx.registry_handle is not None
-    data = str(ctx.root / "registry")
+    assert ctx.registry_handle is not None and ctx.chain is not None
     ctx.mcpz("billing", "price", AGENT, "--per-call", PRICE)
     caller = _caller_token(ctx)
-    ctx.mcpz("registry", "credit", CALLER, CREDIT, "--reason", "demo credit", "--data", data)
+    # The local chain's faucet gives the wallet test tokens and gas; the wallet deposits for the caller.
+    ctx.chain.give(ctx.results["address"], wei=10**18, tokens=parse_amount("5"))
+    ctx.say("the local chain's faucet gave the wallet 5 test USDC and gas money")
+    ctx.mcpz("billing", "deposit", CREDIT, "--account", CALLER, "--no-wait")
+    deadline = time.monotonic() + 60
+    while _balance(ctx, caller)["available"] < parse_amount(CREDIT):
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"the deposit for {CALLER} was not credited within 60 s")
+        ctx.chain.mine(1)
+        time.sleep(0.2)
+    ctx.show(f"the registry saw the deposit on chain and credited {CALLER} {CREDIT} USDC")
     ctx.say(f"{CALLER} calls {AGENT} {PAID_CALLS} times at {PRICE} a call")
     for _ in range(PAID_CALLS):
         answer = ctx.mcpz("call", AGENT, "add", "a=2", "b=40", token=caller)
@@ -332,13 +372,70 @@ def step_billing(ctx: DemoContext) -> None:
         f"{CALLER} paid {format_amount(spent)} USDC for {PAID_CALLS} calls; what is reserved is held for "
         "its next calls and returns to available when it stops calling"
     )
-    earned = ctx.mcpz("billing", "balance", json_out=True)["earnings"]
+    # No refund window here: the billing worker makes the earnings ready for payout within a moment.
+    deadline = time.monotonic() + 30
+    while (earned := ctx.mcpz("billing", "balance", json_out=True)["earnings"])["available"] <= 0:
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"the creator's earnings did not become ready for payout: {earned}")
+        time.sleep(0.3)
     ctx.mcpz("billing", "balance")
     ctx.results["billing"] = {
         "caller": found["available"] + found["reserved"],
         "spent": spent,
         "earned": earned,
     }
+
+
+def step_payout(ctx: DemoContext) -> None:
+    """The operator's payout job commits a Merkle batch of the creator's earnings on chain."""
+    assert ctx.chain is not None
+    data = str(ctx.root / "registry")
+    built = ctx.mcpz("registry", "payouts", "run", "--data", data, json_out=True)
+    batch = built["batch"]
+    if batch is None:
+        raise DemoFailed("the payout job built no batch, though the creator has earnings ready")
+    # Finality: the local chain mines the blocks a live chain would add over the next minutes.
+    ctx.chain.mine(70)
+    ctx.say("the local chain mines 70 blocks (minutes on a live chain): the commit becomes final")
+    done = ctx.mcpz("registry", "payouts", "run", "--no-build", "--wait", "60", "--data", data, json_out=True)
+    if done["batch"] is None or done["batch"]["state"] != "final":
+        raise DemoFailed(f"payout batch {batch['batch_id']} did not become final: {done}")
+    ctx.mcpz("registry", "payouts", "list", "--data", data)
+    ctx.results["payout"] = {
+        "batch": batch["batch_id"],
+        "total": batch["total"],
+        "tx": done["batch"]["tx_hash"],
+    }
+
+
+def step_claim(ctx: DemoContext) -> None:
+    """The creator sees the payout with its proof, checks it against the chain, and claims it."""
+    from mcpz.money import format_amount
+
+    assert ctx.chain is not None
+    batch = str(ctx.results["payout"]["batch"])
+    ctx.mcpz("billing", "payouts", "--proof")
+    check = ctx.mcpz("billing", "verify-payout", batch, json_out=True)
+    if not check["ok"]:
+        raise DemoFailed(f"the payout did not verify against the chain: {check}")
+    ctx.mcpz("billing", "verify-payout", batch)
+    claimed = ctx.mcpz("billing", "claim", json_out=True)
+    total = ctx.results["payout"]["total"]
+    if claimed["amount"] != total:
+        raise DemoFailed(f"the claim paid {claimed['amount']}, not the batch's {total}")
+    ctx.show(f"the creator's wallet holds its earnings: {format_amount(total)} USDC ({claimed['tx_hash']})")
+    ctx.mcpz("billing", "claim")  # a second claim finds nothing left
+    ctx.results["claim"] = claimed
+
+
+def step_reconcile(ctx: DemoContext) -> None:
+    assert ctx.chain is not None
+    ctx.chain.mine(1)
+    report = ctx.mcpz("registry", "payouts", "reconcile", "--data", str(ctx.root / "registry"), json_out=True)
+    if not report["ok"]:
+        raise DemoFailed(f"the ledger and the chain differ: {report}")
+    ctx.mcpz("registry", "payouts", "reconcile", "--data", str(ctx.root / "registry"))
+    ctx.results["reconcile"] = {r["what"]: r["difference"] for r in report["rows"]}
 
 
 def _stop_nodes(ctx: DemoContext, timeout: float = 30) -> list[int | None]:
@@ -373,6 +470,7 @@ STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("log", step_log),
     ("tools", step_tools),
     ("call", step_call),
+    ("chain", step_chain),
     ("registry", step_registry),
     ("wallet", step_wallet),
     ("login", step_login),
@@ -388,6 +486,9 @@ STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("gateway", step_gateway),
     ("usage", step_usage),
     ("billing", step_billing),
+    ("payout", step_payout),
+    ("claim", step_claim),
+    ("reconcile", step_reconcile),
     ("stop-nodes", step_stop_nodes),
 ]
 
@@ -424,4 +525,7 @@ def run_demo(
             _stop_nodes(ctx, timeout=15)  # a failed step may leave them running
             if ctx.registry_handle is not None:
                 ctx.registry_handle.stop()
+            os.environ.pop(OPERATOR_KEY, None)
+            if ctx.chain is not None:
+                ctx.chain.stop()
         return {"steps": done, **ctx.results}

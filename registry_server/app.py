@@ -45,7 +45,7 @@ from registry_server.releases import routes as api
 from registry_server.releases.index import IndexCache
 from registry_server.settings import RegistrySettings
 from registry_server.settlement import routes as api_settlement
-from registry_server.settlement.chain import SettlementChain
+from registry_server.settlement.chain import chain_of
 from registry_server.settlement.operator import load_operator
 from registry_server.settlement.worker import SettlementWorker
 from registry_server.state import RegistryState
@@ -73,13 +73,12 @@ def _status_for(error: McpzError) -> int:
 
 
 def _settlement_worker(state: RegistryState) -> SettlementWorker | None:
-    """The deposit watcher, when settlement is configured. The chain is not asked here: a node down
-    at start-up delays deposits, not serving."""
+    """The deposit watcher and payout job, when settlement is configured. The chain is not asked here:
+    a node down at start-up delays deposits, not serving."""
     config = state.settings
     if not config.settlement_on:
         return None
-    chain = SettlementChain(config.settlement_rpc, config.settlement_contract, config.settlement_chain_id)
-    return SettlementWorker(state, chain, load_operator(config))
+    return SettlementWorker(state, chain_of(config), load_operator(config))
 
 
 class RequestLogMiddleware:

@@ -90,6 +90,13 @@ class RegistrySettings:
     # Seconds a withdrawal voucher stays usable on chain; its amount is held off the balance until
     # it is used or has expired.
     settlement_voucher_ttl: int = 86400
+    # Payouts (docs/settlement.md): how often a batch is built (seconds; 0 = only by `mcpz registry
+    # payouts run`), the least a creator is paid in one (base units), how long a commit may sit in the
+    # pool before it is replaced at the same nonce, and the most the operator pays per gas (gwei).
+    settlement_payout_interval: float = 86400.0
+    settlement_payout_minimum: int = 1_000_000
+    settlement_stuck_after: float = 300.0
+    settlement_max_fee_gwei: int = 500
 
     @property
     def base_url(self) -> str:
@@ -136,6 +143,8 @@ class RegistrySettings:
             "settlement_rpc", "settlement_chain_id", "settlement_contract", "settlement_confirmations",
             "settlement_start_block", "settlement_operator_keystore", "settlement_poll_interval",
             "settlement_voucher_ttl",
+            "settlement_payout_interval", "settlement_payout_minimum", "settlement_stuck_after",
+            "settlement_max_fee_gwei",
         )  # fmt: skip
         for key in (
             *keys, "public_url", "chain_id", "chain_rpc", *mesh, *gateway, *nonces, *limits, *market,
@@ -205,6 +214,10 @@ class RegistrySettings:
                 settlement_operator_keystore=str(values.get("settlement_operator_keystore", "")),
                 settlement_poll_interval=float(values.get("settlement_poll_interval", 3.0)),
                 settlement_voucher_ttl=int(values.get("settlement_voucher_ttl", 86400)),
+                settlement_payout_interval=float(values.get("settlement_payout_interval", 86400.0)),
+                settlement_payout_minimum=int(values.get("settlement_payout_minimum", 1_000_000)),
+                settlement_stuck_after=float(values.get("settlement_stuck_after", 300.0)),
+                settlement_max_fee_gwei=int(values.get("settlement_max_fee_gwei", 500)),
             )
         except (KeyError, ValueError) as e:
             raise UsageError(f"invalid registry setting: {e}", hint="check MCPZ_REGISTRY_* variables") from e
@@ -244,6 +257,12 @@ class RegistrySettings:
                 "is below 1",
                 hint="set MCPZ_REGISTRY_SETTLEMENT_CONFIRMATIONS to the blocks a deposit waits (12)",
             )
+        if self.settlement_payout_interval < 0:
+            raise UsageError(
+                "invalid registry setting: settlement_payout_interval is negative",
+                hint="set the seconds between payout batches, or 0 to build them only by "
+                "`mcpz registry payouts run`",
+            )
         for key in _POSITIVE:
             if not getattr(self, key) > 0:
                 raise UsageError(
@@ -253,6 +272,9 @@ class RegistrySettings:
 
 
 _POSITIVE = (
+    "settlement_payout_minimum",
+    "settlement_stuck_after",
+    "settlement_max_fee_gwei",
     "max_push_bytes",
     "max_request_bytes",
     "max_json_bytes",

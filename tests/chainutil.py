@@ -1,8 +1,11 @@
-"""A real local chain for settlement tests: anvil (npm @foundry-rs/anvil) on a free loopback port, and
-helpers to deploy the committed contract artifacts and send transactions with web3.
+"""A real local chain for settlement tests: anvil (npm @foundry-rs/anvil) or mcpz's embedded EVM
+(mcpz/local/evm.py, a subprocess) on a free loopback port, and helpers to deploy the committed contract
+artifacts and send transactions with web3.
 
 anvil is found through MCPZ_ANVIL, then contracts/node_modules (`npm ci --prefix contracts`, which .ci/run
 does), then PATH. Tests that need it skip, saying how to install it, when it is missing (and fail in CI).
+The embedded EVM comes with mcpz's dependencies; it answers the same dev methods the tests use
+(`anvil_mine`, `evm_snapshot`, `evm_revert`) except `anvil_setBalance`, for which `fund` sends ether.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -58,10 +62,13 @@ def _free_port() -> int:
 
 @dataclass
 class Anvil:
+    """A running local chain: anvil, or the embedded EVM when `engine` is "evm"."""
+
     process: subprocess.Popen[bytes]
     rpc_url: str
     w3: Any
     keys: tuple[LocalAccount, ...]
+    engine: str = "anvil"
 
     def stop(self) -> None:
         self.process.terminate()
@@ -72,7 +79,13 @@ class Anvil:
             self.process.wait()
 
     def fund(self, address: str, wei: int = 10**20) -> None:
-        self.w3.provider.make_request("anvil_setBalance", [address, hex(wei)])
+        if self.engine == "anvil":
+            self.w3.provider.make_request("anvil_setBalance", [address, hex(wei)])
+            return
+        # The embedded EVM's dev accounts are unlocked and hold a million ether each.
+        [dev, *_] = self.w3.eth.accounts
+        tx_hash = self.w3.eth.send_transaction({"from": dev, "to": address, "value": wei})
+        self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30, poll_latency=0.01)
 
     def set_next_timestamp(self, timestamp: int) -> None:
         self.w3.provider.make_request("evm_setNextBlockTimestamp", [timestamp])
@@ -85,13 +98,22 @@ def start_anvil() -> Anvil:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(INSTALL_HINT)
         pytest.skip(INSTALL_HINT)
-    web3 = pytest.importorskip("web3", reason="settlement tests need web3 (the chain or test extra)")
+    return _start("anvil", [str(binary), "--silent"])
+
+
+def start_evm() -> Anvil:
+    """The embedded EVM, as `mcpz chain dev --engine evm` runs it."""
+    return _start("evm", [sys.executable, "-m", "mcpz.local.evmserver"])
+
+
+def _start(engine: str, command: list[str]) -> Anvil:
+    web3 = pytest.importorskip("web3", reason="settlement tests need web3 (a dependency of mcpz)")
     last_error: Exception | None = None
     for _attempt in range(3):  # another process may take the free port between probe and bind
         port = _free_port()
         process = subprocess.Popen(
-            [str(binary), "--host", "127.0.0.1", "--port", str(port), "--chain-id", str(CHAIN_ID),
-             "--accounts", "1", "--silent"],
+            [*command, "--host", "127.0.0.1", "--port", str(port), "--chain-id", str(CHAIN_ID),
+             "--accounts", "1"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )  # fmt: skip
@@ -101,17 +123,18 @@ def start_anvil() -> Anvil:
         while process.poll() is None and time.monotonic() < deadline:
             try:
                 if w3.eth.chain_id == CHAIN_ID:
-                    chain = Anvil(process, rpc_url, w3, tuple(Account.create() for _ in range(KEYS)))
+                    keys = tuple(Account.create() for _ in range(KEYS))
+                    chain = Anvil(process, rpc_url, w3, keys, engine)
                     for key in chain.keys:
                         chain.fund(key.address)
                     return chain
-            except Exception as e:  # connection refused until anvil listens
+            except Exception as e:  # connection refused until the chain listens
                 last_error = e
             time.sleep(0.05)
         process.kill()
         _, err = process.communicate()
         last_error = RuntimeError(
-            f"anvil did not start on port {port}: {err.decode(errors='replace')[-500:]}"
+            f"{engine} did not start on port {port}: {err.decode(errors='replace')[-500:]}"
         )
     raise RuntimeError(str(last_error))
 

@@ -210,6 +210,18 @@ def anvil() -> Iterator[Any]:
         chain.stop()
 
 
+@pytest.fixture(scope="module")
+def evm() -> Iterator[Any]:
+    """mcpz's embedded EVM (`mcpz chain dev --engine evm`) on a free loopback port for the module."""
+    from chainutil import start_evm
+
+    chain = start_evm()
+    try:
+        yield chain
+    finally:
+        chain.stop()
+
+
 @pytest.fixture
 def settlement(anvil: Any) -> Any:
     """A fresh TestToken and McpzSettlement on the module's anvil (chainutil.Settlement)."""
@@ -218,11 +230,21 @@ def settlement(anvil: Any) -> Any:
     return deploy_settlement(anvil)
 
 
+@pytest.fixture(params=["anvil", "evm"])
+def either_settlement(request: pytest.FixtureRequest) -> Any:
+    """`settlement` on anvil, then on the embedded EVM: for the tests that prove the EVM stands in."""
+    from chainutil import deploy_settlement
+
+    return deploy_settlement(request.getfixturevalue(request.param))
+
+
 # --- the fast lane ----------------------------------------------------------------------------
 
 # Fixtures that start real processes or servers: a test that uses one is `slow` without saying so,
 # so `pytest -m "not slow"` (the inner loop, docs/development.md) stays under a minute.
-SLOW_FIXTURES = frozenset({"registry", "sqlite_registry", "postgres_url", "mesh", "anvil", "settlement"})
+SLOW_FIXTURES = frozenset(
+    {"registry", "sqlite_registry", "postgres_url", "mesh", "anvil", "evm", "settlement", "either_settlement"}
+)
 # Modules whose module-scoped set-up starts real processes (registries, nodes, agents, mypy), or
 # that run seconds of property tests: measured with `pytest -m "not slow" --junitxml`, each over 2 s.
 SLOW_MODULES = frozenset(

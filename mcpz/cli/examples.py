@@ -76,7 +76,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "market unlist": ("mcpz market unlist acme/weather",),
     # settlement
     "chain": ("mcpz chain dev",),
-    "chain dev": ("mcpz chain dev --port 8545", "mcpz chain dev --json > chain.json"),
+    "chain dev": (
+        "mcpz chain dev --port 8545",
+        "mcpz chain dev --json > chain.json",
+        "mcpz chain dev --engine evm",
+    ),
     # billing
     "billing": ("mcpz billing balance",),
     "billing plans": ("mcpz billing plans acme/weather",),
@@ -94,6 +98,9 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "mcpz billing deposit 5 --rpc http://127.0.0.1:8545",
         "mcpz billing deposit 20 --account acme --no-wait --json",
     ),
+    "billing payouts": ("mcpz billing payouts", "mcpz billing payouts --proof --json"),
+    "billing claim": ("mcpz billing claim", "mcpz billing claim 12 --rpc http://127.0.0.1:8545"),
+    "billing verify-payout": ("mcpz billing verify-payout 12 --rpc https://mainnet.era.zksync.io",),
     "billing withdraw": (
         "mcpz billing withdraw 5 --rpc http://127.0.0.1:8545",
         "mcpz billing withdraw --voucher 12 --json",
@@ -142,6 +149,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "registry account create": ("mcpz registry account create acme",),
     "registry token": (_TOKEN,),
     "registry token create": (_TOKEN,),
+    "registry payouts": ("mcpz registry payouts run --wait 600",),
+    "registry payouts run": ("mcpz registry payouts run", "mcpz registry payouts run --wait 600 --json"),
+    "registry payouts list": ("mcpz registry payouts list",),
+    "registry payouts reconcile": ("mcpz registry payouts reconcile",),
     "registry tier": ("mcpz registry tier acme", "mcpz registry tier acme pro"),
     "registry credit": (
         'mcpz registry credit acme 25 --reason "welcome credit" --expires 30d',

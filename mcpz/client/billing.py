@@ -44,6 +44,8 @@ __all__ = [
     "InvoiceLine",
     "InvoiceList",
     "InvoiceSummary",
+    "Payout",
+    "Payouts",
     "PendingPricing",
     "Plans",
     "Pricing",
@@ -63,6 +65,7 @@ __all__ = [
     "invoice",
     "invoices",
     "parse_shares",
+    "payouts",
     "plans",
     "price",
     "pricing_from_text",
@@ -417,6 +420,42 @@ async def price(client: RegistryClient, name: str, **text: Any) -> Plans:
 async def set_splits(client: RegistryClient, name: str, shares: Sequence[tuple[str, int]]) -> Plans:
     body = {"shares": [{"account": account, "bps": bps} for account, bps in shares]}
     return await client.typed(Plans, "PUT", f"/v1/billing/splits/{_agent(name)}", json=body)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Payout(Payload):
+    """One of the caller's leaves in a payout batch, with the Merkle proof that claims it."""
+
+    WHAT: ClassVar[str] = "payout"
+    batch_id: int
+    index: int
+    address: str
+    amount: int
+    state: str
+    """The batch's: pending, submitted, confirmed or final. Claimable once confirmed."""
+    root: str
+    tx_hash: str | None
+    proof: list[str]
+    raw: Mapping[str, Any] = raw_field()
+
+    @property
+    def claimable(self) -> bool:
+        return self.state in ("confirmed", "final")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Payouts(Payload):
+    """`GET /v1/billing/payouts`: the caller's payouts, newest batch first, and the contract to claim at."""
+
+    WHAT: ClassVar[str] = "payouts"
+    chain_id: int
+    contract: str
+    payouts: list[Payout]
+    raw: Mapping[str, Any] = raw_field()
+
+
+async def payouts(client: RegistryClient) -> Payouts:
+    return await client.typed(Payouts, "GET", "/v1/billing/payouts")
 
 
 async def balance(client: RegistryClient) -> Balance:

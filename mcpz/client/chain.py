@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from mcpz.contracts import SETTLEMENT, TEST_TOKEN, load_artifact
-from mcpz.errors import McpzError, NetworkError, UsageError
+from mcpz.errors import AuthError, McpzError, NetworkError, UsageError
 from mcpz.jsonrpc import JsonRpc, RpcError
 
 if TYPE_CHECKING:
@@ -349,6 +349,157 @@ def deposit(
             amount=amount,
             method=method,
         )
+    finally:
+        chain.close()
+
+
+# --- payouts: claim, and check against the chain -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A payout leaf as the creator holds it: which batch, where in it, to whom, how much, the proof."""
+
+    batch_id: int
+    index: int
+    address: str
+    amount: int
+    proof: tuple[str, ...]
+
+
+class PayoutMismatch(AuthError):
+    """A payout the registry describes is not what the chain holds: not committed, or its proof does
+    not lead to the committed root."""
+
+
+@dataclass(frozen=True)
+class PayoutCheck:
+    """What the chain says of one leaf, read from the contract alone."""
+
+    batch_id: int
+    root: str  # the root the contract holds for the batch (zeros when it holds none)
+    committed: bool
+    proof_ok: bool  # the proof leads from the leaf to that root (checked here, and by the contract)
+    claimed: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.committed and self.proof_ok
+
+
+def _proof_bytes(proof: tuple[str, ...]) -> list[bytes]:
+    from mcpz.merkle import from_hex
+
+    try:
+        return [from_hex(p) for p in proof]
+    except ValueError as e:
+        raise UsageError(f"a payout proof is malformed: {e}") from None
+
+
+def verify_payout(rpc_url: str, contract: str, leaf: Leaf) -> PayoutCheck:
+    """Check `leaf` against the root the contract committed for its batch, reading only the chain:
+    the proof is hashed here (mcpz.merkle) and asked of the contract's `verifyLeaf` too."""
+    from eth_abi.abi import decode
+    from eth_utils.address import to_checksum_address
+
+    from mcpz import merkle
+
+    chain = Chain(rpc_url)
+    try:
+        contract = to_checksum_address(contract)
+        raw = chain.call(contract, _call_data("batches(uint256)", ["uint256"], [leaf.batch_id]))
+        root_bytes, _total, _claimed = decode(["bytes32", "uint256", "uint256"], raw)
+        committed = any(root_bytes)
+        proof = _proof_bytes(leaf.proof)
+        mine = merkle.verify(root_bytes, merkle.Leaf(leaf.index, leaf.address, leaf.amount), proof)
+        theirs = decode(
+            ["bool"],
+            chain.call(
+                contract,
+                _call_data(
+                    "verifyLeaf(uint256,uint256,address,uint256,bytes32[])",
+                    ["uint256", "uint256", "address", "uint256", "bytes32[]"],
+                    [leaf.batch_id, leaf.index, to_checksum_address(leaf.address), leaf.amount, proof],
+                ),
+            ),
+        )[0]
+        claimed = _paid(chain, contract, leaf.batch_id, leaf.index)
+    finally:
+        chain.close()
+    return PayoutCheck(
+        batch_id=leaf.batch_id,
+        root="0x" + bytes(root_bytes).hex(),
+        committed=committed,
+        proof_ok=bool(mine) and bool(theirs),
+        claimed=bool(claimed),
+    )
+
+
+def _paid(chain: Chain, contract: str, batch_id: int, index: int) -> bool:
+    from eth_abi.abi import decode
+
+    data = _call_data("isClaimed(uint256,uint256)", ["uint256", "uint256"], [batch_id, index])
+    return bool(decode(["bool"], chain.call(contract, data))[0])
+
+
+def is_claimed(rpc_url: str, contract: str, leaves: list[Leaf]) -> list[bool]:
+    """Whether each leaf is paid already, as the contract says."""
+    from eth_utils.address import to_checksum_address
+
+    chain = Chain(rpc_url)
+    try:
+        address = to_checksum_address(contract)
+        return [_paid(chain, address, x.batch_id, x.index) for x in leaves]
+    finally:
+        chain.close()
+
+
+def claim(
+    rpc_url: str,
+    chain_id: int,
+    contract: str,
+    key: LocalAccount,
+    leaves: list[Leaf],
+    *,
+    on_sent: Callable[[str], None] | None = None,
+    receipt_timeout: float = RECEIPT_TIMEOUT,
+) -> tuple[str, int]:
+    """Claim `leaves` (paid to their own addresses) in one transaction signed by `key`: `claim` for
+    one, `claimMany` for several. Returns (transaction hash, block)."""
+    from eth_utils.address import to_checksum_address
+
+    if not leaves:
+        raise UsageError("nothing to claim")
+    chain = Chain(rpc_url)
+    try:
+        found = chain.chain_id()
+        if found != chain_id:
+            raise UsageError(
+                f"the chain at {chain.where} is chain {found}, but the registry settles on chain {chain_id}",
+                hint="pass the RPC URL of the registry's chain with --rpc",
+            )
+        address = to_checksum_address(contract)
+        if len(leaves) == 1:
+            x = leaves[0]
+            data = _call_data(
+                "claim(uint256,uint256,address,uint256,bytes32[])",
+                ["uint256", "uint256", "address", "uint256", "bytes32[]"],
+                [x.batch_id, x.index, to_checksum_address(x.address), x.amount, _proof_bytes(x.proof)],
+            )
+        else:
+            # Sorted by address: the contract pays consecutive claims of one account with one transfer.
+            ordered = sorted(leaves, key=lambda x: (x.address.lower(), x.batch_id))
+            data = _call_data(
+                "claimMany((uint256,uint256,address,uint256,bytes32[])[])",
+                ["(uint256,uint256,address,uint256,bytes32[])[]"],
+                [[(x.batch_id, x.index, to_checksum_address(x.address), x.amount, _proof_bytes(x.proof))
+                  for x in ordered]],
+            )  # fmt: skip
+        tx_hash = chain.send(key, address, data, chain_id, "claim")
+        if on_sent is not None:
+            on_sent(tx_hash)
+        receipt = chain.wait(tx_hash, "claim", receipt_timeout)
+        return tx_hash, int(receipt["blockNumber"], 16)
     finally:
         chain.close()
 

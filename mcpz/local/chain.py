@@ -1,11 +1,13 @@
-"""A local settlement chain for development: anvil with the test token and McpzSettlement deployed.
+"""A local settlement chain for development: the test token and McpzSettlement deployed on anvil, or
+on the embedded EVM where anvil is not installed.
 
-`start_dev_chain` starts anvil (npm `@foundry-rs/anvil`) on loopback with its well-known development
-accounts, deploys TestToken and McpzSettlement from the committed artifacts (account 0 is admin and
-operator), and mints test tokens to the first accounts. Everything is plain JSON-RPC over httpx2:
-anvil's accounts are unlocked, so it signs the transactions itself and no key library is needed,
-and the keys come from anvil's own `--config-out`. Never point this at a chain with real money: the
-keys are public.
+`start_dev_chain` starts a chain on loopback with anvil's well-known development accounts: anvil (npm
+`@foundry-rs/anvil`) where it is found, else mcpz's embedded EVM (mcpz/local/evm.py: eth-tester on
+py-evm, from PyPI, in a process of its own), which takes the same command-line options. It deploys
+TestToken and McpzSettlement from the committed artifacts (account 0 is admin and operator), and mints
+test tokens to the first accounts. Everything is plain JSON-RPC over httpx2: the accounts are unlocked,
+so the chain signs the transactions itself and no key library is needed, and the keys come from the
+chain's own `--config-out`. Never point this at a chain with real money: the keys are public.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from mcpz.bundled import bundled_path
 from mcpz.contracts import SETTLEMENT, TEST_TOKEN, load_artifact
@@ -34,7 +37,10 @@ CONFIRMATIONS = 2  # what a local chain needs: it mines a block per transaction 
 INSTALL_HINT = (
     "install it with `npm ci --prefix contracts` in an mcpz checkout, or set MCPZ_ANVIL to its path"
 )
+EVM_HINT = "install mcpz with its dependencies (eth-tester[py-evm]), or install anvil: " + INSTALL_HINT
 START_TIMEOUT = 30.0
+ENGINES = ("auto", "anvil", "evm")
+Engine = Literal["auto", "anvil", "evm"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class DevChain:
     token: str
     operator: str
     keys: list[TestKey]
+    engine: str  # "anvil" or "evm": the one that runs
     _process: subprocess.Popen[bytes] = field(repr=False)
 
     def settings(self) -> dict[str, Any]:
@@ -61,6 +68,7 @@ class DevChain:
             "chain_id": self.chain_id,
             "contract": self.contract,
             "token": self.token,
+            "engine": self.engine,
             "decimals": 6,
             "operator": self.operator,
             "confirmations": CONFIRMATIONS,
@@ -71,7 +79,7 @@ class DevChain:
         }
 
     def env(self) -> dict[str, str]:
-        """The registry settings that watch this chain (the operator key is anvil's account 0)."""
+        """The registry settings that watch this chain (the operator key is the chain's account 0)."""
         return {
             "MCPZ_REGISTRY_SETTLEMENT_RPC": self.rpc_url,
             "MCPZ_REGISTRY_SETTLEMENT_CHAIN_ID": str(self.chain_id),
@@ -79,6 +87,32 @@ class DevChain:
             "MCPZ_REGISTRY_SETTLEMENT_CONFIRMATIONS": str(CONFIRMATIONS),
             "MCPZ_REGISTRY_SETTLEMENT_OPERATOR_KEY": self.keys[0].private_key,
         }
+
+    def give(self, address: str, *, wei: int = 0, tokens: int = 0) -> None:
+        """Send `wei` of gas money from the admin account and mint `tokens` test tokens (base units)
+        to `address`: what a faucet does on a test network."""
+        from eth_abi.abi import encode
+        from eth_utils.address import to_checksum_address
+        from eth_utils.crypto import keccak
+
+        rpc = _Rpc(self.rpc_url)
+        try:
+            to = to_checksum_address(address)
+            if wei:
+                _send(rpc, self.operator, "0x", to=to, value=wei)
+            if tokens:
+                mint = keccak(text="mint(address,uint256)")[:4] + encode(["address", "uint256"], [to, tokens])
+                _send(rpc, self.operator, "0x" + mint.hex(), to=self.token)
+        finally:
+            rpc.close()
+
+    def mine(self, blocks: int) -> None:
+        """Mine `blocks` empty blocks: what a live chain does over time, for confirmations and finality."""
+        rpc = _Rpc(self.rpc_url)
+        try:
+            rpc("anvil_mine", hex(blocks))
+        finally:
+            rpc.close()
 
     def running(self) -> bool:
         return self._process.poll() is None
@@ -112,36 +146,68 @@ def find_anvil(env: Mapping[str, str] | None = None, cwd: Path | None = None) ->
     return None
 
 
+def evm_available() -> bool:
+    """The embedded EVM's packages are installed (looked up, not imported: that takes a second)."""
+    from importlib.util import find_spec
+
+    return all(find_spec(name) is not None for name in ("eth_tester", "eth"))
+
+
+def pick_engine(engine: Engine = "auto", env: Mapping[str, str] | None = None) -> tuple[str, Path | None]:
+    """The engine to run and anvil's binary when it is anvil: `auto` takes anvil when it is found."""
+    if engine not in ENGINES:
+        raise UsageError(f"unknown chain engine {engine!r}", hint="use one of: " + ", ".join(ENGINES))
+    binary = find_anvil(env) if engine != "evm" else None
+    if engine == "anvil" or (engine == "auto" and binary is not None):
+        if binary is None:
+            raise UsageError("anvil is not installed", hint=INSTALL_HINT)
+        if not os.access(binary, os.X_OK):
+            raise UsageError(f"anvil is not installed at {binary} (MCPZ_ANVIL)", hint=INSTALL_HINT)
+        return "anvil", binary
+    if not evm_available():
+        if engine == "auto":
+            raise UsageError(
+                "no local chain can run here: anvil is not installed, nor eth-tester", hint=EVM_HINT
+            )
+        raise UsageError("the embedded EVM needs eth-tester[py-evm], which is not installed", hint=EVM_HINT)
+    return "evm", None
+
+
 def start_dev_chain(
-    port: int = DEFAULT_PORT, *, accounts: int = TEST_ACCOUNTS, env: Mapping[str, str] | None = None
+    port: int = DEFAULT_PORT,
+    *,
+    accounts: int = TEST_ACCOUNTS,
+    env: Mapping[str, str] | None = None,
+    engine: Engine = "auto",
 ) -> DevChain:
-    """Start anvil on 127.0.0.1:`port`, deploy the contracts, fund `accounts` test keys. The caller
-    stops it (`DevChain.stop`)."""
-    binary = find_anvil(env)
-    if binary is None:
-        raise UsageError("anvil is not installed", hint=INSTALL_HINT)
-    if not os.access(binary, os.X_OK):
-        raise UsageError(f"anvil is not installed at {binary} (MCPZ_ANVIL)", hint=INSTALL_HINT)
-    # anvil's errors go to a file, not a pipe: nobody reads a pipe while the chain runs, and a full
-    # one would stall it.
+    """Start a chain on 127.0.0.1:`port` (anvil, or the embedded EVM: `pick_engine`), deploy the
+    contracts, fund `accounts` test keys. The caller stops it (`DevChain.stop`)."""
+    name, binary = pick_engine(engine, env)
+    options = ["--host", "127.0.0.1", "--port", str(port), "--chain-id", str(CHAIN_ID),
+               "--accounts", str(max(accounts, 1))]  # fmt: skip
+    if name == "anvil":
+        command = [str(binary), *options, "--silent"]
+    else:
+        command = [sys.executable, "-m", "mcpz.local.evmserver", *options]
+    # The chain's errors go to a file, not a pipe: nobody reads a pipe while the chain runs, and a
+    # full one would stall it.
     errors = tempfile.TemporaryFile()
     with tempfile.TemporaryDirectory(prefix="mcpz-chain-") as tmp:
-        config = Path(tmp) / "anvil.json"
+        config = Path(tmp) / "accounts.json"
         try:
             process = subprocess.Popen(
-                [str(binary), "--host", "127.0.0.1", "--port", str(port), "--chain-id", str(CHAIN_ID),
-                 "--accounts", str(max(accounts, 1)), "--silent", "--config-out", str(config)],
+                [*command, "--config-out", str(config)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=errors,
-            )  # fmt: skip
+            )
         except OSError as e:
             raise UsageError(f"cannot run anvil at {binary}: {e.strerror}", hint=INSTALL_HINT) from None
         try:
             rpc = _Rpc(f"http://127.0.0.1:{port}")
-            _wait_ready(process, rpc, config, port, errors)
-            anvil = json.loads(config.read_text(encoding="utf-8"))
-            return _deploy(process, rpc, anvil, accounts)
+            _wait_ready(name, process, rpc, config, port, errors)
+            started = json.loads(config.read_text(encoding="utf-8"))
+            return _deploy(name, process, rpc, started, accounts)
         except BaseException:
             process.kill()
             process.wait()
@@ -156,7 +222,7 @@ class _Rpc(JsonRpc):
 
 
 def _wait_ready(
-    process: subprocess.Popen[bytes], rpc: _Rpc, config: Path, port: int, errors: IO[bytes]
+    name: str, process: subprocess.Popen[bytes], rpc: _Rpc, config: Path, port: int, errors: IO[bytes]
 ) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -166,7 +232,7 @@ def _wait_ready(
             if "in use" in err.lower():
                 raise UsageError(f"port {port} is in use", hint="pass another one with --port")
             last = err.strip().splitlines()[-1] if err.strip() else f"exit code {process.returncode}"
-            raise McpzError(f"anvil stopped at start: {last[:200]}")
+            raise McpzError(f"{_label(name)} stopped at start: {last[:200]}")
         if config.exists() and config.stat().st_size > 0:
             try:
                 if int(rpc("eth_chainId"), 16) == CHAIN_ID:
@@ -174,15 +240,21 @@ def _wait_ready(
             except (McpzError, ValueError, TypeError):
                 pass  # not listening yet
         time.sleep(0.05)
-    raise McpzError(f"anvil did not answer on port {port} within {START_TIMEOUT:g} s")
+    raise McpzError(f"{_label(name)} did not answer on port {port} within {START_TIMEOUT:g} s")
 
 
-def _send(rpc: _Rpc, sender: str, data: str, to: str | None = None) -> dict[str, Any]:
+def _label(engine: str) -> str:
+    return "anvil" if engine == "anvil" else "the embedded EVM"
+
+
+def _send(rpc: _Rpc, sender: str, data: str, to: str | None = None, value: int = 0) -> dict[str, Any]:
     tx: dict[str, Any] = {"from": sender, "data": data}
     if to is not None:
         tx["to"] = to
+    if value:
+        tx["value"] = hex(value)
     tx_hash = rpc("eth_sendTransaction", tx)
-    for _ in range(200):  # anvil mines each transaction at once; the receipt may trail by a moment
+    for _ in range(200):  # the chain mines each transaction at once; the receipt may trail by a moment
         receipt = rpc("eth_getTransactionReceipt", tx_hash)
         if receipt is not None:
             if int(receipt["status"], 16) != 1:
@@ -192,13 +264,15 @@ def _send(rpc: _Rpc, sender: str, data: str, to: str | None = None) -> dict[str,
     raise McpzError(f"the local chain mined no receipt for {tx_hash}")
 
 
-def _deploy(process: subprocess.Popen[bytes], rpc: _Rpc, anvil: dict[str, Any], accounts: int) -> DevChain:
+def _deploy(
+    engine: str, process: subprocess.Popen[bytes], rpc: _Rpc, started: dict[str, Any], accounts: int
+) -> DevChain:
     from eth_abi.abi import encode
     from eth_utils.address import to_checksum_address
     from eth_utils.crypto import keccak
 
-    addresses = [to_checksum_address(a) for a in anvil["available_accounts"]]
-    private_keys = list(anvil["private_keys"])
+    addresses = [to_checksum_address(a) for a in started["available_accounts"]]
+    private_keys = list(started["private_keys"])
     admin = addresses[0]
     token_receipt = _send(rpc, admin, load_artifact(TEST_TOKEN).bytecode)
     token = to_checksum_address(token_receipt["contractAddress"])
@@ -218,5 +292,6 @@ def _deploy(process: subprocess.Popen[bytes], rpc: _Rpc, anvil: dict[str, Any], 
         token=token,
         operator=admin,
         keys=keys,
+        engine=engine,
         _process=process,
     )

@@ -133,7 +133,7 @@ def eip1271_check(rpc_url: str) -> siwe.ContractCheck:
         except ImportError as e:
             raise McpzError(
                 "contract-wallet sign-in needs web3, which is not installed",
-                hint="install the registry with the chain extra: pip install 'mcpz[chain]'",
+                hint="reinstall mcpz: web3 is one of its dependencies",
             ) from e
         web3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 10}))
         contract = web3.eth.contract(address=Web3.to_checksum_address(address), abi=EIP1271_ABI)

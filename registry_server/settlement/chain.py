@@ -1,7 +1,10 @@
 """The settlement chain, through web3: the one module of settlement that imports it.
 
 `SettlementChain` reads what the deposit watcher needs (the head, block hashes, `Deposited` logs, the
-token) from the McpzSettlement contract over JSON-RPC. Every web3, provider or connection failure
+token) from the McpzSettlement contract over JSON-RPC, and what the payout job needs: receipts, the
+pool, nonces, fees, the `finalized` block, a batch as the contract holds it; it signs and broadcasts
+commitBatch transactions with the operator's key (signed here: the node never sees the key).
+Every web3, provider or connection failure
 leaves as `mcpz.errors.NetworkError` (the node could not be reached or answered nonsense) or
 `UsageError` (the settings name no such contract or the wrong chain), with a one-line message.
 """
@@ -13,8 +16,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from eth_typing import HexStr
+
 from mcpz.contracts import SETTLEMENT, TEST_TOKEN, load_artifact
-from mcpz.errors import NetworkError, UsageError
+from mcpz.errors import McpzError, NetworkError, UsageError
+from mcpz.keys.ethkeys import LocalAccount
+from registry_server.settings import RegistrySettings
+from registry_server.settlement.batches import Receipt
 
 T = TypeVar("T")
 
@@ -33,6 +41,37 @@ class DepositLog:
 
 
 @dataclass(frozen=True)
+class CommitLog:
+    """One `BatchCommitted(batchId, root, total)` event."""
+
+    batch_id: int
+    root: str
+    total: int
+    receipt: Receipt
+
+
+@dataclass(frozen=True)
+class OnChainBatch:
+    root: str  # 0x and 64 hex digits; all zeros while the batch id is unused
+    total: int
+    claimed: int
+
+    @property
+    def committed(self) -> bool:
+        return int(self.root, 16) != 0
+
+
+@dataclass(frozen=True)
+class Signed:
+    tx_hash: str
+    raw: str  # 0x-prefixed hex of the signed transaction
+
+
+class CommitRefused(UsageError):
+    """The contract would revert commitBatch (e.g. InsufficientUnallocated): nothing was signed."""
+
+
+@dataclass(frozen=True)
 class TokenInfo:
     address: str
     decimals: int
@@ -46,7 +85,7 @@ class SettlementChain:
         except ImportError:
             raise UsageError(
                 "settlement needs web3, which is not installed",
-                hint="pip install 'mcpz[chain]', or unset settlement_rpc",
+                hint="reinstall mcpz (web3 is one of its dependencies), or unset settlement_rpc",
             ) from None
         self.rpc_url = rpc_url
         # Hosted nodes put their API key in the URL's path or query: errors and logs show only this.
@@ -79,6 +118,8 @@ class SettlementChain:
 
         try:
             return read()
+        except McpzError:  # already a one-line error of ours (CommitRefused)
+            raise
         except (BadFunctionCallOutput, ContractLogicError) as e:
             raise UsageError(
                 f"the settlement contract at {self.address} could not answer {what}: {_first_line(e)}",
@@ -132,6 +173,194 @@ class SettlementChain:
             return TokenInfo(address=str(address), decimals=int(token.functions.decimals().call()))
 
         return self._call("token()", read)
+
+    # --- the payout job's reads and writes ---------------------------------------------------
+
+    def receipt(self, tx_hash: str) -> Receipt | None:
+        """The receipt of a mined transaction; None while it is pending or unknown."""
+        from web3.exceptions import TransactionNotFound
+
+        def read() -> Receipt | None:
+            try:
+                got = self._w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+            except TransactionNotFound:
+                return None
+            if got is None or got.get("blockNumber") is None:
+                return None
+            return Receipt(
+                tx_hash=_hex(got["transactionHash"]),
+                block_number=int(got["blockNumber"]),
+                block_hash=_hex(got["blockHash"]),
+                status=int(got["status"]),
+            )
+
+        return self._call(f"the receipt of {tx_hash}", read)
+
+    def in_pool(self, tx_hash: str) -> bool:
+        """The node knows the transaction (pending or mined)."""
+        from web3.exceptions import TransactionNotFound
+
+        def read() -> bool:
+            try:
+                return self._w3.eth.get_transaction(tx_hash) is not None  # type: ignore[arg-type]
+            except TransactionNotFound:
+                return False
+
+        return self._call(f"transaction {tx_hash}", read)
+
+    def nonces(self, address: str) -> tuple[int, int]:
+        """(next nonce counting mined transactions, counting the pool too)."""
+        return self._call(
+            f"the nonce of {address}",
+            lambda: (
+                int(self._w3.eth.get_transaction_count(address, "latest")),  # type: ignore[arg-type]
+                int(self._w3.eth.get_transaction_count(address, "pending")),  # type: ignore[arg-type]
+            ),
+        )
+
+    def fees(self) -> tuple[int, int]:
+        """(max fee, priority fee) per gas to offer now: twice the latest base fee plus the tip, as
+        wallets do, so that a few blocks of rising base fees do not strand the transaction."""
+
+        def read() -> tuple[int, int]:
+            block = self._w3.eth.get_block("latest")
+            base = int(block.get("baseFeePerGas", 0) or 0)
+            try:
+                tip = int(self._w3.eth.max_priority_fee)
+            except Exception:  # nodes without eth_maxPriorityFeePerGas
+                tip = 10**9
+            return 2 * base + tip, tip
+
+        return self._call("fees", read)
+
+    def finalized(self) -> int | None:
+        """The number of the `finalized` block; None where the node has none yet."""
+        from web3.exceptions import BlockNotFound
+
+        def read() -> int | None:
+            try:
+                return int(self._w3.eth.get_block("finalized")["number"])
+            except BlockNotFound:
+                return None
+
+        return self._call("the finalized block", read)
+
+    def unallocated(self) -> int:
+        return self._call("unallocated()", lambda: int(self._contract.functions.unallocated().call()))
+
+    def batch(self, batch_id: int) -> OnChainBatch:
+        def read() -> OnChainBatch:
+            root, total, claimed = self._contract.functions.batches(batch_id).call()
+            return OnChainBatch(root=_hex(root).ljust(66, "0"), total=int(total), claimed=int(claimed))
+
+        return self._call(f"batches({batch_id})", read)
+
+    def commits(self, from_block: int, to_block: int, batch_id: int | None = None) -> list[CommitLog]:
+        """`BatchCommitted` events in blocks from_block..to_block, only `batch_id`'s when given."""
+
+        def read() -> list[CommitLog]:
+            event = self._contract.events.BatchCommitted()
+            filters = {"batchId": batch_id} if batch_id is not None else None
+            logs = event.get_logs(from_block=from_block, to_block=to_block, argument_filters=filters)
+            return [
+                CommitLog(
+                    batch_id=int(log["args"]["batchId"]),
+                    root=_hex(log["args"]["root"]),
+                    total=int(log["args"]["total"]),
+                    receipt=Receipt(
+                        tx_hash=_hex(log["transactionHash"]),
+                        block_number=int(log["blockNumber"]),
+                        block_hash=_hex(log["blockHash"]),
+                        status=1,
+                    ),
+                )
+                for log in logs
+            ]
+
+        return self._call(f"BatchCommitted logs {from_block}..{to_block}", read)
+
+    def event_totals(self, event: str, field: str, from_block: int, to_block: int) -> int:
+        """The sum of `field` over the contract's `event` logs in from_block..to_block (reconciliation)."""
+
+        def read() -> int:
+            logs = getattr(self._contract.events, event)().get_logs(from_block=from_block, to_block=to_block)
+            return sum(int(log["args"][field]) for log in logs)
+
+        return self._call(f"{event} logs {from_block}..{to_block}", read)
+
+    def token_balance(self) -> int:
+        def read() -> int:
+            address = self._contract.functions.token().call()
+            token = self._w3.eth.contract(address=address, abi=self._token_abi)
+            return int(token.functions.balanceOf(self.address).call())
+
+        return self._call("the contract's token balance", read)
+
+    def sign_commit(
+        self,
+        operator: LocalAccount,
+        batch_id: int,
+        root: str,
+        total: int,
+        *,
+        nonce: int,
+        max_fee: int,
+        priority_fee: int,
+    ) -> Signed:
+        """A signed commitBatch transaction; gas estimated first, so a commit the contract would
+        refuse is never signed (`CommitRefused`, naming the contract's error)."""
+        from web3.exceptions import ContractCustomError, ContractLogicError
+
+        call = self._contract.functions.commitBatch(batch_id, bytes.fromhex(root.removeprefix("0x")), total)
+        params: dict[str, Any] = {
+            "from": operator.address,
+            "nonce": nonce,
+            "chainId": self.chain_id,
+            "maxFeePerGas": max_fee,
+            "maxPriorityFeePerGas": priority_fee,
+        }
+
+        def build() -> dict[str, Any]:
+            try:
+                gas = int(call.estimate_gas({"from": operator.address}))
+            except (ContractCustomError, ContractLogicError) as e:
+                raise CommitRefused(
+                    f"the contract refuses commitBatch({batch_id}): {self._revert_name(e)}",
+                    hint="see `mcpz registry payouts list`; docs/settlement.md says what each error means",
+                ) from None
+            # A margin over the estimate: the contract's state may change between estimate and mining.
+            return dict(call.build_transaction({**params, "gas": gas + gas // 5}))  # type: ignore[arg-type]
+
+        tx = self._call(f"commitBatch({batch_id})", build)
+        signed = operator.sign_transaction(tx)
+        return Signed(tx_hash=_hex(signed.hash), raw=_hex(signed.raw_transaction))
+
+    def broadcast(self, raw: str) -> None:
+        """Send a signed transaction. A node that already has it, or has mined it, is not an error: the
+        receipts decide what happened."""
+
+        def send() -> None:
+            try:
+                self._w3.eth.send_raw_transaction(HexStr(raw))
+            except ValueError as e:
+                text = str(e).lower()
+                if "already known" in text or "nonce too low" in text or "already imported" in text:
+                    return
+                raise
+
+        self._call("eth_sendRawTransaction", send)
+
+    def _revert_name(self, e: Exception) -> str:
+        data = getattr(e, "data", None)
+        if isinstance(data, str) and data.startswith("0x") and len(data) >= 10:
+            from web3 import Web3
+
+            errors: list[dict[str, Any]] = [dict(e) for e in self._contract.abi if e.get("type") == "error"]
+            for entry in errors:
+                signature = f"{entry['name']}({','.join(i['type'] for i in entry['inputs'])})"
+                if Web3.keccak(text=signature)[:4].hex() == data[2:10]:
+                    return str(entry["name"])
+        return _first_line(e)
 
     # -- withdrawal vouchers (settlement/withdrawals.py)
 
@@ -197,6 +426,18 @@ def _endpoint(url: str) -> str:
 def _first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return (text[0] if text else type(e).__name__)[:200]
+
+
+def chain_of(settings: RegistrySettings) -> SettlementChain:
+    """The settlement chain the settings name; a UsageError when settlement is off."""
+    if not settings.settlement_on:
+        raise UsageError(
+            "settlement is not configured on this registry",
+            hint="set MCPZ_REGISTRY_SETTLEMENT_RPC, _CHAIN_ID and _CONTRACT (docs/settlement.md)",
+        )
+    return SettlementChain(
+        settings.settlement_rpc, settings.settlement_contract, settings.settlement_chain_id
+    )
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,9 @@
 """Settlement's background work in a registry process: watch the chain for deposits and credit them
-once confirmed (settlement/deposits.py). Every step is idempotent, so any number of registry
-processes may run it at once; a chain that cannot be reached is tried again with a growing pause.
+once confirmed (settlement/deposits.py), and, with an operator key, build a payout batch every
+`settlement_payout_interval` seconds and drive the open one towards final (settlement/payouts.py);
+settle withdrawal vouchers used or expired on chain (settlement/withdrawals.py).
+Every step is idempotent, so any number of registry processes may run it at once; a chain that
+cannot be reached is tried again with a growing pause.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import logging
 
 import anyio.to_thread
 
-from registry_server.settlement import deposits, withdrawals
+from registry_server.billing.service import now_us
+from registry_server.settlement import deposits, payouts, withdrawals
 from registry_server.settlement.chain import SettlementChain, TokenInfo
 from registry_server.settlement.operator import Operator
 from registry_server.state import RegistryState
@@ -71,7 +75,15 @@ class SettlementWorker:
             )
             self.credited += len(done.credited)
             if done.caught_up:
-                return
+                break
+        if self.operator is not None:
+            await anyio.to_thread.run_sync(self._payouts, self.operator)
+
+    def _payouts(self, operator: Operator) -> payouts.Progress | None:
+        interval = self.state.settings.settlement_payout_interval
+        last = payouts.last_built_us(self.state.db, self.chain.chain_id)
+        due = interval > 0 and (last is None or now_us() - last >= interval * 1_000_000)
+        return payouts.run(self.state.db, self.chain, operator, self.state.settings, build_new=due)
 
     async def _run(self) -> None:
         backoff = self.interval

@@ -297,10 +297,14 @@ def dashboard_page(request: Request) -> Response:
     if user is None:
         return error_page(request, None, SignInNeeded("sign in to see your dashboard"))
     state = state_of(request)
+    settlement = getattr(request.app.state, "settlement", None)
     with state.db.session() as session:
         agents = service.dashboard(session, user.account_id, now_us=time.time_ns() // 1000)
         owned = namespaces.owned_namespaces(session, user.account_id)
         money = service.money_of(session, user.account_id)
+        payouts = (
+            service.payouts_of(session, settlement.chain.chain_id, user.account_id) if settlement else []
+        )
     settings = state.settings
     return render(
         request,
@@ -311,6 +315,12 @@ def dashboard_page(request: Request) -> Response:
         agents=agents,
         namespaces=owned,
         money=money,
+        payouts=payouts,
+        chain=(
+            {"id": hex(settlement.chain.chain_id), "contract": settlement.chain.address}
+            if settlement
+            else None
+        ),
         amount=lambda units: format_amount(units, decimals=settings.currency_decimals),
         currency=settings.currency,
     )

@@ -36,6 +36,8 @@ from registry_server.market.reviews import ReviewView
 from registry_server.market.service import ListingInfo, ListingSummary
 from registry_server.orm import utcnow
 from registry_server.releases.models import Agent, Release
+from registry_server.settlement import payouts
+from registry_server.settlement.batches import BatchState
 from registry_server.storage import RepoStore
 from registry_server.usage.events import Outcome
 from registry_server.usage.models import UsageEventRow
@@ -258,6 +260,27 @@ def dashboard(session: Session, account_id: int, *, now_us: int, days: int = 30)
 def money_of(session: Session, account_id: int) -> billing.Balance:
     """The balance and earnings the dashboard shows."""
     return billing.balance_of(session, account_id)
+
+
+@dataclass(frozen=True)
+class PayoutRow:
+    """A payout on the dashboard; `calldata` (claimable ones only) is what the claim button sends."""
+
+    batch_id: int
+    amount: int
+    state: str
+    address: str
+    tx_hash: str | None
+    calldata: str | None
+
+
+def payouts_of(session: Session, chain_id: int, account_id: int) -> list[PayoutRow]:
+    out = []
+    for p in payouts.payouts_of(session, chain_id, account_id, limit=20):
+        claimable = p.state in (BatchState.CONFIRMED.value, BatchState.FINAL.value)
+        calldata = payouts.claim_calldata(p) if claimable else None
+        out.append(PayoutRow(p.batch_id, p.amount, p.state, p.address, p.tx_hash, calldata))
+    return out
 
 
 # ---------------------------------------------------------------------------- market pages

@@ -213,7 +213,7 @@ def chain() -> Iterator[str]:
 
 
 def test_contract_wallet_sign_in_through_eip1271(chain: str, tmp_path: Path) -> None:
-    pytest.importorskip("web3", reason="EIP-1271 needs the chain extra (web3)")
+    pytest.importorskip("web3", reason="EIP-1271 needs web3 (a dependency of mcpz)")
     reg = start_registry(tmp_path / "registry", chain_rpc=chain)
     try:
         wallet = Account.from_key("0x" + "c1" * 32)  # the contract's address; no key signs for it

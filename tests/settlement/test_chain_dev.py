@@ -1,5 +1,6 @@
 """`mcpz chain dev` as a user runs it: a subprocess that prints the chain's settings, serves a chain
-with the contracts deployed, and stops cleanly (exit 0, anvil gone) on Ctrl-C."""
+with the contracts deployed, and stops cleanly (exit 0, the chain gone) on Ctrl-C; on anvil and on the
+embedded EVM, with the same settings."""
 
 from __future__ import annotations
 
@@ -31,22 +32,29 @@ def read_json_object(process: subprocess.Popen[str]) -> dict[str, object]:
     return data
 
 
-def test_chain_dev_serves_the_contracts_and_stops_on_ctrl_c() -> None:
-    binary = anvil_binary()
-    if binary is None:
-        pytest.skip(INSTALL_HINT)
+@pytest.mark.parametrize("engine", ["anvil", "evm"])
+def test_chain_dev_serves_the_contracts_and_stops_on_ctrl_c(engine: str) -> None:
+    env = dict(os.environ)
+    if engine == "anvil":
+        binary = anvil_binary()
+        if binary is None:
+            pytest.skip(INSTALL_HINT)
+        env["MCPZ_ANVIL"] = str(binary)
     web3 = pytest.importorskip("web3")
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "mcpz", "chain", "dev", "--json", "--port", str(port)],
+        [sys.executable, "-m", "mcpz", "chain", "dev", "--json", "--port", str(port), "--engine", engine],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "MCPZ_ANVIL": str(binary)},
+        env=env,
     )
     try:
         info = read_json_object(process)
         assert info["rpc_url"] == f"http://127.0.0.1:{port}" and info["chain_id"] == 31337
+        assert info["engine"] == engine
+        # anvil's development keys and so its contract addresses, whichever engine runs.
+        assert info["contract"] == "0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512"
         w3 = web3.Web3(web3.Web3.HTTPProvider(str(info["rpc_url"])))
         contract = w3.eth.contract(address=info["contract"], abi=load_artifact(SETTLEMENT).abi)
         assert contract.functions.token().call() == info["token"]
@@ -57,13 +65,16 @@ def test_chain_dev_serves_the_contracts_and_stops_on_ctrl_c() -> None:
             assert token.functions.balanceOf(key["address"]).call() == key["tokens"] > 0
             assert w3.eth.get_balance(key["address"]) > 0  # gas for deposits
             assert w3.eth.account.from_key(key["private_key"]).address == key["address"]
-        env = info["env"]
-        assert isinstance(env, dict) and env["MCPZ_REGISTRY_SETTLEMENT_CONTRACT"] == info["contract"]
+        settings = info["env"]
+        assert (
+            isinstance(settings, dict) and settings["MCPZ_REGISTRY_SETTLEMENT_CONTRACT"] == info["contract"]
+        )
 
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0, process.stderr.read() if process.stderr else ""
+        assert f"({engine})" in (process.stderr.read() if process.stderr else "")
         with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
-            pass  # anvil is stopped with it
+            pass  # the chain is stopped with it
     finally:
         if process.poll() is None:
             process.kill()
@@ -82,3 +93,30 @@ def test_chain_dev_without_anvil_says_how_to_install_it(tmp_path: Path) -> None:
     assert process.returncode == 2
     assert f"anvil is not installed at {missing}" in process.stderr
     assert "npm ci --prefix contracts" in process.stderr
+
+
+def test_an_unknown_engine_is_a_usage_error() -> None:
+    process = subprocess.run(
+        [sys.executable, "-m", "mcpz", "chain", "dev", "--engine", "ganache", "--port", str(_free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert process.returncode == 2
+    assert "unknown chain engine 'ganache'" in process.stderr and "auto, anvil, evm" in process.stderr
+    assert "Traceback" not in process.stderr
+
+
+def test_the_embedded_evm_says_when_its_port_is_taken() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = subprocess.run(
+            [sys.executable, "-m", "mcpz", "chain", "dev", "--engine", "evm", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert process.returncode == 2
+    assert f"port {port} is in use" in process.stderr.splitlines()[0]

@@ -1,5 +1,6 @@
 """`mcpz billing deposit` end to end: the user's wallet signs on a real anvil, a live registry watches
-the contract and credits the deposit after its confirmations."""
+the contract and credits the deposit after its confirmations. The library's two deposit paths run on
+the embedded EVM too (`either_settlement`)."""
 
 from __future__ import annotations
 
@@ -166,7 +167,8 @@ def info_of(settlement: Settlement, chain_id: int = CHAIN_ID) -> SettlementInfo:
     return SettlementInfo(chain_id, settlement.contract.address, settlement.token.address, 6, CONFIRMATIONS)
 
 
-def test_approve_then_deposit_when_permits_are_not_used(settlement: Settlement) -> None:
+def test_approve_then_deposit_when_permits_are_not_used(either_settlement: Settlement) -> None:
+    settlement = either_settlement
     user = settlement.new_account()
     settlement.mint(user.address, 3 * USDC)
     sent: list[str] = []
@@ -186,7 +188,8 @@ def test_approve_then_deposit_when_permits_are_not_used(settlement: Settlement) 
     assert settlement.balance(user.address) == USDC
 
 
-def test_the_permit_path_is_one_transaction(settlement: Settlement) -> None:
+def test_the_permit_path_is_one_transaction(either_settlement: Settlement) -> None:
+    settlement = either_settlement
     user = settlement.new_account()
     settlement.mint(user.address, USDC)
     sent: list[str] = []

@@ -1,5 +1,6 @@
 """Deposits on a real anvil, credited to the ledger after confirmations, exactly once; reorganised
-deposits never; deposits naming no account kept and reported."""
+deposits never; deposits naming no account kept and reported. The first, the reorganisation and the
+live registry run on the embedded EVM too (`either_settlement`): the watcher reads it as it reads anvil."""
 
 from __future__ import annotations
 
@@ -65,7 +66,10 @@ def scan(w: World, s: Settlement, **kw: Any) -> deposits.Scanned:
     return deposits.scan(w.state.db, chain_of(s), CONFIRMATIONS, **kw)
 
 
-def test_a_deposit_is_credited_once_after_its_confirmations(world: World, settlement: Settlement) -> None:
+def test_a_deposit_is_credited_once_after_its_confirmations(
+    world: World, either_settlement: Settlement
+) -> None:
+    settlement = either_settlement
     settlement.deposit(settlement.user, "bob", 5 * USDC)  # its block is its first confirmation
     first = scan(world, settlement)
     assert first.seen == 1 and first.credited == []
@@ -127,7 +131,8 @@ def test_a_bounded_range_catches_up_over_several_scans(world: World, settlement:
     assert credited == 1 and available(world, world.consumer) == USDC
 
 
-def test_a_reorganised_deposit_is_never_credited(world: World, settlement: Settlement) -> None:
+def test_a_reorganised_deposit_is_never_credited(world: World, either_settlement: Settlement) -> None:
+    settlement = either_settlement
     before = snapshot(settlement)
     settlement.deposit(settlement.user, "bob", 7 * USDC)
     assert scan(world, settlement).seen == 1
@@ -219,7 +224,10 @@ def test_a_deposit_to_an_unknown_account_is_kept_and_reported(world: World, sett
 # --- a live registry watching the chain -------------------------------------------------------
 
 
-def test_a_live_registry_credits_a_deposit_to_the_balance(tmp_path: Path, settlement: Settlement) -> None:
+def test_a_live_registry_credits_a_deposit_to_the_balance(
+    tmp_path: Path, either_settlement: Settlement
+) -> None:
+    settlement = either_settlement
     reg = start_registry(
         tmp_path / "registry",
         settlement_rpc=settlement.anvil.rpc_url,

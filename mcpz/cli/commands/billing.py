@@ -1,6 +1,6 @@
 """`mcpz billing ...`: plans, price, split, subscribe, unsubscribe, subscriptions, balance, usage,
-caps (set, remove), verify-receipt, invoices, invoice, statement, and on chain deposit, withdraw and
-withdrawals."""
+caps (set, remove), verify-receipt, invoices, invoice, statement, and on chain deposit, payouts, claim,
+verify-payout, withdraw and withdrawals."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from mcpz.errors import NetworkError, NotFoundError, UsageError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from mcpz.client.billing import Balance, Plans, Pricing, SpendCap
+    from mcpz.client.billing import Balance, Payout, Payouts, Plans, Pricing, SpendCap
+    from mcpz.client.chain import Leaf
     from mcpz.client.registry import RegistryClient
 
 T = TypeVar("T")
@@ -710,6 +711,185 @@ def deposit_command(
     if result["credited"]:
         lines.append(f"credited; available {money(result['available'])}")
     out().lines(result, lambda: lines)
+
+
+# --- payouts: list, claim, verify against the chain ----------------------------------------------
+
+RpcOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rpc", metavar="URL", help="JSON-RPC URL of the chain (else MCPZ_CHAIN_RPC, config chain_rpc)."
+    ),
+]
+
+
+def _rpc_url(rpc: str | None, what: str) -> str:
+    from mcpz.config import Settings
+
+    url = rpc or Settings.load().chain_rpc
+    if not url:
+        raise UsageError(
+            f"no chain RPC URL to {what}",
+            hint="pass --rpc URL, set MCPZ_CHAIN_RPC, or `mcpz config set chain_rpc URL`",
+        )
+    return url
+
+
+def _my_payouts(registry: str | None, token: str | None) -> tuple[Payouts, Balance]:
+    from mcpz.client import billing
+
+    async def ask(client: RegistryClient) -> tuple[Payouts, Balance]:
+        try:
+            found = await billing.payouts(client)
+        except NotFoundError:
+            raise UsageError(
+                "this registry pays nothing out on chain (settlement is not configured)",
+                hint="its operator sets it up (docs/settlement.md)",
+            ) from None
+        return found, await billing.balance(client)
+
+    return _billing(registry, token, ask)
+
+
+def _leaf(p: Payout) -> Leaf:
+    from mcpz.client.chain import Leaf
+
+    return Leaf(p.batch_id, p.index, p.address, p.amount, tuple(p.proof))
+
+
+@billing_app.command("payouts")
+def payouts_command(
+    proof: Annotated[bool, typer.Option("--proof", help="Show each payout's Merkle proof.")] = False,
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Your payouts: each batch you are in, the amount, its state, and (with --proof) the Merkle proof
+    that claims it and that `mcpz billing verify-payout` checks against the chain."""
+    found, bal = _my_payouts(registry, token)
+
+    def render(console: Any) -> None:
+        from rich.table import Table
+
+        if not found.payouts:
+            console.print(
+                "no payouts yet: earnings are paid out in batches once they are available", markup=False
+            )
+            return
+        table = Table("batch", "amount", "state", "to", "transaction", box=None)
+        for p in found.payouts:
+            table.add_row(
+                str(p.batch_id),
+                _money(p.amount, bal.decimals, bal.currency),
+                p.state,
+                p.address,
+                p.tx_hash or "-",
+            )
+        console.print(table)
+        if proof:
+            for p in found.payouts:
+                console.print(f"batch {p.batch_id} leaf {p.index} root {p.root}", markup=False)
+                for sibling in p.proof:
+                    console.print(f"  {sibling}", markup=False)
+
+    data = found.to_dict()
+    if not proof:
+        data = {**data, "payouts": [{k: v for k, v in p.items() if k != "proof"} for p in data["payouts"]]}
+    out().data(data, render)
+
+
+@billing_app.command("claim")
+def claim_command(
+    batch: Annotated[
+        int | None, typer.Argument(metavar="[BATCH]", help="One batch (default: every claimable one).")
+    ] = None,
+    rpc: RpcOpt = None,
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Claim your payouts on chain: your wallet signs one transaction (claim, or claimMany for several
+    batches) and the tokens go to the payout address."""
+    from mcpz.cli.prompts import unlock_wallet
+    from mcpz.client.chain import claim, is_claimed
+
+    url = _rpc_url(rpc, "send the claim through")
+    found, bal = _my_payouts(registry, token)
+    chosen = [p for p in found.payouts if batch is None or p.batch_id == batch]
+    if batch is not None and not chosen:
+        raise UsageError(f"you have no payout in batch {batch}", hint="see `mcpz billing payouts`")
+    waiting = [p for p in chosen if not p.claimable]
+    ready = [p for p in chosen if p.claimable]
+    paid = is_claimed(url, found.contract, [_leaf(p) for p in ready]) if ready else []
+    todo = [p for p, done in zip(ready, paid, strict=True) if not done]
+    if not todo:
+        if waiting:
+            raise UsageError(
+                f"batch {waiting[0].batch_id} is {waiting[0].state}: not claimable until it is confirmed",
+                hint="try again after its confirmations",
+            )
+        out().data({"claimed": [], "tx_hash": None}, lambda c: c.print("nothing to claim", markup=False))
+        return
+    key = unlock_wallet()
+    tx_hash, block = claim(
+        url,
+        found.chain_id,
+        found.contract,
+        key,
+        [_leaf(p) for p in todo],
+        on_sent=lambda h: out().info(f"sent {h}"),
+    )
+    total = sum(p.amount for p in todo)
+    batches = ", ".join(str(p.batch_id) for p in todo)
+    said = f"claimed {_money(total, bal.decimals, bal.currency)} from batch {batches}"
+    out().data(
+        {"claimed": [p.batch_id for p in todo], "amount": total, "tx_hash": tx_hash, "block": block},
+        lambda c: c.print(f"{said}: {tx_hash}", markup=False),
+    )
+
+
+@billing_app.command("verify-payout")
+def verify_payout_command(
+    batch: Annotated[int, typer.Argument(metavar="BATCH", help="The batch to check.")],
+    rpc: RpcOpt = None,
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Check your payout in BATCH against the root committed on chain, reading the chain directly: the
+    registry gives the leaf and its proof, the chain alone decides whether they hold."""
+    from mcpz.client.chain import PayoutMismatch, verify_payout
+
+    url = _rpc_url(rpc, "read the chain through")
+    found, bal = _my_payouts(registry, token)
+    mine = [p for p in found.payouts if p.batch_id == batch]
+    if not mine:
+        raise UsageError(f"you have no payout in batch {batch}", hint="see `mcpz billing payouts`")
+    p = mine[0]
+    check = verify_payout(url, found.contract, _leaf(p))
+    payload = {
+        "batch_id": batch,
+        "index": p.index,
+        "address": p.address,
+        "amount": p.amount,
+        "root_on_chain": check.root,
+        "committed": check.committed,
+        "proof_ok": check.proof_ok,
+        "claimed": check.claimed,
+        "ok": check.ok,
+    }
+    amount = _money(p.amount, bal.decimals, bal.currency)
+    if not check.committed:
+        said = f"batch {batch} is not committed on chain {found.chain_id} (contract {found.contract})"
+    elif not check.proof_ok:
+        said = f"the proof of {amount} to {p.address} does NOT lead to batch {batch}'s root {check.root}"
+    else:
+        state = "claimed" if check.claimed else "not claimed yet"
+        said = f"verified on chain: {amount} to {p.address} is in batch {batch} (root {check.root}); {state}"
+    if not check.ok:
+        if out().json:
+            out().data(payload, lambda c: None)
+        raise PayoutMismatch(
+            said, hint="the registry's record and the chain disagree: keep this and ask its operator"
+        )
+    out().data(payload, lambda c: c.print(said, markup=False))
 
 
 # --- withdraw on chain ---------------------------------------------------------------------------

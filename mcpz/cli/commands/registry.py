@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from mcpz.cli.output import out
+from mcpz.cli.registry_payouts import payouts_app
 
 if TYPE_CHECKING:
     from registry_server.settings import RegistrySettings
@@ -22,6 +23,7 @@ account_app = typer.Typer(
 token_app = typer.Typer(help="Tokens (operator commands, run on the registry host).", no_args_is_help=True)
 registry_app.add_typer(account_app, name="account")
 registry_app.add_typer(token_app, name="token")
+registry_app.add_typer(payouts_app, name="payouts")
 app.add_typer(registry_app, name="registry")
 
 DataOpt = Annotated[
