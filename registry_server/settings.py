@@ -89,6 +89,9 @@ class RegistrySettings:
     settlement_start_block: int = 0  # the contract's deployment block: nothing before it is read
     settlement_operator_keystore: str = ""
     settlement_poll_interval: float = 3.0
+    # Seconds a withdrawal voucher stays usable on chain; its amount is held off the balance until
+    # it is used or has expired.
+    settlement_voucher_ttl: int = 86400
     # Payouts (docs/settlement.md): how often a batch is built (seconds; 0 = only by `mcpz registry
     # payouts run`), the least a creator is paid in one (base units), how long a commit may sit in the
     # pool before it is replaced at the same nonce, and the most the operator pays per gas (gwei).
@@ -149,6 +152,7 @@ class RegistrySettings:
         settlement = (
             "settlement_rpc", "settlement_chain_id", "settlement_contract", "settlement_confirmations",
             "settlement_start_block", "settlement_operator_keystore", "settlement_poll_interval",
+            "settlement_voucher_ttl",
             "settlement_payout_interval", "settlement_payout_minimum", "settlement_stuck_after",
             "settlement_max_fee_gwei",
         )  # fmt: skip
@@ -220,6 +224,7 @@ class RegistrySettings:
                 settlement_start_block=int(values.get("settlement_start_block", 0)),
                 settlement_operator_keystore=str(values.get("settlement_operator_keystore", "")),
                 settlement_poll_interval=float(values.get("settlement_poll_interval", 3.0)),
+                settlement_voucher_ttl=int(values.get("settlement_voucher_ttl", 86400)),
                 settlement_payout_interval=float(values.get("settlement_payout_interval", 86400.0)),
                 settlement_payout_minimum=int(values.get("settlement_payout_minimum", 1_000_000)),
                 settlement_stuck_after=float(values.get("settlement_stuck_after", 300.0)),
@@ -307,6 +312,7 @@ _POSITIVE = (
     "review_report_threshold",
     "market_refresh_interval",
     "settlement_poll_interval",
+    "settlement_voucher_ttl",
 )
 
 

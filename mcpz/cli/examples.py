@@ -102,6 +102,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "billing payouts": ("mcpz billing payouts", "mcpz billing payouts --proof --json"),
     "billing claim": ("mcpz billing claim", "mcpz billing claim 12 --rpc http://127.0.0.1:8545"),
     "billing verify-payout": ("mcpz billing verify-payout 12 --rpc https://mainnet.era.zksync.io",),
+    "billing withdraw": (
+        "mcpz billing withdraw 5 --rpc http://127.0.0.1:8545",
+        "mcpz billing withdraw --voucher 12 --json",
+    ),
+    "billing withdrawals": ("mcpz billing withdrawals", "mcpz billing withdrawals --json"),
     "billing caps": ("mcpz billing caps",),
     "billing caps set": (
         "mcpz billing caps set 5 --per day",

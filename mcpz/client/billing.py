@@ -17,16 +17,23 @@ The receipt format, and what its digests cover, are in `mcpz.keys.receipts` and 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
+import anyio.to_thread
+
+from mcpz.client import chain
+from mcpz.client.chain import SettlementInfo, Voucher
 from mcpz.client.models import Payload, raw_field
 from mcpz.client.registry import RegistryClient, connect
-from mcpz.errors import RemoteError, UsageError
+from mcpz.errors import NotFoundError, RemoteError, UsageError
 from mcpz.keys import receipts
 from mcpz.keys.receipts import Receipt
 from mcpz.money import format_amount, parse_amount, parse_bps
 from mcpz.names import AgentName
+
+if TYPE_CHECKING:
+    from mcpz.keys.ethkeys import LocalAccount
 
 __all__ = [
     "Balance",
@@ -49,6 +56,8 @@ __all__ = [
     "StatementLine",
     "Subscription",
     "VerifiedReceipt",
+    "Withdrawal",
+    "Withdrawn",
     "balance",
     "cap",
     "caps",
@@ -62,15 +71,19 @@ __all__ = [
     "pricing_from_text",
     "receipt_key",
     "remove_cap",
+    "request_withdrawal",
     "set_cap",
     "set_prices",
     "set_splits",
+    "settlement",
     "statement",
     "subscribe",
     "subscriptions",
     "unsubscribe",
     "usage",
     "verify_receipt",
+    "withdraw",
+    "withdrawals",
 ]
 
 
@@ -611,3 +624,131 @@ async def statement(client: RegistryClient, period: str | None = None) -> Statem
     """The caller's creator statement for `period` (YYYY-MM; default: this month)."""
     params = {"period": period} if period else {}
     return await client.typed(Statement, "GET", "/v1/billing/statement", params=params)
+
+
+# -- withdrawals: unspent balance back to the wallet on chain (docs/settlement.md#withdrawals)
+#
+#     async with connect(url, token) as client:
+#         done = await withdraw(client, rpc_url, wallet_key, 5_000_000)   # 5 USDC, base units
+#         print(done.tx_hash, done.available)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Withdrawal(Payload):
+    """A withdrawal voucher (`/v1/billing/withdrawals`): its amount is held off the balance until it is
+    used on chain (`withdrawn`) or expires unused (`expired`, the amount back)."""
+
+    WHAT: ClassVar[str] = "withdrawal voucher"
+    id: int
+    nonce: int
+    chain_id: int
+    contract: str
+    address: str
+    """The wallet it pays: only that wallet can send it."""
+    amount: int
+    expiry: int
+    """Unix seconds: usable in blocks whose timestamp is at most this."""
+    signature: str
+    state: str
+    tx_hash: str | None
+    created_us: int
+    settled_us: int | None
+    raw: Mapping[str, Any] = raw_field()
+
+    def voucher(self) -> Voucher:
+        return Voucher(
+            chain_id=self.chain_id,
+            contract=self.contract,
+            account=self.address,
+            amount=self.amount,
+            nonce=self.nonce,
+            expiry=self.expiry,
+            signature=self.signature,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Withdrawn:
+    """What `withdraw` did: the voucher, the mined transaction, and the balance after."""
+
+    voucher: Withdrawal
+    tx_hash: str
+    block: int
+    available: int
+    currency: str
+    decimals: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "voucher": self.voucher.id,
+            "tx_hash": self.tx_hash,
+            "block": self.block,
+            "address": self.voucher.address,
+            "amount": self.voucher.amount,
+            "available": self.available,
+            "currency": self.currency,
+            "decimals": self.decimals,
+        }
+
+
+async def settlement(client: RegistryClient) -> SettlementInfo:
+    """Where the registry settles on chain; a UsageError when it does not."""
+    try:
+        return SettlementInfo.from_json(await client.json("GET", "/v1/billing/settlement"))
+    except NotFoundError:
+        raise UsageError(
+            "this registry settles nothing on chain (settlement is not configured)",
+            hint="deposits and withdrawals need a registry with settlement set up (docs/settlement.md)",
+        ) from None
+
+
+async def request_withdrawal(
+    client: RegistryClient, amount: int, *, address: str | None = None
+) -> Withdrawal:
+    """A voucher for `amount` base units of the available balance, which the registry holds from now
+    until the voucher is used or expires. `address`: the wallet that will send it (refused unless it
+    is the account's, before anything is held)."""
+    if amount <= 0:
+        raise UsageError("the amount to withdraw must be more than 0")
+    body: dict[str, Any] = {"amount": amount}
+    if address is not None:
+        body["address"] = address
+    return await client.typed(Withdrawal, "POST", "/v1/billing/withdrawals", json=body)
+
+
+async def withdrawals(client: RegistryClient, *, limit: int = 100) -> list[Withdrawal]:
+    """The caller's vouchers, newest first."""
+    return await client.typed_list(Withdrawal, "GET", "/v1/billing/withdrawals", params={"limit": limit})
+
+
+async def withdraw(
+    client: RegistryClient,
+    rpc_url: str,
+    key: LocalAccount,
+    amount: int | None = None,
+    *,
+    voucher_id: int | None = None,
+    on_sent: Callable[[str], None] | None = None,
+) -> Withdrawn:
+    """Take `amount` base units of the balance back to `key`'s wallet: ask the registry for a voucher
+    and send it from the wallet, then read the balance. `voucher_id` sends a voucher issued before
+    (one whose transaction failed) instead of asking for a new one. The chain is checked before any
+    voucher is asked for, so a wrong RPC URL holds no money."""
+    if (amount is None) == (voucher_id is None):
+        raise UsageError("give an amount to withdraw, or the id of an issued voucher, not both")
+    info = await settlement(client)
+    await anyio.to_thread.run_sync(lambda: chain.check_chain(rpc_url, info.chain_id))
+    if amount is not None:
+        voucher = await request_withdrawal(client, amount, address=key.address)
+    else:
+        found = [v for v in await withdrawals(client, limit=1000) if v.id == voucher_id]
+        if not found:
+            raise NotFoundError(f"no withdrawal voucher {voucher_id}", hint="see `mcpz billing withdrawals`")
+        voucher = found[0]
+        if voucher.state != "issued":
+            raise UsageError(f"withdrawal voucher {voucher_id} is {voucher.state}: it can be used no more")
+    done = await anyio.to_thread.run_sync(
+        lambda: chain.withdraw(rpc_url, voucher.voucher(), key, on_sent=on_sent)
+    )
+    after = await balance(client)
+    return Withdrawn(voucher, done.tx_hash, done.block, after.available, after.currency, after.decimals)

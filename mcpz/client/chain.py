@@ -1,4 +1,5 @@
-"""Depositing into a registry's settlement contract from the user's own wallet, over raw JSON-RPC.
+"""Depositing into a registry's settlement contract from the user's own wallet, and withdrawing from
+it with a voucher the registry signed, over raw JSON-RPC.
 
 The wallet signs locally (eth_account) and the node only relays: one `depositWithPermit` transaction
 when the token takes EIP-2612 permits, else `approve` then `deposit`. The RPC URL is the user's (it may
@@ -147,8 +148,16 @@ class Chain:
         raw = self.call(token, _call_data("balanceOf(address)", ["address"], [owner]))
         return int(decode(["uint256"], raw)[0])
 
-    def send(self, key: LocalAccount, to: str, data: str, chain_id: int, what: str) -> str:
-        """Sign and send one EIP-1559 transaction; its hash."""
+    def send(
+        self,
+        key: LocalAccount,
+        to: str,
+        data: str,
+        chain_id: int,
+        what: str,
+        refused_hint: str = "nothing was sent; check the amount, the account name and the wallet's balance",
+    ) -> str:
+        """Sign and send one EIP-1559 transaction; its hash. `refused_hint` follows a revert's reason."""
         tx: dict[str, Any] = {"from": key.address, "to": to, "data": data}
         try:
             gas = int(self.rpc("eth_estimateGas", tx), 16)
@@ -156,7 +165,7 @@ class Chain:
             reason = describe_revert(e.data)
             raise McpzError(
                 f"the {what} would revert: {reason or e.message}",
-                hint="nothing was sent; check the amount, the account name and the wallet's balance",
+                hint=refused_hint,
             ) from None
         nonce = int(self.rpc("eth_getTransactionCount", key.address, "pending"), 16)
         history = self.rpc("eth_feeHistory", "0x1", "latest", [])
@@ -491,5 +500,99 @@ def claim(
             on_sent(tx_hash)
         receipt = chain.wait(tx_hash, "claim", receipt_timeout)
         return tx_hash, int(receipt["blockNumber"], 16)
+    finally:
+        chain.close()
+
+
+# -- withdrawals: a voucher the registry's operator signed, sent from the wallet it pays
+
+
+@dataclass(frozen=True)
+class Voucher:
+    """An EIP-712 Withdrawal signed by the registry's operator: usable once, by `account` alone, in
+    blocks whose timestamp is at most `expiry`."""
+
+    chain_id: int
+    contract: str
+    account: str
+    amount: int
+    nonce: int
+    expiry: int
+    signature: str
+
+
+@dataclass(frozen=True)
+class Withdrew:
+    tx_hash: str
+    block: int
+    account: str
+    amount: int
+    nonce: int
+
+
+def check_chain(rpc_url: str, chain_id: int) -> None:
+    """The node at `rpc_url` answers and is chain `chain_id` (checked before the registry is asked for
+    anything that holds money)."""
+    chain = Chain(rpc_url)
+    try:
+        found = chain.chain_id()
+    finally:
+        chain.close()
+    if found != chain_id:
+        raise UsageError(
+            f"the chain at {chain.where} is chain {found}, but the registry settles on chain {chain_id}",
+            hint="pass the RPC URL of the registry's chain with --rpc",
+        )
+
+
+def withdraw(
+    rpc_url: str,
+    voucher: Voucher,
+    key: LocalAccount,
+    *,
+    on_sent: Callable[[str], None] | None = None,
+    receipt_timeout: float = RECEIPT_TIMEOUT,
+) -> Withdrew:
+    """Send `withdraw(amount, nonce, expiry, signature)` from `key`'s wallet and wait for its receipt.
+    A withdrawal the contract would refuse is not sent; its error is named (VoucherExpired, NonceUsed...)."""
+    from eth_utils.address import to_checksum_address
+
+    if key.address.lower() != voucher.account.lower():
+        raise UsageError(
+            f"the voucher pays {to_checksum_address(voucher.account)}, not this wallet ({key.address})",
+            hint="use the wallet you sign in to the registry with",
+        )
+    check_chain(rpc_url, voucher.chain_id)
+    chain = Chain(rpc_url)
+    try:
+        data = _call_data(
+            "withdraw(uint256,uint256,uint256,bytes)",
+            ["uint256", "uint256", "uint256", "bytes"],
+            [
+                voucher.amount,
+                voucher.nonce,
+                voucher.expiry,
+                bytes.fromhex(voucher.signature.removeprefix("0x")),
+            ],
+        )
+        tx_hash = chain.send(
+            key,
+            to_checksum_address(voucher.contract),
+            data,
+            voucher.chain_id,
+            "withdrawal",
+            refused_hint="nothing was sent; `mcpz billing withdrawals` shows the voucher's state (an unused "
+            "one's amount comes back to your balance after its expiry)",
+        )
+        if on_sent is not None:
+            on_sent(tx_hash)
+        receipt = chain.wait(tx_hash, "withdrawal", receipt_timeout)
+        return Withdrew(
+            tx_hash=tx_hash,
+            block=int(receipt["blockNumber"], 16),
+            account=key.address,
+            amount=voucher.amount,
+            nonce=voucher.nonce,
+        )
     finally:
         chain.close()

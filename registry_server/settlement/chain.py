@@ -362,6 +362,40 @@ class SettlementChain:
                     return str(entry["name"])
         return _first_line(e)
 
+    # -- withdrawal vouchers (settlement/withdrawals.py)
+
+    def withdrawals(self, from_block: int, to_block: int) -> list[WithdrawnLog]:
+        """`Withdrawn` events in blocks from_block..to_block (both included), in chain order."""
+
+        def read() -> list[WithdrawnLog]:
+            logs = self._contract.events.Withdrawn().get_logs(from_block=from_block, to_block=to_block)
+            return [_withdrawn(log) for log in logs]
+
+        found = self._call(f"Withdrawn logs {from_block}..{to_block}", read)
+        return sorted(found, key=lambda w: (w.block_number, w.log_index))
+
+    def nonce_used(self, account: str, nonce: int, block: int) -> bool:
+        """Whether `account` has used voucher nonce `nonce`, as of block `block`."""
+        from web3 import Web3
+
+        who = Web3.to_checksum_address(account)
+        return self._call(
+            f"nonceUsed at block {block}",
+            lambda: bool(self._contract.functions.nonceUsed(who, nonce).call(block_identifier=block)),
+        )
+
+    def block_timestamp(self, number: int) -> int | None:
+        """The timestamp (unix seconds) of block `number`; None past the head."""
+        from web3.exceptions import BlockNotFound
+
+        def read() -> int | None:
+            try:
+                return int(self._w3.eth.get_block(number)["timestamp"])
+            except BlockNotFound:
+                return None
+
+        return self._call(f"block {number}", read)
+
 
 def _hex(value: Any) -> str:
     text = value.hex() if isinstance(value, bytes | bytearray) else str(value)
@@ -403,4 +437,28 @@ def chain_of(settings: RegistrySettings) -> SettlementChain:
         )
     return SettlementChain(
         settings.settlement_rpc, settings.settlement_contract, settings.settlement_chain_id
+    )
+
+
+@dataclass(frozen=True)
+class WithdrawnLog:
+    """One `Withdrawn(account, amount, nonce)` event: a withdrawal voucher used on chain."""
+
+    tx_hash: str
+    log_index: int
+    block_number: int
+    account: str  # checksummed: the voucher's account, who sent the transaction
+    amount: int
+    nonce: int
+
+
+def _withdrawn(log: Any) -> WithdrawnLog:
+    args = log["args"]
+    return WithdrawnLog(
+        tx_hash=_hex(log["transactionHash"]),
+        log_index=int(log["logIndex"]),
+        block_number=int(log["blockNumber"]),
+        account=str(args["account"]),
+        amount=int(args["amount"]),
+        nonce=int(args["nonce"]),
     )

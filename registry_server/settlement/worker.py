@@ -1,6 +1,7 @@
 """Settlement's background work in a registry process: watch the chain for deposits and credit them
 once confirmed (settlement/deposits.py), and, with an operator key, build a payout batch every
-`settlement_payout_interval` seconds and drive the open one towards final (settlement/payouts.py).
+`settlement_payout_interval` seconds and drive the open one towards final (settlement/payouts.py);
+settle withdrawal vouchers used or expired on chain (settlement/withdrawals.py).
 Every step is idempotent, so any number of registry processes may run it at once; a chain that
 cannot be reached is tried again with a growing pause.
 """
@@ -14,7 +15,7 @@ import logging
 import anyio.to_thread
 
 from registry_server.billing.service import now_us
-from registry_server.settlement import deposits, payouts
+from registry_server.settlement import deposits, payouts, withdrawals
 from registry_server.settlement.chain import SettlementChain, TokenInfo
 from registry_server.settlement.operator import Operator
 from registry_server.state import RegistryState
@@ -41,6 +42,9 @@ class SettlementWorker:
         self._checked = False
         self._task: asyncio.Task[None] | None = None
         self.credited = 0
+        self.withdrawals = withdrawals.Watcher(
+            state.db, chain, self.confirmations, start_block=self.start_block
+        )
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="settlement")
@@ -62,6 +66,7 @@ class SettlementWorker:
             # A node of another chain would have its blocks taken for ours; nothing is read until it is right.
             await anyio.to_thread.run_sync(self.chain.check)
             self._checked = True
+        await anyio.to_thread.run_sync(self.withdrawals.step)
         for _ in range(CATCH_UP_ROUNDS):
             done = await anyio.to_thread.run_sync(
                 lambda: deposits.scan(

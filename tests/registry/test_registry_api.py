@@ -270,6 +270,8 @@ SCOPES: dict[tuple[str, str], tuple[str, bool]] = {
     ("DELETE", "/v1/billing/subscriptions/{namespace}/{name}"): ("call", False),
     ("PUT", "/v1/billing/caps"): ("admin", False),
     ("DELETE", "/v1/billing/caps/{cap_id}"): ("admin", False),
+    # A withdrawal voucher spends the caller's own balance, like a call.
+    ("POST", "/v1/billing/withdrawals"): ("call", False),
 }
 # Routes whose success needs a wallet's signature or changes who owns what: refusals are checked
 # here, success in tests/accounts/test_login.py and tests/signing/test_signed_releases.py.
@@ -295,6 +297,8 @@ SUCCESS_ELSEWHERE = {
     ("POST", "/v1/billing/subscriptions"),
     ("DELETE", "/v1/billing/subscriptions/{namespace}/{name}"),
     ("DELETE", "/v1/billing/caps/{cap_id}"),
+    # A voucher needs settlement on chain, a wallet and a balance: tests/settlement/test_withdraw_cli.py.
+    ("POST", "/v1/billing/withdrawals"),
 }
 # POST routes that only read: a fetch negotiates with a POST.
 READ_ONLY_POSTS = {("POST", "/git/{namespace}/{name}/git-upload-pack")}
@@ -327,6 +331,7 @@ def _request(world: World, method: str, path: str, token: str | None, key_id: in
         "/v1/billing/splits/{namespace}/{name}": {"shares": [{"account": "acme", "bps": 10000}]},
         "/v1/billing/subscriptions": {"agent": "acme/matrix", "plan": "monthly"},
         "/v1/billing/caps": {"period": "day", "amount": 1000},
+        "/v1/billing/withdrawals": {"amount": 1000},
     }
     if path in bodies and method != "DELETE":
         kw["json"] = bodies[path]

@@ -49,6 +49,13 @@ def test_zero_confirmations_are_refused(tmp_path: Path) -> None:
         settings(tmp_path, MCPZ_REGISTRY_SETTLEMENT_CONFIRMATIONS="0")
 
 
+def test_the_voucher_lifetime_defaults_to_a_day_and_must_be_above_zero(tmp_path: Path) -> None:
+    assert settings(tmp_path).settlement_voucher_ttl == 86400
+    assert settings(tmp_path, MCPZ_REGISTRY_SETTLEMENT_VOUCHER_TTL="600").settlement_voucher_ttl == 600
+    with pytest.raises(UsageError, match="settlement_voucher_ttl must be above 0"):
+        settings(tmp_path, MCPZ_REGISTRY_SETTLEMENT_VOUCHER_TTL="0")
+
+
 def test_the_operator_key_from_the_environment_stays_out_of_reprs(tmp_path: Path) -> None:
     account = Account.create()
     key = account.key.hex()

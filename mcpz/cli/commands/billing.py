@@ -1,5 +1,6 @@
 """`mcpz billing ...`: plans, price, split, subscribe, unsubscribe, subscriptions, balance, usage,
-caps (set, remove), verify-receipt, and invoices, invoice, statement."""
+caps (set, remove), verify-receipt, invoices, invoice, statement, and on chain deposit, payouts, claim,
+verify-payout, withdraw and withdrawals."""
 
 from __future__ import annotations
 
@@ -889,3 +890,91 @@ def verify_payout_command(
             said, hint="the registry's record and the chain disagree: keep this and ask its operator"
         )
     out().data(payload, lambda c: c.print(said, markup=False))
+
+
+# --- withdraw on chain ---------------------------------------------------------------------------
+
+
+@billing_app.command("withdraw")
+def withdraw_command(
+    amount: Annotated[
+        str | None,
+        typer.Argument(metavar="AMOUNT", help="Tokens to take back, e.g. 5 or 0.25 (not base units)."),
+    ] = None,
+    voucher: Annotated[
+        int | None,
+        typer.Option(
+            "--voucher", metavar="ID", min=1, help="Send a voucher issued before (its transaction failed)."
+        ),
+    ] = None,
+    rpc: Annotated[
+        str | None,
+        typer.Option(
+            "--rpc", metavar="URL", help="JSON-RPC URL of the chain (else MCPZ_CHAIN_RPC, config chain_rpc)."
+        ),
+    ] = None,
+    registry: RegistryOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Take unspent balance back to your wallet: the registry signs a voucher, your wallet sends it.
+
+    The voucher pays the wallet you signed in with (`mcpz login --wallet`) and is usable once, until
+    it expires; its amount is held off your balance meanwhile, and comes back if it expires unused.
+    """
+    from mcpz.cli.prompts import unlock_wallet
+    from mcpz.client import billing
+    from mcpz.config import Settings
+    from mcpz.money import format_amount, parse_amount
+
+    if (amount is None) == (voucher is None):
+        raise UsageError("give AMOUNT, or --voucher ID to send a voucher issued before", hint="see --help")
+    if amount is not None and parse_amount(amount) <= 0:  # a bad amount is refused before any request
+        raise UsageError("the amount to withdraw must be more than 0")
+    url = rpc or Settings.load().chain_rpc
+    if not url:
+        raise UsageError(
+            "no chain RPC URL to send the withdrawal through",
+            hint="pass --rpc URL, set MCPZ_CHAIN_RPC, or `mcpz config set chain_rpc URL`",
+        )
+    key = unlock_wallet()
+
+    async def go(client: RegistryClient) -> billing.Withdrawn:
+        units = None
+        if amount is not None:
+            units = parse_amount(amount, decimals=(await billing.settlement(client)).decimals)
+        return await billing.withdraw(
+            client, url, key, units, voucher_id=voucher, on_sent=lambda h: out().info(f"sent {h}")
+        )
+
+    done = _billing(registry, token, go)
+
+    def money(n: int) -> str:
+        return format_amount(n, decimals=done.decimals, currency=done.currency)
+
+    out().lines(
+        done.to_json(),
+        lambda: [
+            f"withdrew {money(done.voucher.amount)} to {done.voucher.address} in block {done.block}: "
+            f"{done.tx_hash}",
+            f"available {money(done.available)}",
+        ],
+    )
+
+
+@billing_app.command("withdrawals")
+def withdrawals_command(registry: RegistryOpt = None, token: TokenOpt = None) -> None:
+    """Your withdrawal vouchers, newest first: amount, state (issued, withdrawn, expired), expiry."""
+    from mcpz.client import billing
+
+    async def go(client: RegistryClient) -> tuple[list[billing.Withdrawal], Balance]:
+        return await billing.withdrawals(client), await billing.balance(client)
+
+    found, money = _billing(registry, token, go)
+
+    def line(v: billing.Withdrawal) -> str:
+        amount = _money(v.amount, money.decimals, money.currency)
+        if v.state == "issued":
+            return f"{v.id}  {amount}  issued, usable until {_when(v.expiry * 1_000_000)}"
+        return f"{v.id}  {amount}  {v.state}" + (f"  {v.tx_hash}" if v.tx_hash else "")
+
+    out().lines([v.to_dict() for v in found], lambda: [line(v) for v in found] or ["no withdrawals"])
