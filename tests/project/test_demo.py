@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 
+@pytest.mark.timeout(900)  # the whole loop, a local chain included: minutes on a busy machine
 def test_demo_runs_every_step_and_reports_them() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "mcpz", "demo", "--json"], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "mcpz", "demo", "--json"], capture_output=True, text=True, timeout=840
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
