@@ -42,6 +42,7 @@ from registry_server.market.upkeep import MarketUpkeep
 from registry_server.mesh import hub as mesh_hub
 from registry_server.mesh import routes as mesh_http
 from registry_server.openapi import use_error_model
+from registry_server.otlp import CallSpans
 from registry_server.rate_limit import RateLimited, retry_after_header
 from registry_server.releases import routes as api
 from registry_server.releases.index import IndexCache
@@ -258,6 +259,7 @@ def create_app(
                         tiers=app.state.quotas,
                         billing=app.state.billing_gate,
                         receipts=app.state.receipts,
+                        spans=CallSpans(settings.otlp_endpoint) if settings.otlp_endpoint else None,
                     )
                     await app.state.gateway.start()
                     # Listings follow publishes (a listener on the state) and a periodic sweep.
@@ -275,6 +277,8 @@ def create_app(
                         yield
                     finally:
                         metrics.stop()
+                        if app.state.gateway.spans is not None:
+                            app.state.gateway.spans.close()  # sends what is batched
                         if app.state.settlement is not None:
                             await app.state.settlement.stop()
                         await app.state.market.stop()

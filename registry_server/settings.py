@@ -104,6 +104,12 @@ class RegistrySettings:
     # 0 = off. The host is loopback unless the operator's Prometheus scrapes from elsewhere.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0
+    # W3C trace context on gateway calls (docs/metrics.md#traces): continued from the client's
+    # `traceparent` (or begun) and passed to the agent in the request's `_meta`.
+    gateway_trace: bool = True
+    # OTLP/HTTP endpoint (e.g. http://collector:4318) to export sampled gateway calls to as spans;
+    # "" = none (needs the `otel` extra).
+    otlp_endpoint: str = ""
 
     @property
     def base_url(self) -> str:
@@ -140,7 +146,7 @@ class RegistrySettings:
         nonces = ("nonce_rate_limit", "nonce_rate_window")
         limits = ("max_json_bytes", "header_timeout", "max_sessions_per_account")
         market = ("market_admins", "review_report_threshold", "market_refresh_interval")
-        metrics = ("metrics_host", "metrics_port")
+        metrics = ("metrics_host", "metrics_port", "gateway_trace", "otlp_endpoint")
         billing = (
             "platform_fee_bps",
             "price_notice_days",
@@ -231,6 +237,8 @@ class RegistrySettings:
                 settlement_max_fee_gwei=int(values.get("settlement_max_fee_gwei", 500)),
                 metrics_host=str(values.get("metrics_host", "127.0.0.1")),
                 metrics_port=int(values.get("metrics_port", 0)),
+                gateway_trace=_flag("gateway_trace", values.get("gateway_trace", True)),
+                otlp_endpoint=str(values.get("otlp_endpoint", "")),
             )
         except (KeyError, ValueError) as e:
             raise UsageError(f"invalid registry setting: {e}", hint="check MCPZ_REGISTRY_* variables") from e

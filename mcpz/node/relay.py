@@ -36,7 +36,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from mcpz import jsonlimits
+from mcpz import jsonlimits, tracing
 from mcpz.mesh import MAX_FRAME_SIZE, Call, Cancel, Frame, Notify, ProtocolError, Result
 from mcpz.node.channel import AGENT_GONE, JSON, StdioChannel, agent_gone, error_response
 
@@ -119,6 +119,17 @@ class CallRelay:
                 ),
             )
             return
+        trace = tracing.of_message(message)
+        if trace is not None:
+            # A trace the caller sampled is logged at each hop; others only with -v.
+            params = message.get("params")
+            tool = params.get("name") if isinstance(params, dict) else None
+            logger.log(
+                logging.INFO if trace.flags & tracing.SAMPLED else logging.DEBUG,
+                "call %s %s on replica %s, trace %s",
+                message["method"], tool or "", frame.replica_id, trace.trace_id,
+                extra={"trace_id": trace.trace_id, "replica": frame.replica_id},
+            )  # fmt: skip
         self._watch(channel, frame.replica_id, frame.epoch)
         scope = anyio.CancelScope()
         self._calls[frame.call_id] = scope

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import json
 import logging
@@ -74,7 +75,7 @@ import anyio.to_thread
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import Receive, Scope, Send
 
-from mcpz import jsonlimits
+from mcpz import jsonlimits, tracing
 from mcpz.errors import McpzError, UsageError
 from mcpz.jsonlimits import JSONError
 from mcpz.keys import receipts
@@ -89,6 +90,7 @@ from registry_server.billing.quotas import Grant, Quotas, QuotasUnavailable
 from registry_server.billing.tiers import Refusal
 from registry_server.http import agent_name
 from registry_server.mesh.calls import DEV_VERSION, Busy, CallFailed, PendingCall, Target
+from registry_server.otlp import CallSpans
 from registry_server.usage.events import Outcome, UsageEvent
 
 if TYPE_CHECKING:
@@ -99,6 +101,8 @@ if TYPE_CHECKING:
     from registry_server.usage.service import UsageRecorder
 
 log = logging.getLogger("registry_server.gateway")
+# The client's `traceparent` header, for the calls its request makes (set per request task).
+incoming_trace: contextvars.ContextVar[str | None] = contextvars.ContextVar("incoming_trace", default=None)
 
 GATEWAY_PREFIX = "/mcp/"
 HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
@@ -280,8 +284,10 @@ class Gateway:
         tiers: Quotas | None = None,
         billing: BillingGate | None = None,
         receipts: ReceiptSigner | None = None,
+        spans: CallSpans | None = None,
     ) -> None:
         self.state = state
+        self.spans = spans  # OTLP export of sampled calls (registry_server/otlp.py); None: off
         self.quotas = tiers or Quotas(state)
         self.hub = hub
         self.router = hub.calls
@@ -291,6 +297,7 @@ class Gateway:
         settings = state.settings
         self.call_timeout = settings.call_timeout
         self.max_in_flight = settings.max_calls_in_flight
+        self.trace_calls = settings.gateway_trace
         self.origins = {o.lower() for o in (_origin_of(settings.public_url), *settings.allowed_origins) if o}
         own = (urlsplit(settings.public_url).hostname or "").lower()
         self.hosts: frozenset[str] | None = (
@@ -451,6 +458,7 @@ class Gateway:
             raise GatewayError(400, INVALID_REQUEST, "JSON-RPC batches are not supported: send one message")
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
             raise GatewayError(400, INVALID_REQUEST, "the body must be one JSON-RPC 2.0 message")
+        incoming_trace.set(headers.get(tracing.HEADER))
         method = message.get("method")
         if method is None:  # a response to a request of the server's: none are relayed
             self._session(where, principal, headers)
@@ -712,6 +720,18 @@ class Gateway:
         auth: Authorization | None = None
         if billing is not None:  # refused: GatewayError, before the agent sees it; no usage is recorded
             auth = await self._admit(billing, principal, target, message)
+        trace = span = None
+        if metered and self.trace_calls:
+            # One call, one trace: the client's traceparent continued (or a new trace) goes to the
+            # agent in the request's _meta, and the node logs it too; exported as a span when the
+            # caller sampled it and an OTLP endpoint is set.
+            parent = tracing.parse(incoming_trace.get())
+            if parent is not None and parent.flags & tracing.SAMPLED and self.spans is not None:
+                span, trace = self.spans.start(parent, "tools/call", _span_attributes(target, message))
+            else:
+                trace = parent.child() if parent is not None else tracing.continue_or_start(None)
+            tracing.into_message(message, trace)
+            body = json.dumps(message, separators=(",", ":")).encode()
         try:
             call = self.router.start(target, body, session.id, on_notify)
         except (Busy, CallFailed) as e:
@@ -755,6 +775,10 @@ class Gateway:
             if metered:
                 if billing is not None and auth is not None:  # ended by an exception
                     charge = billing.finish(auth, outcome)
+                if trace is not None:
+                    _log_call(trace, target, message, outcome, clock)
+                if span is not None and self.spans is not None:
+                    self.spans.end(span, outcome)
                 price, plan, hold = charge
                 self._record(
                     principal, target, message, started_us, clock, outcome, len(body), len(payload),
@@ -1178,3 +1202,32 @@ async def _respond(
     all_headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": all_headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _log_call(
+    trace: tracing.TraceParent, target: Target, message: dict[str, Any], outcome: str, clock: int
+) -> None:
+    """One line per call of a trace the caller sampled (others only at debug level)."""
+    level = logging.INFO if trace.flags & tracing.SAMPLED else logging.DEBUG
+    if not log.isEnabledFor(level):
+        return
+    params = message.get("params")
+    tool = params.get("name") if isinstance(params, dict) else None
+    log.log(
+        level,
+        "gateway call",
+        extra={
+            "trace_id": trace.trace_id, "span_id": trace.span_id, "agent": target.agent,
+            "tool": str(tool)[:256] if tool is not None else "", "replica": target.replica_id,
+            "outcome": outcome, "ms": round((time.perf_counter_ns() - clock) / 1e6, 2),
+        },
+    )  # fmt: skip
+
+
+def _span_attributes(target: Target, message: dict[str, Any]) -> dict[str, str]:
+    params = message.get("params")
+    tool = params.get("name") if isinstance(params, dict) else None
+    return {
+        "mcpz.agent": target.agent, "mcpz.version": target.version, "mcpz.replica": target.replica_id,
+        "mcpz.node": target.node_id, "mcp.tool": str(tool)[:256] if tool is not None else "",
+    }  # fmt: skip

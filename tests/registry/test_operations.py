@@ -44,11 +44,59 @@ def value(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **l
     return sum(v for found, v in samples.get(name, []) if all(found.get(k) == x for k, x in labels.items()))
 
 
+class Collector:
+    """A minimal OTLP/HTTP receiver on loopback: keeps every ExportTraceServiceRequest posted to it."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.bodies: list[bytes] = []
+        bodies = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                bodies.append(self.rfile.read(int(self.headers.get("content-length", "0"))))
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def spans(self) -> list[object]:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        out: list[object] = []
+        for body in list(self.bodies):
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(body)
+            for resource in request.resource_spans:
+                for scope in resource.scope_spans:
+                    out.extend(scope.spans)
+        return out
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+COLLECTOR = Collector()
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, int, int]]:
     tmp = tmp_path_factory.mktemp("metrics")
     registry_port, node_port = free_port(), free_port()
-    mesh = Mesh(tmp, start_registry(tmp / "registry", metrics_port=registry_port, **FAST))
+    mesh = Mesh(
+        tmp,
+        start_registry(tmp / "registry", metrics_port=registry_port, otlp_endpoint=COLLECTOR.url, **FAST),
+    )
     try:
         mesh.publish("1.0.0")
         mesh.node("node-0", "--metrics-port", str(node_port))
@@ -155,3 +203,66 @@ def test_mcpz_top_shows_nodes_deployments_and_calls(world: tuple[Mesh, int, int]
     )
     assert plain.returncode == 0, plain.stderr
     assert "node-0" in plain.stdout and AGENT in plain.stdout and "Calls, last 60 s" in plain.stdout
+
+
+def test_a_client_trace_id_is_in_the_registry_and_node_log_lines_of_its_call(
+    world: tuple[Mesh, int, int],
+) -> None:
+    import logging
+
+    import anyio
+
+    from registry_server.logs import JsonFormatter
+
+    mesh, _, _ = world
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(JsonFormatter().format(record))
+
+    handler = Keep(logging.INFO)
+    gateway_log = logging.getLogger("registry_server.gateway")
+    gateway_log.addHandler(handler)
+    if gateway_log.getEffectiveLevel() > logging.INFO:
+        gateway_log.setLevel(logging.INFO)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    header = f"00-{trace_id}-00f067aa0ba902b7-01"
+    token = mesh.reg.account("tracer", "read,call")
+
+    async def call() -> str:
+        from mcp import Client
+        from mcp.client.streamable_http import streamable_http_client
+
+        headers = {"Authorization": f"Bearer {token}", "traceparent": header}
+        async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+            async with Client(
+                streamable_http_client(f"{mesh.reg.url}/mcp/{AGENT}", http_client=http)
+            ) as client:
+                result = await client.call_tool("add", {"a": 2, "b": 40})
+                return str(result.content[0].text)  # type: ignore[union-attr]
+
+    try:
+        assert anyio.run(call) == "42"
+    finally:
+        gateway_log.removeHandler(handler)
+    mine = [json.loads(line) for line in lines if trace_id in line]
+    assert len(mine) == 1 and mine[0]["msg"] == "gateway call" and mine[0]["tool"] == "add"
+    assert mine[0]["span_id"] != "00f067aa0ba902b7"  # the registry's own span in the client's trace
+
+    # The registry's span of the call, exported over OTLP: in the client's trace, under its span.
+    def exported() -> list[object] | None:
+        found = [x for x in COLLECTOR.spans() if x.trace_id.hex() == trace_id]  # type: ignore[attr-defined]
+        return found or None
+
+    (span,) = until(exported, what="the call's span at the OTLP collector")
+    assert span.parent_span_id.hex() == "00f067aa0ba902b7"  # type: ignore[attr-defined]
+    assert span.span_id.hex() == mine[0]["span_id"]  # type: ignore[attr-defined]
+    attributes = {a.key: a.value.string_value for a in span.attributes}  # type: ignore[attr-defined]
+    assert attributes["mcpz.agent"] == AGENT and attributes["mcp.tool"] == "add"
+
+    def node_log() -> str | None:
+        text = (mesh.tmp / "node-0.log").read_text(errors="replace")
+        return text if trace_id in text else None
+
+    assert "call tools/call add on replica" in until(node_log, what="the trace id in the node's log")
