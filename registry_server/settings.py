@@ -87,6 +87,12 @@ class RegistrySettings:
     settlement_start_block: int = 0  # the contract's deployment block: nothing before it is read
     settlement_operator_keystore: str = ""
     settlement_poll_interval: float = 3.0
+    # Garbage collection (docs/operations.md): `mcpz registry gc` every gc_interval seconds (0: only
+    # when run by hand); unreachable git objects younger than gc_grace seconds are kept, and expired
+    # or revoked tokens for token_retention seconds.
+    gc_interval: float = 0.0
+    gc_grace: float = 14 * 86400.0
+    token_retention: float = 30 * 86400.0
 
     @property
     def base_url(self) -> str:
@@ -133,9 +139,10 @@ class RegistrySettings:
             "settlement_rpc", "settlement_chain_id", "settlement_contract", "settlement_confirmations",
             "settlement_start_block", "settlement_operator_keystore", "settlement_poll_interval",
         )  # fmt: skip
+        gc = ("gc_interval", "gc_grace", "token_retention")
         for key in (
             *keys, "public_url", "chain_id", "chain_rpc", *mesh, *gateway, *nonces, *limits, *market,
-            *billing, *settlement,
+            *billing, *settlement, *gc,
         ):  # fmt: skip
             var = f"MCPZ_REGISTRY_{key.upper()}"
             if env.get(var):
@@ -200,6 +207,9 @@ class RegistrySettings:
                 settlement_start_block=int(values.get("settlement_start_block", 0)),
                 settlement_operator_keystore=str(values.get("settlement_operator_keystore", "")),
                 settlement_poll_interval=float(values.get("settlement_poll_interval", 3.0)),
+                gc_interval=float(values.get("gc_interval", 0.0)),
+                gc_grace=float(values.get("gc_grace", 14 * 86400.0)),
+                token_retention=float(values.get("token_retention", 30 * 86400.0)),
             )
         except (KeyError, ValueError) as e:
             raise UsageError(f"invalid registry setting: {e}", hint="check MCPZ_REGISTRY_* variables") from e
@@ -239,6 +249,12 @@ class RegistrySettings:
                 "is below 1",
                 hint="set MCPZ_REGISTRY_SETTLEMENT_CONFIRMATIONS to the blocks a deposit waits (12)",
             )
+        for key in ("gc_interval", "gc_grace", "token_retention"):
+            if not 0 <= getattr(self, key) < float("inf"):
+                raise UsageError(
+                    f"invalid registry setting: {key} must be 0 or more seconds, not {getattr(self, key)}",
+                    hint=f"fix MCPZ_REGISTRY_{key.upper()}",
+                )
         for key in _POSITIVE:
             if not getattr(self, key) > 0:
                 raise UsageError(

@@ -144,6 +144,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "registry refund": ('mcpz registry refund 01JD0S... --reason "agent was down"',),
     "registry close-period": ("mcpz registry close-period 2026-11",),
+    "registry gc": ("mcpz registry gc --dry-run", "mcpz registry gc --grace now --json"),
     "demo": ("mcpz demo",),
 }
 

@@ -399,13 +399,15 @@ def write_pack_reusing(
     client_has: Collection[bytes] = (),
     thin: bool = False,
     ofs_delta: bool = True,
+    offsets: dict[bytes, int] | None = None,
 ) -> ReuseStats:
     """Write a pack of `object_ids` (hex) from `store`, copying stored entries where it can.
 
     `client_has` (hex ids) are objects the client is known to hold; with `thin` a delta whose base
     is one of them and is not sent is written as a ref-delta against it. Without `ofs_delta` every
     delta is written as a ref-delta. Objects are sent once each, whatever their order in
-    `object_ids`.
+    `object_ids`. `offsets`, when given, is filled with each object's (binary id) offset in the
+    pack: what a `.idx` of it needs (registry_server.maintenance.repack).
     """
     wanted = {binascii.unhexlify(h): None for h in object_ids}
     stats = ReuseStats(objects=len(wanted))
@@ -440,7 +442,7 @@ def write_pack_reusing(
         out = _PackOutput(write)
         for chunk in (b"PACK", struct.pack(">LL", 2, len(wanted))):
             out.add(chunk)
-        written: dict[bytes, int] = {}
+        written: dict[bytes, int] = {} if offsets is None else offsets
 
         def send_full(raw: bytes, reason: str) -> None:
             written[raw] = out.offset

@@ -1,0 +1,436 @@
+"""Garbage collection of one bare repository: keep what the roots reach, rewrite old packs, drop the rest.
+
+The rules are in registry_server.maintenance.plan. The steps, and why each is safe while the
+registry serves:
+
+1. Snapshot the refs; list the packs and loose objects, split by age at the grace cutoff.
+2. Walk from the roots (refs, release commits, every young object, every object of a push in its
+   quarantine). Nothing is locked: pushes and fetches go on.
+3. Write the kept objects of the old files into one new pack (stored entries copied, not
+   recompressed: registry_server.git.pack_reuse) with its `.idx`, in a folder of our own beside
+   `objects/`, fsync both, and give the pack the newest mtime of what it replaces, so that the
+   grace period still counts from when its objects arrived.
+4. Under the repository's writer lock (every push holds it while it moves packs and refs): walk
+   again from refs that moved and from quarantines a push filled meanwhile; if any of them reaches
+   an object about to go, stop here and leave the old files (the next run tries again). Else move
+   the new pack in (`.pack`, then `.idx`: readers only see a pack with its index), and only then
+   delete the old `.idx` files, their packs, and the old loose objects.
+
+A kill at any step leaves every object either in an old file or in the complete new pack; what
+a killed run leaves (its folder, a `.pack` without `.idx`) the next run and start-up recovery remove.
+"""
+
+from __future__ import annotations
+
+import binascii
+import contextlib
+import fcntl
+import logging
+import mmap
+import os
+import secrets
+import shutil
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dulwich.object_store import DiskObjectStore
+from dulwich.object_format import SHA1
+from dulwich.objects import parse_tree
+from dulwich.pack import load_pack_index, write_pack_index_v2
+from dulwich.repo import Repo
+
+from registry_server.git.pack_reuse import write_pack_reusing
+from registry_server.git.recovery import quarantine_in_use
+from registry_server.maintenance.plan import Split, StoredFile, needs_rewrite, split_by_age, unsafe_drops
+
+log = logging.getLogger(__name__)
+
+GC_LOCK = "mcpz-gc.lock"
+"""At the repository's root, flock-ed by the run that collects it: one run per repository at a time."""
+GC_TMP = "mcpz-gc-tmp"
+"""At the repository's root (same file system as `objects/`, out of git's sight): the pack being written."""
+
+_COMMIT, _TREE, _BLOB, _TAG = 1, 2, 3, 4
+_GITLINK = 0o160000
+_TREE_MODE = 0o040000
+
+
+@dataclass
+class RepoResult:
+    """What collecting one repository did (or, on a dry run, would do)."""
+
+    kept: int = 0
+    dropped: int = 0
+    freed_bytes: int = 0
+    removed_files: list[str] = field(default_factory=list)
+    deferred: str | None = None
+
+
+@dataclass
+class _Inventory:
+    split: Split
+    # Binary ids of the objects in each old pack and the size of their stored entries.
+    old_objects: dict[bytes, int]
+    old_pack_paths: list[Path]
+    old_loose_paths: list[Path]
+    newest_old: float
+
+
+def _index_entries(idx: Path) -> list[tuple[bytes, int]]:
+    """(binary id, offset) of every object a `.idx` lists."""
+    index = load_pack_index(str(idx), SHA1)
+    try:
+        return [(sha, offset) for sha, offset, _crc in index.iterentries()]
+    finally:
+        index.close()
+
+
+def _pack_files(pack_dir: Path) -> Iterator[tuple[str, Path]]:
+    for idx in sorted(pack_dir.glob("pack-*.idx")):
+        if idx.with_suffix(".pack").exists() and not idx.with_suffix(".keep").exists():
+            yield idx.stem, idx
+
+
+def _size_of_pack(idx: Path) -> int:
+    total = 0
+    for suffix in (".pack", ".idx", ".rev", ".bitmap"):
+        with contextlib.suppress(OSError):
+            total += idx.with_suffix(suffix).stat().st_size
+    return total
+
+
+def _loose_files(objects: Path) -> Iterator[tuple[str, Path]]:
+    for sub in sorted(objects.iterdir()):
+        if len(sub.name) == 2 and sub.is_dir():
+            for path in sorted(sub.iterdir()):
+                name = sub.name + path.name
+                if len(name) == 40 and all(c in "0123456789abcdef" for c in name):
+                    yield name, path
+
+
+def _inventory(objects: Path, cutoff: float) -> _Inventory:
+    packs: list[StoredFile] = []
+    idx_of: dict[str, Path] = {}
+    for name, idx in _pack_files(objects / "pack"):
+        packs.append(StoredFile(name, idx.with_suffix(".pack").stat().st_mtime, _size_of_pack(idx)))
+        idx_of[name] = idx
+    loose: list[StoredFile] = []
+    loose_of: dict[str, Path] = {}
+    for name, path in _loose_files(objects):
+        st = path.stat()
+        loose.append(StoredFile(name, st.st_mtime, st.st_size))
+        loose_of[name] = path
+    split = split_by_age(packs, loose, cutoff)
+    old_objects: dict[bytes, int] = {}
+    for pack in split.old_packs:
+        idx_path = idx_of[pack.name]
+        pack_size = idx_path.with_suffix(".pack").stat().st_size
+        entries = sorted((offset, sha) for sha, offset in _index_entries(idx_path))
+        # An entry's stored size runs to the next entry, the last one to the trailer.
+        ends = [offset for offset, _ in entries[1:]] + [pack_size - 20]
+        for (offset, sha), end in zip(entries, ends, strict=True):
+            old_objects.setdefault(sha, end - offset)
+    for obj in split.old_loose:
+        old_objects.setdefault(binascii.unhexlify(obj.name), obj.size)
+    newest = max((f.mtime for f in (*split.old_packs, *split.old_loose)), default=0.0)
+    return _Inventory(
+        split,
+        old_objects,
+        [idx_of[p.name] for p in split.old_packs],
+        [loose_of[o.name] for o in split.old_loose],
+        newest,
+    )
+
+
+class _Walker:
+    """Marks everything reachable from the objects it is given; reads only commits, trees and tags."""
+
+    def __init__(self, get_raw: Callable[[bytes], tuple[int, bytes] | None]) -> None:
+        self.get_raw = get_raw
+        self.seen: set[bytes] = set()  # binary ids
+
+    def walk(self, starts: Iterable[bytes]) -> set[bytes]:
+        """Mark what `starts` (binary ids) reach; returns the ids newly marked."""
+        found: set[bytes] = set()
+        stack: list[tuple[bytes, int]] = [(s, 0) for s in starts]
+        while stack:
+            sha, kind = stack.pop()
+            if sha in self.seen:
+                continue
+            self.seen.add(sha)
+            found.add(sha)
+            if kind == _BLOB:
+                continue  # a blob refers to nothing: no need to read it
+            raw = self.get_raw(sha)
+            if raw is None:
+                continue  # absent already: nothing to keep, nothing it could lead to
+            type_num, data = raw
+            if type_num == _COMMIT:
+                stack.extend(_commit_links(data))
+            elif type_num == _TREE:
+                for _name, mode, hexsha in parse_tree(data, 20):
+                    if mode != _GITLINK:
+                        stack.append((binascii.unhexlify(hexsha), _TREE if mode == _TREE_MODE else _BLOB))
+            elif type_num == _TAG:
+                stack.extend(_tag_links(data))
+        return found
+
+
+def _commit_links(data: bytes) -> list[tuple[bytes, int]]:
+    links = []
+    for line in data.split(b"\n"):
+        if not line:
+            break  # the headers end at the first empty line
+        if line.startswith(b"tree "):
+            links.append((binascii.unhexlify(line[5:45]), _TREE))
+        elif line.startswith(b"parent "):
+            links.append((binascii.unhexlify(line[7:47]), _COMMIT))
+    return links
+
+
+def _tag_links(data: bytes) -> list[tuple[bytes, int]]:
+    for line in data.split(b"\n"):
+        if not line:
+            break
+        if line.startswith(b"object "):
+            return [(binascii.unhexlify(line[7:47]), 0)]
+    return []
+
+
+def _store_lookup(stores: list[DiskObjectStore]) -> Callable[[bytes], tuple[int, bytes] | None]:
+    def get_raw(sha: bytes) -> tuple[int, bytes] | None:
+        hexsha = binascii.hexlify(sha)
+        for store in stores:
+            try:
+                return store.get_raw(hexsha)  # type: ignore[no-any-return]
+            except KeyError:
+                continue
+        return None
+
+    return get_raw
+
+
+def _ref_values(repo_path: Path) -> dict[bytes, bytes]:
+    """Every ref and the object it names (binary ids), read afresh from disk."""
+    repo = Repo(str(repo_path), bare=True)
+    try:
+        values: dict[bytes, bytes] = {}
+        for ref, sha in repo.refs.as_dict().items():
+            if len(sha) == 40:
+                values[ref] = binascii.unhexlify(sha)
+        return values
+    finally:
+        repo.close()
+
+
+def _quarantine_objects(objects: Path) -> tuple[list[bytes], list[DiskObjectStore]]:
+    """The objects of every push in its quarantine, and stores to read them from."""
+    ids: list[bytes] = []
+    stores: list[DiskObjectStore] = []
+    for quarantine in sorted(objects.glob("incoming-*")):
+        if not quarantine.is_dir() or not quarantine_in_use(quarantine):
+            continue
+        indexes = sorted((quarantine / "pack").glob("pack-*.idx"))
+        if not indexes:
+            continue
+        for idx in indexes:
+            with contextlib.suppress(OSError, ValueError):
+                ids.extend(sha for sha, _offset in _index_entries(idx))
+        stores.append(DiskObjectStore(str(quarantine)))
+    return ids, stores
+
+
+@contextlib.contextmanager
+def _gc_lock(repo_path: Path) -> Iterator[bool]:
+    with open(repo_path / GC_LOCK, "a+b") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_pack(
+    repo_path: Path, store: DiskObjectStore, keep: list[bytes], mtime: float
+) -> tuple[Path, Path]:
+    """The pack of `keep` and its `.idx`, complete and fsynced, in our folder beside `objects/`."""
+    tmp_root = repo_path / GC_TMP
+    tmp_root.mkdir(exist_ok=True)
+    folder = tmp_root / secrets.token_hex(8)
+    folder.mkdir()
+    tmp_pack = folder / "tmp.pack"
+    offsets: dict[bytes, int] = {}
+    repo = Repo(str(repo_path), bare=True)
+    try:
+        with open(tmp_pack, "wb") as f:
+            write_pack_reusing(
+                f.write,
+                store,
+                [binascii.hexlify(sha) for sha in keep],
+                object_format=repo.object_format,
+                offsets=offsets,
+            )
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        repo.close()
+    with open(tmp_pack, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        checksum = bytes(view[-20:])
+        by_offset = sorted((offset, sha) for sha, offset in offsets.items())
+        ends = [offset for offset, _ in by_offset[1:]] + [len(view) - 20]
+        entries = [
+            (sha, offset, zlib.crc32(view[offset:end]))
+            for (offset, sha), end in zip(by_offset, ends, strict=True)
+        ]
+    entries.sort()
+    name = f"pack-{checksum.hex()}"
+    pack_path = folder / f"{name}.pack"
+    os.replace(tmp_pack, pack_path)
+    idx_path = folder / f"{name}.idx"
+    with open(idx_path, "wb") as f:
+        write_pack_index_v2(f, entries, checksum)
+        f.flush()
+        os.fsync(f.fileno())
+    for path in (pack_path, idx_path):
+        os.utime(path, (mtime, mtime))
+    return pack_path, idx_path
+
+
+def _remove_pack(idx: Path) -> None:
+    # The .idx first: without it no reader sees the pack, so a kill after it leaves only dead weight.
+    idx.unlink(missing_ok=True)
+    for suffix in (".pack", ".rev", ".bitmap"):
+        idx.with_suffix(suffix).unlink(missing_ok=True)
+
+
+def remove_leftovers(repo_path: Path) -> list[tuple[Path, int]]:
+    """What killed runs left: our temporary folders and `.pack` files without their `.idx`.
+
+    Call under the repository's writer lock (a push moves a `.pack` before its `.idx` under it).
+    """
+    removed: list[tuple[Path, int]] = []
+    tmp_root = repo_path / GC_TMP
+    if tmp_root.is_dir():
+        for folder in tmp_root.iterdir():
+            size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append((folder, size))
+    for path in sorted((repo_path / "objects" / "pack").glob("pack-*.pack")):
+        if not path.with_suffix(".idx").exists():
+            size = path.stat().st_size
+            path.unlink(missing_ok=True)
+            removed.append((path, size))
+    return removed
+
+
+def collect(
+    repo_path: Path,
+    *,
+    release_commits: Iterable[str],
+    cutoff: float,
+    writer_lock: Callable[[], contextlib.AbstractContextManager[None]],
+    dry_run: bool = False,
+    before_swap: Callable[[], None] | None = None,
+) -> RepoResult:
+    """Collect the repository at `repo_path` (see the module's docstring); `cutoff` in Unix seconds.
+
+    `writer_lock` is the lock every push holds while it moves packs and refs. `before_swap`, a
+    test hook, runs just before the writer lock is taken for the swap.
+    """
+    result = RepoResult()
+    with _gc_lock(repo_path) as mine:
+        if not mine:
+            result.deferred = "another gc is collecting it"
+            return result
+        objects = repo_path / "objects"
+        refs = _ref_values(repo_path)
+        inventory = _inventory(objects, cutoff)
+        store = DiskObjectStore(str(objects))
+        try:
+            walker = _Walker(_store_lookup([store]))
+            quarantined, q_stores = _quarantine_objects(objects)
+            young = [binascii.unhexlify(o.name) for o in inventory.split.young_loose]
+            for pack in inventory.split.young_packs:
+                idx = objects / "pack" / f"{pack.name}.idx"
+                with contextlib.suppress(OSError, ValueError):
+                    young.extend(sha for sha, _offset in _index_entries(idx))
+            roots = [*refs.values(), *_release_ids(release_commits), *young]
+            walker.walk(roots)
+            walker.get_raw = _store_lookup([store, *q_stores])
+            walker.walk(quarantined)
+            for q in q_stores:
+                q.close()
+            keep = [sha for sha in inventory.old_objects if sha in walker.seen]
+            dropped = {sha for sha in inventory.old_objects if sha not in walker.seen}
+            result.kept, result.dropped = len(keep), len(dropped)
+            if not needs_rewrite(inventory.split, len(dropped)):
+                return result
+            if dry_run:
+                result.freed_bytes = sum(inventory.old_objects[sha] for sha in dropped)
+                return result
+            old_bytes = sum(f.size for f in (*inventory.split.old_packs, *inventory.split.old_loose))
+            new_pack, new_idx = _write_pack(repo_path, store, keep, inventory.newest_old)
+        finally:
+            store.close()
+        new_bytes = new_pack.stat().st_size + new_idx.stat().st_size
+        if before_swap is not None:
+            before_swap()
+        with writer_lock():
+            late = _late_references(repo_path, refs, walker)
+            if unsafe_drops(dropped, late):
+                shutil.rmtree(new_pack.parent, ignore_errors=True)
+                result.deferred = "a push or a moved ref needs objects that were unreachable; run gc again"
+                return result
+            pack_dir = objects / "pack"
+            os.replace(new_pack, pack_dir / new_pack.name)
+            os.replace(new_idx, pack_dir / new_idx.name)
+            _fsync_dir(pack_dir)
+            shutil.rmtree(new_pack.parent, ignore_errors=True)
+            for idx in inventory.old_pack_paths:
+                if idx.name != new_idx.name:
+                    _remove_pack(idx)
+                    result.removed_files.append(str(idx.with_suffix(".pack")))
+            for path in inventory.old_loose_paths:
+                path.unlink(missing_ok=True)
+            result.removed_files += [str(p) for p in inventory.old_loose_paths]
+        result.freed_bytes = old_bytes - new_bytes
+        return result
+
+
+def _release_ids(commits: Iterable[str]) -> list[bytes]:
+    ids = []
+    for commit in commits:
+        with contextlib.suppress(ValueError, binascii.Error):
+            if len(commit) == 40:
+                ids.append(binascii.unhexlify(commit))
+    return ids
+
+
+def _late_references(repo_path: Path, before: dict[bytes, bytes], walker: _Walker) -> set[bytes]:
+    """What refs that moved since the walk, and pushes now in quarantine, reach beyond it."""
+    now = _ref_values(repo_path)
+    moved = [sha for ref, sha in now.items() if before.get(ref) != sha]
+    objects = repo_path / "objects"
+    quarantined, q_stores = _quarantine_objects(objects)
+    store = DiskObjectStore(str(objects))
+    try:
+        walker.get_raw = _store_lookup([store, *q_stores])
+        return walker.walk([*moved, *quarantined])
+    finally:
+        store.close()
+        for q in q_stores:
+            q.close()
