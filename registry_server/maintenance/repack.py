@@ -129,7 +129,7 @@ def _inventory(objects: Path, cutoff: float) -> _Inventory:
         pack_size = idx_path.with_suffix(".pack").stat().st_size
         entries = sorted((offset, sha) for sha, offset in _index_entries(idx_path))
         # An entry's stored size runs to the next entry, the last one to the trailer.
-        ends = [offset for offset, _ in entries[1:]] + [pack_size - 20]
+        ends = [offset for offset, _ in entries[1:]] + [pack_size - 20] * bool(entries)
         for (offset, sha), end in zip(entries, ends, strict=True):
             old_objects.setdefault(sha, end - offset)
     for obj in split.old_loose:
@@ -383,25 +383,30 @@ def collect(
                 result.freed_bytes = sum(inventory.old_objects[sha] for sha in dropped)
                 return result
             old_bytes = sum(f.size for f in (*inventory.split.old_packs, *inventory.split.old_loose))
-            new_pack, new_idx = _write_pack(repo_path, store, keep, inventory.newest_old)
+            written = _write_pack(repo_path, store, keep, inventory.newest_old) if keep else None
         finally:
             store.close()
-        new_bytes = new_pack.stat().st_size + new_idx.stat().st_size
+        new_bytes = sum(p.stat().st_size for p in written) if written else 0
         if before_swap is not None:
             before_swap()
         with writer_lock():
             late = _late_references(repo_path, refs, walker)
             if unsafe_drops(dropped, late):
-                shutil.rmtree(new_pack.parent, ignore_errors=True)
+                if written:
+                    shutil.rmtree(written[0].parent, ignore_errors=True)
                 result.deferred = "a push or a moved ref needs objects that were unreachable; run gc again"
+                result.dropped = 0
                 return result
             pack_dir = objects / "pack"
-            os.replace(new_pack, pack_dir / new_pack.name)
-            os.replace(new_idx, pack_dir / new_idx.name)
-            _fsync_dir(pack_dir)
-            shutil.rmtree(new_pack.parent, ignore_errors=True)
+            if written:
+                # The .pack first, the .idx last: a reader only sees a pack once its index exists.
+                for path in written:
+                    os.replace(path, pack_dir / path.name)
+                _fsync_dir(pack_dir)
+                shutil.rmtree(written[0].parent, ignore_errors=True)
+            new_idx_name = written[1].name if written else ""
             for idx in inventory.old_pack_paths:
-                if idx.name != new_idx.name:
+                if idx.name != new_idx_name:
                     _remove_pack(idx)
                     result.removed_files.append(str(idx.with_suffix(".pack")))
             for path in inventory.old_loose_paths:

@@ -223,11 +223,10 @@ def _all_stored(state: RegistryState, digests: dict[str, str]) -> bool:
     with state.db.session() as session:
         for start in range(0, len(ids), 500):
             part = ids[start : start + 500]
-            stored = dict(
-                session.execute(
-                    select(UsageEventRow.id, UsageEventRow.digest).where(UsageEventRow.id.in_(part))
-                )
+            rows = session.execute(
+                select(UsageEventRow.id, UsageEventRow.digest).where(UsageEventRow.id.in_(part))
             )
+            stored = {event_id: digest for event_id, digest in rows}
             if any(stored.get(i) != digests[i] for i in part):
                 return False
     return True

@@ -1,0 +1,290 @@
+"""`mcpz registry gc` on a seeded registry that serves: garbage goes, every release stays.
+
+Real registry (in a thread), real `git` pushing and cloning, real SQLite. Unreachable objects are
+made the way they happen: a branch pushed and deleted, main force-pushed over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gitutil import bare_path, commit, git, init_agent, objects_of, readable, rev_parse, set_version
+
+from registry_server.accounts.models import AuthNonce, Token
+from registry_server.db import Database
+from registry_server.maintenance.service import collect_garbage
+from registry_server.orm import utcnow
+from registry_server.releases import service as releases
+from registry_server.settings import RegistrySettings
+from registry_server.state import RegistryState
+
+pytestmark = pytest.mark.slow
+
+NAME = "acme/x"
+
+
+def _age_everything(repo: Path, seconds: float = 30 * 86400) -> None:
+    """Make every pack and loose object look `seconds` old, past the default grace period."""
+    moment = time.time() - seconds
+    for path in (repo / "objects").rglob("*"):
+        if path.is_file():
+            os.utime(path, (moment, moment))
+
+
+def _fsck(repo: Path) -> str:
+    done = git("fsck", "--full", "--no-dangling", cwd=repo, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+@pytest.fixture
+def state(sqlite_registry: Any) -> Iterator[RegistryState]:
+    """The serving registry's data folder, opened as `mcpz registry gc` opens it."""
+    opened = RegistryState.open(RegistrySettings.load(data_dir=sqlite_registry.data_dir))
+    yield opened
+    opened.close()
+
+
+def _seed(registry: Any, tmp: Path) -> dict[str, Any]:
+    """Releases 0.1.0 (yanked) and 0.2.0, a deleted branch and a force-pushed main: garbage."""
+    token = registry.account("acme")
+    url = registry.git_url(NAME, token)
+    work = tmp / "work"
+    init_agent(work, NAME, "0.1.0")
+    git("tag", "v0.1.0", cwd=work)
+    set_version(work, "0.2.0", NAME)
+    git("tag", "v0.2.0", cwd=work)
+    git("push", "-q", url, "main", "v0.1.0", "v0.2.0", cwd=work)
+    kept = objects_of(work, "main")
+    # A branch pushed, then deleted: its commits and blobs are unreachable.
+    git("checkout", "-q", "-b", "junk", cwd=work)
+    for i in range(5):
+        commit(work, {f"junk{i}.txt": f"junk {i}\n" * 50}, f"junk {i}")
+    git("push", "-q", url, "junk", cwd=work)
+    git("push", "-q", url, ":junk", cwd=work)
+    # main moved on, then was force-pushed back: that commit is unreachable too.
+    git("checkout", "-q", "main", cwd=work)
+    commit(work, {"later.txt": "later\n"}, "later")
+    git("push", "-q", url, "main", cwd=work)
+    garbage = objects_of(work, "junk", "main", exclude=["HEAD~1"])
+    git("reset", "-q", "--hard", "HEAD~1", cwd=work)
+    git("push", "-q", "--force", url, "main", cwd=work)
+    db = Database(registry.database_url)
+    try:
+        with db.session() as session:
+            releases.set_yanked(session, NAME, "0.1.0", True, "broken")
+            session.commit()
+    finally:
+        db.dispose()
+    repo = bare_path(registry, NAME)
+    _age_everything(repo)
+    return {
+        "token": token,
+        "url": url,
+        "work": work,
+        "repo": repo,
+        "releases": {"0.1.0": rev_parse(work, "v0.1.0"), "0.2.0": rev_parse(work, "v0.2.0")},
+        "kept": kept,
+        "garbage": garbage,
+    }
+
+
+def _clone_and_verify(url: str, dest: Path, tag: str, commit_id: str) -> None:
+    git("clone", "-q", "--branch", tag, url, str(dest))
+    assert rev_parse(dest, "HEAD") == commit_id
+    _fsck(dest)
+
+
+def test_gc_keeps_every_release_and_drops_garbage(
+    sqlite_registry: Any, state: RegistryState, tmp_path: Path, cli: Any
+) -> None:
+    seeded = _seed(sqlite_registry, tmp_path)
+    repo: Path = seeded["repo"]
+    assert len(readable(sqlite_registry, NAME, seeded["garbage"])) == len(seeded["garbage"])
+
+    dry = cli("registry", "gc", "--data", str(sqlite_registry.data_dir), "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.stderr
+    planned = json.loads(dry.stdout)
+    assert planned["dry_run"] is True
+    objects = next(k for k in planned["kinds"] if k["kind"] == "git objects")
+    assert objects["count"] == len(seeded["garbage"]) and objects["bytes"] > 0
+    # A dry run frees nothing.
+    assert len(readable(sqlite_registry, NAME, seeded["garbage"])) == len(seeded["garbage"])
+
+    done = cli("registry", "gc", "--data", str(sqlite_registry.data_dir), "--json")
+    assert done.exit_code == 0, done.stderr
+    report = json.loads(done.stdout)
+    freed = next(k for k in report["kinds"] if k["kind"] == "git objects")
+    assert freed["count"] == len(seeded["garbage"]) and freed["bytes"] > 0 and report["freed_bytes"] > 0
+    assert readable(sqlite_registry, NAME, seeded["garbage"]) == []
+    assert readable(sqlite_registry, NAME, seeded["kept"]) == sorted(seeded["kept"])
+    _fsck(repo)
+    # Every published release still clones with the real git, yanked or not, from the serving registry.
+    for version, commit_id in seeded["releases"].items():
+        _clone_and_verify(seeded["url"], tmp_path / f"clone-{version}", f"v{version}", commit_id)
+
+    # A second run has nothing left to do.
+    again = json.loads(cli("registry", "gc", "--data", str(sqlite_registry.data_dir), "--json").stdout)
+    assert again["freed_bytes"] == 0
+
+
+def test_grace_period_keeps_recent_garbage(
+    sqlite_registry: Any, state: RegistryState, tmp_path: Path
+) -> None:
+    seeded = _seed(sqlite_registry, tmp_path)
+    _age_everything(seeded["repo"], 60)  # a minute old: inside the default two weeks
+    report = collect_garbage(state)
+    assert report.freed("git objects").count == 0
+    assert len(readable(sqlite_registry, NAME, seeded["garbage"])) == len(seeded["garbage"])
+    report = collect_garbage(state, grace=0)
+    assert report.freed("git objects").count == len(seeded["garbage"])
+
+
+def test_release_in_the_index_is_a_root_without_its_tag(
+    sqlite_registry: Any, state: RegistryState, tmp_path: Path
+) -> None:
+    """A release is reachable for ever: even with its tag gone, the index's commit is kept."""
+    seeded = _seed(sqlite_registry, tmp_path)
+    repo: Path = seeded["repo"]
+    git("update-ref", "-d", "refs/tags/v0.1.0", cwd=repo)
+    git("update-ref", "-d", "refs/tags/v0.2.0", cwd=repo)
+    git("update-ref", "refs/heads/main", seeded["releases"]["0.1.0"], cwd=repo)
+    _age_everything(repo)
+    collect_garbage(state, grace=0)
+    release_objects = objects_of(seeded["work"], seeded["releases"]["0.2.0"])
+    assert readable(sqlite_registry, NAME, release_objects) == sorted(release_objects)
+    _fsck(repo)
+
+
+def test_push_racing_gc_lands_whole(sqlite_registry: Any, state: RegistryState, tmp_path: Path) -> None:
+    """A push that lands between gc's walk and its swap: its commit and everything under it stay."""
+    seeded = _seed(sqlite_registry, tmp_path)
+    work: Path = seeded["work"]
+    pushed: list[str] = []
+
+    def push_now() -> None:
+        set_version(work, "0.3.0", NAME)
+        git("tag", "v0.3.0", cwd=work)
+        git("push", "-q", seeded["url"], "main", "v0.3.0", cwd=work)
+        pushed.append(rev_parse(work, "HEAD"))
+
+    report = collect_garbage(state, grace=0, before_swap=push_now)
+    assert pushed and not report.deferred
+    assert report.freed("git objects").count == len(seeded["garbage"])
+    _fsck(seeded["repo"])
+    everything = objects_of(work, "v0.3.0")
+    assert readable(sqlite_registry, NAME, everything) == sorted(everything)
+    _clone_and_verify(seeded["url"], tmp_path / "clone", "v0.3.0", pushed[0])
+
+
+def test_gc_defers_when_a_moved_ref_needs_garbage(
+    sqlite_registry: Any, state: RegistryState, tmp_path: Path
+) -> None:
+    """A ref moved back onto unreachable objects during gc: nothing of them is deleted."""
+    seeded = _seed(sqlite_registry, tmp_path)
+    work: Path = seeded["work"]
+    junk = rev_parse(work, "junk")
+
+    def revive() -> None:
+        git("push", "-q", seeded["url"], "junk", cwd=work)
+
+    report = collect_garbage(state, grace=0, before_swap=revive)
+    assert report.deferred and report.freed("git objects").count == 0
+    alive = objects_of(work, junk)
+    assert readable(sqlite_registry, NAME, alive) == sorted(alive)
+    _fsck(seeded["repo"])
+
+
+def test_expired_rows_go_and_live_ones_stay(sqlite_registry: Any, state: RegistryState, cli: Any) -> None:
+    sqlite_registry.account("acme")
+    now = utcnow()
+    with state.db.session() as session:
+        account_id = session.query(Token.account_id).first()[0]  # type: ignore[index]
+        session.add_all(
+            [
+                AuthNonce(
+                    nonce="old", created_at=now - timedelta(hours=2), expires_at=now - timedelta(hours=1)
+                ),
+                AuthNonce(nonce="live", created_at=now, expires_at=now + timedelta(minutes=5)),
+            ]
+        )
+        for i, (expires, revoked) in enumerate(
+            [
+                (now - timedelta(days=60), None),  # expired long ago: goes
+                (None, now - timedelta(days=60)),  # revoked long ago: goes
+                (now - timedelta(days=1), None),  # expired yesterday: kept for the retention
+                (now + timedelta(days=1), None),  # live
+            ]
+        ):
+            session.add(
+                Token(
+                    account_id=account_id,
+                    secret_hash=f"{i:064d}",
+                    prefix=f"t{i}",
+                    name=f"token {i}",
+                    scopes="read",
+                    created_at=now - timedelta(days=90),
+                    expires_at=expires,
+                    revoked_at=revoked,
+                )
+            )
+        session.commit()
+    dry = json.loads(
+        cli("registry", "gc", "--data", str(sqlite_registry.data_dir), "--dry-run", "--json").stdout
+    )
+    counts = {k["kind"]: k["count"] for k in dry["kinds"]}
+    assert counts["nonces"] == 1 and counts["tokens"] == 2
+    with state.db.session() as session:
+        assert session.query(AuthNonce).count() == 2
+    cli("registry", "gc", "--data", str(sqlite_registry.data_dir), "--json")
+    with state.db.session() as session:
+        assert [n.nonce for n in session.query(AuthNonce)] == ["live"]
+        prefixes = {t.prefix for t in session.query(Token)}
+    assert "t0" not in prefixes and "t1" not in prefixes
+    assert {"t2", "t3"} <= prefixes
+
+
+def test_flushed_usage_segment_goes_and_unflushed_stays(sqlite_registry: Any, state: RegistryState) -> None:
+    from registry_server.usage.events import UsageEvent
+    from registry_server.usage.service import UsageRecorder
+
+    sqlite_registry.account("acme")
+    with state.db.session() as session:
+        account_id = session.query(Token.account_id).first()[0]  # type: ignore[index]
+
+    def event(i: int) -> UsageEvent:
+        return UsageEvent.from_dict(
+            {
+                "id": f"ev{i}",
+                "account_id": account_id,
+                "token_id": None,
+                "agent": NAME,
+                "version": "0.1.0",
+                "tool": "t",
+                "deployment": NAME,
+                "replica_id": "r",
+                "node_id": "n",
+                "started_us": 1,
+                "duration_us": 1,
+                "outcome": "ok",
+                "bytes_in": 1,
+                "bytes_out": 1,
+            }
+        )
+
+    UsageRecorder(state).record_many([event(1)])
+    usage = state.settings.data_dir / "usage"
+    flushed = usage / "journal.901.flushing"
+    waiting = usage / "journal.902.flushing"
+    flushed.write_text(json.dumps(event(1).to_dict()) + "\n")
+    waiting.write_text(json.dumps(event(2).to_dict()) + "\n")
+    report = collect_garbage(state)
+    assert report.freed("usage segments").count == 1
+    assert not flushed.exists() and waiting.exists()
