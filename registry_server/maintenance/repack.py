@@ -35,8 +35,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dulwich.object_store import DiskObjectStore
 from dulwich.object_format import SHA1
+from dulwich.object_store import DiskObjectStore
 from dulwich.objects import parse_tree
 from dulwich.pack import load_pack_index, write_pack_index_v2
 from dulwich.repo import Repo
