@@ -627,3 +627,8 @@ class ReusingUploadPackHandler(UploadPackHandler):  # type: ignore[misc]
             )
         # we are done
         self.proto.write_pkt_line(None)
+
+
+# For readers of stored packs elsewhere in the registry (registry_server.maintenance.packread).
+IndexedPack = _IndexedPack
+Unusable = _Unusable

@@ -43,6 +43,7 @@ from dulwich.repo import Repo
 
 from registry_server.git.pack_reuse import write_pack_reusing
 from registry_server.git.recovery import quarantine_in_use
+from registry_server.maintenance.packread import PackReader
 from registry_server.maintenance.plan import Split, StoredFile, needs_rewrite, split_by_age, unsafe_drops
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class RepoResult:
 @dataclass
 class _Inventory:
     split: Split
-    # Binary ids of the objects in each old pack and the size of their stored entries.
+    # Hex ids of the objects in the old packs and loose files, and the size each one takes there.
     old_objects: dict[bytes, int]
     old_pack_paths: list[Path]
     old_loose_paths: list[Path]
@@ -131,9 +132,9 @@ def _inventory(objects: Path, cutoff: float) -> _Inventory:
         # An entry's stored size runs to the next entry, the last one to the trailer.
         ends = [offset for offset, _ in entries[1:]] + [pack_size - 20] * bool(entries)
         for (offset, sha), end in zip(entries, ends, strict=True):
-            old_objects.setdefault(sha, end - offset)
+            old_objects.setdefault(binascii.hexlify(sha), end - offset)
     for obj in split.old_loose:
-        old_objects.setdefault(binascii.unhexlify(obj.name), obj.size)
+        old_objects.setdefault(obj.name.encode("ascii"), obj.size)
     newest = max((f.mtime for f in (*split.old_packs, *split.old_loose)), default=0.0)
     return _Inventory(
         split,
@@ -145,62 +146,78 @@ def _inventory(objects: Path, cutoff: float) -> _Inventory:
 
 
 class _Walker:
-    """Marks everything reachable from the objects it is given; reads only commits, trees and tags."""
+    """Marks everything reachable from the objects it is given; reads only commits, trees and tags.
+
+    Ids are hex here (what trees and commits spell them as): no conversion per tree entry.
+    """
 
     def __init__(self, get_raw: Callable[[bytes], tuple[int, bytes] | None]) -> None:
-        self.get_raw = get_raw
-        self.seen: set[bytes] = set()  # binary ids
+        self.get_raw = get_raw  # takes a binary id
+        self.seen: set[bytes] = set()
 
     def walk(self, starts: Iterable[bytes]) -> set[bytes]:
-        """Mark what `starts` (binary ids) reach; returns the ids newly marked."""
+        """Mark what `starts` (binary ids) reach; returns the hex ids newly marked."""
+        seen = self.seen
         found: set[bytes] = set()
-        stack: list[tuple[bytes, int]] = [(s, 0) for s in starts]
+        stack = [binascii.hexlify(s) for s in starts]
         while stack:
-            sha, kind = stack.pop()
-            if sha in self.seen:
+            hexsha = stack.pop()
+            if hexsha in seen:
                 continue
-            self.seen.add(sha)
-            found.add(sha)
-            if kind == _BLOB:
-                continue  # a blob refers to nothing: no need to read it
-            raw = self.get_raw(sha)
+            seen.add(hexsha)
+            found.add(hexsha)
+            raw = self.get_raw(binascii.unhexlify(hexsha))
             if raw is None:
                 continue  # absent already: nothing to keep, nothing it could lead to
             type_num, data = raw
-            if type_num == _COMMIT:
+            if type_num == _TREE:
+                for _name, mode, entry in parse_tree(data, 20):
+                    if entry in seen or mode == _GITLINK:
+                        continue
+                    if mode == _TREE_MODE:
+                        stack.append(entry)
+                    else:
+                        # A blob refers to nothing: marked without being read.
+                        seen.add(entry)
+                        found.add(entry)
+            elif type_num == _COMMIT:
                 stack.extend(_commit_links(data))
-            elif type_num == _TREE:
-                for _name, mode, hexsha in parse_tree(data, 20):
-                    if mode != _GITLINK:
-                        stack.append((binascii.unhexlify(hexsha), _TREE if mode == _TREE_MODE else _BLOB))
             elif type_num == _TAG:
                 stack.extend(_tag_links(data))
         return found
 
 
-def _commit_links(data: bytes) -> list[tuple[bytes, int]]:
+def _commit_links(data: bytes) -> list[bytes]:
     links = []
     for line in data.split(b"\n"):
         if not line:
             break  # the headers end at the first empty line
         if line.startswith(b"tree "):
-            links.append((binascii.unhexlify(line[5:45]), _TREE))
+            links.append(line[5:45])
         elif line.startswith(b"parent "):
-            links.append((binascii.unhexlify(line[7:47]), _COMMIT))
+            links.append(line[7:47])
     return links
 
 
-def _tag_links(data: bytes) -> list[tuple[bytes, int]]:
+def _tag_links(data: bytes) -> list[bytes]:
     for line in data.split(b"\n"):
         if not line:
             break
         if line.startswith(b"object "):
-            return [(binascii.unhexlify(line[7:47]), 0)]
+            return [line[7:47]]
     return []
 
 
-def _store_lookup(stores: list[DiskObjectStore]) -> Callable[[bytes], tuple[int, bytes] | None]:
+def _lookup(
+    readers: list[PackReader], stores: list[DiskObjectStore]
+) -> Callable[[bytes], tuple[int, bytes] | None]:
+    """Packs through our fast readers first, then each store (its loose objects, anything else)."""
+
     def get_raw(sha: bytes) -> tuple[int, bytes] | None:
+        for reader in readers:
+            found = reader.get_raw(sha)
+            if found is not None:
+                return found
         hexsha = binascii.hexlify(sha)
         for store in stores:
             try:
@@ -280,7 +297,7 @@ def _write_pack(
             write_pack_reusing(
                 f.write,
                 store,
-                [binascii.hexlify(sha) for sha in keep],
+                keep,
                 object_format=repo.object_format,
                 offsets=offsets,
             )
@@ -288,7 +305,7 @@ def _write_pack(
             os.fsync(f.fileno())
     finally:
         repo.close()
-    with open(tmp_pack, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+    with open(tmp_pack, "rb") as r, mmap.mmap(r.fileno(), 0, access=mmap.ACCESS_READ) as view:
         checksum = bytes(view[-20:])
         by_offset = sorted((offset, sha) for sha, offset in offsets.items())
         ends = [offset for offset, _ in by_offset[1:]] + [len(view) - 20]
@@ -360,8 +377,9 @@ def collect(
         refs = _ref_values(repo_path)
         inventory = _inventory(objects, cutoff)
         store = DiskObjectStore(str(objects))
+        reader = PackReader(sorted((objects / "pack").glob("pack-*.idx")))
         try:
-            walker = _Walker(_store_lookup([store]))
+            walker = _Walker(_lookup([reader], [store]))
             quarantined, q_stores = _quarantine_objects(objects)
             young = [binascii.unhexlify(o.name) for o in inventory.split.young_loose]
             for pack in inventory.split.young_packs:
@@ -370,7 +388,7 @@ def collect(
                     young.extend(sha for sha, _offset in _index_entries(idx))
             roots = [*refs.values(), *_release_ids(release_commits), *young]
             walker.walk(roots)
-            walker.get_raw = _store_lookup([store, *q_stores])
+            walker.get_raw = _lookup([reader], [store, *q_stores])
             walker.walk(quarantined)
             for q in q_stores:
                 q.close()
@@ -385,6 +403,7 @@ def collect(
             old_bytes = sum(f.size for f in (*inventory.split.old_packs, *inventory.split.old_loose))
             written = _write_pack(repo_path, store, keep, inventory.newest_old) if keep else None
         finally:
+            reader.close()
             store.close()
         new_bytes = sum(p.stat().st_size for p in written) if written else 0
         if before_swap is not None:
@@ -432,10 +451,12 @@ def _late_references(repo_path: Path, before: dict[bytes, bytes], walker: _Walke
     objects = repo_path / "objects"
     quarantined, q_stores = _quarantine_objects(objects)
     store = DiskObjectStore(str(objects))
+    reader = PackReader(sorted((objects / "pack").glob("pack-*.idx")))
     try:
-        walker.get_raw = _store_lookup([store, *q_stores])
+        walker.get_raw = _lookup([reader], [store, *q_stores])
         return walker.walk([*moved, *quarantined])
     finally:
+        reader.close()
         store.close()
         for q in q_stores:
             q.close()
