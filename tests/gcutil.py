@@ -17,8 +17,11 @@ from pathlib import Path
 OBJECTS_PER_COMMIT = 5
 
 
-def build_repo(path: Path, objects: int, unreachable: float, *, seed: int = 1) -> dict[str, int]:
-    """Make the bare repository at `path`; returns how many objects are reachable and unreachable."""
+def build_repo(path: Path, objects: int, unreachable: float, *, seed: int = 1, packs: int = 1) -> dict[str, int]:
+    """Make the bare repository at `path`; returns how many objects are reachable and unreachable.
+
+    `packs` > 1 imports main in that many parts, one pack each, as a history of pushes leaves it.
+    """
     rng = random.Random(seed)
     commits = max(2, objects // OBJECTS_PER_COMMIT)
     junk = max(1, round(commits * unreachable))
@@ -39,16 +42,24 @@ def build_repo(path: Path, objects: int, unreachable: float, *, seed: int = 1) -
         stream.append(b"M 100644 inline %s/d%04d/f%06d.txt\n" % (prefix.encode(), number // 100, number))
         stream.append(b"data %d\n%s\n" % (len(text), text))
 
-    for i in range(main):
-        add_commit("refs/heads/main", i, "src", None)
+    parts = max(1, packs)
+    for part in range(parts):
+        for i in range(main * part // parts, main * (part + 1) // parts):
+            first_of_later_part = part > 0 and i == main * part // parts
+            add_commit("refs/heads/main", i, "src", "refs/heads/main^0" if first_of_later_part else None)
+        if part < parts - 1:
+            _import(path, stream)
+            stream.clear()
     for i in range(junk):
         add_commit("refs/heads/junk", i, "junk", "refs/heads/main" if i == 0 else None)
-    subprocess.run(
-        ["git", "fast-import", "--quiet"], cwd=path, input=b"".join(stream), check=True, env=_git_env()
-    )
+    _import(path, stream)
     subprocess.run(["git", "update-ref", "-d", "refs/heads/junk"], cwd=path, check=True)
     subprocess.run(["git", "tag", "v1.0.0", f"main~{main // 2}"], cwd=path, check=True, env=_git_env())
     return {"reachable": main * OBJECTS_PER_COMMIT, "unreachable": junk * OBJECTS_PER_COMMIT}
+
+
+def _import(path: Path, stream: list[bytes]) -> None:
+    subprocess.run(["git", "fast-import", "--quiet"], cwd=path, input=b"".join(stream), check=True, env=_git_env())
 
 
 def age(path: Path, seconds: float = 30 * 86400) -> None:

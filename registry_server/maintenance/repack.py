@@ -30,6 +30,7 @@ import mmap
 import os
 import secrets
 import shutil
+import signal
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -52,6 +53,18 @@ GC_LOCK = "mcpz-gc.lock"
 """At the repository's root, flock-ed by the run that collects it: one run per repository at a time."""
 GC_TMP = "mcpz-gc-tmp"
 """At the repository's root (same file system as `objects/`, out of git's sight): the pack being written."""
+
+CRASH_STEPS = ("pack-written", "mid-swap", "after-swap", "mid-delete")
+_CRASH_AT = os.environ.get("MCPZ_TEST_GC_CRASH_AT", "")
+if _CRASH_AT and _CRASH_AT not in CRASH_STEPS:
+    raise RuntimeError(f"MCPZ_TEST_GC_CRASH_AT={_CRASH_AT!r} names no step; one of: {', '.join(CRASH_STEPS)}")
+
+
+def _crash_point(step: str) -> None:
+    """Test-only, like registry_server.git.crash_points: die here as `kill -9` would."""
+    if step == _CRASH_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 _COMMIT, _TREE, _BLOB, _TAG = 1, 2, 3, 4
 _GITLINK = 0o160000
@@ -406,6 +419,7 @@ def collect(
             reader.close()
             store.close()
         new_bytes = sum(p.stat().st_size for p in written) if written else 0
+        _crash_point("pack-written")
         if before_swap is not None:
             before_swap()
         with writer_lock():
@@ -421,12 +435,15 @@ def collect(
                 # The .pack first, the .idx last: a reader only sees a pack once its index exists.
                 for path in written:
                     os.replace(path, pack_dir / path.name)
+                    _crash_point("mid-swap")
                 _fsync_dir(pack_dir)
+                _crash_point("after-swap")
                 shutil.rmtree(written[0].parent, ignore_errors=True)
             new_idx_name = written[1].name if written else ""
             for idx in inventory.old_pack_paths:
                 if idx.name != new_idx_name:
                     _remove_pack(idx)
+                    _crash_point("mid-delete")
                     result.removed_files.append(str(idx.with_suffix(".pack")))
             for path in inventory.old_loose_paths:
                 path.unlink(missing_ok=True)
