@@ -17,7 +17,9 @@ from pathlib import Path
 OBJECTS_PER_COMMIT = 5
 
 
-def build_repo(path: Path, objects: int, unreachable: float, *, seed: int = 1, packs: int = 1) -> dict[str, int]:
+def build_repo(
+    path: Path, objects: int, unreachable: float, *, seed: int = 1, packs: int = 1
+) -> dict[str, int]:
     """Make the bare repository at `path`; returns how many objects are reachable and unreachable.
 
     `packs` > 1 imports main in that many parts, one pack each, as a history of pushes leaves it.
@@ -59,7 +61,9 @@ def build_repo(path: Path, objects: int, unreachable: float, *, seed: int = 1, p
 
 
 def _import(path: Path, stream: list[bytes]) -> None:
-    subprocess.run(["git", "fast-import", "--quiet"], cwd=path, input=b"".join(stream), check=True, env=_git_env())
+    subprocess.run(
+        ["git", "fast-import", "--quiet"], cwd=path, input=b"".join(stream), check=True, env=_git_env()
+    )
 
 
 def age(path: Path, seconds: float = 30 * 86400) -> None:

@@ -13,15 +13,8 @@ The safety rules (docs/operations.md, "Garbage collection"):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-
-GRACE_DEFAULT = 14 * 86400.0
-"""Seconds an unreachable object is kept after it arrived: git's `gc.pruneExpire` of two weeks."""
-
-TOKEN_RETENTION_DEFAULT = 30 * 86400.0
-"""Seconds an expired or revoked token (a session is one) is kept, so `mcpz token list` still
-shows why a key stopped working."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,34 +111,3 @@ class GcReport:
             ],
             "deferred": list(self.deferred),
         }
-
-
-def human_bytes(n: int) -> str:
-    """1536 -> "1.5 KiB": binary units, one decimal past bytes."""
-    size = float(n)
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{n} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-def release_roots(releases: Mapping[str, Sequence[str]], name: str) -> list[bytes]:
-    """The commits (hex, as bytes) the index publishes for `name`: roots whatever the refs say."""
-    return [commit.encode("ascii") for commit in releases.get(name, ())]
-
-
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_grace(text: str) -> float:
-    """`now` or `0` -> 0; `90s`, `30m`, `12h`, `7d`, `2w`, or plain seconds. ValueError otherwise."""
-    value = text.strip().lower()
-    if value == "now":
-        return 0.0
-    if value and value[-1] in _DURATION_UNITS and value[:-1].isdigit():
-        return float(int(value[:-1]) * _DURATION_UNITS[value[-1]])
-    seconds = float(value)
-    if not 0 <= seconds < float("inf"):
-        raise ValueError(f"{text!r} is not 0 or more seconds")
-    return seconds

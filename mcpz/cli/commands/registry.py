@@ -329,12 +329,12 @@ def gc(
     Safe while the registry serves; every published release stays reachable, yanked or not.
     """
     from mcpz.errors import UsageError
-    from registry_server.maintenance.plan import human_bytes, parse_grace
+    from mcpz.sizes import human_bytes, parse_duration
     from registry_server.maintenance.service import collect_garbage
     from registry_server.state import RegistryState
 
     try:
-        seconds = parse_grace(grace) if grace is not None else None
+        seconds = parse_duration(grace) if grace is not None else None
     except ValueError:
         raise UsageError(
             f'--grace "{grace}" is no duration', hint="give one such as 2w, 3d, 12h or now"
