@@ -202,8 +202,21 @@ def test_gc_defers_when_a_moved_ref_needs_garbage(
     _fsck(seeded["repo"])
 
 
-def test_expired_rows_go_and_live_ones_stay(sqlite_registry: Any, state: RegistryState, cli: Any) -> None:
-    sqlite_registry.account("acme")
+@pytest.fixture
+def any_state(registry: Any) -> Iterator[RegistryState]:
+    """The data folder of a registry on SQLite, then on PostgreSQL, opened as gc opens it."""
+    env = {"MCPZ_DATABASE_URL": registry.database_url}
+    opened = RegistryState.open(RegistrySettings.load(data_dir=registry.data_dir, env=env))
+    yield opened
+    opened.close()
+
+
+def test_expired_rows_go_and_live_ones_stay(
+    registry: Any, any_state: RegistryState, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = any_state
+    monkeypatch.setenv("MCPZ_DATABASE_URL", registry.database_url)
+    registry.account("acme")
     now = utcnow()
     with state.db.session() as session:
         account_id = session.query(Token.account_id).first()[0]  # type: ignore[index]
@@ -236,14 +249,12 @@ def test_expired_rows_go_and_live_ones_stay(sqlite_registry: Any, state: Registr
                 )
             )
         session.commit()
-    dry = json.loads(
-        cli("registry", "gc", "--data", str(sqlite_registry.data_dir), "--dry-run", "--json").stdout
-    )
+    dry = json.loads(cli("registry", "gc", "--data", str(registry.data_dir), "--dry-run", "--json").stdout)
     counts = {k["kind"]: k["count"] for k in dry["kinds"]}
     assert counts["nonces"] == 1 and counts["tokens"] == 2
     with state.db.session() as session:
         assert session.query(AuthNonce).count() == 2
-    cli("registry", "gc", "--data", str(sqlite_registry.data_dir), "--json")
+    cli("registry", "gc", "--data", str(registry.data_dir), "--json")
     with state.db.session() as session:
         assert [n.nonce for n in session.query(AuthNonce)] == ["live"]
         prefixes = {t.prefix for t in session.query(Token)}
