@@ -79,6 +79,7 @@ class RepoResult:
     dropped: int = 0
     freed_bytes: int = 0
     removed_files: list[str] = field(default_factory=list)
+    leftovers: list[tuple[Path, int]] = field(default_factory=list)  # of killed runs, and their bytes
     deferred: str | None = None
 
 
@@ -103,7 +104,7 @@ def _index_entries(idx: Path) -> list[tuple[bytes, int]]:
 
 def _pack_files(pack_dir: Path) -> Iterator[tuple[str, Path]]:
     for idx in sorted(pack_dir.glob("pack-*.idx")):
-        if idx.with_suffix(".pack").exists() and not idx.with_suffix(".keep").exists():
+        if idx.with_suffix(".pack").exists():
             yield idx.stem, idx
 
 
@@ -128,7 +129,10 @@ def _inventory(objects: Path, cutoff: float) -> _Inventory:
     packs: list[StoredFile] = []
     idx_of: dict[str, Path] = {}
     for name, idx in _pack_files(objects / "pack"):
-        packs.append(StoredFile(name, idx.with_suffix(".pack").stat().st_mtime, _size_of_pack(idx)))
+        # A pack someone marked `.keep` is never rewritten: counted young, so its objects are roots.
+        kept = idx.with_suffix(".keep").exists()
+        mtime = float("inf") if kept else idx.with_suffix(".pack").stat().st_mtime
+        packs.append(StoredFile(name, mtime, _size_of_pack(idx)))
         idx_of[name] = idx
     loose: list[StoredFile] = []
     loose_of: dict[str, Path] = {}
@@ -347,22 +351,25 @@ def _remove_pack(idx: Path) -> None:
         idx.with_suffix(suffix).unlink(missing_ok=True)
 
 
-def remove_leftovers(repo_path: Path) -> list[tuple[Path, int]]:
+def remove_leftovers(repo_path: Path, *, dry_run: bool = False) -> list[tuple[Path, int]]:
     """What killed runs left: our temporary folders and `.pack` files without their `.idx`.
 
-    Call under the repository's writer lock (a push moves a `.pack` before its `.idx` under it).
+    Call under the repository's writer lock (a push moves a `.pack` before its `.idx` under it)
+    and the repository's gc lock (a running gc writes in our temporary folder without the first).
     """
     removed: list[tuple[Path, int]] = []
     tmp_root = repo_path / GC_TMP
     if tmp_root.is_dir():
         for folder in tmp_root.iterdir():
             size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-            shutil.rmtree(folder, ignore_errors=True)
+            if not dry_run:
+                shutil.rmtree(folder, ignore_errors=True)
             removed.append((folder, size))
     for path in sorted((repo_path / "objects" / "pack").glob("pack-*.pack")):
         if not path.with_suffix(".idx").exists():
             size = path.stat().st_size
-            path.unlink(missing_ok=True)
+            if not dry_run:
+                path.unlink(missing_ok=True)
             removed.append((path, size))
     return removed
 
@@ -386,6 +393,8 @@ def collect(
         if not mine:
             result.deferred = "another gc is collecting it"
             return result
+        with writer_lock():
+            result.leftovers = remove_leftovers(repo_path, dry_run=dry_run)
         objects = repo_path / "objects"
         refs = _ref_values(repo_path)
         inventory = _inventory(objects, cutoff)

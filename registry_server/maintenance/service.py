@@ -107,17 +107,14 @@ def _collect_repositories(
     objects_freed = report.freed("git objects")
     for name, path in repositories(repos):
         report.repositories += 1
-        if _collect_empty(repos, name, path, cutoff, dry_run, report):
-            continue
+        if name not in releases and _collect_empty(repos, name, path, cutoff, dry_run, report):
+            continue  # (a repository with releases is never removed, even with its refs gone)
         with repos.lock(name):
             for quarantine in sorted((path / "objects").glob("incoming-*")):
                 if quarantine.is_dir() and not quarantine_in_use(quarantine):
                     report.freed("quarantines").add(_folder_size(quarantine), f"{name}: {quarantine.name}")
                     if not dry_run:
                         shutil.rmtree(quarantine, ignore_errors=True)
-            if not dry_run:
-                for leftover, size in repack.remove_leftovers(path):
-                    report.freed("quarantines").add(size, f"{name}: {leftover.name} (an interrupted gc)")
         result = repack.collect(
             path,
             release_commits=releases.get(name, ()),
@@ -126,6 +123,8 @@ def _collect_repositories(
             dry_run=dry_run,
             before_swap=before_swap,
         )
+        for leftover, size in result.leftovers:
+            report.freed("quarantines").add(size, f"{name}: {leftover.name} (left by an interrupted gc)")
         if result.deferred:
             report.deferred.append(f"{name}: {result.deferred}")
         if result.dropped or result.freed_bytes:

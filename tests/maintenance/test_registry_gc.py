@@ -299,3 +299,36 @@ def test_flushed_usage_segment_goes_and_unflushed_stays(sqlite_registry: Any, st
     report = collect_garbage(state)
     assert report.freed("usage segments").count == 1
     assert not flushed.exists() and waiting.exists()
+
+
+def test_leftover_quarantines_and_old_empty_repositories_go(
+    sqlite_registry: Any, state: RegistryState, tmp_path: Path
+) -> None:
+    import fcntl
+
+    from registry_server.git.recovery import QUARANTINE_LOCK
+
+    seeded = _seed(sqlite_registry, tmp_path)
+    objects: Path = seeded["repo"] / "objects"
+    left = objects / "incoming-0123456789abcdef"  # a killed push's
+    (left / "pack").mkdir(parents=True)
+    (left / "pack" / "tmp_pack_x").write_bytes(b"x" * 500)
+    held = objects / "incoming-fedcba9876543210"  # a push running right now
+    held.mkdir()
+    old_empty = state.repos.path_of("acme/old-empty")
+    state.repos.create("acme/old-empty").close()
+    _age_everything(old_empty)
+    for folder in (old_empty, old_empty / "objects"):
+        os.utime(folder, (time.time() - 30 * 86400,) * 2)
+    state.repos.create("acme/new-empty").close()  # a push may be filling it right now
+    with open(held / QUARANTINE_LOCK, "wb") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        dry = collect_garbage(state, dry_run=True)
+        assert dry.freed("quarantines").count == 1 and dry.freed("quarantines").bytes == 500
+        assert dry.freed("empty repositories").detail == ["acme/old-empty"]
+        assert left.exists() and old_empty.exists()
+        report = collect_garbage(state)
+    assert report.freed("quarantines").count == 1 and report.freed("empty repositories").count == 1
+    assert not left.exists() and held.exists()
+    assert not old_empty.exists() and state.repos.path_of("acme/new-empty").exists()
+    _fsck(seeded["repo"])
