@@ -53,7 +53,7 @@ from dulwich.object_filters import (
     filter_pack_objects_with_paths,
 )
 from dulwich.object_store import PackBasedObjectStore
-from dulwich.pack import pack_object_chunks, write_pack_from_container
+from dulwich.pack import PackFileDisappeared, pack_object_chunks, write_pack_from_container
 from dulwich.protocol import CAPABILITY_NO_DONE, CAPABILITY_OFS_DELTA, CAPABILITY_THIN_PACK
 from dulwich.server import UploadPackHandler, _ProtocolGraphWalker
 
@@ -380,7 +380,12 @@ def _pack_paths(store: Any) -> list[str]:
     """
     found = []
     for pack in store.packs:
-        path = getattr(pack.index, "path", None)
+        try:
+            path = getattr(pack.index, "path", None)
+        except PackFileDisappeared:
+            # Removed since the store listed it (`mcpz registry gc` swapped it for a new pack):
+            # its objects are read through the store, which rescans the pack folder.
+            continue
         if isinstance(path, str) and path.endswith(".idx"):
             try:
                 mtime = os.stat(path[: -len(".idx")] + ".pack").st_mtime_ns

@@ -332,3 +332,84 @@ def test_leftover_quarantines_and_old_empty_repositories_go(
     assert not left.exists() and held.exists()
     assert not old_empty.exists() and state.repos.path_of("acme/new-empty").exists()
     _fsck(seeded["repo"])
+
+
+def test_clones_racing_gc_get_everything(sqlite_registry: Any, state: RegistryState, tmp_path: Path) -> None:
+    """Clones run back to back while gc rewrites the repository's pack again and again: each one
+    is whole. (Refs do not move meanwhile: a clone whose ref moved between its two HTTP requests
+    is refused by the protocol, gc or not.)"""
+    import subprocess
+    import threading
+
+    token = sqlite_registry.account("acme")
+    url = sqlite_registry.git_url(NAME, token)
+    work = tmp_path / "work"
+    init_agent(work, NAME, "0.1.0", files={f"f{i}.txt": f"{i}\n" * 200 for i in range(300)})
+    git("push", "-q", url, "main", cwd=work)
+    head = rev_parse(work, "HEAD")
+    repo = bare_path(sqlite_registry, NAME)
+    stop = threading.Event()
+    failures: list[str] = []
+    clones: list[Path] = []
+
+    def clone_again_and_again() -> None:
+        while not stop.is_set():
+            dest = tmp_path / f"clone-{len(clones)}"
+            done = git("clone", "-q", url, str(dest), check=False)
+            clones.append(dest)
+            if done.returncode != 0 or rev_parse(dest, "HEAD") != head:
+                failures.append(done.stderr)
+
+    cloner = threading.Thread(target=clone_again_and_again)
+    cloner.start()
+    rewrites = 0
+    try:
+        for i in range(12):
+            # A loose object makes each run rewrite the pack (and delete the one clones read).
+            subprocess.run(
+                ["git", "hash-object", "-w", "--stdin"], cwd=repo, input=f"loose {i}\n", text=True, check=True
+            )
+            report = collect_garbage(state, grace=0)
+            rewrites += report.freed("git objects").count
+    finally:
+        stop.set()
+        cloner.join()
+    assert rewrites == 12 and len(clones) >= 2
+    assert not failures, failures[:3]
+    _fsck(repo)
+
+
+def test_a_fetch_that_listed_the_packs_before_gc_swapped_them_still_serves(
+    sqlite_registry: Any, state: RegistryState, tmp_path: Path
+) -> None:
+    """The race the clones above can hit: a fetch's store lists the packs, gc deletes one before
+    the fetch opens its index. The pack written for the fetch is still whole."""
+    import io
+
+    from dulwich.object_format import SHA1
+    from dulwich.pack import PackData
+    from dulwich.repo import Repo
+
+    from registry_server.git.pack_reuse import write_pack_reusing
+
+    seeded = _seed(sqlite_registry, tmp_path)
+    wanted = sorted(objects_of(seeded["work"], "main"))
+    repo = Repo(str(seeded["repo"]), bare=True)
+    try:
+        listed = repo.object_store.packs  # listed; their indexes not read yet
+        assert listed
+        assert collect_garbage(state, grace=0).freed("git objects").count == len(seeded["garbage"])
+        out = io.BytesIO()
+        write_pack_reusing(
+            out.write, repo.object_store, [w.encode() for w in wanted], object_format=repo.object_format
+        )
+    finally:
+        repo.close()
+    path = tmp_path / "fetched.pack"
+    path.write_bytes(out.getvalue())
+    data = PackData(str(path), object_format=SHA1)
+    try:
+        assert len(data) == len(wanted)
+        data.check()
+    finally:
+        data.close()
