@@ -25,6 +25,7 @@ from __future__ import annotations
 import binascii
 import contextlib
 import fcntl
+import hashlib
 import logging
 import mmap
 import os
@@ -42,6 +43,7 @@ from dulwich.objects import parse_tree
 from dulwich.pack import load_pack_index, write_pack_index_v2
 from dulwich.repo import Repo
 
+from mcpz.atomic import write_atomic
 from registry_server.git.pack_reuse import write_pack_reusing
 from registry_server.git.recovery import quarantine_in_use
 from registry_server.maintenance.packread import PackReader
@@ -51,6 +53,8 @@ log = logging.getLogger(__name__)
 
 GC_LOCK = "mcpz-gc.lock"
 """At the repository's root, flock-ed by the run that collects it: one run per repository at a time."""
+GC_DONE = "mcpz-gc.done"
+"""At the repository's root: the signature of what the last run found nothing to do on."""
 GC_TMP = "mcpz-gc-tmp"
 """At the repository's root (same file system as `objects/`, out of git's sight): the pack being written."""
 
@@ -398,6 +402,10 @@ def collect(
         objects = repo_path / "objects"
         refs = _ref_values(repo_path)
         inventory = _inventory(objects, cutoff)
+        releases = _release_ids(release_commits)
+        signature = _signature(refs, releases, inventory, objects)
+        if _last_signature(repo_path) == signature:
+            return result  # nothing changed since a run that left nothing to do: no walk needed
         store = DiskObjectStore(str(objects))
         reader = PackReader(sorted((objects / "pack").glob("pack-*.idx")))
         try:
@@ -408,7 +416,7 @@ def collect(
                 idx = objects / "pack" / f"{pack.name}.idx"
                 with contextlib.suppress(OSError, ValueError):
                     young.extend(sha for sha, _offset in _index_entries(idx))
-            roots = [*refs.values(), *_release_ids(release_commits), *young]
+            roots = [*refs.values(), *releases, *young]
             walker.walk(roots)
             walker.get_raw = _lookup([reader], [store, *q_stores])
             walker.walk(quarantined)
@@ -418,6 +426,8 @@ def collect(
             dropped = {sha for sha in inventory.old_objects if sha not in walker.seen}
             result.kept, result.dropped = len(keep), len(dropped)
             if not needs_rewrite(inventory.split, len(dropped)):
+                if not dry_run and not quarantined:
+                    _remember(repo_path, signature)
                 return result
             if dry_run:
                 result.freed_bytes = sum(inventory.old_objects[sha] for sha in dropped)
@@ -459,6 +469,35 @@ def collect(
             result.removed_files += [str(p) for p in inventory.old_loose_paths]
         result.freed_bytes = old_bytes - new_bytes
         return result
+
+
+def _signature(refs: dict[bytes, bytes], releases: list[bytes], inventory: _Inventory, objects: Path) -> str:
+    """What a run's answer depends on: refs, release commits, which packs are old or young, and
+    whether any quarantine or loose object exists. Equal to the last run's, the answer is too."""
+    digest = hashlib.sha256()
+    for ref, sha in sorted(refs.items()):
+        digest.update(b"ref %s %s\n" % (ref, sha))
+    for sha in sorted(releases):
+        digest.update(b"release %s\n" % sha)
+    split = inventory.split
+    for label, files in (("old", split.old_packs), ("young", split.young_packs)):
+        for f in sorted(split_file.name for split_file in files):
+            digest.update(f"{label} {f}\n".encode())
+    digest.update(f"loose {len(split.old_loose)} {len(split.young_loose)}\n".encode())
+    digest.update(f"quarantines {len(list(objects.glob('incoming-*')))}\n".encode())
+    return digest.hexdigest()
+
+
+def _last_signature(repo_path: Path) -> str | None:
+    try:
+        return (repo_path / GC_DONE).read_text(encoding="ascii").strip()
+    except (OSError, ValueError):
+        return None
+
+
+def _remember(repo_path: Path, signature: str) -> None:
+    with contextlib.suppress(OSError):
+        write_atomic(repo_path / GC_DONE, signature + "\n")
 
 
 def _release_ids(commits: Iterable[str]) -> list[bytes]:

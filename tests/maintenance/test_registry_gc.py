@@ -6,6 +6,7 @@ made the way they happen: a branch pushed and deleted, main force-pushed over.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -96,6 +97,11 @@ def _seed(registry: Any, tmp: Path) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _no_lock() -> Iterator[None]:
+    yield
+
+
 def _clone_and_verify(url: str, dest: Path, tag: str, commit_id: str) -> None:
     git("clone", "-q", "--branch", tag, url, str(dest))
     assert rev_parse(dest, "HEAD") == commit_id
@@ -130,9 +136,16 @@ def test_gc_keeps_every_release_and_drops_garbage(
     for version, commit_id in seeded["releases"].items():
         _clone_and_verify(seeded["url"], tmp_path / f"clone-{version}", f"v{version}", commit_id)
 
-    # A second run has nothing left to do.
+    # A second run has nothing left to do, and remembers it: a third does not even walk.
     again = json.loads(cli("registry", "gc", "--data", str(sqlite_registry.data_dir), "--json").stdout)
     assert again["freed_bytes"] == 0
+    from registry_server.maintenance import repack
+
+    assert (repo / repack.GC_DONE).exists()
+    releases = list(seeded["releases"].values())
+    assert repack.collect(repo, release_commits=releases, cutoff=time.time(), writer_lock=_no_lock).kept == 0
+    # The release commits are part of what it remembers: other ones, and it walks again.
+    assert repack.collect(repo, release_commits=[], cutoff=time.time(), writer_lock=_no_lock).kept > 0
 
 
 def test_grace_period_keeps_recent_garbage(
