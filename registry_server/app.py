@@ -37,6 +37,7 @@ from registry_server.git import routes as git_http
 from registry_server.git.recovery import recover
 from registry_server.http import error_response
 from registry_server.logs import request_id
+from registry_server.maintenance.service import GcScheduler
 from registry_server.market import routes as api_market
 from registry_server.market.upkeep import MarketUpkeep
 from registry_server.mesh import hub as mesh_hub
@@ -265,6 +266,8 @@ def create_app(
                     # Listings follow publishes (a listener on the state) and a periodic sweep.
                     app.state.market = MarketUpkeep(app.state.registry)
                     await app.state.market.start()
+                    app.state.gc = GcScheduler(app.state.registry)
+                    await app.state.gc.start()
                     app.state.settlement = _settlement_worker(app.state.registry)
                     if app.state.settlement is not None:
                         await app.state.settlement.start()
@@ -281,6 +284,7 @@ def create_app(
                             app.state.gateway.spans.close()  # sends what is batched
                         if app.state.settlement is not None:
                             await app.state.settlement.stop()
+                        await app.state.gc.stop()
                         await app.state.market.stop()
                         await app.state.gateway.stop()
                         await app.state.mesh.stop()

@@ -110,6 +110,12 @@ class RegistrySettings:
     # OTLP/HTTP endpoint (e.g. http://collector:4318) to export sampled gateway calls to as spans;
     # "" = none (needs the `otel` extra).
     otlp_endpoint: str = ""
+    # Garbage collection (docs/operations.md): `mcpz registry gc` every gc_interval seconds (0: only
+    # when run by hand); unreachable git objects younger than gc_grace seconds are kept, and expired
+    # or revoked tokens for token_retention seconds.
+    gc_interval: float = 0.0
+    gc_grace: float = 14 * 86400.0
+    token_retention: float = 30 * 86400.0
 
     @property
     def base_url(self) -> str:
@@ -162,9 +168,10 @@ class RegistrySettings:
             "settlement_payout_interval", "settlement_payout_minimum", "settlement_stuck_after",
             "settlement_max_fee_gwei",
         )  # fmt: skip
+        gc = ("gc_interval", "gc_grace", "token_retention")
         for key in (
             *keys, "public_url", "chain_id", "chain_rpc", *mesh, *gateway, *nonces, *limits, *market,
-            *billing, *settlement, *metrics,
+            *billing, *settlement, *metrics, *gc,
         ):  # fmt: skip
             var = f"MCPZ_REGISTRY_{key.upper()}"
             if env.get(var):
@@ -239,6 +246,9 @@ class RegistrySettings:
                 metrics_port=int(values.get("metrics_port", 0)),
                 gateway_trace=_flag("gateway_trace", values.get("gateway_trace", True)),
                 otlp_endpoint=str(values.get("otlp_endpoint", "")),
+                gc_interval=float(values.get("gc_interval", 0.0)),
+                gc_grace=float(values.get("gc_grace", 14 * 86400.0)),
+                token_retention=float(values.get("token_retention", 30 * 86400.0)),
             )
         except (KeyError, ValueError) as e:
             raise UsageError(f"invalid registry setting: {e}", hint="check MCPZ_REGISTRY_* variables") from e
@@ -289,6 +299,12 @@ class RegistrySettings:
                 hint="set the seconds between payout batches, or 0 to build them only by "
                 "`mcpz registry payouts run`",
             )
+        for key in ("gc_interval", "gc_grace", "token_retention"):
+            if not 0 <= getattr(self, key) < float("inf"):
+                raise UsageError(
+                    f"invalid registry setting: {key} must be 0 or more seconds, not {getattr(self, key)}",
+                    hint=f"fix MCPZ_REGISTRY_{key.upper()}",
+                )
         for key in _POSITIVE:
             if not getattr(self, key) > 0:
                 raise UsageError(

@@ -161,6 +161,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "registry refund": ('mcpz registry refund 01JD0S... --reason "agent was down"',),
     "registry close-period": ("mcpz registry close-period 2026-11",),
+    "cache": ("mcpz cache clean --dry-run",),
+    "cache clean": ("mcpz cache clean --dry-run", "mcpz cache clean --json"),
+    "node gc": ("mcpz node gc --dry-run", "mcpz node gc --data /var/lib/mcpz/node --grace 10m"),
+    "registry gc": ("mcpz registry gc --dry-run", "mcpz registry gc --grace now --json"),
     "demo": ("mcpz demo",),
 }
 

@@ -163,6 +163,7 @@ COMMANDS: dict[str, Entry] = {
         CALL,
     ),
     "config": Entry("config", "Read and change your settings (the user config file).", ACCOUNT),
+    "cache": Entry("cache", "The client's caches: index answers and fetched releases.", DEPS),
     "registry": Entry("registry", "Run a registry, and bootstrap it on its own host.", OPERATE),
     "chain": Entry("chain", "A local settlement chain for development.", OPERATE),
     "demo": Entry(

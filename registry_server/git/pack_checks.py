@@ -45,7 +45,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from dulwich.object_store import BaseObjectStore
@@ -1104,6 +1104,23 @@ def _header_ids(obj: RawObject, key: bytes) -> list[bytes]:
 def _tree_links(obj: RawObject) -> list[bytes]:
     """A tree's entries, but submodule commits (which live in another repository)."""
     return [e.id for e in _parse_tree(obj.data)[0] if e.mode < 0 or e.mode & S_IFMT != S_IFGITLINK]
+
+
+def outside_references(objects: Sequence[RawObject]) -> set[bytes]:
+    """The ids `objects` refer to and do not include: what the repository must already hold."""
+    ids = {obj.id for obj in objects}
+    outside: set[bytes] = set()
+    for obj in objects:
+        if obj.type_num == COMMIT:
+            links = _header_ids(obj, b"tree") + _header_ids(obj, b"parent")
+        elif obj.type_num == TAG:
+            links = _header_ids(obj, b"object")
+        elif obj.type_num == TREE:
+            links = _tree_links(obj)
+        else:
+            continue
+        outside.update(link for link in links if link not in ids)
+    return outside
 
 
 def find_new_objects(lookup: Lookup, new_tips: Iterable[bytes], old_tips: Iterable[bytes]) -> NewObjects:

@@ -53,7 +53,7 @@ from dulwich.object_filters import (
     filter_pack_objects_with_paths,
 )
 from dulwich.object_store import PackBasedObjectStore
-from dulwich.pack import pack_object_chunks, write_pack_from_container
+from dulwich.pack import PackFileDisappeared, pack_object_chunks, write_pack_from_container
 from dulwich.protocol import CAPABILITY_NO_DONE, CAPABILITY_OFS_DELTA, CAPABILITY_THIN_PACK
 from dulwich.server import UploadPackHandler, _ProtocolGraphWalker
 
@@ -380,7 +380,12 @@ def _pack_paths(store: Any) -> list[str]:
     """
     found = []
     for pack in store.packs:
-        path = getattr(pack.index, "path", None)
+        try:
+            path = getattr(pack.index, "path", None)
+        except PackFileDisappeared:
+            # Removed since the store listed it (`mcpz registry gc` swapped it for a new pack):
+            # its objects are read through the store, which rescans the pack folder.
+            continue
         if isinstance(path, str) and path.endswith(".idx"):
             try:
                 mtime = os.stat(path[: -len(".idx")] + ".pack").st_mtime_ns
@@ -399,13 +404,15 @@ def write_pack_reusing(
     client_has: Collection[bytes] = (),
     thin: bool = False,
     ofs_delta: bool = True,
+    offsets: dict[bytes, int] | None = None,
 ) -> ReuseStats:
     """Write a pack of `object_ids` (hex) from `store`, copying stored entries where it can.
 
     `client_has` (hex ids) are objects the client is known to hold; with `thin` a delta whose base
     is one of them and is not sent is written as a ref-delta against it. Without `ofs_delta` every
     delta is written as a ref-delta. Objects are sent once each, whatever their order in
-    `object_ids`.
+    `object_ids`. `offsets`, when given, is filled with each object's (binary id) offset in the
+    pack: what a `.idx` of it needs (registry_server.maintenance.repack).
     """
     wanted = {binascii.unhexlify(h): None for h in object_ids}
     stats = ReuseStats(objects=len(wanted))
@@ -440,7 +447,7 @@ def write_pack_reusing(
         out = _PackOutput(write)
         for chunk in (b"PACK", struct.pack(">LL", 2, len(wanted))):
             out.add(chunk)
-        written: dict[bytes, int] = {}
+        written: dict[bytes, int] = {} if offsets is None else offsets
 
         def send_full(raw: bytes, reason: str) -> None:
             written[raw] = out.offset
@@ -625,3 +632,8 @@ class ReusingUploadPackHandler(UploadPackHandler):  # type: ignore[misc]
             )
         # we are done
         self.proto.write_pkt_line(None)
+
+
+# For readers of stored packs elsewhere in the registry (registry_server.maintenance.packread).
+IndexedPack = _IndexedPack
+Unusable = _Unusable

@@ -40,7 +40,14 @@ from mcpz.errors import RefusedError
 from registry_server.accounts.service import Principal
 from registry_server.db import Database
 from registry_server.git.crash_points import crash_point
-from registry_server.git.pack_checks import RawObject, check_objects, human_size, pack_objects, store_lookup
+from registry_server.git.pack_checks import (
+    RawObject,
+    check_objects,
+    human_size,
+    outside_references,
+    pack_objects,
+    store_lookup,
+)
 from registry_server.git.recovery import QUARANTINE_LOCK
 from registry_server.orm import utcnow
 from registry_server.releases.models import Agent
@@ -82,6 +89,22 @@ def _agent_row(session: Session, name: str) -> Agent:
         agent = session.scalar(select(Agent).where(Agent.name == name))
         assert agent is not None
     return agent
+
+
+def _gone_meanwhile(objects: list[RawObject], main_objects: Path) -> list[bytes]:
+    """What `objects` refer to outside themselves and the repository no longer holds.
+
+    Read from a store opened now: the push's own store may still map a pack that
+    `mcpz registry gc` has since deleted (registry_server.maintenance.repack).
+    """
+    needed = outside_references(objects)
+    if not needed:
+        return []
+    fresh = DiskObjectStore(str(main_objects))
+    try:
+        return sorted(oid for oid in needed if not (fresh.contains_packed(oid) or fresh.contains_loose(oid)))
+    finally:
+        fresh.close()
 
 
 class RegistryReceivePack(ReceivePackHandler):  # type: ignore[misc]
@@ -182,6 +205,13 @@ class RegistryReceivePack(ReceivePackHandler):  # type: ignore[misc]
             ]
             if any(stale):
                 yield from self._refuse_all(updates, stale)
+                return
+            if _gone_meanwhile(new_objects, Path(main_store.path)):
+                # Garbage collection removed what this push builds on after the checks passed
+                # (only possible for objects no ref reached): landing it would leave a hole.
+                yield from self._refuse_all(
+                    updates, "objects this push builds on were removed meanwhile; push again"
+                )
                 return
             try:
                 with ctx.db.session() as session:

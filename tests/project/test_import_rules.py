@@ -35,7 +35,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("app", "serve"),
     ("web",),
     ("gateway", "market", "settlement"),
-    ("mesh", "billing"),
+    ("mesh", "billing", "maintenance"),
     ("deployments", "git"),
     ("releases", "usage"),
     ("accounts",),
@@ -67,6 +67,7 @@ PURE = (
     "registry_server.billing.tiers",
     "registry_server.settlement.batches",
     "registry_server.tier_settings",
+    "registry_server.maintenance.plan",
 )
 IMPURE = (
     "sqlalchemy",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -138,3 +138,48 @@ def run_node(
         if handler is not None:
             logging.getLogger("mcpz.node").removeHandler(handler)
     output.data({"node_id": node.state.node_id, "name": config.name, "registry": url, "stopped": True})
+
+
+@node_app.command("gc")
+def gc(
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Data folder (default: the user data folder's node/).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would go; delete nothing.")] = False,
+    grace: Annotated[
+        str,
+        typer.Option(
+            "--grace",
+            metavar="1h|10m|now",
+            help="Keep what was written more recently than this (at least 10m while the node runs).",
+        ),
+    ] = "1h",
+) -> None:
+    """Remove cached releases and checkouts no replica of this node runs; keeps what runs."""
+    from mcpz.config import data_dir
+    from mcpz.node.gc import collect_node_garbage
+    from mcpz.sizes import human_bytes, parse_duration
+
+    try:
+        seconds = parse_duration(grace)
+    except ValueError:
+        raise UsageError(
+            f'--grace "{grace}" is no duration', hint="give one such as 1h, 10m or now"
+        ) from None
+    folder = data if data is not None else data_dir() / "node"
+    report = collect_node_garbage(folder, dry_run=dry_run, grace=seconds)
+
+    def render(c: Any) -> None:
+        verb = "would free" if dry_run else "freed"
+        for release in report.releases:
+            c.print(f"release {release}", markup=False)
+        for checkout in report.checkouts:
+            c.print(f"checkout {checkout}", markup=False)
+        running = " (the node is running: recent files kept)" if report.node_running else ""
+        c.print(
+            f"{verb} {human_bytes(report.freed_bytes)}: {len(report.releases)} releases, "
+            f"{report.objects} objects, {len(report.checkouts)} checkouts{running}",
+            markup=False,
+        )
+
+    out().data(report.to_dict(), render)

@@ -311,3 +311,52 @@ def close_period(
         f"closed {month}: invoices {numbers[0]}-{numbers[-1]}" if numbers else f"{month} was closed already"
     )
     out().data({"period": month, "invoices": numbers}, lambda c: c.print(said, markup=False))
+
+
+@registry_app.command("gc")
+def gc(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would go; delete nothing.")] = False,
+    grace: Annotated[
+        str | None,
+        typer.Option(
+            "--grace",
+            metavar="2w|3d|now",
+            help="Keep unreachable git objects younger than this (default: the gc_grace setting).",
+        ),
+    ] = None,
+    data: DataOpt = None,
+) -> None:
+    """Collect garbage: unreachable git objects, quarantines, empty repositories, expired rows.
+
+    Safe while the registry serves; every published release stays reachable, yanked or not.
+    """
+    from mcpz.errors import UsageError
+    from mcpz.sizes import human_bytes, parse_duration
+    from registry_server.maintenance.service import collect_garbage
+    from registry_server.state import RegistryState
+
+    try:
+        seconds = parse_duration(grace) if grace is not None else None
+    except ValueError:
+        raise UsageError(
+            f'--grace "{grace}" is no duration', hint="give one such as 2w, 3d, 12h or now"
+        ) from None
+    state = RegistryState.open(_settings(data))
+    try:
+        report = collect_garbage(state, dry_run=dry_run, grace=seconds)
+    finally:
+        state.close()
+
+    def render(c: Any) -> None:
+        verb = "would free" if dry_run else "freed"
+        for kind in report.kinds.values():
+            if kind.count or kind.bytes:
+                size = f", {human_bytes(kind.bytes)}" if kind.bytes else ""
+                c.print(f"{kind.kind}: {kind.count}{size}", markup=False)
+        for note in report.deferred:
+            c.print(f"put off: {note}", markup=False)
+        c.print(
+            f"{verb} {human_bytes(report.total_bytes)} in {report.repositories} repositories", markup=False
+        )
+
+    out().data(report.to_dict(), render)

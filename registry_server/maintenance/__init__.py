@@ -1,0 +1,1 @@
+"""Keeping the registry's disk bounded: garbage collection (`mcpz registry gc`)."""
