@@ -81,6 +81,8 @@ class _Gauges(Collector):
 
 class RegistryMetrics:
     def __init__(self) -> None:
+        # Counted only while served (`serve`): a registry without metrics_port pays nothing per call.
+        self.enabled = False
         self.registry = CollectorRegistry()
         r = self.registry
         self.http_requests = Counter(
@@ -123,6 +125,8 @@ class RegistryMetrics:
     # --- what happens ----------------------------------------------------------------------------
 
     def request(self, method: str, route: str, status: int, seconds: float) -> None:
+        if not self.enabled:
+            return
         self.http_requests.labels(method, route, str(status)).inc()
         self.http_seconds.labels(method, route).observe(seconds)
 
@@ -136,6 +140,8 @@ class RegistryMetrics:
         self.gateway_bytes.labels("out").inc(bytes_out)
 
     def git(self, operation: str, outcome: str, nbytes: int = 0) -> None:
+        if not self.enabled:
+            return
         self.git_operations.labels(operation, outcome).inc()
         if nbytes:
             self.git_bytes.labels(operation).inc(nbytes)
@@ -169,6 +175,7 @@ class RegistryMetrics:
         """Serve the exposition at http://host:port/metrics in a thread; the port actually bound."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         self._server = server
+        self.enabled = True
         bound: int = server.server_address[1]
         return bound
 
@@ -177,3 +184,4 @@ class RegistryMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        self.enabled = False
