@@ -526,13 +526,10 @@ class Gateway:
 
     def _negotiated(self, session: Session, payload: bytes) -> bytes:
         """The agent's InitializeResult, answering the version this session's client offered."""
-        try:
-            response = jsonlimits.loads(payload)
-        except JSONError:
+        found = _result_of(payload)
+        if found is None:
             return payload
-        result = response.get("result") if isinstance(response, dict) else None
-        if not isinstance(result, dict):
-            return payload
+        response, result = found
         agents = result.get("protocolVersion")
         if session.protocol_version in HANDSHAKE_VERSIONS:
             version = session.protocol_version
@@ -796,13 +793,10 @@ class Gateway:
     ) -> bytes:
         """The response with a signed receipt in its result's `_meta` (docs/receipts.md)."""
         assert self.receipts is not None
-        try:
-            response = jsonlimits.loads(payload)
-        except JSONError:
+        found = _result_of(payload)
+        if found is None:
             return payload
-        result = response.get("result") if isinstance(response, dict) else None
-        if not isinstance(result, dict):
-            return payload
+        response, result = found
         params = message.get("params")
         receipt = self.receipts.sign(
             event=event_id,
@@ -1121,6 +1115,16 @@ def _shutdown() -> CallFailed:
     from registry_server.mesh.calls import Shutdown
 
     return Shutdown("the registry is shutting down")
+
+
+def _result_of(payload: bytes) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(the response, its `result` object) of a JSON-RPC response with a result; None otherwise."""
+    try:
+        response = jsonlimits.loads(payload)
+    except JSONError:
+        return None
+    result = response.get("result") if isinstance(response, dict) else None
+    return (response, result) if isinstance(result, dict) else None
 
 
 def _outcome_of(payload: bytes) -> str:
