@@ -69,6 +69,7 @@ from registry_server.billing.gate import Authorization
 from registry_server.billing.gate import Refusal as BillingRefusal
 from registry_server.billing.quotas import Grant, Quotas, QuotasUnavailable
 from registry_server.billing.tiers import Refusal
+from registry_server.gateway.x402 import ANONYMOUS, PaidCall, X402Desk
 from registry_server.http import agent_name
 from registry_server.mesh.calls import DEV_VERSION, Busy, CallFailed, PendingCall, Target
 from registry_server.usage.events import Outcome, UsageEvent
@@ -248,6 +249,7 @@ class Gateway:
         self.usage = usage
         self.billing = billing
         self.receipts = receipts
+        self.x402 = X402Desk.open(state)  # None unless settlement and its operator key are configured
         settings = state.settings
         self.call_timeout = settings.call_timeout
         self.max_in_flight = settings.max_calls_in_flight
@@ -290,7 +292,15 @@ class Gateway:
                     404, INVALID_REQUEST, "no such endpoint: use /mcp/{namespace}/{name}[@{version}]"
                 )
             self._check_origin(headers)
-            principal = await self._authenticate(headers)
+            if (
+                self.x402 is not None
+                and "authorization" not in headers
+                and where[1] != DEV_VERSION
+                and await self.x402.accepts(where[0])
+            ):
+                principal = ANONYMOUS  # x402 pays its calls (gateway/x402.py); nothing else is free
+            else:
+                principal = await self._authenticate(headers)
             if self.closing:
                 raise GatewayError(503, UNAVAILABLE, "the registry is shutting down", retry_after=1)
             method = scope["method"]
@@ -556,8 +566,29 @@ class Gateway:
         metered = message.get("method") == "tools/call"
         billing = self.billing if metered and session.version != DEV_VERSION else None
         auth: Authorization | None = None
+        paid: PaidCall | None = None
+        if billing is not None and self.x402 is not None:  # x402: before billing (gateway/x402.py)
+            step = await self.x402.before(principal, target.agent, target.version, message)
+            if isinstance(step, bytes):  # payment required, refused or replayed: the agent is not called
+                return step, Outcome.TOOL_ERROR
+            paid, billing = step, (None if step is not None else billing)
         if billing is not None:  # refused: GatewayError, before the agent sees it; no usage is recorded
-            auth = await self._admit(billing, principal, target, message)
+            try:
+                auth = await self._admit(billing, principal, target, message)
+            except GatewayError as e:
+                tool = (
+                    str(message.get("params", {}).get("name", ""))
+                    if isinstance(message.get("params"), dict)
+                    else ""
+                )
+                asked = (
+                    await self.x402.required(request_id, target.agent, tool, e.message)
+                    if e.code == BILLING_REFUSED and self.x402 is not None
+                    else None
+                )
+                if asked is None:
+                    raise
+                return asked, Outcome.TOOL_ERROR
         try:
             call = self.router.start(target, body, session.id, on_notify)
         except (Busy, CallFailed) as e:
@@ -586,6 +617,15 @@ class Gateway:
                 charge, auth = billing.finish(auth, outcome), None
                 if charge[0] and self.receipts is not None:
                     payload = self._with_receipt(payload, message, target, event_id, charge[0], started_us)
+            if paid is not None and self.x402 is not None:  # settle on chain, or withhold the result
+                price = paid.offer.amount
+
+                def sign(answer: bytes) -> bytes:
+                    if self.receipts is None:
+                        return answer
+                    return self._with_receipt(answer, message, target, event_id, price, started_us)
+
+                payload = await self.x402.after(paid, payload, outcome, sign)
             return payload, outcome
         except asyncio.CancelledError:
             # The server is stopping this request (shutdown): the node is told, the event recorded.
@@ -596,7 +636,7 @@ class Gateway:
             self.in_flight -= 1
             if session.calls.get(key) is call:
                 del session.calls[key]
-            if metered:
+            if metered and principal is not ANONYMOUS:
                 if billing is not None and auth is not None:  # ended by an exception
                     charge = billing.finish(auth, outcome)
                 price, plan, hold = charge
@@ -772,7 +812,7 @@ class Gateway:
 
     async def _check_call(self, principal: Principal, message: dict[str, Any]) -> Grant | None:
         """A `tools/call` within the caller's tier is counted; past it, 429. Other methods count not."""
-        if message.get("method") != "tools/call":
+        if message.get("method") != "tools/call" or principal is ANONYMOUS:  # x402 limits per payer
             return None
         try:
             verdict = await self.quotas.check_call(principal)
@@ -790,6 +830,8 @@ class Gateway:
             mine = self._accounts.get(principal.account_id, {}).values()
             return [s.last_used + SESSION_IDLE - now for s in mine]
 
+        if principal is ANONYMOUS:  # no tier: MAX_SESSIONS bounds them, x402 limits calls per payer
+            return Grant(0)
         try:
             verdict = await self.quotas.check_session(principal, idle_ends)
         except QuotasUnavailable as e:
