@@ -328,3 +328,121 @@ def test_anonymous_callers_reach_only_listings_that_take_x402(world: World) -> N
         headers={"Accept": "application/json"},
     )
     assert answer.status_code == 401
+
+
+def test_the_library_pays_with_no_account_and_never_above_the_maximum(world: World) -> None:
+    import anyio
+
+    from mcpz.client.gateway import call_remote_tool
+    from mcpz.client.x402 import Payer, PaymentRefused
+
+    w = world
+    key = payer(w)
+    text = f"lib-{secrets.token_hex(4)}"
+    remote: dict[str, Any] = {"registry": w.mesh.reg.url, "token": None, "timeout": 60.0}
+    with pytest.raises(PaymentRefused, match="above your maximum"):
+        anyio.run(
+            lambda: call_remote_tool(
+                AGENT, "note", {"text": text}, payer=Payer(key, max_price=PRICE - 1), **remote
+            )
+        )
+    assert text not in calls(w) and w.chain.balance(key.address) == 10 * PRICE
+    result = anyio.run(
+        lambda: call_remote_tool(AGENT, "note", {"text": text}, payer=Payer(key, max_price=PRICE), **remote)
+    )
+    assert result.content[0]["text"] == text
+    assert result.result is not None and result.result["_meta"]["x402/payment-response"]["success"] is True
+    assert w.chain.balance(key.address) == 9 * PRICE
+
+
+def test_mcpz_call_max_price_below_the_asked_price_refuses_to_sign(world: World, cli: Any) -> None:
+    from mcpz.keys.wallet import Wallet
+
+    w = world
+    key = payer(w)
+    Wallet.import_key(key.key.hex(), "pass-phrase-1")
+    os.environ["MCPZ_WALLET_PASSPHRASE"] = "pass-phrase-1"
+    try:
+        text = f"cli-{secrets.token_hex(4)}"
+        refused = cli(
+            "call",
+            AGENT,
+            "note",
+            f"text={text}",
+            "--pay",
+            "--max-price",
+            "0.02",
+            "--registry",
+            w.mesh.reg.url,
+        )
+        assert refused.exit_code == 8, refused.stderr
+        assert "above your maximum" in refused.stderr and "nothing was signed" in refused.stderr
+        assert text not in calls(w) and w.chain.balance(key.address) == 10 * PRICE
+        paid = cli(
+            "call",
+            AGENT,
+            "note",
+            f"text={text}",
+            "--pay",
+            "--max-price",
+            "0.025",
+            "--registry",
+            w.mesh.reg.url,
+        )
+        assert paid.exit_code == 0, paid.stderr
+        assert text in paid.stdout
+        assert w.chain.balance(key.address) == 9 * PRICE
+    finally:
+        os.environ.pop("MCPZ_WALLET_PASSPHRASE", None)
+
+
+class SyncMcp:
+    """The sync MCP client x402's `x402MCPClientSync` wraps: `call_tool(params, **kwargs)` returning
+    the result's fields as attributes. Ours, plain JSON-RPC over Streamable HTTP with no token: the
+    official MCP SDK 2.x renamed the result's fields (is_error) and x402 2.25's async client still
+    reads the 1.x ones (isError), so the SDK's own session cannot be handed to it unchanged."""
+
+    def __init__(self, url: str) -> None:
+        self.session = Anonymous(url)
+
+    def call_tool(self, params: dict[str, Any], **kwargs: Any) -> Any:
+        from types import SimpleNamespace
+
+        meta = params.get("_meta")
+        answer = self.session.call(params["name"], meta, **params.get("arguments", {}))
+        result = answer["result"]
+        return SimpleNamespace(
+            content=result.get("content", []),
+            isError=bool(result.get("isError")),
+            structuredContent=result.get("structuredContent"),
+            _meta=result.get("_meta", {}),
+        )
+
+
+def test_the_official_x402_client_pays_our_gateway(world: World) -> None:
+    """x402's own MCP client and scheme code (PyPI `x402`: x402MCPClientSync, x402ClientSync,
+    ExactEvmClientScheme) detect our PaymentRequired, sign, and read our SettleResponse unchanged."""
+    x402_mcp = pytest.importorskip("x402.mcp")
+    from x402 import x402ClientSync
+    from x402.mechanisms.evm.exact import ExactEvmClientScheme
+
+    w = world
+    key = payer(w)
+    text = f"sdk-{secrets.token_hex(4)}"
+    client = x402ClientSync()
+    # It wraps an eth_account key itself (EthAccountSigner); its annotation names only the protocol.
+    client.register(f"eip155:{CHAIN_ID}", ExactEvmClientScheme(key))  # type: ignore[arg-type]
+    # Its spend controls know the production stablecoins only: the test token is opted in, capped.
+    asset: Any = {
+        "network": f"eip155:{CHAIN_ID}",
+        "asset": w.chain.token.address,
+        "max_amount_per_payment": str(PRICE),
+    }
+    client.set_spend_controls({"allowed_assets": [asset]})
+    paying = x402_mcp.x402MCPClientSync(SyncMcp(w.url), client, auto_payment=True)
+    result = paying.call_tool("note", {"text": text})
+    assert result.is_error is False, result
+    assert result.payment_made is True
+    assert result.payment_response is not None and result.payment_response.success is True
+    assert calls(w).count(text) == 1
+    assert w.chain.balance(key.address) == 9 * PRICE
