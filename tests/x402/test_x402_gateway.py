@@ -201,6 +201,15 @@ def ledger_balance(w: World, account: str) -> int:
         db.dispose()
 
 
+def account_id(w: World, name: str) -> int:
+    db = Database(w.mesh.reg.database_url)
+    try:
+        with db.session() as session:
+            return service.account_id_of(session, name)
+    finally:
+        db.dispose()
+
+
 def test_an_anonymous_paid_call_settles_exactly_the_price(world: World) -> None:
     w = world
     key = payer(w)
@@ -219,6 +228,8 @@ def test_an_anonymous_paid_call_settles_exactly_the_price(world: World) -> None:
 
     before_payer, before_contract = w.chain.balance(key.address), w.chain.balance(w.chain.contract.address)
     fees, x402_in = ledger_balance(w, ledger.PLATFORM_FEES), ledger_balance(w, ledger.CHAIN_X402)
+    creator = ledger.creator_available(account_id(w, "acme"))
+    earned = ledger_balance(w, creator)
     answer = session.call("note", {"x402/payment": pay(required, key)}, text=text)
     result = answer["result"]
     assert result.get("isError") is not True, result
@@ -233,6 +244,8 @@ def test_an_anonymous_paid_call_settles_exactly_the_price(world: World) -> None:
     # The ledger agrees with the chain: the price came from chain:x402, the fee went to the platform.
     assert ledger_balance(w, ledger.CHAIN_X402) == x402_in - PRICE
     assert ledger_balance(w, ledger.PLATFORM_FEES) == fees + PRICE * FEE_BPS // 10_000
+    # ... and the rest is the creator's at once, available for the next payout batch (final on chain).
+    assert ledger_balance(w, creator) == earned + PRICE - PRICE * FEE_BPS // 10_000
     # The paid answer carries the billing issue's signed receipt, for the price paid.
     _, got = receipts.detach(result)
     assert got is not None and got.price == PRICE
