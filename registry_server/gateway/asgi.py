@@ -594,6 +594,8 @@ class Gateway:
         except (Busy, CallFailed) as e:
             if billing is not None and auth is not None:
                 billing.finish(auth, Outcome.REPLICA_LOST)
+            if paid is not None and self.x402 is not None:  # nothing ran: the authorization stays unused
+                await self.x402.after(paid, b"", Outcome.REPLICA_LOST, lambda answer: answer)
             raise GatewayError(503, UNAVAILABLE, e.message, request_id=request_id, retry_after=1) from None
         if target != session.target:
             self.router.pin(target, session.target)

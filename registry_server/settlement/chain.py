@@ -366,12 +366,18 @@ class SettlementChain:
     # --- x402: EIP-3009 payments the registry settles as its own facilitator (settlement/x402.py) ---
 
     def token_domain(self) -> tuple[str, str, str]:
-        """(name, version, address) of the token's EIP-712 domain, through EIP-5267's eip712Domain()."""
+        """(name, version, address) of the token's EIP-712 domain, through EIP-5267's eip712Domain(),
+        else `name()` and `version()` (USDC's FiatToken v2 has those and not EIP-5267)."""
+        from web3.exceptions import BadFunctionCallOutput, ContractLogicError
 
         def read() -> tuple[str, str, str]:
             address = self._contract.functions.token().call()
             token = self._w3.eth.contract(address=address, abi=self._token_abi)
-            _, name, version, _, _, _, _ = token.functions.eip712Domain().call()
+            try:
+                _, name, version, _, _, _, _ = token.functions.eip712Domain().call()
+            except (BadFunctionCallOutput, ContractLogicError):
+                fiat = self._w3.eth.contract(address=address, abi=_NAME_VERSION_ABI)
+                name, version = fiat.functions.name().call(), fiat.functions.version().call()
             return str(name), str(version), str(address)
 
         return self._call("the token's eip712Domain()", read)
@@ -464,6 +470,18 @@ class SettlementChain:
                 if Web3.keccak(text=signature)[:4].hex() == data[2:10]:
                     return str(entry["name"])
         return _first_line(e)
+
+
+_NAME_VERSION_ABI: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "name": n,
+        "stateMutability": "view",
+        "inputs": [],
+        "outputs": [{"name": "", "type": "string"}],
+    }
+    for n in ("name", "version")
+]
 
 
 def _hex(value: Any) -> str:
