@@ -459,3 +459,33 @@ def test_the_official_x402_client_pays_our_gateway(world: World) -> None:
     assert result.payment_response is not None and result.payment_response.success is True
     assert calls(w).count(text) == 1
     assert w.chain.balance(key.address) == 9 * PRICE
+
+
+def test_an_unknown_settlement_is_settled_by_its_hash_on_the_retry_never_by_a_new_402(world: World) -> None:
+    w = world
+    key = payer(w)
+    session = Anonymous(w.url)
+    required = session.call("note", text="x")["result"]["structuredContent"]
+    payment = pay(required, key, payment_id=f"pay_{secrets.token_hex(12)}")
+    text = f"unmined-{secrets.token_hex(4)}"
+    rpc = w.chain.anvil.w3.provider.make_request
+    rpc("evm_setAutomine", [False])  # the settlement waits in the pool past the gateway's wait
+    params = {"name": "note", "arguments": {"text": text}, "_meta": {"x402/payment": payment}}
+    try:
+        pending = session.http.post(
+            session.url, json={"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params}
+        ).json()
+    finally:
+        rpc("evm_setAutomine", [True])
+    assert pending["error"]["code"] == -32023
+    tx_hash = pending["error"]["data"]["transaction"]
+    rpc("anvil_mine", ["0x1"])
+    assert w.chain.anvil.w3.eth.get_transaction_receipt(tx_hash)["status"] == 1
+    result = session.call("note", {"x402/payment": payment}, text=text)["result"]
+    assert result["content"][0]["text"] == text
+    assert result["_meta"]["x402/payment-response"] == {
+        "success": True, "transaction": tx_hash, "network": f"eip155:{CHAIN_ID}", "payer": key.address,
+        "amount": str(PRICE),
+    }  # fmt: skip
+    assert calls(w).count(text) == 1
+    assert w.chain.balance(key.address) == 9 * PRICE
