@@ -47,9 +47,9 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 import anyio.to_thread
@@ -69,7 +69,6 @@ from registry_server.billing.gate import Authorization
 from registry_server.billing.gate import Refusal as BillingRefusal
 from registry_server.billing.quotas import Grant, Quotas, QuotasUnavailable
 from registry_server.billing.tiers import Refusal
-from registry_server.gateway.x402 import ANONYMOUS, PaidCall, X402Desk
 from registry_server.http import agent_name
 from registry_server.mesh.calls import DEV_VERSION, Busy, CallFailed, PendingCall, Target
 from registry_server.usage.events import Outcome, UsageEvent
@@ -103,6 +102,28 @@ CANCELLED = -32800
 
 SESSION_HEADER = b"mcp-session-id"
 VERSION_HEADER = b"mcp-protocol-version"
+
+
+ANONYMOUS = Principal(account_id=0, account_name="", token_id=0, scopes=frozenset({"call"}), expires_at=None)
+"""Who calls without a token: only listings that take x402 admit it, and only paid calls run."""
+
+
+class PaymentDesk(Protocol):
+    """x402 payments for paid calls (settlement/x402_desk.py; docs/x402.md). `before` runs where billing
+    would reserve: None (billing decides), the answer to send (the agent is not called), or a paid
+    call to relay and hand to `after`, which settles it and gives the answer to send."""
+
+    async def accepts(self, deployment: str) -> bool: ...
+
+    async def before(
+        self, principal: Principal, agent: str, version: str, message: dict[str, Any]
+    ) -> bytes | object | None: ...
+
+    async def required(self, request_id: object, agent: str, tool: str, why: str) -> bytes | None: ...
+
+    async def after(
+        self, paid: Any, payload: bytes, outcome: str, sign: Callable[[bytes, int], bytes]
+    ) -> bytes: ...
 
 
 class GatewayError(Exception):
@@ -241,6 +262,7 @@ class Gateway:
         tiers: Quotas | None = None,
         billing: BillingGate | None = None,
         receipts: ReceiptSigner | None = None,
+        x402: PaymentDesk | None = None,
     ) -> None:
         self.state = state
         self.quotas = tiers or Quotas(state)
@@ -249,7 +271,7 @@ class Gateway:
         self.usage = usage
         self.billing = billing
         self.receipts = receipts
-        self.x402 = X402Desk.open(state)  # None unless settlement and its operator key are configured
+        self.x402 = x402  # None unless settlement and its operator key are configured
         settings = state.settings
         self.call_timeout = settings.call_timeout
         self.max_in_flight = settings.max_calls_in_flight
@@ -566,7 +588,7 @@ class Gateway:
         metered = message.get("method") == "tools/call"
         billing = self.billing if metered and session.version != DEV_VERSION else None
         auth: Authorization | None = None
-        paid: PaidCall | None = None
+        paid: object | None = None
         if billing is not None and self.x402 is not None:  # x402: before billing (gateway/x402.py)
             step = await self.x402.before(principal, target.agent, target.version, message)
             if isinstance(step, bytes):  # payment required, refused or replayed: the agent is not called
@@ -595,7 +617,7 @@ class Gateway:
             if billing is not None and auth is not None:
                 billing.finish(auth, Outcome.REPLICA_LOST)
             if paid is not None and self.x402 is not None:  # nothing ran: the authorization stays unused
-                await self.x402.after(paid, b"", Outcome.REPLICA_LOST, lambda answer: answer)
+                await self.x402.after(paid, b"", Outcome.REPLICA_LOST, lambda answer, _: answer)
             raise GatewayError(503, UNAVAILABLE, e.message, request_id=request_id, retry_after=1) from None
         if target != session.target:
             self.router.pin(target, session.target)
@@ -620,9 +642,8 @@ class Gateway:
                 if charge[0] and self.receipts is not None:
                     payload = self._with_receipt(payload, message, target, event_id, charge[0], started_us)
             if paid is not None and self.x402 is not None:  # settle on chain, or withhold the result
-                price = paid.offer.amount
 
-                def sign(answer: bytes) -> bytes:
+                def sign(answer: bytes, price: int) -> bytes:
                     if self.receipts is None:
                         return answer
                     return self._with_receipt(answer, message, target, event_id, price, started_us)

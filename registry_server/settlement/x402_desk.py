@@ -1,5 +1,8 @@
 """The gateway's x402 desk: a `tools/call` paid for by an x402 payment instead of a balance.
 
+The gateway and settlement are peers (docs/development.md's layers): the gateway knows the desk only
+as its `PaymentDesk` protocol, and app.py hands it this one.
+
 A listing whose per-call plan accepts x402 (`Pricing.x402`) is answered, when the caller cannot pay
 from a balance or has no account at all, with x402's MCP answer: a tool result with `isError` and the
 PaymentRequired in `structuredContent`. A call carrying `params._meta["x402/payment"]` is verified
@@ -38,10 +41,7 @@ from registry_server.settlement.operator import load_operator
 from registry_server.state import RegistryState
 from registry_server.usage.events import Outcome
 
-log = logging.getLogger("registry_server.gateway.x402")
-
-ANONYMOUS = Principal(account_id=0, account_name="", token_id=0, scopes=frozenset({"call"}), expires_at=None)
-"""Who calls without a token: only listings that take x402 admit it, and only paid calls run."""
+log = logging.getLogger("registry_server.settlement.x402")
 
 PRICE_TTL = 5.0
 PAYER_CALLS = 20  # paid calls per payer address per PAYER_WINDOW seconds (anonymous callers have no tier)
@@ -286,7 +286,7 @@ class X402Desk:
     # -- after the call
 
     async def after(
-        self, paid: PaidCall, payload: bytes, outcome: str, sign: Callable[[bytes], bytes]
+        self, paid: PaidCall, payload: bytes, outcome: str, sign: Callable[[bytes, int], bytes]
     ) -> bytes:
         """Settle a call that ran, or forget one that may not be charged; the answer to send."""
         key = paid.payment.key
@@ -333,7 +333,8 @@ class X402Desk:
             paid.tool,
             paid.principal.account_id,
         )
-        answer = sign(_with_meta(payload, x402.settle_response(paid.offer, paid.payment, tx_hash, True)))
+        settled_meta = x402.settle_response(paid.offer, paid.payment, tx_hash, True)
+        answer = sign(_with_meta(payload, settled_meta), paid.offer.amount)
         await anyio.to_thread.run_sync(
             lambda: self._update(key, state=x402.SETTLED, response=answer.decode())
         )
@@ -397,4 +398,4 @@ def _withheld(request_id: object, offer: x402.Offer, payment: x402.Payment, tx_h
     )
 
 
-__all__ = ["ANONYMOUS", "PaidCall", "X402Desk"]
+__all__ = ["PaidCall", "X402Desk"]
