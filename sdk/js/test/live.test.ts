@@ -3,7 +3,7 @@
 // `add` tool) and MCPZ_TEST_KEY (a private key to sign in with). Skipped without them.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { test } from "node:test";
@@ -71,7 +71,11 @@ test("the README's example runs as written", { skip }, () => {
   const dir = mkdtempSync(join(packageDir, ".readme-"));
   const file = join(dir, "example.mjs");
   writeFileSync(file, blocks[0]!);
-  const out = execFileSync(process.execPath, [file], { env: process.env, encoding: "utf8", timeout: 60_000 });
-  assert.match(out, /2 \+ 3 = 5/);
-  execFileSync("rm", ["-rf", dir]);
+  try {
+    const out = execFileSync(process.execPath, [file], { env: process.env, encoding: "utf8", timeout: 60_000 });
+    assert.match(out, /2 \+ 3 = 5/);
+    assert.match(out, /not found: no agent/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
