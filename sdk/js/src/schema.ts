@@ -620,6 +620,31 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/billing/withdrawals": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Withdrawals
+         * @description The caller's withdrawal vouchers on this registry's chain, newest first, with their states.
+         */
+        get: operations["list_withdrawals_v1_billing_withdrawals_get"];
+        put?: never;
+        /**
+         * Withdraw
+         * @description A voucher to take `amount` of the available balance back to the account's wallet on chain: the
+         *     amount is held until the voucher is used (`withdraw(amount, nonce, expiry, signature)`) or expires.
+         */
+        post: operations["withdraw_v1_billing_withdrawals_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/deployments": {
         parameters: {
             query?: never;
@@ -1948,6 +1973,12 @@ export interface components {
             tools?: {
                 [key: string]: number;
             };
+            /**
+             * X402
+             * @description Also take x402 payments per call, from anyone (docs/x402.md)
+             * @default false
+             */
+            x402: boolean;
         };
         /** PlansOut */
         PlansOut: {
@@ -1997,6 +2028,12 @@ export interface components {
             tools?: {
                 [key: string]: number;
             };
+            /**
+             * X402
+             * @description Also take x402 payments per call, from anyone (docs/x402.md)
+             * @default false
+             */
+            x402: boolean;
         };
         /** PricingOut */
         PricingOut: {
@@ -2029,6 +2066,12 @@ export interface components {
             tools?: {
                 [key: string]: number;
             };
+            /**
+             * X402
+             * @description Also take x402 payments per call, from anyone (docs/x402.md)
+             * @default false
+             */
+            x402: boolean;
         };
         /** ReceiptKeyOut */
         ReceiptKeyOut: {
@@ -2683,6 +2726,61 @@ export interface components {
             namespaces: string[];
             /** Scopes */
             scopes: ("read" | "publish" | "deploy" | "call" | "node" | "admin")[];
+        };
+        /** WithdrawIn */
+        WithdrawIn: {
+            /**
+             * Address
+             * @description The wallet that will send the withdrawal: refused unless it is the account's
+             */
+            address?: string | null;
+            /**
+             * Amount
+             * @description Base units of the settlement token
+             */
+            amount: number;
+        };
+        /** WithdrawalOut */
+        WithdrawalOut: {
+            /**
+             * Address
+             * @description The wallet it pays: only it can send the withdrawal
+             */
+            address: string;
+            /** Amount */
+            amount: number;
+            /** Chain Id */
+            chain_id: number;
+            /** Contract */
+            contract: string;
+            /** Created Us */
+            created_us: number;
+            /**
+             * Expiry
+             * @description Unix seconds: usable in blocks at or before it
+             */
+            expiry: number;
+            /** Id */
+            id: number;
+            /**
+             * Nonce
+             * @description The voucher's nonce on chain (its id)
+             */
+            nonce: number;
+            /** Settled Us */
+            settled_us: number | null;
+            /**
+             * Signature
+             * @description The operator's EIP-712 signature of the Withdrawal
+             */
+            signature: string;
+            /**
+             * State
+             * @description "issued", "withdrawn" or "expired"
+             */
+            state: string;
+            /** Tx Hash */
+            tx_hash: string | null;
         };
         /** YankIn */
         YankIn: {
@@ -4688,6 +4786,142 @@ export interface operations {
             };
             /** @description The token lacks the scope, or the account may not act in the namespace */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The request does not match this operation's parameters or body */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    list_withdrawals_v1_billing_withdrawals_get: {
+        parameters: {
+            query?: {
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WithdrawalOut"][];
+                };
+            };
+            /** @description Authentication required, or the token is invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The token lacks the scope, or the account may not act in the namespace */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description No such agent, version, namespace, deployment or key */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The request does not match this operation's parameters or body */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    withdraw_v1_billing_withdrawals_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WithdrawIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WithdrawalOut"];
+                };
+            };
+            /** @description Bad request: a malformed name, version, value or signature */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Authentication required, or the token is invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The token lacks the scope, or the account may not act in the namespace */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description No such agent, version, namespace, deployment or key */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Refused: it conflicts with the current state (taken, changed meanwhile, immutable) */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
