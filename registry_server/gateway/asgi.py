@@ -770,6 +770,7 @@ class Gateway:
                 if asked is None:
                     raise
                 return asked, Outcome.TOOL_ERROR
+        received = len(body)  # usage counts the request as the client sent it, before _meta is added
         trace = span = None
         if metered and self.trace_calls:
             # One call, one trace: the client's traceparent continued (or a new trace) goes to the
@@ -832,16 +833,16 @@ class Gateway:
             self.in_flight -= 1
             if session.calls.get(key) is call:
                 del session.calls[key]
+            if trace is not None:
+                _log_call(trace, target, message, outcome, clock)
+            if span is not None and self.spans is not None:
+                self.spans.end(span, outcome)
             if metered and principal is not ANONYMOUS:
                 if billing is not None and auth is not None:  # ended by an exception
                     charge = billing.finish(auth, outcome)
-                if trace is not None:
-                    _log_call(trace, target, message, outcome, clock)
-                if span is not None and self.spans is not None:
-                    self.spans.end(span, outcome)
                 price, plan, hold = charge
                 self._record(
-                    principal, target, message, started_us, clock, outcome, len(body), len(payload),
+                    principal, target, message, started_us, clock, outcome, received, len(payload),
                     event_id=event_id, price=price, plan=plan, hold=hold,
                 )  # fmt: skip
 
