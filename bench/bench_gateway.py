@@ -345,12 +345,13 @@ class GatewaySession:
             raise BenchError(f"notifications/initialized through the gateway: HTTP {status}: {body[:300]!r}")
         return busy
 
-    async def post(self, body: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+    async def post(self, body: bytes, extra: bytes = b"") -> tuple[int, dict[bytes, bytes], bytes]:
+        """One request; `extra` is more header lines, each ending in CRLF (a per-call traceparent)."""
         if self.writer is None:
             await self.connect()
             self.reconnects += 1
         assert self.reader is not None and self.writer is not None
-        self.writer.write(b"%s%d\r\n\r\n%s" % (self._head, len(body), body))
+        self.writer.write(b"%s%d\r\n%s\r\n%s" % (self._head, len(body), extra, body))
         head = await self.reader.readuntil(b"\r\n\r\n")
         lines = head.split(b"\r\n")
         status = int(lines[0].split(b" ", 2)[1])
@@ -413,13 +414,19 @@ def start_registry(work: rb.Workdir, env: dict[str, str], profile: Path | None) 
 
 
 def start_node(
-    work: rb.Workdir, reg: rb.Registry, tok: str, name: str, profile: Path | None
+    work: rb.Workdir,
+    reg: rb.Registry,
+    tok: str,
+    name: str,
+    profile: Path | None,
+    extra: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
-    """`mcpz node run`, as `mesh.start_node` (capacity 4), optionally under cProfile."""
+    """`mcpz node run`, as `mesh.start_node` (capacity 4), optionally under cProfile; `extra` are
+    more options (bench_observability's `--metrics-port`)."""
     data = work.path / "nodes" / name
     data.mkdir(parents=True, exist_ok=True)
     args = ("node", "run", "--registry", reg.url, "--token", tok, "--name", name, "--data", str(data),
-            "--capacity", "4", "--stop-grace", "3", "--allow-unsigned")  # fmt: skip
+            "--capacity", "4", "--stop-grace", "3", "--allow-unsigned", *extra)  # fmt: skip
     with (work.path / "nodes" / f"{name}.log").open("ab") as log:
         proc = subprocess.Popen(
             _command(args, profile), env=work.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
@@ -778,18 +785,24 @@ async def measure(
     return figures
 
 
-def wait_running(reg: rb.Registry, tok: str, node: subprocess.Popen[bytes], timeout: float = 120) -> None:
+def wait_running(
+    reg: rb.Registry,
+    tok: str,
+    node: subprocess.Popen[bytes],
+    timeout: float = 120,
+    names: Sequence[str] = (NAME, RAW_NAME),
+) -> None:
     def ready() -> bool:
         if node.poll() is not None:
             raise BenchError(f"the node exited with {node.returncode}")
-        for name in (NAME, RAW_NAME):
+        for name in names:
             view = mesh.api(reg, tok, f"/v1/deployments/{name}")
             live = [i for i in view["instances"] if not i["stopping"]]
             if view["state"] != "ready" or len(live) != REPLICAS:
                 return False
             if not all(i["status"] == "running" for i in live):
                 return False
-        return len(agents_of(node.pid)) >= 2 * REPLICAS
+        return len(agents_of(node.pid)) >= len(names) * REPLICAS
 
     try:
         # Polled every 0.25 s, not mesh.wait's 20 ms: the API calls would fill a profile.
@@ -799,13 +812,15 @@ def wait_running(reg: rb.Registry, tok: str, node: subprocess.Popen[bytes], time
                 raise RuntimeError(f"timed out after {timeout:g}s waiting for {REPLICAS} replicas each")
             time.sleep(0.25)
     except RuntimeError as e:
-        views = [mesh.api(reg, tok, f"/v1/deployments/{name}") for name in (NAME, RAW_NAME)]
+        views = [mesh.api(reg, tok, f"/v1/deployments/{name}") for name in names]
         raise BenchError(f"{e}: {json.dumps(views)[:2000]}") from None
 
 
-def publish(work: rb.Workdir, reg: rb.Registry, tok: str) -> dict[str, Path]:
+def publish(
+    work: rb.Workdir, reg: rb.Registry, tok: str, names: Sequence[str] = (NAME, RAW_NAME)
+) -> dict[str, Path]:
     """The python template as NAME, and the same with a minimal server.py (no SDK) as RAW_NAME."""
-    folders = {NAME: work.path / "gw", RAW_NAME: work.path / "gw-raw"}
+    folders = {name: work.path / name.split("/")[1] for name in names}
     for name, folder in folders.items():
         mesh.agent(folder, name, VERSION, work.env)
         if name == RAW_NAME:

@@ -133,6 +133,8 @@ class RegistryMetrics:
     def call(
         self, agent: str, tool: str, outcome: str, seconds: float, bytes_in: int, bytes_out: int
     ) -> None:
+        if not self.enabled:
+            return
         agent = self._agents(agent)
         self.gateway_calls.labels(agent, self._tools(tool), outcome).inc()
         self.gateway_seconds.labels(agent).observe(seconds)
