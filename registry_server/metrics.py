@@ -120,6 +120,9 @@ class RegistryMetrics:
         self._agents = BoundedValues()
         self._tools = BoundedValues()
         self._gauges: dict[str, _Gauges] = {}
+        self._call_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._bytes_in = self.gateway_bytes.labels("in")
+        self._bytes_out = self.gateway_bytes.labels("out")
         self._server: Any = None
 
     # --- what happens ----------------------------------------------------------------------------
@@ -135,11 +138,22 @@ class RegistryMetrics:
     ) -> None:
         if not self.enabled:
             return
-        agent = self._agents(agent)
-        self.gateway_calls.labels(agent, self._tools(tool), outcome).inc()
-        self.gateway_seconds.labels(agent).observe(seconds)
-        self.gateway_bytes.labels("in").inc(bytes_in)
-        self.gateway_bytes.labels("out").inc(bytes_out)
+        # The label children are looked up once per (agent, tool, outcome): `labels()` costs a few
+        # microseconds each, on the gateway's call path.
+        key = (agent, tool, outcome)
+        children = self._call_children.get(key)
+        if children is None:
+            bounded = self._agents(agent)
+            children = (
+                self.gateway_calls.labels(bounded, self._tools(tool), outcome),
+                self.gateway_seconds.labels(bounded),
+            )
+            if len(self._call_children) < 4 * MAX_LABEL_VALUES:
+                self._call_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+        self._bytes_in.inc(bytes_in)
+        self._bytes_out.inc(bytes_out)
 
     def git(self, operation: str, outcome: str, nbytes: int = 0) -> None:
         if not self.enabled:
