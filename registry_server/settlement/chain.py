@@ -313,6 +313,29 @@ class SettlementChain:
         from web3.exceptions import ContractCustomError, ContractLogicError
 
         call = self._contract.functions.commitBatch(batch_id, bytes.fromhex(root.removeprefix("0x")), total)
+
+        def refused(e: Exception) -> McpzError | None:
+            if not isinstance(e, ContractCustomError | ContractLogicError):
+                return None
+            return CommitRefused(
+                f"the contract refuses commitBatch({batch_id}): {self._revert_name(e)}",
+                hint="see `mcpz registry payouts list`; docs/settlement.md says what each error means",
+            )
+
+        return self._sign(call, operator, f"commitBatch({batch_id})", nonce, max_fee, priority_fee, refused)
+
+    def _sign(
+        self,
+        call: Any,
+        operator: LocalAccount,
+        what: str,
+        nonce: int,
+        max_fee: int,
+        priority_fee: int,
+        refused: Callable[[Exception], McpzError | None] = lambda e: None,
+    ) -> Signed:
+        """`call` signed by `operator` at `nonce` with these fees, gas estimated first; an estimate
+        that fails becomes `refused(e)` when that names the reason, else a chain error."""
         params: dict[str, Any] = {
             "from": operator.address,
             "nonce": nonce,
@@ -324,16 +347,16 @@ class SettlementChain:
         def build() -> dict[str, Any]:
             try:
                 gas = int(call.estimate_gas({"from": operator.address}))
-            except (ContractCustomError, ContractLogicError) as e:
-                raise CommitRefused(
-                    f"the contract refuses commitBatch({batch_id}): {self._revert_name(e)}",
-                    hint="see `mcpz registry payouts list`; docs/settlement.md says what each error means",
-                ) from None
+            except Exception as e:
+                reason = refused(e)
+                if reason is None:
+                    raise
+                raise reason from None
             # A margin over the estimate: the contract's state may change between estimate and mining.
-            return dict(call.build_transaction({**params, "gas": gas + gas // 5}))  # type: ignore[arg-type]
+            return dict(call.build_transaction({**params, "gas": gas + gas // 5}))
 
-        tx = self._call(f"commitBatch({batch_id})", build)
-        signed = operator.sign_transaction(tx)
+        tx = self._call(what, build)
+        signed = operator.sign_transaction(tx)  # type: ignore[arg-type]
         return Signed(tx_hash=_hex(signed.hash), raw=_hex(signed.raw_transaction))
 
     def broadcast(self, raw: str) -> None:
@@ -470,21 +493,7 @@ class SettlementChain:
     ) -> Signed:
         """A signed transferWithAuthorization sent by the operator (who pays its gas)."""
         call = self._transfer_call(token, fields, v, r, s)
-        params: dict[str, Any] = {
-            "from": operator.address,
-            "nonce": nonce,
-            "chainId": self.chain_id,
-            "maxFeePerGas": max_fee,
-            "maxPriorityFeePerGas": priority_fee,
-        }
-
-        def build() -> dict[str, Any]:
-            gas = int(call.estimate_gas({"from": operator.address}))
-            return dict(call.build_transaction({**params, "gas": gas + gas // 5}))  # type: ignore[arg-type]
-
-        tx = self._call("transferWithAuthorization", build)
-        signed = operator.sign_transaction(tx)
-        return Signed(tx_hash=_hex(signed.hash), raw=_hex(signed.raw_transaction))
+        return self._sign(call, operator, "transferWithAuthorization", nonce, max_fee, priority_fee)
 
     def gas_used(self, tx_hash: str) -> int:
         return self._call(
