@@ -84,6 +84,18 @@ def run_node(
             "memory, fetched bytes); 0 picks a free port, named in the log.",
         ),
     ] = None,
+    log_file_bytes: Annotated[
+        int,
+        typer.Option(
+            "--log-file-bytes",
+            min=0,
+            help="Each replica's stdout/stderr lines are kept in DATA/logs/REPLICA.jsonl, rotated at "
+            "this size (0: not kept on disk).",
+        ),
+    ] = 1024 * 1024,
+    log_files: Annotated[
+        int, typer.Option("--log-files", min=0, help="Log files kept per replica, the current one included.")
+    ] = 3,
 ) -> None:
     """Connect to a registry and run the replicas it deploys here, until interrupted.
 
@@ -117,6 +129,8 @@ def run_node(
         allow_unsigned=allow_unsigned,
         shared=shared,
         metrics_port=metrics_port,
+        replica_log_bytes=log_file_bytes,
+        replica_log_files=log_files,
     )
     node = Node(config)
     output = out()
