@@ -121,8 +121,15 @@ class ReplicaLogs:
         if held is not None:
             return held
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path(replica_id), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        path = self.path(replica_id)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         entry = (fd, os.fstat(fd).st_size)
+        if entry[1]:
+            with path.open("rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a crash tore its last line: ours start on their own
+                    os.write(fd, b"\n")
+                    entry = (fd, entry[1] + 1)
         self._open[replica_id] = entry
         return entry
 

@@ -76,6 +76,7 @@ class LogBook:
         self.files = files
         self._lines: dict[str, deque[LogLine]] = {}
         self._followers: dict[str, set[asyncio.Queue[LogLine]]] = defaultdict(set)
+        self._checked: set[str] = set()  # deployments whose current file this process appended to
         # Sequence numbers go on from the files' after a restart, so a follower's `after` holds.
         self._seq = self._last_seq() if self.folder is not None else 0
 
@@ -163,6 +164,9 @@ class LogBook:
                 size = 0
             if size and size + len(data) > self.file_bytes:
                 self._rotate(deployment)
+            elif size and deployment not in self._checked and not _ends_a_line(path):
+                data = b"\n" + data  # a crash tore its last line: start ours on a line of their own
+            self._checked.add(deployment)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 os.write(fd, data)
@@ -204,6 +208,12 @@ class LogBook:
             except OSError:
                 continue
         return highest
+
+
+def _ends_a_line(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def _parse(raw: bytes) -> LogLine | None:
