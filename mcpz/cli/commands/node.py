@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -135,10 +137,13 @@ def run_node(
     node = Node(config)
     output = out()
     if allow_unsigned:
-        sys.stderr.write(
+        warning = (
             "WARNING: --allow-unsigned: this node runs releases and deployments nobody signed; "
-            "use it for development only\n"
+            "use it for development only"
         )
+        if output.json:  # with --json every line on stderr is a JSON object (mcpz.cli.output)
+            warning = json.dumps({"time": round(time.time(), 3), "level": "warning", "message": warning})
+        sys.stderr.write(warning + "\n")
         sys.stderr.flush()
     handler = attach_log(output)
 
@@ -146,7 +151,11 @@ def run_node(
         await node.run(handle_signals=True)
 
     try:
-        output.info(f"node {config.name} -> {node.url} (data: {config.data_dir})")
+        said = f"node {config.name} -> {node.url} (data: {config.data_dir})"
+        if output.json and handler is not None:
+            logging.getLogger("mcpz.node").info(said)  # a JSON line, as the node's others
+        else:
+            output.info(said)
         run(main, fast_loop=True)
     finally:
         if handler is not None:
