@@ -52,6 +52,7 @@ from registry_server.deployments.records import (
 from registry_server.deployments.service import MAX_REPLICAS, DeploymentService
 from registry_server.deployments.templates import release_template
 from registry_server.http import State, agent_name, checked_agent_name, error_response
+from registry_server.logs import note
 from registry_server.openapi import AGENT_SCHEMA, AgentPart, Namespace, errors
 from registry_server.settings import public_url
 from registry_server.state import RegistryState
@@ -211,6 +212,7 @@ def _found_live(service: DeploymentService, name: str) -> DeploymentState:
 async def deploy(body: DeployIn, request: Request, state: State, principal: Caller) -> Any:
     """Create a deployment of a release, or update it (a new revision rolls out one replica at a time)."""
     checked_agent_name(body.agent)
+    note(agent=body.agent)
     namespace = body.agent.split("/")[0]
     await _allow(state, principal, namespace, write=True)
     service = service_of(request)

@@ -115,6 +115,13 @@ def test_a_full_run_logs_json_lines_without_secrets(tmp_path: Path) -> None:
         for what, secret in secrets.items():
             assert secret not in text, f"the {what} is in the {name} log"
         assert "\x1b[" not in text, f"an ANSI escape code in the {name} log"
+    # The registry's request lines say whose request it was and for which agent.
+    requests = [json.loads(line) for line in logs["registry"].splitlines() if '"msg": "request"' in line]
+    assert all(r["request_id"] for r in requests)
+    deploy = [r for r in requests if (r["method"], r["path"]) == ("POST", "/v1/deployments")]
+    assert deploy and all(r.get("account") and r.get("agent") == AGENT for r in deploy), deploy
+    pushes = [r for r in requests if r["path"].endswith("/git-receive-pack")]
+    assert pushes and all(r.get("agent") == AGENT and r.get("account") for r in pushes), pushes
     for name in ("registry", "node", *[n for n in logs if n.startswith(("replica", "registry history"))]):
         for line in logs[name].splitlines():
             try:
