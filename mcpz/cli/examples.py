@@ -56,7 +56,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "nodes": ("mcpz nodes",),
     "logs": (
         "mcpz logs acme/weather -f",
-        "mcpz logs acme/weather --since 10m --replica r-3f2a -f",
+        "mcpz logs acme/weather --since 10m --replica acme.weather-3f -f",
     ),
     "node": ("mcpz node run --name laptop --label region=eu",),
     "node run": ("mcpz node run --name laptop --label region=eu",),
