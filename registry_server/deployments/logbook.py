@@ -105,7 +105,9 @@ class LogBook:
         whose id starts with `replica`: from memory when it holds them all, else from the files."""
         if n <= 0:
             return []
-        memory = self._lines.get(deployment, deque())
+        # A copy made in one C call: routes call this from a worker thread while the event loop
+        # appends, and iterating the deque itself there could see it change.
+        memory = tuple(self._lines.get(deployment, ()))
         lines = [x for x in memory if x.matches(after, since, replica)]
         # Memory holds the newest lines, so it answers alone once it has n of them, or when what
         # it holds reaches back before `after`/`since` (nothing older could match).
