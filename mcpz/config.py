@@ -123,6 +123,20 @@ def _chain_rpc(value: object, source: str = "setting") -> str:
     return text
 
 
+def _units(value: object, source: str = "setting") -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise UsageError(f"{source} is not a whole number of base units")
+    try:
+        units = int(value)
+    except ValueError:
+        raise UsageError(
+            f"{source} is not a whole number of base units", hint="e.g. 500000 (0.5 USDC)"
+        ) from None
+    if units < 0:
+        raise UsageError(f"{source} must not be negative", hint="0 means no limit")
+    return units
+
+
 class Key(NamedTuple):
     """A setting: how its text is read (and checked), and what it means."""
 
@@ -135,6 +149,10 @@ KEYS: dict[str, Key] = {
     "call_timeout": Key(_timeout, "Seconds to wait for an agent to answer one request."),
     "author": Key(_author, 'Commit author, "Name <email>" (empty: git\'s own).'),
     "chain_rpc": Key(_chain_rpc, "JSON-RPC URL of the settlement chain, for `mcpz billing deposit`."),
+    "x402_max_per_day": Key(_units, "Most `mcpz call --pay` signs per UTC day, base units (0: no limit)."),
+    "x402_max_per_agent_per_day": Key(
+        _units, "Most `--pay` signs per agent per UTC day, base units (0: none)."
+    ),
 }
 
 
@@ -186,6 +204,8 @@ class Settings:
     call_timeout: float
     author: str
     chain_rpc: str = ""
+    x402_max_per_day: int = 0
+    x402_max_per_agent_per_day: int = 0
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -219,6 +239,8 @@ class Settings:
             call_timeout=float(typed.get("call_timeout", 30)),  # type: ignore[arg-type]
             author=str(typed.get("author", "")),
             chain_rpc=str(typed.get("chain_rpc", "")),
+            x402_max_per_day=int(typed.get("x402_max_per_day", 0)),  # type: ignore[call-overload]
+            x402_max_per_agent_per_day=int(typed.get("x402_max_per_agent_per_day", 0)),  # type: ignore[call-overload]
             sources=sources,
         )
 

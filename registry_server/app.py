@@ -53,6 +53,7 @@ from registry_server.settlement import routes as api_settlement
 from registry_server.settlement.chain import chain_of
 from registry_server.settlement.operator import load_operator
 from registry_server.settlement.worker import SettlementWorker
+from registry_server.settlement.x402_desk import X402Desk
 from registry_server.state import RegistryState
 from registry_server.usage import routes as api_usage
 from registry_server.usage.service import UsageRecorder
@@ -266,6 +267,7 @@ def create_app(
                         billing=app.state.billing_gate,
                         receipts=app.state.receipts,
                         spans=CallSpans(settings.otlp_endpoint) if settings.otlp_endpoint else None,
+                        x402=X402Desk.open(app.state.registry),  # None without settlement and its operator
                     )
                     await app.state.gateway.start()
                     # Listings follow publishes (a listener on the state) and a periodic sweep.

@@ -247,3 +247,46 @@ class Miner:
     def __exit__(self, *exc: object) -> None:
         self.stopped.set()
         self.thread.join()
+
+
+# --- a live registry settling on the chain, and the user's wallet ----------------------------------
+
+WALLET_PASSPHRASE = "Quiet-Harbour-Lamp-41"
+
+
+def settlement_registry(data_dir: Path, settlement: Settlement, confirmations: int, **settings: Any) -> Any:
+    """A live registry (conftest.start_registry) watching `settlement`'s contract; the caller stops it.
+    Its operator key, if any, comes from MCPZ_REGISTRY_SETTLEMENT_OPERATOR_KEY (monkeypatch it)."""
+    from conftest import start_registry
+
+    return start_registry(
+        data_dir,
+        settlement_rpc=settlement.anvil.rpc_url,
+        settlement_chain_id=CHAIN_ID,
+        settlement_contract=settlement.contract.address,
+        settlement_confirmations=confirmations,
+        settlement_poll_interval=0.1,
+        **settings,
+    )
+
+
+def user_wallet(
+    monkeypatch: pytest.MonkeyPatch, settlement: Settlement, key: LocalAccount | None = None
+) -> LocalAccount:
+    """The user's own wallet, as `mcpz wallet create` keeps it (unlocked by MCPZ_WALLET_PASSPHRASE),
+    with gas money on the chain and no tokens yet."""
+    from mcpz.keys.wallet import Wallet
+
+    monkeypatch.setenv("MCPZ_WALLET_SCRYPT_N", "1024")
+    monkeypatch.setenv("MCPZ_WALLET_PASSPHRASE", WALLET_PASSPHRASE)
+    account: LocalAccount = key or Account.create()
+    Wallet.import_key(account.key.hex(), WALLET_PASSPHRASE)
+    settlement.anvil.fund(account.address)
+    return account
+
+
+def settlement_chain(settlement: Settlement) -> Any:
+    """The registry's view of `settlement`'s contract (registry_server.settlement.chain)."""
+    from registry_server.settlement.chain import SettlementChain
+
+    return SettlementChain(settlement.anvil.rpc_url, settlement.contract.address, CHAIN_ID)

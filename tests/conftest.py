@@ -173,6 +173,18 @@ def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveReg
     live.stop()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def billing_world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A registry's state with an account `acme` (creator) and `bob` (consumer), opened in this
+    process (tests/billingutil.py), once on SQLite and once on PostgreSQL."""
+    from billingutil import open_world
+
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    world = open_world(tmp_path / "registry", url)
+    yield world
+    world.state.close()
+
+
 @pytest.fixture
 def sqlite_registry(tmp_path: Path) -> Iterator[LiveRegistry]:
     """A live registry on SQLite only, for tests whose subject is not the database."""

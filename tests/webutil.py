@@ -11,8 +11,12 @@ usage events recorded through the registry's own recorder, as the gateway record
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,3 +199,21 @@ def seed(reg: LiveRegistry, root: Path) -> MarketWorld:
         keywords=["pdf", "documents", "text"],
     )
     return world
+
+
+CHROMIUM = os.environ.get("MCPZ_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """Debian's headless Chromium through playwright (executable_path: no browser download)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -30,7 +30,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     # calling
     "run": ("mcpz run . -- --verbose",),
     "tools": ("mcpz tools acme/weather", "mcpz tools --local ."),
-    "call": ("mcpz call acme/weather forecast city=Oslo days=3", "mcpz call --local . echo text=hi"),
+    "call": (
+        "mcpz call acme/weather forecast city=Oslo days=3",
+        "mcpz call --local . echo text=hi",
+        "mcpz call acme/weather forecast city=Oslo --pay --max-price 0.05",
+    ),
     "connect": ("mcpz connect .",),
     "usage": ("mcpz usage --since 7d", "mcpz usage --agent acme/weather -n 20"),
     "top": ("mcpz top", "mcpz top --window 300 --interval 5", "mcpz --json top"),

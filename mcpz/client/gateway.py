@@ -40,6 +40,8 @@ from mcpz.tools import ToolInfo, ToolResult, find_tool, tool_failed
 if TYPE_CHECKING:
     import httpx2
 
+    from mcpz.client.x402 import Payer
+
 GATEWAY_PATH = "/mcp"
 
 
@@ -198,12 +200,18 @@ class RemoteSession:
         return find_tool(tools, name, self.name, self.list_command)
 
     async def call(
-        self, tool: str, arguments: Mapping[str, Any] | None = None, *, timeout: float | None = None
+        self,
+        tool: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        meta: Mapping[str, Any] | None = None,
     ) -> ToolResult:
         """Call one tool. A tool error comes back as `is_error`, not as an exception."""
-        result = await self.request(
-            "tools/call", {"name": tool, "arguments": dict(arguments or {})}, timeout=timeout
-        )
+        params: dict[str, Any] = {"name": tool, "arguments": dict(arguments or {})}
+        if meta:
+            params["_meta"] = dict(meta)
+        result = await self.request("tools/call", params, timeout=timeout)
         content = result.get("content", [])
         structured = result.get("structuredContent")
         if not isinstance(content, list) or not all(isinstance(block, dict) for block in content):
@@ -309,14 +317,17 @@ def _error(name: str, message: str, status: int, what: str) -> McpzError:
 
 @asynccontextmanager
 async def open_remote(
-    name: str, *, registry: str, token: str | None, timeout: float
+    name: str, *, registry: str, token: str | None, timeout: float, anonymous: bool = False
 ) -> AsyncIterator[RemoteSession]:
+    """A session with `name`; with no token and `anonymous`, one that only x402 payments open."""
     import httpx2
 
-    if token is None:
+    if token is None and not anonymous:
         raise AuthError(f"no token for {registry}", hint="run `mcpz login` or set MCPZ_TOKEN")
     url = gateway_url(registry, name)
-    headers = {"Authorization": f"Bearer {token}", "User-Agent": f"mcpz/{__version__}"}
+    headers = {"User-Agent": f"mcpz/{__version__}"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
     try:
         # Plain HTTP has no certificate to check: loading the CA bundle for nothing costs ~50 ms,
         # a sixth of a call. (Redirects are not followed, so no request leaves this URL.)
@@ -347,13 +358,28 @@ async def call_remote_tool(
     token: str | None,
     timeout: float,
     check: bool = True,
+    payer: Payer | None = None,
 ) -> ToolResult:
-    """Call one tool of a deployed agent; like `mcpz.local.session.call_tool`, through the gateway."""
+    """Call one tool of a deployed agent; like `mcpz.local.session.call_tool`, through the gateway.
+    With a `payer`, a call the agent asks payment for is paid with x402 (mcpz.client.x402) and
+    made again, once; without a token it is made with no account at all."""
     split_key_values(key_values)
-    async with open_remote(name, registry=registry, token=token, timeout=timeout) as agent:
+    anonymous = payer is not None and token is None
+    async with open_remote(
+        name, registry=registry, token=token, timeout=timeout, anonymous=anonymous
+    ) as agent:
         info = await agent.tool(tool)
         sent = build_arguments(arguments, key_values, info.input_schema)
         result = await agent.call(tool, sent)
+        if payer is not None:
+            # Imported only when paying: eth_account costs more than a whole unpaid call.
+            from mcpz.client.x402 import PAYMENT_META, required_of
+
+            required = required_of(result.result or {})
+            if required is not None:
+                # Signed off the event loop: the spend journal is a file. Refused (nothing signed) raises.
+                payment = await anyio.to_thread.run_sync(payer.authorize, name, required)
+                result = await agent.call(tool, sent, meta={PAYMENT_META: payment})
     if check and result.is_error:
         raise tool_failed(name, tool, result)
     return result

@@ -18,7 +18,7 @@ import py_ecc  # noqa: E402, F401  (first, so that its setrecursionlimit runs he
 sys.setrecursionlimit(_limit)
 
 from eth_account import Account  # noqa: E402
-from eth_account.messages import encode_defunct  # noqa: E402
+from eth_account.messages import encode_defunct, encode_typed_data  # noqa: E402
 from eth_account.signers.local import LocalAccount  # noqa: E402
 
-__all__ = ["Account", "LocalAccount", "encode_defunct"]
+__all__ = ["Account", "LocalAccount", "encode_defunct", "encode_typed_data"]

@@ -113,6 +113,7 @@ class NodeConfig:
     metrics_host: str = "127.0.0.1"
     replica_log_bytes: int = DEFAULT_FILE_BYTES  # per file of each replica's log under <data>/logs
     replica_log_files: int = DEFAULT_FILES  # files kept per replica (0: none on disk)
+    gc_interval: float = 0.0  # seconds between `mcpz node gc` runs inside the node; 0: only by hand
 
 
 def mesh_url(registry: str) -> str:
@@ -346,6 +347,8 @@ class Node:
                 tg.start_soon(self._on_signals)
             tg.start_soon(self.manager.run)
             await self.manager.ready()
+            if self.config.gc_interval > 0:
+                tg.start_soon(self._collect_garbage, self.config.gc_interval)
 
             async def connection() -> None:
                 nonlocal failure
@@ -365,6 +368,24 @@ class Node:
             tg.cancel_scope.cancel()
         if failure is not None:
             raise failure
+
+    async def _collect_garbage(self, interval: float) -> None:
+        """`mcpz node gc` on a schedule: releases and checkouts no replica runs (mcpz.node.gc keeps
+        whatever was written in the last 10 minutes while the node runs)."""
+        from mcpz.node.gc import collect_node_garbage
+
+        while True:
+            await anyio.sleep(interval)
+            try:
+                report = await anyio.to_thread.run_sync(collect_node_garbage, self.config.data_dir)
+            except Exception as e:  # a failed collection must never stop the node
+                logger.warning("node gc failed: %s", e)
+                continue
+            if report.freed_bytes:
+                logger.info(
+                    "node gc freed %d bytes: %d releases, %d checkouts",
+                    report.freed_bytes, len(report.releases), len(report.checkouts),
+                )  # fmt: skip
 
     async def _close(self, code: int, reason: str) -> None:
         conn = self._conn

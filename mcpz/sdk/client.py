@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from mcpz.errors import AuthError, UsageError
 
 if TYPE_CHECKING:
+    from mcpz.client.market import ListingInfo, SearchResults
     from mcpz.client.models import AgentInfo, Deployment, Release, SessionToken, Usage, WhoAmI
     from mcpz.client.publish import ProgressFn, PushResult
     from mcpz.client.registry import RegistryClient
@@ -281,6 +282,44 @@ class Client:
     def deployments(self) -> list[Deployment]:
         """`mcpz deployments`: the deployments this token can see."""
         return self._run(lambda client: client.deployments())
+
+    # --- the marketplace ----------------------------------------------------------------------------
+
+    def search(
+        self,
+        query: str = "",
+        *,
+        kind: str | None = None,
+        tag: str | None = None,
+        free: bool | None = None,
+        min_rating: float | None = None,
+        namespace: str | None = None,
+        sort: str = "relevance",
+        limit: int = 20,
+        offset: int = 0,
+    ) -> SearchResults:
+        """`mcpz market search`: one page of listings (`more`: another follows at offset + limit)."""
+        from mcpz.client.market import Market
+
+        return self._run(
+            lambda client: Market(client).search(
+                query,
+                kind=kind,
+                tag=tag,
+                free=free,
+                min_rating=min_rating,
+                namespace=namespace,
+                sort=sort,
+                limit=limit,
+                offset=offset,
+            )
+        )
+
+    def listing(self, name: str) -> ListingInfo:
+        """`mcpz market info`: an agent's listing: description, tools, pricing, ratings."""
+        from mcpz.client.market import Market
+
+        return self._run(lambda client: Market(client).info(name))
 
     # --- calling agents ---------------------------------------------------------------------------
 

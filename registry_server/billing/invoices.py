@@ -182,7 +182,8 @@ def close_period(session: Session, period: str, at_us: int | None = None) -> lis
     charged = set(
         session.scalars(
             select(c.consumer_id)
-            .where(c.seq == 0, c.started_us >= start, c.started_us < end)
+            # consumer 0: anonymous x402 payers, whose receipt is their transaction on chain
+            .where(c.seq == 0, c.started_us >= start, c.started_us < end, c.consumer_id > 0)
             .group_by(c.consumer_id)
         )
     )

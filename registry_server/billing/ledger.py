@@ -30,6 +30,8 @@ SETTLEMENT_PAYOUTS = "settlement:payouts"
 CHAIN_PAYOUTS = "chain:payouts"
 SETTLEMENT_WITHDRAWALS = "settlement:withdrawals"
 CHAIN_WITHDRAWALS = "chain:withdrawals"
+# x402 payments settled on chain into the settlement contract (docs/x402.md): negative by what they paid.
+CHAIN_X402 = "chain:x402"
 
 
 def consumer_available(account_id: int) -> str:

@@ -30,6 +30,7 @@ class Pricing:
     overage: int | None = None  # per call past `included`; None: such calls are refused
     free_calls: int = 0  # per consumer per month, before any plan applies
     charge_tool_errors: bool = False  # a call that ends in a tool error is charged too
+    x402: bool = False  # the per-call plan may also be paid per call with x402 (docs/x402.md), by anyone
 
     @property
     def free(self) -> bool:
@@ -59,6 +60,8 @@ class Pricing:
             "overage": self.overage,
             "free_calls": self.free_calls,
             "charge_tool_errors": self.charge_tool_errors,
+            # Only when on: pricings stored before x402 existed keep the same JSON.
+            **({"x402": True} if self.x402 else {}),
         }
 
     @classmethod
@@ -71,6 +74,7 @@ class Pricing:
             overage=data.get("overage"),
             free_calls=int(data.get("free_calls") or 0),
             charge_tool_errors=bool(data.get("charge_tool_errors")),
+            x402=bool(data.get("x402")),
         )
 
     def check(self) -> None:
@@ -85,6 +89,8 @@ class Pricing:
             raise ValueError("included and free calls must not be negative")
         if self.monthly_fee is None and (self.included or self.overage is not None):
             raise ValueError("included calls and an overage price belong to a monthly plan (--monthly)")
+        if self.x402 and self.per_call is None:
+            raise ValueError("x402 pays per call: it needs a per-call price")
 
 
 FREE = Pricing()

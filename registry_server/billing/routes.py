@@ -59,6 +59,7 @@ class PricingIn(BaseModel):
     overage: Amount | None = None
     free_calls: Annotated[int, Field(ge=0, le=10**12)] = 0
     charge_tool_errors: bool = False
+    x402: bool = Field(False, description="Also take x402 payments per call, from anyone (docs/x402.md)")
 
 
 class PricingOut(PricingIn):

@@ -66,9 +66,9 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 import anyio.to_thread
@@ -133,6 +133,28 @@ RESOURCE_UPDATED = "notifications/resources/updated"
 
 SESSION_HEADER = b"mcp-session-id"
 VERSION_HEADER = b"mcp-protocol-version"
+
+
+ANONYMOUS = Principal(account_id=0, account_name="", token_id=0, scopes=frozenset({"call"}), expires_at=None)
+"""Who calls without a token: only listings that take x402 admit it, and only paid calls run."""
+
+
+class PaymentDesk(Protocol):
+    """x402 payments for paid calls (settlement/x402_desk.py; docs/x402.md). `before` runs where billing
+    would reserve: None (billing decides), the answer to send (the agent is not called), or a paid
+    call to relay and hand to `after`, which settles it and gives the answer to send."""
+
+    async def accepts(self, deployment: str) -> bool: ...
+
+    async def before(
+        self, principal: Principal, agent: str, version: str, message: dict[str, Any]
+    ) -> bytes | object | None: ...
+
+    async def required(self, request_id: object, agent: str, tool: str, why: str) -> bytes | None: ...
+
+    async def after(
+        self, paid: Any, payload: bytes, outcome: str, sign: Callable[[bytes, int], bytes]
+    ) -> bytes: ...
 
 
 class GatewayError(Exception):
@@ -285,6 +307,7 @@ class Gateway:
         billing: BillingGate | None = None,
         receipts: ReceiptSigner | None = None,
         spans: CallSpans | None = None,
+        x402: PaymentDesk | None = None,
     ) -> None:
         self.state = state
         self.spans = spans  # OTLP export of sampled calls (registry_server/otlp.py); None: off
@@ -294,6 +317,7 @@ class Gateway:
         self.usage = usage
         self.billing = billing
         self.receipts = receipts
+        self.x402 = x402  # None unless settlement and its operator key are configured
         settings = state.settings
         self.call_timeout = settings.call_timeout
         self.max_in_flight = settings.max_calls_in_flight
@@ -344,7 +368,15 @@ class Gateway:
                 )
             self._check_host(headers)
             self._check_origin(headers)
-            principal = await self._authenticate(headers)
+            if (
+                self.x402 is not None
+                and "authorization" not in headers
+                and where[1] != DEV_VERSION
+                and await self.x402.accepts(where[0])
+            ):
+                principal = ANONYMOUS  # x402 pays its calls (gateway/x402.py); nothing else is free
+            else:
+                principal = await self._authenticate(headers)
             if self.closing:
                 raise GatewayError(503, UNAVAILABLE, "the registry is shutting down", retry_after=1)
             method = scope["method"]
@@ -526,13 +558,10 @@ class Gateway:
 
     def _negotiated(self, session: Session, payload: bytes) -> bytes:
         """The agent's InitializeResult, answering the version this session's client offered."""
-        try:
-            response = jsonlimits.loads(payload)
-        except JSONError:
+        found = _result_of(payload)
+        if found is None:
             return payload
-        result = response.get("result") if isinstance(response, dict) else None
-        if not isinstance(result, dict):
-            return payload
+        response, result = found
         agents = result.get("protocolVersion")
         if session.protocol_version in HANDSHAKE_VERSIONS:
             version = session.protocol_version
@@ -718,8 +747,29 @@ class Gateway:
         metered = message.get("method") == "tools/call"
         billing = self.billing if metered and session.version != DEV_VERSION else None
         auth: Authorization | None = None
+        paid: object | None = None
+        if billing is not None and self.x402 is not None:  # x402: before billing (gateway/x402.py)
+            step = await self.x402.before(principal, target.agent, target.version, message)
+            if isinstance(step, bytes):  # payment required, refused or replayed: the agent is not called
+                return step, Outcome.TOOL_ERROR
+            paid, billing = step, (None if step is not None else billing)
         if billing is not None:  # refused: GatewayError, before the agent sees it; no usage is recorded
-            auth = await self._admit(billing, principal, target, message)
+            try:
+                auth = await self._admit(billing, principal, target, message)
+            except GatewayError as e:
+                tool = (
+                    str(message.get("params", {}).get("name", ""))
+                    if isinstance(message.get("params"), dict)
+                    else ""
+                )
+                asked = (
+                    await self.x402.required(request_id, target.agent, tool, e.message)
+                    if e.code == BILLING_REFUSED and self.x402 is not None
+                    else None
+                )
+                if asked is None:
+                    raise
+                return asked, Outcome.TOOL_ERROR
         trace = span = None
         if metered and self.trace_calls:
             # One call, one trace: the client's traceparent continued (or a new trace) goes to the
@@ -737,6 +787,8 @@ class Gateway:
         except (Busy, CallFailed) as e:
             if billing is not None and auth is not None:
                 billing.finish(auth, Outcome.REPLICA_LOST)
+            if paid is not None and self.x402 is not None:  # nothing ran: the authorization stays unused
+                await self.x402.after(paid, b"", Outcome.REPLICA_LOST, lambda answer, _: answer)
             raise GatewayError(503, UNAVAILABLE, e.message, request_id=request_id, retry_after=1) from None
         if target != session.target:
             self.router.pin(target, session.target)
@@ -762,6 +814,14 @@ class Gateway:
                 charge, auth = billing.finish(auth, outcome), None
                 if charge[0] and self.receipts is not None:
                     payload = self._with_receipt(payload, message, target, event_id, charge[0], started_us)
+            if paid is not None and self.x402 is not None:  # settle on chain, or withhold the result
+
+                def sign(answer: bytes, price: int) -> bytes:
+                    if self.receipts is None:
+                        return answer
+                    return self._with_receipt(answer, message, target, event_id, price, started_us)
+
+                payload = await self.x402.after(paid, payload, outcome, sign)
             return payload, outcome
         except asyncio.CancelledError:
             # The server is stopping this request (shutdown): the node is told, the event recorded.
@@ -772,7 +832,7 @@ class Gateway:
             self.in_flight -= 1
             if session.calls.get(key) is call:
                 del session.calls[key]
-            if metered:
+            if metered and principal is not ANONYMOUS:
                 if billing is not None and auth is not None:  # ended by an exception
                     charge = billing.finish(auth, outcome)
                 if trace is not None:
@@ -796,13 +856,10 @@ class Gateway:
     ) -> bytes:
         """The response with a signed receipt in its result's `_meta` (docs/receipts.md)."""
         assert self.receipts is not None
-        try:
-            response = jsonlimits.loads(payload)
-        except JSONError:
+        found = _result_of(payload)
+        if found is None:
             return payload
-        result = response.get("result") if isinstance(response, dict) else None
-        if not isinstance(result, dict):
-            return payload
+        response, result = found
         params = message.get("params")
         receipt = self.receipts.sign(
             event=event_id,
@@ -981,7 +1038,7 @@ class Gateway:
 
     async def _check_call(self, principal: Principal, message: dict[str, Any]) -> Grant | None:
         """A `tools/call` within the caller's tier is counted; past it, 429. Other methods count not."""
-        if message.get("method") != "tools/call":
+        if message.get("method") != "tools/call" or principal is ANONYMOUS:  # x402 limits per payer
             return None
         try:
             verdict = await self.quotas.check_call(principal)
@@ -999,6 +1056,8 @@ class Gateway:
             mine = self._accounts.get(principal.account_id, {}).values()
             return [s.last_used + SESSION_IDLE - now for s in mine]
 
+        if principal is ANONYMOUS:  # no tier: MAX_SESSIONS bounds them, x402 limits calls per payer
+            return Grant(0)
         try:
             verdict = await self.quotas.check_session(principal, idle_ends)
         except QuotasUnavailable as e:
@@ -1121,6 +1180,16 @@ def _shutdown() -> CallFailed:
     from registry_server.mesh.calls import Shutdown
 
     return Shutdown("the registry is shutting down")
+
+
+def _result_of(payload: bytes) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(the response, its `result` object) of a JSON-RPC response with a result; None otherwise."""
+    try:
+        response = jsonlimits.loads(payload)
+    except JSONError:
+        return None
+    result = response.get("result") if isinstance(response, dict) else None
+    return (response, result) if isinstance(result, dict) else None
 
 
 def _outcome_of(payload: bytes) -> str:

@@ -99,7 +99,8 @@ class SettlementChain:
             )
         self.address: str = Web3.to_checksum_address(contract)
         self._contract = self._w3.eth.contract(address=self.address, abi=load_artifact(SETTLEMENT).abi)
-        self._token_abi = load_artifact(TEST_TOKEN).abi  # only its ERC-20 part is used
+        # Its ERC-20 part, and for x402 its EIP-3009 and EIP-5267 parts, which USDC has alike.
+        self._token_abi = load_artifact(TEST_TOKEN).abi
 
     def __repr__(self) -> str:
         return f"SettlementChain(rpc={self.endpoint!r}, contract={self.address!r})"
@@ -395,6 +396,126 @@ class SettlementChain:
                 return None
 
         return self._call(f"block {number}", read)
+
+    # --- x402: EIP-3009 payments the registry settles as its own facilitator (settlement/x402.py) ---
+
+    def token_domain(self) -> tuple[str, str, str]:
+        """(name, version, address) of the token's EIP-712 domain, through EIP-5267's eip712Domain(),
+        else `name()` and `version()` (USDC's FiatToken v2 has those and not EIP-5267)."""
+        from web3.exceptions import BadFunctionCallOutput, ContractLogicError
+
+        def read() -> tuple[str, str, str]:
+            address = self._contract.functions.token().call()
+            token = self._w3.eth.contract(address=address, abi=self._token_abi)
+            try:
+                _, name, version, _, _, _, _ = token.functions.eip712Domain().call()
+            except (BadFunctionCallOutput, ContractLogicError):
+                fiat = self._w3.eth.contract(address=address, abi=_NAME_VERSION_ABI)
+                name, version = fiat.functions.name().call(), fiat.functions.version().call()
+            return str(name), str(version), str(address)
+
+        return self._call("the token's eip712Domain()", read)
+
+    def balance_of(self, token: str, owner: str) -> int:
+        contract = self._w3.eth.contract(address=token, abi=self._token_abi)  # type: ignore[call-overload]
+        return self._call(f"balanceOf({owner})", lambda: int(contract.functions.balanceOf(owner).call()))
+
+    def authorization_used(self, token: str, authorizer: str, nonce: str) -> bool:
+        contract = self._w3.eth.contract(address=token, abi=self._token_abi)  # type: ignore[call-overload]
+        raw = bytes.fromhex(nonce.removeprefix("0x"))
+        return self._call(
+            "authorizationState()",
+            lambda: bool(contract.functions.authorizationState(authorizer, raw).call()),
+        )
+
+    def _transfer_call(
+        self, token: str, fields: tuple[str, str, int, int, int, str], v: int, r: bytes, s: bytes
+    ) -> Any:
+        sender, to, value, after, before, nonce = fields
+        contract = self._w3.eth.contract(address=token, abi=self._token_abi)  # type: ignore[call-overload]
+        return contract.functions.transferWithAuthorization(
+            sender, to, value, after, before, bytes.fromhex(nonce.removeprefix("0x")), v, r, s
+        )
+
+    def simulate_transfer(
+        self, token: str, sender: str, fields: tuple[str, str, int, int, int, str], v: int, r: bytes, s: bytes
+    ) -> str | None:
+        """None when transferWithAuthorization would succeed now from `sender`; else the token's
+        error name (or the node's first line)."""
+        from web3.exceptions import ContractCustomError, ContractLogicError
+
+        call = self._transfer_call(token, fields, v, r, s)
+
+        def read() -> str | None:
+            try:
+                call.call({"from": sender})
+            except (ContractCustomError, ContractLogicError) as e:
+                return self._token_revert_name(e)
+            return None
+
+        return self._call("a simulated transferWithAuthorization", read)
+
+    def sign_transfer(
+        self,
+        operator: LocalAccount,
+        token: str,
+        fields: tuple[str, str, int, int, int, str],
+        v: int,
+        r: bytes,
+        s: bytes,
+        *,
+        nonce: int,
+        max_fee: int,
+        priority_fee: int,
+    ) -> Signed:
+        """A signed transferWithAuthorization sent by the operator (who pays its gas)."""
+        call = self._transfer_call(token, fields, v, r, s)
+        params: dict[str, Any] = {
+            "from": operator.address,
+            "nonce": nonce,
+            "chainId": self.chain_id,
+            "maxFeePerGas": max_fee,
+            "maxPriorityFeePerGas": priority_fee,
+        }
+
+        def build() -> dict[str, Any]:
+            gas = int(call.estimate_gas({"from": operator.address}))
+            return dict(call.build_transaction({**params, "gas": gas + gas // 5}))  # type: ignore[arg-type]
+
+        tx = self._call("transferWithAuthorization", build)
+        signed = operator.sign_transaction(tx)
+        return Signed(tx_hash=_hex(signed.hash), raw=_hex(signed.raw_transaction))
+
+    def gas_used(self, tx_hash: str) -> int:
+        return self._call(
+            f"the receipt of {tx_hash}",
+            lambda: int(self._w3.eth.get_transaction_receipt(tx_hash)["gasUsed"]),  # type: ignore[arg-type]
+        )
+
+    def _token_revert_name(self, e: Exception) -> str:
+        data = getattr(e, "data", None)
+        if isinstance(data, str) and data.startswith("0x") and len(data) >= 10:
+            from web3 import Web3
+
+            for entry in self._token_abi:
+                if entry.get("type") != "error":
+                    continue
+                signature = f"{entry['name']}({','.join(i['type'] for i in entry['inputs'])})"
+                if Web3.keccak(text=signature)[:4].hex() == data[2:10]:
+                    return str(entry["name"])
+        return _first_line(e)
+
+
+_NAME_VERSION_ABI: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "name": n,
+        "stateMutability": "view",
+        "inputs": [],
+        "outputs": [{"name": "", "type": "string"}],
+    }
+    for n in ("name", "version")
+]
 
 
 def _hex(value: Any) -> str:

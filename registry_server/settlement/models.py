@@ -133,3 +133,26 @@ class Withdrawal(Base):
     tx_hash: Mapped[str | None] = mapped_column(String(66), nullable=True)
     created_us: Mapped[int] = mapped_column(BigInteger)
     settled_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class X402Payment(Base):
+    """One x402 payment the gateway took (migration 0014): its payload's digest, so that a retry with
+    the same payment identifier gets the same answer and another payload under it a conflict; the
+    settlement transaction, so that an unknown outcome is settled by its hash, never by a new 402."""
+
+    __tablename__ = "x402_payments"
+    __table_args__ = (UniqueConstraint("payer", "nonce", name="uq_x402_payments_authorization"),)
+
+    key: Mapped[str] = mapped_column(String(160), primary_key=True)  # "id:<payment id>" or "auth:<nonce>"
+    digest: Mapped[str] = mapped_column(String(64))  # sha256 of the payment payload's canonical JSON
+    payer: Mapped[str] = mapped_column(String(42))
+    nonce: Mapped[str] = mapped_column(String(66))
+    agent: Mapped[str] = mapped_column(String(200))
+    tool: Mapped[str] = mapped_column(String(256))
+    price: Mapped[int] = mapped_column(BigInteger)
+    account_id: Mapped[int] = mapped_column(Integer, default=0)  # 0: an anonymous payer
+    state: Mapped[str] = mapped_column(String(16))  # x402.STATES
+    tx_hash: Mapped[str | None] = mapped_column(String(66), nullable=True)
+    response: Mapped[str | None] = mapped_column(Text, nullable=True)  # the JSON-RPC answer given
+    created_us: Mapped[int] = mapped_column(BigInteger)
+    updated_us: Mapped[int] = mapped_column(BigInteger)

@@ -63,10 +63,19 @@ def test_node_gc_keeps_what_runs(mesh: Any, cli: Any) -> None:
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     git("rev-list", "--objects", "--missing=error", mesh.commits["0.2.0"], cwd=data / "objects.git")
 
-    # Started again on the same folder, the node runs 0.2.0 from what gc kept.
+    # Started again on the same folder, the node runs 0.2.0 from what gc kept; its own scheduled gc
+    # (every second here) keeps what runs.
     started = time.monotonic()
     mesh.nodes.remove(node)
-    mesh.node("n1")
+    mesh.node("n1", "--gc-every", "1s")
     mesh.settled(1, "0.2.0")
     assert time.monotonic() - started < 60
+    time.sleep(3)  # a few scheduled collections
+    mesh.settled(1, "0.2.0")
     assert _cache_refs(data) == {mesh.commits["0.2.0"]}
+
+
+def test_a_bad_gc_schedule_is_one_line(cli: Any, tmp_path: Path) -> None:
+    result = cli("node", "run", "--registry", "http://127.0.0.1:9", "--token", "x", "--data", str(tmp_path),
+                 "--gc-every", "soon")  # fmt: skip
+    assert result.exit_code == 2 and '--gc-every "soon" is no duration' in result.stderr

@@ -10,47 +10,32 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chainutil import CHAIN_ID, Miner, Settlement, _free_port
-from conftest import LiveRegistry, start_registry
+from chainutil import CHAIN_ID, Miner, Settlement, _free_port, settlement_registry, user_wallet
+from conftest import LiveRegistry
 from gitutil import api
 
 from mcpz import exit_codes
 from mcpz.client import chain
 from mcpz.client.chain import SettlementInfo
 from mcpz.errors import UsageError
-from mcpz.keys.ethkeys import Account, LocalAccount
-from mcpz.keys.wallet import Wallet
+from mcpz.keys.ethkeys import LocalAccount
 
 pytestmark = pytest.mark.slow
 
 USDC = 1_000_000
 CONFIRMATIONS = 3
-PASSPHRASE = "Quiet-Harbour-Lamp-41"
 
 
 @pytest.fixture
 def chain_registry(tmp_path: Path, settlement: Settlement) -> Iterator[LiveRegistry]:
-    reg = start_registry(
-        tmp_path / "registry",
-        settlement_rpc=settlement.anvil.rpc_url,
-        settlement_chain_id=CHAIN_ID,
-        settlement_contract=settlement.contract.address,
-        settlement_confirmations=CONFIRMATIONS,
-        settlement_poll_interval=0.1,
-    )
+    reg = settlement_registry(tmp_path / "registry", settlement, CONFIRMATIONS)
     yield reg
     reg.stop()
 
 
 @pytest.fixture
 def wallet(monkeypatch: pytest.MonkeyPatch, settlement: Settlement) -> LocalAccount:
-    """The user's own wallet, as `mcpz wallet create` keeps it, with gas money and no tokens yet."""
-    monkeypatch.setenv("MCPZ_WALLET_SCRYPT_N", "1024")
-    monkeypatch.setenv("MCPZ_WALLET_PASSPHRASE", PASSPHRASE)
-    key: LocalAccount = Account.create()
-    Wallet.import_key(key.key.hex(), PASSPHRASE)
-    settlement.anvil.fund(key.address)
-    return key
+    return user_wallet(monkeypatch, settlement)
 
 
 def available(reg: LiveRegistry, token: str) -> int:

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from billingutil import World, open_world
-from chainutil import CHAIN_ID, Settlement, _free_port
+from billingutil import World
+from chainutil import CHAIN_ID, Settlement, _free_port, settlement_chain
 from conftest import start_registry
 from gitutil import api
 from meshutil import until
@@ -28,16 +28,12 @@ USDC = 1_000_000
 CONFIRMATIONS = 3
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def world(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
-    w = open_world(tmp_path / "registry", url)
-    yield w
-    w.state.close()
+@pytest.fixture
+def world(billing_world: World) -> World:
+    return billing_world
 
 
-def chain_of(s: Settlement) -> SettlementChain:
-    return SettlementChain(s.anvil.rpc_url, s.contract.address, CHAIN_ID)
+chain_of = settlement_chain
 
 
 def mine(s: Settlement, blocks: int) -> None:

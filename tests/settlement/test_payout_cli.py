@@ -11,15 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chainutil import CHAIN_ID, Miner, Settlement
-from conftest import LiveRegistry, start_registry
-from test_deposit_cli import PASSPHRASE
+from chainutil import Miner, Settlement, settlement_registry, user_wallet
+from conftest import LiveRegistry
 
 from mcpz import exit_codes
 from mcpz.client import chain
 from mcpz.client.chain import Leaf
 from mcpz.keys.ethkeys import Account, LocalAccount
-from mcpz.keys.wallet import Wallet
 from registry_server.accounts import service as accounts
 from registry_server.billing import ledger, service
 from registry_server.db import Database
@@ -36,13 +34,10 @@ def payout_registry(
 ) -> Iterator[LiveRegistry]:
     # The registry runs in this process: it reads the operator key from this environment.
     monkeypatch.setenv("MCPZ_REGISTRY_SETTLEMENT_OPERATOR_KEY", settlement.operator.key.hex())
-    reg = start_registry(
+    reg = settlement_registry(
         tmp_path / "registry",
-        settlement_rpc=settlement.anvil.rpc_url,
-        settlement_chain_id=CHAIN_ID,
-        settlement_contract=settlement.contract.address,
-        settlement_confirmations=CONFIRMATIONS,
-        settlement_poll_interval=0.1,
+        settlement,
+        CONFIRMATIONS,
         settlement_payout_interval=0.5,
         settlement_payout_minimum=1,
     )
@@ -52,12 +47,7 @@ def payout_registry(
 
 @pytest.fixture
 def creator_wallet(monkeypatch: pytest.MonkeyPatch, settlement: Settlement) -> LocalAccount:
-    monkeypatch.setenv("MCPZ_WALLET_SCRYPT_N", "1024")
-    monkeypatch.setenv("MCPZ_WALLET_PASSPHRASE", PASSPHRASE)
-    key: LocalAccount = Account.create()
-    Wallet.import_key(key.key.hex(), PASSPHRASE)
-    settlement.anvil.fund(key.address)
-    return key
+    return user_wallet(monkeypatch, settlement)
 
 
 def earn(reg: LiveRegistry, settlement: Settlement, creator: str, wallet: str, amount: int) -> None:

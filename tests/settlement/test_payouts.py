@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from billingutil import World, open_world
-from chainutil import CHAIN_ID, Settlement
+from chainutil import CHAIN_ID, Settlement, settlement_chain
 
 from mcpz.keys.ethkeys import Account, LocalAccount
 from registry_server.accounts import service as accounts
@@ -24,7 +24,6 @@ from registry_server.accounts.models import Account as AccountRow
 from registry_server.billing import ledger, service
 from registry_server.settlement import deposits, payouts
 from registry_server.settlement.batches import BatchState, Policy
-from registry_server.settlement.chain import SettlementChain
 from registry_server.settlement.models import PayoutAttempt, PayoutBatch
 from registry_server.settlement.operator import Operator
 from registry_server.settlement.reconcile import reconcile
@@ -51,8 +50,7 @@ def world(tmp_path: Path) -> Any:
     w.state.close()
 
 
-def chain_of(s: Settlement) -> SettlementChain:
-    return SettlementChain(s.anvil.rpc_url, s.contract.address, CHAIN_ID)
+chain_of = settlement_chain
 
 
 def operator_of(s: Settlement) -> Operator:

@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chainutil import CHAIN_ID, Miner, Settlement
-from conftest import LiveRegistry, start_registry
+from chainutil import CHAIN_ID, Miner, Settlement, settlement_registry, user_wallet
+from conftest import LiveRegistry
 from gitutil import api
 from meshutil import until
 
 from mcpz import exit_codes
-from mcpz.keys.ethkeys import Account, LocalAccount
-from mcpz.keys.wallet import Wallet
+from mcpz.keys.ethkeys import LocalAccount
 from registry_server.accounts import service as accounts
 from registry_server.accounts import tokens
 from registry_server.accounts.namespaces import account_for_address
@@ -31,15 +30,8 @@ PASSPHRASE = "Quiet-Harbour-Lamp-41"
 
 
 def _start(tmp_path: Path, settlement: Settlement, **kw: Any) -> LiveRegistry:
-    return start_registry(
-        tmp_path / "registry",
-        settlement_rpc=settlement.anvil.rpc_url,
-        settlement_chain_id=CHAIN_ID,
-        settlement_contract=settlement.contract.address,
-        settlement_confirmations=CONFIRMATIONS,
-        settlement_poll_interval=0.1,
-        **kw,
-    )
+    reg: LiveRegistry = settlement_registry(tmp_path / "registry", settlement, CONFIRMATIONS, **kw)
+    return reg
 
 
 @pytest.fixture
@@ -54,13 +46,7 @@ def chain_registry(
 
 @pytest.fixture
 def wallet(monkeypatch: pytest.MonkeyPatch, settlement: Settlement) -> LocalAccount:
-    """The user's own wallet, as `mcpz wallet create` keeps it, with gas money."""
-    monkeypatch.setenv("MCPZ_WALLET_SCRYPT_N", "1024")
-    monkeypatch.setenv("MCPZ_WALLET_PASSPHRASE", PASSPHRASE)
-    key: LocalAccount = Account.create()
-    Wallet.import_key(key.key.hex(), PASSPHRASE)
-    settlement.anvil.fund(key.address)
-    return key
+    return user_wallet(monkeypatch, settlement)
 
 
 def wallet_token(reg: LiveRegistry, address: str, scopes: str = "read,call") -> str:

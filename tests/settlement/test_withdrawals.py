@@ -4,12 +4,11 @@ the watcher at confirmed blocks; an expired one's amount returns to the consumer
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
-from billingutil import World, open_world
-from chainutil import CHAIN_ID, Settlement
+from billingutil import World
+from chainutil import CHAIN_ID, Settlement, settlement_chain
 
 from mcpz.errors import RefusedError, UsageError
 from mcpz.keys.ethkeys import LocalAccount
@@ -18,7 +17,6 @@ from registry_server.accounts.models import Account
 from registry_server.accounts.namespaces import account_for_address
 from registry_server.billing import ledger, service
 from registry_server.settlement import withdrawals
-from registry_server.settlement.chain import SettlementChain
 from registry_server.settlement.models import (
     VOUCHER_EXPIRED,
     VOUCHER_ISSUED,
@@ -34,16 +32,12 @@ CONFIRMATIONS = 3
 TTL = 600
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def world(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
-    w = open_world(tmp_path / "registry", url)
-    yield w
-    w.state.close()
+@pytest.fixture
+def world(billing_world: World) -> World:
+    return billing_world
 
 
-def chain_of(s: Settlement) -> SettlementChain:
-    return SettlementChain(s.anvil.rpc_url, s.contract.address, CHAIN_ID)
+chain_of = settlement_chain
 
 
 def domain_of(s: Settlement) -> withdrawals.VoucherDomain:

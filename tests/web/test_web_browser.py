@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import LiveRegistry, isolate, start_registry
-from webutil import MarketWorld, seed
+from webutil import CHROMIUM, MarketWorld, chromium, seed
 
 from mcpz.keys.ethkeys import Account, encode_defunct
 
@@ -28,7 +27,6 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 AXE = Path(__file__).resolve().parent / "node_modules" / "axe-core" / "axe.min.js"
-CHROMIUM = os.environ.get("MCPZ_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 WALLET = Account.from_key("0x" + "e5" * 32)
 
 PROVIDER = """
@@ -89,16 +87,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MarketWorld]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"]
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 class Person:

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chainutil import CHAIN_ID, Miner, Settlement, transact
-from conftest import LiveRegistry, start_registry
-from test_web_browser import AXE, CHROMIUM, Person, _missing
+from chainutil import Miner, Settlement, settlement_registry, transact
+from conftest import LiveRegistry
+from test_web_browser import AXE, Person, _missing
+from webutil import CHROMIUM, chromium
 
 from mcpz.keys.ethkeys import Account, LocalAccount, encode_defunct
 from registry_server.accounts import namespaces
@@ -65,13 +66,10 @@ def chain_registry(
     if not AXE.exists():
         _missing("axe-core (tests/web/node_modules)")
     monkeypatch.setenv("MCPZ_REGISTRY_SETTLEMENT_OPERATOR_KEY", settlement.operator.key.hex())
-    reg = start_registry(
+    reg = settlement_registry(
         tmp_path / "registry",
-        settlement_rpc=settlement.anvil.rpc_url,
-        settlement_chain_id=CHAIN_ID,
-        settlement_contract=settlement.contract.address,
-        settlement_confirmations=2,
-        settlement_poll_interval=0.1,
+        settlement,
+        2,
         settlement_payout_interval=0.5,
         settlement_payout_minimum=1,
     )
@@ -81,16 +79,8 @@ def chain_registry(
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"]
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 def earn(reg: LiveRegistry, settlement: Settlement, amount: int) -> None:

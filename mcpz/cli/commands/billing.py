@@ -109,6 +109,13 @@ def verify_receipt(
 
 # --- prices, balance, usage, subscriptions, spend caps ------------------------------------------
 
+RpcOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rpc", metavar="URL", help="JSON-RPC URL of the chain (else MCPZ_CHAIN_RPC, config chain_rpc)."
+    ),
+]
+
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="The agent: namespace/name.")]
 
 
@@ -627,12 +634,7 @@ def deposit_command(
         str | None,
         typer.Option("--account", metavar="NAME", help="The account to credit (default: the logged-in one)."),
     ] = None,
-    rpc: Annotated[
-        str | None,
-        typer.Option(
-            "--rpc", metavar="URL", help="JSON-RPC URL of the chain (else MCPZ_CHAIN_RPC, config chain_rpc)."
-        ),
-    ] = None,
+    rpc: RpcOpt = None,
     wait: Annotated[
         bool,
         typer.Option("--wait/--no-wait", help="Wait until the registry credits the deposit."),
@@ -714,13 +716,6 @@ def deposit_command(
 
 
 # --- payouts: list, claim, verify against the chain ----------------------------------------------
-
-RpcOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--rpc", metavar="URL", help="JSON-RPC URL of the chain (else MCPZ_CHAIN_RPC, config chain_rpc)."
-    ),
-]
 
 
 def _rpc_url(rpc: str | None, what: str) -> str:
@@ -907,12 +902,7 @@ def withdraw_command(
             "--voucher", metavar="ID", min=1, help="Send a voucher issued before (its transaction failed)."
         ),
     ] = None,
-    rpc: Annotated[
-        str | None,
-        typer.Option(
-            "--rpc", metavar="URL", help="JSON-RPC URL of the chain (else MCPZ_CHAIN_RPC, config chain_rpc)."
-        ),
-    ] = None,
+    rpc: RpcOpt = None,
     registry: RegistryOpt = None,
     token: TokenOpt = None,
 ) -> None:

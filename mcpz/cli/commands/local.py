@@ -157,12 +157,26 @@ def call_command(
     timeout: TimeoutOpt = None,
     registry: RegistryOpt = None,
     token: TokenOpt = None,
+    pay: Annotated[
+        bool,
+        typer.Option("--pay", help="Pay with x402 from the wallet when the agent asks (no account needed)."),
+    ] = False,
+    max_price: Annotated[
+        str | None,
+        typer.Option(
+            "--max-price", metavar="AMOUNT", help="With --pay: never sign more than this (e.g. 0.05)."
+        ),
+    ] = None,
 ) -> None:
     """Call one tool and print its result (text; the whole result with --json).
 
     Values are JSON when they parse (a=2, ok=true, tags='["x"]'), else text.
 
     The tool's input schema decides between the two: a "string" argument keeps "42" as text.
+
+    With --pay, a call the agent asks payment for is paid with x402: the wallet signs an
+    authorization of exactly the price, within --max-price and the x402_max_per_day and
+    x402_max_per_agent_per_day settings; with no token, the call is made with no account.
     """
     import anyio
 
@@ -187,7 +201,16 @@ def call_command(
                 raise UsageError("missing the agent NAME or the TOOL to call", hint=usage)
             if "=" in tool:
                 raise UsageError(f'missing the TOOL to call ("{tool}" is an argument)', hint=usage)
+            if max_price is not None and not pay:
+                raise UsageError(
+                    "--max-price goes with --pay", hint="add --pay to pay for the call with x402"
+                )
             remote = _remote(registry, token, timeout)
+            if pay:
+                from mcpz.cli.prompts import unlock_wallet
+                from mcpz.client.x402 import user_payer
+
+                remote["payer"] = user_payer(unlock_wallet(), max_price)
             result = anyio.run(
                 partial(call_remote_tool, target, tool, arguments, key_values=words or [], **remote)
             )

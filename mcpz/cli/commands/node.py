@@ -98,6 +98,15 @@ def run_node(
     log_files: Annotated[
         int, typer.Option("--log-files", min=0, help="Log files kept per replica, the current one included.")
     ] = 3,
+    gc_every: Annotated[
+        str | None,
+        typer.Option(
+            "--gc-every",
+            metavar="6h|30m",
+            help="Run `mcpz node gc` inside the node this often (releases and checkouts no replica "
+            "runs; what was written in the last 10 minutes is kept). Default: only by hand.",
+        ),
+    ] = None,
 ) -> None:
     """Connect to a registry and run the replicas it deploys here, until interrupted.
 
@@ -133,6 +142,7 @@ def run_node(
         metrics_port=metrics_port,
         replica_log_bytes=log_file_bytes,
         replica_log_files=log_files,
+        gc_interval=_every(gc_every),
     )
     node = Node(config)
     output = out()
@@ -161,6 +171,20 @@ def run_node(
         if handler is not None:
             logging.getLogger("mcpz.node").removeHandler(handler)
     output.data({"node_id": node.state.node_id, "name": config.name, "registry": url, "stopped": True})
+
+
+def _every(text: str | None) -> float:
+    from mcpz.sizes import parse_duration
+
+    if text is None:
+        return 0.0
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        raise UsageError(f'--gc-every "{text}" is no duration', hint="give one such as 6h or 30m") from None
+    if seconds <= 0:
+        raise UsageError(f'--gc-every "{text}" must be more than 0', hint="give one such as 6h or 30m")
+    return seconds
 
 
 @node_app.command("gc")

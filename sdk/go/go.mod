@@ -1,0 +1,3 @@
+module github.com/mcpz/mcpz/sdk/go
+
+go 1.19

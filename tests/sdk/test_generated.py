@@ -1,0 +1,30 @@
+"""What the SDKs derive from the registry's OpenAPI document is current: sdk/openapi.json (which the
+Go SDK's route test reads) and sdk/js/src/schema.ts (openapi-typescript's output) equal a fresh
+`sdk/generate.py`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_generated_openapi_document_and_typescript_types_are_current() -> None:
+    if not (ROOT / "sdk" / "js" / "node_modules" / ".bin" / "openapi-typescript").exists():
+        message = "sdk/js's npm packages are missing (`npm ci --prefix sdk/js`; .ci/run installs them)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "sdk" / "generate.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
