@@ -36,7 +36,7 @@ from registry_server.gateway.asgi import GATEWAY_PREFIX, Gateway
 from registry_server.git import routes as git_http
 from registry_server.git.recovery import recover
 from registry_server.http import error_response
-from registry_server.logs import request_id
+from registry_server.logs import begin_request, end_request, note, request_id
 from registry_server.maintenance.service import GcScheduler
 from registry_server.market import routes as api_market
 from registry_server.market.upkeep import MarketUpkeep
@@ -169,6 +169,7 @@ class RequestLogMiddleware:
         headers = dict(scope.get("headers") or [])
         rid = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or secrets.token_hex(8)
         token = request_id.set(rid)
+        fields = begin_request()
         started = time.perf_counter()
         status = 500
 
@@ -188,6 +189,9 @@ class RequestLogMiddleware:
                 # The route's template, never the path: paths hold names without bound.
                 route = getattr(scope.get("route"), "path", None) or "unmatched"
                 registry.metrics.request(scope["method"], route, status, seconds)
+            params = scope.get("path_params") or {}
+            if "namespace" in params and "name" in params:  # the routing filled them in
+                note(agent=f"{params['namespace']}/{params['name'].removesuffix('.git')}")
             log.info(
                 "request",
                 extra={
@@ -197,6 +201,7 @@ class RequestLogMiddleware:
                     "ms": round(seconds * 1000, 2),
                 },
             )
+            end_request(fields)
             request_id.reset(token)
 
 

@@ -36,9 +36,9 @@ def serve(
     except BaseException:
         os.close(lock)
         raise
+    configure()  # before on_ready: what it says is a log line, JSON as every other
     if on_ready is not None:
         on_ready()
-    configure()
     config = uvicorn.Config(
         create_app(settings, usage_lock=lock),
         log_config=None,

@@ -116,6 +116,10 @@ class RegistrySettings:
     gc_interval: float = 0.0
     gc_grace: float = 14 * 86400.0
     token_retention: float = 30 * 86400.0
+    # Replica log history (docs/deployments.md#logs): per deployment, up to log_files files of
+    # log_file_bytes each under <data>/logs; 0 in either keeps only the last 1,000 lines in memory.
+    log_file_bytes: int = 1024 * 1024
+    log_files: int = 3
 
     @property
     def base_url(self) -> str:
@@ -168,7 +172,7 @@ class RegistrySettings:
             "settlement_payout_interval", "settlement_payout_minimum", "settlement_stuck_after",
             "settlement_max_fee_gwei",
         )  # fmt: skip
-        gc = ("gc_interval", "gc_grace", "token_retention")
+        gc = ("gc_interval", "gc_grace", "token_retention", "log_file_bytes", "log_files")
         for key in (
             *keys, "public_url", "chain_id", "chain_rpc", *mesh, *gateway, *nonces, *limits, *market,
             *billing, *settlement, *metrics, *gc,
@@ -249,6 +253,8 @@ class RegistrySettings:
                 gc_interval=float(values.get("gc_interval", 0.0)),
                 gc_grace=float(values.get("gc_grace", 14 * 86400.0)),
                 token_retention=float(values.get("token_retention", 30 * 86400.0)),
+                log_file_bytes=int(values.get("log_file_bytes", 1024 * 1024)),
+                log_files=int(values.get("log_files", 3)),
             )
         except (KeyError, ValueError) as e:
             raise UsageError(f"invalid registry setting: {e}", hint="check MCPZ_REGISTRY_* variables") from e

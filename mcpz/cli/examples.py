@@ -58,7 +58,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "deploy rm": ("mcpz deploy rm acme/weather",),
     "deployments": ("mcpz deployments",),
     "nodes": ("mcpz nodes",),
-    "logs": ("mcpz logs acme/weather -f",),
+    "logs": (
+        "mcpz logs acme/weather -f",
+        "mcpz logs acme/weather --since 10m --replica acme.weather-3f -f",
+    ),
     "node": ("mcpz node run --name laptop --label region=eu",),
     "node run": ("mcpz node run --name laptop --label region=eu",),
     # accounts

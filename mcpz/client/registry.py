@@ -327,14 +327,22 @@ class RegistryClient:
     async def nodes(self) -> list[Node]:
         return await self.typed_list(Node, "GET", "/v1/nodes")
 
-    async def logs(self, name: str, tail: int = 100) -> list[LogLine]:
-        body = await self.json("GET", f"/v1/deployments/{name}/logs", params={"tail": tail})
+    async def logs(
+        self, name: str, tail: int = 100, *, since: float | None = None, replica: str = ""
+    ) -> list[LogLine]:
+        """The last `tail` lines (the registry's history on disk included), written at or after
+        Unix time `since`, by replicas whose id starts with `replica`."""
+        body = await self.json(
+            "GET", f"/v1/deployments/{name}/logs", params=_log_params(tail, since, replica)
+        )
         lines = body.get("lines") if isinstance(body, dict) else None
         if not isinstance(lines, list):
             return [from_json(LogLine, body)]  # raises: not a log answer
         return [from_json(LogLine, item) for item in lines]
 
-    async def follow_logs(self, name: str, tail: int = 100) -> AsyncIterator[LogLine]:
+    async def follow_logs(
+        self, name: str, tail: int = 100, *, since: float | None = None, replica: str = ""
+    ) -> AsyncIterator[LogLine]:
         """The last `tail` lines, then new ones as they come, until the deployment is removed.
 
         The registry ends each follow response after a few seconds; this goes on from the last
@@ -342,11 +350,8 @@ class RegistryClient:
         """
         after, first = 0, True
         while True:
-            params: dict[str, str | int] = {
-                "follow": "true",
-                "tail": tail if first else 10_000,
-                "after": after,
-            }
+            params = _log_params(tail if first else 10_000, since, replica)
+            params.update({"follow": "true", "after": after})
             try:
                 async with self._http.stream(
                     "GET", f"/v1/deployments/{name}/logs", params=params
@@ -435,3 +440,12 @@ async def connect(url: str, token: str | None = None) -> AsyncIterator[RegistryC
         yield client
     finally:
         await client.aclose()
+
+
+def _log_params(tail: int, since: float | None, replica: str) -> dict[str, str | int | float]:
+    params: dict[str, str | int | float] = {"tail": tail}
+    if since is not None:
+        params["since"] = since
+    if replica:
+        params["replica"] = replica
+    return params

@@ -72,6 +72,7 @@ from mcpz.node.fetch import ObjectCache
 from mcpz.node.outbox import AckItem, ErrorItem, Outbox, StatusItem, ToolsItem
 from mcpz.node.pull import RegistryAccess, base_environment
 from mcpz.node.relay import CallRelay
+from mcpz.node.replicalogs import DEFAULT_FILE_BYTES, DEFAULT_FILES, ReplicaLogs
 from mcpz.node.replicas import ReplicaManager
 from mcpz.node.state import Assignment, NodeState, lock_data_dir
 from mcpz.node.supervisor import SupervisorSettings
@@ -110,6 +111,8 @@ class NodeConfig:
     shared: bool = False  # offer this node to every account's deployments, not only its owner's
     metrics_port: int | None = None  # serve Prometheus metrics on 127.0.0.1:port (0: any free port)
     metrics_host: str = "127.0.0.1"
+    replica_log_bytes: int = DEFAULT_FILE_BYTES  # per file of each replica's log under <data>/logs
+    replica_log_files: int = DEFAULT_FILES  # files kept per replica (0: none on disk)
     gc_interval: float = 0.0  # seconds between `mcpz node gc` runs inside the node; 0: only by hand
 
 
@@ -312,6 +315,9 @@ class Node:
             on_log=self._on_log,
             verifier=self.verifier,
             on_tools=self._on_tools,
+            replica_logs=ReplicaLogs(
+                self.config.data_dir / "logs", self.config.replica_log_bytes, self.config.replica_log_files
+            ),
         )
         if self.config.allow_unsigned:
             logger.warning(

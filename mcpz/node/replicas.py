@@ -32,6 +32,7 @@ from mcpz.node.channel import StdioChannel
 from mcpz.node.errors import FetchError
 from mcpz.node.fetch import ObjectCache
 from mcpz.node.pull import RegistryAccess, process_spec, pull_release
+from mcpz.node.replicalogs import ReplicaLogs
 from mcpz.node.rules import DeployAction, DeployDecision, StopAction, decide_deploy, decide_stop
 from mcpz.node.state import Assignment, NodeState, replica_folder
 from mcpz.node.supervisor import Supervisor, SupervisorSettings, ToolsCheck, ToolsSink
@@ -80,6 +81,7 @@ class ReplicaManager:
         on_log: LogSink | None = None,
         verifier: Verifier | None = None,
         on_tools: ToolsReport | None = None,
+        replica_logs: ReplicaLogs | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.state = state
@@ -91,6 +93,8 @@ class ReplicaManager:
         self.replace_grace = replace_grace
         self.on_status = on_status
         self.on_log = on_log
+        # Every line also on disk (mcpz.node.replicalogs); default: 3 files of 1 MiB per replica.
+        self.replica_logs = replica_logs if replica_logs is not None else ReplicaLogs(data_dir / "logs")
         self.on_tools = on_tools  # a healthy tools/list of a release the hub has none recorded of
         self.verifier = verifier  # None: releases are not checked for signatures (tests only)
         self.live: dict[str, Replica] = {}
@@ -109,7 +113,10 @@ class ReplicaManager:
             if restore:
                 self.restore()
             self._ready.set()
-            await anyio.sleep_forever()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self.replica_logs.close_all()
 
     async def ready(self) -> None:
         await self._ready.wait()
@@ -125,8 +132,10 @@ class ReplicaManager:
         self._changed = anyio.Event()
 
     def restore(self) -> None:
-        """Resume every assignment in the state file that had not failed; remove stray folders."""
+        """Resume every assignment in the state file that had not failed; remove stray folders
+        and the log files of replicas gone a while."""
         self._remove_strays()
+        self.replica_logs.prune(self.state.replicas)
         for assignment in list(self.state.replicas.values()):
             if assignment.status is ReplicaStatus.FAILED:
                 continue
@@ -314,6 +323,8 @@ class ReplicaManager:
     async def _stop_and_forget(self, replica: Replica, grace: float, reason: str) -> None:
         await self._stop(replica, grace, reason)
         self._remove_folder(replica)
+        if replica.assignment.replica_id not in self.state.replicas:  # not replaced by a newer epoch
+            self.replica_logs.close(replica.assignment.replica_id)
         self._touch()
 
     # -- bookkeeping ----------------------------------------------------------------------------
@@ -332,6 +343,7 @@ class ReplicaManager:
         self._touch()
 
     def _log(self, replica: Replica, stream: LogStream, line: str) -> None:
+        self.replica_logs.write(replica.assignment.replica_id, replica.assignment.epoch, stream.value, line)
         if self.on_log is not None:
             self.on_log(replica.assignment.replica_id, replica.assignment.epoch, stream, line)
 

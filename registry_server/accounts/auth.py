@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from mcpz.errors import AuthError
 from registry_server.accounts.service import Principal, authenticate, owns_namespace
 from registry_server.db import Database
+from registry_server.logs import note
 
 
 class Unauthenticated(AuthError):
@@ -44,9 +45,11 @@ def principal_from_headers(db: Database, headers: Mapping[str, str]) -> Principa
         return None
     try:
         with db.session() as session:
-            return authenticate(session, secret)
+            principal = authenticate(session, secret)
     except AuthError as e:
         raise Unauthenticated(e.message, hint=e.hint) from None
+    note(account=principal.account_name)  # on the request's log lines from here on
+    return principal
 
 
 def require(

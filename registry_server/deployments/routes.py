@@ -52,6 +52,7 @@ from registry_server.deployments.records import (
 from registry_server.deployments.service import MAX_REPLICAS, DeploymentService
 from registry_server.deployments.templates import release_template
 from registry_server.http import State, agent_name, checked_agent_name, error_response
+from registry_server.logs import note
 from registry_server.openapi import AGENT_SCHEMA, AgentPart, Namespace, errors
 from registry_server.settings import public_url
 from registry_server.state import RegistryState
@@ -211,6 +212,7 @@ def _found_live(service: DeploymentService, name: str) -> DeploymentState:
 async def deploy(body: DeployIn, request: Request, state: State, principal: Caller) -> Any:
     """Create a deployment of a release, or update it (a new revision rolls out one replica at a time)."""
     checked_agent_name(body.agent)
+    note(agent=body.agent)
     namespace = body.agent.split("/")[0]
     await _allow(state, principal, namespace, write=True)
     service = service_of(request)
@@ -360,17 +362,28 @@ async def logs(
     tail: Annotated[int, Query(ge=0, le=10_000, description="Lines kept before following")] = 100,
     after: Annotated[int, Query(ge=0, description="Only lines with a higher seq (to resume)")] = 0,
     follow: Annotated[bool, Query(description="Stream new lines as NDJSON")] = False,
+    since: Annotated[
+        float | None, Query(ge=0, description="Only lines written at or after this Unix time")
+    ] = None,
+    replica: Annotated[
+        str, Query(max_length=64, description="Only lines of replicas whose id starts with this")
+    ] = "",
 ) -> Any:
-    """Recent log lines of the deployment's replicas; with `follow`, an NDJSON stream of new ones
-    (a blank line every few seconds keeps it alive; it ends after a while: resume with `after`)."""
+    """Log lines of the deployment's replicas, history kept on disk included (the last `tail`);
+    with `follow`, then an NDJSON stream of new ones (a blank line every few seconds keeps it
+    alive; it ends after a while: resume with `after`)."""
     full = agent_name(namespace, name, what="deployment")
     await _allow(state, principal, namespace, write=False)
     service = service_of(request)
     _found(service, full)
+    book: LogBook = service.logs
     if not follow:
-        return {"lines": [line.to_dict() for line in service.logs.tail(full, tail, after)]}
+        lines = await anyio.to_thread.run_sync(
+            lambda: book.tail(full, tail, after, since=since, replica=replica)
+        )
+        return {"lines": [line.to_dict() for line in lines]}
     return StreamingResponse(
-        _follow(service, full, tail, after),
+        _follow(service, full, tail, after, since, replica),
         media_type="application/x-ndjson",
         headers={"Cache-Control": "no-cache"},
     )
@@ -412,13 +425,18 @@ def _require_any(principal: Principal | None, scopes: tuple[str, ...], state: Re
     return require(principal, held, db=state.db)
 
 
-async def _follow(service: DeploymentService, name: str, tail: int, after: int) -> AsyncIterator[bytes]:
+async def _follow(
+    service: DeploymentService, name: str, tail: int, after: int, since: float | None, replica: str
+) -> AsyncIterator[bytes]:
     book: LogBook = service.logs
     queue = book.subscribe(name)
     loop = asyncio.get_running_loop()
     try:
         last = after
-        for line in book.tail(name, tail, after):
+        history = await anyio.to_thread.run_sync(
+            lambda: book.tail(name, tail, after, since=since, replica=replica)
+        )
+        for line in history:
             last = line.seq
             yield _ndjson(line.to_dict())
         deadline = loop.time() + FOLLOW_WINDOW
@@ -432,7 +450,7 @@ async def _follow(service: DeploymentService, name: str, tail: int, after: int) 
             except TimeoutError:
                 yield b"\n"
                 continue
-            if entry.seq > last:
+            if entry.seq > last and entry.replica.startswith(replica):
                 last = entry.seq
                 yield _ndjson(entry.to_dict())
     finally:

@@ -140,6 +140,7 @@ class DeploymentService:
         shared_nodes: bool = False,
         shared_node_owners: Sequence[str] = (),
         backoff: Backoff | None = None,
+        logs: LogBook | None = None,
     ) -> None:
         self.db = db
         self.resync_interval = resync_interval
@@ -153,7 +154,7 @@ class DeploymentService:
         # Per namespace, the accounts whose nodes may run its deployments: read before each plan.
         self.access: dict[str, frozenset[int]] = {}
         self.transport: Transport = Nowhere()
-        self.logs = LogBook()
+        self.logs = logs if logs is not None else LogBook()
         self.deployments: dict[str, DeploymentState] = {}
         self.replicas: dict[str, Replica] = {}
         self.nodes: dict[str, NodeState] = {}

@@ -78,6 +78,7 @@ from mcpz.tooldefs import MAX_CANONICAL_BYTES, ToolDefinitionsError
 from registry_server.accounts import namespaces
 from registry_server.accounts.auth import Forbidden, Unauthenticated, principal_from_headers, require
 from registry_server.accounts.service import Principal
+from registry_server.deployments.logbook import LogBook
 from registry_server.deployments.records import DeployIntent, Intent, NodeState
 from registry_server.deployments.retries import Backoff
 from registry_server.deployments.service import DeploymentService
@@ -598,6 +599,9 @@ async def start_mesh(state: RegistryState) -> MeshHub:
         shared_nodes=settings.shared_nodes,
         shared_node_owners=settings.shared_node_owners,
         backoff=Backoff(settings.retry_base, max(settings.retry_cap, settings.retry_base)),
+        logs=LogBook(
+            folder=settings.data_dir / "logs", file_bytes=settings.log_file_bytes, files=settings.log_files
+        ),
     )
     hub = MeshHub(
         state,

@@ -847,6 +847,35 @@ async def test_logs_recent_and_followed(mesh: Mesh, nodes: Callable[..., Awaitab
         assert [x.line for x in await api.logs(AGENT, tail=10)] == ["one", "two", "three", "four"]
 
 
+@pytest.mark.anyio
+async def test_log_history_outlives_a_registry_restart_and_filters(
+    mesh: Mesh, nodes: Callable[..., Awaitable[SimNode]]
+) -> None:
+    from mcpz.client.registry import connect as registry
+
+    a = await nodes("a")
+    async with mesh.client() as client:
+        await client.post("/v1/deployments", json={"agent": AGENT, "version": "1.0.0"})
+        await until(lambda: bool(a.held))
+        [replica_id] = a.held
+        await a.log(replica_id, "one", "two")
+        await until_api(client, f"/v1/deployments/{AGENT}/logs", lambda b: len(b["lines"]) == 2)
+    await a.close()
+    mesh.reg.stop()
+    reg = start_registry(mesh.data_dir, mesh.database_url, **FAST)
+    try:
+        async with registry(reg.url, mesh.token) as api:
+            # Memory is empty after the restart: these come from <data>/logs.
+            assert [x.line for x in await api.logs(AGENT)] == ["one", "two"]
+            assert [x.line for x in await api.logs(AGENT, tail=1)] == ["two"]
+            assert [x.line for x in await api.logs(AGENT, replica=replica_id[:8])] == ["one", "two"]
+            assert await api.logs(AGENT, replica="nobody") == []
+            assert await api.logs(AGENT, since=time.time() + 3600) == []
+            assert (reg.data_dir / "logs" / f"{AGENT}.jsonl").is_file()
+    finally:
+        reg.stop()
+
+
 # --- restart ------------------------------------------------------------------------------------
 
 
@@ -961,6 +990,10 @@ def test_the_cli_deploys_scales_updates_rolls_back_and_removes(cli, mesh: Mesh, 
         assert shown.exit_code == 0 and " a " in f" {shown.stdout} " and "ready" in shown.stdout
         assert sorted(n["name"] for n in json.loads(cli("--json", "nodes").stdout)) == ["a", "b"]
 
+        nothing = cli("logs", AGENT)
+        assert (nothing.exit_code, nothing.stdout) == (0, ""), nothing.stderr
+        assert nothing.stderr.strip() == f"no log lines yet for {AGENT}"
+        assert cli("logs", AGENT, "--since", "soon").exit_code == 2
         node = sims.nodes[0]
         replica_id = next(iter(node.held))
         sims.call(node.log(replica_id, "hello from the replica"))
@@ -970,6 +1003,10 @@ def test_the_cli_deploys_scales_updates_rolls_back_and_removes(cli, mesh: Mesh, 
                 break
             logs = cli("logs", AGENT)
         assert f"{replica_id} hello from the replica" in logs.stdout
+        mine = cli("logs", AGENT, "--since", "10m", "--replica", replica_id)
+        assert mine.stdout == f"{replica_id} hello from the replica\n", mine.stderr
+        other = cli("logs", AGENT, "--replica", "nobody")
+        assert other.exit_code == 0 and "no log lines yet" in other.stderr
 
         removed = cli("deploy", "rm", AGENT)
         assert removed.exit_code == 0 and "remov" in removed.stdout

@@ -364,17 +364,35 @@ def logs(
     name: Annotated[str, typer.Argument(help="Deployment (agent name).")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
     tail: Annotated[int, typer.Option("--tail", "-n", min=0, help="Recent lines to show first.")] = 100,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", metavar="10m|2h|3d", help="Only lines written this long ago or later."),
+    ] = None,
+    replica: Annotated[
+        str | None, typer.Option("--replica", "-r", help="Only this replica's lines (an id or its start).")
+    ] = None,
     registry: RegistryOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Log lines of a deployment's replicas (the registry keeps the last 1,000 per deployment).
+    """Log lines of a deployment's replicas: history the registry keeps on disk, then with -f the
+    live tail. Says "no log lines yet" (exit 0) when there are none.
 
     With --json: one JSON array, or with -f one JSON object per line.
     """
     import json
+    import time
+
+    from mcpz.errors import UsageError
+    from mcpz.sizes import parse_duration
 
     name = _name(name)
     output = out()
+    try:
+        start = time.time() - parse_duration(since) if since is not None else None
+    except ValueError:
+        raise UsageError(f'--since "{since}" is no duration', hint="give one such as 10m, 2h or 3d") from None
+    who = replica or ""
+    none_yet = f"no log lines yet for {name}" + (f" from replica {who}" if who else "")
 
     def show(item: LogLine) -> None:
         if output.json:
@@ -384,16 +402,22 @@ def logs(
             output.line(f"{item.replica} {item.line}")
 
     if not follow:
-        lines = with_client(registry, token, lambda client: client.logs(name, tail))
+        lines = with_client(registry, token, lambda client: client.logs(name, tail, since=start, replica=who))
         if output.json:
             output.data([item.to_dict() for item in lines])
+        elif not lines:
+            output.info(none_yet)
         else:
             for item in lines:
                 show(item)
         return
 
     async def stream(client: RegistryClient) -> None:
-        async for item in client.follow_logs(name, tail):
+        # Said once the first answer came empty, not before: an empty history is not an error.
+        history = await client.logs(name, tail, since=start, replica=who)
+        if not history:
+            output.info(none_yet + " (waiting for new ones)")
+        async for item in client.follow_logs(name, tail, since=start, replica=who):
             show(item)
 
     # Ctrl-C ends the stream; the root handler exits 130, as everywhere (docs/errors.md).

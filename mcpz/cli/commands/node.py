@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -84,6 +86,18 @@ def run_node(
             "memory, fetched bytes); 0 picks a free port, named in the log.",
         ),
     ] = None,
+    log_file_bytes: Annotated[
+        int,
+        typer.Option(
+            "--log-file-bytes",
+            min=0,
+            help="Each replica's stdout/stderr lines are kept in DATA/logs/REPLICA.jsonl, rotated at "
+            "this size (0: not kept on disk).",
+        ),
+    ] = 1024 * 1024,
+    log_files: Annotated[
+        int, typer.Option("--log-files", min=0, help="Log files kept per replica, the current one included.")
+    ] = 3,
     gc_every: Annotated[
         str | None,
         typer.Option(
@@ -126,15 +140,20 @@ def run_node(
         allow_unsigned=allow_unsigned,
         shared=shared,
         metrics_port=metrics_port,
+        replica_log_bytes=log_file_bytes,
+        replica_log_files=log_files,
         gc_interval=_every(gc_every),
     )
     node = Node(config)
     output = out()
     if allow_unsigned:
-        sys.stderr.write(
+        warning = (
             "WARNING: --allow-unsigned: this node runs releases and deployments nobody signed; "
-            "use it for development only\n"
+            "use it for development only"
         )
+        if output.json:  # with --json every line on stderr is a JSON object (mcpz.cli.output)
+            warning = json.dumps({"time": round(time.time(), 3), "level": "warning", "message": warning})
+        sys.stderr.write(warning + "\n")
         sys.stderr.flush()
     handler = attach_log(output)
 
@@ -142,7 +161,11 @@ def run_node(
         await node.run(handle_signals=True)
 
     try:
-        output.info(f"node {config.name} -> {node.url} (data: {config.data_dir})")
+        said = f"node {config.name} -> {node.url} (data: {config.data_dir})"
+        if output.json and handler is not None:
+            logging.getLogger("mcpz.node").info(said)  # a JSON line, as the node's others
+        else:
+            output.info(said)
         run(main, fast_loop=True)
     finally:
         if handler is not None:

@@ -44,15 +44,19 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
 ) -> None:
     """Serve the registry (HTTP API, git smart HTTP) until interrupted."""
+    import logging
+
     from registry_server.serve import serve as run_server
     from registry_server.state import RegistryState
 
     settings = _settings(data, host=host, port=port)
     RegistryState.open(settings).close()  # migrate and fail loudly before binding the port
+    url = f"http://{settings.host}:{settings.port}"
+    # A line of the registry's JSON log (registry_server.logs), as everything it says while serving.
     run_server(
         settings,
-        on_ready=lambda: out().info(
-            f"registry on http://{settings.host}:{settings.port} (data: {settings.data_dir})"
+        on_ready=lambda: logging.getLogger("registry_server.serve").info(
+            "registry on %s (data: %s)", url, settings.data_dir, extra={"url": url}
         ),
     )
 

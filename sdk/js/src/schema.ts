@@ -699,8 +699,9 @@ export interface paths {
         };
         /**
          * Logs
-         * @description Recent log lines of the deployment's replicas; with `follow`, an NDJSON stream of new ones
-         *     (a blank line every few seconds keeps it alive; it ends after a while: resume with `after`).
+         * @description Log lines of the deployment's replicas, history kept on disk included (the last `tail`);
+         *     with `follow`, then an NDJSON stream of new ones (a blank line every few seconds keeps it
+         *     alive; it ends after a while: resume with `after`).
          */
         get: operations["logs_v1_deployments__namespace___name__logs_get"];
         put?: never;
@@ -5223,6 +5224,10 @@ export interface operations {
                 after?: number;
                 /** @description Stream new lines as NDJSON */
                 follow?: boolean;
+                /** @description Only lines written at or after this Unix time */
+                since?: number | null;
+                /** @description Only lines of replicas whose id starts with this */
+                replica?: string;
             };
             header?: never;
             path: {
