@@ -140,6 +140,28 @@ def _register_gauges(app: FastAPI) -> None:
         lambda: {(): len(app.state.gateway.sessions)},
     )
     metrics.gauge_family(
+        "mcpz_gateway_in_flight", "Gateway calls in flight.", [], lambda: {(): app.state.gateway.in_flight}
+    )
+
+    def mesh_frames() -> dict[tuple[str, ...], float]:
+        stats = app.state.mesh.stats
+        return {
+            (name,): getattr(stats, name)
+            for name in ("welcomed", "protocol_errors", "deploys_sent", "deploys_acked", "stops_sent",
+                         "stale_dropped", "overflows")
+        }  # fmt: skip
+
+    def mesh_queues() -> dict[tuple[str, ...], float]:
+        queued = [c.queued_bytes for c in app.state.mesh.connections.values()]
+        return {("bytes",): sum(queued), ("largest_bytes",): max(queued, default=0)}
+
+    metrics.gauge_family(
+        "mcpz_mesh_frames", "Mesh frames and events since the hub started, by kind.", ["kind"], mesh_frames
+    )
+    metrics.gauge_family(
+        "mcpz_mesh_send_queue", "Frames waiting to be written to nodes.", ["what"], mesh_queues
+    )
+    metrics.gauge_family(
         "mcpz_usage_events",
         "The usage recorder: events pending a flush, recorded, lost to the journal.",
         ["kind"],

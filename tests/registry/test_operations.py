@@ -138,6 +138,9 @@ def test_the_registry_counts_pushes_requests_calls_and_nodes(world: tuple[Mesh, 
     assert value(samples, "mcpz_mesh_nodes", state="connected") == 1
     assert value(samples, "mcpz_mesh_nodes", state="ready") == 1
     assert value(samples, "mcpz_replicas", status="running") == 1
+    assert value(samples, "mcpz_mesh_frames", kind="deploys_sent") >= 1
+    assert value(samples, "mcpz_mesh_frames", kind="welcomed") == 1
+    assert "mcpz_mesh_send_queue" in samples and "mcpz_gateway_in_flight" in samples
     assert "mcpz_usage_events" in samples and "mcpz_billing_unrated" in samples
 
 
