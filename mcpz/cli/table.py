@@ -108,7 +108,10 @@ COMMANDS: dict[str, Entry] = {
         "usage", "Calls through the gateway, summed per agent and tool: calls, errors, time, bytes.", CALL
     ),
     "top": Entry(
-        "top", "Your nodes, deployments and agents' calls per second, errors and latency, live.", DEPLOY
+        "top",
+        "Your nodes, deployments and each agent's calls per second, errors and latency, refreshed in place "
+        "until Ctrl-C; with --json, one snapshot.",
+        DEPLOY,
     ),
     "market": Entry(
         "market", "The marketplace: search agents, read their listings, review the ones you used.", MARKET
@@ -153,7 +156,8 @@ COMMANDS: dict[str, Entry] = {
     ),
     "logs": Entry(
         "deploy",
-        "Log lines of a deployment's replicas (the registry keeps the last 1,000 per deployment).",
+        "Log lines of a deployment's replicas: history the registry keeps on disk, then with -f the live "
+        'tail. Says "no log lines yet" (exit 0) when there are none.',
         DEPLOY,
     ),
     "node": Entry("node", "Run a mesh node: the agents a registry deploys to this machine.", DEPLOY),
