@@ -120,6 +120,14 @@ class RegistrySettings:
     # log_file_bytes each under <data>/logs; 0 in either keeps only the last 1,000 lines in memory.
     log_file_bytes: int = 1024 * 1024
     log_files: int = 3
+    # Several replicas (docs/scaling.md): `replica` on (`mcpz registry serve --replica`) needs
+    # PostgreSQL (MCPZ_DATABASE_URL) and NATS (MCPZ_NATS_URL); `replica_name` tells this one apart
+    # (default: host:port:pid); a job's lease runs out `lease_ttl` seconds after its holder's last
+    # renewal, so failover takes about that long.
+    replica: bool = False
+    nats_url: str = "nats://127.0.0.1:4222"
+    replica_name: str = ""
+    lease_ttl: float = 5.0
 
     @property
     def base_url(self) -> str:
@@ -173,9 +181,10 @@ class RegistrySettings:
             "settlement_max_fee_gwei",
         )  # fmt: skip
         gc = ("gc_interval", "gc_grace", "token_retention", "log_file_bytes", "log_files")
+        cluster = ("replica", "replica_name", "lease_ttl")
         for key in (
             *keys, "public_url", "chain_id", "chain_rpc", *mesh, *gateway, *nonces, *limits, *market,
-            *billing, *settlement, *metrics, *gc,
+            *billing, *settlement, *metrics, *gc, *cluster,
         ):  # fmt: skip
             var = f"MCPZ_REGISTRY_{key.upper()}"
             if env.get(var):
@@ -255,6 +264,10 @@ class RegistrySettings:
                 token_retention=float(values.get("token_retention", 30 * 86400.0)),
                 log_file_bytes=int(values.get("log_file_bytes", 1024 * 1024)),
                 log_files=int(values.get("log_files", 3)),
+                replica=_flag("replica", values.get("replica", False)),
+                nats_url=env.get("MCPZ_NATS_URL") or str(values.get("nats_url", "nats://127.0.0.1:4222")),
+                replica_name=str(values.get("replica_name", "")),
+                lease_ttl=_positive("lease_ttl", values.get("lease_ttl", 5.0)),
             )
         except (KeyError, ValueError) as e:
             raise UsageError(f"invalid registry setting: {e}", hint="check MCPZ_REGISTRY_* variables") from e

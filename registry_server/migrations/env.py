@@ -9,6 +9,7 @@ from alembic import context
 import registry_server.accounts.models
 import registry_server.billing.models
 import registry_server.deployments.models
+import registry_server.leases
 import registry_server.market.models
 import registry_server.releases.models
 import registry_server.settlement.models
