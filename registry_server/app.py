@@ -36,6 +36,7 @@ from registry_server.gateway.asgi import GATEWAY_PREFIX, Gateway
 from registry_server.git import routes as git_http
 from registry_server.git.recovery import recover
 from registry_server.http import error_response
+from registry_server.leases import Leadership
 from registry_server.logs import begin_request, end_request, note, request_id
 from registry_server.maintenance.service import GcScheduler
 from registry_server.market import routes as api_market
@@ -259,6 +260,10 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = state is None
         app.state.registry = RegistryState.open(settings) if own else state
+        registry = app.state.registry
+        if settings.replica:
+            registry.leadership = Leadership(registry.db, settings.replica_name, ttl=settings.lease_ttl)
+            await registry.leadership.start()
         # Before serving: undo what a killed registry left half done (docs/registry.md).
         recover(app.state.registry.repos, app.state.registry.db)
         app.state.index_cache = IndexCache()
@@ -323,6 +328,7 @@ def create_app(
             finally:
                 await app.state.usage.stop()
         finally:
+            await app.state.registry.leadership.stop()
             if own:
                 app.state.registry.close()
 

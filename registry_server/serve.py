@@ -30,7 +30,12 @@ def serve(
     folder, the port taken or not ours to bind) is checked here, before uvicorn starts, so that it
     ends as one McpzError line instead of uvicorn's traceback. `on_ready` runs once both passed.
     """
-    lock = take_data_lock(settings.data_dir)
+    if settings.replica and settings.database_url.startswith("sqlite"):
+        raise UsageError(
+            "--replica needs a database every replica reaches, not SQLite",
+            hint="set MCPZ_DATABASE_URL to a PostgreSQL database (docs/scaling.md)",
+        )
+    lock = take_data_lock(settings.usage_dir)
     try:
         sock = bind(settings.host, settings.port)
     except BaseException:

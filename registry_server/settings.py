@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -142,6 +143,13 @@ class RegistrySettings:
     def repos_dir(self) -> Path:
         return self.data_dir / "repos"
 
+    @property
+    def usage_dir(self) -> Path:
+        """Where this process journals usage: its own folder per replica, as replicas share `data_dir`."""
+        if self.replica:
+            return self.data_dir / "usage" / "replicas" / self.replica_name
+        return self.data_dir / "usage"
+
     @classmethod
     def load(
         cls,
@@ -266,7 +274,7 @@ class RegistrySettings:
                 log_files=int(values.get("log_files", 3)),
                 replica=_flag("replica", values.get("replica", False)),
                 nats_url=env.get("MCPZ_NATS_URL") or str(values.get("nats_url", "nats://127.0.0.1:4222")),
-                replica_name=str(values.get("replica_name", "")),
+                replica_name=_replica_name(values.get("replica_name", ""), values["port"]),
                 lease_ttl=_positive("lease_ttl", values.get("lease_ttl", 5.0)),
             )
         except (KeyError, ValueError) as e:
@@ -357,6 +365,17 @@ _POSITIVE = (
     "settlement_poll_interval",
     "settlement_voucher_ttl",
 )
+
+
+def _replica_name(value: object, port: object) -> str:
+    """The name a replica holds leases and keeps its journal under: given, or host-port (stable
+    across restarts, so a restarted replica finds its own journal)."""
+    import socket
+
+    name = str(value or f"{socket.gethostname()}-{port}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        raise ValueError(f"replica_name must be letters, digits, '.', '_' or '-' (at most 64), not {name!r}")
+    return name
 
 
 def _flag(key: str, value: object) -> bool:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from mcpz.private import private_dir
 from registry_server.db import Database
+from registry_server.leases import Leadership
 from registry_server.metrics import RegistryMetrics
 from registry_server.settings import RegistrySettings
 from registry_server.storage import RepoStore
@@ -26,6 +27,10 @@ class RegistryState:
     agent_listeners: list[Callable[[str], None]] = field(default_factory=list)
     # This registry's Prometheus metrics (registry_server/metrics.py); served when metrics_port is set.
     metrics: RegistryMetrics = field(default_factory=RegistryMetrics)
+    # The leases this process holds (registry_server/leases.py): every one, for good, in the
+    # single-process default; with `replica` on, those it won from the other replicas. Jobs that
+    # must run once across replicas ask it before they act and fence their writes with it.
+    leadership: Leadership = field(default_factory=Leadership.solo)
 
     @classmethod
     def open(cls, settings: RegistrySettings) -> RegistryState:

@@ -101,7 +101,7 @@ class UsageRecorder:
         this recorder's to release)."""
         self.db: Database = state.db
         self.metrics = state.metrics
-        self.directory = state.settings.data_dir / "usage"
+        self.directory = state.settings.usage_dir
         self.interval = state.settings.usage_flush_interval
         self.batch_size = batch_size
         self.stats = UsageStats()
@@ -162,7 +162,7 @@ class UsageRecorder:
         """
         self.directory.mkdir(parents=True, exist_ok=True)
         held, self._held_lock = self._held_lock, None
-        self._lock_fd = held if held is not None else take_data_lock(self.directory.parent)
+        self._lock_fd = held if held is not None else take_data_lock(self.directory)
         self._loop = asyncio.get_running_loop()
         self._stopping = False
         try:
@@ -433,12 +433,13 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def take_data_lock(data_dir: Path) -> int:
-    """Lock `data_dir` for this process (flock on `usage/lock`) and return the descriptor holding it.
+def take_data_lock(usage_dir: Path) -> int:
+    """Lock the usage folder (`RegistrySettings.usage_dir`) for this process (flock on its `lock`)
+    and return the descriptor holding it.
 
     UsageError if another registry process holds it.
     """
-    path = data_dir / "usage" / "lock"
+    path = usage_dir / "lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -447,10 +448,15 @@ def take_data_lock(data_dir: Path) -> int:
         holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
         os.close(fd)
         raise UsageError(
-            f"another registry process (pid {holder}) uses the data folder {data_dir}",
+            f"another registry process (pid {holder}) uses the data folder {_data_folder(usage_dir)}",
             hint="stop it, or give this registry its own data folder (--data or MCPZ_REGISTRY_DATA)",
         ) from None
     # The holder's pid, for the message above; the lock itself is the flock, not the content.
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _data_folder(usage_dir: Path) -> Path:
+    """The data folder a usage folder belongs to (a replica's is `<data>/usage/replicas/<name>`)."""
+    return usage_dir.parent if usage_dir.name == "usage" else usage_dir.parents[2]

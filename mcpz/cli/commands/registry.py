@@ -42,6 +42,14 @@ def serve(
     data: DataOpt = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    replica: Annotated[
+        bool,
+        typer.Option(
+            "--replica",
+            help="Run as one of several replicas sharing a PostgreSQL database (MCPZ_DATABASE_URL), "
+            "NATS (MCPZ_NATS_URL) and the data folder (docs/scaling.md).",
+        ),
+    ] = False,
 ) -> None:
     """Serve the registry (HTTP API, git smart HTTP) until interrupted."""
     import logging
@@ -49,7 +57,7 @@ def serve(
     from registry_server.serve import serve as run_server
     from registry_server.state import RegistryState
 
-    settings = _settings(data, host=host, port=port)
+    settings = _settings(data, host=host, port=port, replica=True if replica else None)
     RegistryState.open(settings).close()  # migrate and fail loudly before binding the port
     url = f"http://{settings.host}:{settings.port}"
     # A line of the registry's JSON log (registry_server.logs), as everything it says while serving.
