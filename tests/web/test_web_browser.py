@@ -18,44 +18,13 @@ from typing import Any
 
 import pytest
 from conftest import LiveRegistry, isolate, start_registry
-from webutil import CHROMIUM, MarketWorld, chromium, seed
-
-from mcpz.keys.ethkeys import Account, encode_defunct
+from webutil import CHROMIUM, PROVIDER, WALLET, MarketWorld, chromium, seed, wallet_sign
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 AXE = Path(__file__).resolve().parent / "node_modules" / "axe-core" / "axe.min.js"
-WALLET = Account.from_key("0x" + "e5" * 32)
-
-PROVIDER = """
-(() => {
-  const listeners = {};
-  const provider = {
-    isMcpzTestWallet: true,
-    async request({ method, params }) {
-      if (method === "eth_requestAccounts" || method === "eth_accounts") return [ADDRESS];
-      if (method === "eth_chainId") return "0x1";
-      if (method === "personal_sign") return await window.mcpzTestSign(params[0], params[1]);
-      throw Object.assign(new Error("unsupported method " + method), { code: 4200 });
-    },
-    on(event, fn) { (listeners[event] = listeners[event] || []).push(fn); },
-    removeListener(event, fn) { listeners[event] = (listeners[event] || []).filter((f) => f !== fn); },
-  };
-  const info = Object.freeze({
-    uuid: "5a1e0b9c-6f0e-4c3b-9d6e-0c2f3a4b5c6d",
-    name: "Test Wallet",
-    icon: "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 8 8'%3E"
-      + "%3Crect width='8' height='8' fill='%23555'/%3E%3C/svg%3E",
-    rdns: "dev.mcpz.test-wallet",
-  });
-  const announce = () => window.dispatchEvent(
-    new CustomEvent("eip6963:announceProvider", { detail: Object.freeze({ info, provider }) }));
-  window.addEventListener("eip6963:requestProvider", announce);
-  announce();
-})();
-""".replace("ADDRESS", repr(WALLET.address))
 
 
 def _in_ci() -> bool:
@@ -133,14 +102,6 @@ class Person:
 
     def close(self) -> None:
         self.context.close()
-
-
-def wallet_sign(message_hex: str, address: str) -> str:
-    """What the wallet does for personal_sign: EIP-191 over the message's bytes, with its key."""
-    assert address.lower() == WALLET.address.lower()
-    text = bytes.fromhex(message_hex.removeprefix("0x"))
-    signed = WALLET.sign_message(encode_defunct(primitive=text))
-    return "0x" + bytes(signed.signature).hex()
 
 
 def test_search_open_an_agent_sign_in_with_a_wallet_and_post_a_review(
