@@ -58,8 +58,8 @@ from registry_server.settlement.x402_desk import X402Desk
 from registry_server.state import RegistryState
 from registry_server.usage import routes as api_usage
 from registry_server.usage.service import UsageRecorder
-from registry_server.web import authorize as web_authorize
 from registry_server.web import routes as web
+from registry_server.web.authorize import routes as web_authorize
 
 log = logging.getLogger("registry_server.http")
 

@@ -6,7 +6,7 @@
     POST /oauth/register                                   RFC 7591: a public client (JSON)
     POST /oauth/token                                      authorization_code (PKCE) or refresh_token
 
-The browser's endpoint, GET/POST /oauth/authorize, is a web page (registry_server/web/authorize.py):
+The browser's endpoint, GET/POST /oauth/authorize, is a web page (registry_server/web/authorize/routes.py):
 it signs the person in with their wallet. None of these is in the OpenAPI document: RFCs define
 them, and anyone may call them (a client registers before it has anything; the token endpoint
 authenticates the code or refresh token, bound to its client, PKCE verifier and redirect URI).
