@@ -31,7 +31,10 @@ from registry_server.settings import public_url
 
 router = APIRouter(include_in_schema=False)
 
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+# Browser-based clients (the MCP Inspector's web UI) read the metadata and call these endpoints from
+# another origin. No cookie or other ambient credential is involved, so any origin may.
+CORS = {"Access-Control-Allow-Origin": "*"}
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache", **CORS}
 MAX_FORM = 16 * 1024
 
 
@@ -45,7 +48,7 @@ def _error(e: OAuthError) -> JSONResponse:
 @router.get(rules.PROTECTED_RESOURCE_PATH)
 def gateway_metadata(state: State) -> JSONResponse:
     public = public_url(state.settings)
-    return JSONResponse(rules.protected_resource_metadata(public, public + rules.GATEWAY_PATH))
+    return JSONResponse(rules.protected_resource_metadata(public, public + rules.GATEWAY_PATH), headers=CORS)
 
 
 @router.get(rules.PROTECTED_RESOURCE_PATH + rules.GATEWAY_PATH + "/{rest:path}")
@@ -54,13 +57,26 @@ def deployment_metadata(rest: str, state: State) -> JSONResponse:
     try:
         resource = rules.resource_of(public, f"{public}{rules.GATEWAY_PATH}/{rest}")
     except OAuthError as e:
-        return JSONResponse(e.body(), status_code=404)
-    return JSONResponse(rules.protected_resource_metadata(public, resource))
+        return JSONResponse(e.body(), status_code=404, headers=CORS)
+    return JSONResponse(rules.protected_resource_metadata(public, resource), headers=CORS)
 
 
 @router.get(rules.AUTHORIZATION_SERVER_PATH)
 def server_metadata(state: State) -> JSONResponse:
-    return JSONResponse(rules.authorization_server_metadata(public_url(state.settings)))
+    return JSONResponse(rules.authorization_server_metadata(public_url(state.settings)), headers=CORS)
+
+
+@router.options(rules.REGISTER_PATH)
+@router.options(rules.TOKEN_PATH)
+def preflight() -> Response:
+    """CORS preflight of a browser-based client's registration or token request."""
+    headers = {
+        **CORS,
+        "Access-Control-Allow-Methods": "POST",
+        "Access-Control-Allow-Headers": "Content-Type, MCP-Protocol-Version",
+        "Access-Control-Max-Age": "600",
+    }
+    return Response(status_code=204, headers=headers)
 
 
 def _limiter(request: Request) -> RateLimiter:
@@ -81,7 +97,7 @@ async def register(request: Request, state: State) -> Response:
         return JSONResponse(
             {"error": "slow_down", "error_description": "too many registrations from this address"},
             status_code=429,
-            headers={"Retry-After": str(max(1, round(wait)))},
+            headers={"Retry-After": str(max(1, round(wait))), **CORS},
         )
     if "application/json" not in request.headers.get("content-type", ""):
         return _error(OAuthError("invalid_client_metadata", "send the registration as application/json"))

@@ -235,6 +235,8 @@ def _grant(
     *,
     family: str | None,
 ) -> tuple[Grant, int, str]:
+    # Refresh tokens past their lifetime are dropped here, so they never pile up.
+    session.execute(delete(OAuthRefreshToken).where(OAuthRefreshToken.expires_at <= now))
     account = account_by_id(session, account_id)
     token, secret = create_token(
         session,

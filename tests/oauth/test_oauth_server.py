@@ -204,6 +204,26 @@ def test_protected_resource_and_authorization_server_metadata(reg: LiveRegistry,
     assert server["authorization_response_iss_parameter_supported"] is True
 
 
+def test_browser_based_clients_may_read_the_metadata_and_call_the_endpoints(http: httpx2.Client) -> None:
+    origin = {"Origin": "http://localhost:6274"}  # the MCP Inspector's web UI, say
+    for path in ("/.well-known/oauth-authorization-server", "/.well-known/oauth-protected-resource/mcp/a/b"):
+        assert http.get(path, headers=origin).headers["access-control-allow-origin"] == "*"
+    for path in (rules.TOKEN_PATH, rules.REGISTER_PATH):
+        preflight = http.options(
+            path,
+            headers={
+                **origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type",
+            },
+        )
+        assert preflight.status_code == 204
+        assert preflight.headers["access-control-allow-origin"] == "*"
+        assert "Content-Type" in preflight.headers["access-control-allow-headers"]
+    refused = http.post(rules.TOKEN_PATH, data={"grant_type": "x"}, headers=origin)
+    assert refused.headers["access-control-allow-origin"] == "*"  # the client can read why
+
+
 # --- registration ----------------------------------------------------------------------------
 
 
@@ -462,3 +482,20 @@ def test_secrets_are_stored_only_as_hashes(reg: LiveRegistry, http: httpx2.Clien
     dump = b"".join(p.read_bytes() for p in reg.data_dir.rglob("*.db*") if p.is_file())
     for secret in (code, grant["access_token"], grant["refresh_token"]):
         assert secret.encode() not in dump
+
+
+def test_a_whole_grant_on_sqlite_and_postgresql(registry: LiveRegistry) -> None:
+    """Code, token, refresh, replay: the tables of migration 0016 on both databases."""
+    with httpx2.Client(base_url=registry.url, timeout=30, follow_redirects=False) as http:
+        flow = new_flow(registry, http)
+        grant = flow.exchange(flow.code(browser_session(registry))).json()
+        assert gateway(http, "/mcp/acme/tiny", grant["access_token"]).status_code not in (401, 403)
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": grant["refresh_token"],
+            "client_id": flow.client_id,
+        }
+        assert http.post(rules.TOKEN_PATH, data=form).status_code == 200
+        replay = http.post(rules.TOKEN_PATH, data=form)
+        assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
+        assert revoked(registry, grant["access_token"])
