@@ -15,11 +15,13 @@ from registry_server.orm import Base, UTCDateTime
 
 
 class OAuthClient(Base):
-    """A public client registered through RFC 7591 (no secret: PKCE proves the code's holder)."""
+    """A public client: registered through RFC 7591 (an `mcpzc_` id), or described by its client ID
+    metadata document (the id is the document's https URL; the row is the document as last fetched,
+    so codes and refresh tokens can name it). No secret: PKCE proves the code's holder."""
 
     __tablename__ = "oauth_clients"
 
-    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(512), primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
     # JSON list of the exact redirect URIs an authorization request may name.
     redirect_uris: Mapped[str] = mapped_column(Text)

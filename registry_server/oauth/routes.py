@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, Response
 
 from registry_server.http import State
 from registry_server.oauth import rules, service
+from registry_server.oauth.http import client_documents
 from registry_server.oauth.rules import OAuthError
 from registry_server.orm import utcnow
 from registry_server.rate_limit import RateLimiter
@@ -145,8 +146,10 @@ async def token(request: Request, state: State) -> Response:
         if not client_id:
             raise OAuthError("invalid_request", "client_id is required")
         grant_type = form.get("grant_type")
+        documents = client_documents(request)
         with state.db.session() as session:
-            if service.find_client(session, client_id) is None:
+            client = service.find_client(session, client_id, documents)
+            if client is None:
                 raise OAuthError("invalid_client", f"no client {client_id!r}: register first", 401)
             if grant_type == "authorization_code":
                 code = form.get("code")
@@ -154,8 +157,8 @@ async def token(request: Request, state: State) -> Response:
                     raise OAuthError("invalid_request", "code is required")
                 grant = service.exchange_code(
                     session,
+                    client,
                     code=code,
-                    client_id=client_id,
                     redirect_uri=form.get("redirect_uri"),
                     verifier=form.get("code_verifier"),
                     resource=form.get("resource"),
@@ -167,8 +170,8 @@ async def token(request: Request, state: State) -> Response:
                     raise OAuthError("invalid_request", "refresh_token is required")
                 grant = service.refresh(
                     session,
+                    client,
                     refresh_token=refresh_token,
-                    client_id=client_id,
                     scope=form.get("scope"),
                     resource=form.get("resource"),
                     now=utcnow(),

@@ -167,7 +167,7 @@ def authorization_server_metadata(public: str) -> dict[str, object]:
         "token_endpoint_auth_methods_supported": ["none"],
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": True,
-        "client_id_metadata_document_supported": False,
+        "client_id_metadata_document_supported": True,
     }
 
 
@@ -282,3 +282,50 @@ def redirect_to(redirect_uri: str, params: Mapping[str, str | None]) -> str:
 def origin_of(uri: str) -> str:
     parts = urlsplit(uri)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+MAX_DOCUMENT = 64 * 1024
+
+
+def is_document_client_id(client_id: str | None) -> bool:
+    """Whether `client_id` names a client ID metadata document: an https URL with a path
+    (draft-ietf-oauth-client-id-metadata-document), which the registry fetches, never registers."""
+    if not client_id or len(client_id) > MAX_URI or not client_id.startswith("https://"):
+        return False
+    try:
+        parts = urlsplit(client_id)
+        parts.port  # noqa: B018  (raises ValueError for a bad port)
+    except ValueError:
+        return False
+    return (
+        bool(parts.hostname) and parts.path not in ("", "/") and not parts.fragment and parts.username is None
+    )
+
+
+def document_client(client_id: str, document: object) -> tuple[str, list[str], list[str]]:
+    """A fetched client ID metadata document -> (client name, redirect URIs, grant types), checked
+    as a registration is; OAuthError invalid_client when it is not this client's or not usable."""
+    if not isinstance(document, dict):
+        raise OAuthError("invalid_client", "the client metadata document is not a JSON object")
+    if document.get("client_id") != client_id:
+        raise OAuthError("invalid_client", "the client metadata document's client_id is not its own URL")
+    if document.get("token_endpoint_auth_method", "none") != "none":
+        raise OAuthError(
+            "invalid_client", 'only public clients are served: token_endpoint_auth_method "none"'
+        )
+    try:
+        return registration(document)
+    except OAuthError as e:
+        raise OAuthError("invalid_client", f"client metadata document: {e.description}") from None
+
+
+def cache_seconds(cache_control: str | None, default: int = 300, longest: int = 86_400) -> int:
+    """How long a fetched document may be reused, from its Cache-Control (0: not at all)."""
+    directives = [d.strip().lower() for d in (cache_control or "").split(",")]
+    if "no-store" in directives or "no-cache" in directives:
+        return 0
+    for directive in directives:
+        name, _, value = directive.partition("=")
+        if name == "max-age" and value.strip().isdigit():
+            return min(int(value), longest)
+    return default

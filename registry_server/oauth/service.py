@@ -20,8 +20,10 @@ from registry_server.accounts import tokens
 from registry_server.accounts.models import Token
 from registry_server.accounts.service import account_by_id, create_token
 from registry_server.oauth import rules
+from registry_server.oauth.documents import ClientDocuments
 from registry_server.oauth.models import OAuthClient, OAuthCode, OAuthRefreshToken
 from registry_server.oauth.rules import OAuthError
+from registry_server.orm import utcnow
 
 CODE_LIFETIME = timedelta(minutes=2)
 ACCESS_LIFETIME = timedelta(hours=1)
@@ -98,10 +100,22 @@ def register_client(session: Session, body: object, now: datetime) -> Client:
     return _client(row)
 
 
-def find_client(session: Session, client_id: str | None) -> Client | None:
-    if not client_id or len(client_id) > 64:
+def find_client(session: Session, client_id: str | None, documents: ClientDocuments) -> Client | None:
+    """The client of `client_id`: a registered one, or the one its metadata document describes (an
+    https URL: fetched through `documents`, and its row updated to match). None: no such client;
+    OAuthError invalid_client: a document that cannot be fetched or used."""
+    if not client_id or len(client_id) > rules.MAX_URI:
         return None
     row = session.get(OAuthClient, client_id)
+    if rules.is_document_client_id(client_id):
+        name, uris, grants = documents.get(client_id)
+        if row is None:
+            row = OAuthClient(client_id=client_id, created_at=utcnow())
+            session.add(row)
+        row.name, row.redirect_uris, row.grant_types = name, json.dumps(uris), ",".join(grants)
+        session.flush()
+    elif client_id.startswith("https://"):
+        return None  # a URL that is not a document's (no path, a fragment): never a registered id
     return _client(row) if row is not None else None
 
 
@@ -138,9 +152,9 @@ def issue_code(
 
 def exchange_code(
     session: Session,
+    client: Client,
     *,
     code: str,
-    client_id: str,
     redirect_uri: str | None,
     verifier: str | None,
     resource: str | None,
@@ -152,7 +166,7 @@ def exchange_code(
     row = session.get(OAuthCode, tokens.hash_secret(code))
     if row is None or row.expires_at <= now:
         raise OAuthError("invalid_grant", "the authorization code is unknown or expired")
-    if row.client_id != client_id:
+    if row.client_id != client.client_id:
         raise OAuthError("invalid_grant", "the authorization code was issued to another client")
     if row.used_at is not None:
         _revoke_grant(session, row.token_id, row.family, now)
@@ -171,8 +185,6 @@ def exchange_code(
     )
     if not isinstance(claimed, CursorResult) or claimed.rowcount != 1:
         raise OAuthError("invalid_grant", "the authorization code was used already")
-    client = find_client(session, client_id)
-    assert client is not None  # codes go with their client
     grant, token_id, family = _grant(
         session, client, row.account_id, tuple(row.scopes.split()), row.resource, now, family=None
     )
@@ -182,9 +194,9 @@ def exchange_code(
 
 def refresh(
     session: Session,
+    client: Client,
     *,
     refresh_token: str,
-    client_id: str,
     scope: str | None,
     resource: str | None,
     now: datetime,
@@ -195,7 +207,7 @@ def refresh(
     row = session.get(OAuthRefreshToken, tokens.hash_secret(refresh_token))
     if row is None or row.expires_at <= now:
         raise OAuthError("invalid_grant", "the refresh token is unknown or expired")
-    if row.client_id != client_id:
+    if row.client_id != client.client_id:
         raise OAuthError("invalid_grant", "the refresh token was issued to another client")
     if row.used_at is not None:
         _revoke_grant(session, None, row.family, now)
@@ -217,8 +229,6 @@ def refresh(
     )
     if not isinstance(claimed, CursorResult) or claimed.rowcount != 1:
         raise OAuthError("invalid_grant", "the refresh token was used already")
-    client = find_client(session, client_id)
-    assert client is not None
     grant, _token_id, _family = _grant(
         session, client, row.account_id, scopes, row.resource, now, family=row.family
     )

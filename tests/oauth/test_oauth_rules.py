@@ -150,3 +150,52 @@ def test_registration_takes_public_clients_with_good_redirect_uris() -> None:
         with pytest.raises(OAuthError) as refused:
             rules.registration(body)
         assert refused.value.error == error, body
+
+
+def test_client_id_metadata_documents_are_https_urls_with_a_path() -> None:
+    assert rules.is_document_client_id("https://client.example/oauth/client.json")
+    assert rules.is_document_client_id("https://127.0.0.1:8443/c.json")
+    for other in ("mcpzc_abc", "https://client.example", "https://client.example/", "http://client.example/c.json",
+                  "https://client.example/c.json#x", "https://u@client.example/c.json", None):  # fmt: skip
+        assert not rules.is_document_client_id(other), other
+
+
+def test_a_document_must_name_itself_and_be_a_public_client() -> None:
+    url = "https://client.example/c.json"
+    good = {"client_id": url, "client_name": "C", "redirect_uris": ["http://127.0.0.1/cb"]}
+    assert rules.document_client(url, good) == (
+        "C",
+        ["http://127.0.0.1/cb"],
+        ["authorization_code", "refresh_token"],
+    )
+    for bad in (
+        {**good, "client_id": "https://client.example/other.json"},
+        {**good, "token_endpoint_auth_method": "private_key_jwt"},
+        {**good, "redirect_uris": ["http://client.example/cb"]},
+        ["not", "an", "object"],
+    ):
+        with pytest.raises(OAuthError) as refused:
+            rules.document_client(url, bad)
+        assert refused.value.error == "invalid_client"
+
+
+def test_documents_are_kept_as_long_as_their_cache_control_says() -> None:
+    assert rules.cache_seconds(None) == 300
+    assert rules.cache_seconds("public, max-age=60") == 60
+    assert rules.cache_seconds("max-age=99999999") == 86_400
+    assert rules.cache_seconds("no-store") == 0
+    assert rules.cache_seconds("no-cache, max-age=60") == 0
+
+
+def test_a_public_registry_fetches_no_document_from_a_private_address() -> None:
+    from registry_server.oauth.documents import ClientDocuments
+
+    for url in (
+        "https://127.0.0.1:9/c.json",
+        "https://10.1.2.3/c.json",
+        "https://[::1]/c.json",
+        "https://localhost/c.json",
+    ):
+        with pytest.raises(OAuthError) as refused:
+            ClientDocuments(allow_private=False).get(url)
+        assert refused.value.error == "invalid_client" and "non-public address" in refused.value.description

@@ -1,12 +1,14 @@
 """Any MCP client by URL alone: the official Python SDK's OAuth client provider
 (`mcp.client.auth.OAuthClientProvider`) connects to an agent deployed on a real node, through the
 gateway, knowing nothing but the gateway's URL. It finds the protected resource metadata from the
-401, this registry as authorization server, registers itself, and sends its user to the
+401, this registry as authorization server, registers itself (RFC 7591) or names its client ID
+metadata document (an https URL, served here on loopback), and sends its user to the
 authorization page, where headless Chromium signs in with a wallet (tests/webutil.py) and allows.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -20,6 +22,7 @@ import httpx2
 import pytest
 from conftest import start_registry
 from meshutil import AGENT, FAST, Mesh
+from tlsutil import https_files, self_signed
 from webutil import CHROMIUM, PROVIDER, chromium, wallet_sign
 
 pytestmark = [
@@ -100,7 +103,10 @@ class Memory:
         self.client = client_info
 
 
-def test_the_sdk_oauth_provider_connects_by_url_alone(mesh: Mesh) -> None:
+@pytest.mark.parametrize("registration", ["dynamic", "metadata document"])
+def test_the_sdk_oauth_provider_connects_by_url_alone(
+    mesh: Mesh, registration: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mcp import Client
     from mcp.client.auth import OAuthClientProvider
     from mcp.client.streamable_http import streamable_http_client
@@ -121,32 +127,44 @@ def test_the_sdk_oauth_provider_connects_by_url_alone(mesh: Mesh) -> None:
             code=query["code"][0], state=query.get("state", [None])[0], iss=query.get("iss", [None])[0]
         )
 
-    provider = OAuthClientProvider(
-        server_url=url,
-        client_metadata=OAuthClientMetadata(
-            client_name="mcpz test client",
-            redirect_uris=[AnyUrl(REDIRECT)],
-            grant_types=["authorization_code", "refresh_token"],
-            response_types=["code"],
-        ),
-        storage=storage,
-        redirect_handler=redirect_handler,
-        callback_handler=callback_handler,
-    )
+    files: dict[str, bytes] = {}
+    cert, key = self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the registry (in this process) trusts the server
+    with https_files(files, cert, key) as base:
+        document = f"{base}/mcpz-test-client.json"
+        files["/mcpz-test-client.json"] = json.dumps(
+            {"client_id": document, "client_name": "mcpz test client", "redirect_uris": [REDIRECT]}
+        ).encode()
+        provider = OAuthClientProvider(
+            server_url=url,
+            client_metadata=OAuthClientMetadata(
+                client_name="mcpz test client",
+                redirect_uris=[AnyUrl(REDIRECT)],
+                grant_types=["authorization_code", "refresh_token"],
+                response_types=["code"],
+            ),
+            storage=storage,
+            redirect_handler=redirect_handler,
+            callback_handler=callback_handler,
+            client_metadata_url=document if registration == "metadata document" else None,
+        )
 
-    async def main() -> tuple[list[str], Any]:
-        async with httpx2.AsyncClient(auth=provider, timeout=60) as http:
-            async with Client(streamable_http_client(url, http_client=http)) as client:
-                tools = await client.list_tools()
-                added = await client.call_tool("add", {"a": 2, "b": 3})
-                return [t.name for t in tools.tools], added
+        async def main() -> tuple[list[str], Any]:
+            async with httpx2.AsyncClient(auth=provider, timeout=60) as http:
+                async with Client(streamable_http_client(url, http_client=http)) as client:
+                    tools = await client.list_tools()
+                    added = await client.call_tool("add", {"a": 2, "b": 3})
+                    return [t.name for t in tools.tools], added
 
-    names, added = anyio.run(main)
+        names, added = anyio.run(main)
     assert {"echo", "add", "divide"} <= set(names)
     assert not added.is_error and added.content[0].text == "5"
     # One browser round: sign-in, then consent; the token is bound to this deployment.
     assert len(returned) == 1 and len(visited) == 2
-    assert storage.client.client_id.startswith("mcpzc_")
+    if registration == "dynamic":
+        assert storage.client.client_id.startswith("mcpzc_")
+    else:
+        assert storage.client.client_id == document
     assert storage.tokens.scope == "call" and storage.tokens.refresh_token
     with httpx2.Client(timeout=30) as http:
         other = http.post(

@@ -4,15 +4,18 @@ and the gateway's answers to missing, foreign and bound tokens."""
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 import pytest
 from conftest import LiveRegistry, isolate, start_registry
+from tlsutil import https_files, self_signed
 
 from registry_server.accounts import namespaces
 from registry_server.accounts.models import Token
@@ -499,3 +502,49 @@ def test_a_whole_grant_on_sqlite_and_postgresql(registry: LiveRegistry) -> None:
         replay = http.post(rules.TOKEN_PATH, data=form)
         assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
         assert revoked(registry, grant["access_token"])
+
+
+# --- client ID metadata documents ------------------------------------------------------------
+
+
+@pytest.fixture
+def documents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """An HTTPS server on loopback for client metadata documents, its certificate trusted by the
+    registry's fetches (SSL_CERT_FILE; the registry runs in this process). A registry on loopback
+    may fetch from loopback."""
+    cert, key = self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    files: dict[str, bytes] = {}
+    with https_files(files, cert, key) as base:
+        yield base, files
+
+
+def test_a_client_described_by_its_metadata_document_needs_no_registration(
+    reg: LiveRegistry, http: httpx2.Client, documents: tuple[str, dict[str, bytes]]
+) -> None:
+    assert http.get("/.well-known/oauth-authorization-server").json()["client_id_metadata_document_supported"]
+    base, files = documents
+    client_id = f"{base}/oauth/client.json"
+    files["/oauth/client.json"] = json.dumps(
+        {"client_id": client_id, "client_name": "Document Client", "redirect_uris": [REDIRECT]}
+    ).encode()
+    flow = Flow(reg, http, client_id, secrets.token_urlsafe(48), f"{reg.url}/mcp/acme/tiny", "s1")
+    cookie = browser_session(reg)
+    assert "Allow Document Client to use your agents?" in flow.consent(cookie).text
+    grant = flow.exchange(flow.code(cookie))
+    assert grant.status_code == 200, grant.text
+    assert gateway(http, "/mcp/acme/tiny", grant.json()["access_token"]).status_code not in (401, 403)
+
+    # A document that names another client, or a redirect URI it does not list: shown, not redirected.
+    files["/oauth/client.json"] = json.dumps(
+        {"client_id": f"{base}/other.json", "client_name": "Liar", "redirect_uris": [REDIRECT]}
+    ).encode()
+    refused = flow.consent(cookie)
+    assert refused.status_code == 400 and "client_id is not its own URL" in refused.text
+    files["/oauth/client.json"] = json.dumps(
+        {"client_id": client_id, "client_name": "Document Client", "redirect_uris": ["http://127.0.0.1:9/x"]}
+    ).encode()
+    refused = flow.consent(cookie)
+    assert refused.status_code == 400 and "redirect_uri is not one this client registered" in refused.text
+    gone = Flow(reg, http, f"{base}/missing.json", flow.verifier, flow.resource, "s2").consent(cookie)
+    assert gone.status_code == 400 and "HTTP 404" in gone.text

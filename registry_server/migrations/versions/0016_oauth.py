@@ -20,7 +20,7 @@ def upgrade() -> None:
     op.add_column("tokens", sa.Column("resource", sa.String(512), nullable=True))
     op.create_table(
         "oauth_clients",
-        sa.Column("client_id", sa.String(64), primary_key=True),
+        sa.Column("client_id", sa.String(512), primary_key=True),
         sa.Column("name", sa.String(128), nullable=False),
         sa.Column("redirect_uris", sa.Text, nullable=False),
         sa.Column("grant_types", sa.String(128), nullable=False),
@@ -29,7 +29,7 @@ def upgrade() -> None:
     op.create_table(
         "oauth_codes",
         sa.Column("code_hash", sa.String(64), primary_key=True),
-        sa.Column("client_id", sa.String(64), sa.ForeignKey("oauth_clients.client_id"), nullable=False),
+        sa.Column("client_id", sa.String(512), sa.ForeignKey("oauth_clients.client_id"), nullable=False),
         sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id"), nullable=False),
         sa.Column("redirect_uri", sa.String(512), nullable=False),
         sa.Column("challenge", sa.String(64), nullable=False),
@@ -48,7 +48,7 @@ def upgrade() -> None:
         "oauth_refresh_tokens",
         sa.Column("secret_hash", sa.String(64), primary_key=True),
         sa.Column("family", sa.String(64), nullable=False),
-        sa.Column("client_id", sa.String(64), sa.ForeignKey("oauth_clients.client_id"), nullable=False),
+        sa.Column("client_id", sa.String(512), sa.ForeignKey("oauth_clients.client_id"), nullable=False),
         sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id"), nullable=False),
         sa.Column("scopes", sa.String(128), nullable=False),
         sa.Column("resource", sa.String(512), nullable=False),

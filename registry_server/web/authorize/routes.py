@@ -19,6 +19,8 @@ from fastapi.responses import RedirectResponse, Response
 from mcpz.errors import McpzError, UsageError
 from registry_server.http import state_of
 from registry_server.oauth import rules, service
+from registry_server.oauth.documents import ClientDocuments
+from registry_server.oauth.http import client_documents
 from registry_server.oauth.rules import AuthorizationRequest, NoRedirect, OAuthError
 from registry_server.orm import utcnow
 from registry_server.settings import public_url
@@ -47,9 +49,14 @@ FIELDS = (
 )
 
 
-def _check(state: RegistryState, params: dict[str, str]) -> tuple[AuthorizationRequest, service.Client]:
-    with state.db.session() as session:
-        client = service.find_client(session, params.get("client_id"))
+def _check(
+    state: RegistryState, documents: ClientDocuments, params: dict[str, str]
+) -> tuple[AuthorizationRequest, service.Client]:
+    try:
+        with state.db.session() as session:
+            client = service.find_client(session, params.get("client_id"), documents)
+    except OAuthError as e:  # a metadata document that cannot be used: its redirect URIs neither
+        raise NoRedirect(e.error, e.description) from None
     checked = rules.authorization_request(
         params, client.redirect_uris if client else None, public_url(state.settings)
     )
@@ -86,7 +93,7 @@ def authorize_page(request: Request) -> Response:
     state = state_of(request)
     params = {k: v for k, v in request.query_params.items() if k in FIELDS}
     try:
-        checked, client = _check(state, params)
+        checked, client = _check(state, client_documents(request), params)
     except NoRedirect as e:
         return _refused(request, e)
     except OAuthError as e:
@@ -133,7 +140,7 @@ async def authorize(request: Request) -> Response:
         return error_page(request, user, e)
     params = {k: v for k, v in form.items() if k in FIELDS and isinstance(v, str)}
     try:
-        checked, client = await in_thread(_check, state, params)
+        checked, client = await in_thread(_check, state, client_documents(request), params)
     except NoRedirect as e:
         return _refused(request, e)
     except OAuthError as e:
