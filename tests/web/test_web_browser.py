@@ -228,3 +228,47 @@ def test_the_pages_work_without_javascript_and_on_a_phone(
             checked.check_accessibility()
     finally:
         checked.close()
+
+
+def test_an_mcp_clients_authorization_request_signs_in_and_asks_to_allow(
+    world: MarketWorld, browser: Any, request: pytest.FixtureRequest
+) -> None:
+    """The authorization page of the registry as an OAuth server (docs/gateway.md): a stranger signs
+    in with the wallet and comes back to the consent page, which is accessible like the others."""
+    import httpx2
+
+    from registry_server.oauth import rules
+
+    with httpx2.Client(base_url=world.reg.url, timeout=30) as http:
+        registered = http.post(
+            rules.REGISTER_PATH,
+            json={"redirect_uris": ["http://127.0.0.1:53119/callback"], "client_name": "Desktop Client"},
+        )
+    params = {
+        "response_type": "code",
+        "client_id": registered.json()["client_id"],
+        "redirect_uri": "http://127.0.0.1:53119/callback",
+        "code_challenge": rules.challenge_of("v" * 43),
+        "code_challenge_method": "S256",
+        "resource": f"{world.reg.url}/mcp/acme/weather",
+        "state": "xyz",
+    }
+    person = Person(browser, world, request, viewport={"width": 1280, "height": 900})
+    try:
+        page = person.page
+        person.context.expose_function("mcpzTestSign", wallet_sign)
+        person.context.add_init_script(PROVIDER)
+        from urllib.parse import urlencode
+
+        person.goto(f"{rules.AUTHORIZE_PATH}?{urlencode(params)}")
+        page.wait_for_url(re.compile(r"/sign-in\?next=%2Foauth%2Fauthorize"))
+        page.get_by_role("button", name="Test Wallet").click()
+        page.wait_for_url(re.compile(r"/oauth/authorize\?"))
+        assert page.get_by_role("heading", name="Allow Desktop Client to use your agents?").is_visible()
+        assert page.get_by_text(f"{world.reg.url}/mcp/acme/weather").is_visible()
+        assert page.get_by_role("button", name="Deny").is_visible()
+        person.check_accessibility()
+        person.shot("11-oauth-consent")
+        assert person.errors == []
+    finally:
+        person.close()
