@@ -106,16 +106,19 @@ def find_client(session: Session, client_id: str | None, documents: ClientDocume
     OAuthError invalid_client: a document that cannot be fetched or used."""
     if not client_id or len(client_id) > rules.MAX_URI:
         return None
-    row = session.get(OAuthClient, client_id)
     if rules.is_document_client_id(client_id):
+        # Fetched before the first query: no database connection is held while the network answers.
         name, uris, grants = documents.get(client_id)
+        row = session.get(OAuthClient, client_id)
         if row is None:
             row = OAuthClient(client_id=client_id, created_at=utcnow())
             session.add(row)
         row.name, row.redirect_uris, row.grant_types = name, json.dumps(uris), ",".join(grants)
         session.flush()
-    elif client_id.startswith("https://"):
+        return _client(row)
+    if client_id.startswith("https://"):
         return None  # a URL that is not a document's (no path, a fragment): never a registered id
+    row = session.get(OAuthClient, client_id)
     return _client(row) if row is not None else None
 
 
