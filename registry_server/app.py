@@ -43,6 +43,7 @@ from registry_server.market import routes as api_market
 from registry_server.market.upkeep import MarketUpkeep
 from registry_server.mesh import hub as mesh_hub
 from registry_server.mesh import routes as mesh_http
+from registry_server.oauth import routes as oauth
 from registry_server.openapi import use_error_model
 from registry_server.otlp import CallSpans
 from registry_server.rate_limit import RateLimited, retry_after_header
@@ -59,6 +60,7 @@ from registry_server.state import RegistryState
 from registry_server.usage import routes as api_usage
 from registry_server.usage.service import UsageRecorder
 from registry_server.web import routes as web
+from registry_server.web.authorize import routes as web_authorize
 
 log = logging.getLogger("registry_server.http")
 
@@ -343,7 +345,9 @@ def create_app(
     app.include_router(api_billing.router)
     app.include_router(api_tiers.router)
     app.include_router(api_settlement.router)
+    app.include_router(oauth.router)  # the authorization server and the gateway's resource metadata
     # The web pages last: their paths (/, /search, /agents/...) are apart from the API's.
+    app.include_router(web_authorize.router)
     app.include_router(web.router)
 
     @app.exception_handler(McpzError)

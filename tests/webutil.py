@@ -24,6 +24,7 @@ from typing import Any
 from conftest import LiveRegistry
 from gitutil import commit, git
 
+from mcpz.keys.ethkeys import Account, encode_defunct
 from registry_server.accounts import namespaces
 from registry_server.market import service as market
 from registry_server.releases.models import Agent, Release
@@ -217,3 +218,48 @@ def chromium() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+# --- a wallet in the browser ------------------------------------------------------------------
+
+WALLET = Account.from_key("0x" + "e5" * 32)
+
+PROVIDER = """
+(() => {
+  const listeners = {};
+  const provider = {
+    isMcpzTestWallet: true,
+    async request({ method, params }) {
+      if (method === "eth_requestAccounts" || method === "eth_accounts") return [ADDRESS];
+      if (method === "eth_chainId") return "0x1";
+      if (method === "personal_sign") return await window.mcpzTestSign(params[0], params[1]);
+      throw Object.assign(new Error("unsupported method " + method), { code: 4200 });
+    },
+    on(event, fn) { (listeners[event] = listeners[event] || []).push(fn); },
+    removeListener(event, fn) { listeners[event] = (listeners[event] || []).filter((f) => f !== fn); },
+  };
+  const info = Object.freeze({
+    uuid: "5a1e0b9c-6f0e-4c3b-9d6e-0c2f3a4b5c6d",
+    name: "Test Wallet",
+    icon: "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 8 8'%3E"
+      + "%3Crect width='8' height='8' fill='%23555'/%3E%3C/svg%3E",
+    rdns: "dev.mcpz.test-wallet",
+  });
+  const announce = () => window.dispatchEvent(
+    new CustomEvent("eip6963:announceProvider", { detail: Object.freeze({ info, provider }) }));
+  window.addEventListener("eip6963:requestProvider", announce);
+  announce();
+})();
+""".replace("ADDRESS", repr(WALLET.address))
+
+"""An EIP-1193 provider announced through EIP-6963, injected before any page script runs (add it
+with `context.add_init_script(PROVIDER)` and `context.expose_function("mcpzTestSign", wallet_sign)`):
+its `personal_sign` is forwarded to Python, which signs as a wallet extension would."""
+
+
+def wallet_sign(message_hex: str, address: str) -> str:
+    """What the wallet does for personal_sign: EIP-191 over the message's bytes, with its key."""
+    assert address.lower() == WALLET.address.lower()
+    text = bytes.fromhex(message_hex.removeprefix("0x"))
+    signed = WALLET.sign_message(encode_defunct(primitive=text))
+    return "0x" + bytes(signed.signature).hex()

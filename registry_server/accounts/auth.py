@@ -39,7 +39,12 @@ def token_from_headers(headers: Mapping[str, str]) -> str | None:
     return None
 
 
-def principal_from_headers(db: Database, headers: Mapping[str, str]) -> Principal | None:
+def principal_from_headers(
+    db: Database, headers: Mapping[str, str], *, bound_ok: bool = False
+) -> Principal | None:
+    """Who the request's token names, None without one; Unauthenticated for a bad one. A token
+    bound to a resource (OAuth) is refused unless `bound_ok`: the caller (the gateway) then checks
+    the audience itself, against the URL asked for."""
     secret = token_from_headers(headers)
     if secret is None:
         return None
@@ -48,6 +53,11 @@ def principal_from_headers(db: Database, headers: Mapping[str, str]) -> Principa
             principal = authenticate(session, secret)
     except AuthError as e:
         raise Unauthenticated(e.message, hint=e.hint) from None
+    if principal.resource is not None and not bound_ok:
+        raise Unauthenticated(
+            f"this token is for {principal.resource} only",
+            hint="use an API key here (mcpz keys create)",
+        )
     note(account=principal.account_name)  # on the request's log lines from here on
     return principal
 

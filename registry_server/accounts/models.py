@@ -54,6 +54,9 @@ class Token(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The one resource (RFC 8707) a token from the OAuth flow is for: a gateway URL it alone may
+    # be used at (registry_server/oauth/). None: a plain key, good wherever its scopes are.
+    resource: Mapped[str | None] = mapped_column(String(512), nullable=True)
 
 
 class AuthNonce(Base):

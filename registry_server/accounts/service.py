@@ -26,6 +26,8 @@ class Principal:
     token_id: int
     scopes: frozenset[str]
     expires_at: datetime | None
+    # The resource an OAuth token is bound to (only usable there), None for a plain key.
+    resource: str | None = None
 
     def has(self, scope: str) -> bool:
         return scope in self.scopes
@@ -73,8 +75,10 @@ def create_token(
     *,
     expires_in: timedelta | None,
     name: str = "",
+    resource: str | None = None,
 ) -> tuple[Token, str]:
-    """A new token; returns the row and the secret, which is never seen again."""
+    """A new token; returns the row and the secret, which is never seen again. `resource`: the only
+    URL it may be used at (an OAuth access token's audience)."""
     secret = tokens.new_secret()
     token = Token(
         account_id=account.id,
@@ -84,6 +88,7 @@ def create_token(
         scopes=",".join(scopes),
         created_at=utcnow(),
         expires_at=utcnow() + expires_in if expires_in else None,
+        resource=resource,
     )
     session.add(token)
     session.flush()
@@ -166,6 +171,7 @@ def authenticate(session: Session, secret: str) -> Principal:
         token_id=token.id,
         scopes=frozenset(token.scopes.split(",")),
         expires_at=token.expires_at,
+        resource=token.resource,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 PREFIX = "mcpz_"
 SCOPES = ("read", "publish", "deploy", "call", "node", "admin")
@@ -48,3 +49,40 @@ def beyond_grant(caller: Iterable[str], requested: Iterable[str]) -> set[str]:
     if "admin" in held:
         held.add("node")
     return set(requested) - held
+
+
+def canonical_resource(url: str) -> str:
+    """The one spelling of a resource URL a token is bound to (RFC 8707 2): lower-case scheme and
+    host, no default port, no trailing slash; ValueError for one with a fragment, a query, user
+    info, or no http(s) scheme and host."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an absolute http(s) URL")
+    if parts.fragment or "#" in url:
+        raise ValueError("a resource has no fragment")
+    if parts.query:
+        raise ValueError("a resource has no query")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("a resource carries no user name or password")
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    if port is not None and port != {"http": 80, "https": 443}[scheme]:
+        host = f"{host}:{port}"
+    return f"{scheme}://{host}{parts.path.rstrip('/')}"
+
+
+def audience_covers(resource: str, url: str) -> bool:
+    """Whether a token bound to `resource` may be used at `url`: the same resource, one under it
+    (a token for the gateway `/mcp` serves every deployment), or the same deployment at a pinned
+    version (`/mcp/ns/name@1.2.0` for a token bound to `/mcp/ns/name`). Pure."""
+    try:
+        bound, target = canonical_resource(resource), canonical_resource(url)
+    except ValueError:
+        return False
+    if target == bound or target.startswith(bound + "/"):
+        return True
+    head, at, _version = target.rpartition("@")
+    return bool(at) and "/" not in _version and head == bound

@@ -26,6 +26,11 @@ warm stdio process. It follows the specification's Streamable HTTP transport (ha
 - **Auth**: a token with scope `call` on every request (401 without, 403 without the scope), and
   the session's own account: a session id alone authorizes nothing. Tokens are checked against the
   database at most every `TOKEN_TTL` seconds per token (a revoked token stops working within that).
+  A token from the OAuth flow (registry_server/oauth/) is bound to a resource, and is refused (401)
+  at any other URL. A 401 carries `WWW-Authenticate: Bearer resource_metadata="..."` with the
+  `scope` it needs, and a 403 for a missing scope `error="insufficient_scope"`: an MCP client that
+  knows only the URL finds the protected resource metadata (RFC 9728) and this registry as its
+  authorization server from there (the MCP authorization spec).
 - **Origin and Host**: a browser's `Origin` must be the registry's own or one of `allowed_origins`
   (403 otherwise), and the `Host` a request names must be the registry's own (its `public_url`'s),
   a loopback name, or one of `allowed_hosts` (421 otherwise): a web page must not drive a user's
@@ -83,6 +88,7 @@ from mcpz.mesh import MAX_FRAME_SIZE
 from mcpz.names import version_or_latest
 from registry_server.accounts.auth import Forbidden, Unauthenticated, principal_from_headers, require
 from registry_server.accounts.service import Principal
+from registry_server.accounts.tokens import audience_covers
 from registry_server.billing import quotas
 from registry_server.billing.gate import Authorization
 from registry_server.billing.gate import Refusal as BillingRefusal
@@ -90,7 +96,9 @@ from registry_server.billing.quotas import Grant, Quotas, QuotasUnavailable
 from registry_server.billing.tiers import Refusal
 from registry_server.http import agent_name
 from registry_server.mesh.calls import DEV_VERSION, Busy, CallFailed, PendingCall, Target
+from registry_server.oauth.rules import resource_metadata_url
 from registry_server.otlp import CallSpans
+from registry_server.settings import public_url
 from registry_server.usage.events import Outcome, UsageEvent
 
 if TYPE_CHECKING:
@@ -170,8 +178,11 @@ class GatewayError(Exception):
         retry_after: int | None = None,
         headers: list[tuple[bytes, bytes]] | None = None,
         data: object = None,
+        challenge: str | None = None,
     ) -> None:
         super().__init__(message)
+        # A refused token: the WWW-Authenticate error ("" for none sent), None for other answers.
+        self.challenge = challenge
         self.status, self.code, self.message = status, code, message
         self.request_id = request_id
         self.retry_after = retry_after
@@ -255,7 +266,10 @@ class TokenCache:
 
     async def _check(self, key: bytes, headers: Mapping[str, str]) -> Principal | None:
         self.checks += 1
-        principal_or_none = await anyio.to_thread.run_sync(principal_from_headers, self.state.db, headers)
+        # Bound (OAuth) tokens too: the gateway checks their audience against the URL asked for.
+        principal_or_none = await anyio.to_thread.run_sync(
+            lambda: principal_from_headers(self.state.db, headers, bound_ok=True)
+        )
         if principal_or_none is None:
             return None
         now = time.monotonic()
@@ -330,6 +344,7 @@ class Gateway:
             else frozenset({own, *LOOPBACK_HOSTS, *(host_name(h) for h in settings.allowed_hosts)})
         )
         self.tokens = TokenCache(state)
+        self.public = public_url(settings)  # resources and their metadata are named under it
         self.sessions: dict[str, Session] = {}
         self.max_sessions_per_account = settings.max_sessions_per_account
         self._accounts: dict[int, dict[str, Session]] = {}  # the same sessions, by account
@@ -376,7 +391,7 @@ class Gateway:
             ):
                 principal = ANONYMOUS  # x402 pays its calls (gateway/x402.py); nothing else is free
             else:
-                principal = await self._authenticate(headers)
+                principal = await self._authenticate(headers, scope["path"])
             if self.closing:
                 raise GatewayError(503, UNAVAILABLE, "the registry is shutting down", retry_after=1)
             method = scope["method"]
@@ -394,8 +409,8 @@ class Gateway:
                 )
         except GatewayError as e:
             extra: list[tuple[bytes, bytes]] = []
-            if e.status == 401:
-                extra.append((b"www-authenticate", b'Bearer realm="mcpz"'))
+            if e.status in (401, 403) and e.challenge is not None:
+                extra.append((b"www-authenticate", self._challenge(scope["path"], e.challenge, e.message)))
             if e.status == 405:
                 extra.append((b"allow", b"GET, POST, DELETE"))
             if e.retry_after is not None:
@@ -427,11 +442,23 @@ class Gateway:
                 f"host {host} is not this registry's (see allowed_hosts)",
             )
 
-    async def _authenticate(self, headers: Mapping[str, str]) -> Principal:
+    def _challenge(self, path: str, error: str, message: str) -> bytes:
+        """RFC 6750 3 with RFC 9728 5.1: where the metadata is and the scope a token needs."""
+        fields = [
+            'realm="mcpz"',
+            f'resource_metadata="{resource_metadata_url(self.public, path)}"',
+            'scope="call"',
+        ]
+        if error:
+            quoted = message.replace("\\", "").replace('"', "'")
+            fields += [f'error="{error}"', f'error_description="{quoted}"']
+        return ("Bearer " + ", ".join(fields)).encode("latin-1", "replace")
+
+    async def _authenticate(self, headers: Mapping[str, str], path: str) -> Principal:
         try:
             principal = await self.tokens.principal(headers)
         except Unauthenticated as e:
-            raise GatewayError(401, INVALID_REQUEST, e.message) from None
+            raise GatewayError(401, INVALID_REQUEST, e.message, challenge="invalid_token") from None
         except (McpzError, SQLAlchemyError) as e:
             log.error("cannot check a gateway token: %s", e)
             raise GatewayError(
@@ -439,10 +466,19 @@ class Gateway:
             ) from None
         if principal is None:
             raise GatewayError(
-                401, INVALID_REQUEST, "authentication required: send Authorization: Bearer <token>"
+                401,
+                INVALID_REQUEST,
+                "authentication required: send Authorization: Bearer <token>",
+                challenge="",
+            )
+        if principal.resource is not None and not audience_covers(principal.resource, self.public + path):
+            raise GatewayError(
+                401, INVALID_REQUEST, f"this token is for {principal.resource}", challenge="invalid_token"
             )
         if not principal.has("call"):
-            raise GatewayError(403, INVALID_REQUEST, 'this token lacks the "call" scope')
+            raise GatewayError(
+                403, INVALID_REQUEST, 'this token lacks the "call" scope', challenge="insufficient_scope"
+            )
         return principal
 
     def _session(

@@ -11,6 +11,7 @@ import registry_server.billing.models
 import registry_server.deployments.models
 import registry_server.leases
 import registry_server.market.models
+import registry_server.oauth.models
 import registry_server.releases.models
 import registry_server.settlement.models
 import registry_server.usage.models

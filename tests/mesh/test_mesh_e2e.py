@@ -20,6 +20,7 @@ import httpx2
 import pytest
 from conftest import LiveRegistry
 from meshutil import AGENT, FAST, Mesh, until
+from tlsutil import self_signed
 
 LOOPBACK = "127.0.0.1"
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="needs /proc and PR_SET_PDEATHSIG")
@@ -166,46 +167,11 @@ def test_a_registry_restart_loses_nothing_and_doubles_nothing(mesh: Mesh) -> Non
     assert {pid for n in mesh.nodes for pid in n.agents()} == pids_before  # never restarted
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
-
-
 def test_wss_with_a_self_signed_certificate(tmp_path: Path) -> None:
     from registry_server.serve import free_port, start_in_thread
     from registry_server.settings import RegistrySettings
 
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     port = free_port()
     settings = RegistrySettings.load(  # served over TLS: its public URL says https
         data_dir=tmp_path / "registry",

@@ -35,7 +35,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("app", "serve"),
     ("web",),
     ("gateway", "market", "settlement"),
-    ("mesh", "billing", "maintenance"),
+    ("mesh", "billing", "maintenance", "oauth"),
     ("deployments", "git"),
     ("releases", "usage"),
     ("accounts",),
@@ -68,6 +68,7 @@ PURE = (
     "registry_server.settlement.batches",
     "registry_server.tier_settings",
     "registry_server.maintenance.plan",
+    "registry_server.oauth.rules",
 )
 IMPURE = (
     "sqlalchemy",

@@ -304,6 +304,11 @@ SUCCESS_ELSEWHERE = {
 READ_ONLY_POSTS = {("POST", "/git/{namespace}/{name}/git-upload-pack")}
 # Sign-in: anyone may ask for a nonce and present a signed message (tests/accounts/test_login.py).
 SIGN_IN_POSTS = {("POST", "/v1/auth/nonce"), ("POST", "/v1/auth/login")}
+# The OAuth authorization server's POSTs are public by their RFCs (a client registers before it has
+# anything; the token endpoint checks the code's client, PKCE verifier and redirect URI instead of a
+# token) and stay out of the OpenAPI document; tests/oauth/test_oauth_server.py checks their refusals,
+# and POST /oauth/authorize is a signed-in web page with a CSRF token.
+OAUTH_POSTS = {("POST", "/oauth/register"), ("POST", "/oauth/token"), ("POST", "/oauth/authorize")}
 MUTATING = {"post", "put", "patch", "delete"}
 
 
@@ -353,6 +358,7 @@ def test_scope_matrix(world: World) -> None:
     # The only exclusion is the fetch negotiation, and it is a real route.
     assert READ_ONLY_POSTS <= routes
     assert len(READ_ONLY_POSTS) == 1
+    assert not OAUTH_POSTS & routes
     mutating = routes - READ_ONLY_POSTS - SIGN_IN_POSTS
     assert mutating == set(SCOPES), "a mutating route is missing from the scope matrix (or gone)"
 

@@ -18,44 +18,13 @@ from typing import Any
 
 import pytest
 from conftest import LiveRegistry, isolate, start_registry
-from webutil import CHROMIUM, MarketWorld, chromium, seed
-
-from mcpz.keys.ethkeys import Account, encode_defunct
+from webutil import CHROMIUM, PROVIDER, WALLET, MarketWorld, chromium, seed, wallet_sign
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 AXE = Path(__file__).resolve().parent / "node_modules" / "axe-core" / "axe.min.js"
-WALLET = Account.from_key("0x" + "e5" * 32)
-
-PROVIDER = """
-(() => {
-  const listeners = {};
-  const provider = {
-    isMcpzTestWallet: true,
-    async request({ method, params }) {
-      if (method === "eth_requestAccounts" || method === "eth_accounts") return [ADDRESS];
-      if (method === "eth_chainId") return "0x1";
-      if (method === "personal_sign") return await window.mcpzTestSign(params[0], params[1]);
-      throw Object.assign(new Error("unsupported method " + method), { code: 4200 });
-    },
-    on(event, fn) { (listeners[event] = listeners[event] || []).push(fn); },
-    removeListener(event, fn) { listeners[event] = (listeners[event] || []).filter((f) => f !== fn); },
-  };
-  const info = Object.freeze({
-    uuid: "5a1e0b9c-6f0e-4c3b-9d6e-0c2f3a4b5c6d",
-    name: "Test Wallet",
-    icon: "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 8 8'%3E"
-      + "%3Crect width='8' height='8' fill='%23555'/%3E%3C/svg%3E",
-    rdns: "dev.mcpz.test-wallet",
-  });
-  const announce = () => window.dispatchEvent(
-    new CustomEvent("eip6963:announceProvider", { detail: Object.freeze({ info, provider }) }));
-  window.addEventListener("eip6963:requestProvider", announce);
-  announce();
-})();
-""".replace("ADDRESS", repr(WALLET.address))
 
 
 def _in_ci() -> bool:
@@ -133,14 +102,6 @@ class Person:
 
     def close(self) -> None:
         self.context.close()
-
-
-def wallet_sign(message_hex: str, address: str) -> str:
-    """What the wallet does for personal_sign: EIP-191 over the message's bytes, with its key."""
-    assert address.lower() == WALLET.address.lower()
-    text = bytes.fromhex(message_hex.removeprefix("0x"))
-    signed = WALLET.sign_message(encode_defunct(primitive=text))
-    return "0x" + bytes(signed.signature).hex()
 
 
 def test_search_open_an_agent_sign_in_with_a_wallet_and_post_a_review(
@@ -267,3 +228,47 @@ def test_the_pages_work_without_javascript_and_on_a_phone(
             checked.check_accessibility()
     finally:
         checked.close()
+
+
+def test_an_mcp_clients_authorization_request_signs_in_and_asks_to_allow(
+    world: MarketWorld, browser: Any, request: pytest.FixtureRequest
+) -> None:
+    """The authorization page of the registry as an OAuth server (docs/gateway.md): a stranger signs
+    in with the wallet and comes back to the consent page, which is accessible like the others."""
+    import httpx2
+
+    from registry_server.oauth import rules
+
+    with httpx2.Client(base_url=world.reg.url, timeout=30) as http:
+        registered = http.post(
+            rules.REGISTER_PATH,
+            json={"redirect_uris": ["http://127.0.0.1:53119/callback"], "client_name": "Desktop Client"},
+        )
+    params = {
+        "response_type": "code",
+        "client_id": registered.json()["client_id"],
+        "redirect_uri": "http://127.0.0.1:53119/callback",
+        "code_challenge": rules.challenge_of("v" * 43),
+        "code_challenge_method": "S256",
+        "resource": f"{world.reg.url}/mcp/acme/weather",
+        "state": "xyz",
+    }
+    person = Person(browser, world, request, viewport={"width": 1280, "height": 900})
+    try:
+        page = person.page
+        person.context.expose_function("mcpzTestSign", wallet_sign)
+        person.context.add_init_script(PROVIDER)
+        from urllib.parse import urlencode
+
+        person.goto(f"{rules.AUTHORIZE_PATH}?{urlencode(params)}")
+        page.wait_for_url(re.compile(r"/sign-in\?next=%2Foauth%2Fauthorize"))
+        page.get_by_role("button", name="Test Wallet").click()
+        page.wait_for_url(re.compile(r"/oauth/authorize\?"))
+        assert page.get_by_role("heading", name="Allow Desktop Client to use your agents?").is_visible()
+        assert page.get_by_text(f"{world.reg.url}/mcp/acme/weather").is_visible()
+        assert page.get_by_role("button", name="Deny").is_visible()
+        person.check_accessibility()
+        person.shot("11-oauth-consent")
+        assert person.errors == []
+    finally:
+        person.close()

@@ -1,0 +1,1 @@
+"""The authorization page of the registry as an OAuth server (registry_server/oauth/): HTTP only."""
