@@ -37,6 +37,7 @@ pytestmark = [
 ]
 
 PRICE = 25_000  # 0.025 TUSD
+SESSIONS = 8  # max_sessions_per_account: what anonymous sessions not paid yet share, and each payer
 FEE_BPS = 2000
 
 # `note` writes its text down; `gated` also waits for a file first, so a test can act mid-call.
@@ -51,6 +52,12 @@ def note(text: str) -> str:
     """Write the text down and return it."""
     with open(_os.environ.get("CALL_LOG", "/dev/null"), "a") as log:
         log.write(text + "\\n")
+    return text
+
+
+@mcp.tool()
+def echo(text: str) -> str:
+    """Return the text (free: no price on this tool)."""
     return text
 
 
@@ -98,7 +105,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             tmp / "registry", **FAST, price_notice_days=0.0, usage_flush_interval=0.2,
             platform_fee_bps=FEE_BPS, settlement_rpc=anvil.rpc_url, settlement_chain_id=CHAIN_ID,
             settlement_contract=chain.contract.address, settlement_confirmations=1,
-            settlement_poll_interval=0.5,
+            settlement_poll_interval=0.5, max_sessions_per_account=SESSIONS,
         )  # fmt: skip
     finally:
         os.environ.pop(KEY_VAR, None)
@@ -124,7 +131,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             f"/v1/billing/plans/{AGENT}",
             mesh.token,
             method="PUT",
-            json={"per_call": PRICE, "x402": True},
+            json={"per_call": PRICE, "tools": {"echo": 0}, "x402": True},
         )
         assert priced.status_code == 200, priced.text
         assert priced.json()["current"]["x402"] is True
@@ -337,7 +344,7 @@ def test_mcpz_call_max_price_below_the_asked_price_refuses_to_sign(world: World,
             f"text={text}",
             "--pay",
             "--max-price",
-            "0.02",
+            str(PRICE - 1),
             "--registry",
             w.mesh.reg.url,
         )
@@ -351,7 +358,7 @@ def test_mcpz_call_max_price_below_the_asked_price_refuses_to_sign(world: World,
             f"text={text}",
             "--pay",
             "--max-price",
-            "0.025",
+            str(PRICE),
             "--registry",
             w.mesh.reg.url,
         )
@@ -360,6 +367,21 @@ def test_mcpz_call_max_price_below_the_asked_price_refuses_to_sign(world: World,
         assert w.chain.balance(key.address) == 9 * PRICE
     finally:
         os.environ.pop("MCPZ_WALLET_PASSPHRASE", None)
+
+
+def test_mcpz_call_pay_unlocks_no_wallet_for_a_free_call(world: World, cli: Any) -> None:
+    w = world
+    # No wallet, no passphrase: a call nobody asks payment for must not need them.
+    os.environ.pop("MCPZ_WALLET_PASSPHRASE", None)
+    text = f"free-{secrets.token_hex(4)}"
+    token = w.mesh.reg.account(f"free-{secrets.token_hex(4)}", "read,call")
+    free = cli("call", AGENT, "echo", f"text={text}", "--pay", "--registry", w.mesh.reg.url,
+               "--token", token)  # fmt: skip
+    assert free.exit_code == 0, free.stderr
+    assert text in free.stdout
+    url = w.mesh.reg.url
+    decimal = cli("call", AGENT, "note", "text=x", "--pay", "--max-price", "0.05", "--registry", url)
+    assert decimal.exit_code != 0 and "base units" in decimal.stderr
 
 
 class SyncMcp:
@@ -524,3 +546,30 @@ def test_reconciliation_puts_chain_x402_beside_the_authorized_transfers_into_the
     after = x402_row()
     assert after.chain == row.chain + PRICE
     assert after.difference == -PRICE
+
+
+def test_anonymous_payers_each_have_their_own_session_cap(world: World) -> None:
+    w = world
+    key = payer(w)
+    mine = Anonymous(w.url)
+    required = mine.call("note", text="x")["result"]["structuredContent"]
+    first = mine.call("note", {"x402/payment": pay(required, key)}, text="mine")["result"]
+    assert first["_meta"]["x402/payment-response"]["success"] is True
+    # Someone else opens more anonymous sessions than one cap holds, and pays for none.
+    others = [Anonymous(w.url) for _ in range(SESSIONS + 1)]
+    assert others
+    # The paying session was not ended for them: it counts against its payer's cap only.
+    again = mine.http.post(
+        mine.url,
+        json={"jsonrpc": "2.0", "id": 50, "method": "tools/call",
+              "params": {"name": "note", "arguments": {"text": "again"},
+                         "_meta": {"x402/payment": pay(required, key)}}},
+    )  # fmt: skip
+    assert again.status_code == 200, again.text
+    assert again.json()["result"]["_meta"]["x402/payment-response"]["success"] is True
+    # The oldest of the sessions that never paid was ended instead.
+    oldest = others[0].http.post(
+        others[0].url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                             "params": {"name": "note", "arguments": {"text": "x"}}},
+    )  # fmt: skip
+    assert oldest.status_code == 404, oldest.text
