@@ -366,7 +366,7 @@ class SettlementChain:
         def send() -> None:
             try:
                 self._w3.eth.send_raw_transaction(HexStr(raw))
-            except ValueError as e:
+            except Exception as e:  # ValueError, or web3 7's Web3RPCError, which is not one
                 text = str(e).lower()
                 if "already known" in text or "nonce too low" in text or "already imported" in text:
                     return

@@ -404,7 +404,10 @@ class X402Desk:
                     .order_by(X402Payment.relayer_nonce)
                 )
                 for raw in lost:
-                    chain.broadcast(str(raw))
+                    try:
+                        chain.broadcast(str(raw))
+                    except McpzError as e:  # its own retry sends it again; this settlement goes on
+                        log.warning("cannot broadcast a recorded x402 settlement again: %s", e.message)
             nonce = max(counter.next_nonce, pending)
             signed = self.facilitator.sign(paid.offer, paid.payment, nonce)
             session.execute(
