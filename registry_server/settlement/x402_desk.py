@@ -35,7 +35,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from mcpz import jsonlimits
-from mcpz.errors import McpzError
+from mcpz.errors import McpzError, UsageError
 from mcpz.jsonlimits import JSONError
 from registry_server.accounts.service import Principal
 from registry_server.billing import service
@@ -410,14 +410,18 @@ class X402Desk:
                         log.warning("cannot broadcast a recorded x402 settlement again: %s", e.message)
             nonce = max(counter.next_nonce, pending)
             signed = self.facilitator.sign(paid.offer, paid.payment, nonce)
-            session.execute(
+            recorded = session.execute(
                 update(X402Payment)
-                .where(X402Payment.key == paid.payment.key)
+                .where(X402Payment.key == paid.payment.key, X402Payment.state == x402.VERIFIED)
                 .values(
                     state=x402.SETTLING, tx_hash=signed.tx_hash, raw=signed.raw, relayer=relayer,
                     relayer_nonce=nonce, response=payload.decode(), updated_us=service.now_us(),
                 )
             )  # fmt: skip
+            if recorded.rowcount != 1:  # type: ignore[attr-defined]
+                # Released meanwhile (a retry found it stale): sending it now would move money that no
+                # record knows of. Nothing is committed: the nonce stays free.
+                raise UsageError("this payment's record was released before its settlement was signed")
             counter.next_nonce = nonce + 1
         return signed.tx_hash, signed.raw
 
