@@ -2,7 +2,7 @@
 
 On a fresh anvil (npm @foundry-rs/anvil, started as the settlement tests start it) the committed
 TestToken (EIP-3009) and McpzSettlement are deployed; a registry (in this process's threads, SQLite)
-settles on it with the operator's key, a node runs the python template's agent `acme/tiny`, priced
+settles on it with x402's relayer key, a node runs the python template's agent `acme/tiny`, priced
 per call (0.002 TUSD) with x402 accepted. Measured, one client on loopback, after `--warmup` calls
 of each kind:
 
@@ -11,7 +11,7 @@ of each kind:
   settled by the registry and mined, answered with the settlement and the receipt), beside a call to
   the same agent by an account with a prepaid balance (the billing gate: no chain); `--calls` of
   each, interleaved, every answer checked (the paid ones' settlements and the payer's balance after);
-- **gas per call**: the gas of each x402 settlement (`transferWithAuthorization`, the operator
+- **gas per call**: the gas of each x402 settlement (`transferWithAuthorization`, the relayer
   pays it), beside the prepaid path's gas for `--prepaid-calls` calls (one approve and deposit by the
   consumer, one commitBatch for the creator, one claim), divided by that many calls.
 
@@ -64,7 +64,7 @@ def run(calls: int, warmup: int, prepaid_calls: int) -> dict[str, Any]:
     from mcpz.merkle import Leaf, MerkleTree
     from registry_server.billing import service
     from registry_server.db import Database
-    from registry_server.settlement.operator import KEY_VAR
+    from registry_server.settlement.operator import KEY_VAR, RELAYER_KEY_VAR
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-x402-"))
     anvil = start_anvil()
@@ -72,6 +72,7 @@ def run(calls: int, warmup: int, prepaid_calls: int) -> dict[str, Any]:
     try:
         s = deploy_settlement(anvil)
         os.environ[KEY_VAR] = s.operator.key.hex()
+        os.environ[RELAYER_KEY_VAR] = s.new_account().key.hex()  # x402's relayer submits settlements
         try:
             reg = start_registry(
                 tmp / "registry", **FAST, price_notice_days=0.0, settlement_rpc=anvil.rpc_url,
@@ -80,6 +81,7 @@ def run(calls: int, warmup: int, prepaid_calls: int) -> dict[str, Any]:
             )  # fmt: skip
         finally:
             os.environ.pop(KEY_VAR, None)
+            os.environ.pop(RELAYER_KEY_VAR, None)
         mesh = Mesh(tmp, reg)
         mesh.publish("1.0.0")
         mesh.node("node-0")

@@ -13,7 +13,7 @@ const solc = require("solc");
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const BUILD = join(HERE, "build");
-const CONTRACTS = ["McpzSettlement", "TestToken"];
+const CONTRACTS = ["McpzSettlement", "TestToken", "TestFiatToken"];
 
 // The settings are part of each artifact, so a reader knows how to reproduce the bytes.
 // cancun: the newest EVM version zkSync's EVM emulator runs.

@@ -114,6 +114,7 @@ def step_call(ctx: DemoContext) -> None:
 
 
 OPERATOR_KEY = "MCPZ_REGISTRY_SETTLEMENT_OPERATOR_KEY"
+RELAYER_KEY = "MCPZ_REGISTRY_SETTLEMENT_RELAYER_KEY"  # x402's relayer: the dev chain's own account
 
 
 def step_chain(ctx: DemoContext) -> None:
@@ -156,6 +157,8 @@ def step_registry(ctx: DemoContext) -> None:
     # The registry runs in this process and reads the operator key from its environment (never from
     # settings); it is the local chain's public development key, and leaves with the demo.
     os.environ[OPERATOR_KEY] = ctx.env[OPERATOR_KEY]
+    if RELAYER_KEY in ctx.env:
+        os.environ[RELAYER_KEY] = ctx.env[RELAYER_KEY]
     ctx.registry_handle = start_in_thread(settings)
     ctx.registry_url = ctx.registry_handle.url
     ctx.env["MCPZ_REGISTRY"] = ctx.registry_url
@@ -527,6 +530,7 @@ def run_demo(
             if ctx.registry_handle is not None:
                 ctx.registry_handle.stop()
             os.environ.pop(OPERATOR_KEY, None)
+            os.environ.pop(RELAYER_KEY, None)
             if ctx.chain is not None:
                 ctx.chain.stop()
         return {"steps": done, **ctx.results}

@@ -89,6 +89,10 @@ class RegistrySettings:
     settlement_confirmations: int = 12
     settlement_start_block: int = 0  # the contract's deployment block: nothing before it is read
     settlement_operator_keystore: str = ""
+    # x402's relayer (docs/x402.md): the account that submits payers' transferWithAuthorization and
+    # pays its gas; never the operator, whose nonces the payout job takes. Its key, like the operator's,
+    # comes from the environment or this keystore (registry_server/settlement/operator.py).
+    settlement_relayer_keystore: str = ""
     settlement_poll_interval: float = 3.0
     # Seconds a withdrawal voucher stays usable on chain; its amount is held off the balance until
     # it is used or has expired.
@@ -183,7 +187,8 @@ class RegistrySettings:
         )
         settlement = (
             "settlement_rpc", "settlement_chain_id", "settlement_contract", "settlement_confirmations",
-            "settlement_start_block", "settlement_operator_keystore", "settlement_poll_interval",
+            "settlement_start_block", "settlement_operator_keystore", "settlement_relayer_keystore",
+            "settlement_poll_interval",
             "settlement_voucher_ttl",
             "settlement_payout_interval", "settlement_payout_minimum", "settlement_stuck_after",
             "settlement_max_fee_gwei",
@@ -257,6 +262,7 @@ class RegistrySettings:
                 settlement_confirmations=int(values.get("settlement_confirmations", 12)),
                 settlement_start_block=int(values.get("settlement_start_block", 0)),
                 settlement_operator_keystore=str(values.get("settlement_operator_keystore", "")),
+                settlement_relayer_keystore=str(values.get("settlement_relayer_keystore", "")),
                 settlement_poll_interval=float(values.get("settlement_poll_interval", 3.0)),
                 settlement_voucher_ttl=int(values.get("settlement_voucher_ttl", 86400)),
                 settlement_payout_interval=float(values.get("settlement_payout_interval", 86400.0)),

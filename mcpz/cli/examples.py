@@ -33,7 +33,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "call": (
         "mcpz call acme/weather forecast city=Oslo days=3",
         "mcpz call --local . echo text=hi",
-        "mcpz call acme/weather forecast city=Oslo --pay --max-price 0.05",
+        "mcpz call acme/weather forecast city=Oslo --pay --max-price 50000",
     ),
     "connect": ("mcpz connect .",),
     "usage": ("mcpz usage --since 7d", "mcpz usage --agent acme/weather -n 20"),

@@ -19,7 +19,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +30,6 @@ from mcpz.atomic import write_atomic
 from mcpz.errors import McpzError, UsageError
 from mcpz.keys import eip3009
 from mcpz.keys.ethkeys import LocalAccount
-from mcpz.money import format_amount
 
 PAYMENT_META = "x402/payment"
 RESPONSE_META = "x402/payment-response"
@@ -72,12 +71,23 @@ def _today() -> str:
 
 @dataclass
 class Payer:
-    key: LocalAccount
+    key: LocalAccount | None = None  # None: `unlock` gives it when a payment is first signed
     max_price: int | None = None  # base units; None: whatever the requirement asks (the policy still holds)
     policy: SpendPolicy = field(default_factory=SpendPolicy)
     journal: Path | None = None  # None: nothing remembered between processes
+    # The wallet, unlocked only when an agent asks for payment within the limits: a free call never
+    # asks for the passphrase.
+    unlock: Callable[[], LocalAccount] | None = None
     _spent: dict[str, dict[str, int]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def account(self) -> LocalAccount:
+        """The signing key, unlocked now if it was not yet."""
+        if self.key is None:
+            if self.unlock is None:
+                raise UsageError("the x402 payer has no key to sign with")
+            self.key = self.unlock()
+        return self.key
 
     def choose(self, required: Mapping[str, Any]) -> dict[str, Any]:
         """The requirement this payer can pay: scheme exact on an eip155 chain, EIP-3009."""
@@ -112,14 +122,17 @@ class Payer:
             raise PaymentRefused(f"{agent} asked for payment with a malformed requirement") from None
         if self.max_price is not None and amount > self.max_price:
             raise PaymentRefused(
-                f"{agent} asks {format_amount(amount)} per call, above your maximum of "
-                f"{format_amount(self.max_price)}: nothing was signed",
-                hint="raise --max-price to pay it",
+                f"{agent} asks {amount} base units of {accepted['asset']} per call, above your maximum "
+                f"of {self.max_price}: nothing was signed",
+                hint="raise --max-price (base units of the token) to pay it",
             )
+        with self._lock:
+            self._reserve(agent, amount, record=False)  # refused before the wallet is unlocked
+        key = self.account()
         with self._lock:
             self._reserve(agent, amount)
         auth = eip3009.Authorization(
-            sender=self.key.address,
+            sender=key.address,
             to=pay_to,
             value=amount,
             valid_after=0,
@@ -129,7 +142,7 @@ class Payer:
         return {
             "x402Version": 2,
             "accepted": dict(accepted),
-            "payload": {"authorization": auth.to_json(), "signature": eip3009.sign(self.key, domain, auth)},
+            "payload": {"authorization": auth.to_json(), "signature": eip3009.sign(key, domain, auth)},
             "extensions": {
                 "payment-identifier": {
                     "info": {"required": False, "id": payment_id or f"mcpz_{secrets.token_hex(16)}"}
@@ -154,22 +167,24 @@ class Payer:
             day: {a: int(v) for a, v in per.items()} for day, per in data.items() if isinstance(per, dict)
         }
 
-    def _reserve(self, agent: str, amount: int) -> None:
+    def _reserve(self, agent: str, amount: int, record: bool = True) -> None:
         spent = self._load()
         today = spent.setdefault(_today(), {})
         policy = self.policy
         if policy.per_agent_per_day and today.get(agent, 0) + amount > policy.per_agent_per_day:
             raise PaymentRefused(
-                f"paying {format_amount(amount)} to {agent} would pass your x402 limit of "
-                f"{format_amount(policy.per_agent_per_day)} per agent per day: nothing was signed",
+                f"paying {amount} base units to {agent} would pass your x402 limit of "
+                f"{policy.per_agent_per_day} per agent per day: nothing was signed",
                 hint="raise `mcpz config set x402_max_per_agent_per_day UNITS`, or wait for tomorrow (UTC)",
             )
         if policy.per_day and sum(today.values()) + amount > policy.per_day:
             raise PaymentRefused(
-                f"paying {format_amount(amount)} would pass your x402 limit of "
-                f"{format_amount(policy.per_day)} per day: nothing was signed",
+                f"paying {amount} base units would pass your x402 limit of "
+                f"{policy.per_day} per day: nothing was signed",
                 hint="raise it with `mcpz config set x402_max_per_day UNITS`, or wait for tomorrow (UTC)",
             )
+        if not record:
+            return
         today[agent] = today.get(agent, 0) + amount
         kept = dict(sorted(spent.items())[-KEEP_DAYS:])
         self._spent = kept
@@ -183,14 +198,27 @@ def journal_path(data: Path) -> Path:
 
 
 def user_payer(
-    key: LocalAccount, max_price: str | None = None, env: Mapping[str, str] | None = None
+    unlock: Callable[[], LocalAccount], max_price: str | None = None, env: Mapping[str, str] | None = None
 ) -> Payer:
-    """The payer `mcpz call --pay` uses: the user's spend policy and journal; `max_price` in tokens
-    (e.g. "0.05", 6 decimals as USDC has)."""
+    """The payer `mcpz call --pay` uses: the user's spend policy and journal, the wallet unlocked by
+    `unlock` only when an agent asks for payment; `max_price` in base units of the token the agent
+    asks for (an integer: 50000 is 0.05 of a 6-decimal token such as USDC), since only the token
+    knows its decimals."""
     from mcpz.config import Settings, data_dir
-    from mcpz.money import parse_amount
 
     config = Settings.load(env=env)
     policy = SpendPolicy(config.x402_max_per_day, config.x402_max_per_agent_per_day)
-    limit = parse_amount(max_price, what="--max-price") if max_price is not None else None
-    return Payer(key, max_price=limit, policy=policy, journal=journal_path(data_dir(env)))
+    limit = parse_base_units(max_price, "--max-price") if max_price is not None else None
+    return Payer(max_price=limit, policy=policy, journal=journal_path(data_dir(env)), unlock=unlock)
+
+
+def parse_base_units(text: str, what: str) -> int:
+    """A whole number of the token's base units; a decimal amount is refused (its decimals are the
+    token's, unknown until an agent names the token)."""
+    cleaned = text.strip().replace("_", "")
+    if not cleaned.isdigit():
+        raise UsageError(
+            f'{what} "{text}" is not a whole number of base units',
+            hint=f"{what} is in the token's base units: 0.05 of a 6-decimal token (USDC) is 50000",
+        )
+    return int(cleaned)

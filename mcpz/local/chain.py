@@ -60,6 +60,10 @@ class DevChain:
     keys: list[TestKey]
     engine: str  # "anvil" or "evm": the one that runs
     _process: subprocess.Popen[bytes] = field(repr=False)
+    # x402's relayer (docs/x402.md): a development account of its own, with the chain's gas money and
+    # no tokens, so that its settlements never take the operator's nonces.
+    relayer: str = ""
+    relayer_key: str = field(default="", repr=False)
 
     def settings(self) -> dict[str, Any]:
         """What `mcpz chain dev --json` prints: the chain, the contracts, the funded test keys."""
@@ -71,6 +75,7 @@ class DevChain:
             "engine": self.engine,
             "decimals": 6,
             "operator": self.operator,
+            "relayer": self.relayer,
             "confirmations": CONFIRMATIONS,
             "keys": [
                 {"address": k.address, "private_key": k.private_key, "tokens": k.tokens} for k in self.keys
@@ -79,14 +84,18 @@ class DevChain:
         }
 
     def env(self) -> dict[str, str]:
-        """The registry settings that watch this chain (the operator key is the chain's account 0)."""
-        return {
+        """The registry settings that watch this chain (the operator key is the chain's account 0, the
+        x402 relayer's the account after the test keys)."""
+        env = {
             "MCPZ_REGISTRY_SETTLEMENT_RPC": self.rpc_url,
             "MCPZ_REGISTRY_SETTLEMENT_CHAIN_ID": str(self.chain_id),
             "MCPZ_REGISTRY_SETTLEMENT_CONTRACT": self.contract,
             "MCPZ_REGISTRY_SETTLEMENT_CONFIRMATIONS": str(CONFIRMATIONS),
             "MCPZ_REGISTRY_SETTLEMENT_OPERATOR_KEY": self.keys[0].private_key,
         }
+        if self.relayer_key:
+            env["MCPZ_REGISTRY_SETTLEMENT_RELAYER_KEY"] = self.relayer_key
+        return env
 
     def give(self, address: str, *, wei: int = 0, tokens: int = 0) -> None:
         """Send `wei` of gas money from the admin account and mint `tokens` test tokens (base units)
@@ -183,8 +192,16 @@ def start_dev_chain(
     """Start a chain on 127.0.0.1:`port` (anvil, or the embedded EVM: `pick_engine`), deploy the
     contracts, fund `accounts` test keys. The caller stops it (`DevChain.stop`)."""
     name, binary = pick_engine(engine, env)
-    options = ["--host", "127.0.0.1", "--port", str(port), "--chain-id", str(CHAIN_ID),
-               "--accounts", str(max(accounts, 1))]  # fmt: skip
+    options = [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--chain-id",
+        str(CHAIN_ID),
+        "--accounts",
+        str(max(accounts, 1) + 1),
+    ]  # fmt: skip  (the last: x402's relayer)
     if name == "anvil":
         command = [str(binary), *options, "--silent"]
     else:
@@ -281,10 +298,13 @@ def _deploy(
     contract = to_checksum_address(settlement_receipt["contractAddress"])
     mint = keccak(text="mint(address,uint256)")[:4]
     keys = []
-    for address, key in list(zip(addresses, private_keys, strict=True))[:accounts]:
+    funded = max(accounts, 1)
+    for address, key in list(zip(addresses, private_keys, strict=True))[:funded]:
         _send(rpc, admin, "0x" + (mint + encode(["address", "uint256"], [address, MINT])).hex(), to=token)
         keys.append(TestKey(address=address, private_key=key, tokens=MINT))
     rpc.close()
+    # The account after the test keys relays x402 payments: the chain gave it gas money, no tokens.
+    relayer, relayer_key = (addresses[funded], private_keys[funded]) if len(addresses) > funded else ("", "")
     return DevChain(
         rpc_url=rpc.url,
         chain_id=CHAIN_ID,
@@ -294,4 +314,6 @@ def _deploy(
         keys=keys,
         engine=engine,
         _process=process,
+        relayer=relayer,
+        relayer_key=relayer_key,
     )

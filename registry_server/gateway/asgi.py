@@ -150,12 +150,18 @@ ANONYMOUS = Principal(account_id=0, account_name="", token_id=0, scopes=frozense
 class PaymentDesk(Protocol):
     """x402 payments for paid calls (settlement/x402_desk.py; docs/x402.md). `before` runs where billing
     would reserve: None (billing decides), the answer to send (the agent is not called), or a paid
-    call to relay and hand to `after`, which settles it and gives the answer to send."""
+    call to relay and hand to `after`, which settles it and gives the answer to send; `release` when
+    the call is stopped by shutdown before `after` (blocking: run it in a thread)."""
 
     async def accepts(self, deployment: str) -> bool: ...
 
     async def before(
-        self, principal: Principal, agent: str, version: str, message: dict[str, Any]
+        self,
+        principal: Principal,
+        agent: str,
+        version: str,
+        message: dict[str, Any],
+        sign: Callable[[bytes, int, int], bytes],
     ) -> bytes | object | None: ...
 
     async def required(self, request_id: object, agent: str, tool: str, why: str) -> bytes | None: ...
@@ -163,6 +169,10 @@ class PaymentDesk(Protocol):
     async def after(
         self, paid: Any, payload: bytes, outcome: str, sign: Callable[[bytes, int], bytes]
     ) -> bytes: ...
+
+    def payer_of(self, paid: Any) -> str: ...
+
+    def release(self, paid: Any) -> None: ...
 
 
 class GatewayError(Exception):
@@ -224,6 +234,9 @@ class Session:
     stream: asyncio.Queue[tuple[int, bytes] | None] | None = None
     calls: dict[str, PendingCall] = field(default_factory=dict)  # by the request's JSON id
     subscriptions: set[str] = field(default_factory=set)  # resource URIs (resources/subscribe)
+    # Whose session cap it counts against: its account, or for an anonymous session that paid with
+    # x402 its payer ("x402:<address>"): anonymous payers do not share one cap.
+    owner: int | str = 0
     # The GET stream's last events, by id, for a client that reconnects with Last-Event-ID.
     sent: deque[tuple[int, bytes]] = field(default_factory=lambda: deque(maxlen=REPLAY_EVENTS))
     last_event: int = 0
@@ -347,7 +360,7 @@ class Gateway:
         self.public = public_url(settings)  # resources and their metadata are named under it
         self.sessions: dict[str, Session] = {}
         self.max_sessions_per_account = settings.max_sessions_per_account
-        self._accounts: dict[int, dict[str, Session]] = {}  # the same sessions, by account
+        self._accounts: dict[int | str, dict[str, Session]] = {}  # the same sessions, by owner
         self.in_flight = 0
         self.closing = False
         self.router.on_broadcast = self._broadcast
@@ -579,6 +592,7 @@ class Gateway:
             target=None,
             protocol_version=str(offered),
             last_used=time.monotonic(),
+            owner=principal.account_id,
         )
         try:
             payload, _ = await self._relay(session, principal, message, body, None)
@@ -785,10 +799,18 @@ class Gateway:
         auth: Authorization | None = None
         paid: object | None = None
         if billing is not None and self.x402 is not None:  # x402: before billing (gateway/x402.py)
-            step = await self.x402.before(principal, target.agent, target.version, message)
+
+            def sign_settled(answer: bytes, price: int, started: int) -> bytes:  # a retry settled by hash
+                if self.receipts is None:
+                    return answer
+                return self._with_receipt(answer, message, target, secrets.token_hex(16), price, started)
+
+            step = await self.x402.before(principal, target.agent, target.version, message, sign_settled)
             if isinstance(step, bytes):  # payment required, refused or replayed: the agent is not called
                 return step, Outcome.TOOL_ERROR
             paid, billing = step, (None if step is not None else billing)
+            if paid is not None and principal is ANONYMOUS:
+                self._paid_by(session, self.x402.payer_of(paid))
         if billing is not None:  # refused: GatewayError, before the agent sees it; no usage is recorded
             try:
                 auth = await self._admit(billing, principal, target, message)
@@ -864,6 +886,12 @@ class Gateway:
             # The server is stopping this request (shutdown): the node is told, the event recorded.
             self._cancel(call, "the gateway stopped the request")
             outcome = Outcome.SHUTDOWN
+            if paid is not None and self.x402 is not None:
+                # Its settlement was never signed (else its record says so and stays): the payer's
+                # retry is verified afresh, not answered "still settling" forever.
+                desk, stopped = self.x402, paid
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(anyio.to_thread.run_sync(lambda: desk.release(stopped)))
             raise
         finally:
             self.in_flight -= 1
@@ -1045,24 +1073,43 @@ class Gateway:
                 session.stream.put_nowait(item)
 
     def _add_session(self, session: Session) -> None:
-        """Opens `session`; one account past its cap loses its least recently used idle session
-        (one without calls in flight), so one account cannot fill the table."""
-        mine = self._accounts.setdefault(session.account_id, {})
+        """Opens `session`; one owner past its cap loses its least recently used idle session
+        (one without calls in flight), so one account (or one x402 payer) cannot fill the table."""
+        self._make_room(session.owner, session)
+        self.sessions[session.id] = session
+        self._accounts[session.owner][session.id] = session
+
+    def _make_room(self, owner: int | str, keep: Session) -> None:
+        mine = self._accounts.setdefault(owner, {})
         while len(mine) >= self.max_sessions_per_account:
-            idle = [s for s in mine.values() if not s.calls] or list(mine.values())
+            others = [s for s in mine.values() if s is not keep]
+            if not others:
+                break
+            idle = [s for s in others if not s.calls] or others
             oldest = min(idle, key=lambda s: s.last_used)
             log.info(
                 "gateway ended an account's oldest idle session: it has too many",
-                extra={"account_id": session.account_id, "limit": self.max_sessions_per_account},
+                extra={"account_id": keep.account_id, "limit": self.max_sessions_per_account},
             )
             self._end_session(oldest)
-        self.sessions[session.id] = session
-        mine[session.id] = session
+
+    def _paid_by(self, session: Session, payer: str) -> None:
+        """An anonymous session that paid with x402 counts against its payer's cap from now on, not
+        against the cap every anonymous session shares before it pays."""
+        owner = f"x402:{payer.lower()}"
+        if session.owner == owner or session.id not in self.sessions:
+            return
+        before = self._accounts.get(session.owner)
+        if before is not None and before.pop(session.id, None) is not None and not before:
+            del self._accounts[session.owner]
+        session.owner = owner
+        self._make_room(owner, session)
+        self._accounts[owner][session.id] = session
 
     def _end_session(self, session: Session) -> None:
-        mine = self._accounts.get(session.account_id)
+        mine = self._accounts.get(session.owner)
         if mine is not None and mine.pop(session.id, None) is not None and not mine:
-            del self._accounts[session.account_id]
+            del self._accounts[session.owner]
         if self.sessions.pop(session.id, None) is not None:
             self.router.pin(None, session.target)
             if session.subscriptions and not self.closing:

@@ -366,7 +366,7 @@ class SettlementChain:
         def send() -> None:
             try:
                 self._w3.eth.send_raw_transaction(HexStr(raw))
-            except ValueError as e:
+            except Exception as e:  # ValueError, or web3 7's Web3RPCError, which is not one
                 text = str(e).lower()
                 if "already known" in text or "nonce too low" in text or "already imported" in text:
                     return
@@ -438,6 +438,36 @@ class SettlementChain:
             return str(name), str(version), str(address)
 
         return self._call("the token's eip712Domain()", read)
+
+    def x402_transfers(self, from_block: int, to_block: int) -> int:
+        """The sum of the token's transfers to the contract in blocks from_block..to_block that an
+        EIP-3009 authorization made (their transaction holds the token's `AuthorizationUsed` by the
+        sender): what x402 settlements brought in (reconciliation). Transfers to the contract are few
+        (deposits, x402, strays), so each one's transaction is read, not every authorization's."""
+
+        def read() -> int:
+            address = self._contract.functions.token().call()
+            token = self._w3.eth.contract(address=address, abi=self._token_abi)
+            transfers = token.events.Transfer().get_logs(
+                from_block=from_block, to_block=to_block, argument_filters={"to": self.address}
+            )
+            used = token.events.AuthorizationUsed()
+            total = 0
+            seen: dict[str, set[str]] = {}
+            for log in transfers:
+                tx = _hex(log["transactionHash"])
+                if tx not in seen:
+                    receipt = self._w3.eth.get_transaction_receipt(log["transactionHash"])
+                    seen[tx] = {
+                        str(e["args"]["authorizer"]).lower()
+                        for e in used.process_receipt(receipt, errors=_discard())
+                        if str(e["address"]).lower() == str(address).lower()
+                    }
+                if str(log["args"]["from"]).lower() in seen[tx]:
+                    total += int(log["args"]["value"])
+            return total
+
+        return self._call(f"x402 transfers {from_block}..{to_block}", read)
 
     def balance_of(self, token: str, owner: str) -> int:
         contract = self._w3.eth.contract(address=token, abi=self._token_abi)  # type: ignore[call-overload]
@@ -525,6 +555,12 @@ _NAME_VERSION_ABI: list[dict[str, Any]] = [
     }
     for n in ("name", "version")
 ]
+
+
+def _discard() -> Any:
+    from web3.logs import DISCARD
+
+    return DISCARD
 
 
 def _hex(value: Any) -> str:

@@ -156,3 +156,21 @@ class X402Payment(Base):
     response: Mapped[str | None] = mapped_column(Text, nullable=True)  # the JSON-RPC answer given
     created_us: Mapped[int] = mapped_column(BigInteger)
     updated_us: Mapped[int] = mapped_column(BigInteger)
+    # Migration 0017: the deployment's version (for the ledger), and the settlement transaction as
+    # signed by the relayer at its nonce, recorded before it is broadcast: a retry broadcasts it again.
+    version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    relayer: Mapped[str | None] = mapped_column(String(42), nullable=True)
+    relayer_nonce: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    raw: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class X402RelayerNonce(Base):
+    """The next nonce of x402's relayer account on a chain (migration 0017). Every replica takes it
+    under this row's lock, signs at it and records the transaction before the lock is let go, so two
+    replicas never sign two transactions at one nonce (docs/x402.md)."""
+
+    __tablename__ = "x402_relayer_nonces"
+
+    chain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    address: Mapped[str] = mapped_column(String(42), primary_key=True)
+    next_nonce: Mapped[int] = mapped_column(BigInteger)

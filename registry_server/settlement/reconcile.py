@@ -8,7 +8,10 @@ events, up to the last confirmed block; a healthy registry shows zero difference
 - payouts committed: the totals of the batches whose commit is mined, against the
   `BatchCommitted` events (and chain:payouts and settlement:payouts must equal the final and the
   open batches' totals);
-- withdrawals: chain:withdrawals against the `Withdrawn` events.
+- withdrawals: chain:withdrawals against the `Withdrawn` events;
+- x402 payments: what the ledger took from chain:x402 against the token's transfers into the contract
+  made by an EIP-3009 authorization (x402's settlements: the token's `Transfer` to the contract with
+  `AuthorizationUsed` in the same transaction), up to the head (the ledger posts them once mined).
 
 Batch by batch, the root and total the contract holds are checked against ours, and a batch id on
 chain that we have no record of is reported. Money still in flight (a batch built and not yet mined)
@@ -74,6 +77,7 @@ def reconcile(db: Database, chain: SettlementChain, confirmations: int, start_bl
                 ledger.CHAIN_PAYOUTS,
                 ledger.SETTLEMENT_PAYOUTS,
                 ledger.CHAIN_WITHDRAWALS,
+                ledger.CHAIN_X402,
             ],
         )
         unknown = session.scalar(
@@ -109,6 +113,12 @@ def reconcile(db: Database, chain: SettlementChain, confirmations: int, start_bl
     withdrawn = _events(chain, "Withdrawn", "amount", start_block, to_block)
     report.rows.append(Row("withdrawals", balances.get(ledger.CHAIN_WITHDRAWALS, 0), withdrawn))
     report.claimed = _events(chain, "Claimed", "amount", start_block, to_block)
+    # To the head, not the last confirmed block: the gateway posts a payment once its transfer is
+    # mined, so a reorganisation that drops one is a difference to see, not money in flight.
+    x402_in, head = 0, to_block + confirmations - 1
+    for lo in range(start_block, head + 1, MAX_RANGE):
+        x402_in += chain.x402_transfers(lo, min(head, lo + MAX_RANGE - 1))
+    report.rows.append(Row("x402 payments", -balances.get(ledger.CHAIN_X402, 0), x402_in))
 
     ours = {b.batch_id: b for b in batches}
     for c in committed:

@@ -3,7 +3,7 @@ with, the payment's verification, its settlement on chain, and its entry in the 
 
 The payer signs an EIP-3009 `transferWithAuthorization` of exactly the call's price to the
 settlement contract (pay-to): the money lands where payout batches pay creators from, and
-`unallocated()` counts it at once. The operator's key submits it and pays the gas. The ledger takes
+`unallocated()` counts it at once. The relayer's key submits it and pays the gas. The ledger takes
 it from `chain:x402` (negative by what x402 brought into the contract), splits it as any charge
 (platform fee, co-authors' shares) and credits the creators' *available* earnings: a settled x402
 payment is final on chain, so it has no refund window, and its charge rows are written matured.
@@ -12,14 +12,14 @@ Verification before the agent runs (`verify`): the payload's shape and version, 
 requirement is the one offered (scheme, network, asset, pay-to, amount == price), the signature
 recovers to `from`, the validity window covers now plus the settlement's time, the nonce is unused on
 chain, the balance covers the price, and an `eth_call` of the transfer succeeds. Only chain.py
-speaks to the chain; this module calls it from worker threads (its calls block).
+speaks to the chain; this module calls it from worker threads (its calls block). The relayer's key
+(never the operator's) signs the transfers and pays their gas; x402_desk.py allocates its nonces.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +32,7 @@ from mcpz.keys import eip3009
 from mcpz.keys.ethkeys import LocalAccount
 from registry_server.billing import ledger, service
 from registry_server.billing.models import Charge
-from registry_server.settlement.chain import SettlementChain
+from registry_server.settlement.chain import SettlementChain, Signed
 
 X402_VERSION = 2
 SCHEME = "exact"
@@ -193,13 +193,13 @@ def check_terms(offer: Offer, payment: Payment, now: int) -> None:
 
 
 class Facilitator:
-    """Verifies on chain and settles with the operator's key. One settlement at a time per process:
-    the operator's transactions take consecutive nonces."""
+    """Verifies on chain and signs settlements with the relayer's key (an account of its own, never
+    the operator's: the payout job takes the operator's nonces). Which nonce a settlement takes is
+    the desk's to say: it allocates them under a database row lock that every replica shares."""
 
-    def __init__(self, chain: SettlementChain, operator: LocalAccount) -> None:
+    def __init__(self, chain: SettlementChain, relayer: LocalAccount) -> None:
         self.chain = chain
-        self.operator = operator
-        self._send = threading.Lock()
+        self.relayer = relayer
         self._offer: tuple[str, str, str] | None = None
 
     def token(self) -> tuple[str, str, str]:
@@ -234,22 +234,19 @@ class Facilitator:
         if self.chain.balance_of(offer.asset, auth.sender) < auth.value:
             raise PaymentRefused("insufficient_funds", "the payer's balance does not cover the price")
         v, r, s = eip3009.split(payment.signature)
-        why = self.chain.simulate_transfer(offer.asset, self.operator.address, self._fields(auth), v, r, s)
+        why = self.chain.simulate_transfer(offer.asset, self.relayer.address, self._fields(auth), v, r, s)
         if why is not None:
             raise PaymentRefused("invalid_transaction_state", f"the transfer would fail: {why}")
 
-    def send(self, offer: Offer, payment: Payment) -> str:
-        """Sign and broadcast the transfer; its hash (recorded before anything waits on it)."""
+    def sign(self, offer: Offer, payment: Payment, nonce: int) -> Signed:
+        """The transfer signed by the relayer at `nonce` (gas estimated first: a transfer the token
+        would refuse now is never signed)."""
         v, r, s = eip3009.split(payment.signature)
-        with self._send:
-            _, pending = self.chain.nonces(self.operator.address)
-            max_fee, tip = self.chain.fees()
-            signed = self.chain.sign_transfer(
-                self.operator, offer.asset, self._fields(payment.auth), v, r, s,
-                nonce=pending, max_fee=max_fee, priority_fee=tip,
-            )  # fmt: skip
-            self.chain.broadcast(signed.raw)
-        return signed.tx_hash
+        max_fee, tip = self.chain.fees()
+        return self.chain.sign_transfer(
+            self.relayer, offer.asset, self._fields(payment.auth), v, r, s,
+            nonce=nonce, max_fee=max_fee, priority_fee=tip,
+        )  # fmt: skip
 
     def outcome(self, tx_hash: str, wait: float = SETTLE_WAIT) -> bool | None:
         """True mined and successful, False reverted, None not mined within `wait` seconds."""

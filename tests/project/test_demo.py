@@ -49,7 +49,9 @@ def test_demo_runs_every_step_and_reports_them() -> None:
     assert result["claim"]["amount"] == 4_800 and result["claim"]["claimed"] == [1]
     assert "verified on chain: 0.0048 USDC to" in done.stderr
     assert "nothing to claim" in done.stderr
-    assert result["reconcile"] == {"deposits": 0, "payouts committed": 0, "withdrawals": 0}
+    assert result["reconcile"] == {
+        "deposits": 0, "payouts committed": 0, "withdrawals": 0, "x402 payments": 0,
+    }  # fmt: skip
     assert "mcpz_" not in done.stderr + done.stdout, "the demo must never print a token"
 
 

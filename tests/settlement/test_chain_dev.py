@@ -69,6 +69,11 @@ def test_chain_dev_serves_the_contracts_and_stops_on_ctrl_c(engine: str) -> None
         assert (
             isinstance(settings, dict) and settings["MCPZ_REGISTRY_SETTLEMENT_CONTRACT"] == info["contract"]
         )
+        # x402's relayer: an account of its own (not the operator's, not a test key), with gas money.
+        relayer = w3.eth.account.from_key(settings["MCPZ_REGISTRY_SETTLEMENT_RELAYER_KEY"]).address
+        assert relayer == info["relayer"] != info["operator"]
+        assert relayer not in {key["address"] for key in keys}
+        assert w3.eth.get_balance(relayer) > 0
 
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0, process.stderr.read() if process.stderr else ""

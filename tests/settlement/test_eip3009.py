@@ -153,3 +153,42 @@ def test_receive_is_for_the_payee_only_and_cancel_burns_the_nonce(settlement: Se
         transfer_call(s, later, eip3009.sign(payer, domain(s), later)),
         s.operator,
     )
+
+
+def test_a_token_without_eip5267_is_paid_under_its_name_and_version(settlement: Settlement) -> None:
+    """USDC's FiatToken v2 has no eip712Domain(): the registry reads its domain from name() and
+    version(), and an authorization signed under it verifies and settles."""
+    from chainutil import deploy
+
+    from registry_server.settlement import x402
+    from registry_server.settlement.chain import SettlementChain
+
+    s = settlement
+    fiat = deploy(s.anvil, s.admin, "TestFiatToken")
+    contract = deploy(s.anvil, s.admin, "McpzSettlement", fiat.address, s.admin.address, s.operator.address)
+    assert fiat.functions.version().call() == "2"
+    with pytest.raises(Exception):  # noqa: B017  (eip712Domain(), 0x84b0196e, is not there: it reverts)
+        s.anvil.w3.eth.call({"to": fiat.address, "data": "0x84b0196e"})
+    chain = SettlementChain(s.anvil.rpc_url, contract.address, CHAIN_ID)
+    assert chain.token_domain() == ("Test Fiat USD", "2", fiat.address)
+    relayer = s.new_account()
+    facilitator = x402.Facilitator(chain, relayer)
+    offer = facilitator.offer(1234)
+    payer = s.new_account()
+    transact(s.anvil, fiat.functions.mint(payer.address, 5000), s.admin)
+    auth = eip3009.Authorization(
+        sender=payer.address, to=contract.address, value=1234, valid_after=0,
+        valid_before=now(s) + 600, nonce=eip3009.new_nonce(),
+    )  # fmt: skip
+    payload = {
+        "x402Version": 2,
+        "accepted": offer.requirement(),
+        "payload": {"authorization": auth.to_json(), "signature": eip3009.sign(payer, offer.domain, auth)},
+    }
+    payment = x402.parse(payload)
+    facilitator.verify(offer, payment)  # the signature recovers, the simulated transfer succeeds
+    signed = facilitator.sign(offer, payment, s.anvil.w3.eth.get_transaction_count(relayer.address))
+    chain.broadcast(signed.raw)
+    assert facilitator.outcome(signed.tx_hash) is True
+    assert fiat.functions.balanceOf(contract.address).call() == 1234
+    assert fiat.functions.balanceOf(payer.address).call() == 5000 - 1234

@@ -82,3 +82,27 @@ def test_the_operator_key_from_a_keystore(tmp_path: Path) -> None:
         load_operator(config, env={PASSPHRASE_VAR: "nope"})
     with pytest.raises(UsageError, match=PASSPHRASE_VAR):
         load_operator(config, env={})
+
+
+def test_the_relayer_key_comes_from_its_own_variable_or_keystore(tmp_path: Path) -> None:
+    from registry_server.settlement.operator import RELAYER_KEY_VAR, RELAYER_PASSPHRASE_VAR, load_relayer
+
+    account = Account.create()
+    key = account.key.hex()
+    config = settings(tmp_path)
+    assert load_relayer(config, env={KEY_VAR: key}) is None  # the operator's key is not the relayer's
+    relayer = load_relayer(config, env={RELAYER_KEY_VAR: key})
+    assert relayer is not None and relayer.address == account.address
+    assert key.removeprefix("0x") not in repr(relayer) + repr(config)
+    assert repr(relayer).startswith("Operator(address=")
+    with pytest.raises(UsageError) as caught:
+        load_relayer(config, env={RELAYER_KEY_VAR: "0xnotakey-secret"})
+    assert "secret" not in str(caught.value) and RELAYER_KEY_VAR in str(caught.value)
+    path = tmp_path / "relayer.json"
+    path.write_text(json.dumps(Account.encrypt(account.key, "pass", kdf="pbkdf2", iterations=2)))
+    stored = settings(tmp_path, MCPZ_REGISTRY_SETTLEMENT_RELAYER_KEYSTORE=str(path))
+    assert stored.settlement_relayer_keystore == str(path)
+    found = load_relayer(stored, env={RELAYER_PASSPHRASE_VAR: "pass"})
+    assert found is not None and found.address == account.address
+    with pytest.raises(UsageError, match=RELAYER_PASSPHRASE_VAR):
+        load_relayer(stored, env={PASSPHRASE_VAR: "pass"})

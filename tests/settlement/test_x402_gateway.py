@@ -22,13 +22,14 @@ import pytest
 from chainutil import CHAIN_ID, Settlement, deploy_settlement, start_anvil, transact
 from gitutil import api, git
 from meshutil import AGENT, FAST, Mesh, until
+from x402util import Anonymous, pay
 
 from mcpz.keys import eip3009, receipts
 from mcpz.keys.ethkeys import LocalAccount
 from mcpz.repo.templates import render_template
 from registry_server.billing import ledger, service
 from registry_server.db import Database
-from registry_server.settlement.operator import KEY_VAR
+from registry_server.settlement.operator import KEY_VAR, RELAYER_KEY_VAR
 
 pytestmark = [
     pytest.mark.slow,
@@ -36,6 +37,7 @@ pytestmark = [
 ]
 
 PRICE = 25_000  # 0.025 TUSD
+SESSIONS = 8  # max_sessions_per_account: what anonymous sessions not paid yet share, and each payer
 FEE_BPS = 2000
 
 # `note` writes its text down; `gated` also waits for a file first, so a test can act mid-call.
@@ -50,6 +52,12 @@ def note(text: str) -> str:
     """Write the text down and return it."""
     with open(_os.environ.get("CALL_LOG", "/dev/null"), "a") as log:
         log.write(text + "\\n")
+    return text
+
+
+@mcp.tool()
+def echo(text: str) -> str:
+    """Return the text (free: no price on this tool)."""
     return text
 
 
@@ -73,6 +81,7 @@ class World:
     chain: Settlement
     log: Path
     gate: Path
+    relayer: LocalAccount
 
     @property
     def url(self) -> str:
@@ -88,16 +97,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("x402")
     log, gate = tmp / "calls.log", tmp / "gate"
     log.touch()
+    relayer = chain.new_account()  # x402's relayer: gas money, no role on the contract
     os.environ[KEY_VAR] = chain.operator.key.hex()  # the registry runs in this process's threads
+    os.environ[RELAYER_KEY_VAR] = relayer.key.hex()
     try:
         reg = start_registry(
             tmp / "registry", **FAST, price_notice_days=0.0, usage_flush_interval=0.2,
             platform_fee_bps=FEE_BPS, settlement_rpc=anvil.rpc_url, settlement_chain_id=CHAIN_ID,
             settlement_contract=chain.contract.address, settlement_confirmations=1,
-            settlement_poll_interval=0.5,
+            settlement_poll_interval=0.5, max_sessions_per_account=SESSIONS,
         )  # fmt: skip
     finally:
         os.environ.pop(KEY_VAR, None)
+        os.environ.pop(RELAYER_KEY_VAR, None)
     mesh = Mesh(tmp, reg)
     work = tmp / "tiny"
     work.mkdir()
@@ -119,73 +131,21 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             f"/v1/billing/plans/{AGENT}",
             mesh.token,
             method="PUT",
-            json={"per_call": PRICE, "x402": True},
+            json={"per_call": PRICE, "tools": {"echo": 0}, "x402": True},
         )
         assert priced.status_code == 200, priced.text
         assert priced.json()["current"]["x402"] is True
-        yield World(mesh, chain, log, gate)
+        yield World(mesh, chain, log, gate, relayer)
     finally:
         mesh.close()
         reg.stop()
         anvil.stop()
 
 
-class Anonymous:
-    """An MCP session with no token at all."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.http = httpx2.Client(headers={"Accept": "application/json, text/event-stream"}, timeout=60)
-        init = {
-            "jsonrpc": "2.0", "id": 0, "method": "initialize",
-            "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-                       "clientInfo": {"name": "t", "version": "1"}},
-        }  # fmt: skip
-        answer = self.http.post(url, json=init)
-        assert answer.status_code == 200, answer.text
-        self.http.headers["Mcp-Session-Id"] = answer.headers["mcp-session-id"]
-        self.next = 1
-
-    def call(self, tool: str, meta: dict[str, Any] | None = None, **arguments: Any) -> dict[str, Any]:
-        self.next += 1
-        params: dict[str, Any] = {"name": tool, "arguments": arguments}
-        if meta is not None:
-            params["_meta"] = meta
-        answer = self.http.post(
-            self.url, json={"jsonrpc": "2.0", "id": self.next, "method": "tools/call", "params": params}
-        )
-        assert answer.status_code == 200, answer.text
-        return answer.json()  # type: ignore[no-any-return]
-
-
 def payer(w: World, funds: int = 10 * PRICE) -> LocalAccount:
     account = w.chain.new_account()
     w.chain.mint(account.address, funds)
     return account
-
-
-def pay(
-    required: dict[str, Any], key: LocalAccount, *, amount: int | None = None, payment_id: str | None = None
-) -> dict[str, Any]:
-    """A PaymentPayload for the first requirement, as an x402 client builds it (amount: to lie)."""
-    [accepted] = required["accepts"]
-    chain_id = int(accepted["network"].split(":")[1])
-    domain = eip3009.Domain(
-        accepted["extra"]["name"], accepted["extra"]["version"], chain_id, accepted["asset"]
-    )
-    auth = eip3009.Authorization(
-        sender=key.address, to=accepted["payTo"], value=int(accepted["amount"]) if amount is None else amount,
-        valid_after=0, valid_before=int(time.time()) + accepted["maxTimeoutSeconds"],
-        nonce=eip3009.new_nonce(),
-    )  # fmt: skip
-    payload: dict[str, Any] = {
-        "x402Version": 2,
-        "accepted": accepted,
-        "payload": {"authorization": auth.to_json(), "signature": eip3009.sign(key, domain, auth)},
-    }
-    if payment_id is not None:
-        payload["extensions"] = {"payment-identifier": {"info": {"required": False, "id": payment_id}}}
-    return payload
 
 
 def calls(w: World) -> list[str]:
@@ -384,7 +344,7 @@ def test_mcpz_call_max_price_below_the_asked_price_refuses_to_sign(world: World,
             f"text={text}",
             "--pay",
             "--max-price",
-            "0.02",
+            str(PRICE - 1),
             "--registry",
             w.mesh.reg.url,
         )
@@ -398,7 +358,7 @@ def test_mcpz_call_max_price_below_the_asked_price_refuses_to_sign(world: World,
             f"text={text}",
             "--pay",
             "--max-price",
-            "0.025",
+            str(PRICE),
             "--registry",
             w.mesh.reg.url,
         )
@@ -407,6 +367,21 @@ def test_mcpz_call_max_price_below_the_asked_price_refuses_to_sign(world: World,
         assert w.chain.balance(key.address) == 9 * PRICE
     finally:
         os.environ.pop("MCPZ_WALLET_PASSPHRASE", None)
+
+
+def test_mcpz_call_pay_unlocks_no_wallet_for_a_free_call(world: World, cli: Any) -> None:
+    w = world
+    # No wallet, no passphrase: a call nobody asks payment for must not need them.
+    os.environ.pop("MCPZ_WALLET_PASSPHRASE", None)
+    text = f"free-{secrets.token_hex(4)}"
+    token = w.mesh.reg.account(f"free-{secrets.token_hex(4)}", "read,call")
+    free = cli("call", AGENT, "echo", f"text={text}", "--pay", "--registry", w.mesh.reg.url,
+               "--token", token)  # fmt: skip
+    assert free.exit_code == 0, free.stderr
+    assert text in free.stdout
+    url = w.mesh.reg.url
+    decimal = cli("call", AGENT, "note", "text=x", "--pay", "--max-price", "0.05", "--registry", url)
+    assert decimal.exit_code != 0 and "base units" in decimal.stderr
 
 
 class SyncMcp:
@@ -487,5 +462,114 @@ def test_an_unknown_settlement_is_settled_by_its_hash_on_the_retry_never_by_a_ne
         "success": True, "transaction": tx_hash, "network": f"eip155:{CHAIN_ID}", "payer": key.address,
         "amount": str(PRICE),
     }  # fmt: skip
+    # Settled on the retry, and still the billing issue's signed receipt, over this answer and price.
+    trusted = httpx2.get(f"{w.mesh.reg.url}/v1/billing/receipt-key").json()["key"]
+    signed = receipts.verify_result(result, trusted, {"name": "note", "arguments": {"text": text}})
+    assert signed.price == PRICE
+    assert session.call("note", {"x402/payment": payment}, text=text)["result"] == result  # kept as given
     assert calls(w).count(text) == 1
     assert w.chain.balance(key.address) == 9 * PRICE
+
+
+def test_settlements_are_sent_by_the_relayer_and_leave_the_operators_nonces_to_payouts(world: World) -> None:
+    w = world
+    w3 = w.chain.anvil.w3
+    operator_nonce = w3.eth.get_transaction_count(w.chain.operator.address)
+    relayer_nonce = w3.eth.get_transaction_count(w.relayer.address)
+    session = Anonymous(w.url)
+    required = session.call("note", text="x")["result"]["structuredContent"]
+    keys = [payer(w) for _ in range(4)]
+    answers: list[dict[str, Any]] = []
+    threads = [
+        threading.Thread(
+            target=lambda k=k: answers.append(
+                Anonymous(w.url).call("note", {"x402/payment": pay(required, k)}, text="relayed")
+            )
+        )
+        for k in keys
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    hashes = [a["result"]["_meta"]["x402/payment-response"]["transaction"] for a in answers]
+    assert len(set(hashes)) == 4
+    sent = [w3.eth.get_transaction(h) for h in hashes]
+    assert {t["from"] for t in sent} == {w.relayer.address}
+    # One nonce each, in a row from the relayer's, and none of the operator's (the payout job's).
+    assert sorted(t["nonce"] for t in sent) == list(range(relayer_nonce, relayer_nonce + 4))
+    assert all(w3.eth.get_transaction_receipt(h)["status"] == 1 for h in hashes)
+    assert w3.eth.get_transaction_count(w.chain.operator.address) == operator_nonce
+
+
+def test_reconciliation_puts_chain_x402_beside_the_authorized_transfers_into_the_contract(
+    world: World,
+) -> None:
+    from chainutil import settlement_chain
+
+    from registry_server.settlement.reconcile import reconcile
+
+    w = world
+    session = Anonymous(w.url)
+    required = session.call("note", text="x")["result"]["structuredContent"]
+    paid = session.call("note", {"x402/payment": pay(required, payer(w))}, text="reconciled")["result"]
+    assert paid["_meta"]["x402/payment-response"]["success"] is True
+
+    def x402_row() -> Any:
+        db = Database(w.mesh.reg.database_url)
+        try:
+            report = reconcile(db, settlement_chain(w.chain), 1)
+        finally:
+            db.dispose()
+        return next(r for r in report.rows if r.what == "x402 payments")
+
+    row = x402_row()
+    assert row.chain == -ledger_balance(w, ledger.CHAIN_X402) > 0
+    assert row.difference == 0
+    # An authorization used on chain that the registry never booked: reconciliation shows it.
+    key = payer(w)
+    [accepted] = required["accepts"]
+    extra = accepted["extra"]
+    domain = eip3009.Domain(extra["name"], extra["version"], CHAIN_ID, accepted["asset"])
+    auth = eip3009.Authorization(
+        sender=key.address, to=w.chain.contract.address, value=PRICE, valid_after=0,
+        valid_before=int(time.time()) + 300, nonce=eip3009.new_nonce(),
+    )  # fmt: skip
+    v, r, s = eip3009.split(eip3009.sign(key, domain, auth))
+    transfer = w.chain.token.functions.transferWithAuthorization(
+        auth.sender, auth.to, auth.value, auth.valid_after, auth.valid_before,
+        bytes.fromhex(auth.nonce[2:]), v, r, s,
+    )  # fmt: skip
+    transact(w.chain.anvil, transfer, w.chain.user)
+    # A plain transfer into the contract is no x402 payment: it is not counted.
+    transact(w.chain.anvil, w.chain.token.functions.transfer(w.chain.contract.address, 7), key)
+    after = x402_row()
+    assert after.chain == row.chain + PRICE
+    assert after.difference == -PRICE
+
+
+def test_anonymous_payers_each_have_their_own_session_cap(world: World) -> None:
+    w = world
+    key = payer(w)
+    mine = Anonymous(w.url)
+    required = mine.call("note", text="x")["result"]["structuredContent"]
+    first = mine.call("note", {"x402/payment": pay(required, key)}, text="mine")["result"]
+    assert first["_meta"]["x402/payment-response"]["success"] is True
+    # Someone else opens more anonymous sessions than one cap holds, and pays for none.
+    others = [Anonymous(w.url) for _ in range(SESSIONS + 1)]
+    assert others
+    # The paying session was not ended for them: it counts against its payer's cap only.
+    again = mine.http.post(
+        mine.url,
+        json={"jsonrpc": "2.0", "id": 50, "method": "tools/call",
+              "params": {"name": "note", "arguments": {"text": "again"},
+                         "_meta": {"x402/payment": pay(required, key)}}},
+    )  # fmt: skip
+    assert again.status_code == 200, again.text
+    assert again.json()["result"]["_meta"]["x402/payment-response"]["success"] is True
+    # The oldest of the sessions that never paid was ended instead.
+    oldest = others[0].http.post(
+        others[0].url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                             "params": {"name": "note", "arguments": {"text": "x"}}},
+    )  # fmt: skip
+    assert oldest.status_code == 404, oldest.text

@@ -9,6 +9,7 @@ import pytest
 
 from mcpz.client.x402 import Payer, PaymentRefused, SpendPolicy, journal_path, required_of, user_payer
 from mcpz.config import set_value
+from mcpz.errors import UsageError
 from mcpz.keys import eip3009
 from mcpz.keys.ethkeys import Account
 
@@ -71,7 +72,29 @@ def test_only_exact_eip3009_on_evm_is_paid() -> None:
 def test_the_user_config_sets_the_policy(isolated_env: Path) -> None:
     set_value("x402_max_per_day", "100")
     set_value("x402_max_per_agent_per_day", "40")
-    payer = user_payer(Account.create(), "0.5")
-    assert payer.max_price == 500_000
+    payer = user_payer(Account.create, "500000")
+    assert payer.max_price == 500_000  # base units: the token's decimals are the token's
+    with pytest.raises(UsageError, match="base units"):
+        user_payer(Account.create, "0.5")
     assert payer.policy == SpendPolicy(per_day=100, per_agent_per_day=40)
     assert payer.journal is not None and payer.journal.name == journal_path(Path("x")).name
+
+
+def test_the_wallet_is_unlocked_only_to_sign_a_payment_within_the_limits() -> None:
+    key = Account.create()
+    unlocked: list[str] = []
+
+    def unlock() -> Any:
+        unlocked.append("asked")
+        return key
+
+    payer = Payer(max_price=100, policy=SpendPolicy(per_day=150), unlock=unlock)
+    with pytest.raises(PaymentRefused, match="above your maximum"):
+        payer.authorize("a/b", required(101))
+    assert unlocked == []  # refused before the passphrase is asked for
+    payload = payer.authorize("a/b", required(100))
+    assert payload["payload"]["authorization"]["from"] == key.address
+    with pytest.raises(PaymentRefused, match="per day"):
+        payer.authorize("a/b", required(100))
+    payer.authorize("a/b", required(50))
+    assert unlocked == ["asked"]  # once

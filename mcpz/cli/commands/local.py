@@ -164,7 +164,9 @@ def call_command(
     max_price: Annotated[
         str | None,
         typer.Option(
-            "--max-price", metavar="AMOUNT", help="With --pay: never sign more than this (e.g. 0.05)."
+            "--max-price",
+            metavar="UNITS",
+            help="With --pay: never sign more than this, in the token's base units (50000 = 0.05 USDC).",
         ),
     ] = None,
 ) -> None:
@@ -174,9 +176,10 @@ def call_command(
 
     The tool's input schema decides between the two: a "string" argument keeps "42" as text.
 
-    With --pay, a call the agent asks payment for is paid with x402: the wallet signs an
-    authorization of exactly the price, within --max-price and the x402_max_per_day and
-    x402_max_per_agent_per_day settings; with no token, the call is made with no account.
+    With --pay, a call the agent asks payment for is paid with x402: the wallet is unlocked and
+    signs an authorization of exactly the price, within --max-price and the x402_max_per_day and
+    x402_max_per_agent_per_day settings (all in the token's base units); a free call never unlocks
+    it. With no token, the call is made with no account.
     """
     import anyio
 
@@ -210,7 +213,7 @@ def call_command(
                 from mcpz.cli.prompts import unlock_wallet
                 from mcpz.client.x402 import user_payer
 
-                remote["payer"] = user_payer(unlock_wallet(), max_price)
+                remote["payer"] = user_payer(unlock_wallet, max_price)
             result = anyio.run(
                 partial(call_remote_tool, target, tool, arguments, key_values=words or [], **remote)
             )
