@@ -118,7 +118,7 @@ def _collect_repositories(
     repos = state.repos
     objects_freed = report.freed("git objects")
     for name, path in repositories(repos):
-        if lease is not None:
+        if lease is not None and lease.epoch:  # (epoch 0: the single-process registry's)
             with state.db.session() as session:
                 fence(session, lease)  # files are not fenced by the database: stop between them
         report.repositories += 1
