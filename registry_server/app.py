@@ -26,6 +26,7 @@ from registry_server.billing import routes as api_billing
 from registry_server.billing import service as billing_service
 from registry_server.billing import tier_routes as api_tiers
 from registry_server.billing.gate import BillingGate
+from registry_server.billing.orphans import OrphanJournals
 from registry_server.billing.quotas import Quotas
 from registry_server.billing.receipt_key import ReceiptSigner
 from registry_server.billing.worker import BillingWorker
@@ -304,6 +305,9 @@ def create_app(
                     await app.state.market.start()
                     app.state.gc = GcScheduler(app.state.registry)
                     await app.state.gc.start()
+                    # With --replica: the journals of replicas that died, replayed by one survivor.
+                    app.state.orphans = OrphanJournals(app.state.registry)
+                    await app.state.orphans.start()
                     app.state.settlement = _settlement_worker(app.state.registry)
                     if app.state.settlement is not None:
                         await app.state.settlement.start()
@@ -320,6 +324,7 @@ def create_app(
                             app.state.gateway.spans.close()  # sends what is batched
                         if app.state.settlement is not None:
                             await app.state.settlement.stop()
+                        await app.state.orphans.stop()
                         await app.state.gc.stop()
                         await app.state.market.stop()
                         await app.state.gateway.stop()

@@ -6,6 +6,7 @@ import collections
 import contextlib
 import fcntl
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,7 +71,16 @@ class RepoStore:
             repo = Repo.init_bare(str(tmp), mkdir=True)
             repo.refs.set_symbolic_ref(b"HEAD", b"refs/heads/main")
             repo.close()
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                # Another replica made it meanwhile (a shared filesystem whose flock does not
+                # reach across machines): theirs is as empty as ours.
+                shutil.rmtree(tmp, ignore_errors=True)
+                made = self.open(name)
+                if made is None:
+                    raise
+                return made
             return Repo(str(path), bare=True)
 
     @contextlib.contextmanager

@@ -63,7 +63,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "mcpz logs acme/weather --since 10m --replica acme.weather-3f -f",
     ),
     "node": ("mcpz node run --name laptop --label region=eu",),
-    "node run": ("mcpz node run --name laptop --label region=eu",),
+    "node run": (
+        "mcpz node run --name laptop --label region=eu",
+        "mcpz node run --registry https://r1.example --registry https://r2.example",
+    ),
     # accounts
     "login": ("mcpz login --wallet --registry https://registry.example.com", "mcpz login --token"),
     "logout": ("mcpz logout",),

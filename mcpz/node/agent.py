@@ -13,6 +13,11 @@ or `error` for each `deploy` and `stop` (under the epoch rules of `mcpz.node.rul
 on every status change and `log` frames for the replicas' stderr. Reconnects wait
 `backoff(attempt)` seconds (capped exponential, full jitter), `attempt` back to 0 once welcomed.
 
+Failover: `NodeConfig.registries` names other replicas of the same registry. After a drop or a
+failed attempt the node tries the next URL in turn (same backoff); the replicas it runs keep
+running, and its `hello` to the new replica lists them, which reconciles them there. The first
+URL stays the registry's identity (what releases and deployments are signed for).
+
 How it ends: 401/403 at the upgrade raises AuthError, 404 NotFoundError (no hub there), close
 4000 NodeReplaced; close 1000 from the hub ends the node quietly; every other close or network
 failure is retried. `shutdown()` (the CLI wires SIGINT and SIGTERM to it) stops every replica
@@ -29,7 +34,7 @@ import socket
 import ssl
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,6 +119,7 @@ class NodeConfig:
     replica_log_bytes: int = DEFAULT_FILE_BYTES  # per file of each replica's log under <data>/logs
     replica_log_files: int = DEFAULT_FILES  # files kept per replica (0: none on disk)
     gc_interval: float = 0.0  # seconds between `mcpz node gc` runs inside the node; 0: only by hand
+    registries: tuple[str, ...] = ()  # other replicas of `registry`, tried in turn when one fails
 
 
 def mesh_url(registry: str) -> str:
@@ -167,7 +173,8 @@ def hello_frame(config: NodeConfig, state: NodeState, frame_id: int = 1) -> Hell
 
 def check_config(config: NodeConfig) -> None:
     """UsageError for a setting the hub would refuse, before the node connects."""
-    mesh_url(config.registry)
+    for url in (config.registry, *config.registries):
+        mesh_url(url)
     try:
         encode(hello_frame(config, NodeState(config.data_dir / "unused")))
     except ProtocolError as e:
@@ -244,6 +251,8 @@ class Node:
     def __init__(self, config: NodeConfig) -> None:
         check_config(config)
         self.config = config
+        self.urls = [config.registry, *config.registries]
+        self._current = 0
         self.url = mesh_url(config.registry)
         self.access = RegistryAccess(
             http_base(config.registry), config.token, str(config.ca_file) if config.ca_file else None
@@ -416,6 +425,7 @@ class Node:
                 return
             if outcome.welcomed:
                 attempt = 0
+            self._next_registry()
             delay = backoff(attempt, self.config.backoff_base, self.config.backoff_cap)
             attempt += 1
             logger.info(
@@ -426,6 +436,19 @@ class Node:
             )
             with anyio.move_on_after(delay):
                 await self._shutdown.wait()
+
+    def _next_registry(self) -> None:
+        """Point the next attempt at the next replica given (`NodeConfig.registries`), if any."""
+        if len(self.urls) < 2:
+            return
+        self._current = (self._current + 1) % len(self.urls)
+        registry = self.urls[self._current]
+        self.url = mesh_url(registry)
+        # Releases are fetched from the replica the node is on (the token goes to it alone).
+        self.access = replace(self.access, base_url=http_base(registry))
+        if self.manager is not None:
+            self.manager.access = self.access
+        logger.info("next registry: %s", self.url)
 
     async def _connect_once(self) -> _Outcome:
         from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus

@@ -37,6 +37,7 @@ from registry_server.accounts.service import Principal
 from registry_server.billing import service
 from registry_server.billing.models import SpendCap
 from registry_server.billing.pricing import Pricing, quote
+from registry_server.settings import RegistrySettings
 from registry_server.state import RegistryState
 from registry_server.usage.events import Outcome
 from registry_server.usage.models import UsageEventRow
@@ -106,7 +107,10 @@ class Wallet:
 
 
 def gate_id(data_dir: Path) -> str:
-    """This data folder's lasting gate id: holds taken before a crash are found again after it."""
+    """This data folder's lasting gate id: holds taken before a crash are found again after it.
+
+    Replicas sharing a data folder each pass their own usage folder (`gate_home`): a gate id shared
+    between live processes would let one give back the other's holds."""
     folder = private_dir(data_dir / "billing")
     path = folder / "gate-id"
     if path.exists():
@@ -116,11 +120,17 @@ def gate_id(data_dir: Path) -> str:
     return value
 
 
+def gate_home(settings: RegistrySettings) -> Path:
+    """The folder whose `billing/gate-id` names this process's gate: the data folder, or with
+    `--replica` this replica's usage folder (read by the replica replaying a dead one's journal)."""
+    return settings.usage_dir if settings.replica else settings.data_dir
+
+
 class BillingGate:
     def __init__(self, state: RegistryState) -> None:
         self.state = state
         self.db = state.db
-        self.id = gate_id(state.settings.data_dir)
+        self.id = gate_id(gate_home(state.settings))
         self.decimals = state.settings.currency_decimals
         self.currency = state.settings.currency
         self.prices: dict[str, tuple[Pricing, float]] = {}

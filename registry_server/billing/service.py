@@ -43,6 +43,7 @@ from registry_server.billing.models import (
 )
 from registry_server.billing.pricing import FREE, MONTHLY, Pricing, schedule
 from registry_server.db import Database, chunks
+from registry_server.leases import Held, fence
 from registry_server.usage.models import UsageEventRow
 
 DAY_US = 86_400_000_000
@@ -465,17 +466,19 @@ class Rated:
     amount: int
 
 
-def rate_pending(db: Database, fee_bps: int, limit: int = RATE_BATCH) -> Rated:
+def rate_pending(db: Database, fee_bps: int, limit: int = RATE_BATCH, *, lease: Held | None = None) -> Rated:
     """Rate one batch of priced, unrated usage events: claim them, post one ledger transaction, and
-    write their charges, all in one database transaction."""
+    write their charges, all in one database transaction (fenced by `lease` when given)."""
     with db.session() as session:
+        if lease is not None:
+            fence(session, lease)
         return rate_batch(session, fee_bps, limit)
 
 
-def rate_all(db: Database, fee_bps: int, limit: int = RATE_BATCH) -> Rated:
+def rate_all(db: Database, fee_bps: int, limit: int = RATE_BATCH, *, lease: Held | None = None) -> Rated:
     events = amount = 0
     while True:
-        done = rate_pending(db, fee_bps, limit)
+        done = rate_pending(db, fee_bps, limit, lease=lease)
         events, amount = events + done.events, amount + done.amount
         if done.events == 0:
             return Rated(events, amount)

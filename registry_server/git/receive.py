@@ -48,6 +48,7 @@ from registry_server.git.pack_checks import (
     pack_objects,
     store_lookup,
 )
+from registry_server.git.pushlock import hold_push_lock
 from registry_server.git.recovery import QUARANTINE_LOCK
 from registry_server.orm import utcnow
 from registry_server.releases.models import Agent
@@ -199,22 +200,26 @@ class RegistryReceivePack(ReceivePackHandler):  # type: ignore[misc]
 
         ctx = self.ctx
         with ctx.repos.lock(ctx.name):
-            existing = self.repo.refs.as_dict()
-            stale = [
-                None if existing.get(u.ref, ZERO) == u.old else "stale info: fetch first" for u in updates
-            ]
-            if any(stale):
-                yield from self._refuse_all(updates, stale)
-                return
-            if _gone_meanwhile(new_objects, Path(main_store.path)):
-                # Garbage collection removed what this push builds on after the checks passed
-                # (only possible for objects no ref reached): landing it would leave a hole.
-                yield from self._refuse_all(
-                    updates, "objects this push builds on were removed meanwhile; push again"
-                )
-                return
             try:
                 with ctx.db.session() as session:
+                    # Across replicas: one push of this repository at a time, from the refs'
+                    # check to the commit (registry_server.git.pushlock).
+                    hold_push_lock(session, ctx.name)
+                    existing = self.repo.refs.as_dict()
+                    stale = [
+                        None if existing.get(u.ref, ZERO) == u.old else "stale info: fetch first"
+                        for u in updates
+                    ]
+                    if any(stale):
+                        yield from self._refuse_all(updates, stale)
+                        return
+                    if _gone_meanwhile(new_objects, Path(main_store.path)):
+                        # Garbage collection removed what this push builds on after the checks passed
+                        # (only possible for objects no ref reached): landing it would leave a hole.
+                        yield from self._refuse_all(
+                            updates, "objects this push builds on were removed meanwhile; push again"
+                        )
+                        return
                     plan = plan_updates(ctx.name, updates, lookup, published_versions(session, ctx.name))
                     if plan.refused:
                         for update, error in zip(updates, plan.errors, strict=True):

@@ -11,6 +11,10 @@ before serving, every repository is brought back to a state a push could have le
   lock, which every push holds while it moves packs and refs;
 - a repository with no refs (made by a push that was refused, abandoned or killed) is removed.
 
+Replicas sharing the repositories run it at their start while others serve: each repository is
+cleaned holding the push lock of the database (registry_server.git.pushlock), so a push in flight
+on another replica finishes (or has not begun moving refs) before its tags are compared.
+
 A release row whose tag is missing is left alone: the push that wrote it had moved its tag
 first, so the tag was removed afterwards on purpose (the repository deleted by its operator) and
 the row is what keeps the version from being published again at another commit.
@@ -26,8 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from registry_server.db import Database
+from registry_server.git.pushlock import hold_push_lock
 from registry_server.releases.models import Agent, Release
 from registry_server.storage import RepoStore
 
@@ -100,15 +106,11 @@ def _remove_partial_packs(repo_path: Path) -> list[Path]:
     return removed
 
 
-def _release_versions(db: Database) -> dict[str, set[str]]:
-    with db.session() as session:
-        rows = session.execute(
-            select(Agent.name, Release.version).join(Release, Release.agent_id == Agent.id)
-        )
-        versions: dict[str, set[str]] = {}
-        for name, version in rows:
-            versions.setdefault(name, set()).add(version)
-        return versions
+def _release_versions(session: Session, name: str) -> set[str]:
+    rows = session.execute(
+        select(Release.version).join(Agent, Release.agent_id == Agent.id).where(Agent.name == name)
+    )
+    return set(rows.scalars())
 
 
 def _repositories(repos: RepoStore) -> list[tuple[str, Path]]:
@@ -160,14 +162,17 @@ def recover(repos: RepoStore, db: Database) -> Recovery:
     """Bring every repository in line with the release index; run before serving."""
     report = Recovery()
     _remove_unfinished_creations(repos)
-    released = _release_versions(db)
     for name, path in _repositories(repos):
         try:
             repos.path_of(name)
         except ValueError:
             log.warning("skipping a folder that is no agent's repository", extra={"path": str(path)})
             continue
-        with repos.lock(name):
+        with repos.lock(name), db.session() as session:
+            # Another replica may be pushing to it right now: wait for its commit, so its tag is
+            # not taken for an interrupted push's (registry_server.git.pushlock).
+            hold_push_lock(session, name)
+            known = _release_versions(session, name)
             report.quarantines += [str(p) for p in remove_quarantines(path)]
             for lock in _stale_locks(path):
                 lock.unlink(missing_ok=True)
@@ -177,7 +182,6 @@ def recover(repos: RepoStore, db: Database) -> Recovery:
             if repo is None:
                 continue
             try:
-                known = released.get(name, set())
                 # (as_dict takes a folder: "refs/tags/v" would match nothing)
                 for tag, sha in sorted(repo.refs.as_dict(b"refs/tags").items()):
                     version = tag[1:].decode("utf-8", "replace")

@@ -6,11 +6,15 @@
 - repositories with no refs, older than the grace period, that no push is filling;
 - sign-in nonces past their expiry; tokens (sessions are tokens) expired or revoked longer than
   the token retention ago;
-- usage-journal segments (`usage/journal.N.flushing`) whose every event is already in the database.
+- usage-journal segments (`usage/journal.N.flushing`, and each replica's under
+  `usage/replicas/<name>/`) whose every event is already in the database.
 
 Releases are never collected: every published release's commit is a root, yanked or not.
 Deployment revisions have no retention: a rollback may go back to any of them, so all are kept.
-`GcScheduler` runs the same collection every `gc_interval` seconds when that setting is above 0.
+`GcScheduler` runs the same collection every `gc_interval` seconds when that setting is above 0,
+on the replica that holds the lease "gc" (any replica's run is safe, but one is enough); its row
+deletions are fenced by that lease, and it checks the lease again before each repository, so a
+replica paused past its lease stops at the next step.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,9 +36,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mcpz.errors import McpzError
 from registry_server.accounts.models import AuthNonce, Token
+from registry_server.git.pushlock import hold_push_lock
 from registry_server.git.recovery import quarantine_in_use
+from registry_server.leases import Held, LeaseLost, fence
 from registry_server.maintenance import repack
 from registry_server.maintenance.plan import GcReport
+from registry_server.pause_points import pause_point
 from registry_server.releases.models import Agent, Release
 from registry_server.state import RegistryState
 from registry_server.storage import RepoStore
@@ -53,14 +60,18 @@ def collect_garbage(
     grace: float | None = None,
     now: float | None = None,
     before_swap: Callable[[], None] | None = None,
+    lease: Held | None = None,
 ) -> GcReport:
-    """Collect everything (see the module's docstring); on a dry run, only count it."""
+    """Collect everything (see the module's docstring); on a dry run, only count it.
+
+    `lease`: the scheduler's lease "gc", checked before each repository and in the rows' deletion
+    (LeaseLost once another replica took it); None for a run a person started."""
     settings = state.settings
     moment = time.time() if now is None else now
     cutoff = moment - (settings.gc_grace if grace is None else grace)
     report = GcReport(dry_run=dry_run)
-    _collect_repositories(state, report, cutoff, dry_run, before_swap)
-    _collect_rows(state, report, moment, settings.token_retention, dry_run)
+    _collect_repositories(state, report, cutoff, dry_run, before_swap, lease)
+    _collect_rows(state, report, moment, settings.token_retention, dry_run, lease)
     _collect_usage_segments(state, report, dry_run)
     return report
 
@@ -101,15 +112,19 @@ def _collect_repositories(
     cutoff: float,
     dry_run: bool,
     before_swap: Callable[[], None] | None,
+    lease: Held | None,
 ) -> None:
     releases = _release_commits(state)
     repos = state.repos
     objects_freed = report.freed("git objects")
     for name, path in repositories(repos):
+        if lease is not None and lease.epoch:  # (epoch 0: the single-process registry's)
+            with state.db.session() as session:
+                fence(session, lease)  # files are not fenced by the database: stop between them
         report.repositories += 1
-        if name not in releases and _collect_empty(repos, name, path, cutoff, dry_run, report):
+        if name not in releases and _collect_empty(state, name, path, cutoff, dry_run, report):
             continue  # (a repository with releases is never removed, even with its refs gone)
-        with repos.lock(name):
+        with writer_lock(state, name):
             for quarantine in sorted((path / "objects").glob("incoming-*")):
                 if quarantine.is_dir() and not quarantine_in_use(quarantine):
                     report.freed("quarantines").add(_folder_size(quarantine), f"{name}: {quarantine.name}")
@@ -119,7 +134,7 @@ def _collect_repositories(
             path,
             release_commits=releases.get(name, ()),
             cutoff=cutoff,
-            writer_lock=lambda name=name: repos.lock(name),  # type: ignore[misc]
+            writer_lock=lambda name=name: writer_lock(state, name),  # type: ignore[misc]
             dry_run=dry_run,
             before_swap=before_swap,
         )
@@ -137,11 +152,21 @@ def _collect_repositories(
         )
 
 
+@contextlib.contextmanager
+def writer_lock(state: RegistryState, name: str) -> Iterator[None]:
+    """What a push holds while it moves packs and refs: this process's lock on the repository and,
+    across replicas, the database's (registry_server.git.pushlock)."""
+    with state.repos.lock(name), state.db.session() as session:
+        hold_push_lock(session, name)
+        yield
+
+
 def _collect_empty(
-    repos: RepoStore, name: str, path: Path, cutoff: float, dry_run: bool, report: GcReport
+    state: RegistryState, name: str, path: Path, cutoff: float, dry_run: bool, report: GcReport
 ) -> bool:
     """Remove the repository if it has no refs, is older than the cutoff and no push fills it."""
-    with repos.lock(name):
+    repos = state.repos
+    with writer_lock(state, name):
         refs = path / "refs"
         packed = path / "packed-refs"
         has_refs = (packed.exists() and packed.stat().st_size > 0) or any(
@@ -160,7 +185,12 @@ def _collect_empty(
 
 
 def _collect_rows(
-    state: RegistryState, report: GcReport, moment: float, retention: float, dry_run: bool
+    state: RegistryState,
+    report: GcReport,
+    moment: float,
+    retention: float,
+    dry_run: bool,
+    lease: Held | None,
 ) -> None:
     now = datetime.fromtimestamp(moment, UTC)
     kept_until = now - timedelta(seconds=retention)
@@ -170,6 +200,9 @@ def _collect_rows(
         nonces = session.scalar(select(func.count()).select_from(AuthNonce).where(nonce_gone)) or 0
         tokens = list(session.execute(select(Token.id, Token.prefix, Token.name).where(token_gone)))
         if not dry_run:
+            if lease is not None:
+                pause_point("gc-before-rows")
+                fence(session, lease)
             session.execute(delete(AuthNonce).where(nonce_gone))
             session.execute(delete(Token).where(token_gone))
             session.commit()
@@ -186,20 +219,31 @@ def _collect_usage_segments(state: RegistryState, report: GcReport, dry_run: boo
     failed or the process died in between. The running flusher removes segments with
     `missing_ok`, and writes events idempotently, so removing one under it is harmless.
     """
-    directory = state.settings.data_dir / "usage"
-    if not directory.is_dir():
-        return
-    for path in sorted(directory.iterdir()):
-        if _SEGMENT.fullmatch(path.name) is None:
-            continue
+    for path in _usage_segments(state.settings.data_dir / "usage"):
         digests = _segment_digests(path)
         if digests is None:
             continue
         if digests and not _all_stored(state, digests):
             continue
-        report.freed("usage segments").add(path.stat().st_size, path.name)
+        shown = path.relative_to(state.settings.data_dir / "usage")
+        report.freed("usage segments").add(path.stat().st_size, str(shown))
         if not dry_run:
             path.unlink(missing_ok=True)
+
+
+def _usage_segments(directory: Path) -> list[Path]:
+    """The segments of the single-process journal and of each replica's (`replicas/<name>/`)."""
+    folders = [directory]
+    replicas = directory / "replicas"
+    if replicas.is_dir():
+        folders += sorted(p for p in replicas.iterdir() if p.is_dir())
+    return [
+        path
+        for folder in folders
+        if folder.is_dir()
+        for path in sorted(folder.iterdir())
+        if _SEGMENT.fullmatch(path.name) is not None
+    ]
 
 
 def _segment_digests(path: Path) -> dict[str, str] | None:
@@ -231,8 +275,12 @@ def _all_stored(state: RegistryState, digests: dict[str, str]) -> bool:
     return True
 
 
+LEASE = "gc"
+
+
 class GcScheduler:
-    """Runs `collect_garbage` every `gc_interval` seconds in a worker thread (0: never)."""
+    """Runs `collect_garbage` every `gc_interval` seconds in a worker thread (0: never), on the
+    replica holding the lease "gc" (always, in the single-process registry)."""
 
     def __init__(self, state: RegistryState) -> None:
         self.state = state
@@ -242,6 +290,7 @@ class GcScheduler:
 
     async def start(self) -> None:
         if self.interval > 0:
+            self.state.leadership.want(LEASE)
             self._task = asyncio.create_task(self._run(), name="mcpz-gc")
 
     async def stop(self) -> None:
@@ -251,12 +300,21 @@ class GcScheduler:
                 await self._task
             self._task = None
 
+    def _collect(self, lease: Held) -> GcReport:
+        return collect_garbage(self.state, lease=lease)
+
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
+            lease = self.state.leadership.held(LEASE)
+            if lease is None:
+                continue  # another replica collects
             try:
                 # Not cancellable once started: a run stopped halfway would only waste its work.
-                self.last = await anyio.to_thread.run_sync(lambda: collect_garbage(self.state))
+                self.last = await anyio.to_thread.run_sync(self._collect, lease)
+            except LeaseLost as e:
+                log.warning("scheduled gc stopped: %s", e.message)
+                continue
             except (McpzError, SQLAlchemyError, OSError, ValueError) as e:
                 log.error("scheduled gc failed, tried again in %s s: %s", self.interval, e)
                 continue

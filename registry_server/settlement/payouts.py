@@ -39,6 +39,7 @@ from registry_server.accounts.models import Account
 from registry_server.billing import ledger, service
 from registry_server.billing.models import LedgerBalance
 from registry_server.db import Database
+from registry_server.leases import Held, fence
 from registry_server.settings import RegistrySettings
 from registry_server.settlement import batches
 from registry_server.settlement.batches import (
@@ -133,11 +134,21 @@ def unfinished(session: Session, chain_id: int) -> PayoutBatch | None:
     )
 
 
-def build(db: Database, chain_id: int, contract: str, minimum: int, at_us: int | None = None) -> int | None:
+def build(
+    db: Database,
+    chain_id: int,
+    contract: str,
+    minimum: int,
+    at_us: int | None = None,
+    *,
+    lease: Held | None = None,
+) -> int | None:
     """Build the next batch and take its earnings into settlement:payouts; its id, or None when nobody
-    is owed `minimum` or more (or another batch is not final yet: that one's id is returned)."""
+    is owed `minimum` or more (or another batch is not final yet: that one's id is returned).
+    `lease`: the settlement job's lease, fencing the write (LeaseLost once another replica has it)."""
     at = service.now_us() if at_us is None else at_us
     with db.session() as session:
+        _fence(session, lease)
         open_batch = unfinished(session, chain_id)
         if open_batch is not None:
             return open_batch.batch_id
@@ -226,10 +237,12 @@ def _record(
     *,
     raw: str | None = None,
     at_us: int | None = None,
+    lease: Held | None = None,
 ) -> bool:
     """Apply `event` to the batch if it is still at `version`; False when another driver moved it."""
     at = service.now_us() if at_us is None else at_us
     with db.session() as session:
+        _fence(session, lease)
         row, batch = _load(session, chain_id, batch_id, lock=True)
         if row.version != version:
             return False
@@ -271,8 +284,14 @@ def _record(
     return True
 
 
-def _note(db: Database, chain_id: int, batch_id: int, text: str) -> None:
+def _fence(session: Session, lease: Held | None) -> None:
+    if lease is not None:
+        fence(session, lease)
+
+
+def _note(db: Database, chain_id: int, batch_id: int, text: str, lease: Held | None = None) -> None:
     with db.session() as session:
+        _fence(session, lease)
         row = session.get(PayoutBatch, (chain_id, batch_id))
         if row is not None and row.note != text:
             row.note = text[:1000]
@@ -350,8 +369,11 @@ def drive(
     *,
     start_block: int = 0,
     now: Callable[[], float] = time.time,
+    lease: Held | None = None,
 ) -> Progress:
-    """Take the batch as far as the chain allows now; stops at a wait, at final, or at a failure."""
+    """Take the batch as far as the chain allows now; stops at a wait, at final, or at a failure.
+    Every write is fenced by `lease` (when given): a replica that lost it stops at LeaseLost,
+    before it broadcasts a commit it could not record."""
     chain_id = chain.chain_id
     progress = Progress(batch_id, "")
     sent = False
@@ -377,7 +399,9 @@ def drive(
         progress.steps.append(type(step).__name__)
         match step:
             case Final():
-                if not batch.final and _record(db, chain_id, batch_id, version, batches.Finalized()):
+                if not batch.final and _record(
+                    db, chain_id, batch_id, version, batches.Finalized(), lease=lease
+                ):
                     log.info("payout batch final", extra={"batch": batch_id})
                     progress.state = BatchState.FINAL.value
                     _checkpoint("final")
@@ -390,7 +414,7 @@ def drive(
                             f"the contract holds {free} unallocated and batch {batch_id} needs "
                             f"{batch.total}: it waits for deposits"
                         )
-                        _note(db, chain_id, batch_id, progress.note)
+                        _note(db, chain_id, batch_id, progress.note, lease)
                         return progress
                 try:
                     signed = chain.sign_commit(
@@ -399,11 +423,17 @@ def drive(
                     )  # fmt: skip
                 except CommitRefused as e:
                     progress.note = e.message
-                    _note(db, chain_id, batch_id, e.message)
+                    _note(db, chain_id, batch_id, e.message, lease)
                     return progress
                 attempt = batches.Attempt(signed.tx_hash, step.max_fee, step.priority_fee, now())
                 if not _record(
-                    db, chain_id, batch_id, version, batches.Sent(step.nonce, attempt), raw=signed.raw
+                    db,
+                    chain_id,
+                    batch_id,
+                    version,
+                    batches.Sent(step.nonce, attempt),
+                    raw=signed.raw,
+                    lease=lease,
                 ):
                     continue  # another driver moved the batch: look again
                 _checkpoint("signed")
@@ -420,24 +450,24 @@ def drive(
                 chain.broadcast(raws[tx_hash])
                 _checkpoint("sent")
             case Mined(receipt=receipt):
-                _record(db, chain_id, batch_id, version, batches.MinedEvent(receipt))
+                _record(db, chain_id, batch_id, version, batches.MinedEvent(receipt), lease=lease)
                 _checkpoint("mined")
             case AlreadyCommitted(receipt=receipt):
-                _record(db, chain_id, batch_id, version, batches.Adopted(receipt))
+                _record(db, chain_id, batch_id, version, batches.Adopted(receipt), lease=lease)
                 _checkpoint("mined")
             case Confirmed():
-                _record(db, chain_id, batch_id, version, batches.ConfirmedEvent())
+                _record(db, chain_id, batch_id, version, batches.ConfirmedEvent(), lease=lease)
                 _checkpoint("confirmed")
             case Reorged():
                 log.warning("a payout batch's commit was reorganised away", extra={"batch": batch_id})
-                _record(db, chain_id, batch_id, version, batches.ReorgedEvent())
+                _record(db, chain_id, batch_id, version, batches.ReorgedEvent(), lease=lease)
             case Wait(reason=reason):
                 progress.note = reason
                 return progress
             case Failed(reason=reason):
                 log.error("a payout batch needs an operator", extra={"batch": batch_id, "reason": reason})
                 progress.note = reason
-                _note(db, chain_id, batch_id, reason)
+                _note(db, chain_id, batch_id, reason, lease)
                 return progress
     progress.note = f"stopped after {MAX_STEPS} steps; the next run goes on"
     return progress
@@ -580,19 +610,27 @@ def run(
     settings: RegistrySettings,
     *,
     build_new: bool = True,
+    lease: Held | None = None,
 ) -> Progress | None:
     """Drive the unfinished batch, or build the next one (when `build_new`) and drive it. None when
-    there is nothing to do: no batch open and nobody owed `settlement_payout_minimum`."""
+    there is nothing to do: no batch open and nobody owed `settlement_payout_minimum`. `lease`: the
+    settlement job's, fencing every write."""
     chain_id = chain.chain_id
     with db.session() as session:
         open_batch = unfinished(session, chain_id)
         batch_id = open_batch.batch_id if open_batch is not None else None
     if batch_id is None and build_new:
-        batch_id = build(db, chain_id, chain.address, settings.settlement_payout_minimum)
+        batch_id = build(db, chain_id, chain.address, settings.settlement_payout_minimum, lease=lease)
     if batch_id is None:
         return None
     return drive(
-        db, chain, operator, batch_id, policy_of(settings), start_block=settings.settlement_start_block
+        db,
+        chain,
+        operator,
+        batch_id,
+        policy_of(settings),
+        start_block=settings.settlement_start_block,
+        lease=lease,
     )
 
 

@@ -3,7 +3,9 @@ once confirmed (settlement/deposits.py), and, with an operator key, build a payo
 `settlement_payout_interval` seconds and drive the open one towards final (settlement/payouts.py);
 settle withdrawal vouchers used or expired on chain (settlement/withdrawals.py).
 Every step is idempotent, so any number of registry processes may run it at once; a chain that
-cannot be reached is tried again with a growing pause.
+cannot be reached is tried again with a growing pause. With several replicas only the one holding
+the lease "settlement" works, and the payout job's writes are fenced by it: a replica paused past
+its lease cannot record (nor so broadcast) a commit after another took over.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import anyio.to_thread
 
 from registry_server.billing.service import now_us
+from registry_server.leases import Held, LeaseLost
 from registry_server.settlement import deposits, payouts, withdrawals
 from registry_server.settlement.chain import SettlementChain, TokenInfo
 from registry_server.settlement.operator import Operator
@@ -22,6 +25,7 @@ from registry_server.state import RegistryState
 
 log = logging.getLogger("registry_server.settlement")
 
+LEASE = "settlement"
 MAX_BACKOFF = 60.0
 CATCH_UP_ROUNDS = 20  # scans one tick may make to work off a backlog before it yields
 
@@ -47,6 +51,7 @@ class SettlementWorker:
         )
 
     async def start(self) -> None:
+        self.state.leadership.want(LEASE)
         self._task = asyncio.create_task(self._run(), name="settlement")
 
     async def stop(self) -> None:
@@ -62,6 +67,9 @@ class SettlementWorker:
         return self._token
 
     async def tick(self) -> None:
+        lease = self.state.leadership.held(LEASE)
+        if lease is None:
+            return  # another replica watches the chain and pays out
         if not self._checked:
             # A node of another chain would have its blocks taken for ours; nothing is read until it is right.
             await anyio.to_thread.run_sync(self.chain.check)
@@ -77,13 +85,18 @@ class SettlementWorker:
             if done.caught_up:
                 break
         if self.operator is not None:
-            await anyio.to_thread.run_sync(self._payouts, self.operator)
+            try:
+                await anyio.to_thread.run_sync(self._payouts, self.operator, lease)
+            except LeaseLost as e:
+                log.warning("payouts stopped: %s", e.message)
 
-    def _payouts(self, operator: Operator) -> payouts.Progress | None:
+    def _payouts(self, operator: Operator, lease: Held | None = None) -> payouts.Progress | None:
         interval = self.state.settings.settlement_payout_interval
         last = payouts.last_built_us(self.state.db, self.chain.chain_id)
         due = interval > 0 and (last is None or now_us() - last >= interval * 1_000_000)
-        return payouts.run(self.state.db, self.chain, operator, self.state.settings, build_new=due)
+        return payouts.run(
+            self.state.db, self.chain, operator, self.state.settings, build_new=due, lease=lease
+        )
 
     async def _run(self) -> None:
         backoff = self.interval

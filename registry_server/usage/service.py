@@ -95,13 +95,19 @@ class UsageRecorder:
     """Records usage events for the registry `state`; see the module docstring for the guarantees."""
 
     def __init__(
-        self, state: RegistryState, *, batch_size: int = BATCH_SIZE, held_lock: int | None = None
+        self,
+        state: RegistryState,
+        *,
+        batch_size: int = BATCH_SIZE,
+        held_lock: int | None = None,
+        directory: Path | None = None,
     ) -> None:
         """`held_lock`: the data folder's lock, already taken with `take_data_lock` (it is then
-        this recorder's to release)."""
+        this recorder's to release). `directory`: another usage folder than this process's own
+        (a dead replica's, replayed by registry_server.billing.orphans)."""
         self.db: Database = state.db
         self.metrics = state.metrics
-        self.directory = state.settings.usage_dir
+        self.directory = directory or state.settings.usage_dir
         self.interval = state.settings.usage_flush_interval
         self.batch_size = batch_size
         self.stats = UsageStats()

@@ -26,7 +26,7 @@ from registry_server.accounts import service as accounts
 from registry_server.settings import RegistrySettings
 from registry_server.state import RegistryState
 from registry_server.usage.events import Outcome, UsageEvent
-from registry_server.usage.service import UsageRecorder
+from registry_server.usage.service import BATCH_SIZE, UsageRecorder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,10 +47,10 @@ class Setup:
         env = {"MCPZ_DATABASE_URL": self.database_url} if self.database_url else {}
         return RegistrySettings.load(data_dir=self.data_dir, env=env, **kw)
 
-    def recorder(self, flush_interval: float = 3600.0, **kw: int) -> UsageRecorder:
+    def recorder(self, flush_interval: float = 3600.0, batch_size: int = BATCH_SIZE) -> UsageRecorder:
         """A recorder whose flusher, by default, only writes when asked (or on a full batch)."""
         settings = self.settings(usage_flush_interval=flush_interval)
-        return UsageRecorder(RegistryState(settings, self.state.db, self.state.repos), **kw)
+        return UsageRecorder(RegistryState(settings, self.state.db, self.state.repos), batch_size=batch_size)
 
     def rows(self) -> dict[str, str]:
         with self.state.db.session() as session:

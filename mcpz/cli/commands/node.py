@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mcpz.cli.common import RegistryOpt, TokenOpt, run, settings, token_for
+from mcpz.cli.common import TokenOpt, run, settings, token_for
 from mcpz.cli.output import attach_log, out
 from mcpz.errors import AuthError, UsageError
 
@@ -37,7 +37,15 @@ def _labels(pairs: list[str]) -> dict[str, str]:
 
 @node_app.command("run")
 def run_node(
-    registry: RegistryOpt = None,
+    registry: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--registry",
+            help="Registry URL (else MCPZ_REGISTRY, else the user config). Repeat it with the URLs of "
+            "other replicas of the same registry: when one fails the node connects to the next, its "
+            "agents kept running.",
+        ),
+    ] = None,
     token: TokenOpt = None,
     name: Annotated[
         str | None, typer.Option("--name", help="The node's name (default: the host name).")
@@ -121,7 +129,7 @@ def run_node(
     from mcpz.config import data_dir
     from mcpz.node import Node, NodeConfig
 
-    url = settings(registry).registry
+    url = settings(registry[0] if registry else None).registry
     secret = token_for(url, token)
     if not secret:
         raise AuthError(
@@ -143,6 +151,7 @@ def run_node(
         replica_log_bytes=log_file_bytes,
         replica_log_files=log_files,
         gc_interval=_every(gc_every),
+        registries=tuple(registry[1:]) if registry else (),
     )
     node = Node(config)
     output = out()
