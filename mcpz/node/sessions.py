@@ -95,6 +95,8 @@ class SessionPool:
         self.started = 0  # processes started, the spares included
         self._spare: SessionProcess | None = None
         self._tg: TaskGroup | None = None
+        self._started = anyio.Event()  # run() holds the task group
+        self._closed = False
 
     @property
     def running(self) -> int:
@@ -106,18 +108,22 @@ class SessionPool:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                self._started.set()
                 self._start_spare()
                 while True:
                     await anyio.sleep(max(0.05, min(self.idle / 4, 5.0)))
                     self._sweep()
         finally:
             self._tg = None
+            self._closed = True
             self.sessions.clear()
             self._spare = None
 
     async def open(self, session_id: str) -> StdioChannel:
         """The process for a new session: the spare, else a fresh one. PoolExhausted past the
         limit; SessionGone if the process could not start."""
+        if not self._closed:
+            await self._started.wait()
         if self._tg is None:
             raise SessionGone("the replica is stopping")
         if session_id in self.sessions:
