@@ -243,8 +243,15 @@ class CallRelay:
                 return error_response(request_id, BUSY, f"{e}: try again later", SESSIONS_EXHAUSTED)
             except SessionGone as e:
                 return agent_gone(request_id, str(e))
+            except anyio.get_cancelled_exc_class():
+                pool.end(session_id, "its initialize was cancelled")
+                raise
             sp = pool.sessions.get(session_id)
-            response = await self._on_process(frame, sp, channel, message)
+            try:
+                response = await self._on_process(frame, sp, channel, message)
+            except anyio.get_cancelled_exc_class():
+                pool.end(session_id, "its initialize was cancelled")  # no session came of it
+                raise
             if "result" not in response:
                 pool.end(session_id, "its initialize failed")
             return response
