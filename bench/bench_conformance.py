@@ -265,7 +265,7 @@ def main() -> None:
     if why is not None:
         print(why)
         goals = [g.unmeasured(text, why) for text in goals_text]
-        figures = {"direct": None, "gateway": None, "isolated": None}
+        figures: dict[str, object] = {"direct": None, "gateway": None, "isolated": None}
         g.finish("conformance", info, load_before, goals, figures, args.smoke)
         return
     started = time.monotonic()
