@@ -194,7 +194,10 @@ class StdioChannel:
         newest attached client, else answered here."""
         if self.on_request is not None:
             self.on_request(message)
-        elif self._sessions:
+        elif self._sessions and self.on_message is None:
+            # Not while gateway calls are relayed here (`on_message` set): the node's health check
+            # never causes a request from the agent, so one arriving while it is attached belongs
+            # to some session's call, and must not be answered by the health check's client.
             self._sessions[-1].deliver(message)
         elif message.get("method") == "ping":
             await self._write({"jsonrpc": "2.0", "id": message["id"], "result": {}})
