@@ -11,7 +11,9 @@ cannot be tied to one session is refused with an error that says so, and reaches
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sys
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -26,7 +28,7 @@ from conformanceutil import EVERYTHING
 from conftest import isolate, start_registry
 from gitutil import git
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
-from meshutil import AGENT, FAST, Mesh, until
+from meshutil import AGENT, FAST, Mesh, agent_pids, until
 
 from mcpz.repo.templates import render_template
 
@@ -215,6 +217,54 @@ def test_isolated_a_full_pool_answers_initialize_with_503_and_delete_frees_a_slo
         opened.append(until(admitted, 30, "a freed slot").headers["mcp-session-id"])
         for session_id in opened:
             assert http.delete(site.url, headers={**headers, "Mcp-Session-Id": session_id}).status_code == 200
+
+
+def test_isolated_a_session_whose_process_died_gets_404_and_starts_anew(sites: dict[str, Site]) -> None:
+    """Each session's process is its own: killing one fails that session alone (404: the client
+    initializes again), and a new session works."""
+    site = sites["isolated"]
+    data = site.mesh.nodes[0].data
+    headers = {
+        "Authorization": f"Bearer {site.token}",
+        "Accept": ACCEPT_BOTH,
+        "Content-Type": "application/json",
+    }
+    params = {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    }
+    listed = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+
+    def initialize(http: httpx2.Client) -> str:
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params})
+        response = http.post(site.url, content=body, headers=headers)
+        assert response.status_code == 200, response.text
+        return str(response.headers["mcp-session-id"])
+
+    with httpx2.Client(timeout=30) as http:
+        # Settled: the warm process and the spare, nothing of earlier tests' sessions left.
+        def settled() -> set[int] | None:
+            pids = set(agent_pids(data))
+            return pids if len(pids) == 2 else None
+
+        before = until(settled, 30, "two processes")
+        first = initialize(http)  # takes the spare; the node starts the next one
+        spare = until(lambda: set(agent_pids(data)) - before, 30, "the next spare")
+        second = initialize(http)  # takes that one
+        (pid,) = spare
+        os.kill(pid, signal.SIGKILL)
+        until(lambda: pid not in agent_pids(data), 30, "the killed process gone")
+        gone = http.post(site.url, content=listed, headers={**headers, "Mcp-Session-Id": second})
+        assert gone.status_code == 404, gone.text
+        assert "initialize again" in gone.text or "start a new session" in gone.text
+        kept = http.post(site.url, content=listed, headers={**headers, "Mcp-Session-Id": first})
+        assert kept.status_code == 200 and "test_simple_text" in kept.text
+        third = initialize(http)
+        works = http.post(site.url, content=listed, headers={**headers, "Mcp-Session-Id": third})
+        assert works.status_code == 200 and "test_simple_text" in works.text
+        for session_id in (first, third):
+            http.delete(site.url, headers={**headers, "Mcp-Session-Id": session_id})
 
 
 # --- shared ---------------------------------------------------------------------------------------
