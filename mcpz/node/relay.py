@@ -260,7 +260,7 @@ class CallRelay:
             return error_response(
                 request_id,
                 AGENT_GONE,
-                "this session's agent process has ended (unused too long, or it exited): start a new session",
+                "this session's agent process has ended (unused too long, or it exited)",
                 SESSION_GONE,
             )
         response = await self._on_process(frame, sp, sp.channel, message)

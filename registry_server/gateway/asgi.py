@@ -857,7 +857,8 @@ class Gateway:
             payload, outcome = await self._await(call, request_id, disconnect)
             if target.isolated and _reason_of(payload) == SESSION_GONE:
                 self._end_session(session)  # its process ended (idle, or exited): the client starts anew
-                raise GatewayError(404, INVALID_REQUEST, _error_message(payload), request_id=request_id)
+                why = _error_message(payload)
+                raise GatewayError(404, INVALID_REQUEST, f"{why}: initialize again", request_id=request_id)
             if outcome == Outcome.REPLICA_LOST and target.isolated:
                 self._end_session(session)  # the replica (and the session's process) is gone
             elif outcome == Outcome.REPLICA_LOST:

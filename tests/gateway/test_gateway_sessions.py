@@ -257,7 +257,7 @@ def test_isolated_a_session_whose_process_died_gets_404_and_starts_anew(sites: d
         until(lambda: pid not in agent_pids(data), 30, "the killed process gone")
         gone = http.post(site.url, content=listed, headers={**headers, "Mcp-Session-Id": second})
         assert gone.status_code == 404, gone.text
-        assert "initialize again" in gone.text or "start a new session" in gone.text
+        assert gone.json()["error"]["message"].endswith(": initialize again"), gone.text
         kept = http.post(site.url, content=listed, headers={**headers, "Mcp-Session-Id": first})
         assert kept.status_code == 200 and "test_simple_text" in kept.text
         third = initialize(http)
