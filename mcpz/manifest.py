@@ -26,13 +26,22 @@ Kind = Literal["agent", "plugin"]
 
 _TABLES = ("agent", "run", "dependencies")
 _AGENT_KEYS = ("name", "version", "kind", "description", "license", "keywords")
-_RUN_KEYS = ("command", "env")
+_RUN_KEYS = ("command", "env", "sessions", "max_sessions", "session_idle")
+SESSION_MODES = ("shared", "isolated")
+DEFAULT_MAX_SESSIONS = 16
+DEFAULT_SESSION_IDLE = 300.0
 
 
 @dataclass(frozen=True)
 class RunSpec:
     command: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
+    # How the gateway maps client sessions to agent processes (docs/gateway.md#session-modes):
+    # "shared", one warm process for every session, or "isolated", one process per session, at
+    # most `max_sessions` at once per replica, each ended after `session_idle` seconds unused.
+    sessions: str = "shared"
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+    session_idle: float = DEFAULT_SESSION_IDLE
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,12 @@ class Manifest:
             run: dict[str, Any] = {"command": list(self.run.command)}
             if self.run.env:
                 run["env"] = dict(self.run.env)
+            if self.run.sessions != "shared":
+                run["sessions"] = self.run.sessions
+            if self.run.max_sessions != DEFAULT_MAX_SESSIONS:
+                run["max_sessions"] = self.run.max_sessions
+            if self.run.session_idle != DEFAULT_SESSION_IDLE:
+                run["session_idle"] = self.run.session_idle
             data["run"] = run
         if self.dependencies:
             data["dependencies"] = dict(sorted(self.dependencies.items()))
@@ -86,6 +101,10 @@ def _replace(manifest: Manifest, **changes: Any) -> Manifest:
     from dataclasses import replace
 
     return replace(manifest, **changes)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _err(message: str, source: str) -> ManifestError:
@@ -174,7 +193,22 @@ def manifest_from_dict(data: Mapping[str, Any], source: str = MANIFEST_FILE) -> 
             isinstance(k, str) and isinstance(v, str) for k, v in env.items()
         ):
             raise _err('[run].env must be a table of strings, e.g. { LOG_LEVEL = "info" }', source)
-        run = RunSpec(command=command, env=dict(env))
+        sessions = run_table.get("sessions", "shared")
+        if sessions not in SESSION_MODES:
+            raise _err(f'[run].sessions {sessions!r} is not one of "shared", "isolated"', source)
+        max_sessions = run_table.get("max_sessions", DEFAULT_MAX_SESSIONS)
+        if not _whole(max_sessions) or not 1 <= max_sessions <= 100_000:
+            raise _err(f"[run].max_sessions {max_sessions!r} must be a whole number from 1 to 100000", source)
+        idle = run_table.get("session_idle", DEFAULT_SESSION_IDLE)
+        if isinstance(idle, bool) or not isinstance(idle, int | float) or not 1 <= idle <= 86_400:
+            raise _err(f"[run].session_idle {idle!r} must be seconds, from 1 to 86400", source)
+        run = RunSpec(
+            command=command,
+            env=dict(env),
+            sessions=sessions,
+            max_sessions=max_sessions,
+            session_idle=float(idle),
+        )
     elif kind == "agent":
         raise _err('missing table [run] for kind = "agent" (e.g. command = ["python", "server.py"])', source)
 

@@ -180,8 +180,11 @@ class Mesh:
         """Live agent processes per replica id, over every node."""
         return Counter(rid for n in self.nodes for rid in n.agents().values())
 
-    def settled(self, replicas: int, version: str, timeout: float = 45.0) -> dict[str, Any]:
-        """The deployment ready at `version` with `replicas` replicas, one agent process each."""
+    def settled(
+        self, replicas: int, version: str, timeout: float = 45.0, processes: int = 1
+    ) -> dict[str, Any]:
+        """The deployment ready at `version` with `replicas` replicas, `processes` agent processes
+        each (isolated session mode: the warm one and the spare)."""
 
         def check() -> dict[str, Any] | None:
             view = self.view()
@@ -192,7 +195,7 @@ class Mesh:
                 return None
             if {i["status"] for i in live} != {"running"}:
                 return None
-            if self.running_processes() != Counter({i["id"]: 1 for i in live}):
+            if self.running_processes() != Counter({i["id"]: processes for i in live}):
                 return None
             return view
 

@@ -34,6 +34,10 @@ CLOSE_REPLACED = 4000
 CLOSE_HEARTBEAT_TIMEOUT = 4001
 CLOSE_HELLO_TIMEOUT = 4002
 
+# `error.data.reason` of a relayed call's JSON-RPC error, in isolated session mode (SessionPolicy):
+SESSION_GONE = "session-gone"  # no agent process serves the call's session any more: initialize again
+SESSIONS_EXHAUSTED = "sessions-exhausted"  # every process the replica may run serves another session
+
 MAX_CLOSE_REASON = 123  # bytes of UTF-8: what fits in a WebSocket close frame
 
 # Limits on single fields (sizes of strings are in characters).
@@ -180,6 +184,17 @@ class ResourceLimits:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class SessionPolicy:
+    """How a replica maps the gateway's client sessions to agent processes: `shared` (one warm process
+    for every session) or `isolated` (one process per session, at most `max_processes` at once, each
+    ended after `idle` seconds without a call)."""
+
+    mode: Annotated[str, Text(16, r"shared|isolated")] = "shared"
+    max_processes: Annotated[int, Range(1, 100_000)] = 16
+    idle: Annotated[float, Range(1, 86_400)] = 300.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LockedDependency:
     name: AgentName
     version: VersionText
@@ -296,6 +311,8 @@ class Deploy(Frame):
     tools_digest: Annotated[str, Text(71, r"(?:sha256:[0-9a-f]{64})?")] = ""
     # The release has no tool definitions recorded yet: send the first healthy `tools/list` (Tools).
     report_tools: bool = False
+    # The manifest's `[run] sessions`: shared (the default, what older nodes do) or isolated.
+    sessions: SessionPolicy = SessionPolicy()
 
 
 @_frame
@@ -416,3 +433,15 @@ class Notify(Frame):
     epoch: Epoch
     payload: Payload
     call_id: CallId | None = None
+
+
+@_frame
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EndSession(Frame):
+    """hub -> node, feature `sessions`: the client's session ended (DELETE, idle, evicted); the
+    replica ends the agent process it runs for that session, if any. Never answered."""
+
+    TYPE: ClassVar[str] = "end_session"
+    replica_id: Ident
+    epoch: Epoch
+    session_id: SessionId

@@ -37,6 +37,7 @@ from mcpz.mesh.frames import (
     Call,
     Cancel,
     Deploy,
+    EndSession,
     Error,
     Frame,
     Heartbeat,
@@ -552,7 +553,7 @@ LEGAL: Mapping[Phase, Mapping[Role, frozenset[_FrameKind]]] = {
     Phase.HELLO_SENT: {Role.NODE: frozenset(), Role.HUB: frozenset({Welcome, Error})},
     Phase.WELCOMED: {
         Role.NODE: frozenset({Heartbeat, Status, Log, Result, Tools}) | _BOTH_WAYS,
-        Role.HUB: frozenset({Deploy, Stop, Call, Cancel}) | _BOTH_WAYS,
+        Role.HUB: frozenset({Deploy, Stop, Call, Cancel, EndSession}) | _BOTH_WAYS,
     },
     Phase.CLOSED: {Role.NODE: frozenset(), Role.HUB: frozenset()},
 }

@@ -9,6 +9,7 @@ replicas the hub deploys to it. The parts, each usable alone:
 - `StdioChannel` (channel): the process's MCP stdio, shared by the health check and relayed calls;
 - `check_health` (health): MCP `initialize` + `tools/list`;
 - `Supervisor` (supervisor): start, check, restart with backoff, give up, stop;
+- `SessionPool` (sessions): isolated session mode, an agent process per gateway client session;
 - `NodeState` (state) and the epoch rules (rules): what the node holds, across restarts.
 
 See docs/node.md.

@@ -56,6 +56,7 @@ from mcpz.mesh import (
     Cancel,
     ConnectionState,
     Deploy,
+    EndSession,
     Error,
     ErrorCode,
     Frame,
@@ -79,6 +80,7 @@ from mcpz.node.pull import RegistryAccess, base_environment
 from mcpz.node.relay import CallRelay
 from mcpz.node.replicalogs import DEFAULT_FILE_BYTES, DEFAULT_FILES, ReplicaLogs
 from mcpz.node.replicas import ReplicaManager
+from mcpz.node.sessions import SessionPool
 from mcpz.node.state import Assignment, NodeState, lock_data_dir
 from mcpz.node.supervisor import SupervisorSettings
 from mcpz.node.sysinfo import SystemSampler
@@ -92,6 +94,7 @@ logger = logging.getLogger(__name__)
 MESH_PATH = "/v1/mesh"
 TRUST_FILE = "trust.json"  # in the data folder: the pinned namespace keys (mcpz.keys.trust.TrustStore)
 WELCOME_TIMEOUT = 10.0
+NODE_FEATURES = ("sessions",)  # isolated session mode: `end_session` (docs/mesh-protocol.md)
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,7 @@ def hello_frame(config: NodeConfig, state: NodeState, frame_id: int = 1) -> Hell
         replicas=state.reports(),
         software_version=__version__,
         shared=config.shared,
+        features=NODE_FEATURES,
     )
 
 
@@ -264,7 +268,7 @@ class Node:
             allow_unsigned=config.allow_unsigned,
         )
         self.outbox = Outbox()
-        self.relay = CallRelay(self._channel_for)
+        self.relay = CallRelay(self._channel_for, pool_for=self._pool_for)
         self.sampler = SystemSampler()
         self.cache: ObjectCache | None = None
         self.manager: ReplicaManager | None = None
@@ -580,6 +584,8 @@ class Node:
             self.relay.cancel(frame)
         elif isinstance(frame, Notify):
             self.relay.notify(frame)
+        elif isinstance(frame, EndSession):
+            self.relay.end_session(frame)
         elif isinstance(frame, Error):
             logger.warning(
                 "the registry reports an error about frame %s: %s: %s", frame.ref, frame.code, frame.message
@@ -637,6 +643,9 @@ class Node:
 
     def _channel_for(self, replica_id: str, epoch: int) -> StdioChannel | None:
         return self.manager.channel(replica_id, epoch) if self.manager is not None else None
+
+    def _pool_for(self, replica_id: str, epoch: int) -> SessionPool | None:
+        return self.manager.pool(replica_id, epoch) if self.manager is not None else None
 
     def _on_status(self, assignment: Assignment, exit_code: int | None) -> None:
         if self._reporting:

@@ -126,11 +126,15 @@ class StdioChannel:
         *,
         on_stray: Callable[[str], None] | None = None,
         on_message: Callable[[JSON], None] | None = None,
+        on_request: Callable[[JSON], None] | None = None,
         max_message: int = MAX_FRAME_SIZE,
     ) -> None:
         self.process = process
         self.on_stray = on_stray
         self.on_message = on_message
+        # A process of one client session (mcpz.node.sessions): the agent's requests go to that
+        # client as they are, and its answers come back through `send_message`.
+        self.on_request = on_request
         self.max_message = max_message
         self.initialize_result: JSON | None = None
         self.closed = anyio.Event()
@@ -186,8 +190,14 @@ class StdioChannel:
         pending.owner.deliver({**message, "id": pending.original_id})
 
     async def _server_request(self, message: JSON) -> None:
-        """A request from the agent to its client: to the newest attached client, else answered here."""
-        if self._sessions:
+        """A request from the agent to its client: to the session's client (`on_request`), else to the
+        newest attached client, else answered here."""
+        if self.on_request is not None:
+            self.on_request(message)
+        elif self._sessions and self.on_message is None:
+            # Not while gateway calls are relayed here (`on_message` set): the node's health check
+            # never causes a request from the agent, so one arriving while it is attached belongs
+            # to some session's call, and must not be answered by the health check's client.
             self._sessions[-1].deliver(message)
         elif message.get("method") == "ping":
             await self._write({"jsonrpc": "2.0", "id": message["id"], "result": {}})
@@ -231,6 +241,11 @@ class StdioChannel:
     async def _write(self, message: Mapping[str, Any]) -> None:
         data = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
         await self.process.stdin.write(data)
+
+    async def send_message(self, message: Mapping[str, Any]) -> None:
+        """Write one JSON-RPC message as it is: a client's notification, or its answer to a request
+        the agent made (`on_request`), whose id is the agent's own."""
+        await self._write(message)
 
     async def notify(self, method: str, params: Mapping[str, Any] | None = None) -> None:
         """Send a notification to the agent."""

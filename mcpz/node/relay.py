@@ -20,6 +20,14 @@ process) and answers with exactly one `result` frame, unless the hub cancelled t
   sending them to every session would leak one client's data to another.
 - **Bounded**: at most `max_calls` calls in flight per connection; past that a call is answered
   with an error at once rather than queued.
+- **Isolated sessions** (a replica with a `SessionPool`, mcpz.node.sessions): a session's
+  `initialize` takes a process of its own and is relayed to it as the client sent it; every later
+  call, notification and answer of the client (to a sampling, elicitation or roots request) goes
+  to that process alone, and `end_session` ends it. Whatever that process sends unprompted (log
+  messages, list changes, resource updates, its requests to the client) goes back as `notify`
+  for that session, with the call's id when exactly one call of the session is in flight (it
+  then travels on that call's stream). A full pool answers `initialize` with an error at once
+  (`data.reason` "sessions-exhausted"); a call for a session with no process, "session-gone".
 
 One relay serves the node's life; `serve()` runs while a connection is up, and when it ends
 (the connection dropped) every call still running is cancelled: the hub has failed them already.
@@ -37,8 +45,20 @@ import anyio
 from anyio.abc import TaskGroup
 
 from mcpz import jsonlimits, tracing
-from mcpz.mesh import MAX_FRAME_SIZE, Call, Cancel, Frame, Notify, ProtocolError, Result
-from mcpz.node.channel import AGENT_GONE, JSON, StdioChannel, agent_gone, error_response
+from mcpz.mesh import (
+    MAX_FRAME_SIZE,
+    SESSION_GONE,
+    SESSIONS_EXHAUSTED,
+    Call,
+    Cancel,
+    EndSession,
+    Frame,
+    Notify,
+    ProtocolError,
+    Result,
+)
+from mcpz.node.channel import AGENT_GONE, AGENT_GONE_REASON, JSON, StdioChannel, agent_gone, error_response
+from mcpz.node.sessions import PoolExhausted, SessionGone, SessionPool, SessionProcess
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +77,7 @@ LIST_CHANGED = frozenset(
 FOR_SESSIONS = LIST_CHANGED | {"notifications/resources/updated"}
 
 ChannelLookup = Callable[[str, int], StdioChannel | None]
+PoolLookup = Callable[[str, int], SessionPool | None]
 Send = Callable[[Frame], Awaitable[None]]
 
 
@@ -65,8 +86,11 @@ def dumps(message: JSON) -> bytes:
 
 
 class CallRelay:
-    def __init__(self, channel_for: ChannelLookup, *, max_calls: int = MAX_CALLS) -> None:
+    def __init__(
+        self, channel_for: ChannelLookup, *, pool_for: PoolLookup | None = None, max_calls: int = MAX_CALLS
+    ) -> None:
         self.channel_for = channel_for
+        self.pool_for = pool_for
         self.max_calls = max_calls
         self._tg: TaskGroup | None = None
         self._send: Send | None = None
@@ -104,8 +128,9 @@ class CallRelay:
                 frame.call_id, error_response(None, INVALID_REQUEST, "a call must be a JSON-RPC request")
             )
             return
-        channel = self.channel_for(frame.replica_id, frame.epoch)
-        if channel is None:
+        pool = self.pool_for(frame.replica_id, frame.epoch) if self.pool_for is not None else None
+        channel = self.channel_for(frame.replica_id, frame.epoch) if pool is None else None
+        if pool is None and channel is None:
             self._answer(
                 frame.call_id,
                 agent_gone(message["id"], f"replica {frame.replica_id} is not running on this node"),
@@ -130,9 +155,14 @@ class CallRelay:
                 message["method"], tool or "", frame.replica_id, trace.trace_id,
                 extra={"trace_id": trace.trace_id, "replica": frame.replica_id},
             )  # fmt: skip
-        self._watch(channel, frame.replica_id, frame.epoch)
         scope = anyio.CancelScope()
         self._calls[frame.call_id] = scope
+        if pool is not None:
+            self._watch_pool(pool, frame.replica_id, frame.epoch)
+            tg.start_soon(self._relay_session, frame, pool, message, scope)
+            return
+        assert channel is not None
+        self._watch(channel, frame.replica_id, frame.epoch)
         tg.start_soon(self._relay, frame, channel, message, scope)
 
     def cancel(self, frame: Cancel) -> None:
@@ -140,8 +170,19 @@ class CallRelay:
         if scope is not None:
             scope.cancel()
 
+    def end_session(self, frame: EndSession) -> None:
+        """The client's session ended: so does its process, if the replica runs one for it."""
+        pool = self.pool_for(frame.replica_id, frame.epoch) if self.pool_for is not None else None
+        if pool is not None:
+            pool.end(frame.session_id, "the client's session ended")
+
     def notify(self, frame: Notify) -> None:
-        """A client's notification for the agent (the gateway sends only the ones it should get)."""
+        """A client's notification for the agent (the gateway sends only the ones it should get);
+        for an isolated session, also its answers to the agent's requests."""
+        pool = self.pool_for(frame.replica_id, frame.epoch) if self.pool_for is not None else None
+        if pool is not None:
+            self._notify_session(pool, frame)
+            return
         channel = self.channel_for(frame.replica_id, frame.epoch)
         tg = self._tg
         if channel is None or tg is None:
@@ -153,7 +194,115 @@ class CallRelay:
         if isinstance(message, dict) and isinstance(message.get("method"), str) and "id" not in message:
             tg.start_soon(self._notify_agent, channel, message)
 
+    def _notify_session(self, pool: SessionPool, frame: Notify) -> None:
+        sp = pool.get(frame.session_id) if frame.session_id else None
+        tg = self._tg
+        if sp is None or sp.channel is None or tg is None:
+            return  # the session's process is gone: its next call says so
+        try:
+            message = jsonlimits.loads(frame.payload)
+        except ValueError:
+            return
+        is_notification = isinstance(message, dict) and isinstance(message.get("method"), str)
+        is_answer = isinstance(message, dict) and "method" not in message and "id" in message
+        if (is_notification and "id" not in message) or is_answer:
+            tg.start_soon(self._send_session, sp.channel, message)
+
+    async def _send_session(self, channel: StdioChannel, message: JSON) -> None:
+        try:
+            await channel.send_message(message)
+        except OSError:
+            pass  # the process is gone; its calls are answered by the channel
+
     # -- the work -------------------------------------------------------------------------------
+
+    async def _relay_session(
+        self, frame: Call, pool: SessionPool, message: JSON, scope: anyio.CancelScope
+    ) -> None:
+        """One call of an isolated session, on that session's own process."""
+        try:
+            with scope:
+                response = await self._session_response(frame, pool, message)
+            if scope.cancel_called:
+                return
+            await self._result(frame, message, response)
+        finally:
+            if self._calls.get(frame.call_id) is scope:
+                del self._calls[frame.call_id]
+
+    async def _session_response(self, frame: Call, pool: SessionPool, message: JSON) -> JSON:
+        session_id = frame.session_id
+        request_id = message["id"]
+        if not session_id:
+            text = "this replica serves calls of a session only"
+            return error_response(request_id, AGENT_GONE, text, SESSION_GONE)
+        if message["method"] == "initialize":
+            try:
+                channel = await pool.open(session_id)
+            except PoolExhausted as e:
+                return error_response(request_id, BUSY, f"{e}: try again later", SESSIONS_EXHAUSTED)
+            except SessionGone as e:
+                return agent_gone(request_id, str(e))
+            except anyio.get_cancelled_exc_class():
+                pool.end(session_id, "its initialize was cancelled")
+                raise
+            sp = pool.sessions.get(session_id)
+            try:
+                response = await self._on_process(frame, sp, channel, message)
+            except anyio.get_cancelled_exc_class():
+                pool.end(session_id, "its initialize was cancelled")  # no session came of it
+                raise
+            if "result" not in response:
+                pool.end(session_id, "its initialize failed")
+            return response
+        sp = pool.get(session_id)
+        if sp is None or sp.channel is None:
+            return error_response(
+                request_id,
+                AGENT_GONE,
+                "this session's agent process has ended (unused too long, or it exited)",
+                SESSION_GONE,
+            )
+        response = await self._on_process(frame, sp, sp.channel, message)
+        error = response.get("error")
+        if isinstance(error, dict) and isinstance(error.get("data"), dict):
+            if error["data"].get("reason") == AGENT_GONE_REASON:  # this session's process, not the replica
+                error["data"]["reason"] = SESSION_GONE
+        return response
+
+    async def _on_process(
+        self, frame: Call, sp: SessionProcess | None, channel: StdioChannel, message: JSON
+    ) -> JSON:
+        if sp is not None:
+            sp.calls.add(frame.call_id)
+        try:
+            return await channel.request(message, on_progress=partial(self._progress, frame))
+        finally:
+            if sp is not None:
+                sp.calls.discard(frame.call_id)
+
+    def _watch_pool(self, pool: SessionPool, replica_id: str, epoch: int) -> None:
+        """Send what a session's process says unprompted to the gateway, for that session alone."""
+        if pool.on_message is not None:
+            return
+
+        def on_message(session_id: str, message: JSON) -> None:
+            tg = self._tg
+            if tg is None:
+                return
+            sp = pool.sessions.get(session_id)
+            calls = [c for c in sp.calls if c in self._calls] if sp is not None else []
+            notify = Notify(
+                id=self._next_id(),
+                session_id=session_id,
+                replica_id=replica_id,
+                epoch=epoch,
+                payload=dumps(message),
+                call_id=calls[0] if len(calls) == 1 else None,  # the one call it can belong to
+            )
+            tg.start_soon(self._emit, notify)
+
+        pool.on_message = on_message
 
     async def _relay(
         self, frame: Call, channel: StdioChannel, message: JSON, scope: anyio.CancelScope
@@ -166,20 +315,23 @@ class CallRelay:
                     response = await channel.request(message, on_progress=partial(self._progress, frame))
             if scope.cancel_called:
                 return  # cancelled by the hub (or the connection ended): no result
-            payload = dumps(response)
-            if len(payload) > MAX_FRAME_SIZE - PAYLOAD_MARGIN:
-                payload = dumps(
-                    error_response(
-                        message["id"],
-                        AGENT_GONE,
-                        f"the agent's answer is {len(payload)} bytes, over the mesh's frame limit",
-                    )
-                )
-            self.relayed += 1
-            await self._emit(Result(id=self._next_id(), call_id=frame.call_id, payload=payload))
+            await self._result(frame, message, response)
         finally:
             if self._calls.get(frame.call_id) is scope:
                 del self._calls[frame.call_id]
+
+    async def _result(self, frame: Call, message: JSON, response: JSON) -> None:
+        payload = dumps(response)
+        if len(payload) > MAX_FRAME_SIZE - PAYLOAD_MARGIN:
+            payload = dumps(
+                error_response(
+                    message["id"],
+                    AGENT_GONE,
+                    f"the agent's answer is {len(payload)} bytes, over the mesh's frame limit",
+                )
+            )
+        self.relayed += 1
+        await self._emit(Result(id=self._next_id(), call_id=frame.call_id, payload=payload))
 
     def _progress(self, frame: Call, message: JSON) -> None:
         tg = self._tg

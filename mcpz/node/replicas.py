@@ -34,6 +34,7 @@ from mcpz.node.fetch import ObjectCache
 from mcpz.node.pull import RegistryAccess, process_spec, pull_release
 from mcpz.node.replicalogs import ReplicaLogs
 from mcpz.node.rules import DeployAction, DeployDecision, StopAction, decide_deploy, decide_stop
+from mcpz.node.sessions import SessionPool
 from mcpz.node.state import Assignment, NodeState, replica_folder
 from mcpz.node.supervisor import Supervisor, SupervisorSettings, ToolsCheck, ToolsSink
 from mcpz.node.toolpin import fetch_pinned_tools, pin_for, tools_changed
@@ -52,6 +53,7 @@ class Replica:
     def __init__(self, assignment: Assignment) -> None:
         self.assignment = assignment
         self.supervisor: Supervisor | None = None
+        self.pool: SessionPool | None = None  # isolated session mode: a process per client session
         self.scope = anyio.CancelScope()
         self.done = anyio.Event()
         self.stopping = False
@@ -209,6 +211,14 @@ class ReplicaManager:
             return None
         return replica.supervisor.channel
 
+    def pool(self, replica_id: str, epoch: int) -> SessionPool | None:
+        """The session processes of `replica_id` at exactly `epoch`, when it runs in isolated
+        session mode. They outlive a restart of its warm process: the sessions keep their state."""
+        replica = self.live.get(replica_id)
+        if replica is None or replica.assignment.epoch != epoch:
+            return None
+        return replica.pool
+
     # -- one replica's life ---------------------------------------------------------------------
 
     def _launch(self, replica: Replica, previous: Replica | None) -> None:
@@ -274,7 +284,24 @@ class ReplicaManager:
             on_tools=self._tools_sink(replica),
         )
         replica.supervisor = supervisor
-        await supervisor.run()
+        if assignment.sessions != "isolated":
+            await supervisor.run()
+            return
+        pool = SessionPool(
+            spec,
+            max_processes=assignment.max_sessions,
+            idle=assignment.session_idle,
+            on_log=lambda stream, line: self._log(replica, stream, line),
+            name=f"{assignment.replica_id}@{assignment.epoch}",
+        )
+        replica.pool = pool
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pool.run)
+                await supervisor.run()
+                tg.cancel_scope.cancel()  # the sessions' processes end with the replica
+        finally:
+            replica.pool = None
 
     def _tools_check(self, assignment: Assignment) -> ToolsCheck | None:
         """The check of a replica's tools/list against those signed with its release, if any."""

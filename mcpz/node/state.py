@@ -64,6 +64,9 @@ class Assignment:
     deployment_signatures: tuple[tuple[str, str], ...] = ()  # (signer, signature) over it
     tools_digest: str = ""  # digest of the tools signed with the release, "" when none were
     report_tools: bool = False  # the hub asked for the first healthy tools/list (none recorded yet)
+    sessions: str = "shared"  # "isolated": one agent process per gateway session (mcpz.node.sessions)
+    max_sessions: int = 16  # isolated: session processes at once
+    session_idle: float = 300.0  # isolated: seconds unused before a session's process ends
     status: ReplicaStatus = ReplicaStatus.PENDING
     detail: str = ""
 
@@ -88,6 +91,9 @@ class Assignment:
             deployment_signatures=tuple((s.signer, s.signature) for s in frame.deployment_signatures),
             tools_digest=frame.tools_digest,
             report_tools=frame.report_tools,
+            sessions=frame.sessions.mode,
+            max_sessions=frame.sessions.max_processes,
+            session_idle=frame.sessions.idle,
         )
 
     def with_status(self, status: ReplicaStatus, detail: str) -> Assignment:
@@ -134,6 +140,9 @@ class Assignment:
             ),
             tools_digest=str(data.get("tools_digest") or ""),
             report_tools=bool(data.get("report_tools", False)),
+            sessions="isolated" if data.get("sessions") == "isolated" else "shared",
+            max_sessions=int(data.get("max_sessions", 16)),
+            session_idle=float(data.get("session_idle", 300.0)),
             status=ReplicaStatus(data.get("status", "pending")),
             detail=str(data.get("detail", "")),
         )

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Protocol
 
 from mcpz.errors import McpzError, RefusedError
-from mcpz.mesh import LockedDependency
+from mcpz.mesh import LockedDependency, SessionPolicy
 from registry_server.deployments.scheduler import Desired
 
 STOP_GRACE = 10.0
@@ -44,6 +44,8 @@ class Template:
     selector: Mapping[str, str] = field(default_factory=dict)
     dependencies: tuple[LockedDependency, ...] = ()
     allow_tool_drift: bool = False  # replicas may answer other tools than those signed with the release
+    # The manifest's [run] sessions, max_sessions and session_idle.
+    sessions: SessionPolicy = field(default_factory=SessionPolicy)
 
 
 @dataclass(frozen=True, slots=True)

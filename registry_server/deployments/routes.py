@@ -480,6 +480,7 @@ def _check_deployable(template: Template) -> None:
                     memory_bytes=template.limits.memory_bytes, open_files=template.limits.open_files
                 ),
                 dependencies=template.dependencies,
+                sessions=template.sessions,
             )
         )
     except ProtocolError as e:

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from mcpz.mesh import LockedDependency, ReplicaStatus
+from mcpz.mesh import LockedDependency, ReplicaStatus, SessionPolicy
 from registry_server.accounts.models import Account, Namespace, NamespaceMember
 from registry_server.db import Database, chunks
 from registry_server.deployments.models import (
@@ -307,6 +307,29 @@ def row_template(row: DeploymentRevision) -> Template:
             LockedDependency(name=n, version=v, commit=c) for n, v, c in json.loads(row.dependencies)
         ),
         allow_tool_drift=bool(row.allow_tool_drift),
+        sessions=_sessions_of(limits.get("sessions")),
+    )
+
+
+def _limits_json(t: Template) -> str:
+    """The limits column's JSON. An isolated session policy rides in it under `sessions` (a policy
+    bounds the processes a replica runs); a shared one, the default, is left out, so the revisions
+    of before it read back as they were written."""
+    limits: dict[str, object] = dict(t.limits.to_dict())
+    if t.sessions != SessionPolicy():
+        s = t.sessions
+        limits["sessions"] = {"mode": s.mode, "max_processes": s.max_processes, "idle": s.idle}
+    return json.dumps(limits)
+
+
+def _sessions_of(value: object) -> SessionPolicy:
+    if not isinstance(value, dict):
+        return SessionPolicy()
+    default = SessionPolicy()
+    return SessionPolicy(
+        mode=str(value.get("mode", default.mode)),
+        max_processes=int(value.get("max_processes", default.max_processes)),
+        idle=float(value.get("idle", default.idle)),
     )
 
 
@@ -320,7 +343,7 @@ def revision_row(deployment: str, revision: Revision) -> DeploymentRevision:
         commit=t.commit,
         command=json.dumps(list(t.command)),
         env=json.dumps(dict(t.env), sort_keys=True),
-        limits=json.dumps(t.limits.to_dict()),
+        limits=_limits_json(t),
         selector=json.dumps(dict(t.selector), sort_keys=True),
         dependencies=json.dumps([[d.name, d.version, d.commit] for d in t.dependencies]),
         allow_tool_drift=t.allow_tool_drift,

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 
 from mcpz.errors import NotFoundError, RefusedError, UsageError
-from mcpz.mesh import LockedDependency
+from mcpz.mesh import LockedDependency, SessionPolicy
 from mcpz.names import LATEST
 from registry_server.db import Database
 from registry_server.deployments.records import Limits, Template
@@ -60,6 +60,11 @@ def release_template(
         selector=dict(selector),
         dependencies=_locked_dependencies(repos, agent, release.commit),
         allow_tool_drift=allow_tool_drift,
+        sessions=SessionPolicy(
+            mode=manifest.run.sessions,
+            max_processes=manifest.run.max_sessions,
+            idle=manifest.run.session_idle,
+        ),
     )
 
 

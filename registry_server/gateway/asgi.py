@@ -48,6 +48,15 @@ warm stdio process. It follows the specification's Streamable HTTP transport (ha
 - **Tiers**: the caller's platform tier (`billing.quotas`) bounds its `tools/call`s per second
   per key and per month, and its open sessions: past one, 429 with Retry-After, RateLimit fields
   and a JSON-RPC error (-32029) naming the limit; answers within it carry the RateLimit fields.
+- **Session modes** (the manifest's `[run] sessions`; docs/gateway.md#session-modes): `shared`, the
+  above, or `isolated`: each session gets its own agent process on its replica (`Target.isolated`),
+  which the client's own `initialize` and `notifications/initialized` reach; the session never
+  moves to another replica (its process is there: a lost replica ends it, 404); the client's
+  answers to the agent's requests (sampling, elicitation, roots) are relayed to that process, and
+  what the process sends for the session (log messages, its requests, resource updates) goes on
+  the open call's SSE stream, else the session's GET stream, and to no other session. Requests
+  are answered with SSE when the client accepts it, so that what a call causes travels with it.
+  A full pool answers `initialize` with 503; a session whose process ended, with 404.
 - **Failures are answers**: no healthy replica, a replica that dies mid-call, a timeout, each is a
   JSON-RPC error naming what happened. Nothing is retried on another replica: a `tools/call` may
   not be idempotent. The session moves to a surviving replica for its next request.
@@ -84,7 +93,7 @@ from mcpz import jsonlimits, tracing
 from mcpz.errors import McpzError, UsageError
 from mcpz.jsonlimits import JSONError
 from mcpz.keys import receipts
-from mcpz.mesh import MAX_FRAME_SIZE
+from mcpz.mesh import MAX_FRAME_SIZE, SESSION_GONE, SESSIONS_EXHAUSTED
 from mcpz.names import version_or_latest
 from registry_server.accounts.auth import Forbidden, Unauthenticated, principal_from_headers, require
 from registry_server.accounts.service import Principal
@@ -364,6 +373,7 @@ class Gateway:
         self.in_flight = 0
         self.closing = False
         self.router.on_broadcast = self._broadcast
+        self.router.on_session = self._to_session
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -541,8 +551,11 @@ class Gateway:
             raise GatewayError(400, INVALID_REQUEST, "the body must be one JSON-RPC 2.0 message")
         incoming_trace.set(headers.get(tracing.HEADER))
         method = message.get("method")
-        if method is None:  # a response to a request of the server's: none are relayed
-            self._session(where, principal, headers)
+        if method is None:  # a response to a request of the agent's: only an isolated session has any
+            session = self._session(where, principal, headers)
+            if _isolated(session) and "id" in message:
+                assert session.target is not None
+                self.router.notify_agent(session.target, body, session.id)
             await _respond(send, 202, b"", content_type=None)
             return
         if not isinstance(method, str):
@@ -558,7 +571,7 @@ class Gateway:
         grant = await self._check_call(principal, message)
         try:
             session = self._session(where, principal, headers)
-            if method in ("resources/subscribe", "resources/unsubscribe"):
+            if method in ("resources/subscribe", "resources/unsubscribe") and not _isolated(session):
                 await self._subscription(session, principal, message, body, receive, send)
             else:
                 await self._request(session, principal, message, body, accept, receive, send, grant)
@@ -598,6 +611,12 @@ class Gateway:
             payload, _ = await self._relay(session, principal, message, body, None)
         finally:
             self.quotas.release(grant)
+        if _reason_of(payload) == SESSIONS_EXHAUSTED:
+            self.router.pin(None, session.target)
+            error = _error_of(payload)
+            raise GatewayError(
+                503, UNAVAILABLE, str(error.get("message", "")), request_id=message["id"], retry_after=5
+            )
         if _outcome_of(payload) == Outcome.OK:
             payload = self._negotiated(session, payload)
             self._add_session(session)
@@ -613,6 +632,9 @@ class Gateway:
             return payload
         response, result = found
         agents = result.get("protocolVersion")
+        if _isolated(session):  # the agent negotiated with this very client: its answer stands
+            session.protocol_version = str(agents)
+            return payload
         if session.protocol_version in HANDSHAKE_VERSIONS:
             version = session.protocol_version
         elif agents in HANDSHAKE_VERSIONS:
@@ -643,7 +665,11 @@ class Gateway:
             )
         params = message.get("params")
         meta = params.get("_meta") if isinstance(params, dict) else None
-        if isinstance(meta, dict) and meta.get("progressToken") is not None and "text/event-stream" in accept:
+        progress = isinstance(meta, dict) and meta.get("progressToken") is not None
+        if (progress or _isolated(session)) and "text/event-stream" in accept:
+            # An isolated session's call streams: what the agent sends while it runs (log
+            # messages, sampling and elicitation requests) travels with it, as over a direct
+            # connection.
             await self._request_streamed(session, principal, message, body, send, grant)
             return
         disconnect = asyncio.ensure_future(receive())
@@ -733,41 +759,59 @@ class Gateway:
         send: Send,
         grant: Grant | None = None,
     ) -> None:
-        """Answer with an SSE stream: the call's progress notifications, then its response."""
+        """Answer with an SSE stream: the call's progress notifications, then its response. For an
+        isolated session the stream begins with its first event, so a call refused before anything
+        was sent (its session gone: 404) is a plain HTTP answer the client acts on."""
         queue: asyncio.Queue[bytes] = asyncio.Queue(STREAM_QUEUE)
+        started = False
 
         def on_notify(payload: bytes) -> None:
             with contextlib.suppress(asyncio.QueueFull):  # progress is advisory: a slow reader loses some
                 queue.put_nowait(payload)
 
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"text/event-stream"),
-                    (b"cache-control", b"no-cache"),
-                    (SESSION_HEADER, session.id.encode()),
-                    *(grant.headers if grant else ()),
-                ],
-            }
-        )
+        async def start() -> None:
+            nonlocal started
+            if started:
+                return
+            started = True
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"text/event-stream"),
+                        (b"cache-control", b"no-cache"),
+                        (SESSION_HEADER, session.id.encode()),
+                        *(grant.headers if grant else ()),
+                    ],
+                }
+            )
+
+        if not _isolated(session):
+            await start()
 
         async def pump() -> None:
             while True:
                 item = await queue.get()
+                await start()
                 await send({"type": "http.response.body", "body": _sse(item), "more_body": True})
 
         pumping = asyncio.ensure_future(pump())
+        failed: GatewayError | None = None
         try:
             payload, _ = await self._relay(session, principal, message, body, on_notify)
-        except GatewayError as e:  # the stream has begun: the error is its last event
-            self.quotas.refund(grant)
+        except GatewayError as e:
+            failed = e
             payload = rpc_error(message["id"], e.code, e.message)
         finally:
             pumping.cancel()
             with contextlib.suppress(asyncio.CancelledError, OSError):
                 await pumping
+        if failed is not None and not started and queue.empty():
+            raise failed  # nothing streamed yet: an HTTP answer (the caller refunds the grant)
+        if failed is not None:  # the stream has begun: the error is its last event
+            self.quotas.refund(grant)
+        await start()
         while not queue.empty():
             await send({"type": "http.response.body", "body": _sse(queue.get_nowait()), "more_body": True})
         await send({"type": "http.response.body", "body": _sse(payload), "more_body": False})
@@ -791,6 +835,10 @@ class Gateway:
                 request_id=request_id,
                 retry_after=1,
             )
+        if session.target is not None and session.target.isolated and not self.router.alive(session.target):
+            self._end_session(session)  # its agent process went with its replica
+            message_text = "this session's replica is gone: initialize again"
+            raise GatewayError(404, INVALID_REQUEST, message_text, request_id=request_id)
         target = self.router.pick(session.deployment, session.version, prefer=session.target)
         if target is None:
             raise self._no_replica(session, request_id)
@@ -865,7 +913,13 @@ class Gateway:
         charge = (0, "", "")
         try:
             payload, outcome = await self._await(call, request_id, disconnect)
-            if outcome == Outcome.REPLICA_LOST:
+            if target.isolated and _reason_of(payload) == SESSION_GONE:
+                self._end_session(session)  # its process ended (idle, or exited): the client starts anew
+                why = _error_message(payload)
+                raise GatewayError(404, INVALID_REQUEST, f"{why}: initialize again", request_id=request_id)
+            if outcome == Outcome.REPLICA_LOST and target.isolated:
+                self._end_session(session)  # the replica (and the session's process) is gone
+            elif outcome == Outcome.REPLICA_LOST:
                 self.router.suspect(target)
                 self.router.pin(None, session.target)
                 session.target = None
@@ -971,7 +1025,7 @@ class Gateway:
 
     def _client_notification(self, session: Session, message: dict[str, Any], body: bytes) -> None:
         method = message["method"]
-        if method == "notifications/initialized":
+        if method == "notifications/initialized" and not _isolated(session):
             return  # the node initialized its agent once, for every session
         if method == "notifications/cancelled":
             params = message.get("params")
@@ -1062,6 +1116,15 @@ class Gateway:
                 continue
             self._to_stream(session, payload)
 
+    def _to_session(self, session_id: str, replica: tuple[str, int], payload: bytes) -> None:
+        """A message of an isolated session's agent process, for that session's GET stream only."""
+        session = self.sessions.get(session_id)
+        target = session.target if session is not None else None
+        if session is None or target is None or not target.isolated:
+            return
+        if (target.replica_id, target.epoch) == replica:
+            self._to_stream(session, payload)
+
     @staticmethod
     def _to_stream(session: Session, payload: bytes) -> None:
         """An event for the session's GET stream: numbered, kept for a reconnect, sent if open."""
@@ -1112,7 +1175,10 @@ class Gateway:
             del self._accounts[session.owner]
         if self.sessions.pop(session.id, None) is not None:
             self.router.pin(None, session.target)
-            if session.subscriptions and not self.closing:
+            if _isolated(session):
+                assert session.target is not None
+                self.router.end_session(session.target, session.id)
+            elif session.subscriptions and not self.closing:
                 self._resubscribe(session, session.target, None)
         for call in list(session.calls.values()):
             self._cancel(call, "the session ended")
@@ -1274,6 +1340,34 @@ def _result_of(payload: bytes) -> tuple[dict[str, Any], dict[str, Any]] | None:
         return None
     result = response.get("result") if isinstance(response, dict) else None
     return (response, result) if isinstance(result, dict) else None
+
+
+def _isolated(session: Session) -> bool:
+    """The session has an agent process of its own (isolated session mode)."""
+    return session.target is not None and session.target.isolated
+
+
+def _error_of(payload: bytes) -> dict[str, Any]:
+    """The `error` object of a JSON-RPC error response ({} for anything else)."""
+    if b'"error"' not in payload:
+        return {}
+    try:
+        response = jsonlimits.loads(payload)
+    except JSONError:
+        return {}
+    error = response.get("error") if isinstance(response, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+def _reason_of(payload: bytes) -> str | None:
+    """`error.data.reason` of a JSON-RPC error response (the node's word for why a call failed)."""
+    data = _error_of(payload).get("data")
+    reason = data.get("reason") if isinstance(data, dict) else None
+    return reason if isinstance(reason, str) else None
+
+
+def _error_message(payload: bytes) -> str:
+    return str(_error_of(payload).get("message", "the request failed"))
 
 
 def _outcome_of(payload: bytes) -> str:

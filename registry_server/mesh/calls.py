@@ -12,6 +12,12 @@ call on it, and awaits the answer. `CallRouter`:
   a node whose send queue is half full. Past that `Busy`, which the gateway answers with 503.
 
 It never sends a call twice: a `tools/call` may not be idempotent.
+
+A replica in isolated session mode (its template's `sessions`, on a node that speaks the
+`sessions` extension) runs a process per client session: its `Target` says `isolated`, the gateway
+keeps each session on its replica, and `end_session` tells the node when a session ends. What
+such a node sends for one session (`notify` with a `session_id`) goes to `on_session`, for that
+session alone; the gateway checks the session is bound to that replica.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mcpz.mesh import Call, Cancel, Notify, ReplicaStatus, Result
+from mcpz.mesh import Call, Cancel, EndSession, Notify, ReplicaStatus, Result
 
 if TYPE_CHECKING:
     from registry_server.deployments.service import DeploymentService
@@ -74,6 +80,7 @@ class Target:
     node_id: str
     agent: str
     version: str
+    isolated: bool = False  # a process per client session (isolated session mode)
 
 
 NotifySink = Callable[[bytes], None]
@@ -100,6 +107,8 @@ class CallRouter:
         self.calls: dict[int, PendingCall] = {}
         self.outstanding: dict[tuple[str, int], int] = {}
         self.on_broadcast: Callable[[Target | tuple[str, int], bytes], None] | None = None
+        # (session id, (replica, epoch) it came from, payload): an isolated session's own message
+        self.on_session: Callable[[str, tuple[str, int], bytes], None] | None = None
         self._ids = itertools.count(1)
         self._suspects: dict[tuple[str, int], float] = {}  # replica, epoch -> avoided until
         self.dev: dict[str, Target] = {}  # agents attached by `mcpz connect`, served at @dev
@@ -121,6 +130,10 @@ class CallRouter:
             template = self.service.template_of(replica)
             if template is None or (version is not None and template.version != version):
                 continue
+            conn = self.hub.connections.get(replica.node_id)
+            isolated = (
+                template.sessions.mode == "isolated" and conn is not None and "sessions" in conn.features
+            )
             found.append(
                 Target(
                     deployment,
@@ -129,6 +142,7 @@ class CallRouter:
                     replica.node_id,
                     template.agent,
                     template.version,
+                    isolated,
                 )
             )
         return found
@@ -239,6 +253,16 @@ class CallRouter:
                 )
             )
 
+    def end_session(self, target: Target, session_id: str) -> None:
+        """The client's session ended: its replica ends the process it ran for it."""
+        conn = self.hub.connections.get(target.node_id)
+        if conn is not None and conn.welcomed and not conn.closing and "sessions" in conn.features:
+            conn.send(
+                EndSession(
+                    id=conn.next_id(), replica_id=target.replica_id, epoch=target.epoch, session_id=session_id
+                )
+            )
+
     def _finish(self, call: PendingCall) -> bool:
         if self.calls.pop(call.call_id, None) is None:
             return False
@@ -265,6 +289,16 @@ class CallRouter:
             call = self.calls.get(frame.call_id)
             if call is not None and call.conn is conn and call.on_notify is not None:
                 call.on_notify(frame.payload)
+                return
+            if frame.session_id is None or "sessions" not in conn.features:
+                return
+        if frame.session_id is not None and "sessions" in conn.features:
+            # An isolated session's message, on no open call stream: its GET stream. Only from the
+            # node that holds the replica (the gateway checks the session is bound to it).
+            replica = self.service.replicas.get(frame.replica_id)
+            held = replica is not None and replica.node_id == conn.node_id and replica.epoch == frame.epoch
+            if held and self.on_session is not None:
+                self.on_session(frame.session_id, (frame.replica_id, frame.epoch), frame.payload)
             return
         if self.on_broadcast is not None:
             self.on_broadcast((frame.replica_id, frame.epoch), frame.payload)

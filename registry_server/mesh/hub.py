@@ -96,6 +96,9 @@ CLOSE_SERVICE_RESTART = 1012
 SEND_QUEUE_BYTES = 2 * MAX_FRAME_SIZE
 """Bytes of frames that may wait for one node (about 28,000 deploy frames) before its connection
 is closed with 1013: a node that reads nothing (stopped, or stuck) must not grow the hub's memory."""
+HUB_FEATURES = frozenset({"sessions"})
+"""Protocol extensions the hub uses when a node offers them: `sessions`, isolated session mode
+(the `end_session` frame; docs/mesh-protocol.md)."""
 
 
 class Socket(Protocol):
@@ -275,6 +278,7 @@ class MeshHub:
                     namespace_keys=release.keys,
                     tools_digest=release.tools_digest,
                     report_tools=release.report_tools,
+                    sessions=t.sessions,
                     deployment_statement=intent.statement,
                     deployment_signatures=tuple(
                         ReleaseSignature(signer=signer, signature=signature)
@@ -356,6 +360,7 @@ class MeshHub:
                 heartbeat_interval=self.heartbeat_interval,
                 grace=self.grace,
                 server_time=time.time(),
+                features=tuple(sorted(conn.features)),
             )
         )
         conn.welcomed = True
@@ -441,6 +446,7 @@ class NodeConnection:
         self.server_stopping = False
         self.sent_stops: set[tuple[str, int]] = set()
         self.acked_stops: set[tuple[str, int]] = set()
+        self.features: frozenset[str] = frozenset()  # the extensions both ends use (welcome's)
         self._ids = 0
         self._queue: deque[bytes] = deque()
         self._queued = 0  # bytes in _queue
@@ -453,6 +459,7 @@ class NodeConnection:
 
     async def on_hello(self, hello: Hello) -> None:
         """Register the node with the deployment service, which reconciles it and welcomes it."""
+        self.features = frozenset(hello.features) & HUB_FEATURES
         await self.hub.service.register(hello, self.account_id, lambda node: self.hub.welcome(self, node))
 
     def on_frame(self, frame: Frame) -> None:

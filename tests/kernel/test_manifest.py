@@ -33,6 +33,9 @@ def manifests(draw: st.DrawFn) -> Manifest:
         run = RunSpec(
             command=tuple(draw(st.lists(text.filter(bool), min_size=1, max_size=3))),
             env=draw(st.dictionaries(st.from_regex(r"[A-Z_]{1,8}", fullmatch=True), text, max_size=3)),
+            sessions=draw(st.sampled_from(["shared", "isolated"])),
+            max_sessions=draw(st.integers(1, 100_000)),
+            session_idle=float(draw(st.integers(1, 86_400))),
         )
     return Manifest(
         name=name,
@@ -56,6 +59,18 @@ def test_manifest_round_trips_through_toml(manifest: Manifest) -> None:
 
 
 VALID = '[agent]\nname = "acme/weather"\nversion = "0.1.0"\n[run]\ncommand = ["python", "server.py"]\n'
+
+
+def test_the_session_mode_defaults_to_shared_and_isolated_is_kept() -> None:
+    run = parse_manifest(VALID).run
+    assert run is not None and (run.sessions, run.max_sessions, run.session_idle) == ("shared", 16, 300.0)
+    assert "sessions" not in parse_manifest(VALID).to_toml()  # defaults are not written
+    isolated = parse_manifest(VALID + 'sessions = "isolated"\nmax_sessions = 4\nsession_idle = 30\n').run
+    assert isolated is not None and (isolated.sessions, isolated.max_sessions, isolated.session_idle) == (
+        "isolated",
+        4,
+        30.0,
+    )
 
 
 def test_minimal_agent_parses() -> None:
@@ -92,6 +107,10 @@ def test_minimal_agent_parses() -> None:
         ('[agent]\nname = "a/b"\nversion = "1.0.0"\nkind = "tool"\n', '[agent].kind "tool"'),
         ("[agent\n", "not valid TOML"),
         (VALID.replace('["python", "server.py"]', "[]"), "[run].command must not be empty"),
+        (VALID + 'sessions = "private"\n', '[run].sessions \'private\' is not one of "shared", "isolated"'),
+        (VALID + "max_sessions = 0\n", "[run].max_sessions 0 must be a whole number from 1 to 100000"),
+        (VALID + "max_sessions = true\n", "[run].max_sessions True must be a whole number"),
+        (VALID + 'session_idle = "5m"\n', "[run].session_idle '5m' must be seconds, from 1 to 86400"),
     ],
 )
 def test_bad_manifests_name_key_value_and_fix(toml: str, expected: str) -> None:

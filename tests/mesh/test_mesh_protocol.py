@@ -28,6 +28,7 @@ from mcpz.mesh import (
     Cancel,
     ConnectionState,
     Deploy,
+    EndSession,
     Error,
     Frame,
     Heartbeat,
@@ -43,6 +44,7 @@ from mcpz.mesh import (
     ResourceLimits,
     Result,
     Role,
+    SessionPolicy,
     Status,
     Stop,
     Tools,
@@ -162,6 +164,12 @@ STRATEGIES: dict[str, st.SearchStrategy[Frame]] = {
         ).map(tuple),
         tools_digest=st.just("") | st.binary(min_size=32, max_size=32).map(lambda b: "sha256:" + b.hex()),
         report_tools=st.booleans(),
+        sessions=st.builds(
+            SessionPolicy,
+            mode=st.sampled_from(["shared", "isolated"]),
+            max_processes=st.integers(1, 100_000),
+            idle=st.floats(1, 86_400, allow_nan=False),
+        ),
     ),
     "stop": st.builds(
         Stop,
@@ -204,6 +212,7 @@ STRATEGIES: dict[str, st.SearchStrategy[Frame]] = {
     ),
     "result": st.builds(Result, id=ids, call_id=ids, payload=payloads),
     "cancel": st.builds(Cancel, id=ids, call_id=ids, reason=any_text),
+    "end_session": st.builds(EndSession, id=ids, replica_id=idents, epoch=ids, session_id=visible),
     "notify": st.builds(
         Notify, id=ids, session_id=_maybe(visible), replica_id=idents, epoch=ids, payload=payloads
     ),
@@ -643,7 +652,7 @@ def test_a_connection_from_both_ends() -> None:
     assert node.is_open and hub.is_open
 
     from_node: list[type[Frame]] = [Heartbeat, Status, Log, Result, Tools, Ack, Error, Notify]
-    from_hub: list[type[Frame]] = [Deploy, Stop, Call, Cancel, Ack, Error, Notify]
+    from_hub: list[type[Frame]] = [Deploy, Stop, Call, Cancel, EndSession, Ack, Error, Notify]
     for cls in FRAME_TYPES.values():
         assert node.may_send(cls) == hub.may_receive(cls) == (cls in from_node)
         assert hub.may_send(cls) == node.may_receive(cls) == (cls in from_hub)
