@@ -8,6 +8,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from http import HTTPStatus
 from typing import Any
 
@@ -42,6 +43,7 @@ from registry_server.logs import begin_request, end_request, note, request_id
 from registry_server.maintenance.service import GcScheduler
 from registry_server.market import routes as api_market
 from registry_server.market.upkeep import MarketUpkeep
+from registry_server.mesh import http as relay_http
 from registry_server.mesh import hub as mesh_hub
 from registry_server.mesh import routes as mesh_http
 from registry_server.mesh.cluster import Cluster, relayed
@@ -250,9 +252,9 @@ class RegistryApp:
         if self.cluster is not None and scope["type"] == "http" and relayed(scope["path"]):
             if not self.cluster.leading:
                 if scope.get("mcpz.relayed"):  # the lease moved while it travelled: no second hop
-                    await self.cluster.refuse(scope, receive, send)
+                    await relay_http.refuse(scope, receive, send)
                 else:
-                    await self.cluster.forward_http(scope, receive, send)
+                    await relay_http.forward(self.cluster, scope, receive, send)
                 return
         if scope["type"] == "http" and scope["path"].startswith(GATEWAY_PREFIX):
             await self.api.state.gateway(scope, receive, send)
@@ -410,7 +412,8 @@ async def _join_cluster(app: FastAPI, entry: RegistryApp) -> Cluster:
     lease to lead the mesh, relaying to the leader meanwhile."""
     state: RegistryState = app.state.registry
     bus = await Bus.connect(state.settings.nats_url, state.settings.replica_name)
-    cluster = Cluster(bus, state.leadership, app.state.mesh, entry)
+    cluster = Cluster(bus, state.leadership, app.state.mesh)
+    cluster.serve_http = partial(relay_http.serve, cluster, entry)
     await cluster.start()
     entry.cluster = cluster
     return cluster

@@ -10,11 +10,11 @@ holding lease `deployments` (`registry_server.leases`). Every other replica rela
   runs the connection as if it were its own (`RelayedSocket`, the hub's `Socket`). A deploy
   accepted anywhere thus reaches the node, and a node's hello through a relay is reconciled as
   any hello (its running replicas are kept);
-- **requests**: the gateway (`/mcp/...`), `/v1/deployments...` and `/v1/nodes` are relayed whole
-  to the leader (method, path, headers, body), and its answer streamed back as it is written,
-  server-sent events included; the client's going away is relayed as `http.disconnect`, so a
-  call's cancellation, timeouts and overload answers (503) are the leader's, the same as in one
-  process.
+- **requests** (`registry_server.mesh.http`): the gateway (`/mcp/...`), `/v1/deployments...`
+  and `/v1/nodes` are relayed whole to the leader (method, path, headers, body), and its answer
+  streamed back as it is written, server-sent events included; the client's going away is
+  relayed as `http.disconnect`, so a call's cancellation, timeouts and overload answers (503) are
+  the leader's, the same as in one process.
 
 A replica that wins the lease loads the mirror from the database and says so (`mcpz.leader`):
 every replica closes the sockets it relays to a former leader with 1013, and their nodes
@@ -37,18 +37,16 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcpz.mesh import CLOSE_TRY_AGAIN_LATER
 from registry_server import leases
 from registry_server.bus import MAX_PAYLOAD, Bus, header, meta, no_responders
-from registry_server.http import error_response
 from registry_server.leases import Held, Leadership
 from registry_server.mesh.connector import ConnectorConnection
 from registry_server.mesh.hub import ConnectionFactory, MeshHub, Socket
@@ -85,11 +83,13 @@ def pieces(data: bytes) -> list[bytes]:
 class Cluster:
     """This replica's part: leading the mesh when it holds the lease, relaying to the leader when not."""
 
-    def __init__(self, bus: Bus, leadership: Leadership, hub: MeshHub, app: ASGIApp) -> None:
+    def __init__(self, bus: Bus, leadership: Leadership, hub: MeshHub) -> None:
         self.bus = bus
         self.leadership = leadership
         self.hub = hub
-        self.app = app
+        # The leader's side of relayed requests (`registry_server.mesh.http`, which holds the
+        # web framework's part): set by the app.
+        self.serve_http: Callable[[Msg], Awaitable[None]] | None = None
         self.name = bus.name
         self.lease: Held | None = None
         self.leader = ""  # the replica that said last it leads
@@ -186,181 +186,9 @@ class Cluster:
     async def _on_alive(self, msg: Msg) -> None:
         self.alive[msg.subject.rsplit(".", 1)[-1]] = time.monotonic()
 
-    # -- requests: the relaying side
-
-    async def forward_http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Answer an HTTP request through the leader (this replica does not lead)."""
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        rid = secrets.token_hex(8)
-        inbox = self.bus.new_inbox()
-        answers: asyncio.Queue[Msg] = asyncio.Queue()
-
-        async def on_answer(msg: Msg) -> None:
-            answers.put_nowait(msg)
-
-        sub = await self.bus.subscribe(inbox, on_answer)
-        parts = pieces(bytes(body))
-        head = {
-            "id": rid,
-            "method": scope["method"],
-            "scheme": scope.get("scheme", "http"),
-            "path": scope["path"],
-            "raw_path": (scope.get("raw_path") or scope["path"].encode()).decode("latin-1"),
-            "query": scope.get("query_string", b"").decode("latin-1"),
-            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope.get("headers", [])],
-            "client": list(scope["client"]) if scope.get("client") else None,
-            "server": list(scope["server"]) if scope.get("server") else None,
-            "http_version": scope.get("http_version", "1.1"),
-            "parts": len(parts),
-        }
-        started = False
-        done = False
-        watcher: asyncio.Future[Message] = asyncio.ensure_future(receive())
-        try:
-            await self.bus.publish(LEAD_HTTP, parts[0], reply=inbox, headers={"m": header(head)})
-            wait = ACCEPT_WAIT
-            while not done:
-                getter = asyncio.ensure_future(answers.get())
-                both: list[asyncio.Future[Any]] = [getter, watcher]
-                finished, _ = await asyncio.wait(both, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-                if watcher in finished:  # the client went away: the leader cancels what runs
-                    getter.cancel()
-                    with contextlib.suppress(Exception):
-                        await self.bus.publish(f"mcpz.http.in.{rid}", headers={"t": "cancel"})
-                    return
-                if getter not in finished:
-                    getter.cancel()
-                    if not started:
-                        accepted = wait != ACCEPT_WAIT
-                        await _refuse(scope, receive, send, 503 if not accepted else 504, accepted)
-                    return
-                msg = getter.result()
-                kind = (msg.headers or {}).get("t", "")
-                if no_responders(msg) or kind == "gone":
-                    await _refuse(scope, receive, send, 503, False)
-                    return
-                if kind == "ok":
-                    wait = SILENT_LIMIT
-                    for part in parts[1:]:
-                        await self.bus.publish(f"mcpz.http.in.{rid}", part, headers={"t": "body"})
-                elif kind == "start":
-                    m = meta(msg)
-                    started = True
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": int(m["status"]),
-                            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in m["headers"]],
-                        }
-                    )
-                elif kind == "body":
-                    done = msg.headers.get("more") != "1" if msg.headers else True
-                    await send({"type": "http.response.body", "body": msg.data, "more_body": not done})
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await watcher
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-            if started and not done:  # the leader went silent mid-answer: end what was sent
-                with contextlib.suppress(Exception):
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """503 for a relayed request that reached a replica no longer leading."""
-        await _refuse(scope, receive, send, 503, False)
-
-    # -- requests: the leader's side
-
     async def _on_http(self, msg: Msg) -> None:
-        self._spawn(self._serve_http(msg))
-
-    async def _serve_http(self, msg: Msg) -> None:
-        reply = msg.reply
-        if not self.leading:
-            await self.bus.publish(reply, headers={"t": "gone"})
-            return
-        head = meta(msg)
-        rid = str(head["id"])
-        inbound: asyncio.Queue[Msg] = asyncio.Queue()
-
-        async def on_in(m: Msg) -> None:
-            inbound.put_nowait(m)
-
-        sub = await self.bus.subscribe(f"mcpz.http.in.{rid}", on_in)
-        await self.bus.publish(reply, headers={"t": "ok"})
-        parts_left = int(head.get("parts", 1)) - 1
-        first: list[bytes] = [msg.data]
-        state = {"started": False, "ended": False}
-
-        async def receive() -> Message:
-            nonlocal parts_left
-            if first:
-                return {"type": "http.request", "body": first.pop(), "more_body": parts_left > 0}
-            while True:
-                m = await inbound.get()
-                if (m.headers or {}).get("t") == "cancel":
-                    return {"type": "http.disconnect"}
-                if parts_left > 0:
-                    parts_left -= 1
-                    return {"type": "http.request", "body": m.data, "more_body": parts_left > 0}
-
-        async def send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                state["started"] = True
-                headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in message.get("headers", [])]
-                m = header({"status": message["status"], "headers": headers})
-                await self.bus.publish(reply, headers={"t": "start", "m": m})
-            elif message["type"] == "http.response.body":
-                more = bool(message.get("more_body"))
-                chunks = pieces(bytes(message.get("body", b"")))
-                for i, chunk in enumerate(chunks):
-                    last = i == len(chunks) - 1 and not more
-                    await self.bus.publish(reply, chunk, headers={"t": "body", "more": "0" if last else "1"})
-                state["ended"] = not more
-
-        async def tick() -> None:
-            while True:
-                await asyncio.sleep(TICK)
-                await self.bus.publish(reply, headers={"t": "tick"})
-
-        ticker = asyncio.create_task(tick())
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": head.get("http_version", "1.1"),
-            "method": head["method"],
-            "scheme": head.get("scheme", "http"),
-            "path": head["path"],
-            "raw_path": str(head.get("raw_path", head["path"])).encode("latin-1"),
-            "query_string": str(head.get("query", "")).encode("latin-1"),
-            "root_path": "",
-            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in head.get("headers", [])],
-            "client": tuple(head["client"]) if head.get("client") else None,
-            "server": tuple(head["server"]) if head.get("server") else None,
-            "mcpz.relayed": True,
-        }
-        try:
-            await self.app(scope, receive, send)
-        except Exception:
-            log.exception("relayed request failed", extra={"path": head.get("path")})
-            if not state["started"]:
-                await send({"type": "http.response.start", "status": 500, "headers": []})
-        finally:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
-            with contextlib.suppress(Exception):
-                if not state["ended"]:
-                    await self.bus.publish(reply, headers={"t": "body", "more": "0"})
-                await sub.unsubscribe()
+        if self.serve_http is not None:
+            self._spawn(self.serve_http(msg))
 
     # -- node sockets: the relaying side
 
@@ -571,12 +399,3 @@ class RelayedSocket:
             await self.bus.publish(self.down, headers={"t": "c", "code": str(code), "reason": reason})
         except Exception as e:
             raise ConnectionResetError(f"cannot relay to the node: {e}") from e
-
-
-async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, accepted: bool) -> None:
-    if accepted:
-        message = "the registry replica leading the mesh stopped answering"
-    else:
-        message = "no registry replica leads the mesh right now"
-    response = error_response(status, message, "try again in a few seconds", headers={"Retry-After": "1"})
-    await response(scope, receive, send)
