@@ -24,11 +24,16 @@ from typing import Any
 from nats.aio.msg import Msg
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mcpz.mesh import MAX_FRAME_SIZE
 from registry_server.bus import header, meta, no_responders
 from registry_server.http import error_response
 from registry_server.mesh.cluster import ACCEPT_WAIT, LEAD_HTTP, SILENT_LIMIT, TICK, Cluster, pieces
 
 log = logging.getLogger("registry_server.cluster")
+
+MAX_RELAYED_BODY = MAX_FRAME_SIZE
+"""The largest request body relayed: what one call frame holds (the gateway's and the API's own
+limits are below it)."""
 
 
 async def forward(cluster: Cluster, scope: Scope, receive: Receive, send: Send) -> None:
@@ -39,6 +44,10 @@ async def forward(cluster: Cluster, scope: Scope, receive: Receive, send: Send) 
         if message["type"] == "http.disconnect":
             return
         body += message.get("body", b"")
+        if len(body) > MAX_RELAYED_BODY:  # read before the leader's own limits see it: bounded here
+            response = error_response(413, f"the request is over {MAX_RELAYED_BODY} bytes")
+            await response(scope, receive, send)
+            return
         if not message.get("more_body"):
             break
     rid = secrets.token_hex(8)
