@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -285,3 +288,46 @@ def test_a_replica_without_a_leader_answers_503_not_a_hang(
             assert response.headers["retry-after"] == "1"
     finally:
         os.kill(r1.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+
+
+def haproxy_config(port: int, backends: list[int]) -> str:
+    """The HAProxy configuration of docs/scaling.md, on `port`, in front of `backends`."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "scaling.md").read_text()
+    found = re.search(r"```\n(defaults\n.*?)```", text, re.S)
+    assert found, "docs/scaling.md has no HAProxy configuration"
+    config = found.group(1).replace("bind :8080", f"bind 127.0.0.1:{port}")
+    for i, backend in enumerate(backends, 1):
+        config = config.replace(f"127.0.0.1:808{i}", f"127.0.0.1:{backend}")
+    return config
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed (apt install haproxy)")
+def test_the_haproxy_example_of_the_docs_serves_the_replicas_and_drops_a_dead_one(
+    replicas: list[RegistryProcess], postgres_url: str, tmp_path: Path
+) -> None:
+    from registry_server.serve import free_port
+
+    port = free_port()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(haproxy_config(port, [r.port for r in replicas]))
+    log = (tmp_path / "haproxy.log").open("wb")
+    proxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    mesh = Mesh(tmp_path, LiveRegistry(url, replicas[0].data_dir, postgres_url, replicas[0]))
+    try:
+        until(lambda: httpx2.get(f"{url}/healthz", timeout=5).status_code == 200, 30, "haproxy to serve")
+        mesh.node("node-0", url=url)  # a WebSocket through the balancer
+        mesh.connected(1)  # /v1/nodes through the balancer, relayed to the leader
+        replicas[1].kill()
+        # The dead replica leaves the rotation: every request answered again.
+        until(
+            lambda: all(httpx2.get(f"{url}/healthz", timeout=5).status_code == 200 for _ in range(6)),
+            30,
+            "haproxy to drop the dead replica",
+        )
+        mesh.connected(1)
+    finally:
+        mesh.close()
+        proxy.terminate()
+        proxy.wait(timeout=10)
+        log.close()
