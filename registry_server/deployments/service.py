@@ -180,6 +180,8 @@ class DeploymentService:
         # Registry replicas: only the replica leading the mesh runs this service, and each of its
         # writes checks that lease in its own transaction (`registry_server.mesh.cluster`).
         self.fence: store.Fence | None = None
+        # ...and before it sends frames: False once this replica no longer believes it leads.
+        self.acting: Callable[[], bool] = lambda: True
 
     # -- life cycle
 
@@ -918,6 +920,8 @@ class DeploymentService:
         if r.before:
             await anyio.to_thread.run_sync(store.write_changes, self.db, r.before, self.fence)
         r.reserved = time.perf_counter()
+        if not self.acting():  # a replica resumed past its lease: nothing leaves, nothing changes
+            raise McpzError("this registry replica no longer leads the mesh")
         old = self.replicas
         self.nodes = r.nodes
         self.replicas = r.replicas

@@ -103,6 +103,7 @@ class Cluster:
         self._switch = asyncio.Lock()
         # Until this replica wins the lease, its service writes nothing.
         hub.service.fence = partial(leases.fence, held=None)
+        hub.service.acting = lambda: self.leading
 
     @property
     def leading(self) -> bool:

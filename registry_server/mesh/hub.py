@@ -434,6 +434,8 @@ class MeshHub:
             # Lost nodes are kept for a while, as they may come back; a lost_at in the database
             # survives restarts, so retention counts in wall-clock time.
             forget_before = utcnow() - timedelta(seconds=self.lost_node_retention)
+            if not self.service.acting():  # a replica that lost the lease and does not know it yet
+                continue
             for node_id, node in list(self.service.nodes.items()):
                 if not node.live:
                     if (node.lost_at or node.last_seen_at or node.created_at) < forget_before:

@@ -23,6 +23,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -331,3 +332,59 @@ def test_the_haproxy_example_of_the_docs_serves_the_replicas_and_drops_a_dead_on
         proxy.terminate()
         proxy.wait(timeout=10)
         log.close()
+
+
+def mesh_rows(database_url: str) -> list[Any]:
+    """What the mesh leader writes: deployments, replicas, the epoch counter."""
+    from sqlalchemy import text
+
+    from registry_server.db import Database
+
+    db = Database(database_url)
+    try:
+        with db.session() as session:
+            return [
+                session.execute(text(f"SELECT * FROM {table} ORDER BY 1")).all()
+                for table in ("deployments", "replicas", "mesh_counters")
+            ]
+    finally:
+        db.dispose()
+
+
+@pytest.mark.timeout(600)
+def test_a_mesh_leader_paused_past_its_lease_and_resumed_writes_nothing_and_follows(
+    replicas: list[RegistryProcess], lb: Forwarder, postgres_url: str, tmp_path: Path
+) -> None:
+    r1, r2, _ = replicas
+    mesh = Mesh(tmp_path, LiveRegistry(r2.url, r2.data_dir, postgres_url, r2))
+    try:
+        work = tmp_path / "tiny"
+        work.mkdir()
+        render_template("python", work, AGENT)
+        (work / "server.py").write_text(AGENT_SERVER)
+        git("init", "-q", "-b", "main", cwd=work)
+        mesh.publish("1.0.0")
+        node = mesh.node("node-0", url=lb.url)
+        mesh.connected(1)
+        mesh.deploy("1.0.0", replicas=1)
+        mesh.settled(1, "1.0.0", timeout=90)
+        pids = node.agents()
+        paused_leader = leader(postgres_url)
+        assert paused_leader is not None and paused_leader.endswith(f"-{r1.port}")
+
+        os.kill(r1.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+        try:
+            until(lambda: (h := leader(postgres_url)) and h != paused_leader, 30, "another leader")
+            mesh.deploy("1.0.0", replicas=2)  # the new leader writes
+            mesh.settled(2, "1.0.0", timeout=90)
+            before = mesh_rows(postgres_url)
+        finally:
+            os.kill(r1.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+        until(lambda: "no longer leading the mesh" in r1.tail(), 30, f"replica 1 to step down: {r1.tail()}")
+        assert mesh_rows(postgres_url) == before, "the former leader wrote after it resumed"
+        mesh.settled(2, "1.0.0")
+        assert set(pids) <= set(node.agents()), "the first replica's agent was restarted"
+        caller = Caller(mesh.reg.account(f"caller-{secrets.token_hex(3)}", "read,call"))
+        assert caller.calls_work(r1.url), r1.tail()  # the former leader relays now
+    finally:
+        mesh.close()
