@@ -14,10 +14,13 @@ The single-process registry has no bus; nothing here is imported on its paths.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import nats
 from nats.aio.client import Client
@@ -48,8 +51,16 @@ class Bus:
 
     @classmethod
     async def connect(cls, url: str, name: str) -> Bus:
-        """Connect to `url` as replica `name`; reconnects on its own for as long as it lives."""
+        """Connect to `url` as replica `name`: BusUnavailable at once when it does not answer;
+        once connected, the client reconnects on its own for as long as the replica lives."""
+        target = urlsplit(url)
         try:
+            # nats-py retries a first connection as often as later ones (here: for ever), so a
+            # replica started without NATS would hang at start-up: one plain attempt first.
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(target.hostname or "127.0.0.1", target.port or 4222), 3
+            )
+            writer.close()
             client = await nats.connect(
                 url,
                 name=f"mcpz-registry-{name}",
@@ -58,10 +69,13 @@ class Bus:
                 max_reconnect_attempts=-1,
                 ping_interval=5,
                 max_outstanding_pings=2,
+                error_cb=_on_error,
+                disconnected_cb=_on_disconnected,
+                reconnected_cb=_on_reconnected,
             )
         except Exception as e:  # nats raises its own errors and OSError: both mean "not reachable"
             raise BusUnavailable(
-                f"cannot reach NATS at {url}: {e}",
+                f"cannot reach NATS at {url}: {e or type(e).__name__}",
                 hint="start nats-server, or point MCPZ_NATS_URL at one",
             ) from e
         return cls(client, name)
@@ -85,6 +99,32 @@ class Bus:
         self, subject: str, data: bytes = b"", *, reply: str = "", headers: dict[str, str] | None = None
     ) -> None:
         await self.client.publish(subject, data, reply=reply, headers=headers)
+
+
+def check_reachable(url: str) -> None:
+    """BusUnavailable unless something listens at NATS `url` (before a replica starts serving)."""
+    target = urlsplit(url)
+    try:
+        with socket.create_connection((target.hostname or "127.0.0.1", target.port or 4222), timeout=3):
+            pass
+    except OSError as e:
+        raise BusUnavailable(
+            f"cannot reach NATS at {url}: {e.strerror or e}",
+            hint="start nats-server, or point MCPZ_NATS_URL at one (docs/scaling.md)",
+        ) from e
+
+
+async def _on_error(error: Exception) -> None:
+    # One line, no traceback: while NATS is away every reconnect attempt reports here.
+    log.warning("NATS: %s", error or type(error).__name__)
+
+
+async def _on_disconnected() -> None:
+    log.warning("NATS: disconnected; reconnecting")
+
+
+async def _on_reconnected() -> None:
+    log.warning("NATS: reconnected")
 
 
 def meta(msg: Msg, key: str = "m") -> dict[str, Any]:

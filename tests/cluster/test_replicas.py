@@ -388,3 +388,23 @@ def test_a_mesh_leader_paused_past_its_lease_and_resumed_writes_nothing_and_foll
         assert caller.calls_work(r1.url), r1.tail()  # the former leader relays now
     finally:
         mesh.close()
+
+
+def test_a_replica_without_nats_refuses_to_start_in_one_line(postgres_url: str, tmp_path: Path) -> None:
+    from registry_server.serve import free_port
+
+    closed = free_port()  # nothing listens there
+    env = dict(os.environ) | {
+        "MCPZ_DATABASE_URL": postgres_url,
+        "MCPZ_NATS_URL": f"nats://127.0.0.1:{closed}",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "mcpz", "registry", "serve", "--replica", "--data", str(tmp_path / "d"),
+         "--port", str(free_port())],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: cannot reach NATS at nats://127.0.0.1:{closed}: Connection refused "
+        "(start nats-server, or point MCPZ_NATS_URL at one (docs/scaling.md))"
+    ]
