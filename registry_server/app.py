@@ -8,6 +8,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from http import HTTPStatus
 from typing import Any
 
@@ -31,6 +32,7 @@ from registry_server.billing.quotas import Quotas
 from registry_server.billing.receipt_key import ReceiptSigner
 from registry_server.billing.worker import BillingWorker
 from registry_server.body_limits import BodyLimits
+from registry_server.bus import Bus
 from registry_server.deployments import routes as api_deploy
 from registry_server.deployments import store as deployment_store
 from registry_server.gateway.asgi import GATEWAY_PREFIX, Gateway
@@ -42,9 +44,11 @@ from registry_server.logs import begin_request, end_request, note, request_id
 from registry_server.maintenance.service import GcScheduler
 from registry_server.market import routes as api_market
 from registry_server.market.upkeep import MarketUpkeep
+from registry_server.mesh import http as relay_http
 from registry_server.mesh import hub as mesh_hub
 from registry_server.mesh import routes as mesh_http
 from registry_server.oauth import routes as oauth
+from registry_server.mesh.cluster import Cluster, relayed
 from registry_server.openapi import use_error_model
 from registry_server.otlp import CallSpans
 from registry_server.rate_limit import RateLimited, retry_after_header
@@ -241,12 +245,20 @@ class RegistryApp:
 
     def __init__(self, api: FastAPI) -> None:
         self.api = api
+        self.cluster: Cluster | None = None  # a registry replica's: what it relays to the leader
 
     @property
     def state(self) -> Any:
         return self.api.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.cluster is not None and scope["type"] == "http" and relayed(scope["path"]):
+            if not self.cluster.leading:
+                if scope.get("mcpz.relayed"):  # the lease moved while it travelled: no second hop
+                    await relay_http.refuse(scope, receive, send)
+                else:
+                    await relay_http.forward(self.cluster, scope, receive, send)
+                return
         if scope["type"] == "http" and scope["path"].startswith(GATEWAY_PREFIX):
             await self.api.state.gateway(scope, receive, send)
         else:
@@ -287,7 +299,11 @@ def create_app(
                 app.state.billing = BillingWorker(app.state.registry, app.state.billing_gate)
                 await app.state.billing.start()
                 try:
-                    app.state.mesh = await mesh_hub.start_mesh(app.state.registry)
+                    # A replica's hub starts idle: it runs the mesh only while it holds the lease.
+                    app.state.mesh = await mesh_hub.start_mesh(app.state.registry, lead=not settings.replica)
+                    app.state.cluster = None
+                    if settings.replica:
+                        app.state.cluster = await _join_cluster(app, registry_app)
                     app.state.quotas = Quotas(app.state.registry)
                     app.state.gateway = Gateway(
                         app.state.registry,
@@ -328,7 +344,11 @@ def create_app(
                         await app.state.gc.stop()
                         await app.state.market.stop()
                         await app.state.gateway.stop()
+                        if app.state.cluster is not None:
+                            await app.state.cluster.stop()
                         await app.state.mesh.stop()
+                        if app.state.cluster is not None:
+                            await app.state.cluster.bus.close()
                 finally:
                     await app.state.usage.stop()
                     await app.state.billing.stop()
@@ -392,7 +412,20 @@ def create_app(
     # Added first, so it runs inside the request log: its refusals carry a request id and are logged.
     app.add_middleware(BodyLimits, settings=settings)
     app.add_middleware(RequestLogMiddleware)
-    return RegistryApp(app)
+    registry_app = RegistryApp(app)
+    return registry_app
+
+
+async def _join_cluster(app: FastAPI, entry: RegistryApp) -> Cluster:
+    """A registry replica's part in the cluster (docs/scaling.md): NATS joined, competing for the
+    lease to lead the mesh, relaying to the leader meanwhile."""
+    state: RegistryState = app.state.registry
+    bus = await Bus.connect(state.settings.nats_url, state.settings.replica_name)
+    cluster = Cluster(bus, state.leadership, app.state.mesh)
+    cluster.serve_http = partial(relay_http.serve, cluster, entry)
+    await cluster.start()
+    entry.cluster = cluster
+    return cluster
 
 
 def allowed_methods(app: FastAPI, path: str, starlette_allow: str) -> list[str]:

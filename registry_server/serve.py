@@ -15,6 +15,7 @@ import uvicorn
 from mcpz.errors import McpzError, UsageError
 from mcpz.mesh import MAX_FRAME_SIZE
 from registry_server.app import create_app
+from registry_server.bus import check_reachable
 from registry_server.header_timeout import with_header_timeout
 from registry_server.logs import configure
 from registry_server.settings import RegistrySettings
@@ -35,6 +36,8 @@ def serve(
             "--replica needs a database every replica reaches, not SQLite",
             hint="set MCPZ_DATABASE_URL to a PostgreSQL database (docs/scaling.md)",
         )
+    if settings.replica:
+        check_reachable(settings.nats_url)
     lock = take_data_lock(settings.usage_dir)
     try:
         sock = bind(settings.host, settings.port)

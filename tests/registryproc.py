@@ -24,6 +24,7 @@ class RegistryProcess:
     port: int = 0
     env: dict[str, str] = field(default_factory=dict)
     database: str | None = None
+    args: list[str] = field(default_factory=list)  # more options for `mcpz registry serve`
     proc: subprocess.Popen[bytes] | None = None
     fixed_port: bool = field(init=False)
 
@@ -56,7 +57,7 @@ class RegistryProcess:
         argv = [sys.executable, "-m", "mcpz", "registry", "serve", "--data", str(self.data_dir)]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [*argv, "--port", str(self.port)],
+                [*argv, "--port", str(self.port), *self.args],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,

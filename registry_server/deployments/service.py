@@ -177,6 +177,11 @@ class DeploymentService:
         # Failed replicas are tried again: at once when what failed them may have changed, else
         # after a backoff (see `retries`).
         self.retries = RetryBook(backoff or Backoff())
+        # Registry replicas: only the replica leading the mesh runs this service, and each of its
+        # writes checks that lease in its own transaction (`registry_server.mesh.cluster`).
+        self.fence: store.Fence | None = None
+        # ...and before it sends frames: False once this replica no longer believes it leads.
+        self.acting: Callable[[], bool] = lambda: True
 
     # -- life cycle
 
@@ -187,6 +192,31 @@ class DeploymentService:
             asyncio.create_task(self._reconciler(), name="mesh-reconciler"),
             asyncio.create_task(self._ticker(), name="mesh-resync"),
         ]
+
+    async def halt(self) -> None:
+        """Stop at once, writing nothing (a replica that lost the lease to lead the mesh): the
+        mirror and everything queued are dropped; `start` loads them again from the database."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        for registration in self._registrations:
+            if not registration.future.done():
+                registration.future.set_exception(McpzError("this registry replica stopped leading the mesh"))
+        self._registrations = []
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(McpzError("this registry replica stopped leading the mesh"))
+        self._waiters = []
+        self._statuses.clear()
+        self._lost.clear()
+        self._prune.clear()
+        self._dirty.clear()
+        self._figures_due.clear()
+        self.deployments, self.replicas, self.nodes = {}, {}, {}
+        self._reindex()
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -593,7 +623,9 @@ class DeploymentService:
         statement: str = "",
         signatures: Sequence[tuple[str, str]] = (),
     ) -> None:
-        await anyio.to_thread.run_sync(store.write_deployment, self.db, before, after, statement, signatures)
+        await anyio.to_thread.run_sync(
+            store.write_deployment, self.db, before, after, statement, signatures, self.fence
+        )
         self.deployments[after.name] = after
 
     # -- reconciliation
@@ -652,7 +684,7 @@ class DeploymentService:
         rows = [store.figures_row(self.nodes[n]) for n in sorted(due) if n in self.nodes]
         for chunk in chunks(rows, 500):
             try:
-                await anyio.to_thread.run_sync(store.write_figures, self.db, chunk)
+                await anyio.to_thread.run_sync(store.write_figures, self.db, chunk, self.fence)
             except SQLAlchemyError as e:
                 log.warning("cannot write node figures: %s", e)
                 return
@@ -886,8 +918,10 @@ class DeploymentService:
         replicas written (a failure there reloads the mirror from the database)."""
         r.planned = time.perf_counter()
         if r.before:
-            await anyio.to_thread.run_sync(store.write_changes, self.db, r.before)
+            await anyio.to_thread.run_sync(store.write_changes, self.db, r.before, self.fence)
         r.reserved = time.perf_counter()
+        if not self.acting():  # a replica resumed past its lease: nothing leaves, nothing changes
+            raise McpzError("this registry replica no longer leads the mesh")
         old = self.replicas
         self.nodes = r.nodes
         self.replicas = r.replicas
@@ -904,7 +938,7 @@ class DeploymentService:
         r.sent = time.perf_counter()
         if r.after:
             try:
-                await anyio.to_thread.run_sync(store.write_changes, self.db, r.after)
+                await anyio.to_thread.run_sync(store.write_changes, self.db, r.after, self.fence)
             except (SQLAlchemyError, McpzError):
                 log.exception("cannot record a round's replicas; reloading from the database")
                 await anyio.to_thread.run_sync(self._load)

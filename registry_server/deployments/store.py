@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -176,10 +176,17 @@ def load(db: Database) -> Mirror:
     return Mirror(deployments, replicas, nodes, next_epoch, floors)
 
 
-def write_changes(db: Database, changes: Changes) -> None:
+Fence = Callable[[Session], None]
+"""Called first in a write's transaction by a registry replica: raises (`leases.LeaseLost`) unless
+this replica still leads the mesh, so a paused former leader writes nothing."""
+
+
+def write_changes(db: Database, changes: Changes, fence: Fence | None = None) -> None:
     """Write one round's changes in one transaction; ConflictError when another process moved the
     epoch counter."""
     with db.session() as session:
+        if fence is not None:
+            fence(session)
         if changes.node_inserts:
             session.execute(insert(MeshNode), changes.node_inserts)
         if changes.node_updates:
@@ -220,10 +227,13 @@ def write_deployment(
     after: DeploymentState,
     statement: str = "",
     signatures: Sequence[tuple[str, str]] = (),
+    fence: Fence | None = None,
 ) -> None:
     """Save `after` (a change from `before`): its row, its new revisions, the statement and
     signatures of its current revision."""
     with db.session() as session:
+        if fence is not None:
+            fence(session)
         row = session.get(Deployment, after.name)
         if row is None:
             row = Deployment(name=after.name, namespace=after.namespace, created_at=after.created_at)
@@ -262,8 +272,10 @@ def write_deployment(
             )
 
 
-def write_figures(db: Database, rows: Sequence[dict[str, Any]]) -> None:
+def write_figures(db: Database, rows: Sequence[dict[str, Any]], fence: Fence | None = None) -> None:
     with db.session() as session:
+        if fence is not None:
+            fence(session)
         session.execute(update(MeshNode), list(rows))
 
 

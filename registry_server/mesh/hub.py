@@ -82,7 +82,7 @@ from registry_server.deployments.logbook import LogBook
 from registry_server.deployments.records import DeployIntent, Intent, NodeState
 from registry_server.deployments.retries import Backoff
 from registry_server.deployments.service import DeploymentService
-from registry_server.mesh.calls import CallRouter
+from registry_server.mesh.calls import CallRouter, ReplicaLost
 from registry_server.orm import utcnow
 from registry_server.releases import signatures as release_signatures
 from registry_server.settings import public_url
@@ -177,6 +177,30 @@ class MeshHub:
         self.started = time.monotonic()
         await self.service.start()
         self._sweeper = asyncio.create_task(self._sweep(), name="mesh-liveness")
+
+    async def lead(self) -> None:
+        """This replica won the lease to lead the mesh (`registry_server.mesh.cluster`): the
+        service loads its mirror from the database and the sweeper counts every node's grace from
+        now, as the start of a registry does."""
+        self.started = time.monotonic()
+        self.last_beat.clear()
+        await self.service.start()
+        self._sweeper = asyncio.create_task(self._sweep(), name="mesh-liveness")
+
+    async def follow(self, reason: str) -> None:
+        """This replica does not lead the mesh (any more): stop at once, write nothing, and close
+        every node connection with 1013, so its nodes come back through the leader."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        await self.service.halt()
+        self.calls.fail_all(ReplicaLost(reason))
+        for conn in list(self.everyone):
+            conn.close(CLOSE_TRY_AGAIN_LATER, reason)
+        self.connections.clear()
+        self.last_beat.clear()
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -415,6 +439,8 @@ class MeshHub:
             # Lost nodes are kept for a while, as they may come back; a lost_at in the database
             # survives restarts, so retention counts in wall-clock time.
             forget_before = utcnow() - timedelta(seconds=self.lost_node_retention)
+            if not self.service.acting():  # a replica that lost the lease and does not know it yet
+                continue
             for node_id, node in list(self.service.nodes.items()):
                 if not node.live:
                     if (node.lost_at or node.last_seen_at or node.created_at) < forget_before:
@@ -597,8 +623,9 @@ def advertised_url(state: RegistryState) -> str:
     return "" if host in ("0.0.0.0", "::", "") else url
 
 
-async def start_mesh(state: RegistryState) -> MeshHub:
-    """The hub and its deployment service, started (for the app's lifespan)."""
+async def start_mesh(state: RegistryState, *, lead: bool = True) -> MeshHub:
+    """The hub and its deployment service, started (for the app's lifespan); with `lead` False
+    (a registry replica) only made: `lead()` starts it once this replica leads the mesh."""
     settings = state.settings
     service = DeploymentService(
         state.db,
@@ -618,7 +645,8 @@ async def start_mesh(state: RegistryState) -> MeshHub:
         hello_timeout=settings.hello_timeout,
         lost_node_retention=settings.lost_node_retention,
     )
-    await hub.start()
+    if lead:
+        await hub.start()
     _tune_gc()
     return hub
 

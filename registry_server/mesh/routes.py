@@ -37,7 +37,9 @@ async def connect_endpoint(websocket: WebSocket, namespace: str, name: str) -> N
     except UsageError:
         await websocket.close(1008, "not an agent name")
         return
-    await serve(websocket, partial(ConnectorConnection, agent=agent), scope="deploy", namespace=namespace)
+    await serve(
+        websocket, partial(ConnectorConnection, agent=agent), scope="deploy", namespace=namespace, agent=agent
+    )
 
 
 async def serve(
@@ -46,8 +48,10 @@ async def serve(
     *,
     scope: str = "node",
     namespace: str | None = None,
+    agent: str | None = None,
 ) -> None:
-    """Authenticate the upgrade (`scope`, in `namespace`), then run the connection until it ends."""
+    """Authenticate the upgrade (`scope`, in `namespace`), then run the connection until it ends:
+    here, or on the replica leading the mesh when this one does not (`registry_server.mesh.cluster`)."""
     hub: MeshHub = websocket.app.state.mesh
     try:
         principal = await hub.authenticate(websocket.headers, scope, namespace)
@@ -58,6 +62,10 @@ async def serve(
         await refuse(websocket, 503, e)
         return
     await websocket.accept()
+    cluster = getattr(websocket.app.state, "cluster", None)
+    if cluster is not None and not cluster.leading:
+        await cluster.relay_socket(AcceptedSocket(websocket), principal.account_id, url_of(websocket), agent)
+        return
     await hub.attach(AcceptedSocket(websocket), principal.account_id, url_of(websocket), connection)
 
 
