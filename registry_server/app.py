@@ -47,8 +47,8 @@ from registry_server.market.upkeep import MarketUpkeep
 from registry_server.mesh import http as relay_http
 from registry_server.mesh import hub as mesh_hub
 from registry_server.mesh import routes as mesh_http
-from registry_server.oauth import routes as oauth
 from registry_server.mesh.cluster import Cluster, relayed
+from registry_server.oauth import routes as oauth
 from registry_server.openapi import use_error_model
 from registry_server.otlp import CallSpans
 from registry_server.rate_limit import RateLimited, retry_after_header
