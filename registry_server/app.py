@@ -32,7 +32,7 @@ from registry_server.billing.quotas import Quotas
 from registry_server.billing.receipt_key import ReceiptSigner
 from registry_server.billing.worker import BillingWorker
 from registry_server.body_limits import BodyLimits
-from registry_server.bus import Bus
+from registry_server.bus import Bus, cluster_id
 from registry_server.deployments import routes as api_deploy
 from registry_server.deployments import store as deployment_store
 from registry_server.gateway.asgi import GATEWAY_PREFIX, Gateway
@@ -420,7 +420,8 @@ async def _join_cluster(app: FastAPI, entry: RegistryApp) -> Cluster:
     """A registry replica's part in the cluster (docs/scaling.md): NATS joined, competing for the
     lease to lead the mesh, relaying to the leader meanwhile."""
     state: RegistryState = app.state.registry
-    bus = await Bus.connect(state.settings.nats_url, state.settings.replica_name)
+    settings = state.settings
+    bus = await Bus.connect(settings.nats_url, settings.replica_name, cluster_id(settings.data_dir))
     cluster = Cluster(bus, state.leadership, app.state.mesh)
     cluster.serve_http = partial(relay_http.serve, cluster, entry)
     await cluster.start()

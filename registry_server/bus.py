@@ -17,8 +17,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import secrets
 import socket
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,14 +46,26 @@ class BusUnavailable(McpzError):
 
 
 class Bus:
-    """This replica's NATS connection."""
+    """This replica's NATS connection.
 
-    def __init__(self, client: Client, name: str) -> None:
+    Every `mcpz.` subject is scoped to this registry's cluster id (`mcpz.<id>.rest`), so two
+    registries on one NATS server never hear each other: a request relayed to "the leader" reaches
+    the leader of this registry's database, never another's.
+    """
+
+    def __init__(self, client: Client, name: str, cluster: str = "") -> None:
         self.client = client
         self.name = name
+        self.prefix = f"mcpz.{cluster}." if cluster else "mcpz."
+
+    def scoped(self, subject: str) -> str:
+        """`subject` in this cluster's space (inboxes and subjects already scoped are left as they are)."""
+        if subject.startswith("mcpz.") and not subject.startswith(self.prefix):
+            return self.prefix + subject[len("mcpz.") :]
+        return subject
 
     @classmethod
-    async def connect(cls, url: str, name: str) -> Bus:
+    async def connect(cls, url: str, name: str, cluster: str = "") -> Bus:
         """Connect to `url` as replica `name`: BusUnavailable at once when it does not answer;
         once connected, the client reconnects on its own for as long as the replica lives."""
         target = urlsplit(url)
@@ -78,7 +93,7 @@ class Bus:
                 f"cannot reach NATS at {url}: {e or type(e).__name__}",
                 hint="start nats-server, or point MCPZ_NATS_URL at one",
             ) from e
-        return cls(client, name)
+        return cls(client, name, cluster)
 
     async def close(self) -> None:
         if not self.client.is_closed:
@@ -93,12 +108,36 @@ class Bus:
     async def subscribe(
         self, subject: str, handler: Handler | None = None, *, queue: str = ""
     ) -> Subscription:
-        return await self.client.subscribe(subject, queue=queue, cb=handler)
+        return await self.client.subscribe(self.scoped(subject), queue=queue, cb=handler)
 
     async def publish(
         self, subject: str, data: bytes = b"", *, reply: str = "", headers: dict[str, str] | None = None
     ) -> None:
-        await self.client.publish(subject, data, reply=reply, headers=headers)
+        await self.client.publish(self.scoped(subject), data, reply=self.scoped(reply), headers=headers)
+
+
+CLUSTER_FILE = "cluster-id"
+
+
+def cluster_id(data_dir: Path) -> str:
+    """The id the replicas sharing `data_dir` agree on: made by the first to start (written to a
+    temporary file, then linked into place, which fails if another replica got there first), read
+    by the others."""
+    target = data_dir / CLUSTER_FILE
+    if not target.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        temporary = data_dir / f".{CLUSTER_FILE}.{secrets.token_hex(8)}"
+        temporary.write_text(secrets.token_hex(8) + "\n")
+        try:
+            os.link(temporary, target)
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
+    value = target.read_text().strip()
+    if not value.isalnum():
+        raise McpzError(f"{target} is damaged", hint="stop every replica, delete the file, start them again")
+    return value
 
 
 def check_reachable(url: str) -> None:

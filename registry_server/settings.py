@@ -378,9 +378,10 @@ def _replica_name(value: object, port: object) -> str:
     across restarts, so a restarted replica finds its own journal)."""
     import socket
 
-    name = str(value or f"{socket.gethostname()}-{port}")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
-        raise ValueError(f"replica_name must be letters, digits, '.', '_' or '-' (at most 64), not {name!r}")
+    # No dots: the name is one token of the replicas' NATS subjects.
+    name = str(value or f"{socket.gethostname().replace('.', '-')}-{port}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name):
+        raise ValueError(f"replica_name must be letters, digits, '_' or '-' (at most 64), not {name!r}")
     return name
 
 

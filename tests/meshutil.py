@@ -145,13 +145,14 @@ class Mesh:
         return node
 
     def connected(self, count: int) -> list[dict[str, Any]]:
+        def nodes(http: httpx2.Client) -> list[dict[str, Any]]:
+            # A registry of replicas answers 503 until one of them leads the mesh.
+            response = http.get("/v1/nodes")
+            return [n for n in response.json() if n["connected"]] if response.status_code == 200 else []
+
         with self.http as http:
             return until(
-                lambda: (
-                    ns
-                    if len(ns := [n for n in http.get("/v1/nodes").json() if n["connected"]]) >= count
-                    else None
-                ),
+                lambda: ns if len(ns := nodes(http)) >= count else None,
                 what=f"{count} connected nodes; logs: {[n.tail() for n in self.nodes]}",
             )
 

@@ -22,7 +22,7 @@ from registry_server.usage.events import Outcome, UsageEvent
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
-JOBS = ("gc", "market", "billing", "usage-orphans")
+JOBS = ("gc", "market", "billing", "usage-orphans", "deployments")
 GC_RAN = '"msg": "scheduled gc"'  # the log line of each scheduled collection
 
 
