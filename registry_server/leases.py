@@ -23,11 +23,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio.to_thread
 from sqlalchemy import BigInteger, String, select, text, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from mcpz.errors import McpzError
@@ -57,6 +57,9 @@ class Held:
     name: str
     holder: str
     epoch: int
+    # Seconds the lease was taken for: a fenced transaction left idle that long (its process
+    # paused) is ended by PostgreSQL, so it cannot commit when it resumes.
+    ttl: float = field(default=0.0, compare=False)
 
 
 def now_us(session: Session) -> int:
@@ -67,31 +70,45 @@ def now_us(session: Session) -> int:
     return time.time_ns() // 1000
 
 
+def _bounded_wait(session: Session) -> None:
+    """A row lock held by a paused writer must not stall the lease loop: give up after a second
+    (the next round tries again)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SET LOCAL lock_timeout = 1000"))
+
+
 def acquire(db: Database, name: str, holder: str, ttl: float) -> Held | None:
     """Take `name` for `ttl` seconds if it is free, expired or already ours (then renewed, its
-    epoch kept); None when another holder's lease is still running."""
+    epoch kept); None when another holder's lease is still running, or its row is locked by a
+    fenced write in flight."""
     try:
         with db.session() as session:
+            _bounded_wait(session)
             now = now_us(session)
             row = session.execute(select(LeaseRow).where(LeaseRow.name == name).with_for_update()).scalar()
             expires = now + int(ttl * 1_000_000)
             if row is None:
                 session.add(LeaseRow(name=name, holder=holder, epoch=1, expires_us=expires))
-                return Held(name, holder, 1)
+                return Held(name, holder, 1, ttl)
             if row.holder == holder and row.expires_us > now:
                 row.expires_us = expires
-                return Held(name, holder, row.epoch)
+                return Held(name, holder, row.epoch, ttl)
             if row.expires_us > now:
                 return None
             row.holder, row.epoch, row.expires_us = holder, row.epoch + 1, expires
-            return Held(name, holder, row.epoch)
+            return Held(name, holder, row.epoch, ttl)
     except IntegrityError:
         return None  # another replica inserted the first row at the same moment: it holds it
+    except OperationalError as e:
+        if _lock_timeout(e):
+            return None
+        raise
 
 
 def renew(db: Database, held: Held, ttl: float) -> bool:
     """Extend a lease still held at its epoch; False when it ran out or was taken."""
     with db.session() as session:
+        _bounded_wait(session)
         now = now_us(session)
         done = session.execute(
             update(LeaseRow)
@@ -127,6 +144,11 @@ def fence(session: Session, held: Held | None) -> None:
     query = select(LeaseRow).where(LeaseRow.name == held.name)
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(read=True)
+        if held.ttl > 0:
+            # The share lock would otherwise hold a takeover off for as long as a paused holder
+            # sleeps; ended by the server, its transaction cannot commit when it wakes.
+            timeout = max(1000, int(held.ttl * 1000))
+            session.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {timeout}"))
     row = session.execute(query).scalar()
     current = row is not None and (row.holder, row.epoch) == (held.holder, held.epoch)
     if row is None or not current or row.expires_us <= now_us(session):
@@ -134,6 +156,10 @@ def fence(session: Session, held: Held | None) -> None:
             f"lease {held.name!r} epoch {held.epoch} is no longer held by {held.holder}",
             hint="another replica leads this job now; this write was rolled back",
         )
+
+
+def _lock_timeout(error: OperationalError) -> bool:
+    return getattr(error.orig, "sqlstate", "") == "55P03"  # lock_not_available
 
 
 Callback = Callable[[Held], Awaitable[None] | None]

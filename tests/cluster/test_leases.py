@@ -150,3 +150,44 @@ def test_solo_holds_everything_and_never_fences() -> None:
     assert held is not None and held.epoch == 0
     leases.fence(None, held)  # type: ignore[arg-type]  # epoch 0 never touches the database
     assert not solo.clustered and solo.held("gc") is None
+
+
+@pytest.mark.postgres
+def test_a_holder_paused_inside_a_fenced_write_is_cut_off_and_cannot_commit(postgres_url: str) -> None:
+    """A SIGSTOPped holder in the middle of a fenced transaction: its share lock would hold the
+    takeover off for as long as it sleeps, so the server ends the idle transaction once it has been
+    idle for the lease's time; the next replica takes over, and the write never lands."""
+    db, other = Database(postgres_url), Database(postgres_url)
+    migrate(db.engine)
+    try:
+        with db.session() as s:
+            s.execute(text("CREATE TABLE fenced_writes (v INTEGER)"))
+        old = leases.acquire(db, "job", "a", 1.0)
+        assert old is not None
+        outcome: list[str] = []
+
+        def paused_writer() -> None:
+            try:
+                with db.session() as s:
+                    leases.fence(s, old)
+                    s.execute(text("INSERT INTO fenced_writes VALUES (1)"))
+                    time.sleep(3)  # paused, its transaction open and idle
+            except Exception as e:  # the server ended the session meanwhile
+                outcome.append(type(e).__name__)
+            else:
+                outcome.append("committed")
+
+        thread = threading.Thread(target=paused_writer)
+        thread.start()
+        new = None
+        deadline = time.monotonic() + 10
+        while new is None and time.monotonic() < deadline:
+            new = leases.acquire(other, "job", "b", 5)  # None while the lock is held: never stuck
+        thread.join()
+        assert new is not None and new.epoch == 2
+        assert outcome and outcome != ["committed"]
+        with other.session() as s:
+            assert s.execute(text("SELECT count(*) FROM fenced_writes")).scalar_one() == 0
+    finally:
+        db.dispose()
+        other.dispose()
