@@ -426,17 +426,22 @@ def setup_registry(work: rb.Workdir, size: int) -> tuple[rb.Registry, str]:
         work.env,
     )
     token = made.stdout.decode().strip().splitlines()[-1].strip()
-    folder = work.path / f"agent-{size}"
+    publish_agent(work.path / f"agent-{size}", reg.git_url(AGENT, token), work.env)
+    return reg, token
+
+
+def publish_agent(folder: Path, git_url: str, env: dict[str, str]) -> None:
+    """AGENT 1.0.0 (a server that only prints: the simulated nodes never run it) written in
+    `folder`, committed, tagged and pushed to `git_url`."""
     folder.mkdir()
     (folder / "mcpz.toml").write_text(rb.MANIFEST.format(name=AGENT, version="1.0.0"))
     (folder / "server.py").write_text("print('fan-out bench')\n")
-    genv = {**work.env, **rb._GIT_IDENTITY}
+    genv = {**env, **rb._GIT_IDENTITY}
     rb.run([rb.GIT, "init", "-q", "-b", "main", str(folder)], genv)
     rb.run([rb.GIT, "add", "-A"], genv, cwd=folder)
     rb.run([rb.GIT, "commit", "-q", "-m", "fan"], genv, cwd=folder)
     rb.run([rb.GIT, "tag", "v1.0.0"], genv, cwd=folder)
-    rb.run([rb.GIT, "push", "-q", reg.git_url(AGENT, token), "main", "v1.0.0"], genv, cwd=folder)
-    return reg, token
+    rb.run([rb.GIT, "push", "-q", git_url, "main", "v1.0.0"], genv, cwd=folder)
 
 
 def rss_mb(pid: int) -> float | None:

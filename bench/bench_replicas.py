@@ -304,17 +304,8 @@ def fanout_cluster(work: rb.Workdir, base: str, nodes: int, rounds: int) -> dict
         sims: list[fanout.Child] = []
         try:
             tok = reps.token("bench", "read,publish,deploy,node")
-            folder = work.path / "agent-fan"
-            folder.mkdir()
-            (folder / "mcpz.toml").write_text(rb.MANIFEST.format(name=fanout.AGENT, version="1.0.0"))
-            (folder / "server.py").write_text("print('fan-out bench')\n")
-            genv = {**reps.env, **rb._GIT_IDENTITY}
-            rb.run([rb.GIT, "init", "-q", "-b", "main", str(folder)], genv)
-            rb.run([rb.GIT, "add", "-A"], genv, cwd=folder)
-            rb.run([rb.GIT, "commit", "-q", "-m", "fan"], genv, cwd=folder)
-            rb.run([rb.GIT, "tag", "v1.0.0"], genv, cwd=folder)
             git_url = reps.url(0).replace("http://", f"http://mcpz:{tok}@") + f"/git/{fanout.AGENT}.git"
-            rb.run([rb.GIT, "push", "-q", git_url, "main", "v1.0.0"], genv, cwd=folder)
+            fanout.publish_agent(work.path / "agent-fan", git_url, reps.env)
             shares = [nodes // 3 + (1 if i < nodes % 3 else 0) for i in range(3)]
             started = time.monotonic()
             for i, share in enumerate(shares):

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from mcpz.errors import McpzError
 from registry_server.db import Database
 from registry_server.orm import Base
+from registry_server.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -216,11 +217,8 @@ class Leadership:
             self._task = asyncio.create_task(self._keep(), name="leases")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         if self.db is not None:
             for lease in list(self._held.values()):
                 with contextlib.suppress(SQLAlchemyError):

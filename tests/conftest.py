@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from typer.testing import CliRunner
@@ -39,6 +39,15 @@ def isolate(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
         monkeypatch.delenv(var, raising=False)
     for var in [v for v in os.environ if v.startswith("MCPZ_REGISTRY_")]:
         monkeypatch.delenv(var)
+
+
+def missing(what: str) -> NoReturn:
+    """Skip for a tool this machine lacks (`what`: its name, how to install it); in CI, whose
+    `.ci/run` installs every one, fail instead."""
+    message = f"{what} is missing (`.ci/run` installs it)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 @dataclass
@@ -122,25 +131,7 @@ class LiveRegistry:
 
     def account(self, name: str, scopes: str = "read,publish,deploy,call,admin") -> str:
         """Create an account (and its namespace) and return a token for it."""
-        from registry_server.accounts import service as accounts
-        from registry_server.accounts import tokens
-        from registry_server.db import Database
-
-        db = Database(self.database_url)
-        try:
-            with db.session() as session:
-                try:
-                    account = accounts.create_account(session, name)
-                except Exception:
-                    account = accounts.account_by_name(session, name)
-            with db.session() as session:
-                account = accounts.account_by_name(session, name)
-                _row, secret = accounts.create_token(
-                    session, account, tokens.parse_scopes(scopes), expires_in=None
-                )
-        finally:
-            db.dispose()
-        return secret
+        return account_token(self.database_url, name, scopes)
 
     def git_url(self, name: str, token: str | None = None) -> str:
         base = self.url if token is None else self.url.replace("http://", f"http://mcpz:{token}@")
@@ -148,6 +139,29 @@ class LiveRegistry:
 
     def stop(self) -> None:
         self._handle.stop()  # type: ignore[attr-defined]
+
+
+def account_token(database_url: str, name: str, scopes: str = "read,publish,deploy,call,admin") -> str:
+    """A token with `scopes` for the account `name` in the registry database at `database_url`,
+    the account (and its namespace) created first unless it exists."""
+    from registry_server.accounts import service as accounts
+    from registry_server.accounts import tokens
+    from registry_server.db import Database
+
+    db = Database(database_url)
+    try:
+        with db.session() as session:
+            try:
+                account = accounts.create_account(session, name)
+            except Exception:
+                account = accounts.account_by_name(session, name)
+        with db.session() as session:
+            account = accounts.account_by_name(session, name)
+            scope = tokens.parse_scopes(scopes)
+            _row, secret = accounts.create_token(session, account, scope, expires_in=None)
+    finally:
+        db.dispose()
+    return secret
 
 
 def start_registry(data_dir: Path, database_url: str | None = None, **settings: object) -> LiveRegistry:

@@ -14,12 +14,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx2
-from conftest import LiveRegistry
+from conftest import LiveRegistry, start_registry
 from gitutil import git
 
 from mcpz.repo.templates import render_template
@@ -139,6 +140,28 @@ class Mesh:
             git("push", "-q", url, "main", f"v{version}", cwd=work)
             self.commits[version] = git("rev-parse", "HEAD", cwd=work).stdout.strip()
 
+    def write_agent(
+        self, server: str | None = None, tools: str = "", env: dict[str, str] | None = None
+    ) -> Path:
+        """The agent's working folder, which `publish` then commits instead of the bare template:
+        the python template with `server` as its server.py, or `tools` (functions) added to the
+        template's before its main block, and `env` as the variables its process runs with."""
+        work = self.tmp / "tiny"
+        work.mkdir()
+        render_template("python", work, AGENT)
+        source = work / "server.py"
+        if server is not None:
+            source.write_text(server)
+        if tools:
+            main = 'if __name__ == "__main__":'
+            source.write_text(source.read_text().replace(main, tools.strip("\n") + "\n\n\n" + main, 1))
+        if env:
+            manifest = work / "mcpz.toml"
+            table = ", ".join(f'{name} = "{value}"' for name, value in env.items())
+            manifest.write_text(manifest.read_text() + f"env = {{ {table} }}\n")
+        git("init", "-q", "-b", "main", cwd=work)
+        return work
+
     def node(self, name: str, *extra: str, url: str | None = None) -> NodeProc:
         node = NodeProc(url or self.reg.url, self.node_token, name, self.tmp / name, *extra)
         self.nodes.append(node)
@@ -155,6 +178,16 @@ class Mesh:
                 lambda: ns if len(ns := nodes(http)) >= count else None,
                 what=f"{count} connected nodes; logs: {[n.tail() for n in self.nodes]}",
             )
+
+    def serve_one(self, version: str = "1.0.0", *node_args: str) -> NodeProc:
+        """`version` published, one node ("node-0", started with `node_args`) connected and one
+        replica of it deployed and running there: the setup of most tests that call an agent."""
+        self.publish(version)
+        node = self.node("node-0", *node_args)
+        self.connected(1)
+        self.deploy(version, replicas=1)
+        self.settled(1, version)
+        return node
 
     def view(self) -> dict[str, Any]:
         with self.http as http:
@@ -217,6 +250,19 @@ class Mesh:
     def close(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+@contextmanager
+def serving_one(tmp: Path, **settings: object) -> Iterator[Mesh]:
+    """A registry in `tmp` (FAST heartbeats and `settings`) with AGENT 1.0.0 served by one replica
+    on one node (`Mesh.serve_one`); the node and the registry stopped after."""
+    mesh = Mesh(tmp, start_registry(tmp / "registry", None, **FAST, **settings))
+    try:
+        mesh.serve_one("1.0.0")
+        yield mesh
+    finally:
+        mesh.close()
+        mesh.reg.stop()
 
 
 def node_config(hub_url: str, data: Path, **overrides: object) -> object:

@@ -10,6 +10,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conftest import LiveRegistry
 from meshutil import until
 
 
@@ -102,3 +103,15 @@ class RegistryProcess:
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+
+def start_restartable(tmp: Path, env: dict[str, str]) -> tuple[RegistryProcess, LiveRegistry]:
+    """A registry process on `tmp`/registry (SQLite) with `env`, started on a port it keeps across
+    restarts (nodes reconnect to it), and the LiveRegistry that drives it."""
+    from registry_server.serve import free_port
+
+    data = tmp / "registry"
+    data.mkdir()
+    registry = RegistryProcess(data.resolve(), tmp / "registry.log", port=free_port(), env=env)
+    registry.start()
+    return registry, LiveRegistry(registry.url, registry.data_dir, registry.database_url, registry)

@@ -20,7 +20,6 @@ the data folder" and should simply be started again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import logging
 import os
@@ -32,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mcpz.errors import McpzError
 from registry_server.billing import service as billing
 from registry_server.state import RegistryState
+from registry_server.tasks import cancel
 from registry_server.usage.service import UsageRecorder
 
 log = logging.getLogger("registry_server.usage")
@@ -92,11 +92,8 @@ class OrphanJournals:
         self._task = asyncio.create_task(self._run(), name="mcpz-usage-orphans")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -12,7 +12,6 @@ recovery step, safe beside the leader's because a batch claims its events.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 
@@ -22,6 +21,7 @@ from registry_server.billing import invoices, periods, service
 from registry_server.billing.gate import BillingGate
 from registry_server.leases import Held, LeaseLost, fence
 from registry_server.state import RegistryState
+from registry_server.tasks import cancel
 
 log = logging.getLogger("registry_server.billing")
 
@@ -58,10 +58,7 @@ class BillingWorker:
 
     async def stop(self) -> None:
         """After the gateway and usage recorder stopped: rate the last events, give back every hold."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
         try:
             await self.rate()
             self.gate.close_all()

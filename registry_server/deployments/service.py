@@ -61,6 +61,7 @@ from registry_server.deployments.records import (
 from registry_server.deployments.retries import Backoff, RetryBook
 from registry_server.deployments.scheduler import NodeView, Replica
 from registry_server.orm import utcnow
+from registry_server.tasks import cancel
 
 log = logging.getLogger("registry_server.deployments")
 _T = TypeVar("_T")
@@ -196,11 +197,7 @@ class DeploymentService:
     async def halt(self) -> None:
         """Stop at once, writing nothing (a replica that lost the lease to lead the mesh): the
         mirror and everything queued are dropped; `start` loads them again from the database."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(*self._tasks)
         self._tasks = []
         for registration in self._registrations:
             if not registration.future.done():
@@ -219,11 +216,7 @@ class DeploymentService:
         self._reindex()
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(*self._tasks)
         self._tasks = []
         # What nodes reported last is written before the process goes; nothing new is planned.
         self._dirty.clear()

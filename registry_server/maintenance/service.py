@@ -45,6 +45,7 @@ from registry_server.pause_points import pause_point
 from registry_server.releases.models import Agent, Release
 from registry_server.state import RegistryState
 from registry_server.storage import RepoStore
+from registry_server.tasks import cancel
 from registry_server.usage.events import UsageEvent
 from registry_server.usage.models import UsageEventRow
 
@@ -294,11 +295,8 @@ class GcScheduler:
             self._task = asyncio.create_task(self._run(), name="mcpz-gc")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     def _collect(self, lease: Held) -> GcReport:
         return collect_garbage(self.state, lease=lease)

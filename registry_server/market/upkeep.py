@@ -20,6 +20,7 @@ from mcpz.errors import McpzError
 from registry_server.leases import Held, LeaseLost, fence
 from registry_server.market import prices, service
 from registry_server.state import RegistryState
+from registry_server.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +79,8 @@ class MarketUpkeep:
     async def stop(self) -> None:
         with contextlib.suppress(ValueError):
             self.state.agent_listeners.remove(self.agent_changed)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

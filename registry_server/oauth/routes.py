@@ -142,9 +142,7 @@ async def token(request: Request, state: State) -> Response:
         form = await _form(request)
         if "client_secret" in form or request.headers.get("authorization"):
             raise OAuthError("invalid_client", "clients here are public: send client_id, no secret", 401)
-        client_id = form.get("client_id", "")
-        if not client_id:
-            raise OAuthError("invalid_request", "client_id is required")
+        client_id = _required(form, "client_id")
         grant_type = form.get("grant_type")
         documents = client_documents(request)
         with state.db.session() as session:
@@ -152,26 +150,20 @@ async def token(request: Request, state: State) -> Response:
             if client is None:
                 raise OAuthError("invalid_client", f"no client {client_id!r}: register first", 401)
             if grant_type == "authorization_code":
-                code = form.get("code")
-                if not code:
-                    raise OAuthError("invalid_request", "code is required")
                 grant = service.exchange_code(
                     session,
                     client,
-                    code=code,
+                    code=_required(form, "code"),
                     redirect_uri=form.get("redirect_uri"),
                     verifier=form.get("code_verifier"),
                     resource=form.get("resource"),
                     now=utcnow(),
                 )
             elif grant_type == "refresh_token":
-                refresh_token = form.get("refresh_token")
-                if not refresh_token:
-                    raise OAuthError("invalid_request", "refresh_token is required")
                 grant = service.refresh(
                     session,
                     client,
-                    refresh_token=refresh_token,
+                    refresh_token=_required(form, "refresh_token"),
                     scope=form.get("scope"),
                     resource=form.get("resource"),
                     now=utcnow(),
@@ -185,3 +177,11 @@ async def token(request: Request, state: State) -> Response:
     if isinstance(grant, OAuthError):  # a replay: its revocation is committed
         return _error(grant)
     return JSONResponse(grant.to_dict(), headers=NO_STORE)
+
+
+def _required(form: dict[str, str], name: str) -> str:
+    """A form field the request must carry, not empty."""
+    value = form.get(name)
+    if not value:
+        raise OAuthError("invalid_request", f"{name} is required")
+    return value

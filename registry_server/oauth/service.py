@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import CursorResult, delete, select, update
+from sqlalchemy import ColumnElement, CursorResult, delete, select, update
 from sqlalchemy.orm import Session
 
 from registry_server.accounts import tokens
@@ -180,14 +180,7 @@ def exchange_code(
         raise OAuthError("invalid_grant", "code_verifier does not match the code_challenge (PKCE)")
     if resource is not None and _canonical(resource) != row.resource:
         raise OAuthError("invalid_target", "resource differs from the authorization request's")
-    # One use only, even when two exchanges race: the row is claimed by whoever sets used_at.
-    claimed = session.execute(
-        update(OAuthCode)
-        .where(OAuthCode.code_hash == row.code_hash, OAuthCode.used_at.is_(None))
-        .values(used_at=now)
-    )
-    if not isinstance(claimed, CursorResult) or claimed.rowcount != 1:
-        raise OAuthError("invalid_grant", "the authorization code was used already")
+    _use_once(session, OAuthCode, OAuthCode.code_hash == row.code_hash, now, "the authorization code")
     grant, token_id, family = _grant(
         session, client, row.account_id, tuple(row.scopes.split()), row.resource, now, family=None
     )
@@ -225,17 +218,27 @@ def refresh(
         raise OAuthError("invalid_scope", f"a refresh may only narrow the grant ({' '.join(granted)})")
     if resource is not None and _canonical(resource) != row.resource:
         raise OAuthError("invalid_target", "resource differs from the grant's")
-    claimed = session.execute(
-        update(OAuthRefreshToken)
-        .where(OAuthRefreshToken.secret_hash == row.secret_hash, OAuthRefreshToken.used_at.is_(None))
-        .values(used_at=now)
+    _use_once(
+        session, OAuthRefreshToken, OAuthRefreshToken.secret_hash == row.secret_hash, now, "the refresh token"
     )
-    if not isinstance(claimed, CursorResult) or claimed.rowcount != 1:
-        raise OAuthError("invalid_grant", "the refresh token was used already")
     grant, _token_id, _family = _grant(
         session, client, row.account_id, scopes, row.resource, now, family=row.family
     )
     return grant
+
+
+def _use_once(
+    session: Session,
+    model: type[OAuthCode] | type[OAuthRefreshToken],
+    which: ColumnElement[bool],
+    now: datetime,
+    what: str,
+) -> None:
+    """Mark the row `which` used; one use only, even when two requests race: the row is claimed
+    by whoever sets used_at, and the other is refused."""
+    claimed = session.execute(update(model).where(which, model.used_at.is_(None)).values(used_at=now))
+    if not isinstance(claimed, CursorResult) or claimed.rowcount != 1:
+        raise OAuthError("invalid_grant", f"{what} was used already")
 
 
 def _grant(

@@ -11,7 +11,6 @@ its lease cannot record (nor so broadcast) a commit after another took over.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import anyio.to_thread
@@ -22,6 +21,7 @@ from registry_server.settlement import deposits, payouts, withdrawals
 from registry_server.settlement.chain import SettlementChain, TokenInfo
 from registry_server.settlement.operator import Operator
 from registry_server.state import RegistryState
+from registry_server.tasks import cancel
 
 log = logging.getLogger("registry_server.settlement")
 
@@ -55,10 +55,7 @@ class SettlementWorker:
         self._task = asyncio.create_task(self._run(), name="settlement")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
 
     async def token(self) -> TokenInfo:
         """The settlement token, read from the contract once."""

@@ -14,11 +14,10 @@ from typing import Any
 
 import httpx2
 import pytest
-from gitutil import api, git
+from gitutil import api
 from meshutil import AGENT, FAST, Mesh, until
 
 from mcpz.keys import receipts
-from mcpz.repo.templates import render_template
 from registry_server.billing import service
 from registry_server.db import Database
 
@@ -54,22 +53,9 @@ def paid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, Path]
     log.touch()
     reg = start_registry(tmp / "registry", **FAST, price_notice_days=0.0, usage_flush_interval=0.2)
     mesh = Mesh(tmp, reg)
-    work = tmp / "tiny"
-    work.mkdir()
-    render_template("python", work, AGENT)
-    server = work / "server.py"
-    text = server.read_text()
-    main = 'if __name__ == "__main__":'
-    server.write_text(text.replace(main, LOGGING_TOOL.strip("\n") + "\n\n\n" + main, 1))
-    manifest = work / "mcpz.toml"
-    manifest.write_text(manifest.read_text() + f'env = {{ CALL_LOG = "{log}" }}\n')
-    git("init", "-q", "-b", "main", cwd=work)
+    mesh.write_agent(tools=LOGGING_TOOL, env={"CALL_LOG": str(log)})
     try:
-        mesh.publish("1.0.0")
-        mesh.node("node-0")
-        mesh.connected(1)
-        mesh.deploy("1.0.0", replicas=1)
-        mesh.settled(1, "1.0.0")
+        mesh.serve_one("1.0.0")
         priced = api(reg, f"/v1/billing/plans/{AGENT}", mesh.token, method="PUT", json={"per_call": PRICE})
         assert priced.status_code == 200, priced.text
         yield mesh, log

@@ -18,8 +18,8 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-from conftest import CliResult, isolate, start_registry
-from meshutil import AGENT, FAST, Mesh, until
+from conftest import CliResult, isolate
+from meshutil import AGENT, Mesh, serving_one, until
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="needs /proc and PR_SET_PDEATHSIG")
 
@@ -37,18 +37,8 @@ QUOTA_EXCEEDED = -32029
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     with pytest.MonkeyPatch.context() as mp:
         isolate(mp, tmp_path_factory.mktemp("home"))
-        tmp = tmp_path_factory.mktemp("tiers")
-        mesh = Mesh(tmp, start_registry(tmp / "registry", **FAST, tiers=TIERS, default_tier="unlimited"))
-        try:
-            mesh.publish("1.0.0")
-            mesh.node("node-0")
-            mesh.connected(1)
-            mesh.deploy("1.0.0", replicas=1)
-            mesh.settled(1, "1.0.0")
+        with serving_one(tmp_path_factory.mktemp("tiers"), tiers=TIERS, default_tier="unlimited") as mesh:
             yield mesh
-        finally:
-            mesh.close()
-            mesh.reg.stop()
 
 
 def account(mesh: Mesh, cli: Any, tier: str | None) -> tuple[str, str]:

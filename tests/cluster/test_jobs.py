@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from billingutil import usage_event
 from meshutil import until
 from registryproc import RegistryProcess
 from sqlalchemy import create_engine, text
@@ -18,7 +19,6 @@ from sqlalchemy.engine import Engine
 
 from registry_server.accounts import service as accounts
 from registry_server.db import Database
-from registry_server.usage.events import Outcome, UsageEvent
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -152,23 +152,7 @@ def test_a_dead_replicas_usage_journal_is_written_by_a_survivor(
         folder = tmp_path / "data" / "usage" / "replicas" / "b"
         # What b journaled before it died: the lines its recorder appends, never flushed.
         events = [
-            UsageEvent(
-                id=f"ev-{n}",
-                account_id=account_id,
-                token_id=None,
-                agent="acme/echo",
-                version="1.0.0",
-                tool="echo",
-                deployment="acme/echo",
-                replica_id="r1",
-                node_id="n1",
-                started_us=1_700_000_000_000_000 + n,
-                duration_us=1500,
-                outcome=Outcome.OK,
-                bytes_in=100,
-                bytes_out=200,
-            )
-            for n in range(3)
+            usage_event(n, account_id, id=f"ev-{n}", started_us=1_700_000_000_000_000 + n) for n in range(3)
         ]
         with (folder / "journal").open("ab") as f:
             f.write(b"".join(e.canonical() + b"\n" for e in events))

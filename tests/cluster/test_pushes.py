@@ -9,14 +9,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import account_token
 from gitutil import git, git_popen, init_agent, rev_parse, set_version
 from meshutil import until
 from registryproc import RegistryProcess
 from sqlalchemy import create_engine, text
-
-from registry_server.accounts import service as accounts
-from registry_server.accounts import tokens
-from registry_server.db import Database
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -61,15 +58,7 @@ def test_the_same_version_pushed_through_two_replicas_at_once_gives_one_release(
     try:
         a.start()
         b.start()
-        db = Database(postgres_url)
-        try:
-            with db.session() as session:
-                account = accounts.create_account(session, "acme")
-                _row, token = accounts.create_token(
-                    session, account, tokens.parse_scopes("read,publish"), expires_in=None
-                )
-        finally:
-            db.dispose()
+        token = account_token(postgres_url, "acme", "read,publish")
         urls = [a.git_url("{}", token), b.git_url("{}", token)]
         # Several rounds: a new agent (both replicas make its repository and row at once), then
         # versions of one already published.
@@ -124,15 +113,7 @@ def test_a_push_waits_for_the_databases_lock_on_its_repository(tmp_path: Path, p
     engine = create_engine(postgres_url)
     try:
         a.start()
-        db = Database(postgres_url)
-        try:
-            with db.session() as session:
-                account = accounts.create_account(session, "acme")
-                _row, token = accounts.create_token(
-                    session, account, tokens.parse_scopes("read,publish"), expires_in=None
-                )
-        finally:
-            db.dispose()
+        token = account_token(postgres_url, "acme", "read,publish")
         work = tmp_path / "work"
         head = init_agent(work, "acme/held", "0.1.0")
         git("tag", "v0.1.0", cwd=work)

@@ -28,12 +28,10 @@ from typing import Any
 import httpx2
 import pytest
 from conftest import LiveRegistry, isolate
-from gitutil import git
 from lbutil import Forwarder
+from mcputil import INITIALIZE, mcp_headers, padded_call
 from meshutil import AGENT, Mesh, until
 from registryproc import RegistryProcess
-
-from mcpz.repo.templates import render_template
 
 pytestmark = [
     pytest.mark.slow,
@@ -102,40 +100,22 @@ class Caller:
         self.size = 0
         self.answered: set[int] = set()
 
-    def headers(self, session: str = "") -> dict[str, str]:
-        headers = {
-            "Authorization": f"Bearer {self.token}",
-            "Accept": "application/json, text/event-stream",
-            "Content-Type": "application/json",
-        }
-        if session:
-            headers["Mcp-Session-Id"] = session
-        return headers
-
     def session(self, url: str) -> str | None:
-        init = {
-            "jsonrpc": "2.0",
-            "id": 0,
-            "method": "initialize",
-            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t"}},
-        }
         try:
-            response = httpx2.post(f"{url}/mcp/{AGENT}", json=init, headers=self.headers(), timeout=30)
+            response = httpx2.post(
+                f"{url}/mcp/{AGENT}", json=INITIALIZE, headers=mcp_headers(self.token), timeout=30
+            )
         except httpx2.HTTPError:
             return None
         # 200 without a session: a JSON-RPC error (no replica reachable yet), as in one process.
         return response.headers.get("mcp-session-id") if response.status_code == 200 else None
 
     def call(self, url: str, session: str) -> bool:
-        params = {"name": "echo", "arguments": {"text": "hi"}}
-        base = len(json.dumps({"jsonrpc": "2.0", "id": "", "method": "tools/call", "params": params}))
-        body = json.dumps(
-            {"jsonrpc": "2.0", "id": "c" * max(1, self.size - base), "method": "tools/call", "params": params}
-        ).encode()
+        body = padded_call("echo", {"text": "hi"}, self.size)
         self.size = len(body) + 1
         try:
             response = httpx2.post(
-                f"{url}/mcp/{AGENT}", content=body, headers=self.headers(session), timeout=30
+                f"{url}/mcp/{AGENT}", content=body, headers=mcp_headers(self.token, session), timeout=30
             )
         except httpx2.HTTPError:
             return False
@@ -229,11 +209,7 @@ def test_any_replica_serves_and_the_mesh_survives_kill_9_of_the_leader_and_of_th
     assert first_leader is not None and first_leader.endswith(f"-{r1.port}")
     mesh = Mesh(tmp_path, LiveRegistry(r1.url, r1.data_dir, postgres_url, r1))
     try:
-        work = tmp_path / "tiny"
-        work.mkdir()
-        render_template("python", work, AGENT)
-        (work / "server.py").write_text(AGENT_SERVER)
-        git("init", "-q", "-b", "main", cwd=work)
+        mesh.write_agent(AGENT_SERVER)
         mesh.publish("1.0.0")
         node = mesh.node("node-0", url=lb.url)  # on replica 3, through the "load balancer"
         mesh.connected(1)
@@ -358,11 +334,7 @@ def test_a_mesh_leader_paused_past_its_lease_and_resumed_writes_nothing_and_foll
     r1, r2, _ = replicas
     mesh = Mesh(tmp_path, LiveRegistry(r2.url, r2.data_dir, postgres_url, r2))
     try:
-        work = tmp_path / "tiny"
-        work.mkdir()
-        render_template("python", work, AGENT)
-        (work / "server.py").write_text(AGENT_SERVER)
-        git("init", "-q", "-b", "main", cwd=work)
+        mesh.write_agent(AGENT_SERVER)
         mesh.publish("1.0.0")
         node = mesh.node("node-0", url=lb.url)
         mesh.connected(1)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from conformanceutil import NODE, SUITE
-from conftest import start_registry
-from meshutil import AGENT, FAST, Mesh
+from conftest import missing
+from meshutil import AGENT, Mesh, serving_one
 
 pytestmark = [
     pytest.mark.slow,
@@ -29,22 +29,9 @@ LAUNCHER = INSPECTOR / "index.js"
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     if not NODE.exists() or not LAUNCHER.exists():
-        message = "the MCP Inspector is not installed: npm ci --prefix tests/conformance (.ci/run does)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    tmp = tmp_path_factory.mktemp("inspector")
-    mesh = Mesh(tmp, start_registry(tmp / "registry", **FAST))
-    try:
-        mesh.publish("1.0.0")
-        mesh.node("node-0")
-        mesh.connected(1)
-        mesh.deploy("1.0.0", replicas=1)
-        mesh.settled(1, "1.0.0")
+        missing("the MCP Inspector (`npm ci --prefix tests/conformance`)")
+    with serving_one(tmp_path_factory.mktemp("inspector")) as mesh:
         yield mesh
-    finally:
-        mesh.close()
-        mesh.reg.stop()
 
 
 def inspector(url: str, token: str | None, *args: str, home: Path) -> subprocess.CompletedProcess[str]:

@@ -27,10 +27,7 @@ import anyio
 import httpx2
 import pytest
 from conftest import isolate, start_registry
-from gitutil import git
 from meshutil import AGENT, FAST, Mesh, until
-
-from mcpz.repo.templates import render_template
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="needs /proc and PR_SET_PDEATHSIG")
 
@@ -148,11 +145,7 @@ class Site:
 def _site(tmp: Path, **settings: Any) -> Mesh:
     """A registry, AGENT (with this module's server.py) published, a node started, 1 replica asked."""
     mesh = Mesh(tmp, start_registry(tmp / "registry", **FAST, **settings))
-    work = tmp / "tiny"  # Mesh.publish commits what is in this folder when it exists already
-    work.mkdir()
-    render_template("python", work, AGENT)
-    (work / "server.py").write_text(AGENT_SERVER)
-    git("init", "-q", "-b", "main", cwd=work)
+    mesh.write_agent(AGENT_SERVER)
     mesh.publish("1.0.0")
     mesh.node("node-0")
     return mesh

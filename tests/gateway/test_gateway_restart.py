@@ -25,12 +25,10 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-from conftest import LiveRegistry, isolate
-from gitutil import git
+from conftest import isolate
+from mcputil import INITIALIZE, mcp_headers, padded_call
 from meshutil import AGENT, Mesh
-from registryproc import RegistryProcess
-
-from mcpz.repo.templates import render_template
+from registryproc import RegistryProcess, start_restartable
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="needs /proc and PR_SET_PDEATHSIG")
 
@@ -126,30 +124,14 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from registry_server.serve import free_port
-
     tmp = tmp_path_factory.mktemp("restart")
     with pytest.MonkeyPatch.context() as mp:
         isolate(mp, tmp_path_factory.mktemp("home"))
-        data = tmp / "registry"
-        data.mkdir()
-        registry = RegistryProcess(data.resolve(), tmp / "registry.log", port=free_port(), env=REGISTRY_ENV)
-        registry.start()
-        reg = LiveRegistry(
-            registry.url, registry.data_dir, f"sqlite:///{registry.data_dir / 'registry.db'}", registry
-        )
+        registry, reg = start_restartable(tmp, REGISTRY_ENV)
         mesh = Mesh(tmp, reg)
         try:
-            work = tmp / "tiny"  # Mesh.publish commits what is in this folder when it exists already
-            work.mkdir()
-            render_template("python", work, AGENT)
-            (work / "server.py").write_text(AGENT_SERVER)
-            git("init", "-q", "-b", "main", cwd=work)
-            mesh.publish("1.0.0")
-            mesh.node("node-0")
-            mesh.connected(1)
-            mesh.deploy("1.0.0", replicas=1)
-            mesh.settled(1, "1.0.0")
+            mesh.write_agent(AGENT_SERVER)
+            mesh.serve_one("1.0.0")
             markers = tmp / "markers"
             markers.mkdir()
             yield Stack(registry, mesh, markers)
@@ -176,36 +158,16 @@ class Calls:
     def problems(self) -> str:
         return f"{len(self.answered)} answered, refused: {self.errors}, transport errors: {self.failed}"
 
-    def headers(self, session_id: str = "") -> dict[str, str]:
-        headers = {
-            "Authorization": f"Bearer {self.token}",
-            "Accept": "application/json, text/event-stream",
-            "Content-Type": "application/json",
-        }
-        if session_id:
-            headers["Mcp-Session-Id"] = session_id
-        return headers
-
     async def session(self, http: httpx2.AsyncClient) -> str:
-        init = {
-            "jsonrpc": "2.0",
-            "id": 0,
-            "method": "initialize",
-            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t"}},
-        }
-        response = await http.post(self.endpoint, json=init, headers=self.headers())
+        response = await http.post(self.endpoint, json=INITIALIZE, headers=mcp_headers(self.token))
         assert response.status_code == 200, response.text
         return str(response.headers["mcp-session-id"])
 
     def body(self, tool: str, arguments: dict[str, Any]) -> bytes:
         """A tools/call whose body is longer than any before it (its id is padded to that end)."""
-        params = {"name": tool, "arguments": arguments}
-        base = len(json.dumps({"jsonrpc": "2.0", "id": "", "method": "tools/call", "params": params}))
-        request_id = "c" * max(1, self.next_size - base)
-        body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params})
-        assert len(body) >= self.next_size
+        body = padded_call(tool, arguments, self.next_size)
         self.next_size = len(body) + 1
-        return body.encode()
+        return body
 
     async def call(
         self, http: httpx2.AsyncClient, session_id: str, tool: str, arguments: dict[str, Any]
@@ -214,7 +176,9 @@ class Calls:
         body = self.body(tool, arguments)
         self.sent.add(len(body))
         try:
-            response = await http.post(self.endpoint, content=body, headers=self.headers(session_id))
+            response = await http.post(
+                self.endpoint, content=body, headers=mcp_headers(self.token, session_id)
+            )
         except httpx2.HTTPError as e:
             self.failed.append(repr(e))
             return False

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import isolate
+from conftest import account_token, isolate
 from gitutil import api, bare_path, git, init_agent, ls_remote, quarantines, release_rows, set_version
 from registryproc import RegistryProcess
 
@@ -42,20 +42,8 @@ def _work(tmp: Path, name: str) -> Path:
 def _prepare(registry: RegistryProcess, tmp: Path, known: Sequence[str] = ()) -> Setup:
     """Start once to create and migrate the database, make the account, push the `known`
     agents' main branch (no release yet), stop."""
-    from registry_server.accounts import service as accounts
-    from registry_server.accounts import tokens
-    from registry_server.db import Database
-
     registry.start()
-    db = Database(registry.database_url)
-    try:
-        with db.session() as session:
-            account = accounts.create_account(session, "acme")
-            _row, token = accounts.create_token(
-                session, account, tokens.parse_scopes("read,publish"), expires_in=None
-            )
-    finally:
-        db.dispose()
+    token = account_token(registry.database_url, "acme", "read,publish")
     for name in known:
         work = _work(tmp, name)
         init_agent(work, name, "0.0.1")

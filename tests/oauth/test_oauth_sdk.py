@@ -9,7 +9,6 @@ authorization page, where headless Chromium signs in with a wallet (tests/webuti
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from collections.abc import Iterator
@@ -20,8 +19,8 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 import httpx2
 import pytest
-from conftest import start_registry
-from meshutil import AGENT, FAST, Mesh
+from conftest import missing
+from meshutil import AGENT, Mesh, serving_one
 from tlsutil import https_files, self_signed
 from webutil import CHROMIUM, PROVIDER, chromium, wallet_sign
 
@@ -36,22 +35,9 @@ REDIRECT = "http://127.0.0.1:53118/callback"
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     if not Path(CHROMIUM).exists():
-        message = f"chromium ({CHROMIUM}) is missing (`.ci/run` installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    tmp = tmp_path_factory.mktemp("oauth")
-    mesh = Mesh(tmp, start_registry(tmp / "registry", **FAST))
-    try:
-        mesh.publish("1.0.0")
-        mesh.node("node-0")
-        mesh.connected(1)
-        mesh.deploy("1.0.0", replicas=1)
-        mesh.settled(1, "1.0.0")
+        missing(f"chromium ({CHROMIUM})")
+    with serving_one(tmp_path_factory.mktemp("oauth")) as mesh:
         yield mesh
-    finally:
-        mesh.close()
-        mesh.reg.stop()
 
 
 def sign_in_and_allow(url: str, shots: list[str]) -> str:

@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from meshutil import AGENT, Mesh
+from conftest import missing
+from meshutil import AGENT, serving_one
 
 import mcpz
 from mcpz.client.models import SessionToken, WhoAmI
@@ -37,27 +38,10 @@ pytestmark = [
 ]
 
 
-def _missing(what: str) -> None:
-    message = f"{what} is missing (`.ci/run` installs it)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """AGENT published, deployed on one node and running; the environment the SDK tests read."""
-    from conftest import start_registry
-    from meshutil import FAST
-
-    tmp = tmp_path_factory.mktemp("sdks")
-    mesh = Mesh(tmp, start_registry(tmp / "registry", **FAST))
-    try:
-        mesh.publish("1.0.0")
-        mesh.node("node-0")
-        mesh.connected(1)
-        mesh.deploy("1.0.0", replicas=1)
-        mesh.settled(1, "1.0.0")
+    with serving_one(tmp_path_factory.mktemp("sdks")) as mesh:
         token = mesh.reg.account("acme", "read,call")  # the owner's: it may read every caller's usage
         yield {
             "MCPZ_REGISTRY": mesh.reg.url,
@@ -65,9 +49,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
             "MCPZ_AGENT": AGENT,
             "MCPZ_TEST_KEY": TEST_KEY,
         }
-    finally:
-        mesh.close()
-        mesh.reg.stop()
 
 
 def _run(command: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> str:
@@ -105,9 +86,9 @@ def test_python_sdk(world: dict[str, str]) -> None:
 def test_javascript_sdk(world: dict[str, str]) -> None:
     js = ROOT / "sdk" / "js"
     if shutil.which("npm") is None or shutil.which("node") is None:
-        _missing("node and npm")
+        missing("node and npm")
     if not (js / "node_modules" / "@modelcontextprotocol" / "sdk").exists():
-        _missing("sdk/js's npm packages (`npm ci --prefix sdk/js`)")
+        missing("sdk/js's npm packages (`npm ci --prefix sdk/js`)")
     output = _run(["npm", "test", "--silent"], js, world)
     assert "# fail 0" in output and "# skipped 0" in output, output[-3000:]
 
@@ -115,7 +96,7 @@ def test_javascript_sdk(world: dict[str, str]) -> None:
 def test_go_sdk(world: dict[str, str]) -> None:
     go = shutil.which("go")
     if go is None:
-        _missing("go (Debian's golang-go)")
+        missing("go (Debian's golang-go)")
     env = {**world, "GOCACHE": GO_CACHE, "GOFLAGS": "-mod=mod", "GOPROXY": "off"}
     output = _run([str(go), "vet", "./..."], ROOT / "sdk" / "go", env)
     output = _run([str(go), "test", "-count=1", "-v", "./..."], ROOT / "sdk" / "go", env)

@@ -20,13 +20,12 @@ from typing import Any
 import httpx2
 import pytest
 from chainutil import CHAIN_ID, Settlement, deploy_settlement, start_anvil, transact
-from gitutil import api, git
+from gitutil import api
 from meshutil import AGENT, FAST, Mesh, until
 from x402util import Anonymous, pay
 
 from mcpz.keys import eip3009, receipts
 from mcpz.keys.ethkeys import LocalAccount
-from mcpz.repo.templates import render_template
 from registry_server.billing import ledger, service
 from registry_server.db import Database
 from registry_server.settlement.operator import KEY_VAR, RELAYER_KEY_VAR
@@ -111,21 +110,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         os.environ.pop(KEY_VAR, None)
         os.environ.pop(RELAYER_KEY_VAR, None)
     mesh = Mesh(tmp, reg)
-    work = tmp / "tiny"
-    work.mkdir()
-    render_template("python", work, AGENT)
-    server = work / "server.py"
-    main = 'if __name__ == "__main__":'
-    server.write_text(server.read_text().replace(main, TOOLS.strip("\n") + "\n\n\n" + main, 1))
-    manifest = work / "mcpz.toml"
-    manifest.write_text(manifest.read_text() + f'env = {{ CALL_LOG = "{log}", GATE = "{gate}" }}\n')
-    git("init", "-q", "-b", "main", cwd=work)
+    mesh.write_agent(tools=TOOLS, env={"CALL_LOG": str(log), "GATE": str(gate)})
     try:
-        mesh.publish("1.0.0")
-        mesh.node("node-0")
-        mesh.connected(1)
-        mesh.deploy("1.0.0", replicas=1)
-        mesh.settled(1, "1.0.0")
+        mesh.serve_one("1.0.0")
         priced = api(
             reg,
             f"/v1/billing/plans/{AGENT}",

@@ -18,13 +18,12 @@ from typing import Any
 
 import pytest
 from chainutil import CHAIN_ID, Anvil, Settlement, deploy_settlement, start_anvil
-from conftest import LiveRegistry, isolate
-from gitutil import api, git
+from conftest import isolate
+from gitutil import api
 from meshutil import AGENT, Mesh, until
-from registryproc import RegistryProcess
+from registryproc import RegistryProcess, start_restartable
 from x402util import Anonymous, pay
 
-from mcpz.repo.templates import render_template
 from registry_server.settlement.operator import KEY_VAR, RELAYER_KEY_VAR
 
 pytestmark = [
@@ -62,8 +61,6 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from registry_server.serve import free_port
-
     tmp = tmp_path_factory.mktemp("x402-restart")
     anvil = start_anvil()
     chain = deploy_settlement(anvil)
@@ -84,29 +81,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     }
     with pytest.MonkeyPatch.context() as mp:
         isolate(mp, tmp_path_factory.mktemp("home"))
-        data = tmp / "registry"
-        data.mkdir()
-        registry = RegistryProcess(data.resolve(), tmp / "registry.log", port=free_port(), env=env)
-        registry.start()
-        reg = LiveRegistry(
-            registry.url, registry.data_dir, f"sqlite:///{registry.data_dir / 'registry.db'}", registry
-        )
+        registry, reg = start_restartable(tmp, env)
         mesh = Mesh(tmp, reg)
         try:
-            work = tmp / "tiny"
-            work.mkdir()
-            render_template("python", work, AGENT)
-            server = work / "server.py"
-            main = 'if __name__ == "__main__":'
-            server.write_text(server.read_text().replace(main, TOOLS.strip("\n") + "\n\n\n" + main, 1))
-            manifest = work / "mcpz.toml"
-            manifest.write_text(manifest.read_text() + f'env = {{ MARKERS = "{markers}" }}\n')
-            git("init", "-q", "-b", "main", cwd=work)
-            mesh.publish("1.0.0")
-            mesh.node("node-0")
-            mesh.connected(1)
-            mesh.deploy("1.0.0", replicas=1)
-            mesh.settled(1, "1.0.0")
+            mesh.write_agent(tools=TOOLS, env={"MARKERS": str(markers)})
+            mesh.serve_one("1.0.0")
             priced = api(reg, f"/v1/billing/plans/{AGENT}", mesh.token, method="PUT",
                          json={"per_call": PRICE, "x402": True})  # fmt: skip
             assert priced.status_code == 200, priced.text

@@ -10,14 +10,13 @@ critical violation. Screenshots go to test-artifacts/screenshots/, named in the 
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import LiveRegistry, isolate, start_registry
+from conftest import LiveRegistry, isolate, missing, start_registry
 from webutil import CHROMIUM, PROVIDER, WALLET, MarketWorld, chromium, seed, wallet_sign
 
 pytestmark = pytest.mark.slow
@@ -27,23 +26,12 @@ SHOTS = ROOT / "test-artifacts" / "screenshots"
 AXE = Path(__file__).resolve().parent / "node_modules" / "axe-core" / "axe.min.js"
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI") == "true"
-
-
-def _missing(what: str) -> None:
-    message = f"{what} is missing (`.ci/run` installs it)"
-    if _in_ci():
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MarketWorld]:
     if not Path(CHROMIUM).exists():
-        _missing(f"chromium ({CHROMIUM})")
+        missing(f"chromium ({CHROMIUM})")
     if not AXE.exists():
-        _missing(f"axe-core ({AXE.relative_to(ROOT)})")
+        missing(f"axe-core ({AXE.relative_to(ROOT)})")
     home = tmp_path_factory.mktemp("home")
     with pytest.MonkeyPatch.context() as mp:
         isolate(mp, home)

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 from chainutil import Miner, Settlement, settlement_registry, transact
-from conftest import LiveRegistry
-from test_web_browser import AXE, Person, _missing
+from conftest import LiveRegistry, missing
+from test_web_browser import AXE, Person
 from webutil import CHROMIUM, chromium
 
 from mcpz.keys.ethkeys import Account, LocalAccount, encode_defunct
@@ -62,9 +62,9 @@ def chain_registry(
     tmp_path: Path, settlement: Settlement, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[LiveRegistry]:
     if not Path(CHROMIUM).exists():
-        _missing(f"chromium ({CHROMIUM})")
+        missing(f"chromium ({CHROMIUM})")
     if not AXE.exists():
-        _missing("axe-core (tests/web/node_modules)")
+        missing("axe-core (tests/web/node_modules)")
     monkeypatch.setenv("MCPZ_REGISTRY_SETTLEMENT_OPERATOR_KEY", settlement.operator.key.hex())
     reg = settlement_registry(
         tmp_path / "registry",

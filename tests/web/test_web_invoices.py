@@ -100,12 +100,13 @@ def test_the_invoice_pages_show_ones_own_invoices_and_no_one_elses(world: World)
 
 
 def test_the_invoice_page_is_accessible_and_prints_without_the_site_chrome(world: World) -> None:
-    from test_web_browser import AXE, CHROMIUM, SHOTS, _missing
+    from conftest import missing
+    from test_web_browser import AXE, CHROMIUM, SHOTS
 
     if not Path(CHROMIUM).exists():
-        _missing(f"chromium ({CHROMIUM})")
+        missing(f"chromium ({CHROMIUM})")
     if not AXE.exists():
-        _missing("axe-core (tests/web/node_modules)")
+        missing("axe-core (tests/web/node_modules)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
