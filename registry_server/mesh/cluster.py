@@ -16,7 +16,7 @@ holding lease `deployments` (`registry_server.leases`). Every other replica rela
 - **gateway calls** (`registry_server.mesh.placements`) do not involve the leader: every replica
   runs the gateway, reads where replicas run from the leader's placement table (published each
   second), and sends a call's frames to the replica holding the node's socket (`mcpz.node.<A>`),
-  which injects them into that socket and sends the answers back (`mcpz.back.<B>`). A gateway
+  which injects them into that socket and sends the answers back (`mcpz.back.<B>.<call id>`). A gateway
   session belongs to the replica that opened it (its id starts `<replica>~`): its requests landing
   on another replica are relayed whole to the owner (`mcpz.http.to.<replica>`).
 
@@ -32,7 +32,7 @@ them fail at once rather than at their timeout.
 Subjects (docs/scaling.md): `mcpz.lead.http` and `mcpz.lead.ws` (queue group `lead`, only the
 leader subscribes), `mcpz.http.in.<id>` (the rest of a request body, the client's disconnect),
 `mcpz.ws.<id>.up` / `.down` (a relayed socket's frames), `mcpz.leader`, `mcpz.alive.<replica>`,
-`mcpz.placements[.get]`, `mcpz.node.<replica>`, `mcpz.back.<replica>`, `mcpz.http.to.<replica>`.
+`mcpz.placements[.get]`, `mcpz.node.<replica>`, `mcpz.back.<replica>.<call id>`, `mcpz.http.to.<replica>`.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ class Cluster:
             await self.bus.subscribe(f"{ALIVE}.*", self._on_alive),
             await self.bus.subscribe(PLACEMENTS, self._on_table),
             await self.bus.subscribe(f"{NODE}.{self.name}", self._on_node),
-            await self.bus.subscribe(f"{BACK}.{self.name}", self.router.on_back),
+            await self.bus.subscribe(f"{BACK}.{self.name}.*", self.router.on_back),
             await self.bus.subscribe(f"{OWNED_HTTP}.{self.name}", self._on_owned_http),
         ]
         self._ticker = asyncio.create_task(self._beat(), name="cluster-alive")
@@ -268,7 +268,10 @@ class Cluster:
         if holder == self.name:
             await self._inject(relay, data, head)
         else:
-            await self.bus.publish(f"{NODE}.{holder}", data, headers={**head, "relay": relay})
+            # A call's reply subject is where its answers come back: with the holder gone, the
+            # server's no-responders status arrives there at once (the call fails: replica-lost).
+            reply = f"{BACK}.{self.name}.{head['call']}" if head.get("t") == Call.TYPE else ""
+            await self.bus.publish(f"{NODE}.{holder}", data, reply=reply, headers={**head, "relay": relay})
 
     async def _on_node(self, msg: Msg) -> None:
         head = dict(msg.headers or {})
@@ -307,7 +310,7 @@ class Cluster:
         if origin == self.name:
             self.router.answer(kind, call_id, data)
         else:
-            await self.bus.publish(f"{BACK}.{origin}", data, headers={"t": kind, "call": str(call_id)})
+            await self.bus.publish(f"{BACK}.{origin}.{call_id}", data, headers={"t": kind})
 
     # -- node sockets: the relaying side
 

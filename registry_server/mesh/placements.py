@@ -8,7 +8,7 @@ replica of every deployment as a `Target`, with the registry replica that holds 
 
 A call arriving at replica B for a `Target` whose node socket is held by replica A goes
 B -> `mcpz.node.<A>` -> A -> node, and the node's `result` (and the call's `notify`s) come back
-A -> `mcpz.back.<B>` -> B; A == B writes to the local socket, no NATS. A intercepts, among the
+A -> `mcpz.back.<B>.<call id>` -> B; A == B writes to the local socket, no NATS. A intercepts, among the
 frames its node sends, those of the calls it injected (their call ids, which B draws far above
 the leader's own) and does not relay them to the leader. A `cancel` follows the same way down.
 Timeouts and the client's going away are B's (the gateway's own code); overload: B bounds its
@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from nats.aio.msg import Msg
 
 from mcpz.mesh import Call, Cancel, EndSession, Frame, Notify, ProtocolError, Result, decode, encode
+from registry_server.bus import no_responders
 from registry_server.mesh.calls import (
     DEV_VERSION,
     Busy,
@@ -145,6 +146,7 @@ class ClusterRouter(CallRouter):
         # Calls this replica (as leader) carries for others on its own sockets: id -> origin, conn.
         self.carried: dict[int, tuple[str, NodeConnection]] = {}
         self.back: Callable[[str, int, bytes, str], Awaitable[None]] | None = None  # to a replica
+        self._fetching = False
         self._remote_ids = itertools.count(FIRST_REMOTE_ID + secrets.randbelow(1 << 40))
 
     # -- choosing a replica
@@ -247,8 +249,10 @@ class ClusterRouter(CallRouter):
     # -- answers from the holder (`mcpz.back.<this replica>`)
 
     async def on_back(self, msg: Msg) -> None:
-        headers = msg.headers or {}
-        self.answer(headers.get("t", ""), int(headers.get("call", "0") or 0), msg.data)
+        """`mcpz.back.<this replica>.<call id>`: from the holder, or the server's no-responders."""
+        kind = "lost" if no_responders(msg) else (msg.headers or {}).get("t", "")
+        tail = msg.subject.rsplit(".", 1)[-1]
+        self.answer(kind, int(tail) if tail.isdigit() else 0, msg.data)
 
     def answer(self, kind: str, call_id: int, data: bytes) -> None:
         """What the holder says of call `call_id`: a `frame` of it, or `busy`/`lost`."""
@@ -268,10 +272,22 @@ class ClusterRouter(CallRouter):
                 call.on_notify(frame.payload)
             return
         self._finish(call)
+        if kind == "lost" and self.fetch is not None and not self._fetching:
+            # The placement is stale (the node moved, or its holder died): ask for the table now.
+            self._fetching = True
+            task = asyncio.ensure_future(self._refetch())
+            task.add_done_callback(_quiet)
         if not call.future.done():
             error = Busy if kind == "busy" else ReplicaLost
             why = "is not keeping up" if kind == "busy" else "went away"
             call.future.set_exception(error(f"the node running replica {call.target.replica_id} {why}"))
+
+    async def _refetch(self) -> None:
+        try:
+            assert self.fetch is not None
+            await self.fetch()
+        finally:
+            self._fetching = False
 
     def holder_silent(self, holder: str) -> None:
         """Replica `holder` said nothing for a while: the calls on its sockets will not be answered."""
