@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import secrets
@@ -434,7 +435,9 @@ async def _join_cluster(app: FastAPI, entry: RegistryApp) -> Cluster:
     """A registry replica's part in the cluster (docs/scaling.md): NATS joined, competing for the
     lease to lead the mesh, relaying to the leader meanwhile."""
     state: RegistryState = app.state.registry
-    bus = await Bus.connect(state.settings.nats_url, state.settings.replica_name)
+    # The database names the registry: its replicas' subjects are apart from any other's on NATS.
+    space = hashlib.sha256(state.settings.database_url.encode()).hexdigest()[:12]
+    bus = await Bus.connect(state.settings.nats_url, state.settings.replica_name, space)
     cluster = Cluster(bus, state.leadership, app.state.mesh)
     cluster.serve_http = partial(relay_http.serve, cluster, entry)
     cluster.serve_owned = partial(relay_http.serve, cluster, entry, owned=True)

@@ -45,12 +45,22 @@ class BusUnavailable(McpzError):
 class Bus:
     """This replica's NATS connection."""
 
-    def __init__(self, client: Client, name: str) -> None:
+    def __init__(self, client: Client, name: str, space: str = "") -> None:
         self.client = client
         self.name = name
+        # Replicas of one registry share `space` (from their database): two registries on one
+        # NATS server (staging beside production, or two test clusters) never hear each other.
+        self.space = space
+
+    def subject(self, subject: str) -> str:
+        """`subject` within this registry's space (`mcpz.X` -> `mcpz.<space>.X`; inboxes, and
+        subjects given as a message's reply, which are in it already, unchanged)."""
+        if self.space and subject.startswith("mcpz.") and not subject.startswith(f"mcpz.{self.space}."):
+            return f"mcpz.{self.space}.{subject[5:]}"
+        return subject
 
     @classmethod
-    async def connect(cls, url: str, name: str) -> Bus:
+    async def connect(cls, url: str, name: str, space: str = "") -> Bus:
         """Connect to `url` as replica `name`: BusUnavailable at once when it does not answer;
         once connected, the client reconnects on its own for as long as the replica lives."""
         target = urlsplit(url)
@@ -78,7 +88,7 @@ class Bus:
                 f"cannot reach NATS at {url}: {e or type(e).__name__}",
                 hint="start nats-server, or point MCPZ_NATS_URL at one",
             ) from e
-        return cls(client, name)
+        return cls(client, name, space)
 
     async def close(self) -> None:
         if not self.client.is_closed:
@@ -93,12 +103,15 @@ class Bus:
     async def subscribe(
         self, subject: str, handler: Handler | None = None, *, queue: str = ""
     ) -> Subscription:
-        return await self.client.subscribe(subject, queue=queue, cb=handler)
+        return await self.client.subscribe(self.subject(subject), queue=queue, cb=handler)
 
     async def publish(
         self, subject: str, data: bytes = b"", *, reply: str = "", headers: dict[str, str] | None = None
     ) -> None:
-        await self.client.publish(subject, data, reply=reply, headers=headers)
+        await self.client.publish(self.subject(subject), data, reply=self.subject(reply), headers=headers)
+
+    async def request(self, subject: str, data: bytes = b"", *, timeout: float) -> Msg:
+        return await self.client.request(self.subject(subject), data, timeout=timeout)
 
 
 def check_reachable(url: str) -> None:

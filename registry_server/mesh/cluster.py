@@ -260,7 +260,7 @@ class Cluster:
 
     async def _fetch_table(self) -> None:
         with contextlib.suppress(Exception):  # no leader right now: the cached table stays
-            answer = await self.bus.client.request(PLACEMENTS_GET, b"", timeout=1.0)
+            answer = await self.bus.request(PLACEMENTS_GET, timeout=1.0)
             if answer.data and not self.leading:
                 self.router.table.load(json.loads(answer.data))
 
