@@ -47,7 +47,7 @@ from registry_server.market.upkeep import MarketUpkeep
 from registry_server.mesh import http as relay_http
 from registry_server.mesh import hub as mesh_hub
 from registry_server.mesh import routes as mesh_http
-from registry_server.mesh.cluster import Cluster, relayed
+from registry_server.mesh.cluster import OWNED_HTTP, SESSION_MARK, Cluster, owner_of, relayed
 from registry_server.oauth import routes as oauth
 from registry_server.openapi import use_error_model
 from registry_server.otlp import CallSpans
@@ -260,6 +260,18 @@ class RegistryApp:
                     await relay_http.forward(self.cluster, scope, receive, send)
                 return
         if scope["type"] == "http" and scope["path"].startswith(GATEWAY_PREFIX):
+            cluster = self.cluster
+            owner = owner_of(scope["headers"]) if cluster is not None else ""
+            if (
+                cluster is not None
+                and owner
+                and cluster.owns_elsewhere(owner)
+                and not scope.get("mcpz.relayed")
+            ):
+                # Another replica's session: its state is there (a gone replica's sessions are
+                # unknown here, and answered 404 below: the client initializes again).
+                await relay_http.forward(cluster, scope, receive, send, f"{OWNED_HTTP}.{owner}")
+                return
             await self.api.state.gateway(scope, receive, send)
         else:
             await self.api(scope, receive, send)
@@ -315,6 +327,8 @@ def create_app(
                         spans=CallSpans(settings.otlp_endpoint) if settings.otlp_endpoint else None,
                         x402=X402Desk.open(app.state.registry),  # None without settlement and its operator
                     )
+                    if app.state.cluster is not None:
+                        app.state.gateway.session_prefix = app.state.cluster.name + SESSION_MARK
                     await app.state.gateway.start()
                     # Listings follow publishes (a listener on the state) and a periodic sweep.
                     app.state.market = MarketUpkeep(app.state.registry)
@@ -424,6 +438,7 @@ async def _join_cluster(app: FastAPI, entry: RegistryApp) -> Cluster:
     bus = await Bus.connect(settings.nats_url, settings.replica_name, cluster_id(settings.data_dir))
     cluster = Cluster(bus, state.leadership, app.state.mesh)
     cluster.serve_http = partial(relay_http.serve, cluster, entry)
+    cluster.serve_owned = partial(relay_http.serve, cluster, entry, owned=True)
     await cluster.start()
     entry.cluster = cluster
     return cluster

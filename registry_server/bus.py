@@ -115,6 +115,9 @@ class Bus:
     ) -> None:
         await self.client.publish(self.scoped(subject), data, reply=self.scoped(reply), headers=headers)
 
+    async def request(self, subject: str, data: bytes = b"", *, timeout: float) -> Msg:
+        return await self.client.request(self.scoped(subject), data, timeout=timeout)
+
 
 CLUSTER_FILE = "cluster-id"
 

@@ -368,6 +368,9 @@ class Gateway:
         self.tokens = TokenCache(state)
         self.public = public_url(settings)  # resources and their metadata are named under it
         self.sessions: dict[str, Session] = {}
+        # A registry replica's sessions are its own: their ids name it, so that another replica
+        # forwards their requests here (registry_server.mesh.cluster). "" in one process.
+        self.session_prefix = ""
         self.max_sessions_per_account = settings.max_sessions_per_account
         self._accounts: dict[int | str, dict[str, Session]] = {}  # the same sessions, by owner
         self.in_flight = 0
@@ -598,7 +601,7 @@ class Gateway:
         params = message.get("params")
         offered = params.get("protocolVersion", "") if isinstance(params, dict) else ""
         session = Session(
-            id=secrets.token_urlsafe(24),
+            id=self.session_prefix + secrets.token_urlsafe(24),
             account_id=principal.account_id,
             deployment=where[0],
             version=where[1],
@@ -840,6 +843,9 @@ class Gateway:
             message_text = "this session's replica is gone: initialize again"
             raise GatewayError(404, INVALID_REQUEST, message_text, request_id=request_id)
         target = self.router.pick(session.deployment, session.version, prefer=session.target)
+        if target is None:
+            await self.router.refresh()  # a replica's cached placements may predate the deploy
+            target = self.router.pick(session.deployment, session.version, prefer=session.target)
         if target is None:
             raise self._no_replica(session, request_id)
         metered = message.get("method") == "tools/call"
@@ -1230,17 +1236,15 @@ class Gateway:
         if session.version == DEV_VERSION:
             message = f"nothing is connected as {name}: run `mcpz connect` in the agent's folder"
             return GatewayError(404, UNAVAILABLE, message, request_id=request_id)
-        deployment = self.router.service.deployments.get(session.deployment)
-        if deployment is None or deployment.deleted:
+        versions = self.router.versions_of(session.deployment)
+        if versions is None:
             message = f"no deployment {session.deployment}: create it with `mcpz deploy NAME@VERSION`"
             return GatewayError(404, UNAVAILABLE, message, request_id=request_id)
-        if session.version and session.version not in {
-            r.template.version for r in deployment.revisions.values()
-        }:
+        if session.version and session.version not in versions[1]:
             # A version this deployment never ran: not found (exit 5), not "try again shortly".
             message = (
                 f"{session.deployment} has never run version {session.version} (it runs "
-                f"{deployment.template.version}): see `mcpz deploy status {session.deployment}`"
+                f"{versions[0]}): see `mcpz deploy status {session.deployment}`"
             )
             return GatewayError(404, UNAVAILABLE, message, request_id=request_id)
         message = f"no healthy replica of {name} right now: see `mcpz deploy status {session.deployment}`"

@@ -147,6 +147,16 @@ class CallRouter:
             )
         return found
 
+    def versions_of(self, deployment: str) -> tuple[str, frozenset[str]] | None:
+        """The version `deployment` runs and every version it ran (None: no such deployment)."""
+        found = self.service.deployments.get(deployment)
+        if found is None or found.deleted:
+            return None
+        return found.template.version, frozenset(r.template.version for r in found.revisions.values())
+
+    async def refresh(self) -> None:
+        """Before answering that nothing runs: bring what is known up to date (in one process it is)."""
+
     def suspect(self, target: Target) -> None:
         """The replica's agent exited under a call: route around it until its status catches up."""
         self._suspects[(target.replica_id, target.epoch)] = time.monotonic() + SUSPECT_FOR

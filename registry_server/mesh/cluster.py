@@ -10,11 +10,15 @@ holding lease `deployments` (`registry_server.leases`). Every other replica rela
   runs the connection as if it were its own (`RelayedSocket`, the hub's `Socket`). A deploy
   accepted anywhere thus reaches the node, and a node's hello through a relay is reconciled as
   any hello (its running replicas are kept);
-- **requests** (`registry_server.mesh.http`): the gateway (`/mcp/...`), `/v1/deployments...`
-  and `/v1/nodes` are relayed whole to the leader (method, path, headers, body), and its answer
-  streamed back as it is written, server-sent events included; the client's going away is
-  relayed as `http.disconnect`, so a call's cancellation, timeouts and overload answers (503) are
-  the leader's, the same as in one process.
+- **requests** (`registry_server.mesh.http`): `/v1/deployments...` and `/v1/nodes` are relayed
+  whole to the leader (method, path, headers, body), and its answer streamed back as it is
+  written; the client's going away is relayed as `http.disconnect`;
+- **gateway calls** (`registry_server.mesh.placements`) do not involve the leader: every replica
+  runs the gateway, reads where replicas run from the leader's placement table (published each
+  second), and sends a call's frames to the replica holding the node's socket (`mcpz.node.<A>`),
+  which injects them into that socket and sends the answers back (`mcpz.back.<B>.<call id>`). A gateway
+  session belongs to the replica that opened it (its id starts `<replica>~`): its requests landing
+  on another replica are relayed whole to the owner (`mcpz.http.to.<replica>`).
 
 A replica that wins the lease loads the mirror from the database and says so (`mcpz.leader`):
 every replica closes the sockets it relays to a former leader with 1013, and their nodes
@@ -27,13 +31,15 @@ them fail at once rather than at their timeout.
 
 Subjects (docs/scaling.md): `mcpz.lead.http` and `mcpz.lead.ws` (queue group `lead`, only the
 leader subscribes), `mcpz.http.in.<id>` (the rest of a request body, the client's disconnect),
-`mcpz.ws.<id>.up` / `.down` (a relayed socket's frames), `mcpz.leader`, `mcpz.alive.<replica>`.
+`mcpz.ws.<id>.up` / `.down` (a relayed socket's frames), `mcpz.leader`, `mcpz.alive.<replica>`,
+`mcpz.placements[.get]`, `mcpz.node.<replica>`, `mcpz.back.<replica>.<call id>`, `mcpz.http.to.<replica>`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import time
@@ -44,12 +50,21 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from mcpz.mesh import CLOSE_TRY_AGAIN_LATER
+from mcpz.mesh import CLOSE_TRY_AGAIN_LATER, Call, Cancel, Notify, ProtocolError, Result, decode
 from registry_server import leases
 from registry_server.bus import MAX_PAYLOAD, Bus, header, meta, no_responders
 from registry_server.leases import Held, Leadership
 from registry_server.mesh.connector import ConnectorConnection
 from registry_server.mesh.hub import ConnectionFactory, MeshHub, Socket
+from registry_server.mesh.placements import (
+    BACK,
+    NODE,
+    PLACEMENTS,
+    PLACEMENTS_GET,
+    ClusterRouter,
+    table_message,
+    table_of,
+)
 
 log = logging.getLogger("registry_server.cluster")
 
@@ -58,8 +73,14 @@ LEAD_HTTP = "mcpz.lead.http"
 LEAD_WS = "mcpz.lead.ws"
 LEADER = "mcpz.leader"
 ALIVE = "mcpz.alive"
-RELAYED_PREFIXES = ("/mcp/", "/v1/deployments", "/v1/nodes")
-"""Paths answered from the mesh's memory: relayed to the leader."""
+RELAYED_PREFIXES = ("/v1/deployments", "/v1/nodes")
+"""Paths answered from the mesh's memory: relayed to the leader. (The gateway, `/mcp/...`, runs
+on every replica: `registry_server.mesh.placements`; a session's requests go to the replica that
+opened it, `owner_of`.)"""
+OWNED_HTTP = "mcpz.http.to"
+"""`mcpz.http.to.<replica>`: a request for a gateway session that replica owns."""
+SESSION_MARK = "~"
+"""A registry replica's gateway session ids are `<replica>~<random>`."""
 ACCEPT_WAIT = 3.0
 """Seconds a relay waits for the leader to take a request or socket before answering 503."""
 TICK = 2.0
@@ -72,7 +93,16 @@ SILENT_AFTER = 3.0
 
 
 def relayed(path: str) -> bool:
-    return path.startswith(RELAYED_PREFIXES) or path == "/mcp"
+    return path.startswith(RELAYED_PREFIXES)
+
+
+def owner_of(headers: list[tuple[bytes, bytes]]) -> str:
+    """The replica owning the gateway session a request names ("" for none)."""
+    for key, value in headers:
+        if key.lower() == b"mcp-session-id":
+            sid = value.decode("latin-1")
+            return sid.split(SESSION_MARK, 1)[0] if SESSION_MARK in sid else ""
+    return ""
 
 
 def pieces(data: bytes) -> list[bytes]:
@@ -90,6 +120,7 @@ class Cluster:
         # The leader's side of relayed requests (`registry_server.mesh.http`, which holds the
         # web framework's part): set by the app.
         self.serve_http: Callable[[Msg], Awaitable[None]] | None = None
+        self.serve_owned: Callable[[Msg], Awaitable[None]] | None = None  # this replica's sessions
         self.name = bus.name
         self.lease: Held | None = None
         self.leader = ""  # the replica that said last it leads
@@ -101,6 +132,13 @@ class Cluster:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._switch = asyncio.Lock()
+        # Gateway calls go from the replica they arrive at to the one holding the node's socket.
+        self.router = ClusterRouter(hub.calls, self.name)
+        hub.calls = self.router
+        self.router.leading = lambda: self.leading
+        self.router.send = self._send_down
+        self.router.back = self._send_back
+        self.router.fetch = self._fetch_table
         # Until this replica wins the lease, its service writes nothing.
         hub.service.fence = partial(leases.fence, held=None)
         hub.service.acting = lambda: self.leading
@@ -113,6 +151,10 @@ class Cluster:
         self._subs = [
             await self.bus.subscribe(LEADER, self._on_leader),
             await self.bus.subscribe(f"{ALIVE}.*", self._on_alive),
+            await self.bus.subscribe(PLACEMENTS, self._on_table),
+            await self.bus.subscribe(f"{NODE}.{self.name}", self._on_node),
+            await self.bus.subscribe(f"{BACK}.{self.name}.*", self.router.on_back),
+            await self.bus.subscribe(f"{OWNED_HTTP}.{self.name}", self._on_owned_http),
         ]
         self._ticker = asyncio.create_task(self._beat(), name="cluster-alive")
         self.leadership.want(LEASE, on_won=self._won, on_lost=self._lost)
@@ -147,6 +189,7 @@ class Cluster:
             self._lead_subs = [
                 await self.bus.subscribe(LEAD_HTTP, self._on_http, queue="lead"),
                 await self.bus.subscribe(LEAD_WS, self._on_socket, queue="lead"),
+                await self.bus.subscribe(PLACEMENTS_GET, self._on_table_asked, queue="lead"),
             ]
             self.leader = self.name
             await self.bus.publish(LEADER, headers={"m": header({"leader": self.name, "epoch": held.epoch})})
@@ -178,10 +221,15 @@ class Cluster:
         while True:
             with contextlib.suppress(Exception):  # NATS away: it reconnects; others see us silent
                 await self.bus.publish(subject)
+                if self.leading:
+                    await self.bus.publish(PLACEMENTS, table_message(table_of(self.router, self.name)))
             now = time.monotonic()
             for sock in list(self.relayed_in.values()):
                 if now - self.alive.get(sock.holder, now) > SILENT_AFTER:
                     sock.gone(1006)
+            for holder in set(self.router.holder_of.values()):
+                if holder != self.name and now - self.alive.get(holder, now) > SILENT_AFTER:
+                    self.router.holder_silent(holder)
             await asyncio.sleep(ALIVE_EVERY)
 
     async def _on_alive(self, msg: Msg) -> None:
@@ -190,6 +238,79 @@ class Cluster:
     async def _on_http(self, msg: Msg) -> None:
         if self.serve_http is not None:
             self._spawn(self.serve_http(msg))
+
+    async def _on_owned_http(self, msg: Msg) -> None:
+        if self.serve_owned is not None:
+            self._spawn(self.serve_owned(msg))
+
+    def owns_elsewhere(self, owner: str) -> bool:
+        """Whether replica `owner` is another one, alive: a session it owns is answered there."""
+        heard = self.alive.get(owner)
+        return owner != self.name and heard is not None and time.monotonic() - heard <= SILENT_AFTER
+
+    # -- gateway calls (registry_server.mesh.placements)
+
+    async def _on_table(self, msg: Msg) -> None:
+        if not self.leading:
+            self.router.table.load(json.loads(msg.data))
+
+    async def _on_table_asked(self, msg: Msg) -> None:
+        if self.leading and msg.reply:
+            await self.bus.publish(msg.reply, table_message(table_of(self.router, self.name)))
+
+    async def _fetch_table(self) -> None:
+        with contextlib.suppress(Exception):  # no leader right now: the cached table stays
+            answer = await self.bus.request(PLACEMENTS_GET, timeout=1.0)
+            if answer.data and not self.leading:
+                self.router.table.load(json.loads(answer.data))
+
+    async def _send_down(self, holder: str, relay: str, data: bytes, head: dict[str, str]) -> None:
+        if holder == self.name:
+            await self._inject(relay, data, head)
+        else:
+            # A call's reply subject is where its answers come back: with the holder gone, the
+            # server's no-responders status arrives there at once (the call fails: replica-lost).
+            reply = f"{BACK}.{self.name}.{head['call']}" if head.get("t") == Call.TYPE else ""
+            await self.bus.publish(f"{NODE}.{holder}", data, reply=reply, headers={**head, "relay": relay})
+
+    async def _on_node(self, msg: Msg) -> None:
+        head = dict(msg.headers or {})
+        await self._inject(head.get("relay", ""), msg.data, head)
+
+    async def _inject(self, relay_id: str, data: bytes, head: dict[str, str]) -> None:
+        """A frame from replica head["from"] for the node whose socket this replica holds."""
+        origin, call_id, kind = head.get("from", ""), int(head.get("call", "0") or 0), head.get("t", "")
+        why = ""
+        if relay_id:
+            relay = self.relays.get(relay_id)
+            if relay is None:
+                why = "lost"
+            else:
+                if kind == Call.TYPE:
+                    relay.remote[call_id] = origin
+                elif kind == Cancel.TYPE:
+                    relay.remote.pop(call_id, None)
+                try:
+                    await relay.socket.send_bytes(data)
+                except (OSError, RuntimeError):
+                    relay.remote.pop(call_id, None)
+                    why = "lost"
+        elif self.leading:
+            conn = self.hub.connections.get(head.get("node", ""))
+            try:
+                why = "lost" if conn is None else self.router.carry(origin, conn, decode(data))
+            except ProtocolError:
+                why = "lost"
+        else:
+            why = "lost"
+        if why and kind == Call.TYPE:
+            await self._send_back(origin, call_id, b"", why)
+
+    async def _send_back(self, origin: str, call_id: int, data: bytes, kind: str) -> None:
+        if origin == self.name:
+            self.router.answer(kind, call_id, data)
+        else:
+            await self.bus.publish(f"{BACK}.{origin}.{call_id}", data, headers={"t": kind})
 
     # -- node sockets: the relaying side
 
@@ -238,6 +359,7 @@ class _Relay:
         self.id = secrets.token_hex(8)
         self.leader = ""
         self.down: asyncio.Queue[Msg | tuple[int, str]] = asyncio.Queue()
+        self.remote: dict[int, str] = {}  # calls injected for other replicas: call id -> origin
 
     def end(self, code: int, reason: str) -> None:
         self.down.put_nowait((code, reason))
@@ -282,6 +404,28 @@ class _Relay:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+            for call_id, origin in list(self.remote.items()):  # the node is gone: so are its answers
+                with contextlib.suppress(Exception):
+                    await self.cluster._send_back(origin, call_id, b"", "lost")
+            self.remote.clear()
+
+    async def _back(self, data: bytes) -> bool:
+        """Whether `data` answers a call injected here (sent back to its replica, not to the leader)."""
+        try:
+            frame = decode(data)
+        except ProtocolError:
+            return False
+        if not isinstance(frame, Result | Notify) or frame.call_id is None:
+            return False
+        origin = (
+            self.remote.pop(frame.call_id, None)
+            if isinstance(frame, Result)
+            else self.remote.get(frame.call_id)
+        )
+        if origin is None:
+            return False
+        await self.cluster._send_back(origin, frame.call_id, data, "frame")
+        return True
 
     async def _pump_up(self, up: str) -> None:
         bus = self.cluster.bus
@@ -294,6 +438,8 @@ class _Relay:
             data = message.get("bytes")
             if data is None:
                 data = (message.get("text") or "").encode()
+            if self.remote and await self._back(data):
+                continue
             chunks = pieces(data)
             for i, chunk in enumerate(chunks):
                 await bus.publish(up, chunk, headers={"t": "b", "more": "1" if i < len(chunks) - 1 else "0"})

@@ -36,8 +36,11 @@ MAX_RELAYED_BODY = MAX_FRAME_SIZE
 limits are below it)."""
 
 
-async def forward(cluster: Cluster, scope: Scope, receive: Receive, send: Send) -> None:
-    """Answer an HTTP request through the leader (this replica does not lead)."""
+async def forward(
+    cluster: Cluster, scope: Scope, receive: Receive, send: Send, subject: str = LEAD_HTTP
+) -> None:
+    """Answer an HTTP request through the leader (this replica does not lead), or through the
+    replica `subject` names (`mcpz.http.to.<replica>`: the one owning a gateway session)."""
     body = bytearray()
     while True:
         message = await receive()
@@ -76,7 +79,7 @@ async def forward(cluster: Cluster, scope: Scope, receive: Receive, send: Send) 
     done = False
     watcher: asyncio.Future[Message] = asyncio.ensure_future(receive())
     try:
-        await cluster.bus.publish(LEAD_HTTP, parts[0], reply=inbox, headers={"m": header(head)})
+        await cluster.bus.publish(subject, parts[0], reply=inbox, headers={"m": header(head)})
         wait = ACCEPT_WAIT
         while not done:
             getter = asyncio.ensure_future(answers.get())
@@ -131,9 +134,10 @@ async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
     await _refuse(scope, receive, send, 503, False)
 
 
-async def serve(cluster: Cluster, app: ASGIApp, msg: Msg) -> None:
+async def serve(cluster: Cluster, app: ASGIApp, msg: Msg, *, owned: bool = False) -> None:
+    """Run a relayed request: one for the leader (`owned`: one for a gateway session of this replica)."""
     reply = msg.reply
-    if not cluster.leading:
+    if not owned and not cluster.leading:
         await cluster.bus.publish(reply, headers={"t": "gone"})
         return
     head = meta(msg)

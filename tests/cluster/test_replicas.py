@@ -168,14 +168,20 @@ def lb() -> Iterator[Forwarder]:
 
 
 @pytest.fixture
-def replicas(postgres_url: str, tmp_path: Path, lb: Forwarder) -> Iterator[list[RegistryProcess]]:
+def replicas(
+    postgres_url: str, tmp_path: Path, lb: Forwarder, request: pytest.FixtureRequest
+) -> Iterator[list[RegistryProcess]]:
     """Three replicas on one database and data folder, behind one public URL (the forwarder's,
-    which points at replica 3): what deployments are signed for and nodes fetch from."""
+    which points at replica 3): what deployments are signed for and nodes fetch from. A test
+    marked `lease_ttl(seconds)` gives the leases that long."""
     if not nats_reachable():
         pytest.skip("NATS is not reachable at 127.0.0.1:4222: run nats-server -js")
     data = (tmp_path / "registry").resolve()
     data.mkdir()
     env = ENV | {"MCPZ_REGISTRY_PUBLIC_URL": lb.url}
+    ttl = request.node.get_closest_marker("lease_ttl")
+    if ttl is not None:
+        env["MCPZ_REGISTRY_LEASE_TTL"] = str(ttl.args[0])
     procs = [
         RegistryProcess(data, tmp_path / f"r{i}.log", env=env, database=postgres_url, args=["--replica"])
         for i in (1, 2, 3)
@@ -247,6 +253,53 @@ def test_any_replica_serves_and_the_mesh_survives_kill_9_of_the_leader_and_of_th
 
         sizes = until(metered, 30, f"an event for each of {len(caller.answered)} answered calls")
         assert not [size for size, n in sizes.items() if n > 1], "a call was metered twice"
+    finally:
+        mesh.close()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.lease_ttl(60)  # the paused leader keeps its lease: nothing moves while it sleeps
+def test_gateway_calls_go_from_replica_to_replica_without_the_leader(
+    replicas: list[RegistryProcess],
+    lb: Forwarder,
+    postgres_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call arriving at replica 2 for the node on replica 3 goes 2 -> NATS -> 3 -> node, and
+    one arriving at replica 3 straight to its socket: both work while the leader (replica 1) is
+    paused with SIGSTOP. A session belongs to the replica that opened it: its requests through
+    another replica are answered there."""
+    (tmp_path / "home").mkdir()
+    isolate(monkeypatch, tmp_path / "home")
+    r1, r2, r3 = replicas
+    mesh = Mesh(tmp_path, LiveRegistry(r1.url, r1.data_dir, postgres_url, r1))
+    try:
+        mesh.write_agent(AGENT_SERVER)
+        mesh.publish("1.0.0")
+        mesh.node("node-0", url=lb.url)  # on replica 3
+        mesh.connected(1)
+        mesh.deploy("1.0.0", replicas=1)
+        mesh.settled(1, "1.0.0", timeout=90)
+        caller = Caller(mesh.reg.account(f"caller-{secrets.token_hex(3)}", "read,call"))
+        # Each replica has the leader's placements before the leader stops.
+        until(lambda: caller.calls_work(r2.url, 1) and caller.calls_work(r3.url, 1), 30, "calls")
+        before = set(caller.answered)
+
+        os.kill(r1.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+        try:
+            assert (leader(postgres_url) or "").endswith(f"-{r1.port}")  # it still leads, asleep
+            on_r2 = caller.session(r2.url)
+            assert on_r2 is not None, r2.tail()
+            assert all(caller.call(r2.url, on_r2) for _ in range(5)), r2.tail()  # 2 -> 3 -> node
+            on_r3 = caller.session(r3.url)
+            assert on_r3 is not None, r3.tail()
+            assert all(caller.call(r3.url, on_r3) for _ in range(3)), r3.tail()  # 3 -> node
+            assert caller.call(r3.url, on_r2), r3.tail()  # replica 2's session, through replica 3
+            assert caller.call(r2.url, on_r3), r2.tail()
+        finally:
+            os.kill(r1.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+        assert len(caller.answered - before) == 10
     finally:
         mesh.close()
 
