@@ -686,7 +686,13 @@ def test_the_get_stream_resumes_from_last_event_id(main: Site) -> None:
                     missed = await anext(events)
                 assert int(missed["id"]) == int(first["id"]) + 1
                 assert json.loads(missed["data"])["method"] == "notifications/tools/list_changed"
+            # A GET without an id while the gateway has not yet seen the last stream go is a 409
+            # (one stream per session): wait for it to notice.
+            with anyio.fail_after(10):
+                while main.gateway.sessions[raw.session_id].stream is not None:
+                    await anyio.sleep(0.02)
             async with http.stream("GET", main.url, headers=get) as stream:  # no id: nothing replayed
+                assert stream.status_code == 200
                 events = _sse_events(stream.aiter_lines())
                 with anyio.fail_after(10):
                     again = await anext(events)
