@@ -331,6 +331,14 @@ def haproxy_config(port: int, backends: list[int]) -> str:
     return config
 
 
+def healthy(url: str) -> bool:
+    """`url` answers its health check (False while nothing listens there yet)."""
+    try:
+        return httpx2.get(f"{url}/healthz", timeout=5).status_code == 200
+    except httpx2.TransportError:
+        return False
+
+
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed (apt install haproxy)")
 def test_the_haproxy_example_of_the_docs_serves_the_replicas_and_drops_a_dead_one(
     replicas: list[RegistryProcess], postgres_url: str, tmp_path: Path
@@ -345,13 +353,13 @@ def test_the_haproxy_example_of_the_docs_serves_the_replicas_and_drops_a_dead_on
     url = f"http://127.0.0.1:{port}"
     mesh = Mesh(tmp_path, LiveRegistry(url, replicas[0].data_dir, postgres_url, replicas[0]))
     try:
-        until(lambda: httpx2.get(f"{url}/healthz", timeout=5).status_code == 200, 30, "haproxy to serve")
+        until(lambda: healthy(url), 30, "haproxy to serve")
         mesh.node("node-0", url=url)  # a WebSocket through the balancer
         mesh.connected(1)  # /v1/nodes through the balancer, relayed to the leader
         replicas[1].kill()
         # The dead replica leaves the rotation: every request answered again.
         until(
-            lambda: all(httpx2.get(f"{url}/healthz", timeout=5).status_code == 200 for _ in range(6)),
+            lambda: all(healthy(url) for _ in range(6)),
             30,
             "haproxy to drop the dead replica",
         )
