@@ -27,7 +27,10 @@ On this 2-core machine every replica, the node, its agents, the simulators, Post
 share two cores: the ratio between rows is what counts, not the absolute figures.
 
     python bench/bench_replicas.py [--clients 20] [--per-client 100] [--nodes 5000] [--rounds 3]
-        [--skip-fanout] [--keep]
+        [--skip-fanout] [--keep] [--smoke]
+
+`--smoke` (the suite's check that the script works, within its time limit): 2 clients x 5 calls and
+the failover, no fan-out (bench_fanout.py's own smoke run covers the simulator).
 """
 
 from __future__ import annotations
@@ -372,7 +375,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-fanout", action="store_true")
     parser.add_argument("--keep", action="store_true")
+    g.add_smoke(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.clients, args.per_client, args.nodes, args.rounds = 2, 5, 30, 1
+        args.skip_fanout = True
+    info = rb.print_machine("replicas: gateway calls/s, failover, fan-out over three registry replicas")
+    load_before = g.load()
     base = postgres_base()
     if base is None:
         raise SystemExit("bench_replicas needs PostgreSQL (MCPZ_TEST_POSTGRES_URL or 127.0.0.1:5432)")
@@ -417,8 +426,16 @@ def main() -> None:
             goals.append(
                 g.below(f"failover under {GOAL_FAILOVER:g} s", worst, GOAL_FAILOVER, f"{worst:.2f} s")
             )
-        if goals:
-            g.print_goals(goals)
+        figures = {
+            "calls": [{k: row[k] for k in ("label", "calls_s", "failed")} for row in rows],
+            "failover": failover,
+            "fanout": {
+                label: {"p50_ms": pct(r["latencies"], 0.5) * 1000, "p99_ms": pct(r["latencies"], 0.99) * 1000}
+                for label, r in (("replicas", fan), ("one_process", solo))
+                if r.get("latencies")
+            },
+        }
+        g.finish("replicas", info, load_before, goals, figures, smoke=args.smoke)
 
 
 if __name__ == "__main__":
