@@ -426,7 +426,7 @@ def main() -> None:
             goals.append(
                 g.below(f"failover under {GOAL_FAILOVER:g} s", worst, GOAL_FAILOVER, f"{worst:.2f} s")
             )
-        figures = {
+        figures: dict[str, object] = {
             "calls": [{k: row[k] for k in ("label", "calls_s", "failed")} for row in rows],
             "failover": failover,
             "fanout": {
